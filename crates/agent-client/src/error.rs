@@ -1,0 +1,34 @@
+//! The client's error type.
+
+use bhatti_protocol::ProtocolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not reach the agent.
+    #[error("connect to agent: {0}")]
+    Connect(std::io::Error),
+    /// The agent rejected our token (or we sent none and it wants one).
+    #[error("agent rejected authentication")]
+    Auth,
+    /// The agent answered with an ERROR frame.
+    #[error("agent error: {0}")]
+    Agent(String),
+    /// The agent sent a frame that makes no sense at this point.
+    #[error("unexpected frame type 0x{0:02x} from agent")]
+    UnexpectedFrame(u8),
+    /// The connection ended before the operation completed.
+    #[error("agent closed the connection before the operation completed")]
+    Closed,
+    /// `wait_ready` ran out of time.
+    #[error("agent not ready after {attempts} attempts: {last}")]
+    NotReady { attempts: u32, last: String },
+    /// Firecracker's hybrid vsock handshake failed.
+    #[error("vsock handshake: {0}")]
+    Handshake(String),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

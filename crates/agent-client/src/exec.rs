@@ -1,0 +1,175 @@
+//! Exec: buffered, streaming and detached.
+
+use bhatti_protocol::messages::{DetachedInfo, ExecRequest};
+use bhatti_protocol::{decode_exit, MsgType, MAX_EXEC_OUTPUT, TRUNCATION_MARKER};
+
+use crate::transport::Conn;
+use crate::{agent_error, AgentClient, ClientError, Result};
+
+/// Outcome of a buffered exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Output went past the 10 MiB cap and was cut (the marker is in stderr).
+    pub truncated: bool,
+}
+
+impl ExecResult {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// One event of a streaming exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(i32),
+    Error(String),
+}
+
+/// A running exec whose output arrives as events. Dropping it cancels the exec.
+pub struct ExecStream {
+    conn: Conn,
+    done: bool,
+}
+
+impl ExecStream {
+    /// The next event; `None` after EXIT or ERROR. Unknown frame types are skipped
+    /// (forward compatibility).
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            let Some(f) = self.conn.recv().await? else {
+                self.done = true;
+                return Err(ClientError::Closed);
+            };
+            let ev = match f.msg_type() {
+                Some(MsgType::Stdout) => StreamEvent::Stdout(f.payload),
+                Some(MsgType::Stderr) => StreamEvent::Stderr(f.payload),
+                Some(MsgType::Exit) => {
+                    self.done = true;
+                    StreamEvent::Exit(decode_exit(&f.payload)?)
+                }
+                Some(MsgType::Error) => {
+                    self.done = true;
+                    if let ClientError::Auth = agent_error(&f) {
+                        return Err(ClientError::Auth);
+                    }
+                    StreamEvent::Error(f.text())
+                }
+                _ => continue,
+            };
+            return Ok(Some(ev));
+        }
+    }
+
+    /// Feeds the child's stdin.
+    pub async fn write_stdin(&mut self, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        for chunk in data.chunks(bhatti_protocol::FILE_CHUNK) {
+            self.conn.send(MsgType::Stdin, chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the child's stdin (an empty STDIN frame).
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        self.conn.send(MsgType::Stdin, &[]).await
+    }
+
+    /// SIGKILL to the exec's process group.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.conn.send(MsgType::Kill, &[]).await
+    }
+}
+
+impl AgentClient {
+    /// Buffered one-shot exec of `argv`.
+    pub async fn exec<I, S>(&self, argv: I) -> Result<ExecResult>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exec_request(ExecRequest::new(argv), None).await
+    }
+
+    /// Buffered exec with full control over the request and optional stdin
+    /// (stdin is closed after it is sent). Output past 10 MiB is dropped and the
+    /// truncation marker appended to stderr.
+    pub async fn exec_request(&self, req: ExecRequest, stdin: Option<&[u8]>) -> Result<ExecResult> {
+        let mut s = self.exec_stream(req).await?;
+        if let Some(input) = stdin {
+            s.write_stdin(input).await?;
+            s.close_stdin().await?;
+        }
+        let mut r = ExecResult::default();
+        let mut total = 0usize;
+        loop {
+            let ev = match s.next().await? {
+                Some(ev) => ev,
+                None => return Err(ClientError::Closed),
+            };
+            let (buf, data) = match ev {
+                StreamEvent::Stdout(d) => (&mut r.stdout, d),
+                StreamEvent::Stderr(d) => (&mut r.stderr, d),
+                StreamEvent::Exit(code) => {
+                    r.exit_code = code;
+                    if r.truncated {
+                        r.stderr.extend_from_slice(TRUNCATION_MARKER.as_bytes());
+                    }
+                    return Ok(r);
+                }
+                StreamEvent::Error(m) => return Err(ClientError::Agent(m)),
+            };
+            let room = MAX_EXEC_OUTPUT.saturating_sub(total);
+            let take = data.len().min(room);
+            buf.extend_from_slice(&data[..take]);
+            total += take;
+            if take < data.len() {
+                r.truncated = true;
+            }
+        }
+    }
+
+    /// Starts an exec and returns its event stream.
+    pub async fn exec_stream(&self, mut req: ExecRequest) -> Result<ExecStream> {
+        // A streaming exec is always one-shot piped.
+        req.tty = false;
+        req.session = false;
+        req.detach = false;
+        req.session_id.clear();
+        let p = serde_json::to_vec(&req)?;
+        let conn = self.request(MsgType::ExecReq, &p).await?;
+        Ok(ExecStream { conn, done: false })
+    }
+
+    /// Starts `argv` detached (new session, output to a file) and returns at once.
+    pub async fn exec_detached(
+        &self,
+        argv: Vec<String>,
+        output_file: Option<String>,
+    ) -> Result<DetachedInfo> {
+        let req = ExecRequest {
+            argv,
+            detach: true,
+            output_file: output_file.unwrap_or_default(),
+            ..Default::default()
+        };
+        let p = serde_json::to_vec(&req)?;
+        let mut conn = self.request(MsgType::ExecReq, &p).await?;
+        let info: DetachedInfo = conn.expect(MsgType::Stdout).await?.parse_json()?;
+        conn.expect(MsgType::Exit).await?;
+        Ok(info)
+    }
+}

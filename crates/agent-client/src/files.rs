@@ -1,0 +1,127 @@
+//! File operations, streamed in both directions.
+
+use bhatti_protocol::messages::{
+    FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest, StatusResponse,
+};
+use bhatti_protocol::{MsgType, FILE_CHUNK};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::{agent_error, AgentClient, ClientError, Result};
+
+/// Server-side truncation of a read (all zero = the whole file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// 1-based first line.
+    pub offset: i64,
+    /// Maximum number of lines.
+    pub limit: i64,
+    /// Byte budget.
+    pub max_bytes: i64,
+}
+
+impl AgentClient {
+    /// Streams a file into `out`; returns the file's total size and mode (from
+    /// FILE_READ_RESP) and how many bytes were written to `out`.
+    pub async fn file_read<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        opts: ReadOptions,
+        out: &mut W,
+    ) -> Result<(FileReadResponse, u64)> {
+        let req = FileReadRequest {
+            path: path.into(),
+            offset: opts.offset,
+            limit: opts.limit,
+            max_bytes: opts.max_bytes,
+        };
+        let p = serde_json::to_vec(&req)?;
+        let mut conn = self.request(MsgType::FileReadReq, &p).await?;
+        let head: FileReadResponse = conn.expect(MsgType::FileReadResp).await?.parse_json()?;
+        let mut written = 0u64;
+        loop {
+            let Some(f) = conn.recv().await? else {
+                return Err(ClientError::Closed);
+            };
+            match f.msg_type() {
+                Some(MsgType::Stdout) => {
+                    out.write_all(&f.payload).await?;
+                    written += f.payload.len() as u64;
+                }
+                Some(MsgType::Exit) => break,
+                Some(MsgType::Error) => return Err(agent_error(&f)),
+                _ => continue,
+            }
+        }
+        out.flush().await?;
+        Ok((head, written))
+    }
+
+    /// Reads a whole (or truncated) file into memory.
+    pub async fn file_read_to_vec(&self, path: &str, opts: ReadOptions) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.file_read(path, opts, &mut v).await?;
+        Ok(v)
+    }
+
+    /// Writes `size` bytes from `src` to `path` atomically (temp file, fsync,
+    /// rename). `mode` is octal text such as `"0644"` (empty = 0644).
+    pub async fn file_write<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mode: &str,
+        size: u64,
+        src: &mut R,
+    ) -> Result<()> {
+        let req = FileWriteRequest {
+            path: path.into(),
+            mode: mode.into(),
+            size: size as i64,
+        };
+        let p = serde_json::to_vec(&req)?;
+        let mut conn = self.request(MsgType::FileWriteReq, &p).await?;
+        let mut buf = vec![0u8; FILE_CHUNK];
+        let mut left = size;
+        while left > 0 {
+            let want = (left as usize).min(FILE_CHUNK);
+            let n = src.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("source ended {left} bytes short of the declared size"),
+                )));
+            }
+            if let Err(e) = conn.send(MsgType::Stdin, &buf[..n]).await {
+                // The agent may have refused the write (size, path) and closed:
+                // its ERROR explains better than our broken pipe.
+                return Err(match conn.recv().await {
+                    Ok(Some(f)) if f.is(MsgType::Error) => agent_error(&f),
+                    _ => e,
+                });
+            }
+            left -= n as u64;
+        }
+        let st: StatusResponse = conn.expect(MsgType::FileWriteResp).await?.parse_json()?;
+        if !st.is_ok() {
+            return Err(ClientError::Agent(st.message.unwrap_or(st.status)));
+        }
+        Ok(())
+    }
+
+    /// Writes a byte slice.
+    pub async fn file_write_bytes(&self, path: &str, mode: &str, data: &[u8]) -> Result<()> {
+        let mut src = data;
+        self.file_write(path, mode, data.len() as u64, &mut src)
+            .await
+    }
+
+    pub async fn file_stat(&self, path: &str) -> Result<FileInfo> {
+        let p = serde_json::to_vec(&PathRequest { path: path.into() })?;
+        self.call(MsgType::FileStatReq, &p, MsgType::FileStatResp)
+            .await
+    }
+
+    pub async fn file_ls(&self, path: &str) -> Result<Vec<FileInfo>> {
+        let p = serde_json::to_vec(&PathRequest { path: path.into() })?;
+        self.call(MsgType::FileLsReq, &p, MsgType::FileLsResp).await
+    }
+}

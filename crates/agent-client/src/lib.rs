@@ -1,0 +1,182 @@
+//! Host-side client of the lohar guest agent.
+//!
+//! Every operation opens its own connection (the protocol carries one operation
+//! per control connection), sends AUTH when a token is set, and speaks the frames
+//! of `bhatti-protocol`. The transport is pluggable: Unix sockets (test and
+//! container mode), TCP over the sandbox network, and Firecracker's hybrid vsock.
+//!
+//! Dropping any in-flight operation closes its connection, which the agent treats
+//! as cancellation (a one-shot exec's process group is killed).
+
+mod error;
+mod exec;
+mod files;
+mod session;
+mod transport;
+
+use std::time::Duration;
+
+use bhatti_protocol::messages::{
+    ActivityInfo, ExecKillRequest, FwdRequest, Hello, HelloResponse, SessionInfo, StatusResponse,
+};
+use bhatti_protocol::{Frame, MsgType, PORT_CONTROL, PORT_FORWARD, PROTOCOL_VERSION};
+
+pub use error::ClientError;
+pub use exec::{ExecResult, ExecStream, StreamEvent};
+pub use files::ReadOptions;
+pub use session::{ShellOptions, Terminal, TerminalReader, TerminalWriter};
+pub use transport::{Conn, Stream, Transport, Tunnel};
+
+pub use bhatti_protocol::messages::{DetachedInfo, ExecRequest, FileInfo, FileReadResponse};
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Per-attempt timeouts of [`AgentClient::wait_ready`]: 100 ms ×3, 250 ms ×3,
+/// 500 ms ×4, then 2 s for every later attempt.
+pub const READY_SCHEDULE: &[(Duration, u32)] = &[
+    (Duration::from_millis(100), 3),
+    (Duration::from_millis(250), 3),
+    (Duration::from_millis(500), 4),
+];
+const READY_LATE_ATTEMPT: Duration = Duration::from_secs(2);
+const READY_PAUSE: Duration = Duration::from_millis(10);
+
+/// A handle on one sandbox's agent. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    transport: Transport,
+    token: Option<String>,
+}
+
+impl AgentClient {
+    pub fn new(transport: Transport, token: Option<String>) -> AgentClient {
+        AgentClient {
+            transport,
+            token: token.filter(|t| !t.is_empty()),
+        }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Opens an authenticated connection to the control port.
+    pub async fn connect(&self) -> Result<Conn> {
+        self.connect_port(PORT_CONTROL).await
+    }
+
+    async fn connect_port(&self, port: u32) -> Result<Conn> {
+        let mut conn = self.transport.connect(port).await?;
+        if let Some(t) = &self.token {
+            conn.send(MsgType::Auth, t.as_bytes()).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends one request frame on a fresh connection.
+    async fn request(&self, kind: MsgType, payload: &[u8]) -> Result<Conn> {
+        let mut conn = self.connect().await?;
+        conn.send(kind, payload).await?;
+        Ok(conn)
+    }
+
+    /// One request, one JSON reply of type `want`.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: MsgType,
+        payload: &[u8],
+        want: MsgType,
+    ) -> Result<T> {
+        let mut conn = self.request(kind, payload).await?;
+        let f = conn.expect(want).await?;
+        Ok(f.parse_json()?)
+    }
+
+    /// The agent's protocol version and features (`None` for a v1 agent, which
+    /// does not know HELLO).
+    pub async fn hello(&self) -> Result<Option<HelloResponse>> {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            client: format!("bhatti-agent-client {}", env!("CARGO_PKG_VERSION")),
+        };
+        let p = serde_json::to_vec(&hello)?;
+        match self.call(MsgType::Hello, &p, MsgType::HelloResp).await {
+            Ok(h) => Ok(Some(h)),
+            Err(ClientError::Agent(m)) if m.starts_with("unexpected frame type") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn session_list(&self) -> Result<Vec<SessionInfo>> {
+        self.call(MsgType::ExecListReq, &[], MsgType::ExecListResp)
+            .await
+    }
+
+    /// SIGKILL to the session's process group.
+    pub async fn session_kill(&self, session_id: &str) -> Result<()> {
+        let p = serde_json::to_vec(&ExecKillRequest {
+            session_id: session_id.into(),
+        })?;
+        let mut conn = self.request(MsgType::ExecKill, &p).await?;
+        conn.expect(MsgType::Exit).await?;
+        Ok(())
+    }
+
+    pub async fn activity(&self) -> Result<ActivityInfo> {
+        self.call(MsgType::ActivityReq, &[], MsgType::ActivityResp)
+            .await
+    }
+
+    /// A raw byte stream to `127.0.0.1:<port>` inside the guest.
+    pub async fn forward(&self, port: u16) -> Result<Tunnel> {
+        let mut conn = self.connect_port(PORT_FORWARD).await?;
+        let p = serde_json::to_vec(&FwdRequest { port })?;
+        conn.send(MsgType::FwdReq, &p).await?;
+        let f = conn.expect(MsgType::FwdResp).await?;
+        let st: StatusResponse = f.parse_json()?;
+        if !st.is_ok() {
+            return Err(ClientError::Agent(st.message.unwrap_or(st.status)));
+        }
+        Ok(conn.into_tunnel())
+    }
+
+    /// Polls the agent with `exec true` under the escalating per-attempt schedule
+    /// until it answers or `overall` runs out.
+    pub async fn wait_ready(&self, overall: Duration) -> Result<u32> {
+        let deadline = tokio::time::Instant::now() + overall;
+        let mut attempts = 0u32;
+        let mut last = String::from("no attempt made");
+        let schedule = READY_SCHEDULE
+            .iter()
+            .flat_map(|&(d, n)| std::iter::repeat_n(d, n as usize))
+            .chain(std::iter::repeat(READY_LATE_ATTEMPT));
+        for per_attempt in schedule {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            attempts += 1;
+            let budget = per_attempt.min(deadline - now);
+            match tokio::time::timeout(budget, self.exec(["true"])).await {
+                Ok(Ok(r)) if r.exit_code == 0 => return Ok(attempts),
+                Ok(Ok(r)) => last = format!("probe exited with {}", r.exit_code),
+                // A wrong token will not fix itself by retrying.
+                Ok(Err(ClientError::Auth)) => return Err(ClientError::Auth),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("attempt timed out after {budget:?}"),
+            }
+            tokio::time::sleep(READY_PAUSE).await;
+        }
+        Err(ClientError::NotReady { attempts, last })
+    }
+}
+
+/// Maps an ERROR frame to the right error.
+pub(crate) fn agent_error(f: &Frame) -> ClientError {
+    let msg = f.text();
+    if msg == "auth required" {
+        ClientError::Auth
+    } else {
+        ClientError::Agent(msg)
+    }
+}

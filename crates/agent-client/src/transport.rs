@@ -1,0 +1,172 @@
+//! Transports to the agent and the framed connection over them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bhatti_protocol::r#async::{read_frame, write_frame};
+use bhatti_protocol::{Frame, MsgType, PORT_CONTROL};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf, WriteHalf,
+};
+
+use crate::{agent_error, ClientError, Result};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Object-safe stream.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type BoxStream = Box<dyn Stream>;
+
+/// How to reach an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Unix sockets for the control and forward ports (test and container mode).
+    Unix { control: PathBuf, forward: PathBuf },
+    /// TCP to the guest's ports (1024/1025) over the sandbox network.
+    Tcp { addr: IpAddr },
+    /// Firecracker's hybrid vsock: a host Unix socket plus `CONNECT <port>`.
+    VsockUds { path: PathBuf },
+}
+
+impl Transport {
+    pub(crate) async fn connect(&self, port: u32) -> Result<Conn> {
+        let stream: BoxStream = match self {
+            Transport::Unix { control, forward } => {
+                let path = if port == PORT_CONTROL {
+                    control
+                } else {
+                    forward
+                };
+                let s = timed(tokio::net::UnixStream::connect(path)).await?;
+                Box::new(s)
+            }
+            Transport::Tcp { addr } => {
+                let s = timed(tokio::net::TcpStream::connect(SocketAddr::new(
+                    *addr,
+                    port as u16,
+                )))
+                .await?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+            Transport::VsockUds { path } => {
+                let s = timed(tokio::net::UnixStream::connect(path)).await?;
+                return vsock_handshake(s, port).await;
+            }
+        };
+        Ok(Conn::new(stream))
+    }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, f).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(ClientError::Connect(e)),
+        Err(_) => Err(ClientError::Connect(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        ))),
+    }
+}
+
+/// `CONNECT <port>\n` → `OK <host port>\n`, then the stream is the guest's port.
+async fn vsock_handshake(s: tokio::net::UnixStream, port: u32) -> Result<Conn> {
+    let (rd, mut wr) = tokio::io::split(Box::new(s) as BoxStream);
+    wr.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    let n = tokio::time::timeout(CONNECT_TIMEOUT, rd.read_line(&mut line))
+        .await
+        .map_err(|_| ClientError::Handshake("no answer to CONNECT".into()))??;
+    if n == 0 || !line.starts_with("OK ") {
+        return Err(ClientError::Handshake(format!(
+            "unexpected answer {:?}",
+            line.trim_end()
+        )));
+    }
+    Ok(Conn { rd, wr })
+}
+
+/// One framed connection to the agent.
+pub struct Conn {
+    rd: BufReader<ReadHalf<BoxStream>>,
+    wr: WriteHalf<BoxStream>,
+}
+
+impl Conn {
+    fn new(s: BoxStream) -> Conn {
+        let (rd, wr) = tokio::io::split(s);
+        Conn {
+            rd: BufReader::with_capacity(64 * 1024, rd),
+            wr,
+        }
+    }
+
+    pub async fn send(&mut self, kind: MsgType, payload: &[u8]) -> Result<()> {
+        write_frame(&mut self.wr, kind as u8, payload).await?;
+        Ok(())
+    }
+
+    /// The next frame; `None` at end of stream.
+    pub async fn recv(&mut self) -> Result<Option<Frame>> {
+        Ok(read_frame(&mut self.rd).await?)
+    }
+
+    /// The next frame, which must be `want` (ERROR becomes an error).
+    pub async fn expect(&mut self, want: MsgType) -> Result<Frame> {
+        match self.recv().await? {
+            Some(f) if f.kind == want as u8 => Ok(f),
+            Some(f) if f.is(MsgType::Error) => Err(agent_error(&f)),
+            Some(f) => Err(ClientError::UnexpectedFrame(f.kind)),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    pub(crate) fn split(self) -> (BufReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>) {
+        (self.rd, self.wr)
+    }
+
+    pub(crate) fn into_tunnel(self) -> Tunnel {
+        Tunnel {
+            rd: self.rd,
+            wr: self.wr,
+        }
+    }
+}
+
+/// A raw byte stream into the guest (forward channel after FWD_RESP ok). Bytes the
+/// guest sent right behind FWD_RESP are kept in the read buffer, not lost.
+pub struct Tunnel {
+    rd: BufReader<ReadHalf<BoxStream>>,
+    wr: WriteHalf<BoxStream>,
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.rd).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.wr).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.wr).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.wr).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,154 @@
+//! Every fixed name, address and limit of the module, and the functions that
+//! derive per-sandbox names from a sandbox id.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::{Ipv4Cidr, NetError};
+
+/// Prefix of every sandbox network namespace: `bhatti-<sandbox id>`.
+pub const NETNS_PREFIX: &str = "bhatti-";
+/// Prefix of every host-side veth: `bhv-<first 11 chars of the id>`.
+pub const HOST_VETH_PREFIX: &str = "bhv-";
+/// Where `ip netns` bind-mounts named namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+/// The namespace side of the veth pair, as seen inside the namespace.
+pub const NETNS_ETH: &str = "eth0";
+/// The VM's TAP device inside the namespace; identical in every sandbox so
+/// VMM snapshots restore unchanged.
+pub const TAP_NAME: &str = "tap0";
+/// The guest's address, identical in every sandbox.
+pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 2);
+/// The guest's gateway: the TAP's address inside the namespace.
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 1);
+/// Prefix length of the guest link.
+pub const GUEST_PREFIX_LEN: u8 = 30;
+/// Netmask of the guest link (for the kernel `ip=` argument).
+pub const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 252);
+/// The address every host veth holds; the namespace's default gateway and
+/// the source address of the daemon's connections to guests.
+pub const HOST_VETH_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The default pool of external sandbox addresses.
+pub const DEFAULT_POOL: Ipv4Cidr = Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 128, 0, 0), 9);
+
+/// Length of a sandbox id (8 random bytes as hex).
+pub(crate) const SANDBOX_ID_LEN: usize = 16;
+/// How many id characters go into the host veth name (15-char IFNAMSIZ limit).
+pub(crate) const VETH_ID_CHARS: usize = 11;
+/// First and last usable host slot of an owner's /24 (.0, .1, .255 reserved).
+pub(crate) const FIRST_SLOT: u8 = 2;
+pub(crate) const LAST_SLOT: u8 = 254;
+/// Shortest and longest pool prefix: at least one owner, at most 65535
+/// (owner indices are `u16`).
+pub(crate) const MIN_POOL_PREFIX: u8 = 8;
+pub(crate) const MAX_POOL_PREFIX: u8 = 23;
+
+/// Host chains (filter table unless noted).
+pub(crate) const CHAIN_FWD: &str = "BHATTI-FWD";
+pub(crate) const CHAIN_OWN: &str = "BHATTI-OWN";
+pub(crate) const CHAIN_IN: &str = "BHATTI-IN";
+/// nat table.
+pub(crate) const CHAIN_POST: &str = "BHATTI-POST";
+/// Inside each sandbox namespace: the egress policy chain.
+pub(crate) const CHAIN_EGRESS: &str = "BHATTI-EGRESS";
+
+/// Checks that `id` is a sandbox id: exactly 16 lower-case hex characters.
+/// Ids end up in command arguments and interface names, so this is strict.
+pub(crate) fn validate_sandbox_id(id: &str) -> Result<(), NetError> {
+    let ok = id.len() == SANDBOX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(NetError::InvalidSandboxId(id.to_string()))
+    }
+}
+
+/// The network namespace of a sandbox: `bhatti-<id>`.
+pub fn netns_name(sandbox_id: &str) -> Result<String, NetError> {
+    validate_sandbox_id(sandbox_id)?;
+    Ok(format!("{NETNS_PREFIX}{sandbox_id}"))
+}
+
+/// The host-side veth of a sandbox: `bhv-<first 11 chars of the id>`.
+pub fn host_veth_name(sandbox_id: &str) -> Result<String, NetError> {
+    validate_sandbox_id(sandbox_id)?;
+    Ok(format!(
+        "{HOST_VETH_PREFIX}{}",
+        &sandbox_id[..VETH_ID_CHARS]
+    ))
+}
+
+/// The bind-mounted namespace file of a sandbox, `/var/run/netns/bhatti-<id>`:
+/// open it and `setns(CLONE_NEWNET)` to enter the sandbox's network (see
+/// [`enter_netns_on_spawn`](super::enter_netns_on_spawn)).
+pub fn netns_path(sandbox_id: &str) -> Result<PathBuf, NetError> {
+    Ok(named_netns_path(&netns_name(sandbox_id)?))
+}
+
+/// The file of any named namespace.
+pub(crate) fn named_netns_path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// The guest kernel `ip=` argument value (without `ip=`), identical for every
+/// sandbox: `172.31.255.2::172.31.255.1:255.255.255.252::eth0:off`.
+pub fn kernel_ip_arg() -> String {
+    format!("{GUEST_IP}::{GATEWAY_IP}:{GUEST_NETMASK}::eth0:off")
+}
+
+/// Whether `name` is a namespace we own: `bhatti-<16 hex>`; returns the id.
+pub(crate) fn sandbox_id_of_netns(name: &str) -> Option<&str> {
+    let id = name.strip_prefix(NETNS_PREFIX)?;
+    validate_sandbox_id(id).ok().map(|()| id)
+}
+
+/// Whether `name` is a host veth we own: `bhv-<11 hex>`; returns the id part.
+pub(crate) fn id_prefix_of_veth(name: &str) -> Option<&str> {
+    let p = name.strip_prefix(HOST_VETH_PREFIX)?;
+    let ok = p.len() == VETH_ID_CHARS
+        && p.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let id = "0123456789abcdef";
+        assert_eq!(netns_name(id).unwrap(), "bhatti-0123456789abcdef");
+        assert_eq!(host_veth_name(id).unwrap(), "bhv-0123456789a");
+        assert!(host_veth_name(id).unwrap().len() <= 15);
+        assert_eq!(
+            netns_path(id).unwrap(),
+            PathBuf::from("/var/run/netns/bhatti-0123456789abcdef")
+        );
+        for bad in [
+            "",
+            "0123456789ABCDEF",
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "../../etc/passw",
+        ] {
+            assert!(netns_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(sandbox_id_of_netns("bhatti-0123456789abcdef"), Some(id));
+        assert_eq!(sandbox_id_of_netns("bhatti-test-guest-1"), None);
+        assert_eq!(id_prefix_of_veth("bhv-0123456789a"), Some("0123456789a"));
+        assert_eq!(id_prefix_of_veth("bhv-x"), None);
+        assert_eq!(id_prefix_of_veth("eth0"), None);
+    }
+
+    #[test]
+    fn kernel_arg() {
+        assert_eq!(
+            kernel_ip_arg(),
+            "172.31.255.2::172.31.255.1:255.255.255.252::eth0:off"
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! iptables rules: the host's dedicated `BHATTI-*` chains, per-owner sibling
+//! rules, and each sandbox namespace's own ruleset with its egress policy.
+//!
+//! Rule text is written in the exact form `iptables -S` prints (option order
+//! `-s -d -i -o -m -j`), so "is the chain already right?" is a plain
+//! comparison and a repeated `ensure` changes nothing.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::cidr::Ipv4Cidr;
+use super::cmd::{Cmd, Program};
+use super::consts::{
+    CHAIN_EGRESS, CHAIN_FWD, CHAIN_IN, CHAIN_OWN, CHAIN_POST, GUEST_IP, HOST_VETH_PREFIX,
+    NETNS_ETH, TAP_NAME,
+};
+use super::NetError;
+
+/// What a sandbox's guest may open connections to. Enforced inside the
+/// sandbox's namespace for traffic from `tap0` out of `eth0`; replies to
+/// allowed connections and connections *to* the guest are not affected.
+/// Sibling sandboxes of the same owner (its /24) are always reachable.
+///
+/// Serialized as `"public"`, `"deny"` or `{"allow": ["198.51.100.0/24", …]}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressPolicy {
+    /// Anything (subject to the host firewall, which always hides other
+    /// owners' sandboxes and the host itself).
+    #[default]
+    Public,
+    /// Only the owner's own sandboxes.
+    Deny,
+    /// The owner's own sandboxes plus these networks.
+    Allow(Vec<Ipv4Cidr>),
+}
+
+fn ctstate(state: &str) -> String {
+    format!("-m conntrack --ctstate {state}")
+}
+
+/// The fixed rules of the host chains, as `iptables -S` prints them.
+pub(crate) fn host_filter_rules(pool: Ipv4Cidr) -> (Vec<String>, Vec<String>) {
+    let bhv = format!("{HOST_VETH_PREFIX}+");
+    let est = ctstate("RELATED,ESTABLISHED");
+    let fwd = vec![
+        // Replies to anything a sandbox (or the host) started.
+        format!("-A {CHAIN_FWD} -d {pool} {est} -j ACCEPT"),
+        // Siblings of one owner: one rule per owner /24 with live sandboxes.
+        format!("-A {CHAIN_FWD} -j {CHAIN_OWN}"),
+        // Any other sandbox-to-sandbox traffic crosses owners.
+        format!("-A {CHAIN_FWD} -s {pool} -d {pool} -j DROP"),
+        // Egress; the per-sandbox policy was already applied in its netns.
+        format!("-A {CHAIN_FWD} -s {pool} -i {bhv} -j ACCEPT"),
+        // Nobody outside the pool may open connections to a sandbox.
+        format!("-A {CHAIN_FWD} -d {pool} -j DROP"),
+        // Anything else from a sandbox veth has a forged source.
+        format!("-A {CHAIN_FWD} -i {bhv} -j DROP"),
+    ];
+    let input = vec![
+        // Replies to the daemon's own connections (agent, forwards).
+        format!("-A {CHAIN_IN} -i {bhv} {est} -j ACCEPT"),
+        // Guests never open connections to the host (API, SSH, …).
+        format!("-A {CHAIN_IN} -i {bhv} -j DROP"),
+        format!("-A {CHAIN_IN} -s {pool} {} -j DROP", ctstate("NEW")),
+    ];
+    (fwd, input)
+}
+
+pub(crate) fn host_nat_rules(pool: Ipv4Cidr) -> Vec<String> {
+    vec![format!(
+        "-A {CHAIN_POST} -s {pool} ! -d {pool} -j MASQUERADE"
+    )]
+}
+
+fn owner_rule(subnet: Ipv4Cidr) -> Vec<String> {
+    [
+        "-s",
+        &subnet.to_string(),
+        "-d",
+        &subnet.to_string(),
+        "-j",
+        "ACCEPT",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `iptables -S <chain>` `-A` lines, or `None` if the chain does not exist.
+fn chain_rules(table: &str, chain: &str) -> Result<Option<Vec<String>>, NetError> {
+    let out = Cmd::iptables()
+        .args(["-t", table, "-S", chain])
+        .run_if_ok()?;
+    Ok(out.map(|out| {
+        out.lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_string)
+            .collect()
+    }))
+}
+
+fn chain_exists(table: &str, chain: &str) -> Result<bool, NetError> {
+    Cmd::iptables().args(["-t", table, "-S", chain]).succeeds()
+}
+
+/// Creates an empty chain unless it exists. Tolerates a concurrent creator.
+fn ensure_chain(table: &str, chain: &str) -> Result<bool, NetError> {
+    if chain_exists(table, chain)? {
+        return Ok(false);
+    }
+    match Cmd::iptables().args(["-t", table, "-N", chain]).run() {
+        Ok(_) => Ok(true),
+        Err(e) if chain_exists(table, chain)? => {
+            warn!(error = %e, "chain appeared concurrently");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Inserts `-j <target>` at position 1 of `parent` unless such a jump exists.
+fn ensure_jump(table: &str, parent: &str, target: &str) -> Result<bool, NetError> {
+    let exists = Cmd::iptables()
+        .args(["-t", table, "-C", parent, "-j", target])
+        .succeeds()?;
+    if exists {
+        return Ok(false);
+    }
+    Cmd::iptables()
+        .args(["-t", table, "-I", parent, "1", "-j", target])
+        .run()?;
+    Ok(true)
+}
+
+/// Installs or repairs the host chains and jumps. Returns whether anything
+/// changed. Chains whose content differs are replaced atomically with
+/// `iptables-restore --noflush`; `BHATTI-OWN` is created but never flushed.
+pub(crate) fn ensure_host_chains(pool: Ipv4Cidr) -> Result<bool, NetError> {
+    let (fwd, input) = host_filter_rules(pool);
+    let nat = host_nat_rules(pool);
+    let mut changed = ensure_chain("filter", CHAIN_OWN)?;
+
+    let mut filter = String::new();
+    for (chain, rules) in [(CHAIN_FWD, &fwd), (CHAIN_IN, &input)] {
+        if chain_rules("filter", chain)?.as_ref() != Some(rules) {
+            filter.push_str(&format!(":{chain} - [0:0]\n"));
+            for r in rules {
+                filter.push_str(r);
+                filter.push('\n');
+            }
+        }
+    }
+    let mut restore = String::new();
+    if !filter.is_empty() {
+        restore.push_str(&format!("*filter\n{filter}COMMIT\n"));
+    }
+    if chain_rules("nat", CHAIN_POST)?.as_ref() != Some(&nat) {
+        restore.push_str(&format!("*nat\n:{CHAIN_POST} - [0:0]\n"));
+        for r in &nat {
+            restore.push_str(r);
+            restore.push('\n');
+        }
+        restore.push_str("COMMIT\n");
+    }
+    if !restore.is_empty() {
+        info!("installing host firewall chains");
+        Cmd::new(Program::IptablesRestore)
+            .arg("--noflush")
+            .stdin(restore)
+            .run()?;
+        changed = true;
+    }
+    changed |= ensure_jump("filter", "FORWARD", CHAIN_FWD)?;
+    changed |= ensure_jump("filter", "INPUT", CHAIN_IN)?;
+    changed |= ensure_jump("nat", "POSTROUTING", CHAIN_POST)?;
+    Ok(changed)
+}
+
+/// Removes the jumps and the `BHATTI-*` chains. Missing pieces are fine.
+pub(crate) fn remove_host_chains() -> Result<(), NetError> {
+    for (table, parent, chain) in [
+        ("filter", "FORWARD", CHAIN_FWD),
+        ("filter", "INPUT", CHAIN_IN),
+        ("nat", "POSTROUTING", CHAIN_POST),
+    ] {
+        // A jump could have been inserted twice by hand; remove them all.
+        while Cmd::iptables()
+            .args(["-t", table, "-C", parent, "-j", chain])
+            .succeeds()?
+        {
+            Cmd::iptables()
+                .args(["-t", table, "-D", parent, "-j", chain])
+                .run()?;
+        }
+    }
+    for (table, chain) in [
+        ("filter", CHAIN_FWD),
+        ("filter", CHAIN_IN),
+        ("filter", CHAIN_OWN),
+        ("nat", CHAIN_POST),
+    ] {
+        if chain_exists(table, chain)? {
+            Cmd::iptables().args(["-t", table, "-F", chain]).run()?;
+        }
+    }
+    for (table, chain) in [
+        ("filter", CHAIN_FWD),
+        ("filter", CHAIN_IN),
+        ("filter", CHAIN_OWN),
+        ("nat", CHAIN_POST),
+    ] {
+        if chain_exists(table, chain)? {
+            Cmd::iptables().args(["-t", table, "-X", chain]).run()?;
+        }
+    }
+    Ok(())
+}
+
+/// Lets the sandboxes of one owner reach each other.
+pub(crate) fn ensure_owner_rule(subnet: Ipv4Cidr) -> Result<(), NetError> {
+    let rule = owner_rule(subnet);
+    if !Cmd::iptables()
+        .args(["-C", CHAIN_OWN])
+        .args(rule.clone())
+        .succeeds()?
+    {
+        Cmd::iptables().args(["-A", CHAIN_OWN]).args(rule).run()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_owner_rule(subnet: Ipv4Cidr) -> Result<(), NetError> {
+    let rule = owner_rule(subnet);
+    while Cmd::iptables()
+        .args(["-C", CHAIN_OWN])
+        .args(rule.clone())
+        .succeeds()?
+    {
+        Cmd::iptables()
+            .args(["-D", CHAIN_OWN])
+            .args(rule.clone())
+            .run()?;
+    }
+    Ok(())
+}
+
+/// The owner subnets that currently have a sibling rule.
+pub(crate) fn owner_rule_subnets() -> Result<Vec<Ipv4Cidr>, NetError> {
+    let prefix = format!("-A {CHAIN_OWN} -s ");
+    Ok(chain_rules("filter", CHAIN_OWN)?
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())
+        .collect())
+}
+
+fn egress_rules(owner_subnet: Ipv4Cidr, policy: &EgressPolicy) -> Vec<String> {
+    let accept = |c: &Ipv4Cidr| format!("-A {CHAIN_EGRESS} -d {c} -j ACCEPT");
+    // REJECT rather than DROP: the guest's own user gets an immediate
+    // "prohibited" instead of a hang, and there is nothing to hide from them.
+    let reject = format!("-A {CHAIN_EGRESS} -j REJECT --reject-with icmp-admin-prohibited");
+    match policy {
+        EgressPolicy::Public => vec![format!("-A {CHAIN_EGRESS} -j ACCEPT")],
+        EgressPolicy::Deny => vec![accept(&owner_subnet), reject],
+        EgressPolicy::Allow(cidrs) => std::iter::once(accept(&owner_subnet))
+            .chain(cidrs.iter().map(accept))
+            .chain(std::iter::once(reject))
+            .collect(),
+    }
+}
+
+/// The complete iptables ruleset of a fresh sandbox namespace.
+pub(crate) fn netns_ruleset(
+    ext_ip: Ipv4Addr,
+    owner_subnet: Ipv4Cidr,
+    policy: &EgressPolicy,
+) -> String {
+    let g = GUEST_IP;
+    let mut s = String::new();
+    s.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    s.push_str(&format!(":{CHAIN_EGRESS} - [0:0]\n"));
+    // The guest may only send as itself.
+    s.push_str(&format!("-A FORWARD ! -s {g}/32 -i {TAP_NAME} -j DROP\n"));
+    s.push_str(&format!(
+        "-A FORWARD {} -j ACCEPT\n",
+        ctstate("RELATED,ESTABLISHED")
+    ));
+    // Who may connect *to* the guest is the host firewall's decision.
+    s.push_str(&format!(
+        "-A FORWARD -d {g}/32 -i {NETNS_ETH} -o {TAP_NAME} -j ACCEPT\n"
+    ));
+    s.push_str(&format!(
+        "-A FORWARD -i {TAP_NAME} -o {NETNS_ETH} -j {CHAIN_EGRESS}\n"
+    ));
+    for r in egress_rules(owner_subnet, policy) {
+        s.push_str(&r);
+        s.push('\n');
+    }
+    s.push_str("COMMIT\n");
+    s.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    // Every port of the external address belongs to the guest.
+    s.push_str(&format!(
+        "-A PREROUTING -d {ext_ip}/32 -i {NETNS_ETH} -j DNAT --to-destination {g}\n"
+    ));
+    s.push_str(&format!(
+        "-A POSTROUTING -s {g}/32 -o {NETNS_ETH} -j SNAT --to-source {ext_ip}\n"
+    ));
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Installs the full ruleset in a fresh namespace (replacing its tables).
+pub(crate) fn install_netns_rules(
+    netns: &Path,
+    ext_ip: Ipv4Addr,
+    owner_subnet: Ipv4Cidr,
+    policy: &EgressPolicy,
+) -> Result<(), NetError> {
+    Cmd::new(Program::IptablesRestore)
+        .in_netns(netns.to_path_buf())
+        .stdin(netns_ruleset(ext_ip, owner_subnet, policy))
+        .run()
+        .map(drop)
+}
+
+/// Atomically replaces the egress chain of a live namespace.
+pub(crate) fn replace_egress(
+    netns: &Path,
+    owner_subnet: Ipv4Cidr,
+    policy: &EgressPolicy,
+) -> Result<(), NetError> {
+    let mut s = format!("*filter\n:{CHAIN_EGRESS} - [0:0]\n");
+    for r in egress_rules(owner_subnet, policy) {
+        s.push_str(&r);
+        s.push('\n');
+    }
+    s.push_str("COMMIT\n");
+    Cmd::new(Program::IptablesRestore)
+        .arg("--noflush")
+        .in_netns(netns.to_path_buf())
+        .stdin(s)
+        .run()
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_serde() {
+        let p = EgressPolicy::Allow(vec!["198.18.0.0/30".parse().unwrap()]);
+        let j = serde_json::to_string(&p).unwrap();
+        assert_eq!(j, r#"{"allow":["198.18.0.0/30"]}"#);
+        assert_eq!(serde_json::from_str::<EgressPolicy>(&j).unwrap(), p);
+        assert_eq!(
+            serde_json::from_str::<EgressPolicy>(r#""deny""#).unwrap(),
+            EgressPolicy::Deny
+        );
+        assert_eq!(EgressPolicy::default(), EgressPolicy::Public);
+    }
+
+    #[test]
+    fn egress_chain() {
+        let owner: Ipv4Cidr = "10.128.1.0/24".parse().unwrap();
+        assert_eq!(
+            egress_rules(owner, &EgressPolicy::Public),
+            vec!["-A BHATTI-EGRESS -j ACCEPT"]
+        );
+        let allow = egress_rules(
+            owner,
+            &EgressPolicy::Allow(vec!["198.18.0.0/30".parse().unwrap()]),
+        );
+        assert_eq!(allow.len(), 3);
+        assert_eq!(allow[0], "-A BHATTI-EGRESS -d 10.128.1.0/24 -j ACCEPT");
+        assert_eq!(allow[1], "-A BHATTI-EGRESS -d 198.18.0.0/30 -j ACCEPT");
+        assert!(allow[2].contains("REJECT"));
+        let rs = netns_ruleset(Ipv4Addr::new(10, 128, 1, 2), owner, &EgressPolicy::Deny);
+        assert!(rs.contains("-j DNAT --to-destination 172.31.255.2"));
+        assert!(rs.contains("-j SNAT --to-source 10.128.1.2"));
+    }
+}

@@ -1,0 +1,667 @@
+//! [`NetManager`]: sets up and tears down sandbox namespaces, owns the
+//! address pool and the host firewall.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::cidr::Ipv4Cidr;
+use super::cmd::Cmd;
+use super::consts::{
+    host_veth_name, id_prefix_of_veth, named_netns_path, netns_name, sandbox_id_of_netns,
+    validate_sandbox_id, DEFAULT_POOL, GATEWAY_IP, GUEST_IP, GUEST_PREFIX_LEN, HOST_VETH_IP,
+    NETNS_DIR, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
+};
+use super::firewall::{self, EgressPolicy};
+use super::netns::write_sysctl;
+use super::pool::AddressPool;
+use super::NetError;
+
+/// Configuration of sandbox networking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetConfig {
+    /// Pool of external sandbox addresses, one /24 per owner (default
+    /// `10.128.0.0/9`). Must not overlap any network the host uses.
+    pub pool: Ipv4Cidr,
+    /// Owner (user name or uid) of every `tap0`, so an unprivileged VMM can
+    /// open it. `None`: root only.
+    pub tap_user: Option<String>,
+    /// Group owner of every `tap0`.
+    pub tap_group: Option<String>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            pool: DEFAULT_POOL,
+            tap_user: None,
+            tap_group: None,
+        }
+    }
+}
+
+/// The network of one sandbox, as created by [`NetManager::setup_sandbox`].
+/// Persist it with the sandbox: it is what teardown, policy changes and
+/// recovery ([`NetManager::adopt`]) take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxNet {
+    pub sandbox_id: String,
+    /// Owner subnet index the external address belongs to.
+    pub owner_index: u16,
+    /// `bhatti-<id>`.
+    pub netns: String,
+    /// `bhv-<first 11 id chars>`.
+    pub host_veth: String,
+    /// The sandbox's unique address: the daemon reaches the agent at
+    /// `<ext_ip>:1024/1025`, siblings reach the guest here.
+    pub ext_ip: Ipv4Addr,
+    /// Always [`GUEST_IP`](super::GUEST_IP).
+    pub guest_ip: Ipv4Addr,
+    /// Always [`GATEWAY_IP`](super::GATEWAY_IP).
+    pub gateway_ip: Ipv4Addr,
+    /// Always [`TAP_NAME`](super::TAP_NAME).
+    pub tap: String,
+    /// The MAC to give the guest NIC (the VMM sets it; stored here).
+    pub guest_mac: String,
+}
+
+impl SandboxNet {
+    /// `/var/run/netns/bhatti-<id>`: enter it to start the VMM.
+    pub fn netns_path(&self) -> PathBuf {
+        named_netns_path(&self.netns)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    pool: AddressPool,
+    /// Sandboxes this manager set up or adopted: id -> (owner, ext ip).
+    sandboxes: HashMap<String, (u16, Ipv4Addr)>,
+}
+
+/// Creates, polices and removes per-sandbox network namespaces. One per
+/// daemon; `Sync`, methods may be called concurrently. All methods block
+/// (they run `ip`/`iptables`), so call them from `spawn_blocking` in async
+/// code. Requires root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
+#[derive(Debug)]
+pub struct NetManager {
+    config: NetConfig,
+    state: Mutex<State>,
+    /// Serialises host firewall changes, including per-owner rules, so that
+    /// "last sandbox of an owner gone -> remove its rule" cannot race with
+    /// "first sandbox of the owner -> add the rule".
+    firewall: Mutex<()>,
+    firewall_ready: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data (every update
+    // is a single step), so keep going.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn normalize_mac(mac: &str) -> Result<String, NetError> {
+    let bad = || NetError::InvalidMac(mac.to_string());
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut bytes = [0u8; 6];
+    for (b, p) in bytes.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if bytes[0] & 1 != 0 {
+        return Err(bad()); // multicast
+    }
+    Ok(bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+fn link_exists(name: &str) -> Result<bool, NetError> {
+    Cmd::ip().args(["link", "show", "dev", name]).succeeds()
+}
+
+fn netns_exists(name: &str) -> bool {
+    named_netns_path(name).exists()
+}
+
+/// Deletes a link if present; an error only if it is still there afterwards.
+fn delete_link(name: &str) -> Result<bool, NetError> {
+    if !link_exists(name)? {
+        return Ok(false);
+    }
+    match Cmd::ip().args(["link", "del", "dev", name]).run() {
+        Ok(_) => Ok(true),
+        Err(e) if link_exists(name)? => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Deletes a named namespace if present (which destroys `tap0` and `eth0`
+/// with it once no process is left inside).
+fn delete_netns(name: &str) -> Result<bool, NetError> {
+    if !netns_exists(name) {
+        return Ok(false);
+    }
+    match Cmd::ip().args(["netns", "del", name]).run() {
+        Ok(_) => Ok(true),
+        Err(e) if netns_exists(name) => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Best-effort sysctl for hardening; a kernel without the knob (e.g. no
+/// IPv6) is not an error.
+fn optional_sysctl(netns: Option<&Path>, key: &str, value: &str) -> Result<(), NetError> {
+    match write_sysctl(netns, key, value) {
+        Err(NetError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// What `setup_sandbox` has created so far, for rollback.
+#[derive(Default)]
+struct Created {
+    netns: bool,
+    veth: bool,
+}
+
+impl NetManager {
+    /// A manager for `config`. Touches nothing on the host.
+    pub fn new(config: NetConfig) -> Result<Self, NetError> {
+        let pool = AddressPool::new(config.pool)?;
+        for (what, v) in [
+            ("tap_user", &config.tap_user),
+            ("tap_group", &config.tap_group),
+        ] {
+            if let Some(v) = v {
+                let ok = !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                if !ok {
+                    return Err(NetError::InvalidConfig(format!("{what} {v:?}")));
+                }
+            }
+        }
+        Ok(NetManager {
+            config,
+            state: Mutex::new(State {
+                pool,
+                sandboxes: HashMap::new(),
+            }),
+            firewall: Mutex::new(()),
+            firewall_ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The /24 of an owner subnet index.
+    pub fn owner_subnet(&self, owner_index: u16) -> Result<Ipv4Cidr, NetError> {
+        lock(&self.state).pool.owner_subnet(owner_index)
+    }
+
+    /// Host preparation, idempotent: `net.ipv4.ip_forward=1`, an
+    /// `unreachable` route for the pool (so traffic to unassigned pool
+    /// addresses never leaves through the default route), the `BHATTI-*`
+    /// chains and their jumps, and a sibling rule for every owner with live
+    /// sandboxes. Returns whether anything had to change.
+    /// [`setup_sandbox`](Self::setup_sandbox) calls it once if needed.
+    pub fn ensure_host_firewall(&self) -> Result<bool, NetError> {
+        let _fw = lock(&self.firewall);
+        let mut changed = false;
+        let fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .map_err(|e| NetError::io("read /proc/sys/net/ipv4/ip_forward", e))?;
+        if fwd.trim() != "1" {
+            write_sysctl(None, "net/ipv4/ip_forward", "1")?;
+            changed = true;
+        }
+        let pool = self.config.pool.to_string();
+        let routes = Cmd::ip()
+            .args(["-4", "route", "show", "table", "main", "exact", &pool])
+            .run()?;
+        if routes.trim().is_empty() {
+            Cmd::ip()
+                .args(["route", "add", "unreachable", &pool])
+                .run()?;
+            changed = true;
+        } else if !routes.trim_start().starts_with("unreachable") {
+            warn!(%pool, routes = routes.trim(), "the sandbox pool is routed elsewhere on this host");
+        }
+        changed |= firewall::ensure_host_chains(self.config.pool)?;
+        for subnet in self.live_owner_subnets() {
+            firewall::ensure_owner_rule(subnet)?;
+        }
+        self.firewall_ready.store(true, Ordering::SeqCst);
+        Ok(changed)
+    }
+
+    /// Removes everything [`ensure_host_firewall`](Self::ensure_host_firewall)
+    /// added except `ip_forward` (other software may rely on it). For
+    /// uninstall and tests; live sandboxes lose isolation and egress NAT.
+    pub fn remove_host_firewall(&self) -> Result<(), NetError> {
+        let _fw = lock(&self.firewall);
+        self.firewall_ready.store(false, Ordering::SeqCst);
+        firewall::remove_host_chains()?;
+        let pool = self.config.pool.to_string();
+        let routes = Cmd::ip()
+            .args(["-4", "route", "show", "table", "main", "exact", &pool])
+            .run()?;
+        if routes.trim_start().starts_with("unreachable") {
+            Cmd::ip()
+                .args(["route", "del", "unreachable", &pool])
+                .run()?;
+        }
+        Ok(())
+    }
+
+    fn live_owner_subnets(&self) -> HashSet<Ipv4Cidr> {
+        let st = lock(&self.state);
+        st.sandboxes
+            .values()
+            .filter_map(|(owner, _)| st.pool.owner_subnet(*owner).ok())
+            .collect()
+    }
+
+    /// Creates the sandbox's namespace, veth pair, `tap0`, routes and rules,
+    /// claiming an external address from the owner's /24: `ext_ip: Some(ip)`
+    /// claims exactly that one (restore keeping its address), `None` the
+    /// lowest free one (new sandbox, or a fork/clone, which gets a new
+    /// external address while its guest keeps `172.31.255.2`). Everything
+    /// created is rolled back if a later step fails.
+    pub fn setup_sandbox(
+        &self,
+        sandbox_id: &str,
+        owner_index: u16,
+        guest_mac: &str,
+        policy: &EgressPolicy,
+        ext_ip: Option<Ipv4Addr>,
+    ) -> Result<SandboxNet, NetError> {
+        let netns = netns_name(sandbox_id)?;
+        let host_veth = host_veth_name(sandbox_id)?;
+        let guest_mac = normalize_mac(guest_mac)?;
+        let owner_subnet = self.owner_subnet(owner_index)?;
+        if !self.firewall_ready.load(Ordering::SeqCst) {
+            self.ensure_host_firewall()?;
+        }
+
+        let ext_ip = {
+            let mut st = lock(&self.state);
+            if st.sandboxes.contains_key(sandbox_id) {
+                return Err(NetError::AlreadyExists(sandbox_id.to_string()));
+            }
+            let ip = match ext_ip {
+                Some(ip) => st.pool.try_claim(owner_index, ip).map(|()| ip)?,
+                None => st.pool.allocate(owner_index)?,
+            };
+            st.sandboxes
+                .insert(sandbox_id.to_string(), (owner_index, ip));
+            ip
+        };
+        let net = SandboxNet {
+            sandbox_id: sandbox_id.to_string(),
+            owner_index,
+            netns,
+            host_veth,
+            ext_ip,
+            guest_ip: GUEST_IP,
+            gateway_ip: GATEWAY_IP,
+            tap: TAP_NAME.to_string(),
+            guest_mac,
+        };
+
+        let mut created = Created::default();
+        match self.build(&net, owner_subnet, policy, &mut created) {
+            Ok(()) => {
+                info!(sandbox = sandbox_id, ext_ip = %ext_ip, "sandbox network up");
+                Ok(net)
+            }
+            Err(e) => {
+                warn!(sandbox = sandbox_id, error = %e, "sandbox network setup failed; rolling back");
+                if created.veth {
+                    if let Err(e) = delete_link(&net.host_veth) {
+                        warn!(error = %e, "rollback: deleting host veth");
+                    }
+                }
+                if created.netns {
+                    if let Err(e) = delete_netns(&net.netns) {
+                        warn!(error = %e, "rollback: deleting netns");
+                    }
+                }
+                self.forget(&net);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        net: &SandboxNet,
+        owner_subnet: Ipv4Cidr,
+        policy: &EgressPolicy,
+        created: &mut Created,
+    ) -> Result<(), NetError> {
+        let ns = net.netns.as_str();
+        let ns_path = net.netns_path();
+        let veth = net.host_veth.as_str();
+        let ext = net.ext_ip;
+
+        // Never adopt (or later roll back) someone else's namespace.
+        if netns_exists(ns) {
+            return Err(NetError::AlreadyExists(net.sandbox_id.clone()));
+        }
+        Cmd::ip().args(["netns", "add", ns]).run()?;
+        created.netns = true;
+
+        // The peer is created directly inside the namespace under its final
+        // name, so no `bhp-*` half ever exists in the host namespace.
+        Cmd::ip()
+            .args([
+                "link", "add", veth, "type", "veth", "peer", "name", NETNS_ETH,
+            ])
+            .args(["netns", ns])
+            .run()?;
+        created.veth = true;
+
+        // Namespace sysctls, before any interface is up.
+        write_sysctl(Some(&ns_path), "net/ipv4/ip_forward", "1")?;
+        // Strict reverse-path filtering: the guest can only send from the
+        // TAP's subnet (the FORWARD anti-spoof rule says the same).
+        write_sysctl(Some(&ns_path), "net/ipv4/conf/all/rp_filter", "1")?;
+        write_sysctl(Some(&ns_path), "net/ipv4/conf/default/rp_filter", "1")?;
+        // IPv4 only: no link-local IPv6 path around the IPv4 rules.
+        for key in ["all", "default", NETNS_ETH] {
+            optional_sysctl(
+                Some(&ns_path),
+                &format!("net/ipv6/conf/{key}/disable_ipv6"),
+                "1",
+            )?;
+        }
+
+        // Host side first, so the namespace's gateway is reachable as soon as
+        // its routes exist.
+        // rp_filter=1 (strict) on the host veth: the only source that may
+        // arrive on it is the sandbox's own /32 (routed back through it). The
+        // kernel applies max(all, iface), so a host-wide loose (2) setting
+        // still wins; the BHATTI-FWD/IN interface rules cover that case.
+        // No proxy_arp: 169.254.1.1 is a real address of the host veth, so
+        // the host answers the namespace's ARP for its gateway itself, and
+        // the namespace answers for <ext>/32 on eth0.
+        write_sysctl(None, &format!("net/ipv4/conf/{veth}/rp_filter"), "1")?;
+        optional_sysctl(None, &format!("net/ipv6/conf/{veth}/disable_ipv6"), "1")?;
+        Cmd::ip()
+            .args(["-batch", "-"])
+            .stdin(format!(
+                "link set dev {veth} up\n\
+                 addr add {HOST_VETH_IP}/32 dev {veth}\n\
+                 route add {ext}/32 dev {veth}\n"
+            ))
+            .run()?;
+
+        let mut tuntap = format!("tuntap add dev {TAP_NAME} mode tap");
+        if let Some(u) = &self.config.tap_user {
+            tuntap.push_str(&format!(" user {u}"));
+        }
+        if let Some(g) = &self.config.tap_group {
+            tuntap.push_str(&format!(" group {g}"));
+        }
+        Cmd::ip()
+            .args(["-n", ns, "-batch", "-"])
+            .stdin(format!(
+                "link set dev lo up\n\
+                 addr add {ext}/32 dev {NETNS_ETH}\n\
+                 link set dev {NETNS_ETH} up\n\
+                 route add {HOST_VETH_IP}/32 dev {NETNS_ETH} scope link\n\
+                 route add default via {HOST_VETH_IP} dev {NETNS_ETH}\n\
+                 {tuntap}\n\
+                 addr add {GATEWAY_IP}/{GUEST_PREFIX_LEN} dev {TAP_NAME}\n\
+                 link set dev {TAP_NAME} up\n"
+            ))
+            .run()?;
+
+        firewall::install_netns_rules(&ns_path, ext, owner_subnet, policy)?;
+
+        let _fw = lock(&self.firewall);
+        firewall::ensure_owner_rule(owner_subnet)
+    }
+
+    /// Drops a sandbox from the pool and, if it was its owner's last,
+    /// removes the owner's sibling rule. Only releases the address if this
+    /// manager tracks the sandbox with exactly that address.
+    fn forget(&self, net: &SandboxNet) -> Option<NetError> {
+        let _fw = lock(&self.firewall);
+        let owner_left = {
+            let mut st = lock(&self.state);
+            match st.sandboxes.get(&net.sandbox_id) {
+                Some(&(owner, ip)) if ip == net.ext_ip => {
+                    st.sandboxes.remove(&net.sandbox_id);
+                    st.pool.release(ip);
+                    (st.pool.in_use(owner) == 0).then(|| st.pool.owner_subnet(owner).ok())
+                }
+                Some(&(_, ip)) => {
+                    warn!(sandbox = %net.sandbox_id, tracked = %ip, given = %net.ext_ip,
+                          "teardown with a stale address; keeping the tracked one");
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(Some(subnet)) = owner_left {
+            if let Err(e) = firewall::remove_owner_rule(subnet) {
+                warn!(error = %e, %subnet, "removing owner rule");
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// Removes the sandbox's host veth (and with it the peer and the host
+    /// route), its namespace (and with it `tap0`), and releases its address.
+    /// Idempotent, and fine with half-created state. Stop the VMM first: a
+    /// process still inside keeps the namespace alive (unnamed) until it
+    /// exits, although the veth is removed regardless.
+    pub fn teardown_sandbox(&self, net: &SandboxNet) -> Result<(), NetError> {
+        // Names are re-derived from the id rather than trusted from `net`.
+        let ns = netns_name(&net.sandbox_id)?;
+        let veth = host_veth_name(&net.sandbox_id)?;
+        let mut first_err = None;
+        if let Err(e) = delete_link(&veth) {
+            first_err.get_or_insert(e);
+        }
+        if let Err(e) = delete_netns(&ns) {
+            first_err.get_or_insert(e);
+        }
+        if let Some(e) = self.forget(net) {
+            first_err.get_or_insert(e);
+        }
+        info!(sandbox = %net.sandbox_id, "sandbox network removed");
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Replaces the egress policy of a live sandbox (atomically: there is no
+    /// instant without a policy).
+    pub fn set_egress_policy(
+        &self,
+        net: &SandboxNet,
+        policy: &EgressPolicy,
+    ) -> Result<(), NetError> {
+        let ns = netns_name(&net.sandbox_id)?;
+        if !netns_exists(&ns) {
+            return Err(NetError::NetnsMissing(ns));
+        }
+        let subnet = self.owner_subnet(net.owner_index)?;
+        firewall::replace_egress(&named_netns_path(&ns), subnet, policy)
+    }
+
+    /// Recovery after a daemon restart: takes over a sandbox whose namespace
+    /// survived, marking its address as used and restoring its owner's
+    /// sibling rule. `NetnsMissing` means the host rebooted: set it up again
+    /// with `setup_sandbox(…, Some(net.ext_ip))`.
+    pub fn adopt(&self, net: &SandboxNet) -> Result<(), NetError> {
+        let ns = netns_name(&net.sandbox_id)?;
+        if !netns_exists(&ns) {
+            return Err(NetError::NetnsMissing(ns));
+        }
+        let subnet = self.owner_subnet(net.owner_index)?;
+        {
+            let mut st = lock(&self.state);
+            match st.sandboxes.get(&net.sandbox_id) {
+                Some(&(_, ip)) if ip == net.ext_ip => {}
+                Some(_) => return Err(NetError::AlreadyExists(net.sandbox_id.clone())),
+                None => {
+                    if st.sandboxes.values().any(|&(_, ip)| ip == net.ext_ip) {
+                        return Err(NetError::AddressInUse(net.ext_ip));
+                    }
+                    st.pool.mark(net.owner_index, net.ext_ip)?;
+                    st.sandboxes
+                        .insert(net.sandbox_id.clone(), (net.owner_index, net.ext_ip));
+                }
+            }
+        }
+        if !self.firewall_ready.load(Ordering::SeqCst) {
+            return self.ensure_host_firewall().map(drop);
+        }
+        let _fw = lock(&self.firewall);
+        firewall::ensure_owner_rule(subnet)
+    }
+
+    /// Deletes every `bhatti-<16 hex>` namespace and `bhv-<11 hex>` link
+    /// that belongs neither to `keep` nor to a sandbox this manager tracks,
+    /// and every sibling rule of an owner without tracked sandboxes. Nothing
+    /// else is touched. Returns the names removed. Run after recovery
+    /// ([`adopt`](Self::adopt)): sibling rules survive only for owners of
+    /// tracked sandboxes, since `keep` carries no owner.
+    pub fn cleanup_orphans<S: AsRef<str>>(&self, keep: &[S]) -> Result<Vec<String>, NetError> {
+        let mut keep_ids: HashSet<String> = keep.iter().map(|s| s.as_ref().to_string()).collect();
+        keep_ids.extend(lock(&self.state).sandboxes.keys().cloned());
+        let keep_prefixes: HashSet<&str> = keep_ids
+            .iter()
+            .filter(|id| validate_sandbox_id(id).is_ok())
+            .map(|id| &id[..VETH_ID_CHARS])
+            .collect();
+
+        let mut removed = Vec::new();
+        let mut first_err = None;
+
+        // Host veths first: deleting one removes its peer at once, whereas a
+        // namespace's interfaces disappear asynchronously after `netns del`.
+        let links = Cmd::ip().args(["-o", "link", "show"]).run()?;
+        for line in links.lines() {
+            // "7: bhv-0123456789a@if2: <BROADCAST,…"
+            let Some(name) = line.split(": ").nth(1) else {
+                continue;
+            };
+            let name = name.split('@').next().unwrap_or(name);
+            let Some(prefix) = id_prefix_of_veth(name) else {
+                continue;
+            };
+            if keep_prefixes.contains(prefix) {
+                continue;
+            }
+            match delete_link(name) {
+                Ok(true) => removed.push(name.to_string()),
+                Ok(false) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+
+        let names: Vec<String> = match std::fs::read_dir(NETNS_DIR) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(NetError::io(format!("read {NETNS_DIR}"), e)),
+        };
+        for name in names {
+            let Some(id) = sandbox_id_of_netns(&name) else {
+                continue;
+            };
+            if keep_ids.contains(id) {
+                continue;
+            }
+            match delete_netns(&name) {
+                Ok(true) => removed.push(name),
+                Ok(false) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+
+        {
+            let _fw = lock(&self.firewall);
+            let live = self.live_owner_subnets();
+            for subnet in firewall::owner_rule_subnets()? {
+                if !live.contains(&subnet) {
+                    if let Err(e) = firewall::remove_owner_rule(subnet) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+
+        if !removed.is_empty() {
+            info!(?removed, "removed orphaned sandbox networks");
+        }
+        first_err.map_or(Ok(removed), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            normalize_mac("AA:bb:0c:00:00:01").unwrap(),
+            "aa:bb:0c:00:00:01"
+        );
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "01:00:5e:00:00:01",
+            "aa:bb:cc:dd:ee:fg",
+            "aabb:cc:dd:ee:ff:00",
+        ] {
+            assert!(normalize_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(NetManager::new(NetConfig::default()).is_ok());
+        let bad_user = NetConfig {
+            tap_user: Some("root; rm".into()),
+            ..NetConfig::default()
+        };
+        assert!(NetManager::new(bad_user).is_err());
+        let bad_pool = NetConfig {
+            pool: "10.0.0.0/24".parse().unwrap(),
+            ..NetConfig::default()
+        };
+        assert!(NetManager::new(bad_pool).is_err());
+        let j = serde_json::to_value(NetConfig::default()).unwrap();
+        assert_eq!(j["pool"], "10.128.0.0/9");
+        let c: NetConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, NetConfig::default());
+    }
+}

@@ -1,0 +1,175 @@
+//! The agent: configuration, shared state, and the accept loops.
+//!
+//! Listeners are generic over the stream type, so the same connection handling
+//! serves Unix sockets (test and container mode), TCP and vsock (guest mode).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::session::Registry;
+
+/// Identity the agent runs children as (uid/gid 1000 in a guest; `None` keeps the
+/// agent's own identity, as in test mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+impl RunAs {
+    /// The guest's unprivileged user `lohar`.
+    pub fn lohar() -> RunAs {
+        RunAs {
+            uid: 1000,
+            gid: 1000,
+            home: "/home/lohar".into(),
+        }
+    }
+}
+
+/// What the agent needs to know to serve.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Per-sandbox token; when set, every connection must start with AUTH.
+    pub token: Option<String>,
+    /// Environment from the config drive (overrides the defaults, overridden by
+    /// per-request env).
+    pub env: BTreeMap<String, String>,
+    /// Who children run as.
+    pub run_as: Option<RunAs>,
+    /// `HOME` when `run_as` is `None`.
+    pub home: String,
+    /// Run `sync()` after a one-shot exec, before EXIT, so files the command wrote
+    /// reach the virtual disk before a snapshot. Off in test mode, where it would
+    /// flush the whole host.
+    pub sync_after_exec: bool,
+    /// chown written files to this uid/gid (guest: 1000).
+    pub file_owner: Option<(u32, u32)>,
+    /// Working directory for `init`.
+    pub init_cwd: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> AgentConfig {
+        AgentConfig {
+            token: None,
+            env: BTreeMap::new(),
+            run_as: None,
+            home: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
+            sync_after_exec: false,
+            file_owner: None,
+            init_cwd: PathBuf::from("/workspace"),
+        }
+    }
+}
+
+/// Transport-independent stream the agent serves on.
+pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+
+/// Shared state of one agent instance.
+pub struct Agent {
+    pub(crate) config: AgentConfig,
+    pub(crate) sessions: Registry,
+    last_activity: AtomicI64,
+    pub(crate) control_conns: AtomicUsize,
+    conn_ids: AtomicU64,
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Arc<Agent> {
+        Arc::new(Agent {
+            config,
+            sessions: Registry::default(),
+            last_activity: AtomicI64::new(unix_now()),
+            control_conns: AtomicUsize::new(0),
+            conn_ids: AtomicU64::new(1),
+        })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub(crate) fn touch(&self) {
+        self.last_activity.store(unix_now(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_activity(&self) -> i64 {
+        self.last_activity.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Serves one accepted control-port connection to completion.
+    pub async fn serve_control<S: AgentStream>(self: Arc<Self>, stream: S) {
+        crate::conn::handle_control(self, Box::new(stream)).await
+    }
+
+    /// Serves one accepted forward-port connection to completion.
+    pub async fn serve_forward<S: AgentStream>(self: Arc<Self>, stream: S) {
+        crate::conn::handle_forward(self, Box::new(stream)).await
+    }
+
+    /// Accept loop for a Unix listener.
+    pub async fn run_unix(self: Arc<Self>, listener: tokio::net::UnixListener, forward: bool) {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => self.spawn_conn(s, forward),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Accept loop for a TCP listener.
+    pub async fn run_tcp(self: Arc<Self>, listener: tokio::net::TcpListener, forward: bool) {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    self.spawn_conn(s, forward)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn spawn_conn<S: AgentStream>(self: &Arc<Self>, s: S, forward: bool) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            if forward {
+                agent.serve_forward(s).await
+            } else {
+                agent.serve_control(s).await
+            }
+        });
+    }
+
+    /// Starts the config drive's `init` script as the attachable TTY session `init`.
+    pub fn start_init(self: &Arc<Self>, script: &str, run_as: Option<RunAs>) {
+        if let Err(e) = crate::session::start_init(self, script, run_as) {
+            tracing::error!(error = %e, "init session failed to start");
+        }
+    }
+}

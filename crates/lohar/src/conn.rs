@@ -1,0 +1,309 @@
+//! Per-connection plumbing: the writer task, the reader task, the connection
+//! limit, AUTH, and dispatch of the one request a control connection carries.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bhatti_protocol::messages::{ActivityInfo, ExecRequest, Hello, HelloResponse};
+use bhatti_protocol::r#async::read_frame;
+use bhatti_protocol::{
+    encode_exit, encode_frame, Frame, MsgType, MAX_CONTROL_CONNS, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::agent::{Agent, AgentStream};
+
+pub type Stream = Box<dyn AgentStreamObj>;
+pub trait AgentStreamObj: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: AgentStream> AgentStreamObj for T {}
+
+pub type Reader = BufReader<ReadHalf<Stream>>;
+
+const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+/// Frames queued towards one client before senders wait.
+const WRITE_QUEUE: usize = 64;
+
+/// Sending side of a connection. Cloneable; frames are encoded here and written
+/// whole by the single writer task, so frames never interleave.
+#[derive(Clone)]
+pub struct FrameTx {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl FrameTx {
+    /// Queues a frame; false when the connection is gone or the frame is invalid.
+    pub async fn send(&self, kind: MsgType, payload: &[u8]) -> bool {
+        match encode_frame(kind as u8, payload) {
+            Ok(buf) => self.tx.send(buf).await.is_ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping unencodable frame");
+                false
+            }
+        }
+    }
+
+    /// Queues a frame without waiting; false when the queue is full or closed.
+    pub fn try_send(&self, kind: MsgType, payload: &[u8]) -> bool {
+        match encode_frame(kind as u8, payload) {
+            Ok(buf) => self.tx.try_send(buf).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// For blocking threads (file I/O): waits for queue room without a runtime.
+    pub fn blocking_send(&self, kind: MsgType, payload: &[u8]) -> bool {
+        match encode_frame(kind as u8, payload) {
+            Ok(buf) => self.tx.blocking_send(buf).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    pub async fn send_json<T: serde::Serialize + ?Sized>(&self, kind: MsgType, v: &T) -> bool {
+        match serde_json::to_vec(v) {
+            Ok(p) => self.send(kind, &p).await,
+            Err(_) => false,
+        }
+    }
+
+    pub async fn error(&self, msg: impl AsRef<str>) -> bool {
+        self.send(MsgType::Error, msg.as_ref().as_bytes()).await
+    }
+
+    pub async fn exit(&self, code: i32) -> bool {
+        self.send(MsgType::Exit, &encode_exit(code)).await
+    }
+}
+
+/// The writer task: ends when every `FrameTx` clone is dropped (handing the write
+/// half back, still open) or at the first write error (`None`).
+pub type Writer = JoinHandle<Option<WriteHalf<Stream>>>;
+
+pub fn writer(mut w: WriteHalf<Stream>) -> (FrameTx, Writer) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(buf) = rx.recv().await {
+            if w.write_all(&buf).await.is_err() {
+                return None;
+            }
+        }
+        Some(w)
+    });
+    (FrameTx { tx }, task)
+}
+
+/// Drops the last sender, waits for queued frames to go out, then closes.
+pub async fn finish(tx: FrameTx, task: Writer) {
+    drop(tx);
+    if let Ok(Some(mut w)) = task.await {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// What the reader task delivers: frames, then `None` once at end of stream
+/// (clean or not; the op handlers treat both as "the host went away").
+pub type Incoming = mpsc::Receiver<Frame>;
+
+/// Moves frame reading into its own task so handlers can `select!` on a
+/// cancel-safe channel.
+pub fn reader_task(mut r: Reader) -> Incoming {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok(Some(f)) = read_frame(&mut r).await {
+            if tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Decrements the connection count when the handler ends, however it ends.
+struct ConnGuard<'a>(&'a Agent);
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.control_conns.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret (tokens are fixed-size); the content comparison is
+    // constant-time.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the first frame, enforcing AUTH when a token is configured. Returns the
+/// first request frame, or `None` after having answered an auth failure.
+async fn first_request(agent: &Agent, r: &mut Reader, tx: &FrameTx) -> Option<Frame> {
+    let first = match tokio::time::timeout(AUTH_DEADLINE, read_frame(r)).await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            tx.error(format!("read request: {e}")).await;
+            return None;
+        }
+        Err(_) => {
+            if agent.config.token.is_some() {
+                tx.error("auth required").await;
+            }
+            return None;
+        }
+    };
+    match &agent.config.token {
+        Some(token) if !first.is(MsgType::Auth) || !ct_eq(&first.payload, token.as_bytes()) => {
+            tx.error("auth required").await;
+            return None;
+        }
+        Some(_) => {}
+        None if !first.is(MsgType::Auth) => return Some(first),
+        None => {}
+    }
+    match read_frame(r).await {
+        Ok(Some(f)) => Some(f),
+        Ok(None) => None,
+        Err(e) => {
+            tx.error(format!("read request: {e}")).await;
+            None
+        }
+    }
+}
+
+pub async fn handle_control(agent: Arc<Agent>, stream: Stream) {
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = BufReader::new(rd);
+    let (tx, writer_task) = writer(wr);
+    let n = agent.control_conns.fetch_add(1, Ordering::AcqRel);
+    let _guard = ConnGuard(&agent);
+    if n >= MAX_CONTROL_CONNS {
+        tx.error("connection limit exceeded").await;
+    } else if let Some(req) = first_request(&agent, &mut rd, &tx).await {
+        dispatch(&agent, req, rd, &tx).await;
+    }
+    finish(tx, writer_task).await;
+}
+
+async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
+    let Some(kind) = req.msg_type() else {
+        tx.error(format!("unexpected frame type 0x{:02x}", req.kind))
+            .await;
+        return;
+    };
+    match kind {
+        MsgType::ExecReq => {
+            agent.touch();
+            let er: ExecRequest = match req.parse_json() {
+                Ok(r) => r,
+                Err(e) => {
+                    tx.error(format!("invalid exec request: {e}")).await;
+                    return;
+                }
+            };
+            exec_dispatch(agent, er, rd, tx).await
+        }
+        MsgType::ExecListReq => {
+            let list = agent.sessions.list();
+            tx.send_json(MsgType::ExecListResp, &list).await;
+        }
+        MsgType::ExecKill => crate::session::kill_request(agent, &req, tx).await,
+        MsgType::ActivityReq => {
+            let (active, attached) = agent.sessions.counts();
+            let info = ActivityInfo {
+                last_activity_unix: agent.last_activity(),
+                active_sessions: active,
+                attached_sessions: attached,
+            };
+            tx.send_json(MsgType::ActivityResp, &info).await;
+        }
+        MsgType::FileReadReq => {
+            agent.touch();
+            crate::files::read(agent, &req, tx).await
+        }
+        MsgType::FileWriteReq => {
+            agent.touch();
+            crate::files::write(agent, &req, rd, tx).await
+        }
+        MsgType::FileStatReq => crate::files::stat(&req, tx).await,
+        MsgType::FileLsReq => crate::files::ls(&req, tx).await,
+        MsgType::Hello => {
+            // Accept any well-formed hello; the version is informational today.
+            let _peer: Option<Hello> = req.parse_json().ok();
+            let resp = HelloResponse {
+                version: PROTOCOL_VERSION,
+                agent: format!("lohar {}", env!("CARGO_PKG_VERSION")),
+                features: FEATURES.iter().map(|s| s.to_string()).collect(),
+            };
+            tx.send_json(MsgType::HelloResp, &resp).await;
+        }
+        _ => {
+            tx.error(format!("unexpected frame type 0x{:02x}", req.kind))
+                .await;
+        }
+    }
+}
+
+/// Capabilities announced in HELLO_RESP.
+const FEATURES: &[&str] = &[
+    "exec",
+    "exec.detach",
+    "exec.kill_on_disconnect",
+    "exec.stdin_eof",
+    "tty",
+    "session.piped",
+    "files",
+    "files.ls_total",
+    "forward",
+    "activity",
+];
+
+async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {
+    if !er.session_id.is_empty() {
+        return crate::session::attach(agent, er, rd, tx).await;
+    }
+    if er.argv.is_empty() || er.argv[0].is_empty() {
+        tx.error("empty argv").await;
+        return;
+    }
+    if er.detach {
+        crate::exec::detached(agent, er, tx).await
+    } else if er.tty || er.session {
+        crate::session::create(agent, er, rd, tx).await
+    } else {
+        crate::exec::oneshot(agent, er, rd, tx).await
+    }
+}
+
+pub async fn handle_forward(agent: Arc<Agent>, stream: Stream) {
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = BufReader::new(rd);
+    let (tx, writer_task) = writer(wr);
+    if let Some(req) = first_request(&agent, &mut rd, &tx).await {
+        if req.is(MsgType::FwdReq) {
+            match crate::forward::dial(&req).await {
+                Ok(target) => {
+                    let ok = bhatti_protocol::messages::StatusResponse::ok();
+                    tx.send_json(MsgType::FwdResp, &ok).await;
+                    // The relay needs the raw write half: the writer hands it back
+                    // once FWD_RESP is out.
+                    drop(tx);
+                    if let Ok(Some(wr)) = writer_task.await {
+                        crate::forward::relay(rd, wr, target).await;
+                    }
+                    return;
+                }
+                Err(msg) => {
+                    let e = bhatti_protocol::messages::StatusResponse::error(msg);
+                    tx.send_json(MsgType::FwdResp, &e).await;
+                }
+            }
+        } else {
+            tx.error(format!("unexpected frame type 0x{:02x}", req.kind))
+                .await;
+        }
+    }
+    finish(tx, writer_task).await;
+}

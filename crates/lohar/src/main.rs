@@ -1,0 +1,95 @@
+//! `lohar` entry point: picks the mode and starts the agent.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use lohar::{Agent, AgentConfig};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "lohar {}: the bhatti guest agent\n\n\
+         Runs as PID 1 inside a bhatti sandbox. For tests:\n  \
+         LOHAR_TEST=1 LOHAR_SOCK=<path> LOHAR_FWD_SOCK=<path> [LOHAR_TOKEN=<token>] \
+         [LOHAR_INIT=<script>] lohar",
+        env!("CARGO_PKG_VERSION")
+    );
+    ExitCode::from(2)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOHAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    if std::env::var("LOHAR_TEST").as_deref() == Ok("1") {
+        return run(test_mode());
+    }
+    if std::process::id() == 1 {
+        eprintln!("lohar: guest (PID 1) mode is not built into this version");
+        return ExitCode::from(2);
+    }
+    usage()
+}
+
+fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lohar: runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lohar: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bind_unix(path: &str) -> Result<tokio::net::UnixListener, String> {
+    if Path::new(path).exists() {
+        std::fs::remove_file(path).map_err(|e| format!("remove stale {path}: {e}"))?;
+    }
+    tokio::net::UnixListener::bind(path).map_err(|e| format!("listen on {path}: {e}"))
+}
+
+/// Test mode: Unix sockets, children as the current user, no root needed.
+async fn test_mode() -> Result<(), String> {
+    let sock = std::env::var("LOHAR_SOCK").map_err(|_| "LOHAR_SOCK is required in test mode")?;
+    let fwd = std::env::var("LOHAR_FWD_SOCK").ok();
+    let cfg = AgentConfig {
+        token: std::env::var("LOHAR_TOKEN").ok().filter(|t| !t.is_empty()),
+        sync_after_exec: std::env::var("LOHAR_SYNC").as_deref() == Ok("1"),
+        init_cwd: std::env::current_dir().map_err(|e| e.to_string())?,
+        ..AgentConfig::default()
+    };
+    let agent = Agent::new(cfg);
+    let ctl = bind_unix(&sock)?;
+    if let Some(fwd) = fwd {
+        let l = bind_unix(&fwd)?;
+        tokio::spawn(agent.clone().run_unix(l, true));
+    }
+    if let Ok(init) = std::env::var("LOHAR_INIT") {
+        agent.start_init(&init, None);
+    }
+    eprintln!("lohar: ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = agent.run_unix(ctl, false) => {}
+        _ = term.recv() => {}
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

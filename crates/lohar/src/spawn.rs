@@ -1,0 +1,97 @@
+//! Building child processes: environment layering, identity, working directory.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::agent::{Agent, RunAs};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a child relates to the agent's process groups and sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leader {
+    /// Own process group (one-shot exec: KILL hits the whole group).
+    Group,
+    /// New session (detached exec, piped sessions).
+    Session,
+    /// New session with the stdin tty as controlling terminal (TTY sessions).
+    SessionWithTty,
+}
+
+/// A `std::process::Command` for `argv` with the agent's environment rules:
+/// defaults, then config env, then the request's env.
+pub fn command(
+    agent: &Agent,
+    argv: &[String],
+    req_env: &BTreeMap<String, String>,
+    cwd: &str,
+    run_as: Option<&RunAs>,
+    leader: Leader,
+) -> std::process::Command {
+    let cfg = agent.config();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd.env_clear();
+    let home = run_as.map(|r| r.home.clone()).unwrap_or(cfg.home.clone());
+    cmd.env("PATH", DEFAULT_PATH)
+        .env("TERM", "xterm-256color")
+        .env("HOME", &home)
+        .env("LANG", "en_US.UTF-8");
+    for (k, v) in cfg.env.iter().chain(req_env.iter()) {
+        cmd.env(k, v);
+    }
+    if !cwd.is_empty() {
+        cmd.current_dir(cwd);
+    }
+    if let Some(r) = run_as {
+        // std also drops the agent's supplementary groups when it runs as root.
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    match leader {
+        Leader::Group => {
+            cmd.process_group(0);
+        }
+        Leader::Session | Leader::SessionWithTty => {
+            let tty = leader == Leader::SessionWithTty;
+            // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if tty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+    cmd
+}
+
+/// The identity for a request: the agent's configured user.
+pub fn default_run_as(agent: &Agent) -> Option<RunAs> {
+    agent.config().run_as.clone()
+}
+
+/// Signals a whole process group; a group that is already gone is not an error.
+pub fn signal_group(pgid: i32, sig: Signal) {
+    if pgid <= 0 {
+        return;
+    }
+    let _ = killpg(Pid::from_raw(pgid), sig);
+}
+
+/// Exit code as the reference reports it: the status, or 128 + signal.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    }
+}

@@ -1,0 +1,245 @@
+//! lohar at the protocol level: raw frames over its Unix socket, no client crate.
+//! Covers auth, limits, malformed input and the connection model.
+
+mod common;
+
+use std::time::Duration;
+
+use bhatti_protocol::messages::{ExecRequest, HelloResponse};
+use bhatti_protocol::r#async::{read_frame, send, send_json, write_frame};
+use bhatti_protocol::{decode_exit, Frame, MsgType, MAX_CONTROL_CONNS, MAX_FRAME_LEN};
+use common::{Lohar, Opts};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+async fn dial(l: &Lohar) -> UnixStream {
+    UnixStream::connect(&l.sock).await.expect("connect")
+}
+
+async fn next(s: &mut UnixStream) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(10), read_frame(s))
+        .await
+        .expect("agent answered in time")
+        .expect("well-formed frame")
+}
+
+async fn expect_error(s: &mut UnixStream, text: &str) {
+    let f = next(s).await.expect("a frame");
+    assert!(f.is(MsgType::Error), "expected ERROR, got 0x{:02x}", f.kind);
+    assert!(
+        f.text().contains(text),
+        "error {:?} lacks {text:?}",
+        f.text()
+    );
+}
+
+async fn exec_true(s: &mut UnixStream) -> i32 {
+    send_json(s, MsgType::ExecReq, &ExecRequest::new(["true"]))
+        .await
+        .unwrap();
+    loop {
+        let f = next(s).await.expect("frames until EXIT");
+        if f.is(MsgType::Exit) {
+            return decode_exit(&f.payload).unwrap();
+        }
+        assert!(!f.is(MsgType::Error), "error: {}", f.text());
+    }
+}
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+#[tokio::test]
+async fn auth_missing_wrong_and_right_token() {
+    let l = Lohar::start_with(Opts {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    });
+    // Missing: a request without AUTH.
+    let mut s = dial(&l).await;
+    send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["true"]))
+        .await
+        .unwrap();
+    expect_error(&mut s, "auth required").await;
+    assert!(next(&mut s).await.is_none(), "closed after auth failure");
+    // Wrong token (same length, one byte off).
+    let mut s = dial(&l).await;
+    let mut wrong = TOKEN.as_bytes().to_vec();
+    wrong[31] = b'0';
+    send(&mut s, MsgType::Auth, &wrong).await.unwrap();
+    send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["true"]))
+        .await
+        .unwrap();
+    expect_error(&mut s, "auth required").await;
+    // Wrong length.
+    let mut s = dial(&l).await;
+    send(&mut s, MsgType::Auth, b"short").await.unwrap();
+    expect_error(&mut s, "auth required").await;
+    // Right token.
+    let mut s = dial(&l).await;
+    send(&mut s, MsgType::Auth, TOKEN.as_bytes()).await.unwrap();
+    assert_eq!(exec_true(&mut s).await, 0);
+    // The forward port checks the token too.
+    let mut f = UnixStream::connect(&l.fwd).await.unwrap();
+    send_json(&mut f, MsgType::FwdReq, &serde_json::json!({"port": 1}))
+        .await
+        .unwrap();
+    expect_error(&mut f, "auth required").await;
+}
+
+#[tokio::test]
+async fn auth_deadline_closes_silent_connections() {
+    let l = Lohar::start_with(Opts {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    });
+    let mut s = dial(&l).await;
+    let t0 = std::time::Instant::now();
+    expect_error(&mut s, "auth required").await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4),
+        "deadline fired early: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn auth_frame_is_accepted_when_no_token_is_configured() {
+    let l = Lohar::start();
+    let mut s = dial(&l).await;
+    send(&mut s, MsgType::Auth, b"anything").await.unwrap();
+    assert_eq!(exec_true(&mut s).await, 0);
+}
+
+#[tokio::test]
+async fn unknown_request_type_gets_an_error() {
+    let l = Lohar::start();
+    let mut s = dial(&l).await;
+    write_frame(&mut s, 0x7e, b"").await.unwrap();
+    expect_error(&mut s, "unexpected frame type 0x7e").await;
+    // A known type that is not a request.
+    let mut s = dial(&l).await;
+    send(&mut s, MsgType::Stdout, b"x").await.unwrap();
+    expect_error(&mut s, "unexpected frame type 0x02").await;
+}
+
+#[tokio::test]
+async fn oversize_and_empty_frames_from_a_peer_are_rejected() {
+    let l = Lohar::start();
+    let mut s = dial(&l).await;
+    let mut hdr = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec();
+    hdr.push(0x10);
+    s.write_all(&hdr).await.unwrap();
+    expect_error(&mut s, "exceeds the maximum").await;
+    let mut s = dial(&l).await;
+    s.write_all(&[0, 0, 0, 0]).await.unwrap();
+    expect_error(&mut s, "invalid frame length 0").await;
+    // The agent is still serving.
+    let mut s = dial(&l).await;
+    assert_eq!(exec_true(&mut s).await, 0);
+}
+
+#[tokio::test]
+async fn malformed_json_and_empty_argv() {
+    let l = Lohar::start();
+    let mut s = dial(&l).await;
+    send(&mut s, MsgType::ExecReq, b"{not json").await.unwrap();
+    expect_error(&mut s, "invalid exec request").await;
+    let mut s = dial(&l).await;
+    send_json(&mut s, MsgType::ExecReq, &ExecRequest::default())
+        .await
+        .unwrap();
+    expect_error(&mut s, "empty argv").await;
+}
+
+#[tokio::test]
+async fn connection_limit_is_enforced_before_auth() {
+    let l = Lohar::start_with(Opts {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    });
+    // Fill every slot with an authenticated, open TTY-less connection that is
+    // waiting for its request.
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONTROL_CONNS {
+        let mut s = dial(&l).await;
+        send(&mut s, MsgType::Auth, TOKEN.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = dial(&l).await;
+    expect_error(&mut extra, "connection limit exceeded").await;
+    drop(held);
+    // Slots free up once the holders go away.
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut s = dial(&l).await;
+        send(&mut s, MsgType::Auth, TOKEN.as_bytes()).await.unwrap();
+        send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["true"]))
+            .await
+            .unwrap();
+        let f = next(&mut s).await.unwrap();
+        if f.is(MsgType::Exit) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "agent recovered after the connections closed");
+}
+
+#[tokio::test]
+async fn one_operation_per_connection() {
+    let l = Lohar::start();
+    let mut s = dial(&l).await;
+    assert_eq!(exec_true(&mut s).await, 0);
+    // A second request on the same connection is not served: the agent closed.
+    let _ = send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["true"])).await;
+    assert!(next(&mut s).await.is_none());
+}
+
+#[tokio::test]
+async fn hello_reports_version_and_features() {
+    let l = Lohar::start();
+    let mut s = dial(&l).await;
+    send_json(
+        &mut s,
+        MsgType::Hello,
+        &serde_json::json!({"version": 2, "client": "test"}),
+    )
+    .await
+    .unwrap();
+    let f = next(&mut s).await.unwrap();
+    assert!(f.is(MsgType::HelloResp));
+    let h: HelloResponse = f.parse_json().unwrap();
+    assert_eq!(h.version, 2);
+    assert!(h.agent.starts_with("lohar "));
+    assert!(h.features.iter().any(|f| f == "exec.kill_on_disconnect"));
+}
+
+#[tokio::test]
+async fn exec_frames_arrive_in_order_stdout_stderr_exit() {
+    let l = Lohar::start();
+    let mut s = dial(&l).await;
+    send_json(
+        &mut s,
+        MsgType::ExecReq,
+        &ExecRequest::new(["sh", "-c", "printf out; printf err >&2; exit 3"]),
+    )
+    .await
+    .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = loop {
+        let f = next(&mut s).await.unwrap();
+        match f.msg_type() {
+            Some(MsgType::Stdout) => out.extend(f.payload),
+            Some(MsgType::Stderr) => err.extend(f.payload),
+            Some(MsgType::Exit) => break decode_exit(&f.payload).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(
+        (out.as_slice(), err.as_slice(), code),
+        (&b"out"[..], &b"err"[..], 3)
+    );
+    assert!(next(&mut s).await.is_none(), "EXIT is the last frame");
+}

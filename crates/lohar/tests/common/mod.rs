@@ -1,0 +1,120 @@
+//! Starts lohar in test mode on Unix sockets in a temp dir (no root, VM or KVM).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bhatti_agent_client::{AgentClient, Transport};
+
+pub struct Lohar {
+    pub dir: tempfile::TempDir,
+    pub sock: PathBuf,
+    pub fwd: PathBuf,
+    pub token: Option<String>,
+    child: Child,
+}
+
+#[derive(Default)]
+pub struct Opts {
+    pub token: Option<String>,
+    pub init: Option<String>,
+}
+
+impl Lohar {
+    pub fn start() -> Lohar {
+        Lohar::start_with(Opts::default())
+    }
+
+    pub fn start_with(opts: Opts) -> Lohar {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("c.sock");
+        let fwd = dir.path().join("f.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lohar"));
+        cmd.env("LOHAR_TEST", "1")
+            .env("LOHAR_SOCK", &sock)
+            .env("LOHAR_FWD_SOCK", &fwd)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(t) = &opts.token {
+            cmd.env("LOHAR_TOKEN", t);
+        }
+        if let Some(i) = &opts.init {
+            cmd.env("LOHAR_INIT", i);
+        }
+        let child = cmd.spawn().expect("spawn lohar");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(sock.exists() && fwd.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "lohar did not create its sockets"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Lohar {
+            dir,
+            sock,
+            fwd,
+            token: opts.token,
+            child,
+        }
+    }
+
+    pub fn client(&self) -> AgentClient {
+        self.client_with_token(self.token.clone())
+    }
+
+    pub fn client_with_token(&self, token: Option<String>) -> AgentClient {
+        AgentClient::new(
+            Transport::Unix {
+                control: self.sock.clone(),
+                forward: self.fwd.clone(),
+            },
+            token,
+        )
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Lohar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(st) => st
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}

@@ -1,0 +1,331 @@
+//! One-shot, streaming and detached exec through the host client against lohar in
+//! test mode (the seed's Agent "Exec" and Client tests).
+
+mod common;
+
+use std::time::Duration;
+
+use bhatti_agent_client::{ClientError, ExecRequest, StreamEvent};
+use common::{alive, eventually, s, Lohar, Opts};
+
+#[tokio::test]
+async fn basic_exec_and_exit_codes() {
+    let l = Lohar::start();
+    let c = l.client();
+    let r = c.exec(["echo", "hello"]).await.unwrap();
+    assert_eq!((r.exit_code, r.stdout_str().as_str()), (0, "hello\n"));
+    for code in [1, 42, 255] {
+        let r = c.exec(["sh", "-c", &format!("exit {code}")]).await.unwrap();
+        assert_eq!(r.exit_code, code);
+    }
+    // Killed by a signal: 128 + signal.
+    let r = c.exec(["sh", "-c", "kill -9 $$"]).await.unwrap();
+    assert_eq!(r.exit_code, 137);
+}
+
+#[tokio::test]
+async fn command_not_found_is_a_start_error() {
+    let l = Lohar::start();
+    let err = l.client().exec(["/definitely/not/here"]).await.unwrap_err();
+    match err {
+        ClientError::Agent(m) => assert!(m.starts_with("start:"), "{m}"),
+        e => panic!("unexpected {e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stderr_env_and_cwd() {
+    let l = Lohar::start();
+    let c = l.client();
+    let r = c
+        .exec(["sh", "-c", "echo to-out; echo to-err >&2"])
+        .await
+        .unwrap();
+    assert_eq!(r.stdout_str(), "to-out\n");
+    assert_eq!(r.stderr_str(), "to-err\n");
+
+    let mut req = ExecRequest::new(["sh", "-c", "echo $FOO:$TERM:$PATH; pwd"]);
+    req.env.insert("FOO".into(), "bar baz".into());
+    std::fs::create_dir(l.path("work")).unwrap();
+    req.cwd = s(&l.path("work"));
+    let r = c.exec_request(req, None).await.unwrap();
+    let out = r.stdout_str();
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "bar baz:xterm-256color:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(lines.next().unwrap(), s(&l.path("work")));
+
+    // A request env var overrides the defaults.
+    let mut req = ExecRequest::new(["sh", "-c", "echo $TERM"]);
+    req.env.insert("TERM".into(), "dumb".into());
+    assert_eq!(
+        c.exec_request(req, None).await.unwrap().stdout_str(),
+        "dumb\n"
+    );
+
+    // A missing cwd is a start error, not a hang.
+    let mut req = ExecRequest::new(["true"]);
+    req.cwd = "/no/such/dir".into();
+    assert!(matches!(
+        c.exec_request(req, None).await,
+        Err(ClientError::Agent(_))
+    ));
+}
+
+#[tokio::test]
+async fn stdin_is_fed_and_closed() {
+    let l = Lohar::start();
+    let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let r = l
+        .client()
+        .exec_request(ExecRequest::new(["cat"]), Some(&input))
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0);
+    assert_eq!(r.stdout, input);
+}
+
+#[tokio::test]
+async fn large_output_one_mib() {
+    let l = Lohar::start();
+    let r = l
+        .client()
+        .exec([
+            "sh",
+            "-c",
+            "head -c 1048576 /dev/zero; head -c 1000 /dev/zero >&2",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.len(), 1 << 20);
+    assert_eq!(r.stderr.len(), 1000);
+    assert!(!r.truncated);
+}
+
+#[tokio::test]
+async fn output_is_capped_at_ten_mib_with_a_marker() {
+    let l = Lohar::start();
+    let r = l
+        .client()
+        .exec(["sh", "-c", "head -c 11534336 /dev/zero"])
+        .await
+        .unwrap();
+    assert!(r.truncated);
+    assert_eq!(r.stdout.len(), 10 * 1024 * 1024);
+    assert!(r.stderr_str().ends_with("[output truncated at 10MB]"));
+    assert_eq!(r.exit_code, 0);
+}
+
+/// Starts `sh` that backgrounds a sleeper, prints its pid, and waits.
+const GROUP_SCRIPT: &str = "sleep 300 & echo $!; wait";
+
+async fn first_line_pid(stream: &mut bhatti_agent_client::ExecStream) -> i32 {
+    let mut buf = Vec::new();
+    loop {
+        match stream.next().await.unwrap() {
+            Some(StreamEvent::Stdout(d)) => {
+                buf.extend(d);
+                if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    return std::str::from_utf8(&buf[..nl])
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_during_exec_kills_the_whole_process_group() {
+    let l = Lohar::start();
+    let mut st = l
+        .client()
+        .exec_stream(ExecRequest::new(["sh", "-c", GROUP_SCRIPT]))
+        .await
+        .unwrap();
+    let pid = first_line_pid(&mut st).await;
+    assert!(alive(pid));
+    st.kill().await.unwrap();
+    let mut code = None;
+    while let Some(ev) = st.next().await.unwrap() {
+        if let StreamEvent::Exit(c) = ev {
+            code = Some(c);
+        }
+    }
+    assert_eq!(code, Some(137));
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)).await,
+        "grandchild {pid} survived KILL"
+    );
+}
+
+#[tokio::test]
+async fn dropped_connection_kills_the_process_group() {
+    let l = Lohar::start();
+    let mut st = l
+        .client()
+        .exec_stream(ExecRequest::new(["sh", "-c", GROUP_SCRIPT]))
+        .await
+        .unwrap();
+    let pid = first_line_pid(&mut st).await;
+    drop(st);
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)).await,
+        "process group survived the host disconnect"
+    );
+}
+
+#[tokio::test]
+async fn host_side_timeout_kills_the_guest_process() {
+    let l = Lohar::start();
+    let c = l.client();
+    let marker = l.path("started");
+    let script = format!("echo $$ > {}; exec sleep 300", s(&marker));
+    let res = tokio::time::timeout(
+        Duration::from_millis(500),
+        c.exec(["sh", "-c", script.as_str()]),
+    )
+    .await;
+    assert!(res.is_err(), "exec should time out");
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || !alive(pid)).await);
+}
+
+#[tokio::test]
+async fn streaming_events_arrive_incrementally() {
+    let l = Lohar::start();
+    let mut st = l
+        .client()
+        .exec_stream(ExecRequest::new([
+            "sh",
+            "-c",
+            "echo one; sleep 0.3; echo two >&2; exit 5",
+        ]))
+        .await
+        .unwrap();
+    let mut evs = Vec::new();
+    while let Some(ev) = st.next().await.unwrap() {
+        evs.push(ev);
+    }
+    assert_eq!(
+        evs,
+        vec![
+            StreamEvent::Stdout(b"one\n".to_vec()),
+            StreamEvent::Stderr(b"two\n".to_vec()),
+            StreamEvent::Exit(5)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn detached_exec_returns_at_once_and_survives() {
+    let l = Lohar::start();
+    let c = l.client();
+    let out = l.path("detached.log");
+    let t0 = std::time::Instant::now();
+    let info = c
+        .exec_detached(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo started; sleep 0.5; echo finished".into(),
+            ],
+            Some(s(&out)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(400),
+        "did not wait for the command"
+    );
+    assert_eq!(info.output_file, s(&out));
+    assert!(info.pid > 0);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&out).unwrap_or_default() == "started\nfinished\n"
+        })
+        .await
+    );
+    // Default output file name.
+    let info = c.exec_detached(vec!["true".into()], None).await.unwrap();
+    assert!(info.output_file.starts_with("/tmp/bhatti-detach-"));
+    let _ = std::fs::remove_file(&info.output_file);
+}
+
+#[tokio::test]
+async fn ten_concurrent_execs() {
+    let l = Lohar::start();
+    let c = l.client();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.exec(["sh", "-c", &format!("echo {i}")]).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r.stdout_str(), format!("{i}\n"));
+    }
+}
+
+#[tokio::test]
+async fn activity_is_updated_by_exec() {
+    let l = Lohar::start();
+    let c = l.client();
+    let a = c.activity().await.unwrap();
+    assert_eq!((a.active_sessions, a.attached_sessions), (0, 0));
+    assert!(a.last_activity_unix > 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.exec(["true"]).await.unwrap();
+    let b = c.activity().await.unwrap();
+    assert!(b.last_activity_unix > a.last_activity_unix);
+    // stat / ls / activity queries do not count as activity.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.file_stat("/").await.unwrap();
+    c.file_ls(&s(l.dir.path())).await.unwrap();
+    assert_eq!(
+        c.activity().await.unwrap().last_activity_unix,
+        b.last_activity_unix
+    );
+}
+
+#[tokio::test]
+async fn wait_ready_succeeds_fails_on_auth_and_times_out() {
+    let l = Lohar::start_with(Opts {
+        token: Some("t0k3n".into()),
+        ..Default::default()
+    });
+    assert!(l.client().wait_ready(Duration::from_secs(5)).await.unwrap() >= 1);
+    let bad = l.client_with_token(Some("nope".into()));
+    assert!(matches!(
+        bad.wait_ready(Duration::from_secs(5)).await,
+        Err(ClientError::Auth)
+    ));
+    let nowhere = bhatti_agent_client::AgentClient::new(
+        bhatti_agent_client::Transport::Unix {
+            control: l.path("missing.sock"),
+            forward: l.path("missing-fwd.sock"),
+        },
+        None,
+    );
+    match nowhere.wait_ready(Duration::from_millis(400)).await {
+        Err(ClientError::NotReady { attempts, .. }) => assert!(attempts >= 2),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hello_from_the_client() {
+    let l = Lohar::start();
+    let h = l.client().hello().await.unwrap().expect("v2 agent");
+    assert_eq!(h.version, bhatti_protocol::PROTOCOL_VERSION);
+}

@@ -1,0 +1,313 @@
+//! JSON payloads. Field names match the reference byte for byte; optional fields
+//! are omitted when empty, and `null` from a Go peer (a nil map or slice) is read
+//! as the empty value.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Reads `null` as `T::default()`: Go encodes nil maps and slices as `null`.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
+}
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+/// EXEC_REQ. Dispatch order on the agent: `session_id` → attach; empty argv →
+/// error; `detach` → detached; `tty` → TTY session; `session` → piped session;
+/// otherwise one-shot piped exec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    #[serde(default, deserialize_with = "nullable")]
+    pub argv: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub rows: u16,
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub cols: u16,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub cwd: String,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub session_id: String,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub max_idle_sec: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub if_detached: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub detach: bool,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub output_file: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub session: bool,
+}
+
+impl ExecRequest {
+    /// A one-shot piped exec of `argv`.
+    pub fn new<I, S>(argv: I) -> ExecRequest
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One entry of the agent's session registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    /// The argv joined with spaces.
+    #[serde(default, deserialize_with = "nullable")]
+    pub argv: String,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub running: bool,
+    /// Absent while the process runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub attached: bool,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// ACTIVITY_RESP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityInfo {
+    pub last_activity_unix: i64,
+    /// Sessions whose process has not exited.
+    pub active_sessions: i64,
+    /// Sessions with a connected client.
+    pub attached_sessions: i64,
+}
+
+/// FILE_STAT_RESP and the entries of FILE_LS_RESP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: i64,
+    /// Four-digit octal permission string, e.g. `"0755"`.
+    pub mode: String,
+    pub is_dir: bool,
+    /// Unix seconds.
+    pub mtime: i64,
+}
+
+/// FILE_READ_REQ. Any of `offset`/`limit`/`max_bytes` above zero selects a
+/// line-based truncated read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReadRequest {
+    pub path: String,
+    /// 1-based first line.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub offset: i64,
+    /// Maximum number of lines.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub limit: i64,
+    /// Byte budget; the last line may be cut.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub max_bytes: i64,
+}
+
+impl FileReadRequest {
+    pub fn is_truncated(&self) -> bool {
+        self.offset > 0 || self.limit > 0 || self.max_bytes > 0
+    }
+}
+
+/// FILE_READ_RESP: the total size of the file (not of what is sent) and its mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReadResponse {
+    pub size: i64,
+    pub mode: String,
+}
+
+/// FILE_WRITE_REQ, followed by `size` bytes in STDIN frames.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWriteRequest {
+    pub path: String,
+    #[serde(default)]
+    pub mode: String,
+    pub size: i64,
+}
+
+/// FILE_STAT_REQ / FILE_LS_REQ.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRequest {
+    pub path: String,
+}
+
+/// FILE_WRITE_RESP and FWD_RESP: `{"status":"ok"}` or `{"status":"error","message":…}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl StatusResponse {
+    pub fn ok() -> StatusResponse {
+        StatusResponse {
+            status: "ok".into(),
+            message: None,
+        }
+    }
+    pub fn error(msg: impl Into<String>) -> StatusResponse {
+        StatusResponse {
+            status: "error".into(),
+            message: Some(msg.into()),
+        }
+    }
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// FWD_REQ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FwdRequest {
+    pub port: u16,
+}
+
+/// EXEC_KILL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecKillRequest {
+    pub session_id: String,
+}
+
+/// The STDOUT payload answering a detached exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachedInfo {
+    pub pid: i64,
+    pub output_file: String,
+}
+
+/// HELLO (this implementation's addition; a v1 agent answers it with
+/// `ERROR "unexpected frame type 0x70"`, which tells the host it is v1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    #[serde(default)]
+    pub client: String,
+}
+
+/// HELLO_RESP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    pub version: u32,
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub features: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_request_omits_empty_fields() {
+        let r = ExecRequest::new(["true"]);
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"argv":["true"]}"#);
+        let mut r = ExecRequest::new(["sh"]);
+        r.tty = true;
+        r.rows = 24;
+        r.cols = 80;
+        r.env.insert("A".into(), "b".into());
+        r.session_id = "s1".into();
+        r.max_idle_sec = 3600;
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["env"]["A"], "b");
+        assert_eq!(v["session_id"], "s1");
+        assert_eq!(v["max_idle_sec"], 3600);
+        assert!(v.get("detach").is_none());
+    }
+
+    #[test]
+    fn go_nulls_read_as_empty() {
+        let r: ExecRequest = serde_json::from_str(
+            r#"{"argv":["ls"],"env":null,"cwd":"","session_id":null,"tty":false}"#,
+        )
+        .unwrap();
+        assert_eq!(r.argv, vec!["ls"]);
+        assert!(r.env.is_empty() && r.session_id.is_empty());
+        let r: ExecRequest = serde_json::from_str(r#"{"argv":null}"#).unwrap();
+        assert!(r.argv.is_empty());
+        let h: HelloResponse =
+            serde_json::from_str(r#"{"version":2,"agent":"x","features":null}"#).unwrap();
+        assert!(h.features.is_empty());
+    }
+
+    #[test]
+    fn session_info_exit_code_only_when_exited() {
+        let mut s = SessionInfo {
+            session_id: "s1".into(),
+            argv: "bash -li".into(),
+            tty: true,
+            running: true,
+            attached: true,
+            created_at: 1,
+            exit_code: None,
+        };
+        assert!(!serde_json::to_string(&s).unwrap().contains("exit_code"));
+        s.exit_code = Some(-1);
+        s.running = false;
+        let back: SessionInfo = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn status_and_read_request_shapes() {
+        assert_eq!(
+            serde_json::to_string(&StatusResponse::ok()).unwrap(),
+            r#"{"status":"ok"}"#
+        );
+        let e: StatusResponse =
+            serde_json::from_str(r#"{"status":"error","message":"dial: refused"}"#).unwrap();
+        assert!(!e.is_ok());
+        let r = FileReadRequest {
+            path: "/x".into(),
+            ..Default::default()
+        };
+        assert!(!r.is_truncated());
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"path":"/x"}"#);
+        let r: FileReadRequest = serde_json::from_str(r#"{"path":"/x","limit":5}"#).unwrap();
+        assert!(r.is_truncated());
+    }
+}

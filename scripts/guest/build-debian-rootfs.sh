@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Build the Debian guest root filesystem (the image users work in):
+# debootstrap minbase + a few everyday tools, user lohar (uid 1000) with
+# passwordless sudo, /workspace, lohar as /usr/local/bin/lohar, packed into
+# ext4 with `mke2fs -d` (no loop mount).
+#
+# On demand only (downloads ~100 MB from the Debian mirror); not part of CI.
+#
+# Caching:
+#   $CACHE/staging/debian-<suite>-<key>/  the debootstrapped + customised tree,
+#                                         keyed by suite, package list, mirror, recipe
+#   <out> + <out>.stamp                   the image; rebuilt when lohar's
+#                                         sha256, the tree or the size changes
+set -euo pipefail
+
+BHATTI_LOG_TAG=build-debian-rootfs
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RECIPE_VERSION=1
+GUEST_UID=1000
+GUEST_GID=1000
+GUEST_USER=lohar
+GUEST_HOSTNAME=bhatti
+INCLUDE=iproute2,ca-certificates,sudo,curl,procps,bash,less,nano,python3
+
+usage() {
+    cat <<USAGE
+usage: $(basename "$0") --lohar <path-to-static-lohar> [--out <file>] [--suite bookworm] [--size-mb 2048] [--force]
+
+  --lohar PATH   static lohar binary (becomes /usr/local/bin/lohar)
+  --out FILE     image path (default \$BHATTI_GUEST_CACHE/rootfs-debian-<suite>.ext4)
+  --suite NAME   Debian suite for debootstrap (default bookworm)
+  --size-mb N    image size in MiB, sparse (default 2048)
+  --force        re-run debootstrap and rebuild the image
+
+environment:
+  BHATTI_GUEST_CACHE     cache dir (default /var/cache/bhatti/guest; now: $BHATTI_GUEST_CACHE)
+  BHATTI_DEBIAN_MIRROR   mirror (default http://deb.debian.org/debian)
+USAGE
+}
+
+LOHAR=""
+OUT=""
+SUITE=bookworm
+SIZE_MB=2048
+FORCE=0
+MIRROR="${BHATTI_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+parse_args() {
+    while (($#)); do
+        case "$1" in
+            --lohar) LOHAR="${2:?--lohar needs a path}"; shift ;;
+            --out) OUT="${2:?--out needs a path}"; shift ;;
+            --suite) SUITE="${2:?--suite needs a name}"; shift ;;
+            --size-mb) SIZE_MB="${2:?--size-mb needs a number}"; shift ;;
+            --force) FORCE=1 ;;
+            -h|--help) usage; exit 0 ;;
+            *) usage >&2; die "unknown argument: $1" ;;
+        esac
+        shift
+    done
+    [[ -n "$LOHAR" ]] || { usage >&2; die "--lohar is required"; }
+    [[ -f "$LOHAR" && -x "$LOHAR" ]] || die "--lohar: not an executable file: $LOHAR"
+    [[ "$SIZE_MB" =~ ^[0-9]+$ && "$SIZE_MB" -ge 256 ]] || die "--size-mb must be an integer >= 256"
+    [[ "$SUITE" =~ ^[a-z]+$ ]] || die "--suite: unexpected name: $SUITE"
+    OUT="${OUT:-$BHATTI_GUEST_CACHE/rootfs-debian-$SUITE.ext4}"
+}
+
+check_tools() {
+    require_cmds debootstrap:debootstrap mke2fs:e2fsprogs chroot:coreutils \
+        sha256sum:coreutils flock:util-linux du:coreutils
+    [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]] ||
+        die "missing Debian archive keyring (apt-get install debian-archive-keyring)"
+    [[ "$(id -u)" == 0 ]] || die "must run as root (debootstrap and chroot need it)"
+}
+
+# Commands inside the tree run with a clean environment: nothing from the
+# caller's shell (locale, proxies, PATH) leaks into the image.
+in_root() {
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C \
+        DEBIAN_FRONTEND=noninteractive chroot "$ROOT" "$@"
+}
+
+customise() {
+    ROOT="$1"
+    # Sandbox user: uid/gid 1000 (what lohar and the volume/chown logic
+    # assume), passwordless sudo, fuse group for FUSE mounts (02-guest §4.11).
+    in_root groupadd -f -g "$GUEST_GID" "$GUEST_USER"
+    in_root groupadd -f fuse
+    in_root useradd -m -u "$GUEST_UID" -g "$GUEST_GID" -G sudo,fuse -s /bin/bash "$GUEST_USER"
+    in_root passwd -l "$GUEST_USER" >/dev/null
+    echo "$GUEST_USER ALL=(ALL) NOPASSWD:ALL" >"$ROOT/etc/sudoers.d/90-$GUEST_USER"
+    chmod 0440 "$ROOT/etc/sudoers.d/90-$GUEST_USER"
+    echo user_allow_other >"$ROOT/etc/fuse.conf"
+
+    mkdir -p "$ROOT/workspace"
+    chown "$GUEST_UID:$GUEST_GID" "$ROOT/workspace"
+    chmod 1777 "$ROOT/tmp"
+
+    # lohar is the init and the systemd substitute: keep real systemd out.
+    cat >"$ROOT/etc/apt/preferences.d/bhatti-no-systemd" <<'PIN'
+Package: systemd systemd-sysv systemd-resolved
+Pin: release *
+Pin-Priority: -1
+PIN
+    # Maintainer scripts call invoke-rc.d/runlevel; without systemd these
+    # shims keep package installs working (02-guest §4.10).
+    printf '#!/bin/sh\nexit 0\n' >"$ROOT/usr/sbin/policy-rc.d"
+    chmod 0755 "$ROOT/usr/sbin/policy-rc.d"
+    printf '#!/bin/sh\necho "N 5"\n' >"$ROOT/usr/sbin/runlevel"
+    chmod 0755 "$ROOT/usr/sbin/runlevel"
+
+    echo "$GUEST_HOSTNAME" >"$ROOT/etc/hostname"
+    cat >"$ROOT/etc/hosts" <<HOSTS
+127.0.0.1	localhost
+127.0.1.1	$GUEST_HOSTNAME
+::1		localhost ip6-localhost ip6-loopback
+HOSTS
+    # debootstrap copied the BUILD host's resolv.conf; lohar writes the real
+    # one from the config drive at boot.
+    rm -f "$ROOT/etc/resolv.conf"
+    echo "nameserver 127.0.0.1" >"$ROOT/etc/resolv.conf"
+    # Per-machine identity must not be baked into a shared image.
+    : >"$ROOT/etc/machine-id"
+    rm -f "$ROOT/var/lib/dbus/machine-id"
+
+    # Shrink: package caches and lists are re-fetched by `apt-get update`.
+    in_root apt-get clean
+    rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin "$ROOT"/var/log/*.log \
+        "$ROOT"/var/cache/debconf/*-old
+}
+
+main() {
+    parse_args "$@"
+    check_tools
+
+    local cache="$BHATTI_GUEST_CACHE" key tree lohar_sha img_key stamp
+    mkdir -p "$cache/staging" "$(dirname "$OUT")"
+    exec 9>"$cache/.rootfs-debian-$SUITE.lock"
+    flock 9
+
+    key="$(printf 'recipe=%s\nsuite=%s\ninclude=%s\nmirror=%s\n' \
+        "$RECIPE_VERSION" "$SUITE" "$INCLUDE" "$MIRROR" | sha256sum | cut -c1-16)"
+    tree="$cache/staging/debian-$SUITE-$key"
+    # Completion marker lives beside the tree, not in it (it must not end up
+    # in the image); the tree is built under .tmp and renamed.
+    if ((FORCE)) || [[ ! -f "$tree.complete" || ! -d "$tree" ]]; then
+        local tmp="$tree.tmp"
+        rm -rf "$tmp" "$tree.complete"
+        mkdir -p "$tmp"
+        log "debootstrap --variant=minbase $SUITE from $MIRROR (~100 MB download)"
+        local t0=$SECONDS
+        debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$tmp" "$MIRROR" ||
+            die "debootstrap failed (see $tmp/debootstrap/debootstrap.log)"
+        customise "$tmp"
+        rm -rf "$tree"
+        mv "$tmp" "$tree"
+        touch "$tree.complete"
+        log "tree ready in $((SECONDS - t0)) s: $tree"
+        local d
+        for d in "$cache"/staging/debian-"$SUITE"-*; do
+            [[ "$d" == "$tree" || "$d" == "$tree.complete" ]] || rm -rf "$d"
+        done
+    fi
+
+    lohar_sha="$(sha256_of_file "$LOHAR")"
+    img_key="tree=$key lohar=$lohar_sha size=${SIZE_MB}M"
+    stamp="$OUT.stamp"
+    if ((!FORCE)) && [[ -s "$OUT" && -f "$stamp" && "$(cat "$stamp")" == "$img_key" ]]; then
+        log "up to date: $OUT"
+        echo "$OUT"
+        return 0
+    fi
+
+    # The tree is big, so lohar is put into the cached tree itself rather than
+    # into a copy (we hold the lock, and the tree never holds any other lohar).
+    install -m 0755 -o 0 -g 0 "$LOHAR" "$tree/usr/local/bin/lohar"
+    ln -sf lohar "$tree/usr/local/bin/systemctl"
+    ln -sf lohar "$tree/usr/local/bin/journalctl"
+
+    local used_mb
+    used_mb="$(du -sm "$tree" | cut -f1)"
+    ((used_mb * 120 / 100 < SIZE_MB)) ||
+        die "tree is ${used_mb} MiB; --size-mb $SIZE_MB leaves too little room"
+
+    TMPIMG="$OUT.tmp.$$"
+    trap 'rm -f "$TMPIMG"' EXIT
+    rm -f "$TMPIMG"
+    mke2fs -t ext4 -d "$tree" -F -q -L bhatti-root "$TMPIMG" "${SIZE_MB}M" >&2
+    rm -f "$stamp"
+    mv -f "$TMPIMG" "$OUT"
+    echo "$img_key" >"$stamp"
+    log "built $OUT (${SIZE_MB} MiB sparse, content ${used_mb} MiB, lohar sha256 ${lohar_sha:0:12})"
+    echo "$OUT"
+}
+
+main "$@"
