@@ -1,1 +1,289 @@
-fn main() {}
+//! Benchmarks of the protocol codec and of lohar in test mode, each figure beside
+//! a baseline measured in the same run:
+//! - exec round trip of `true` vs spawning `true` directly (fork/exec/wait);
+//! - file write/read throughput vs copying the same bytes over a Unix socket pair;
+//! - frame codec throughput vs a plain memcpy of the same bytes.
+//!
+//! Run: `cargo bench -p lohar --bench agent` → bench/results/agent.{json,md}.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::io::{Cursor, Read, Write};
+use std::time::{Duration, Instant};
+
+use bhatti_agent_client::{ExecRequest, ReadOptions};
+use bhatti_benchkit::{sample, Report};
+use bhatti_protocol::{read_frame, write_frame, MsgType};
+use common::Lohar;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn mib_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / MIB / d.as_secs_f64()
+}
+
+fn codec(report: &mut Report) {
+    // 256 MiB through the codec in 64 KiB frames; the baseline copies the same
+    // bytes once with memcpy.
+    let payload = vec![0xabu8; 64 * 1024];
+    let frames = 4096;
+    let total = payload.len() * frames;
+    let mut buf = vec![1u8; total + frames * 5];
+    buf.clear();
+    let t = Instant::now();
+    for _ in 0..frames {
+        write_frame(&mut buf, MsgType::Stdout as u8, &payload).unwrap();
+    }
+    let write = t.elapsed();
+    let t = Instant::now();
+    let mut r = Cursor::new(&buf);
+    let mut n = 0;
+    while let Some(f) = read_frame(&mut r).unwrap() {
+        n += f.payload.len();
+    }
+    let read = t.elapsed();
+    assert_eq!(n, total);
+    // Touch every page first so the baseline measures copying, not page faults.
+    let mut dst = vec![1u8; total];
+    let t = Instant::now();
+    for c in dst.chunks_mut(payload.len()) {
+        c.copy_from_slice(black_box(&payload));
+    }
+    let memcpy = t.elapsed();
+    black_box(&dst);
+    let base = mib_per_s(total, memcpy);
+    report.throughput(
+        "frame write (64 KiB frames)",
+        "MiB/s",
+        mib_per_s(total, write),
+        Some(("memcpy", base)),
+        "",
+    );
+    report.throughput(
+        "frame read (64 KiB frames)",
+        "MiB/s",
+        mib_per_s(total, read),
+        Some(("memcpy", base)),
+        "",
+    );
+    report.throughput(
+        "frame write+read (64 KiB frames)",
+        "MiB/s",
+        mib_per_s(total, write + read),
+        Some(("memcpy", base)),
+        "target ≥ 1024 MiB/s",
+    );
+}
+
+fn ring(report: &mut Report) {
+    let mut ring = lohar::ring::Ring::new(64 * 1024);
+    let chunk = vec![b'x'; 4096];
+    let iters = 65_536; // 256 MiB
+    let t = Instant::now();
+    for _ in 0..iters {
+        ring.write(black_box(&chunk));
+    }
+    let d = t.elapsed();
+    black_box(ring.contents());
+    report.throughput(
+        "scrollback ring write (4 KiB chunks)",
+        "MiB/s",
+        mib_per_s(iters * chunk.len(), d),
+        None,
+        "",
+    );
+}
+
+fn json(report: &mut Report) {
+    let mut req = ExecRequest::new(["sh", "-c", "echo hello && ls -la /workspace"]);
+    req.env.insert("FOO".into(), "bar".into());
+    req.cwd = "/workspace".into();
+    let batch = 1000;
+    let samples = sample(200, || {
+        for _ in 0..batch {
+            black_box(serde_json::to_vec(black_box(&req)).unwrap());
+        }
+    });
+    let per_op: Vec<Duration> = samples.iter().map(|d| *d / batch).collect();
+    report.latency("ExecRequest JSON encode", &per_op, None, "per op");
+}
+
+fn spawn_true() {
+    let st = std::process::Command::new("true").status().unwrap();
+    assert!(st.success());
+}
+
+async fn agent(report: &mut Report) {
+    let l = Lohar::start();
+    let c = l.client();
+    c.wait_ready(Duration::from_secs(10)).await.unwrap();
+    // Warm up both paths.
+    for _ in 0..10 {
+        c.exec(["true"]).await.unwrap();
+        spawn_true();
+    }
+    let n = 100;
+    let mut agent = Vec::with_capacity(n);
+    let mut direct = Vec::with_capacity(n);
+    // Interleave so both see the same machine conditions.
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = c.exec(["true"]).await.unwrap();
+        agent.push(t.elapsed());
+        assert_eq!(r.exit_code, 0);
+        let t = Instant::now();
+        spawn_true();
+        direct.push(t.elapsed());
+    }
+    report.latency(
+        "exec `true` round trip via lohar (unix socket)",
+        &agent,
+        Some(("direct fork/exec/wait of `true`", &direct)),
+        "target p50 ≤ 1.5× baseline",
+    );
+
+    // 50 cycles of 1 KiB write + read.
+    let path = l.path("cycle.bin");
+    let path = path.to_string_lossy().into_owned();
+    let kib = vec![7u8; 1024];
+    let mut cycles = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        c.file_write_bytes(&path, "0644", &kib).await.unwrap();
+        let back = c
+            .file_read_to_vec(&path, ReadOptions::default())
+            .await
+            .unwrap();
+        cycles.push(t.elapsed());
+        assert_eq!(back.len(), 1024);
+    }
+    report.latency("1 KiB write + read cycle", &cycles, None, "");
+
+    // 1 MiB write and read throughput vs a raw Unix socket pair.
+    let mib = vec![0x5au8; 1 << 20];
+    let big = l.path("big.bin").to_string_lossy().into_owned();
+    let mut w = Vec::new();
+    let mut r = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        c.file_write_bytes(&big, "0644", &mib).await.unwrap();
+        w.push(t.elapsed());
+        let t = Instant::now();
+        let back = c
+            .file_read_to_vec(&big, ReadOptions::default())
+            .await
+            .unwrap();
+        r.push(t.elapsed());
+        assert_eq!(back.len(), mib.len());
+    }
+    // The same writes onto tmpfs: what the protocol costs without the disk's fsync.
+    let mut w_tmpfs = Vec::new();
+    let shm = std::path::Path::new("/dev/shm");
+    let tmpfs_path = shm.join(format!("bhatti-bench-{}.bin", std::process::id()));
+    if shm.is_dir() {
+        let p = tmpfs_path.to_string_lossy().into_owned();
+        for _ in 0..20 {
+            let t = Instant::now();
+            c.file_write_bytes(&p, "0644", &mib).await.unwrap();
+            w_tmpfs.push(t.elapsed());
+        }
+        let _ = std::fs::remove_file(&tmpfs_path);
+    }
+    let base = socketpair_copy(&mib, 20);
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let base_rate = mib_per_s(mib.len(), base);
+    report.throughput(
+        "1 MiB file write (median of 20)",
+        "MiB/s",
+        mib_per_s(mib.len(), med(&mut w)),
+        Some(("unix socketpair copy", base_rate)),
+        "includes fsync; target ≥ 0.5× baseline",
+    );
+    if !w_tmpfs.is_empty() {
+        report.throughput(
+            "1 MiB file write to tmpfs (median of 20)",
+            "MiB/s",
+            mib_per_s(mib.len(), med(&mut w_tmpfs)),
+            Some(("unix socketpair copy", base_rate)),
+            "fsync is nearly free on tmpfs",
+        );
+    }
+    report.throughput(
+        "1 MiB file read (median of 20)",
+        "MiB/s",
+        mib_per_s(mib.len(), med(&mut r)),
+        Some(("unix socketpair copy", base_rate)),
+        "target ≥ 0.5× baseline",
+    );
+
+    // 10 concurrent execs, timed as a batch; baseline: 10 concurrent direct spawns.
+    let mut batches = Vec::new();
+    let mut direct_batches = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.exec(["true"]).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().exit_code, 0);
+        }
+        batches.push(t.elapsed());
+        let t = Instant::now();
+        let kids: Vec<_> = (0..10)
+            .map(|_| std::process::Command::new("true").spawn().unwrap())
+            .collect();
+        for mut k in kids {
+            k.wait().unwrap();
+        }
+        direct_batches.push(t.elapsed());
+    }
+    report.latency(
+        "10 concurrent `true` execs (whole batch)",
+        &batches,
+        Some(("10 concurrent direct spawns", &direct_batches)),
+        "",
+    );
+}
+
+/// Median time to push `data` through a connected Unix socket pair and read it
+/// all back on the other end.
+fn socketpair_copy(data: &[u8], reps: usize) -> Duration {
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let len = data.len();
+        let t = Instant::now();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; len];
+            b.read_exact(&mut buf).unwrap();
+            buf.len()
+        });
+        a.write_all(data).unwrap();
+        assert_eq!(reader.join().unwrap(), len);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful.
+    let mut report = Report::new("agent");
+    codec(&mut report);
+    ring(&mut report);
+    json(&mut report);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(agent(&mut report));
+    report.write().unwrap();
+}

@@ -11,7 +11,6 @@ use bhatti_protocol::messages::{
 };
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{Frame, MsgType, FILE_CHUNK, MAX_FILE_WRITE, MAX_LINE_LEN, MAX_LS_ENTRIES};
-use tokio::io::AsyncWriteExt;
 
 use crate::agent::Agent;
 use crate::conn::{FrameTx, Reader};
@@ -235,14 +234,34 @@ async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> R
 
 async fn write_tmp(tmp: &Path, size: u64, mode: u32, rd: &mut Reader) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let std_file = fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(tmp)
         .map_err(|e| format!("create {}: {e}", tmp.display()))?;
-    let mut f = tokio::fs::File::from_std(std_file);
+    // Disk writes run on a blocking thread fed through a small queue, so reading
+    // the next frame off the socket overlaps with writing the previous one.
+    let (chunks, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let shown = tmp.display().to_string();
+    let disk = tokio::task::spawn_blocking(move || write_chunks(file, rx, &shown));
+    let received = receive_content(size, rd, &chunks).await;
+    drop(chunks);
+    let written = disk
+        .await
+        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    // A receive error explains more than the writer noticing the queue closed early.
+    received?;
+    written
+}
+
+/// Reads STDIN frames until `size` bytes arrived, handing each to the disk writer.
+async fn receive_content(
+    size: u64,
+    rd: &mut Reader,
+    chunks: &tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(), String> {
     let mut got: u64 = 0;
     while got < size {
         let frame = match read_frame(rd).await {
@@ -264,15 +283,25 @@ async fn write_tmp(tmp: &Path, size: u64, mode: u32, rd: &mut Reader) -> Result<
         if got > size {
             return Err(format!("received more than the declared {size} bytes"));
         }
-        f.write_all(&frame.payload)
-            .await
-            .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+        if chunks.send(frame.payload).await.is_err() {
+            // The writer failed; its error is reported by the caller.
+            return Ok(());
+        }
     }
-    f.flush().await.map_err(|e| e.to_string())?;
-    f.sync_all()
-        .await
-        .map_err(|e| format!("fsync {}: {e}", tmp.display()))?;
     Ok(())
+}
+
+fn write_chunks(
+    mut f: fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    shown: &str,
+) -> Result<(), String> {
+    use std::io::Write;
+    while let Some(chunk) = rx.blocking_recv() {
+        f.write_all(&chunk)
+            .map_err(|e| format!("write {shown}: {e}"))?;
+    }
+    f.sync_all().map_err(|e| format!("fsync {shown}: {e}"))
 }
 
 fn finish_write(

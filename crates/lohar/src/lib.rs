@@ -17,7 +17,7 @@ mod exec;
 mod files;
 mod forward;
 mod pty;
-mod ring;
+pub mod ring;
 mod session;
 mod spawn;
 

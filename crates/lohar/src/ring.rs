@@ -1,5 +1,6 @@
 //! Fixed-size scrollback ring: keeps the newest `cap` bytes written to it.
 
+/// Exposed for the benchmarks; the agent uses it for session scrollback.
 pub struct Ring {
     buf: Vec<u8>,
     /// Index of the oldest byte.

@@ -115,15 +115,17 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Option<Frame>> {
     }
     let len = u32::from_be_bytes(hdr) as usize;
     check_len(len)?;
-    let mut body = vec![0u8; len];
-    if read_full(r, &mut body)? != len {
+    let mut kind = [0u8; 1];
+    if read_full(r, &mut kind)? != 1 {
         return Err(ProtocolError::UnexpectedEof);
     }
-    let kind = body[0];
-    body.remove(0);
+    let mut payload = vec![0u8; len - 1];
+    if read_full(r, &mut payload)? != len - 1 {
+        return Err(ProtocolError::UnexpectedEof);
+    }
     Ok(Some(Frame {
-        kind,
-        payload: body,
+        kind: kind[0],
+        payload,
     }))
 }
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, the guest artifacts the
+# VM tests boot, then every test. Needs root for the VM and network tests (they
+# report themselves as skipped without it). Run scripts/setup-host.sh first on a
+# fresh machine (.ci/run does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "static lohar for the guest image"
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p lohar --target x86_64-unknown-linux-gnu
+LOHAR_STATIC="$REPO/target/x86_64-unknown-linux-gnu/release/lohar"
+
+if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_VM:-} ]]; then
+    step "guest kernel (cached after the first build) and minimal rootfs"
+    scripts/guest/build-kernel.sh
+    cache=${BHATTI_GUEST_CACHE:-/var/cache/bhatti/guest}
+    scripts/guest/build-rootfs.sh --lohar "$LOHAR_STATIC" --out "$cache/rootfs-minimal.ext4"
+    export BHATTI_GUEST_KERNEL="$cache/vmlinux"
+    export BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.ext4"
+else
+    echo "not root or BHATTI_SKIP_VM set: VM tests will report themselves as skipped"
+fi
+
+step "cargo test"
+# One test thread per binary for the VM suites keeps two TCG guests from
+# starving each other on a 2-core machine; the rest run in parallel.
+cargo test --workspace --no-fail-fast -- --test-threads="${BHATTI_TEST_THREADS:-2}"
