@@ -28,6 +28,13 @@ pub enum Transport {
     Unix { control: PathBuf, forward: PathBuf },
     /// TCP to the guest's ports (1024/1025) over the sandbox network.
     Tcp { addr: IpAddr },
+    /// TCP to arbitrary control/forward ports, e.g. a VMM's port forwards on
+    /// loopback (QEMU user networking `hostfwd`).
+    TcpPorts {
+        addr: IpAddr,
+        control: u16,
+        forward: u16,
+    },
     /// Firecracker's hybrid vsock: a host Unix socket plus `CONNECT <port>`.
     VsockUds { path: PathBuf },
 }
@@ -44,14 +51,18 @@ impl Transport {
                 let s = timed(tokio::net::UnixStream::connect(path)).await?;
                 Box::new(s)
             }
-            Transport::Tcp { addr } => {
-                let s = timed(tokio::net::TcpStream::connect(SocketAddr::new(
-                    *addr,
-                    port as u16,
-                )))
-                .await?;
-                let _ = s.set_nodelay(true);
-                Box::new(s)
+            Transport::Tcp { addr } => tcp(SocketAddr::new(*addr, port as u16)).await?,
+            Transport::TcpPorts {
+                addr,
+                control,
+                forward,
+            } => {
+                let p = if port == PORT_CONTROL {
+                    *control
+                } else {
+                    *forward
+                };
+                tcp(SocketAddr::new(*addr, p)).await?
             }
             Transport::VsockUds { path } => {
                 let s = timed(tokio::net::UnixStream::connect(path)).await?;
@@ -60,6 +71,12 @@ impl Transport {
         };
         Ok(Conn::new(stream))
     }
+}
+
+async fn tcp(addr: SocketAddr) -> Result<BoxStream> {
+    let s = timed(tokio::net::TcpStream::connect(addr)).await?;
+    let _ = s.set_nodelay(true);
+    Ok(Box::new(s))
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T> {

@@ -199,7 +199,10 @@ impl Report {
         let json = dir.join(format!("{}.json", self.suite));
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         write_atomic(&json, text.as_bytes())?;
-        write_atomic(&dir.join(format!("{}.md", self.suite)), self.markdown().as_bytes())?;
+        write_atomic(
+            &dir.join(format!("{}.md", self.suite)),
+            self.markdown().as_bytes(),
+        )?;
         println!("report written to {}", json.display());
         Ok(json)
     }
@@ -222,11 +225,9 @@ impl Report {
                     note,
                 } => {
                     let base = match (baseline_name, baseline) {
-                        (Some(n), Some(b)) => format!(
-                            "{n}: p50 {} / p99 {}",
-                            fmt_us(b.p50_us),
-                            fmt_us(b.p99_us)
-                        ),
+                        (Some(n), Some(b)) => {
+                            format!("{n}: p50 {} / p99 {}", fmt_us(b.p50_us), fmt_us(b.p99_us))
+                        }
                         _ => "—".into(),
                     };
                     s.push_str(&format!(

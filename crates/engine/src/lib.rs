@@ -5,4 +5,9 @@
 //! for now that is [`net`], which creates, polices and removes the
 //! per-sandbox network namespaces.
 
+pub mod api;
+pub mod microvm;
 pub mod net;
+
+pub use api::{Engine, EngineError, EngineExt};
+pub mod vmm;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::Agent;
 use crate::conn::{reader_task, FrameTx, Reader};
-use crate::spawn::{command, default_run_as, exit_code, signal_group, Leader};
+use crate::spawn::{command, default_run_as, exit_code, signal_group, spawn, wait, Leader};
 
 const PIPE_CHUNK: usize = 8 * 1024;
 
@@ -52,8 +52,7 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut cmd = tokio::process::Command::from(std_cmd);
-    let mut child = match cmd.spawn() {
+    let mut child = match spawn(std_cmd) {
         Ok(c) => c,
         Err(e) => {
             tx.error(format!("start: {e}")).await;
@@ -95,13 +94,13 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
         }
     };
     tokio::pin!(outputs);
-    let wait = child.wait();
-    tokio::pin!(wait);
+    let waiting = wait(&mut child);
+    tokio::pin!(waiting);
     let mut outputs_done = false;
     let status = loop {
         tokio::select! {
             _ = &mut outputs, if !outputs_done => outputs_done = true,
-            st = &mut wait, if outputs_done => break st,
+            st = &mut waiting, if outputs_done => break st,
             f = incoming.recv() => match f {
                 Some(f) if f.is(MsgType::Stdin) => {
                     if let Some(s) = &stdin_tx {
@@ -173,13 +172,12 @@ pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
         .stdin(Stdio::null())
         .stdout(Stdio::from(file))
         .stderr(Stdio::from(err_file));
-    let mut cmd = tokio::process::Command::from(std_cmd);
-    match cmd.spawn() {
+    match spawn(std_cmd) {
         Ok(mut child) => {
             let pid = child.id().map(i64::from).unwrap_or(0);
             // Reap in the background; the process outlives this connection.
             tokio::spawn(async move {
-                let _ = child.wait().await;
+                let _ = wait(&mut child).await;
             });
             let info = DetachedInfo { pid, output_file };
             tx.send_json(MsgType::Stdout, &info).await;

@@ -16,6 +16,7 @@ mod conn;
 mod exec;
 mod files;
 mod forward;
+pub mod guest;
 mod pty;
 pub mod ring;
 mod session;

@@ -16,23 +16,28 @@ fn usage() -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging() {
+/// Logs go to stderr (the serial console in guest mode). `LOHAR_LOG` sets the
+/// filter; in a guest it can be given on the kernel command line, which passes
+/// unknown `KEY=value` words to init as environment.
+fn init_logging(default: &str, ansi: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOHAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }
 
 fn main() -> ExitCode {
-    init_logging();
     if std::env::var("LOHAR_TEST").as_deref() == Ok("1") {
+        init_logging("warn", true);
         return run(test_mode());
     }
+    // The init path only as PID 1 (02-guest.md §4.10 step 1).
     if std::process::id() == 1 {
-        eprintln!("lohar: guest (PID 1) mode is not built into this version");
-        return ExitCode::from(2);
+        init_logging("info", false);
+        lohar::guest::run();
     }
     usage()
 }

@@ -22,6 +22,11 @@ impl Ring {
         self.len
     }
 
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn write(&mut self, mut data: &[u8]) {
         let cap = self.buf.len();
         if data.len() >= cap {

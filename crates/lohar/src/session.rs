@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 use crate::agent::{unix_now, Agent, RunAs};
 use crate::conn::{reader_task, FrameTx, Reader};
 use crate::ring::Ring;
-use crate::spawn::{command, default_run_as, exit_code, signal_group, Leader};
+use crate::spawn::{command, default_run_as, exit_code, signal_group, spawn, wait, Leader};
 
 /// How long an exited, unattached session stays listable and attachable.
 const EXITED_GRACE: Duration = Duration::from_secs(30);
@@ -314,9 +314,7 @@ fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, String>
             .stdin(Stdio::from(dup(&pty.slave)?))
             .stdout(Stdio::from(dup(&pty.slave)?))
             .stderr(Stdio::from(dup(&pty.slave)?));
-        let child = tokio::process::Command::from(std_cmd)
-            .spawn()
-            .map_err(|e| format!("start: {e}"))?;
+        let child = spawn(std_cmd).map_err(|e| format!("start: {e}"))?;
         // Drop our slave handles (the Command held copies): the master then reads
         // EIO once the child and its descendants close the terminal.
         drop(pty.slave);
@@ -329,9 +327,7 @@ fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, String>
             .stdin(Stdio::piped())
             .stdout(Stdio::from(w))
             .stderr(Stdio::from(w2));
-        let mut child = tokio::process::Command::from(std_cmd)
-            .spawn()
-            .map_err(|e| format!("start: {e}"))?;
+        let mut child = spawn(std_cmd).map_err(|e| format!("start: {e}"))?;
         let stdin = child.stdin.take();
         let rfd: OwnedFd = r.into();
         let out = Arc::new(crate::pty::async_fd(rfd).map_err(|e| format!("start: {e}"))?);
@@ -389,7 +385,7 @@ fn run_session(
     });
     let (agent, s) = (agent.clone(), s.clone());
     tokio::spawn(async move {
-        let code = match child.wait().await {
+        let code = match wait(&mut child).await {
             Ok(st) => exit_code(st),
             Err(_) => 1,
         };

@@ -78,6 +78,21 @@ pub fn default_run_as(agent: &Agent) -> Option<RunAs> {
     agent.config().run_as.clone()
 }
 
+/// Starts `cmd` under tokio. Every child lohar creates goes through here, so that
+/// in guest mode the zombie reaper knows it is lohar's own and leaves its exit
+/// status to tokio (see [`crate::guest::reaper`]).
+pub fn spawn(cmd: std::process::Command) -> std::io::Result<tokio::process::Child> {
+    crate::guest::reaper::spawn_tracked(move || tokio::process::Command::from(cmd).spawn())
+}
+
+/// Waits for a child started by [`spawn`] and tells the reaper it was collected.
+pub async fn wait(child: &mut tokio::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    let pid = child.id();
+    let status = child.wait().await;
+    crate::guest::reaper::untrack(pid);
+    status
+}
+
 /// Signals a whole process group; a group that is already gone is not an error.
 pub fn signal_group(pgid: i32, sig: Signal) {
     if pgid <= 0 {

@@ -1,0 +1,57 @@
+//! Decides at build time which real-VM test suites can run on this machine, so
+//! that the others show up as *ignored* (with the reason) instead of passing
+//! without having tested anything.
+//!
+//! - `bhatti_vm_tests`: running as root and the guest kernel + root filesystem
+//!   exist (`BHATTI_GUEST_KERNEL`/`BHATTI_GUEST_ROOTFS`, or the defaults in
+//!   `/var/cache/bhatti/guest`), and `BHATTI_SKIP_VM` is unset.
+//! - `bhatti_firecracker`: `BHATTI_FIRECRACKER_BIN` names an existing file.
+
+use std::path::Path;
+
+const CACHE: &str = "/var/cache/bhatti/guest";
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+fn main() {
+    println!("cargo:rustc-check-cfg=cfg(bhatti_vm_tests)");
+    println!("cargo:rustc-check-cfg=cfg(bhatti_firecracker)");
+    for v in [
+        "BHATTI_GUEST_KERNEL",
+        "BHATTI_GUEST_ROOTFS",
+        "BHATTI_SKIP_VM",
+        "BHATTI_FIRECRACKER_BIN",
+    ] {
+        println!("cargo:rerun-if-env-changed={v}");
+    }
+    if Path::new(CACHE).is_dir() {
+        println!("cargo:rerun-if-changed={CACHE}");
+    }
+    let kernel =
+        std::env::var("BHATTI_GUEST_KERNEL").unwrap_or_else(|_| format!("{CACHE}/vmlinux"));
+    let rootfs = std::env::var("BHATTI_GUEST_ROOTFS")
+        .unwrap_or_else(|_| format!("{CACHE}/rootfs-minimal.ext4"));
+    if is_root()
+        && std::env::var_os("BHATTI_SKIP_VM").is_none()
+        && Path::new(&kernel).is_file()
+        && Path::new(&rootfs).is_file()
+    {
+        println!("cargo:rustc-cfg=bhatti_vm_tests");
+    }
+    if std::env::var("BHATTI_FIRECRACKER_BIN")
+        .map(|p| Path::new(&p).is_file())
+        .unwrap_or(false)
+    {
+        println!("cargo:rustc-cfg=bhatti_firecracker");
+    }
+}

@@ -1,0 +1,39 @@
+//! The engine's error type.
+
+use crate::api::Thermal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("sandbox {0:?} not found")]
+    NotFound(String),
+    #[error("sandbox {id:?} is not hot (thermal={thermal})")]
+    NotHot { id: String, thermal: Thermal },
+    #[error("sandbox {id:?} is {state}: {what}")]
+    BadState {
+        id: String,
+        state: String,
+        what: String,
+    },
+    #[error("sandbox {id:?} snapshot is corrupt: {reason} — use 'bhatti start --force' to retry or destroy and recreate (volume data is safe)")]
+    RestoreFailed { id: String, reason: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("not supported by the {engine} engine: {what}")]
+    Unsupported { engine: &'static str, what: String },
+    #[error("boot failed: {0}")]
+    Boot(String),
+    #[error("agent: {0}")]
+    Agent(#[from] bhatti_agent_client::ClientError),
+    #[error("network: {0}")]
+    Net(#[from] crate::net::NetError),
+    #[error("{0}")]
+    Other(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl EngineError {
+    pub fn other(e: impl std::fmt::Display) -> EngineError {
+        EngineError::Other(e.to_string())
+    }
+}

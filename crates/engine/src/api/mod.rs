@@ -1,0 +1,87 @@
+//! The engine interface the server programs against.
+//!
+//! An engine owns the lifecycle of sandboxes (create, stop = cold snapshot,
+//! start = restore, pause/resume = warm, destroy) and hands out an
+//! [`AgentClient`] for a hot sandbox. Everything that happens *inside* a sandbox
+//! (exec, sessions, files, ports, tunnels) goes through lohar's protocol and is
+//! therefore the same for every engine: [`EngineExt`] implements it once on top
+//! of [`Engine::agent`], so the microVM and Docker engines differ only in
+//! lifecycle.
+
+mod error;
+mod ext;
+mod types;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use bhatti_agent_client::AgentClient;
+
+pub use error::EngineError;
+pub use ext::{parse_listening_ports, EngineExt};
+pub use types::*;
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// A sandbox engine.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// `"qemu"`, `"firecracker"` or `"docker"`.
+    fn name(&self) -> &'static str;
+
+    /// What this engine can do, for the server to decide which routes it offers.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Provisions and boots a sandbox; returns once its agent answers.
+    async fn create(&self, spec: SandboxSpec) -> Result<SandboxInfo>;
+
+    /// Kills the sandbox and releases every host resource it held.
+    async fn destroy(&self, id: &str) -> Result<()>;
+
+    /// Cold stop: memory and device state to disk, VMM gone.
+    async fn stop(&self, id: &str) -> Result<()>;
+
+    /// Restores a stopped sandbox. `force` clears the restore-failed breaker.
+    /// Starting a running sandbox is a no-op (never a second VMM).
+    async fn start(&self, id: &str, force: bool) -> Result<SandboxInfo>;
+
+    /// In-memory status; never wakes anything.
+    async fn status(&self, id: &str) -> Result<SandboxInfo>;
+
+    async fn list(&self) -> Vec<SandboxInfo>;
+
+    /// Hot → warm (vCPUs paused, process kept).
+    async fn pause(&self, id: &str) -> Result<()>;
+
+    /// Warm → hot.
+    async fn resume(&self, id: &str) -> Result<()>;
+
+    /// Whatever the thermal state, make the sandbox hot.
+    async fn ensure_hot(&self, id: &str) -> Result<Wake>;
+
+    fn thermal(&self, id: &str) -> Result<Thermal>;
+
+    /// The agent of a hot sandbox (an error otherwise). Counts as activity.
+    fn agent(&self, id: &str) -> Result<AgentClient>;
+
+    /// Named checkpoint into `dest` (memory, devices, disks, manifest), written
+    /// atomically; the sandbox keeps running (it is resumed if it was hot).
+    async fn checkpoint(&self, id: &str, dest: &Path) -> Result<CheckpointManifest>;
+
+    /// A new sandbox from a checkpoint directory; the source may still run.
+    async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo>;
+
+    /// State to persist for recovery after a daemon restart.
+    fn vm_state(&self, id: &str) -> Option<VmState>;
+
+    /// Re-registers a sandbox from persisted state at daemon start. Running
+    /// sandboxes come back cold if their snapshot is valid and current; an error
+    /// says why the sandbox cannot be recovered.
+    async fn recover(&self, state: VmState) -> Result<SandboxInfo>;
+
+    /// Removes host objects of ours that belong to no known sandbox.
+    async fn cleanup_orphans(&self) -> Result<Vec<String>>;
+
+    /// Kills every VMM (snapshots are the caller's job before this).
+    async fn shutdown(&self);
+}

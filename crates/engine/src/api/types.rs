@@ -1,0 +1,175 @@
+//! Data types crossing the engine boundary.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::EgressPolicy;
+
+/// Lifecycle status as the store records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Stopped,
+    Unknown,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Unknown => "unknown",
+        })
+    }
+}
+
+/// hot = running; warm = vCPUs paused, VMM alive; cold = snapshot on disk only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Thermal {
+    Hot,
+    Warm,
+    Cold,
+}
+
+impl fmt::Display for Thermal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Thermal::Hot => "hot",
+            Thermal::Warm => "warm",
+            Thermal::Cold => "cold",
+        })
+    }
+}
+
+/// A file placed into the guest at boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFile {
+    pub content: Vec<u8>,
+    /// Octal text, e.g. `"0644"`.
+    pub mode: String,
+}
+
+/// A block-device volume attached at create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttach {
+    pub name: String,
+    /// ext4 image on the host.
+    pub file: PathBuf,
+    /// Mount point in the guest.
+    pub mount: String,
+    pub read_only: bool,
+}
+
+/// What to create.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub name: String,
+    /// Owner's subnet index (1-based); decides the sandbox's network.
+    pub owner_index: u16,
+    /// Base root filesystem; `None` = the engine's default image.
+    pub image: Option<PathBuf>,
+    /// Whole vCPUs (fractions are rejected before they get here).
+    pub cpus: u32,
+    pub memory_mb: u32,
+    /// Grow the root disk to this size (0 = keep the image's size).
+    pub disk_size_mb: u64,
+    pub env: BTreeMap<String, String>,
+    pub files: BTreeMap<String, GuestFile>,
+    pub init: String,
+    pub volumes: Vec<VolumeAttach>,
+    pub egress: EgressPolicy,
+    /// Run guest commands as root instead of uid 1000.
+    pub run_as_root: bool,
+}
+
+/// What a new sandbox resumed from a checkpoint is called and who owns it.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeSpec {
+    pub name: String,
+    pub owner_index: u16,
+    pub egress: EgressPolicy,
+}
+
+/// An engine's view of one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    pub thermal: Thermal,
+    /// The sandbox's address as seen from the host (its external address).
+    pub ip: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    /// Why the sandbox is `unknown` or cannot be restored, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What `ensure_hot` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wake {
+    pub from: Thermal,
+    pub took: Duration,
+}
+
+/// Feature switches the server consults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Processes survive stop/start (memory snapshot), not just the filesystem.
+    pub memory_snapshots: bool,
+    /// Incremental snapshots in use.
+    pub diff_snapshots: bool,
+    /// Named checkpoints and forks.
+    pub checkpoints: bool,
+    pub egress_policy: bool,
+}
+
+/// `manifest.json` of a named checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointManifest {
+    pub format_version: u32,
+    pub engine: String,
+    pub vmm_version: String,
+    pub created_from: String,
+    pub created_at_unix: u64,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub guest_mac: String,
+    pub agent_token: String,
+    pub volumes: Vec<CheckpointVolume>,
+    /// Relative file name → size in bytes, checked before a restore.
+    pub files: BTreeMap<String, u64>,
+    /// SHA-256 of the small files (state file excluded when large).
+    pub checksums: BTreeMap<String, String>,
+    /// VMM-specific restore settings.
+    pub vmm: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointVolume {
+    pub name: String,
+    pub file: String,
+    pub mount: String,
+    pub read_only: bool,
+}
+
+/// Persisted engine state of one sandbox (JSON in the store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmState {
+    pub engine: String,
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    /// Bumped at every boot or restore; a snapshot older than the current
+    /// generation is stale and never restored (DECISIONS §7.3).
+    pub generation: u64,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}

@@ -1,0 +1,1068 @@
+//! The microVM engine: sandboxes as VMs, one VMM driver (QEMU or Firecracker)
+//! behind the small [`VmmDriver`] trait.
+//!
+//! Everything that is the same for every VMM lives here: per-sandbox
+//! copy-on-write disks and the config drive ([`disk`]), the sandbox's network
+//! namespace ([`crate::net`]), the agent connection and boot watchdog, snapshot
+//! directories with checked manifests ([`persist`]), the thermal states, named
+//! checkpoints and forks, and the state persisted for recovery.
+//!
+//! Locking: each sandbox has a *lifecycle* lock (async) held across slow
+//! transitions (boot, pause, snapshot, restore, kill) so two of them never
+//! interleave, and a *fast* lock (sync, never held across an await) for the
+//! state that `agent()`, `status()` and `list()` read. Lookups never wait for a
+//! transition.
+
+mod disk;
+mod persist;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bhatti_agent_client::{AgentClient, Transport};
+use bhatti_protocol::config::{ConfigFile, ConfigVolume, GuestConfig};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    Capabilities, CheckpointManifest, CheckpointVolume, Engine, EngineError, Result, ResumeSpec,
+    SandboxInfo, SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
+};
+use crate::net::{EgressPolicy, NetManager, SandboxNet};
+use crate::vmm::{Disk, NetAttach, SnapshotKind, Vm, VmSpec, VmmDriver};
+
+pub use persist::{SnapshotManifest, MANIFEST};
+
+/// Where lohar lives in every image.
+const GUEST_INIT: &str = "/usr/local/bin/lohar";
+/// How long a boot or restore may take to answer on the agent port.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Cold snapshot directory inside a sandbox's directory.
+const SNAPSHOT_DIR: &str = "snapshot";
+/// Format of named checkpoint manifests.
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct MicroVmConfig {
+    /// `<data_dir>/sandboxes/<id>/` holds each sandbox's files.
+    pub data_dir: PathBuf,
+    pub kernel: PathBuf,
+    /// Base root filesystem when a spec names none.
+    pub default_image: PathBuf,
+    pub boot_timeout: Duration,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: String,
+}
+
+impl MicroVmConfig {
+    pub fn new(data_dir: PathBuf, kernel: PathBuf, default_image: PathBuf) -> MicroVmConfig {
+        MicroVmConfig {
+            data_dir,
+            kernel,
+            default_image,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            extra_cmdline: String::new(),
+        }
+    }
+}
+
+/// What is persisted about a sandbox besides its generation (VmState.detail).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Detail {
+    dir: PathBuf,
+    owner_index: u16,
+    cpus: u32,
+    memory_mb: u32,
+    mac: String,
+    token: String,
+    net: SandboxNet,
+    volumes: Vec<VolumeAttach>,
+    egress: EgressPolicy,
+    #[serde(default)]
+    restore_failed: Option<String>,
+}
+
+struct Fast {
+    status: Status,
+    thermal: Thermal,
+    generation: u64,
+    restore_failed: Option<String>,
+    agent: Option<AgentClient>,
+    last_touch: Instant,
+}
+
+struct Sandbox {
+    id: String,
+    name: String,
+    detail: Detail,
+    /// Held across slow transitions; owns the VMM handle.
+    lifecycle: tokio::sync::Mutex<Option<Box<dyn Vm>>>,
+    fast: Mutex<Fast>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sandbox {
+    fn info(&self) -> SandboxInfo {
+        let f = lock(&self.fast);
+        SandboxInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            status: f.status,
+            thermal: f.thermal,
+            ip: self.detail.net.ext_ip.to_string(),
+            cpus: self.detail.cpus,
+            memory_mb: self.detail.memory_mb,
+            reason: f.restore_failed.clone(),
+        }
+    }
+
+    fn set(&self, status: Status, thermal: Thermal) {
+        let mut f = lock(&self.fast);
+        f.status = status;
+        f.thermal = thermal;
+    }
+
+    fn client(&self) -> AgentClient {
+        AgentClient::new(
+            Transport::Tcp {
+                addr: std::net::IpAddr::V4(self.detail.net.ext_ip),
+            },
+            Some(self.detail.token.clone()),
+        )
+    }
+
+    fn snapshot_dir(&self) -> PathBuf {
+        self.detail.dir.join(SNAPSHOT_DIR)
+    }
+}
+
+/// The microVM engine.
+pub struct MicroVmEngine {
+    cfg: MicroVmConfig,
+    driver: Arc<dyn VmmDriver>,
+    net: Arc<NetManager>,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A random MAC with the locally-administered bit set and multicast clear.
+fn random_mac() -> String {
+    let mut b = [0u8; 6];
+    rand::thread_rng().fill_bytes(&mut b);
+    b[0] = (b[0] | 0x02) & 0xfe;
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Guest block device name for the n-th disk (0 = vda).
+fn vd(n: usize) -> String {
+    format!("/dev/vd{}", (b'a' + n as u8) as char)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Other(format!("blocking task: {e}")))?
+}
+
+impl MicroVmEngine {
+    pub fn new(
+        cfg: MicroVmConfig,
+        driver: Arc<dyn VmmDriver>,
+        net: Arc<NetManager>,
+    ) -> Result<MicroVmEngine> {
+        for (what, p) in [
+            ("kernel", &cfg.kernel),
+            ("default image", &cfg.default_image),
+        ] {
+            if !p.is_file() {
+                return Err(EngineError::Invalid(format!(
+                    "{what} {} does not exist (build it with scripts/guest)",
+                    p.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(cfg.data_dir.join("sandboxes"))?;
+        Ok(MicroVmEngine {
+            cfg,
+            driver,
+            net,
+            sandboxes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn driver(&self) -> &Arc<dyn VmmDriver> {
+        &self.driver
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
+        lock(&self.sandboxes)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    fn cmdline(&self) -> String {
+        let mut c = format!(
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init={GUEST_INIT} quiet loglevel=1 ip={}",
+            crate::net::kernel_ip_arg()
+        );
+        if !self.cfg.extra_cmdline.is_empty() {
+            c.push(' ');
+            c.push_str(&self.cfg.extra_cmdline);
+        }
+        c
+    }
+
+    fn vm_spec(&self, id: &str, d: &Detail) -> VmSpec {
+        let mut extra = vec![Disk {
+            path: d.dir.join("config.ext4"),
+            read_only: true,
+        }];
+        extra.extend(d.volumes.iter().map(|v| Disk {
+            path: v.file.clone(),
+            read_only: v.read_only,
+        }));
+        VmSpec {
+            id: id.to_string(),
+            dir: d.dir.clone(),
+            kernel: self.cfg.kernel.clone(),
+            cmdline: self.cmdline(),
+            root_disk: d.dir.join("rootfs.ext4"),
+            extra_disks: extra,
+            vcpus: d.cpus,
+            mem_mib: d.memory_mb,
+            net: Some(NetAttach {
+                netns_path: d.net.netns_path(),
+                tap: d.net.tap.clone(),
+                mac: d.mac.clone(),
+            }),
+            console_log: d.dir.join("console.log"),
+        }
+    }
+
+    /// Waits for the agent while watching the VMM: a VMM that dies or a guest
+    /// that never answers becomes an error carrying the console's tail.
+    async fn wait_agent(&self, vm: &dyn Vm, client: &AgentClient) -> Result<()> {
+        let res = tokio::select! {
+            r = client.wait_ready(self.cfg.boot_timeout) => r.map(|_| ()).map_err(|e| e.to_string()),
+            exit = vm.wait_exit() => Err(format!("VMM exited during boot ({exit})")),
+        };
+        res.map_err(|why| {
+            EngineError::Boot(format!(
+                "{why}\n--- console (tail) ---\n{}\n--- vmm log (tail) ---\n{}",
+                vm.console_tail(4096),
+                vm.vmm_log_tail(2048)
+            ))
+        })
+    }
+
+    async fn setup_net(
+        &self,
+        id: &str,
+        owner: u16,
+        mac: &str,
+        egress: &EgressPolicy,
+        ext: Option<std::net::Ipv4Addr>,
+    ) -> Result<SandboxNet> {
+        let (net, id, mac, egress) = (
+            self.net.clone(),
+            id.to_string(),
+            mac.to_string(),
+            egress.clone(),
+        );
+        blocking(move || Ok(net.setup_sandbox(&id, owner, &mac, &egress, ext)?)).await
+    }
+
+    async fn teardown_net(&self, n: &SandboxNet) {
+        let (net, n) = (self.net.clone(), n.clone());
+        if let Err(e) = blocking(move || Ok(net.teardown_sandbox(&n)?)).await {
+            tracing::warn!(error = %e, "network teardown failed");
+        }
+    }
+
+    /// Boots (or restores, with `snap`) the VM of `d` and waits for its agent.
+    /// Kills the VM again on failure.
+    async fn launch(
+        &self,
+        id: &str,
+        d: &Detail,
+        snap: Option<&crate::vmm::SnapshotFiles>,
+    ) -> Result<Box<dyn Vm>> {
+        let spec = self.vm_spec(id, d);
+        let vm = match snap {
+            None => self.driver.boot(&spec).await,
+            Some(s) => self.driver.restore(&spec, s).await,
+        }
+        .map_err(|e| EngineError::Boot(e.to_string()))?;
+        let client = AgentClient::new(
+            Transport::Tcp {
+                addr: std::net::IpAddr::V4(d.net.ext_ip),
+            },
+            Some(d.token.clone()),
+        );
+        if let Err(e) = self.wait_agent(vm.as_ref(), &client).await {
+            let _ = vm.kill().await;
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    fn insert(&self, sb: Sandbox) -> Arc<Sandbox> {
+        let sb = Arc::new(sb);
+        lock(&self.sandboxes).insert(sb.id.clone(), sb.clone());
+        sb
+    }
+
+    /// Guest sync (best effort), then pause; returns whether it was hot.
+    async fn quiesce(&self, sb: &Sandbox, vm: &dyn Vm) -> Result<bool> {
+        let was_hot = lock(&sb.fast).thermal == Thermal::Hot;
+        if was_hot {
+            let c = sb.client();
+            match tokio::time::timeout(SYNC_TIMEOUT, c.exec(["sync"])).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(id = %sb.id, error = %e, "guest sync failed"),
+                Err(_) => tracing::warn!(id = %sb.id, "guest sync timed out"),
+            }
+        }
+        vm.pause()
+            .await
+            .map_err(|e| EngineError::Other(e.to_string()))?;
+        sb.set(Status::Running, Thermal::Warm);
+        Ok(was_hot)
+    }
+
+    async fn unquiesce(&self, sb: &Sandbox, vm: &dyn Vm, was_hot: bool) {
+        if was_hot {
+            match vm.resume().await {
+                Ok(()) => sb.set(Status::Running, Thermal::Hot),
+                Err(e) => tracing::error!(id = %sb.id, error = %e, "resume after snapshot failed"),
+            }
+        }
+    }
+
+    async fn start_locked(
+        &self,
+        sb: &Sandbox,
+        slot: &mut Option<Box<dyn Vm>>,
+        force: bool,
+    ) -> Result<()> {
+        if slot.is_some() {
+            // Already has a VMM: never spawn a second one (DECISIONS §7.2).
+            let thermal = lock(&sb.fast).thermal;
+            if thermal == Thermal::Warm {
+                if let Some(vm) = slot.as_ref() {
+                    vm.resume()
+                        .await
+                        .map_err(|e| EngineError::Other(e.to_string()))?;
+                }
+                sb.set(Status::Running, Thermal::Hot);
+            }
+            return Ok(());
+        }
+        {
+            let mut f = lock(&sb.fast);
+            if let Some(reason) = &f.restore_failed {
+                if !force {
+                    return Err(EngineError::RestoreFailed {
+                        id: sb.id.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                f.restore_failed = None;
+            }
+        }
+        let generation = lock(&sb.fast).generation;
+        let dir = sb.snapshot_dir();
+        let manifest = match blocking(move || persist::load_snapshot(&dir)).await {
+            Ok(m) if m.generation >= generation => m,
+            Ok(m) => {
+                return Err(self.mark_failed(
+                    sb,
+                    format!(
+                    "snapshot generation {} is older than the sandbox's generation {generation}",
+                    m.generation
+                ),
+                ))
+            }
+            Err(e) => return Err(self.mark_failed(sb, e.to_string())),
+        };
+        // The namespace survives stop/start; after a host reboot it is rebuilt
+        // with the same external address.
+        if !sb.detail.net.netns_path().exists() {
+            self.setup_net(
+                &sb.id,
+                sb.detail.owner_index,
+                &sb.detail.mac,
+                &sb.detail.egress,
+                Some(sb.detail.net.ext_ip),
+            )
+            .await?;
+        }
+        match self.launch(&sb.id, &sb.detail, Some(&manifest.vmm)).await {
+            Ok(vm) => {
+                *slot = Some(vm);
+                let mut f = lock(&sb.fast);
+                f.generation = manifest.generation + 1;
+                f.status = Status::Running;
+                f.thermal = Thermal::Hot;
+                f.agent = Some(sb.client());
+                f.last_touch = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(self.mark_failed(sb, e.to_string())),
+        }
+    }
+
+    fn mark_failed(&self, sb: &Sandbox, reason: String) -> EngineError {
+        lock(&sb.fast).restore_failed = Some(reason.clone());
+        EngineError::RestoreFailed {
+            id: sb.id.clone(),
+            reason,
+        }
+    }
+
+    fn guest_config(&self, id: &str, token: &str, spec: &SandboxSpec) -> GuestConfig {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        GuestConfig {
+            sandbox_id: id.to_string(),
+            hostname: if spec.name.is_empty() {
+                id.to_string()
+            } else {
+                spec.name.clone()
+            },
+            token: token.to_string(),
+            env: spec.env.clone(),
+            files: spec
+                .files
+                .iter()
+                .map(|(p, f)| {
+                    (
+                        p.clone(),
+                        ConfigFile {
+                            content: b64.encode(&f.content),
+                            mode: f.mode.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            // vda = root, vdb = config, volumes from vdc on.
+            volumes: spec
+                .volumes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ConfigVolume {
+                    device: vd(i + 2),
+                    mount: v.mount.clone(),
+                    fs: "ext4".into(),
+                    read_only: v.read_only,
+                })
+                .collect(),
+            init: spec.init.clone(),
+            user: if spec.run_as_root { "root" } else { "lohar" }.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Undoes a half-done create.
+struct Rollback<'a> {
+    engine: &'a MicroVmEngine,
+    dir: Option<PathBuf>,
+    net: Option<SandboxNet>,
+}
+
+impl Rollback<'_> {
+    async fn run(mut self) {
+        if let Some(n) = self.net.take() {
+            self.engine.teardown_net(&n).await;
+        }
+        if let Some(d) = self.dir.take() {
+            let _ = tokio::fs::remove_dir_all(&d).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MicroVmEngine {
+    fn name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            memory_snapshots: true,
+            diff_snapshots: false,
+            checkpoints: true,
+            egress_policy: true,
+        }
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<SandboxInfo> {
+        if spec.cpus == 0 || spec.memory_mb < 128 {
+            return Err(EngineError::Invalid(
+                "a sandbox needs at least 1 vCPU and 128 MB of memory".into(),
+            ));
+        }
+        if spec.volumes.len() > 22 {
+            return Err(EngineError::Invalid(
+                "at most 22 volumes per sandbox".into(),
+            ));
+        }
+        let id = random_hex(8);
+        let dir = self.cfg.data_dir.join("sandboxes").join(&id);
+        tokio::fs::create_dir_all(&dir).await?;
+        let mut rb = Rollback {
+            engine: self,
+            dir: Some(dir.clone()),
+            net: None,
+        };
+        let res = async {
+            let base = spec.image.clone().unwrap_or(self.cfg.default_image.clone());
+            let rootfs = dir.join("rootfs.ext4");
+            disk::cow_copy(&base, &rootfs).await?;
+            if spec.disk_size_mb > 0 {
+                disk::grow(&rootfs, spec.disk_size_mb).await?;
+            }
+            let token = random_hex(16);
+            let mac = random_mac();
+            let cfg = self.guest_config(&id, &token, &spec);
+            disk::build_config_drive(&cfg, &dir.join("config.ext4")).await?;
+            let net = self
+                .setup_net(&id, spec.owner_index, &mac, &spec.egress, None)
+                .await?;
+            rb.net = Some(net.clone());
+            let detail = Detail {
+                dir: dir.clone(),
+                owner_index: spec.owner_index,
+                cpus: spec.cpus,
+                memory_mb: spec.memory_mb,
+                mac,
+                token,
+                net,
+                volumes: spec.volumes.clone(),
+                egress: spec.egress.clone(),
+                restore_failed: None,
+            };
+            let vm = self.launch(&id, &detail, None).await?;
+            Ok::<_, EngineError>((detail, vm))
+        }
+        .await;
+        let (detail, vm) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                rb.run().await;
+                return Err(e);
+            }
+        };
+        let sb = Sandbox {
+            id: id.clone(),
+            name: spec.name.clone(),
+            lifecycle: tokio::sync::Mutex::new(Some(vm)),
+            fast: Mutex::new(Fast {
+                status: Status::Running,
+                thermal: Thermal::Hot,
+                generation: 1,
+                restore_failed: None,
+                agent: None,
+                last_touch: Instant::now(),
+            }),
+            detail,
+        };
+        lock(&sb.fast).agent = Some(sb.client());
+        let sb = self.insert(sb);
+        Ok(sb.info())
+    }
+
+    async fn destroy(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let mut slot = sb.lifecycle.lock().await;
+        if let Some(vm) = slot.take() {
+            if let Err(e) = vm.kill().await {
+                tracing::warn!(id, error = %e, "kill failed");
+            }
+        }
+        self.teardown_net(&sb.detail.net).await;
+        if let Err(e) = tokio::fs::remove_dir_all(&sb.detail.dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(id, error = %e, "removing the sandbox directory failed");
+            }
+        }
+        lock(&self.sandboxes).remove(id);
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let mut slot = sb.lifecycle.lock().await;
+        let Some(vm) = slot.as_ref() else {
+            return Ok(()); // already cold
+        };
+        let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
+        let generation = lock(&sb.fast).generation;
+        let fin = sb.snapshot_dir();
+        let res = async {
+            let stage = persist::staging_dir(&fin)?;
+            let _ = tokio::fs::remove_dir_all(&stage).await;
+            let files = vm
+                .snapshot(&stage, SnapshotKind::Full)
+                .await
+                .map_err(|e| EngineError::Other(format!("snapshot: {e}")))?;
+            let fin2 = fin.clone();
+            blocking(move || {
+                let (files_map, checksums) = persist::inventory(&stage)?;
+                if files_map.values().all(|&s| s == 0) {
+                    return Err(EngineError::Other("snapshot is empty".into()));
+                }
+                let m = SnapshotManifest {
+                    format_version: persist::MANIFEST_VERSION,
+                    generation,
+                    created_at_unix: persist::now_unix(),
+                    vmm: files,
+                    files: files_map,
+                    checksums,
+                };
+                persist::seal(&stage, &m)?;
+                persist::commit(&stage, &fin2)
+            })
+            .await
+        }
+        .await;
+        if let Err(e) = res {
+            self.unquiesce(&sb, vm.as_ref(), was_hot).await;
+            return Err(e);
+        }
+        if let Some(vm) = slot.take() {
+            let _ = vm.kill().await;
+        }
+        let mut f = lock(&sb.fast);
+        f.status = Status::Stopped;
+        f.thermal = Thermal::Cold;
+        f.agent = None;
+        Ok(())
+    }
+
+    async fn start(&self, id: &str, force: bool) -> Result<SandboxInfo> {
+        let sb = self.get(id)?;
+        let mut slot = sb.lifecycle.lock().await;
+        self.start_locked(&sb, &mut slot, force).await?;
+        Ok(sb.info())
+    }
+
+    async fn status(&self, id: &str) -> Result<SandboxInfo> {
+        Ok(self.get(id)?.info())
+    }
+
+    async fn list(&self) -> Vec<SandboxInfo> {
+        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        all.iter().map(|s| s.info()).collect()
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let slot = sb.lifecycle.lock().await;
+        let Some(vm) = slot.as_ref() else {
+            return Err(EngineError::BadState {
+                id: id.into(),
+                state: "stopped".into(),
+                what: "cannot pause".into(),
+            });
+        };
+        vm.pause()
+            .await
+            .map_err(|e| EngineError::Other(e.to_string()))?;
+        sb.set(Status::Running, Thermal::Warm);
+        Ok(())
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let slot = sb.lifecycle.lock().await;
+        let Some(vm) = slot.as_ref() else {
+            return Err(EngineError::BadState {
+                id: id.into(),
+                state: "stopped".into(),
+                what: "cannot resume; start it".into(),
+            });
+        };
+        vm.resume()
+            .await
+            .map_err(|e| EngineError::Other(e.to_string()))?;
+        sb.set(Status::Running, Thermal::Hot);
+        Ok(())
+    }
+
+    async fn ensure_hot(&self, id: &str) -> Result<Wake> {
+        let sb = self.get(id)?;
+        let t0 = Instant::now();
+        let from = lock(&sb.fast).thermal;
+        if from == Thermal::Hot {
+            return Ok(Wake {
+                from,
+                took: t0.elapsed(),
+            });
+        }
+        let mut slot = sb.lifecycle.lock().await;
+        self.start_locked(&sb, &mut slot, false).await?;
+        Ok(Wake {
+            from,
+            took: t0.elapsed(),
+        })
+    }
+
+    fn thermal(&self, id: &str) -> Result<Thermal> {
+        Ok(lock(&self.get(id)?.fast).thermal)
+    }
+
+    fn agent(&self, id: &str) -> Result<AgentClient> {
+        let sb = self.get(id)?;
+        let mut f = lock(&sb.fast);
+        match (&f.agent, f.thermal) {
+            (Some(a), Thermal::Hot) => {
+                let a = a.clone();
+                f.last_touch = Instant::now();
+                Ok(a)
+            }
+            (_, thermal) => Err(EngineError::NotHot {
+                id: id.into(),
+                thermal,
+            }),
+        }
+    }
+
+    async fn checkpoint(&self, id: &str, dest: &Path) -> Result<CheckpointManifest> {
+        let sb = self.get(id)?;
+        if dest.exists() {
+            return Err(EngineError::Invalid(format!(
+                "checkpoint {} already exists",
+                dest.display()
+            )));
+        }
+        let slot = sb.lifecycle.lock().await;
+        let Some(vm) = slot.as_ref() else {
+            return Err(EngineError::BadState {
+                id: id.into(),
+                state: "stopped".into(),
+                what: "start it before taking a checkpoint".into(),
+            });
+        };
+        let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
+        let stage = persist::staging_dir(dest)?;
+        let res = async {
+            let _ = tokio::fs::remove_dir_all(&stage).await;
+            let files = vm
+                .snapshot(&stage, SnapshotKind::Full)
+                .await
+                .map_err(|e| EngineError::Other(format!("snapshot: {e}")))?;
+            // Disks are copied while the guest is paused, so they match memory.
+            disk::cow_copy(
+                &sb.detail.dir.join("rootfs.ext4"),
+                &stage.join("rootfs.ext4"),
+            )
+            .await?;
+            disk::cow_copy(
+                &sb.detail.dir.join("config.ext4"),
+                &stage.join("config.ext4"),
+            )
+            .await?;
+            let mut vols = Vec::new();
+            for (i, v) in sb.detail.volumes.iter().enumerate() {
+                let file = format!("vol{i}-{}.ext4", v.name);
+                disk::cow_copy(&v.file, &stage.join(&file)).await?;
+                vols.push(CheckpointVolume {
+                    name: v.name.clone(),
+                    file,
+                    mount: v.mount.clone(),
+                    read_only: v.read_only,
+                });
+            }
+            let (stage2, dest2) = (stage.clone(), dest.to_path_buf());
+            let detail = sb.detail.clone();
+            let (sid, vmm_version) = (sb.id.clone(), self.driver.version());
+            let engine = self.driver.name().to_string();
+            blocking(move || {
+                let (files_map, checksums) = persist::inventory(&stage2)?;
+                let m = CheckpointManifest {
+                    format_version: CHECKPOINT_VERSION,
+                    engine,
+                    vmm_version,
+                    created_from: sid,
+                    created_at_unix: persist::now_unix(),
+                    cpus: detail.cpus,
+                    memory_mb: detail.memory_mb,
+                    guest_mac: detail.mac.clone(),
+                    agent_token: detail.token.clone(),
+                    volumes: vols,
+                    files: files_map,
+                    checksums,
+                    vmm: serde_json::to_value(&files).map_err(EngineError::other)?,
+                };
+                persist::seal(&stage2, &m)?;
+                persist::commit(&stage2, &dest2)?;
+                Ok(m)
+            })
+            .await
+        }
+        .await;
+        self.unquiesce(&sb, vm.as_ref(), was_hot).await;
+        if res.is_err() {
+            let _ = tokio::fs::remove_dir_all(&stage).await;
+        }
+        res
+    }
+
+    async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo> {
+        let d = dir.to_path_buf();
+        let m: CheckpointManifest = blocking(move || {
+            persist::load_checked(&d, |m: &CheckpointManifest| (&m.files, &m.checksums))
+        })
+        .await?;
+        if m.format_version != CHECKPOINT_VERSION || m.engine != self.driver.name() {
+            return Err(EngineError::Invalid(format!(
+                "checkpoint was written by {} (format {}); this engine is {} (format {CHECKPOINT_VERSION})",
+                m.engine,
+                m.format_version,
+                self.driver.name()
+            )));
+        }
+        let mut vmm: crate::vmm::SnapshotFiles =
+            serde_json::from_value(m.vmm.clone()).map_err(EngineError::other)?;
+        vmm.dir = dir.to_path_buf();
+        let id = random_hex(8);
+        let sdir = self.cfg.data_dir.join("sandboxes").join(&id);
+        tokio::fs::create_dir_all(&sdir).await?;
+        let mut rb = Rollback {
+            engine: self,
+            dir: Some(sdir.clone()),
+            net: None,
+        };
+        let res = async {
+            disk::cow_copy(&dir.join("rootfs.ext4"), &sdir.join("rootfs.ext4")).await?;
+            disk::cow_copy(&dir.join("config.ext4"), &sdir.join("config.ext4")).await?;
+            let mut volumes = Vec::new();
+            for v in &m.volumes {
+                let file = sdir.join(&v.file);
+                disk::cow_copy(&dir.join(&v.file), &file).await?;
+                volumes.push(VolumeAttach {
+                    name: v.name.clone(),
+                    file,
+                    mount: v.mount.clone(),
+                    read_only: v.read_only,
+                });
+            }
+            let net = self
+                .setup_net(&id, spec.owner_index, &m.guest_mac, &spec.egress, None)
+                .await?;
+            rb.net = Some(net.clone());
+            let detail = Detail {
+                dir: sdir.clone(),
+                owner_index: spec.owner_index,
+                cpus: m.cpus,
+                memory_mb: m.memory_mb,
+                mac: m.guest_mac.clone(),
+                token: m.agent_token.clone(),
+                net,
+                volumes,
+                egress: spec.egress.clone(),
+                restore_failed: None,
+            };
+            let vm = self.launch(&id, &detail, Some(&vmm)).await?;
+            Ok::<_, EngineError>((detail, vm))
+        }
+        .await;
+        let (detail, vm) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                rb.run().await;
+                return Err(e);
+            }
+        };
+        let sb = Sandbox {
+            id: id.clone(),
+            name: spec.name.clone(),
+            lifecycle: tokio::sync::Mutex::new(Some(vm)),
+            fast: Mutex::new(Fast {
+                status: Status::Running,
+                thermal: Thermal::Hot,
+                generation: 1,
+                restore_failed: None,
+                agent: None,
+                last_touch: Instant::now(),
+            }),
+            detail,
+        };
+        lock(&sb.fast).agent = Some(sb.client());
+        Ok(self.insert(sb).info())
+    }
+
+    fn vm_state(&self, id: &str) -> Option<VmState> {
+        let sb = self.get(id).ok()?;
+        let f = lock(&sb.fast);
+        let mut detail = sb.detail.clone();
+        detail.restore_failed = f.restore_failed.clone();
+        Some(VmState {
+            engine: self.driver.name().into(),
+            id: sb.id.clone(),
+            name: sb.name.clone(),
+            status: f.status,
+            generation: f.generation,
+            detail: serde_json::to_value(&detail).ok()?,
+        })
+    }
+
+    async fn recover(&self, state: VmState) -> Result<SandboxInfo> {
+        if state.engine != self.driver.name() {
+            return Err(EngineError::Invalid(format!(
+                "sandbox belongs to the {} engine",
+                state.engine
+            )));
+        }
+        let detail: Detail = serde_json::from_value(state.detail.clone())
+            .map_err(|e| EngineError::Invalid(format!("unreadable engine state: {e}")))?;
+        if !detail.dir.join("rootfs.ext4").is_file() {
+            return Err(EngineError::Invalid("root disk is missing".into()));
+        }
+        // A VMM left over from before the restart would hold the disks: stop it.
+        kill_stray_vmms(&detail.dir);
+        let snap_dir = detail.dir.join(SNAPSHOT_DIR);
+        let manifest = blocking(move || persist::load_snapshot(&snap_dir))
+            .await
+            .map_err(|e| EngineError::Invalid(format!("no usable snapshot: {e}")))?;
+        if manifest.generation < state.generation {
+            return Err(EngineError::Invalid(format!(
+                "the newest snapshot (generation {}) predates the last boot (generation {}): it would roll the sandbox back",
+                manifest.generation, state.generation
+            )));
+        }
+        if detail.net.netns_path().exists() {
+            let (net, n) = (self.net.clone(), detail.net.clone());
+            blocking(move || Ok(net.adopt(&n)?)).await?;
+        }
+        let sb = Sandbox {
+            id: state.id.clone(),
+            name: state.name.clone(),
+            lifecycle: tokio::sync::Mutex::new(None),
+            fast: Mutex::new(Fast {
+                status: Status::Stopped,
+                thermal: Thermal::Cold,
+                generation: manifest.generation,
+                restore_failed: detail.restore_failed.clone(),
+                agent: None,
+                last_touch: Instant::now(),
+            }),
+            detail,
+        };
+        Ok(self.insert(sb).info())
+    }
+
+    async fn cleanup_orphans(&self) -> Result<Vec<String>> {
+        let keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        let net = self.net.clone();
+        let keep2 = keep.clone();
+        let mut removed = blocking(move || Ok(net.cleanup_orphans(&keep2)?)).await?;
+        // Sandbox directories nobody knows about.
+        let root = self.cfg.data_dir.join("sandboxes");
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
+                if ours && !keep.contains(&name) {
+                    kill_stray_vmms(&e.path());
+                    if std::fs::remove_dir_all(e.path()).is_ok() {
+                        removed.push(format!("dir {name}"));
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn shutdown(&self) {
+        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        for sb in all {
+            let mut slot = sb.lifecycle.lock().await;
+            if let Some(vm) = slot.take() {
+                let _ = vm.kill().await;
+            }
+            sb.set(Status::Stopped, Thermal::Cold);
+        }
+    }
+}
+
+/// SIGKILLs VMM processes whose command line references `dir` (left over from a
+/// daemon that died without stopping them).
+fn kill_stray_vmms(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let is_vmm = cmd.starts_with("qemu-system")
+            || cmd.contains("/qemu-system")
+            || cmd.contains("firecracker");
+        if is_vmm && cmd.contains(&format!("{needle}/")) {
+            tracing::warn!(pid, dir = %needle, "killing a stray VMM");
+            let _ = nix_kill(pid);
+        }
+    }
+}
+
+fn nix_kill(pid: i32) -> std::io::Result<()> {
+    // SAFETY: plain kill(2) on a pid we found in /proc.
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_local_unicast() {
+        for _ in 0..100 {
+            let m = random_mac();
+            let first = u8::from_str_radix(&m[..2], 16).unwrap();
+            assert_eq!(first & 0x03, 0x02, "{m}");
+            assert_eq!(m.len(), 17);
+        }
+    }
+
+    #[test]
+    fn device_names() {
+        assert_eq!(vd(0), "/dev/vda");
+        assert_eq!(vd(2), "/dev/vdc");
+    }
+
+    #[test]
+    fn ids_are_sixteen_hex() {
+        let id = random_hex(8);
+        assert_eq!(id.len(), 16);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

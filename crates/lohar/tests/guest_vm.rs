@@ -1,0 +1,703 @@
+//! lohar as PID 1 of a real microVM: QEMU `-M microvm` under TCG, the project's
+//! guest kernel and the `minimal` rootfs, with a config drive built by
+//! `mke2fs -d` (no mounting) and the agent reached over QEMU user networking's
+//! `hostfwd` on loopback (`restrict=on`: the guest can reach nothing outside).
+//! The user network is numbered like the guest's `ip=` (slirp is the gateway
+//! 172.31.255.1): slirp only answers ARP for addresses in its own network.
+//!
+//! Needs `BHATTI_GUEST_KERNEL` (vmlinux), `BHATTI_GUEST_ROOTFS` (an image from
+//! `scripts/guest/build-rootfs.sh --lohar <static lohar>`), `qemu-system-x86_64`
+//! and `mke2fs`, and root. Without them (decided at build time, see build.rs)
+//! the tests are *ignored* with the reason; if something is still missing at run
+//! time they fail rather than pass untested.
+//! The test names end in `_vm` so a run can select or exclude them.
+//!
+//! `BHATTI_GUEST_APPEND` adds kernel command-line words (e.g. `LOHAR_LOG=debug`).
+//!
+//! The two boots run one after the other (a shared lock): on a 2-core TCG host
+//! two emulated guests at once only make both slow.
+
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bhatti_agent_client::{AgentClient, ClientError, ExecResult, ReadOptions, Transport};
+use bhatti_protocol::config::{ConfigFile, ConfigNet, GuestConfig};
+
+const READY: &str = "lohar: ready";
+const BOOT_WATCHDOG: Duration = Duration::from_secs(60);
+const GUEST_IP: &str = "172.31.255.2";
+const GATEWAY: &str = "172.31.255.1";
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// (kernel, rootfs), or why the test cannot run here.
+fn artifacts() -> Result<(PathBuf, PathBuf), String> {
+    let file_env = |name: &str| -> Result<PathBuf, String> {
+        let v = std::env::var_os(name).ok_or_else(|| format!("{name} is not set"))?;
+        let p = PathBuf::from(v);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{name}={} is not a file", p.display()))
+        }
+    };
+    let kernel = file_env("BHATTI_GUEST_KERNEL")?;
+    let rootfs = file_env("BHATTI_GUEST_ROOTFS")?;
+    for tool in ["qemu-system-x86_64", "mke2fs"] {
+        if which(tool).is_none() {
+            return Err(format!("{tool} not found in PATH"));
+        }
+    }
+    Ok((kernel, rootfs))
+}
+
+/// "2599.998" → 2599998 (the kernel prints kHz as MHz with three decimals).
+fn mhz_to_khz(mhz: &str) -> Option<u64> {
+    let (int, frac) = mhz.split_once('.').unwrap_or((mhz, ""));
+    let frac = format!("{frac:0<3}");
+    Some(int.parse::<u64>().ok()? * 1000 + frac.get(..3)?.parse::<u64>().ok()?)
+}
+
+/// The host TSC rate for `tsc_early_khz=` (same order as `host_tsc_khz` in
+/// scripts/guest/lib.sh): without it a TCG guest on a loaded host can hang in
+/// TSC calibration.
+fn host_tsc_khz() -> Option<u64> {
+    if let Some(v) = std::env::var("BHATTI_TSC_KHZ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(v);
+    }
+    if let Some(v) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(v);
+    }
+    let out = Command::new("dmesg").output().ok()?;
+    let log = String::from_utf8_lossy(&out.stdout);
+    let find = |marker: &str| {
+        // The last such line wins (a later calibration refines an earlier one).
+        log.lines()
+            .rev()
+            .find_map(|l| l.split(marker).nth(1)?.split_whitespace().next())
+            .and_then(mhz_to_khz)
+    };
+    find("Refined TSC clocksource calibration: ").or_else(|| find("tsc: Detected "))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free loopback port")
+}
+
+/// A booted guest; QEMU is killed when this is dropped.
+struct Vm {
+    child: Child,
+    dir: tempfile::TempDir,
+    console: PathBuf,
+    control: u16,
+    forward: u16,
+    booted_in: Duration,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Vm {
+    /// Boots with `cfg` on the config drive. With `kernel_ip` the kernel
+    /// configures eth0 from `ip=`; without it lohar must do it from `cfg.net`.
+    fn boot(kernel: &Path, rootfs: &Path, cfg: &GuestConfig, kernel_ip: bool) -> Vm {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root.ext4");
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(rootfs)
+            .arg(&root)
+            .status()
+            .expect("cp");
+        assert!(st.success(), "copying the rootfs failed");
+
+        let cfg_dir = dir.path().join("cfg");
+        std::fs::create_dir(&cfg_dir).expect("mkdir cfg");
+        std::fs::write(
+            cfg_dir.join("config.json"),
+            serde_json::to_vec(cfg).expect("config json"),
+        )
+        .expect("write config.json");
+        let cfg_img = dir.path().join("cfg.ext4");
+        let out = Command::new("mke2fs")
+            .args(["-t", "ext4", "-d"])
+            .arg(&cfg_dir)
+            .args(["-F", "-q"])
+            .arg(&cfg_img)
+            .arg("4M")
+            .output()
+            .expect("mke2fs");
+        assert!(
+            out.status.success(),
+            "mke2fs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let console = dir.path().join("console.log");
+        let (control, forward) = (free_port(), free_port());
+        let mut append =
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/usr/local/bin/lohar".to_string();
+        if kernel_ip {
+            append.push_str(&format!(
+                " ip={GUEST_IP}::{GATEWAY}:255.255.255.252::eth0:off"
+            ));
+        }
+        // Extra kernel arguments for debugging, e.g. `LOHAR_LOG=debug` (the kernel
+        // hands unknown `KEY=value` words to init as environment).
+        if let Ok(extra) = std::env::var("BHATTI_GUEST_APPEND") {
+            append.push(' ');
+            append.push_str(&extra);
+        }
+        match host_tsc_khz() {
+            Some(khz) => append.push_str(&format!(" tsc_early_khz={khz}")),
+            None => eprintln!("warning: host TSC rate unknown; booting without tsc_early_khz"),
+        }
+        // The first virtio-blk device becomes vda (root), the second vdb (config).
+        let drive = |id: &str, file: &Path, extra: &str| {
+            format!("id={id},file={},format=raw,if=none{extra}", file.display())
+        };
+        let qemu_log = std::fs::File::create(dir.path().join("qemu.log")).expect("qemu.log");
+        let qemu_err = qemu_log.try_clone().expect("dup");
+        let started = Instant::now();
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-M",
+                "microvm,pic=off,rtc=on",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max",
+            ])
+            .args(["-m", "512", "-smp", "1", "-nodefaults", "-no-user-config"])
+            .args(["-nographic", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-kernel")
+            .arg(kernel)
+            .args(["-append", &append])
+            .args(["-drive", &drive("root", &root, "")])
+            .args(["-device", "virtio-blk-device,drive=root"])
+            .args(["-drive", &drive("cfg", &cfg_img, ",readonly=on")])
+            .args(["-device", "virtio-blk-device,drive=cfg"])
+            .arg("-netdev")
+            .arg(format!(
+                "user,id=n0,restrict=on,net=172.31.255.0/24,host={GATEWAY},\
+                 hostfwd=tcp:127.0.0.1:{control}-{GUEST_IP}:1024,\
+                 hostfwd=tcp:127.0.0.1:{forward}-{GUEST_IP}:1025"
+            ))
+            .args(["-device", "virtio-net-device,netdev=n0"])
+            .stdin(Stdio::null())
+            .stdout(qemu_log)
+            .stderr(qemu_err)
+            .spawn()
+            .expect("spawn qemu-system-x86_64");
+        let mut vm = Vm {
+            child,
+            dir,
+            console,
+            control,
+            forward,
+            booted_in: Duration::ZERO,
+        };
+        if !vm.wait_console(READY, BOOT_WATCHDOG) {
+            panic!(
+                "no `{READY}` within {BOOT_WATCHDOG:?} (qemu: {:?})\nqemu log:\n{}\nconsole tail:\n{}",
+                vm.child.try_wait(),
+                std::fs::read_to_string(vm.dir.path().join("qemu.log")).unwrap_or_default(),
+                vm.tail(40)
+            );
+        }
+        vm.booted_in = started.elapsed();
+        vm
+    }
+
+    fn console_text(&self) -> String {
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let text = self.console_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits until a console line equals `line`; false on timeout or QEMU exit.
+    fn wait_console(&mut self, line: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.console_text().lines().any(|l| l.trim_end() == line) {
+                return true;
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return self.console_text().lines().any(|l| l.trim_end() == line);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn client(&self, token: Option<&str>) -> AgentClient {
+        AgentClient::new(
+            Transport::TcpPorts {
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                control: self.control,
+                forward: self.forward,
+            },
+            token.map(String::from),
+        )
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn sh(c: &AgentClient, script: &str) -> ExecResult {
+    let r = c
+        .exec(["sh", "-c", script])
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+    r
+}
+
+async fn sh_ok(c: &AgentClient, script: &str) -> String {
+    let r = sh(c, script).await;
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script:?} failed: stdout {:?} stderr {:?}",
+        r.stdout_str(),
+        r.stderr_str()
+    );
+    r.stdout_str().trim().to_string()
+}
+
+/// Zombies whose parent is PID 1, as `pid comm` lines (empty when none).
+const ZOMBIES_OF_INIT: &str =
+    "cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\" && $4 == 1 { print $1, $2 }'";
+
+async fn wait_no_init_zombies(c: &AgentClient, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let z = sh_ok(c, ZOMBIES_OF_INIT).await;
+        if z.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zombies reparented to PID 1 were not reaped: {z}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(bhatti_guest_vm_tests),
+    ignore = "needs root, BHATTI_GUEST_KERNEL and BHATTI_GUEST_ROOTFS (scripts/test.sh sets them)"
+)]
+fn guest_agent_vm() {
+    let (kernel, rootfs) = match artifacts() {
+        Ok(a) => a,
+        Err(why) => panic!("cannot run: {why}"),
+    };
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let t0 = Instant::now();
+    let token = "0123456789abcdef0123456789abcdef";
+    let cfg = GuestConfig {
+        sandbox_id: "vmtest-1".into(),
+        hostname: "vmtest".into(),
+        token: token.into(),
+        env: [("FOO".to_string(), "bar".to_string())].into(),
+        files: [(
+            "/home/lohar/hello.txt".to_string(),
+            ConfigFile {
+                content: "aGVsbG8gZnJvbSB0aGUgY29uZmlnIGRyaXZlCg==".into(),
+                mode: "0640".into(),
+            },
+        )]
+        .into(),
+        init: "echo init-ok; sleep 600".into(),
+        ..GuestConfig::default()
+    };
+    let vm = Vm::boot(&kernel, &rootfs, &cfg, true);
+    eprintln!(
+        "guest printed `{READY}` {:?} after QEMU started",
+        vm.booted_in
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let c = vm.client(Some(token));
+        let attempts = c
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("wait_ready: {e}\nconsole:\n{}", vm.tail(30)));
+        eprintln!("wait_ready succeeded after {attempts} attempt(s)");
+        for bad in [Some("wrong-token"), None] {
+            let r = vm.client(bad).wait_ready(Duration::from_secs(5)).await;
+            assert!(
+                matches!(r, Err(ClientError::Auth)),
+                "token {bad:?} must be rejected, got {r:?}"
+            );
+        }
+
+        // Identity, hostname, config env, DNS.
+        assert_eq!(sh_ok(&c, "id -u").await, "1000");
+        assert_eq!(sh_ok(&c, "id -g").await, "1000");
+        assert_eq!(sh_ok(&c, "hostname").await, "vmtest");
+        assert_eq!(sh_ok(&c, "echo $FOO").await, "bar");
+        assert_eq!(sh_ok(&c, "echo $HOME").await, "/home/lohar");
+        assert_eq!(sh_ok(&c, "pwd").await, "/");
+        assert!(sh_ok(&c, "cat /etc/hosts")
+            .await
+            .lines()
+            .any(|l| l.split_whitespace().eq(["127.0.1.1", "vmtest"])));
+        assert_eq!(sh_ok(&c, "cat /etc/mailname").await, "vmtest");
+        assert_eq!(
+            sh_ok(&c, "cat /etc/resolv.conf").await,
+            "nameserver 1.1.1.1\nnameserver 8.8.8.8"
+        );
+        // The env file is root-only: the sandbox user sees it but cannot read it.
+        assert_eq!(
+            sh_ok(&c, "stat -c '%u %a' /run/bhatti/config-env").await,
+            "0 600"
+        );
+
+        // The config file: content, mode, owner.
+        assert_eq!(
+            sh_ok(&c, "cat /home/lohar/hello.txt").await,
+            "hello from the config drive"
+        );
+        assert_eq!(
+            sh_ok(&c, "stat -c '%u:%g %a' /home/lohar/hello.txt").await,
+            "1000:1000 640"
+        );
+
+        // The config drive is gone and its device unreadable for the user.
+        let mounts = sh_ok(&c, "cat /proc/mounts").await;
+        assert!(
+            !mounts.contains("/run/bhatti/config"),
+            "config drive still mounted:\n{mounts}"
+        );
+        assert!(mounts
+            .lines()
+            .any(|l| l.starts_with("/dev/root / ext4") || l.starts_with("/dev/vda / ext4")));
+        for fs in [
+            "proc /proc",
+            "sysfs /sys",
+            "devpts /dev/pts",
+            "tmpfs /tmp",
+            "tmpfs /run",
+        ] {
+            assert!(mounts.contains(fs), "{fs} not mounted:\n{mounts}");
+        }
+        assert!(mounts.contains("cgroup2 /sys/fs/cgroup"), "{mounts}");
+        assert_eq!(
+            sh(&c, "test -e /run/bhatti/config").await.exit_code,
+            1,
+            "mount point must be removed"
+        );
+        assert_ne!(sh(&c, "head -c1 /dev/vdb >/dev/null").await.exit_code, 0);
+        assert_eq!(sh_ok(&c, "stat -c %a /tmp").await, "1777");
+        assert_eq!(sh_ok(&c, "readlink /dev/ptmx").await, "pts/ptmx");
+        let ctl = sh_ok(&c, "cat /sys/fs/cgroup/cgroup.subtree_control").await;
+        for ctrl in ["cpu", "memory", "io", "pids"] {
+            assert!(
+                ctl.split_whitespace().any(|x| x == ctrl),
+                "{ctrl} not in {ctl:?}"
+            );
+        }
+        assert_eq!(
+            sh_ok(&c, "cat /sys/class/net/lo/operstate").await,
+            "unknown"
+        );
+        assert_eq!(sh(&c, "test -d /run/bhatti/services").await.exit_code, 0);
+
+        // Boot timing was recorded.
+        let timing = c
+            .file_read_to_vec("/run/bhatti/boot-timing.txt", ReadOptions::default())
+            .await
+            .expect("boot timing");
+        let timing = String::from_utf8_lossy(&timing).into_owned();
+        eprintln!("guest boot timing:\n{timing}");
+        assert!(timing.contains("ready_ms="), "{timing}");
+
+        // The init session runs, is listed, and its scrollback has its output.
+        let sessions = c.session_list().await.expect("session list");
+        let init = sessions
+            .iter()
+            .find(|s| s.session_id == "init")
+            .unwrap_or_else(|| panic!("no init session in {sessions:?}"));
+        assert!(init.running && init.tty, "{init:?}");
+        let (_, mut term) = c.attach("init", false).await.expect("attach init");
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(chunk)) = term.read().await {
+                seen.extend_from_slice(&chunk);
+                if String::from_utf8_lossy(&seen).contains("init-ok") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "init scrollback: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        drop(term);
+
+        // Files over the protocol.
+        let payload = b"written through the agent\n".repeat(1000);
+        c.file_write_bytes("/home/lohar/sub/dir/written.txt", "0600", &payload)
+            .await
+            .expect("file write");
+        let back = c
+            .file_read_to_vec("/home/lohar/sub/dir/written.txt", ReadOptions::default())
+            .await
+            .expect("file read");
+        assert_eq!(back, payload);
+        assert_eq!(
+            sh_ok(&c, "stat -c '%u %a' /home/lohar/sub/dir/written.txt").await,
+            "1000 600"
+        );
+
+        // sync after exec: 16 MiB written without fsync are on disk (no longer
+        // dirty) by the time the exec's EXIT arrives. With 512 MiB of RAM the
+        // kernel would otherwise keep them dirty for up to 30 s.
+        sh_ok(
+            &c,
+            "dd if=/dev/zero of=/workspace/big bs=1M count=16 2>/dev/null",
+        )
+        .await;
+        let dirty = sh_ok(&c, "awk '/^Dirty:/ { print $2 }' /proc/meminfo").await;
+        let dirty_kb: u64 = dirty.parse().expect("Dirty kB");
+        assert!(dirty_kb < 4096, "{dirty_kb} kB still dirty after exec");
+        sh_ok(&c, "rm -f /workspace/big").await;
+
+        // Detached exec: returns at once, output lands in the file.
+        let info = c
+            .exec_detached(
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "sleep 0.5; echo detached-ok; id -u".into(),
+                ],
+                Some("/tmp/detached.log".into()),
+            )
+            .await
+            .expect("detached exec");
+        assert!(info.pid > 1, "{info:?}");
+        assert_eq!(info.output_file, "/tmp/detached.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = c
+                .file_read_to_vec("/tmp/detached.log", ReadOptions::default())
+                .await
+                .unwrap_or_default();
+            if String::from_utf8_lossy(&out) == "detached-ok\n1000\n" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "detached output: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // An orphan: the subshell outlives its parent, is reparented to PID 1,
+        // exits a second later, and must not stay a zombie.
+        let pid = sh_ok(&c, "(sleep 1; exit 3) >/dev/null 2>&1 & echo $!").await;
+        let stat = sh_ok(&c, &format!("cat /proc/{pid}/stat")).await;
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(String::from));
+        assert_eq!(ppid.as_deref(), Some("1"), "orphan not reparented: {stat}");
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while sh(&c, &format!("test -e /proc/{pid}")).await.exit_code == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "orphan {pid} never reaped: {}",
+                sh_ok(&c, &format!("cat /proc/{pid}/stat")).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // lohar's own child can sit as a zombie with parent PID 1 for a while:
+        // a one-shot exec waits for it only after its output pipes close, and
+        // here a background grandchild holds them open for 2 s. A reaper that
+        // collected every zombie of PID 1 would take its status, and the exec
+        // would lose its code.
+        let started = Instant::now();
+        let r = sh(&c, "(sleep 2) & exit 7").await;
+        assert_eq!(r.exit_code, 7, "stderr {:?}", r.stderr_str());
+        assert!(started.elapsed() >= Duration::from_secs(2));
+
+        // The reaper never steals lohar's own children: 40 orphans exit over
+        // ~1 s while 8 execs, lohar's own children, finish in the same window;
+        // every exec must keep its exit code. The execs connect 100 ms apart
+        // because QEMU's hostfwd listens with a backlog of 1 and resets bursts
+        // of simultaneous connects before they ever reach the guest.
+        c.exec_detached(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "i=0; while [ $i -lt 40 ]; do (sleep 1.$((i % 10))) & i=$((i+1)); done".into(),
+            ],
+            Some("/tmp/storm.log".into()),
+        )
+        .await
+        .expect("orphan storm");
+        let execs: Vec<_> = (0..8)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100 * i as u64)).await;
+                    c.exec(["sh", "-c", &format!("sleep 1; exit {}", 40 + i)])
+                        .await
+                        .map(|r| (i, r.exit_code))
+                })
+            })
+            .collect();
+        for h in execs {
+            let (i, code) = h
+                .await
+                .expect("join")
+                .unwrap_or_else(|e| panic!("exec during storm: {e}\nconsole:\n{}", vm.tail(40)));
+            assert_eq!(code, 40 + i, "exec {i} lost its exit code");
+        }
+        wait_no_init_zombies(&c, Duration::from_secs(8)).await;
+        assert_eq!(
+            sh_ok(&c, "echo still; exit 0").await,
+            "still",
+            "agent still serving after the storm"
+        );
+    });
+    eprintln!("guest_agent_vm: {:?} in total", t0.elapsed());
+    // `vm` drops here: QEMU is killed.
+}
+
+#[test]
+#[cfg_attr(
+    not(bhatti_guest_vm_tests),
+    ignore = "needs root, BHATTI_GUEST_KERNEL and BHATTI_GUEST_ROOTFS (scripts/test.sh sets them)"
+)]
+fn guest_root_poweroff_vm() {
+    let (kernel, rootfs) = match artifacts() {
+        Ok(a) => a,
+        Err(why) => panic!("cannot run: {why}"),
+    };
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let t0 = Instant::now();
+    let token = "fedcba9876543210fedcba9876543210";
+    let cfg = GuestConfig {
+        token: token.into(),
+        user: "root".into(),
+        env: [("ROOTVAR".to_string(), "two words".to_string())].into(),
+        dns: vec!["9.9.9.9".into()],
+        // No `ip=` on this boot's command line: lohar configures eth0 itself.
+        net: Some(ConfigNet {
+            address: format!("{GUEST_IP}/30"),
+            gateway: GATEWAY.into(),
+        }),
+        ..GuestConfig::default()
+    };
+    let mut vm = Vm::boot(&kernel, &rootfs, &cfg, false);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = vm.client(Some(token));
+        c.wait_ready(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("wait_ready: {e}\nconsole:\n{}", vm.tail(30)));
+        // Reaching the agent at all proved the address; the default route too.
+        assert!(
+            !sh_ok(&c, "cat /proc/cmdline").await.contains("ip="),
+            "this boot must not use the kernel's IP autoconfiguration"
+        );
+        let routes = sh_ok(&c, "cat /proc/net/route").await;
+        assert!(
+            routes.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 7 && f[0] == "eth0" && f[1] == "00000000" && f[2] == "01FF1FAC"
+            }),
+            "no default route via {GATEWAY}:\n{routes}"
+        );
+        assert_eq!(sh_ok(&c, "id -u").await, "0");
+        assert_eq!(sh_ok(&c, "echo $HOME").await, "/root");
+        assert_eq!(sh_ok(&c, "hostname").await, "bhatti");
+        assert_eq!(
+            sh_ok(&c, "cat /etc/resolv.conf").await,
+            "nameserver 9.9.9.9"
+        );
+        assert_eq!(
+            sh_ok(&c, "cat /run/bhatti/config-env").await,
+            "ROOTVAR=\"two words\""
+        );
+        // No init in the config: no init session.
+        assert!(c.session_list().await.expect("list").is_empty());
+        // SIGTERM to PID 1 = sync + power off. The exec itself may or may not
+        // get its EXIT out before the VM is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.exec(["kill", "-TERM", "1"])).await;
+    });
+    let st = vm.wait_exit(Duration::from_secs(30));
+    assert!(
+        st.is_some(),
+        "QEMU did not exit after SIGTERM to PID 1; console:\n{}",
+        vm.tail(20)
+    );
+    let console = vm.console_text();
+    assert!(
+        console.contains("lohar: powering off (SIGTERM)"),
+        "console:\n{}",
+        vm.tail(20)
+    );
+    assert!(
+        !console.contains("Kernel panic"),
+        "console:\n{}",
+        vm.tail(20)
+    );
+    eprintln!("guest_root_poweroff_vm: {:?} in total", t0.elapsed());
+}

@@ -1,0 +1,168 @@
+//! Root-filesystem images: per-user ones and admin (global) ones, the latter
+//! stored with `user_id = ''`.
+
+use rusqlite::{params, Connection, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::coerce::{get_int, get_json, to_json};
+use crate::error::{insert_err, Result, StoreError};
+use crate::users::quotas_in;
+use crate::{count, ids, query_all, query_opt, time, to_sql_int, Store};
+
+/// The `user_id` of admin (global) images.
+pub const ADMIN: &str = "";
+
+/// An image row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub id: String,
+    /// Owner; `""` = admin / global.
+    pub user_id: String,
+    pub name: String,
+    /// `built-in` | `oci:<ref>` | `import:<name>` | `saved:<sandbox id>`.
+    pub source: String,
+    pub file_path: String,
+    pub size_mb: u64,
+    /// Registry digest for pulled images, else empty.
+    pub oci_digest: String,
+    /// The OCI image config (entrypoint, env …) for pulled images, else `{}`.
+    pub oci_config: serde_json::Value,
+    pub created_at: String,
+}
+
+/// What [`Store::create_image`] needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewImage {
+    /// `""` for an admin image (no quota applies).
+    pub user_id: String,
+    pub name: String,
+    pub source: String,
+    pub file_path: String,
+    pub size_mb: u64,
+    pub oci_digest: String,
+    pub oci_config: serde_json::Value,
+}
+
+const COLS: &str =
+    "id, user_id, name, source, file_path, size_mb, oci_digest, oci_config, created_at";
+
+fn map_image(r: &Row<'_>) -> Result<Image> {
+    Ok(Image {
+        id: r.get("id")?,
+        user_id: r.get("user_id")?,
+        name: r.get("name")?,
+        source: r.get("source")?,
+        file_path: r.get("file_path")?,
+        size_mb: get_int(r, "size_mb")?,
+        oci_digest: r.get("oci_digest")?,
+        oci_config: get_json(r, "oci_config")?,
+        created_at: r.get("created_at")?,
+    })
+}
+
+fn exact(c: &Connection, user_id: &str, name: &str) -> Result<Option<Image>> {
+    query_opt(
+        c,
+        &format!("SELECT {COLS} FROM images WHERE user_id = ?1 AND name = ?2"),
+        [user_id, name],
+        map_image,
+    )
+}
+
+fn count_of(c: &Connection, user_id: &str) -> Result<u64> {
+    count(
+        c,
+        "SELECT COUNT(*) FROM images WHERE user_id = ?1",
+        [user_id],
+    )
+}
+
+impl Store {
+    /// Inserts an image. For a user's image, `max_images` is checked in the
+    /// same transaction (`Quota`, text `image limit reached (n/max)`;
+    /// DECISIONS §7.12). A name the owner already uses is `Conflict`.
+    pub fn create_image(&self, i: &NewImage) -> Result<Image> {
+        if i.name.is_empty() {
+            return Err(StoreError::Invalid("image name is empty".into()));
+        }
+        let config = if i.oci_config.is_null() {
+            "{}".to_string()
+        } else {
+            to_json(&i.oci_config, "oci_config")?
+        };
+        self.write(|tx| {
+            if i.user_id != ADMIN {
+                let max = quotas_in(tx, &i.user_id)?.max_images;
+                let n = count_of(tx, &i.user_id)?;
+                if n >= u64::from(max) {
+                    return Err(StoreError::Quota(format!(
+                        "image limit reached ({n}/{max})"
+                    )));
+                }
+            }
+            tx.execute(
+                &format!("INSERT INTO images ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+                params![
+                    ids::row_id(),
+                    i.user_id,
+                    i.name,
+                    i.source,
+                    i.file_path,
+                    to_sql_int(i.size_mb, "size_mb")?,
+                    i.oci_digest,
+                    config,
+                    time::now()
+                ],
+            )
+            .map_err(|e| insert_err(e, |_| format!("image {:?} already exists", i.name)))?;
+            exact(tx, &i.user_id, &i.name)?.ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// Resolves an image name for a user: the user's own image first, then
+    /// an admin image of that name.
+    pub fn image(&self, user_id: &str, name: &str) -> Result<Image> {
+        self.read(|c| {
+            if let Some(i) = exact(c, user_id, name)? {
+                return Ok(i);
+            }
+            exact(c, ADMIN, name)?.ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// Exactly `(user_id, name)` — no admin fallback (e.g. to tell "not
+    /// yours" from "missing" on delete).
+    pub fn image_exact(&self, user_id: &str, name: &str) -> Result<Image> {
+        self.read(|c| exact(c, user_id, name)?.ok_or(StoreError::NotFound))
+    }
+
+    /// The images a user can use: own ones, then admin ones, each by name.
+    pub fn list_images(&self, user_id: &str) -> Result<Vec<Image>> {
+        self.read(|c| {
+            query_all(
+                c,
+                &format!(
+                    "SELECT {COLS} FROM images WHERE user_id = ?1 OR user_id = '' \
+                     ORDER BY user_id = '', name"
+                ),
+                [user_id],
+                map_image,
+            )
+        })
+    }
+
+    /// How many own images the user has (admin images not counted).
+    pub fn count_images(&self, user_id: &str) -> Result<u64> {
+        self.read(|c| count_of(c, user_id))
+    }
+
+    /// Deletes exactly `(user_id, name)` — never an admin image on a user's
+    /// behalf. Returns the row (the caller removes the file).
+    pub fn delete_image(&self, user_id: &str, name: &str) -> Result<Image> {
+        self.write(|tx| {
+            let i = exact(tx, user_id, name)?.ok_or(StoreError::NotFound)?;
+            tx.execute("DELETE FROM images WHERE id = ?1", [&i.id])?;
+            Ok(i)
+        })
+    }
+}
