@@ -1,9 +1,10 @@
 //! Users: identity, API-key hash, quotas and the per-user subnet index.
 
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
-use crate::coerce::get_int;
+use crate::coerce::{get_int, int_from_sql};
 use crate::error::{conflict_as, Result, StoreError};
 use crate::{count, ids, query_all, query_one, time, to_sql_int, Store};
 
@@ -114,11 +115,13 @@ impl Store {
         let hash = ids::hash_token(&key);
         let q = new.quotas;
         let user = self.write(|tx| {
-            let max: Option<i64> = tx
-                .query_row("SELECT MAX(subnet_index) FROM users", [], |r| r.get(0))
-                .optional()?
-                .flatten();
-            let next = max.unwrap_or(0) + 1;
+            let max = query_one(tx, "SELECT MAX(subnet_index) FROM users", [], |r| {
+                match r.get_ref(0)? {
+                    ValueRef::Null => Ok(0),
+                    v => int_from_sql(v, "subnet_index"),
+                }
+            })?;
+            let next = max + 1;
             let subnet_index = u16::try_from(next)
                 .map_err(|_| StoreError::Invalid("subnet indexes are exhausted".into()))?;
             let created_at = time::now();

@@ -211,25 +211,35 @@ impl Qmp {
         let mut line = msg.to_string();
         line.push('\n');
         trace!(%line, "QMP ->");
-        let call = async {
-            {
-                let mut w = self.writer.lock().await;
-                w.write_all(line.as_bytes())
-                    .await
-                    .map_err(|e| VmmError::Protocol(format!("{command}: write: {e}")))?;
+        let timed_out = || VmmError::Timeout {
+            what: format!("QMP {command}"),
+            timeout,
+        };
+        let res = async {
+            // Waiting for the lock may be cancelled; the write itself runs
+            // to completion or breaks the session (a line cut off by a
+            // timeout would corrupt every later command).
+            let mut w = tokio::time::timeout(timeout, self.writer.lock())
+                .await
+                .map_err(|_| timed_out())?;
+            let err = match tokio::time::timeout(timeout, w.write_all(line.as_bytes())).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{command}: write: {e}")),
+                Err(_) => Some(format!("{command}: write stalled for {timeout:?}")),
+            };
+            if let Some(err) = err {
+                let _ = tokio::time::timeout(Duration::from_millis(100), w.shutdown()).await;
+                lock(&self.shared).closed.get_or_insert(err.clone());
+                return Err(VmmError::Protocol(err));
             }
-            rx.await.unwrap_or_else(|_| {
-                Err(VmmError::Protocol(format!("{command}: QMP reader stopped")))
-            })
-        };
-        let res = tokio::time::timeout(timeout, call).await;
-        let res = match res {
-            Ok(r) => r,
-            Err(_) => Err(VmmError::Timeout {
-                what: format!("QMP {command}"),
-                timeout,
-            }),
-        };
+            drop(w);
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(_)) => Err(VmmError::Protocol(format!("{command}: QMP reader stopped"))),
+                Err(_) => Err(timed_out()),
+            }
+        }
+        .await;
         if res.is_err() {
             lock(&self.shared).pending.remove(&id);
         }
