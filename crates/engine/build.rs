@@ -6,6 +6,7 @@
 //!   exist (`BHATTI_GUEST_KERNEL`/`BHATTI_GUEST_ROOTFS`, or the defaults in
 //!   `/var/cache/bhatti/guest`), and `BHATTI_SKIP_VM` is unset.
 //! - `bhatti_firecracker`: `BHATTI_FIRECRACKER_BIN` names an existing file.
+//! - `bhatti_root`: running as root (network namespace tests).
 
 use std::path::Path;
 
@@ -26,6 +27,7 @@ fn is_root() -> bool {
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(bhatti_vm_tests)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_firecracker)");
+    println!("cargo:rustc-check-cfg=cfg(bhatti_root)");
     for v in [
         "BHATTI_GUEST_KERNEL",
         "BHATTI_GUEST_ROOTFS",
@@ -41,6 +43,9 @@ fn main() {
         std::env::var("BHATTI_GUEST_KERNEL").unwrap_or_else(|_| format!("{CACHE}/vmlinux"));
     let rootfs = std::env::var("BHATTI_GUEST_ROOTFS")
         .unwrap_or_else(|_| format!("{CACHE}/rootfs-minimal.ext4"));
+    if is_root() {
+        println!("cargo:rustc-cfg=bhatti_root");
+    }
     if is_root()
         && std::env::var_os("BHATTI_SKIP_VM").is_none()
         && Path::new(&kernel).is_file()

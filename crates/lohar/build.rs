@@ -20,7 +20,11 @@ fn is_root() -> bool {
 
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(bhatti_guest_vm_tests)");
-    for v in ["BHATTI_GUEST_KERNEL", "BHATTI_GUEST_ROOTFS", "BHATTI_SKIP_VM"] {
+    for v in [
+        "BHATTI_GUEST_KERNEL",
+        "BHATTI_GUEST_ROOTFS",
+        "BHATTI_SKIP_VM",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let present = |v: &str| {

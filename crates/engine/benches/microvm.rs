@@ -1,0 +1,441 @@
+//! The microVM engine on real VMs, each figure beside a baseline measured in the
+//! same run:
+//! - create → first exec vs a bare boot of the same kernel and image to a
+//!   trivial init (`init=/bin/echo`);
+//! - restore → exec vs QEMU's own restore of the same snapshot (to running);
+//! - exec round trip vs a HELLO round trip to the same agent (no process spawn);
+//! - plus the seed's performance set: 1 KiB write+read cycles, 5 parallel reads,
+//!   warm → exec, snapshot time and size, streaming time-to-first-byte,
+//!   10 concurrent execs, truncated vs full read of a 10k-line file, and the
+//!   daemon's memory per idle sandbox.
+//!
+//! Run as root: `cargo bench -p bhatti-engine --bench microvm` →
+//! bench/results/microvm.{json,md}. Prints why and exits 0 if it cannot run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bhatti_agent_client::{ExecRequest, ReadOptions, StreamEvent};
+use bhatti_benchkit::Report;
+use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
+use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
+use bhatti_engine::net::{NetConfig, NetManager};
+use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
+use bhatti_engine::vmm::{Disk, SnapshotKind, Vm, VmSpec, VmmDriver};
+
+fn artifact(env: &str, default: &str) -> PathBuf {
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_console(vm: &dyn Vm, needle: &str, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if vm.console_tail(64 * 1024).contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// The same kernel and root image booted to a trivial init that prints a line.
+async fn bare_boot(
+    driver: &QemuDriver,
+    kernel: &PathBuf,
+    rootfs: &PathBuf,
+    dir: &std::path::Path,
+) -> Duration {
+    let disk = dir.join("bare.ext4");
+    let st = std::process::Command::new("cp")
+        .args(["--reflink=auto", "--sparse=always"])
+        .arg(rootfs)
+        .arg(&disk)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let spec = VmSpec {
+        id: "benchbare".into(),
+        dir: dir.to_path_buf(),
+        kernel: kernel.clone(),
+        cmdline: "console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet loglevel=1 init=/bin/echo -- bare-ready".into(),
+        root_disk: disk,
+        extra_disks: Vec::<Disk>::new(),
+        vcpus: 1,
+        mem_mib: 512,
+        net: None,
+        console_log: dir.join("bare-console.log"),
+    };
+    let t = Instant::now();
+    let vm = driver.boot(&spec).await.expect("bare boot");
+    let ok = wait_console(vm.as_ref(), "bare-ready", Duration::from_secs(60)).await;
+    let took = t.elapsed();
+    let _ = vm.kill().await;
+    assert!(
+        ok,
+        "bare boot never printed its line: {}",
+        vm.console_tail(2000)
+    );
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    if unsafe { libc_geteuid() } != 0 {
+        println!("microvm bench: needs root; not run");
+        return;
+    }
+    let kernel = artifact("BHATTI_GUEST_KERNEL", "/var/cache/bhatti/guest/vmlinux");
+    let rootfs = artifact(
+        "BHATTI_GUEST_ROOTFS",
+        "/var/cache/bhatti/guest/rootfs-minimal.ext4",
+    );
+    if !kernel.is_file() || !rootfs.is_file() {
+        println!("microvm bench: guest artifacts missing (scripts/guest); not run");
+        return;
+    }
+    let n_life: usize = std::env::var("BHATTI_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let tmp = tempfile::Builder::new()
+        .prefix("bhatti-bench-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let qemu = QemuDriver::new(QemuConfig::default()).expect("qemu");
+    let driver: Arc<dyn VmmDriver> = Arc::new(qemu.clone());
+    let net = Arc::new(NetManager::new(NetConfig::default()).expect("net"));
+    let engine = MicroVmEngine::new(
+        MicroVmConfig::new(tmp.path().join("data"), kernel.clone(), rootfs.clone()),
+        driver.clone(),
+        net,
+    )
+    .expect("engine");
+    let mut report = Report::new("microvm");
+    let spec = |name: &str| SandboxSpec {
+        name: name.into(),
+        owner_index: 250,
+        cpus: 1,
+        memory_mb: 512,
+        ..Default::default()
+    };
+
+    // Lifecycle: bare boot vs create → first exec, and destroy.
+    let mut bare = Vec::new();
+    let mut create = Vec::new();
+    let mut destroy = Vec::new();
+    for i in 0..n_life {
+        let d = tmp.path().join(format!("bare{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        bare.push(bare_boot(&qemu, &kernel, &rootfs, &d).await);
+        let t = Instant::now();
+        let info = engine.create(spec(&format!("b{i}"))).await.expect("create");
+        let r = engine
+            .exec(&info.id, vec!["true".into()])
+            .await
+            .expect("exec");
+        assert_eq!(r.exit_code, 0);
+        create.push(t.elapsed());
+        let t = Instant::now();
+        engine.destroy(&info.id).await.expect("destroy");
+        destroy.push(t.elapsed());
+    }
+    report.latency(
+        "create → first exec",
+        &create,
+        Some((
+            "bare boot of the same kernel+image to init=/bin/echo",
+            &bare,
+        )),
+        "target ≤ 1.25× baseline",
+    );
+    report.latency("destroy", &destroy, None, "");
+
+    // One long-lived sandbox for the rest.
+    let info = engine.create(spec("bench")).await.expect("create");
+    let id = info.id.clone();
+    let agent = engine.agent(&id).unwrap();
+    for _ in 0..5 {
+        engine.exec(&id, vec!["true".into()]).await.unwrap();
+    }
+    let mut exec = Vec::new();
+    let mut hello = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        engine.exec(&id, vec!["true".into()]).await.unwrap();
+        exec.push(t.elapsed());
+        let t = Instant::now();
+        agent.hello().await.unwrap();
+        hello.push(t.elapsed());
+    }
+    report.latency(
+        "exec `true` round trip (TCP into the sandbox netns)",
+        &exec,
+        Some(("HELLO round trip to the same agent (no spawn)", &hello)),
+        "",
+    );
+
+    let kib = vec![b'k'; 1024];
+    let mut cycles = Vec::new();
+    for i in 0..50 {
+        let p = format!("/workspace/f{}.bin", i % 5);
+        let t = Instant::now();
+        let mut src = &kib[..];
+        engine
+            .file_write(&id, &p, "0644", 1024, &mut src)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        engine
+            .file_read(&id, &p, ReadOptions::default(), &mut out)
+            .await
+            .unwrap();
+        cycles.push(t.elapsed());
+    }
+    report.latency("1 KiB write + read cycle", &cycles, None, "");
+
+    let mut par = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..5)
+            .map(|i| {
+                let a = agent.clone();
+                tokio::spawn(async move {
+                    a.file_read_to_vec(&format!("/workspace/f{i}.bin"), ReadOptions::default())
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().len(), 1024);
+        }
+        par.push(t.elapsed());
+    }
+    report.latency("5 parallel 1 KiB reads (batch)", &par, None, "");
+
+    let mut ttfb = Vec::new();
+    let mut total = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let mut s = engine
+            .exec_stream(
+                &id,
+                ExecRequest::new(["sh", "-c", "echo first; sleep 0.05; echo second"]),
+            )
+            .await
+            .unwrap();
+        let mut first = None;
+        while let Some(ev) = s.next().await.unwrap() {
+            if first.is_none() && matches!(ev, StreamEvent::Stdout(_)) {
+                first = Some(t.elapsed());
+            }
+        }
+        ttfb.push(first.unwrap());
+        total.push(t.elapsed());
+    }
+    report.latency("streaming exec: time to first byte", &ttfb, None, "");
+    report.latency(
+        "streaming exec: total (includes a 50 ms sleep)",
+        &total,
+        None,
+        "",
+    );
+
+    let mut conc = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let a = agent.clone();
+                tokio::spawn(async move { a.exec(["true"]).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().exit_code, 0);
+        }
+        conc.push(t.elapsed());
+    }
+    report.latency(
+        "10 concurrent execs (batch)",
+        &conc,
+        Some(("one exec", &exec)),
+        "",
+    );
+
+    engine
+        .exec(&id, vec!["sh".into(), "-c".into(), "i=1; while [ $i -le 10000 ]; do echo line $i; i=$((i+1)); done > /workspace/lines.txt".into()])
+        .await
+        .unwrap();
+    let mut full = Vec::new();
+    let mut trunc = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        agent
+            .file_read_to_vec("/workspace/lines.txt", ReadOptions::default())
+            .await
+            .unwrap();
+        full.push(t.elapsed());
+        let t = Instant::now();
+        let v = agent
+            .file_read_to_vec(
+                "/workspace/lines.txt",
+                ReadOptions {
+                    offset: 5000,
+                    limit: 20,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        trunc.push(t.elapsed());
+        assert_eq!(v.iter().filter(|&&b| b == b'\n').count(), 20);
+    }
+    report.latency(
+        "read 10k-line file: 20 lines from line 5000",
+        &trunc,
+        Some(("full read", &full)),
+        "",
+    );
+
+    // Thermal: pause, warm → exec.
+    let mut pause = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        engine.pause(&id).await.unwrap();
+        pause.push(t.elapsed());
+        let t = Instant::now();
+        engine.ensure_hot(&id).await.unwrap();
+        engine.exec(&id, vec!["true".into()]).await.unwrap();
+        warm.push(t.elapsed());
+    }
+    report.latency("pause (hot → warm)", &pause, None, "");
+    report.latency(
+        "warm → exec",
+        &warm,
+        Some(("exec on a hot sandbox", &exec)),
+        "target < 20 ms",
+    );
+
+    // Cold: stop (snapshot) and restore → exec, beside QEMU's own restore.
+    let mut stop = Vec::new();
+    let mut restore = Vec::new();
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        engine.stop(&id).await.unwrap();
+        stop.push(t.elapsed());
+        let snap = tmp.path().join("data/sandboxes").join(&id).join("snapshot");
+        let alloc: u64 = std::fs::read_dir(&snap)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                use std::os::unix::fs::MetadataExt;
+                e.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+            })
+            .sum();
+        sizes.push(alloc);
+        let t = Instant::now();
+        engine.ensure_hot(&id).await.unwrap();
+        engine.exec(&id, vec!["true".into()]).await.unwrap();
+        restore.push(t.elapsed());
+    }
+    // QEMU's own restore of a snapshot of the same kind of guest: boot a VM via
+    // the driver, snapshot it, restore it, time to "running".
+    let mut raw_restore = Vec::new();
+    {
+        let d = tmp.path().join("raw");
+        std::fs::create_dir_all(&d).unwrap();
+        let disk = d.join("root.ext4");
+        std::fs::copy(&rootfs, &disk).unwrap();
+        let spec = VmSpec {
+            id: "benchraw".into(),
+            dir: d.clone(),
+            kernel: kernel.clone(),
+            cmdline: "console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet loglevel=1 init=/bin/sh -- -c \"echo raw-ready; while :; do sleep 1; done\"".into(),
+            root_disk: disk,
+            extra_disks: Vec::new(),
+            vcpus: 1,
+            mem_mib: 512,
+            net: None,
+            console_log: d.join("console.log"),
+        };
+        let vm = driver.boot(&spec).await.unwrap();
+        wait_console(vm.as_ref(), "raw-ready", Duration::from_secs(60)).await;
+        vm.pause().await.unwrap();
+        let files = vm
+            .snapshot(&d.join("snap"), SnapshotKind::Full)
+            .await
+            .unwrap();
+        vm.kill().await.unwrap();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let vm = driver.restore(&spec, &files).await.unwrap();
+            raw_restore.push(t.elapsed());
+            vm.kill().await.unwrap();
+        }
+    }
+    report.latency(
+        "stop (sync, pause, full snapshot, kill)",
+        &stop,
+        None,
+        "512 MiB guest",
+    );
+    report.latency(
+        "restore → exec (cold wake)",
+        &restore,
+        Some((
+            "QEMU restore of a same-size snapshot to running",
+            &raw_restore,
+        )),
+        "target ≤ 1.5× baseline",
+    );
+    let avg = sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64 / (1024.0 * 1024.0);
+    report.throughput(
+        "cold snapshot size on disk (allocated)",
+        "MiB",
+        avg,
+        None,
+        "512 MiB guest, mapped-ram, sparse",
+    );
+
+    // Memory of this process (the engine) per idle sandbox.
+    let before = rss_kib();
+    let mut extra = Vec::new();
+    for i in 0..3 {
+        extra.push(engine.create(spec(&format!("idle{i}"))).await.unwrap().id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib();
+    report.throughput(
+        "engine RSS growth per idle sandbox",
+        "KiB",
+        after.saturating_sub(before) as f64 / 3.0,
+        None,
+        "target < 1024 KiB (the VMM's own memory is separate)",
+    );
+    for x in extra {
+        engine.destroy(&x).await.unwrap();
+    }
+    engine.destroy(&id).await.unwrap();
+    report.write().expect("report");
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
