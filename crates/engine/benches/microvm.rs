@@ -56,8 +56,8 @@ async fn wait_console(vm: &dyn Vm, needle: &str, limit: Duration) -> bool {
 /// The same kernel and root image booted to a trivial init that prints a line.
 async fn bare_boot(
     driver: &QemuDriver,
-    kernel: &PathBuf,
-    rootfs: &PathBuf,
+    kernel: &std::path::Path,
+    rootfs: &std::path::Path,
     dir: &std::path::Path,
 ) -> Duration {
     let disk = dir.join("bare.ext4");
@@ -71,7 +71,7 @@ async fn bare_boot(
     let spec = VmSpec {
         id: "benchbare".into(),
         dir: dir.to_path_buf(),
-        kernel: kernel.clone(),
+        kernel: kernel.to_path_buf(),
         cmdline: "console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet loglevel=1 init=/bin/echo -- bare-ready".into(),
         root_disk: disk,
         extra_disks: Vec::<Disk>::new(),
