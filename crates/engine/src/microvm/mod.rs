@@ -306,6 +306,7 @@ impl MicroVmEngine {
         snap: Option<&crate::vmm::SnapshotFiles>,
     ) -> Result<Box<dyn Vm>> {
         let spec = self.vm_spec(id, d);
+        let t0 = Instant::now();
         let vm = match snap {
             None => self.driver.boot(&spec).await,
             Some(s) => self.driver.restore(&spec, s).await,
@@ -321,6 +322,7 @@ impl MicroVmEngine {
             let _ = vm.kill().await;
             return Err(e);
         }
+        tracing::debug!(id, restore = snap.is_some(), took = ?t0.elapsed(), "agent ready");
         Ok(vm)
     }
 
@@ -536,18 +538,24 @@ impl Engine for MicroVmEngine {
         let res = async {
             let base = spec.image.clone().unwrap_or(self.cfg.default_image.clone());
             let rootfs = dir.join("rootfs.ext4");
-            disk::cow_copy(&base, &rootfs).await?;
-            if spec.disk_size_mb > 0 {
-                disk::grow(&rootfs, spec.disk_size_mb).await?;
-            }
             let token = random_hex(16);
             let mac = random_mac();
             let cfg = self.guest_config(&id, &token, &spec);
-            disk::build_config_drive(&cfg, &dir.join("config.ext4")).await?;
-            let net = self
-                .setup_net(&id, spec.owner_index, &mac, &spec.egress, None)
-                .await?;
-            rb.net = Some(net.clone());
+            // Disks and network are independent: prepare them concurrently.
+            let disks = async {
+                disk::cow_copy(&base, &rootfs).await?;
+                if spec.disk_size_mb > 0 {
+                    disk::grow(&rootfs, spec.disk_size_mb).await?;
+                }
+                disk::build_config_drive(&cfg, &dir.join("config.ext4")).await
+            };
+            let network = self.setup_net(&id, spec.owner_index, &mac, &spec.egress, None);
+            let (disks, network) = tokio::join!(disks, network);
+            if let Ok(net) = &network {
+                rb.net = Some(net.clone());
+            }
+            disks?;
+            let net = network?;
             let detail = Detail {
                 dir: dir.clone(),
                 owner_index: spec.owner_index,

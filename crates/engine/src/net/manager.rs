@@ -421,6 +421,9 @@ impl NetManager {
         if let Some(g) = &self.config.tap_group {
             tuntap.push_str(&format!(" group {g}"));
         }
+        // The guest's neighbour entry is permanent: a connection attempted before
+        // the guest answers ARP would otherwise wait out the kernel's 1 s ARP
+        // retransmit instead of reaching the guest the moment it listens.
         Cmd::ip()
             .args(["-n", ns, "-batch", "-"])
             .stdin(format!(
@@ -431,7 +434,9 @@ impl NetManager {
                  route add default via {HOST_VETH_IP} dev {NETNS_ETH}\n\
                  {tuntap}\n\
                  addr add {GATEWAY_IP}/{GUEST_PREFIX_LEN} dev {TAP_NAME}\n\
-                 link set dev {TAP_NAME} up\n"
+                 link set dev {TAP_NAME} up\n\
+                 neigh replace {GUEST_IP} lladdr {mac} dev {TAP_NAME} nud permanent\n",
+                mac = net.guest_mac
             ))
             .run()?;
 

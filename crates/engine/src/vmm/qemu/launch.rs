@@ -69,18 +69,30 @@ pub(crate) fn qmp_socket_path(dir: &Path) -> Result<PathBuf, VmmError> {
     Ok(path)
 }
 
-/// `cmdline` plus `tsc_early_khz=` when it is missing and known.
+/// `cmdline` plus `tsc_early_khz=` when it is missing and known. Words after a
+/// lone `--` are init's arguments, not the kernel's, so the parameter goes
+/// before them.
 pub(crate) fn kernel_cmdline(cmdline: &str, tsc_khz: Option<u64>) -> String {
-    let has = cmdline
-        .split_whitespace()
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    let split = words.iter().position(|w| *w == "--").unwrap_or(words.len());
+    let has = words[..split]
+        .iter()
         .any(|t| t.starts_with("tsc_early_khz="));
     match tsc_khz {
         Some(khz) if !has => {
-            let c = cmdline.trim_end();
-            if c.is_empty() {
-                format!("tsc_early_khz={khz}")
-            } else {
-                format!("{c} tsc_early_khz={khz}")
+            let param = format!("tsc_early_khz={khz}");
+            match cmdline.find(" -- ") {
+                Some(at) if split < words.len() => {
+                    format!("{} {param}{}", cmdline[..at].trim_end(), &cmdline[at..])
+                }
+                _ => {
+                    let c = cmdline.trim_end();
+                    if c.is_empty() {
+                        param
+                    } else {
+                        format!("{c} {param}")
+                    }
+                }
             }
         }
         _ => cmdline.to_string(),
@@ -319,6 +331,14 @@ mod tests {
     #[test]
     fn cmdline_tsc() {
         assert_eq!(kernel_cmdline("a b", Some(5)), "a b tsc_early_khz=5");
+        assert_eq!(
+            kernel_cmdline("a init=/bin/echo -- x y", Some(5)),
+            "a init=/bin/echo tsc_early_khz=5 -- x y"
+        );
+        assert_eq!(
+            kernel_cmdline("a -- tsc_early_khz=1", Some(5)),
+            "a tsc_early_khz=5 -- tsc_early_khz=1"
+        );
         assert_eq!(
             kernel_cmdline("a tsc_early_khz=7 b", Some(5)),
             "a tsc_early_khz=7 b"
