@@ -194,10 +194,20 @@ async fn lifecycle(kind: Kind) {
     drop(t);
 
     // sessions through the engine.
-    let list = e.session_list(&id).await.unwrap();
-    assert!(list
-        .iter()
-        .any(|s| s.session_id == sinfo.session_id && !s.attached));
+    // Detach is noticed by the agent when the connection closes: poll briefly.
+    let mut detached = false;
+    for _ in 0..50 {
+        let list = e.session_list(&id).await.unwrap();
+        if list
+            .iter()
+            .any(|s| s.session_id == sinfo.session_id && !s.attached)
+        {
+            detached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(detached, "the shell session shows as detached");
     let (_, mut again) = e.shell_attach(&id, &sinfo.session_id, true).await.unwrap();
     let replay = again.read().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&replay).contains("shell-ok"));

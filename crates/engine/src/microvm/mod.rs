@@ -332,6 +332,33 @@ impl MicroVmEngine {
         sb
     }
 
+    /// Registers a freshly booted (or resumed) sandbox as running and hot, in its
+    /// first generation.
+    fn register_hot(
+        &self,
+        id: String,
+        name: String,
+        detail: Detail,
+        vm: Box<dyn Vm>,
+    ) -> SandboxInfo {
+        let sb = Sandbox {
+            id,
+            name,
+            lifecycle: tokio::sync::Mutex::new(Some(vm)),
+            fast: Mutex::new(Fast {
+                status: Status::Running,
+                thermal: Thermal::Hot,
+                generation: 1,
+                restore_failed: None,
+                agent: None,
+                last_touch: Instant::now(),
+            }),
+            detail,
+        };
+        lock(&sb.fast).agent = Some(sb.client());
+        self.insert(sb).info()
+    }
+
     /// Guest sync (best effort), then pause; returns whether it was hot.
     async fn quiesce(&self, sb: &Sandbox, vm: &dyn Vm) -> Result<bool> {
         let was_hot = lock(&sb.fast).thermal == Thermal::Hot;
@@ -572,30 +599,13 @@ impl Engine for MicroVmEngine {
             Ok::<_, EngineError>((detail, vm))
         }
         .await;
-        let (detail, vm) = match res {
-            Ok(x) => x,
+        match res {
+            Ok((detail, vm)) => Ok(self.register_hot(id, spec.name.clone(), detail, vm)),
             Err(e) => {
                 rb.run().await;
-                return Err(e);
+                Err(e)
             }
-        };
-        let sb = Sandbox {
-            id: id.clone(),
-            name: spec.name.clone(),
-            lifecycle: tokio::sync::Mutex::new(Some(vm)),
-            fast: Mutex::new(Fast {
-                status: Status::Running,
-                thermal: Thermal::Hot,
-                generation: 1,
-                restore_failed: None,
-                agent: None,
-                last_touch: Instant::now(),
-            }),
-            detail,
-        };
-        lock(&sb.fast).agent = Some(sb.client());
-        let sb = self.insert(sb);
-        Ok(sb.info())
+        }
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
@@ -894,29 +904,13 @@ impl Engine for MicroVmEngine {
             Ok::<_, EngineError>((detail, vm))
         }
         .await;
-        let (detail, vm) = match res {
-            Ok(x) => x,
+        match res {
+            Ok((detail, vm)) => Ok(self.register_hot(id, spec.name.clone(), detail, vm)),
             Err(e) => {
                 rb.run().await;
-                return Err(e);
+                Err(e)
             }
-        };
-        let sb = Sandbox {
-            id: id.clone(),
-            name: spec.name.clone(),
-            lifecycle: tokio::sync::Mutex::new(Some(vm)),
-            fast: Mutex::new(Fast {
-                status: Status::Running,
-                thermal: Thermal::Hot,
-                generation: 1,
-                restore_failed: None,
-                agent: None,
-                last_touch: Instant::now(),
-            }),
-            detail,
-        };
-        lock(&sb.fast).agent = Some(sb.client());
-        Ok(self.insert(sb).info())
+        }
     }
 
     fn vm_state(&self, id: &str) -> Option<VmState> {
