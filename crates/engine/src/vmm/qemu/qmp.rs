@@ -407,7 +407,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, VmmError::Timeout { .. }), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(2));
+        // Generous: this only proves the call gave up instead of hanging.
+        assert!(t0.elapsed() < Duration::from_secs(10));
         // The session still works after a timeout.
         q.execute("echo", Some(json!(2))).await.unwrap();
         assert!(lock(&q.shared).pending.is_empty());
