@@ -7,11 +7,13 @@
 #   busybox-static, bash-static, e2fsprogs (guest root filesystem, config drives)
 #   iproute2, iptables (per-sandbox network namespaces)
 #   debootstrap (the optional Debian guest image)
+#   docker.io, curl (the Docker engine; dockerd is started by scripts/start-dockerd.sh)
 set -euo pipefail
 
 PACKAGES=(
     build-essential bc bison flex libelf-dev libssl-dev dwarves linux-source-6.1
     busybox-static bash-static e2fsprogs iproute2 iptables debootstrap tmux file
+    docker.io curl
 )
 BACKPORTS_PACKAGES=(qemu-system-x86)
 BACKPORTS_SOURCE=/etc/apt/sources.list.d/bookworm-backports.sources

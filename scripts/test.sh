@@ -20,6 +20,7 @@ step "static lohar for the guest image"
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p lohar --target x86_64-unknown-linux-gnu
 LOHAR_STATIC="$REPO/target/x86_64-unknown-linux-gnu/release/lohar"
+export BHATTI_LOHAR_STATIC="$LOHAR_STATIC"
 
 if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_VM:-} ]]; then
     step "guest kernel (cached after the first build) and minimal rootfs"
@@ -29,7 +30,19 @@ if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_VM:-} ]]; then
     export BHATTI_GUEST_KERNEL="$cache/vmlinux"
     export BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.ext4"
 else
-    echo "not root or BHATTI_SKIP_VM set: VM tests will report themselves as skipped"
+    echo "not root or BHATTI_SKIP_VM set: VM tests will be reported as ignored"
+fi
+
+if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_DOCKER:-} ]]; then
+    step "dockerd and the local sandbox image"
+    if scripts/start-dockerd.sh && scripts/docker-image.sh --lohar "$LOHAR_STATIC"; then
+        export BHATTI_DOCKER_TESTS=1
+    else
+        echo "!! dockerd could not be started: the Docker engine tests will be reported as ignored"
+        export BHATTI_DOCKER_TESTS=0
+    fi
+else
+    export BHATTI_DOCKER_TESTS=0
 fi
 
 step "cargo test"

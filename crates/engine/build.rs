@@ -5,8 +5,14 @@
 //! - `bhatti_vm_tests`: running as root and the guest kernel + root filesystem
 //!   exist (`BHATTI_GUEST_KERNEL`/`BHATTI_GUEST_ROOTFS`, or the defaults in
 //!   `/var/cache/bhatti/guest`), and `BHATTI_SKIP_VM` is unset.
-//! - `bhatti_firecracker`: `BHATTI_FIRECRACKER_BIN` names an existing file.
+//! - `bhatti_firecracker`: `BHATTI_FIRECRACKER_BIN` names an existing file
+//!   (API-level Firecracker tests).
+//! - `bhatti_firecracker_guests`: that, plus KVM that runs ordinary guests
+//!   (`kvm_intel`/`kvm_amd`), root and the guest artifacts (the engine suite on
+//!   Firecracker).
 //! - `bhatti_root`: running as root (network namespace tests).
+//! - `bhatti_docker`: `/var/run/docker.sock` exists or `DOCKER_HOST` is set
+//!   (Docker engine tests; `BHATTI_DOCKER_TESTS=0` turns them off).
 
 use std::path::Path;
 
@@ -28,6 +34,15 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(bhatti_vm_tests)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_firecracker)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_root)");
+    println!("cargo:rustc-check-cfg=cfg(bhatti_firecracker_guests)");
+    println!("cargo:rustc-check-cfg=cfg(bhatti_docker)");
+    println!("cargo:rerun-if-env-changed=BHATTI_DOCKER_TESTS");
+    println!("cargo:rerun-if-env-changed=DOCKER_HOST");
+    if std::env::var("BHATTI_DOCKER_TESTS").as_deref() != Ok("0")
+        && (Path::new("/var/run/docker.sock").exists() || std::env::var_os("DOCKER_HOST").is_some())
+    {
+        println!("cargo:rustc-cfg=bhatti_docker");
+    }
     for v in [
         "BHATTI_GUEST_KERNEL",
         "BHATTI_GUEST_ROOTFS",
@@ -58,5 +73,14 @@ fn main() {
         .unwrap_or(false)
     {
         println!("cargo:rustc-cfg=bhatti_firecracker");
+        // The engine suite boots real guests: that also needs a KVM that runs
+        // ordinary guests (a PVM-only KVM, as on the development machines, does
+        // not), plus the guest artifacts.
+        let kvm = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
+            .iter()
+            .any(|p| Path::new(p).exists());
+        if kvm && is_root() && Path::new(&kernel).is_file() && Path::new(&rootfs).is_file() {
+            println!("cargo:rustc-cfg=bhatti_firecracker_guests");
+        }
     }
 }

@@ -1,13 +1,19 @@
-//! The bhatti sandbox engine.
+//! The bhatti sandbox engine: everything between the server and a sandbox's
+//! guest agent.
 //!
-//! Each sandbox is a microVM that runs inside its own Linux network
-//! namespace. This crate holds the host-side machinery around those VMs;
-//! for now that is [`net`], which creates, polices and removes the
-//! per-sandbox network namespaces.
+//! - [`api`]: the [`Engine`] trait the server programs against, and
+//!   [`EngineExt`], the in-sandbox operations every engine shares through the
+//!   agent.
+//! - [`microvm`]: sandboxes as microVMs, over a [`vmm`] driver (QEMU or
+//!   Firecracker), each in its own network namespace ([`net`]).
+//! - [`docker`]: sandboxes as containers, for hosts without KVM.
+//! - [`select`]: which engine a host should run, and why.
 
 pub mod api;
+pub mod docker;
 pub mod microvm;
 pub mod net;
+pub mod select;
+pub mod vmm;
 
 pub use api::{Engine, EngineError, EngineExt};
-pub mod vmm;

@@ -16,6 +16,7 @@ use bhatti_engine::api::{
 };
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
 use bhatti_engine::net::{NetConfig, NetManager};
+use bhatti_engine::vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
 use bhatti_engine::vmm::VmmDriver;
 
@@ -48,10 +49,24 @@ fn skip_reason(kind: Kind) -> Option<String> {
     }
     match kind {
         Kind::Qemu => None,
-        Kind::Firecracker => Some(match std::env::var("BHATTI_FIRECRACKER_BIN") {
-            Err(_) => "BHATTI_FIRECRACKER_BIN is not set".into(),
-            Ok(_) => "the Firecracker driver is not built yet".into(),
-        }),
+        Kind::Firecracker => match std::env::var("BHATTI_FIRECRACKER_BIN") {
+            Err(_) => Some("BHATTI_FIRECRACKER_BIN is not set".into()),
+            Ok(p) if !std::path::Path::new(&p).is_file() => Some(format!("{p} does not exist")),
+            Ok(_) => None,
+        },
+    }
+}
+
+fn driver_for(kind: Kind) -> Arc<dyn VmmDriver> {
+    match kind {
+        Kind::Qemu => Arc::new(QemuDriver::new(QemuConfig::default()).expect("qemu driver")),
+        Kind::Firecracker => Arc::new(
+            FirecrackerDriver::new(FirecrackerConfig {
+                binary: std::env::var("BHATTI_FIRECRACKER_BIN").expect("checked by skip_reason"),
+                ..Default::default()
+            })
+            .expect("firecracker driver"),
+        ),
     }
 }
 
@@ -68,10 +83,7 @@ impl Env {
             .tempdir_in("/var/tmp")
             .expect("tempdir");
         let data = dir.path().to_path_buf();
-        let driver: Arc<dyn VmmDriver> = match kind {
-            Kind::Qemu => Arc::new(QemuDriver::new(QemuConfig::default()).expect("qemu driver")),
-            Kind::Firecracker => unreachable!("skipped before"),
-        };
+        let driver = driver_for(kind);
         let net = Arc::new(NetManager::new(NetConfig::default()).expect("net manager"));
         let mut cfg = MicroVmConfig::new(
             data.clone(),
@@ -584,6 +596,27 @@ async fn checkpoint_and_fork(kind: Kind) {
     );
     // A second checkpoint under the same name is refused.
     assert!(e.checkpoint(&src.id, &ck).await.is_err());
+    // fork = checkpoint + resume in one step, the source still running.
+    let f2 = e
+        .fork(
+            &src.id,
+            ResumeSpec {
+                name: "fork2".into(),
+                owner_index: 207,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sh(e, &f2.id, "cat /workspace/state.txt").await,
+        "before-checkpoint\nafter-checkpoint\n"
+    );
+    assert!(
+        !env.data.join("forks").read_dir().unwrap().any(|_| true),
+        "fork scratch removed"
+    );
+    e.destroy(&f2.id).await.unwrap();
     e.destroy(&fork.id).await.unwrap();
     e.destroy(&src.id).await.unwrap();
 }
@@ -607,11 +640,16 @@ async fn corrupt_snapshot_and_recovery(kind: Kind) {
         ),
     );
     cfg.boot_timeout = Duration::from_secs(90);
-    let driver: Arc<dyn VmmDriver> = Arc::new(QemuDriver::new(QemuConfig::default()).unwrap());
     let net = Arc::new(NetManager::new(NetConfig::default()).unwrap());
-    let e2 = MicroVmEngine::new(cfg, driver, net).unwrap();
+    let e2 = MicroVmEngine::new(cfg, driver_for(kind), net).unwrap();
     let rec = e2.recover(state.clone()).await.unwrap();
     assert_eq!((rec.status, rec.thermal), (Status::Stopped, Thermal::Cold));
+    // Start-up cleanup removes what no known sandbox owns, and only that.
+    let orphan = env.data.join("sandboxes").join("00112233aabbccdd");
+    std::fs::create_dir_all(&orphan).unwrap();
+    let removed = e2.cleanup_orphans().await.unwrap();
+    assert!(!orphan.exists(), "orphan dir removed: {removed:?}");
+    assert!(env.data.join("sandboxes").join(&id).exists());
     e2.start(&id, false).await.unwrap();
     assert_eq!(sh(&e2, &id, "cat /workspace/d.txt").await.trim(), "durable");
     // Running again (generation bumped): the old stopped state is now stale.
@@ -644,12 +682,33 @@ async fn corrupt_snapshot_and_recovery(kind: Kind) {
     e2.destroy(&id).await.unwrap();
 }
 
+/// Serialises the one test that cleans up host-wide orphans against the rest.
+static SUITE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 macro_rules! suite {
     ($modname:ident, $kind:expr, $gate:meta) => {
         mod $modname {
             use super::*;
 
             fn run<F: std::future::Future<Output = ()>>(name: &str, f: impl FnOnce(Kind) -> F) {
+                // One VM test at a time: two TCG guests plus their hosts' work
+                // on a 2-core machine starve each other into timeouts.
+                run_with(name, f, true)
+            }
+
+            /// `exclusive`: the test touches host-wide state (orphan clean-up
+            /// removes every `bhatti-*` namespace it does not know), so no other
+            /// test may have sandboxes meanwhile.
+            fn run_with<F: std::future::Future<Output = ()>>(
+                name: &str,
+                f: impl FnOnce(Kind) -> F,
+                exclusive: bool,
+            ) {
+                let (_shared, _exclusive) = if exclusive {
+                    (None, Some(SUITE.write().unwrap_or_else(|p| p.into_inner())))
+                } else {
+                    (Some(SUITE.read().unwrap_or_else(|p| p.into_inner())), None)
+                };
                 // The build-time gate already ignores suites that cannot run; this
                 // catches what only shows at run time, and fails rather than pass.
                 if let Some(why) = skip_reason($kind) {
@@ -720,5 +779,8 @@ suite!(
 suite!(
     firecracker,
     Kind::Firecracker,
-    ignore = "Firecracker driver not implemented yet (issue 4); needs BHATTI_FIRECRACKER_BIN and KVM that boots ordinary guests"
+    cfg_attr(
+        not(bhatti_firecracker_guests),
+        ignore = "needs BHATTI_FIRECRACKER_BIN, KVM that runs ordinary guests (kvm_intel/kvm_amd), root and the guest artifacts"
+    )
 );

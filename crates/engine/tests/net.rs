@@ -376,7 +376,7 @@ fn bhatti_rules() -> String {
 }
 
 fn pool_route() -> String {
-    ip(&["-4", "route", "show", "exact", "10.128.0.0/9"])
+    ip(&["-4", "route", "show", "exact", "10.200.0.0/13"])
 }
 
 // ------------------------------------------------------------------ tests
@@ -584,7 +584,7 @@ fn setup_rolls_back_on_failure() {
         )
         .unwrap();
     let _g = Down(mgr(), ok.clone());
-    assert_eq!(ok.ext_ip, Ipv4Addr::new(10, 128, 17, 2));
+    assert_eq!(ok.ext_ip, Ipv4Addr::new(10, 200, 17, 2));
 }
 
 /// Restore claims the exact old address; a fork gets a new external address
@@ -614,7 +614,7 @@ fn restore_and_fork_addresses() {
             18,
             "02:00:00:00:00:21",
             &EgressPolicy::Public,
-            Some(Ipv4Addr::new(10, 128, 19, 5)),
+            Some(Ipv4Addr::new(10, 200, 19, 5)),
         )
         .unwrap_err();
     assert!(
@@ -760,9 +760,9 @@ fn cleanup_orphans_only_touches_ours() {
     assert!(netns_listed(&decoy_ns.0), "decoy netns removed");
     // The orphan's owner rule went with it; the tracked owner's stayed.
     let rules = bhatti_rules();
-    assert!(!rules.contains("10.128.20.0/24"), "{rules}");
+    assert!(!rules.contains("10.200.20.0/24"), "{rules}");
     assert!(
-        rules.contains("-A BHATTI-OWN -s 10.128.22.0/24 -d 10.128.22.0/24 -j ACCEPT"),
+        rules.contains("-A BHATTI-OWN -s 10.200.22.0/24 -d 10.200.22.0/24 -j ACCEPT"),
         "{rules}"
     );
 

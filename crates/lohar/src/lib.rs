@@ -13,6 +13,7 @@
 
 pub mod agent;
 mod conn;
+pub mod container;
 mod exec;
 mod files;
 mod forward;

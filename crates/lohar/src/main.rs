@@ -10,7 +10,9 @@ fn usage() -> ExitCode {
         "lohar {}: the bhatti guest agent\n\n\
          Runs as PID 1 inside a bhatti sandbox. For tests:\n  \
          LOHAR_TEST=1 LOHAR_SOCK=<path> LOHAR_FWD_SOCK=<path> [LOHAR_TOKEN=<token>] \
-         [LOHAR_INIT=<script>] lohar",
+         [LOHAR_INIT=<script>] lohar\n\n\
+         As the entrypoint of a Docker sandbox:\n  \
+         lohar container   (see LOHAR_SOCK_DIR, LOHAR_TOKEN_FILE, LOHAR_ENV_FILE)",
         env!("CARGO_PKG_VERSION")
     );
     ExitCode::from(2)
@@ -33,6 +35,13 @@ fn main() -> ExitCode {
     if std::env::var("LOHAR_TEST").as_deref() == Ok("1") {
         init_logging("warn", true);
         return run(test_mode());
+    }
+    // Container mode (PID 1 of a Docker sandbox) before the guest's PID 1 path.
+    if std::env::args().nth(1).as_deref() == Some("container")
+        || std::env::var("LOHAR_CONTAINER").as_deref() == Ok("1")
+    {
+        init_logging("info", false);
+        return lohar::container::run();
     }
     // The init path only as PID 1 (02-guest.md §4.10 step 1).
     if std::process::id() == 1 {

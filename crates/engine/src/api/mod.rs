@@ -71,6 +71,10 @@ pub trait Engine: Send + Sync {
     /// A new sandbox from a checkpoint directory; the source may still run.
     async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo>;
 
+    /// A copy of a running sandbox (memory, processes, disks) as a new sandbox,
+    /// while the source keeps running: a checkpoint resumed at once.
+    async fn fork(&self, id: &str, spec: ResumeSpec) -> Result<SandboxInfo>;
+
     /// State to persist for recovery after a daemon restart.
     fn vm_state(&self, id: &str) -> Option<VmState>;
 

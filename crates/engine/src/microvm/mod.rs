@@ -913,6 +913,18 @@ impl Engine for MicroVmEngine {
         }
     }
 
+    async fn fork(&self, id: &str, spec: ResumeSpec) -> Result<SandboxInfo> {
+        let scratch = self.cfg.data_dir.join("forks");
+        tokio::fs::create_dir_all(&scratch).await?;
+        let dir = scratch.join(random_hex(8));
+        self.checkpoint(id, &dir).await?;
+        let res = self.resume_checkpoint(&dir, spec).await;
+        // The restored VM has its memory loaded and its own disk copies: the
+        // checkpoint is no longer needed either way.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        res
+    }
+
     fn vm_state(&self, id: &str) -> Option<VmState> {
         let sb = self.get(id).ok()?;
         let f = lock(&sb.fast);

@@ -29,7 +29,7 @@ pub const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 252);
 /// the source address of the daemon's connections to guests.
 pub const HOST_VETH_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The default pool of external sandbox addresses.
-pub const DEFAULT_POOL: Ipv4Cidr = Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 128, 0, 0), 9);
+pub const DEFAULT_POOL: Ipv4Cidr = Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 200, 0, 0), 13);
 
 /// Length of a sandbox id (8 random bytes as hex).
 pub(crate) const SANDBOX_ID_LEN: usize = 16;

@@ -15,7 +15,7 @@ use super::cmd::Cmd;
 use super::consts::{
     host_veth_name, id_prefix_of_veth, named_netns_path, netns_name, sandbox_id_of_netns,
     validate_sandbox_id, DEFAULT_POOL, GATEWAY_IP, GUEST_IP, GUEST_PREFIX_LEN, HOST_VETH_IP,
-    NETNS_DIR, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
+    HOST_VETH_PREFIX, NETNS_DIR, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
 };
 use super::firewall::{self, EgressPolicy};
 use super::netns::write_sysctl;
@@ -27,7 +27,8 @@ use super::NetError;
 #[serde(default)]
 pub struct NetConfig {
     /// Pool of external sandbox addresses, one /24 per owner (default
-    /// `10.128.0.0/9`). Must not overlap any network the host uses.
+    /// `10.200.0.0/13`). Must not overlap any network the host uses (checked
+    /// before the first sandbox is set up).
     pub pool: Ipv4Cidr,
     /// Owner (user name or uid) of every `tap0`, so an unprivileged VMM can
     /// open it. `None`: root only.
@@ -180,6 +181,67 @@ struct Created {
     veth: bool,
 }
 
+/// Refuses a pool that overlaps anything the host already uses: an interface
+/// address, a route other than the default one (and our own), or a DNS server
+/// from /etc/resolv.conf. The pool's `unreachable` route would otherwise cut the
+/// host off from, say, a resolver that is reached through the default route.
+fn check_pool_is_free(pool: Ipv4Cidr) -> Result<(), NetError> {
+    let clash = |what: String| {
+        Err(NetError::InvalidConfig(format!(
+            "the sandbox address pool {pool} overlaps {what}; choose another pool in the network config"
+        )))
+    };
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for ns in resolv
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+    {
+        if let Ok(ip) = ns.trim().parse::<std::net::Ipv4Addr>() {
+            if pool.contains(ip) {
+                return clash(format!("the DNS server {ip} in /etc/resolv.conf"));
+            }
+        }
+    }
+    let addrs = Cmd::ip().args(["-4", "-o", "addr", "show"]).run()?;
+    for word in addrs.split_whitespace().collect::<Vec<_>>().windows(2) {
+        if word[0] == "inet" {
+            if let Some(ip) = word[1].split('/').next().and_then(|a| a.parse().ok()) {
+                if pool.contains(ip) {
+                    return clash(format!("the host address {}", word[1]));
+                }
+            }
+        }
+    }
+    let routes = Cmd::ip()
+        .args(["-4", "route", "show", "table", "main"])
+        .run()?;
+    for line in routes.lines() {
+        let mut words = line.split_whitespace();
+        let mut dest = words.next().unwrap_or_default();
+        if dest == "unreachable" || dest == "blackhole" || dest == "prohibit" {
+            dest = words.next().unwrap_or_default();
+        }
+        let ours = line.contains(&format!("dev {HOST_VETH_PREFIX}")) || dest == pool.to_string();
+        if dest == "default" || ours {
+            continue;
+        }
+        let net: Ipv4Cidr = match dest.parse() {
+            Ok(n) => n,
+            Err(_) => match dest.parse::<std::net::Ipv4Addr>() {
+                Ok(a) => Ipv4Cidr::new_unchecked(a, 32),
+                Err(_) => continue,
+            },
+        };
+        if net.contains(pool.addr()) || pool.contains(net.addr()) {
+            return clash(format!("the route {}", line.trim()));
+        }
+    }
+    Ok(())
+}
+
+/// Serialises host-wide preparation across every manager of this process.
+static HOST_SETUP: Mutex<()> = Mutex::new(());
+
 impl NetManager {
     /// A manager for `config`. Touches nothing on the host.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {
@@ -225,6 +287,8 @@ impl NetManager {
     /// [`setup_sandbox`](Self::setup_sandbox) calls it once if needed.
     pub fn ensure_host_firewall(&self) -> Result<bool, NetError> {
         let _fw = lock(&self.firewall);
+        // Host-wide state: serialise with every other manager in this process.
+        let _host = lock(&HOST_SETUP);
         let mut changed = false;
         let fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
             .map_err(|e| NetError::io("read /proc/sys/net/ipv4/ip_forward", e))?;
@@ -233,12 +297,15 @@ impl NetManager {
             changed = true;
         }
         let pool = self.config.pool.to_string();
+        check_pool_is_free(self.config.pool)?;
         let routes = Cmd::ip()
             .args(["-4", "route", "show", "table", "main", "exact", &pool])
             .run()?;
         if routes.trim().is_empty() {
+            // `replace`, not `add`: another manager (another engine in this
+            // process, or a test) may be preparing the host at the same moment.
             Cmd::ip()
-                .args(["route", "add", "unreachable", &pool])
+                .args(["route", "replace", "unreachable", &pool])
                 .run()?;
             changed = true;
         } else if !routes.trim_start().starts_with("unreachable") {
@@ -665,7 +732,7 @@ mod tests {
         };
         assert!(NetManager::new(bad_pool).is_err());
         let j = serde_json::to_value(NetConfig::default()).unwrap();
-        assert_eq!(j["pool"], "10.128.0.0/9");
+        assert_eq!(j["pool"], "10.200.0.0/13");
         let c: NetConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(c, NetConfig::default());
     }

@@ -13,7 +13,7 @@
 //! The namespace is joined to the host by a veth pair: `bhv-<11 id chars>` on
 //! the host, `eth0` inside. `eth0` carries the sandbox's unique *external*
 //! address, a `/32` taken from its owner's `/24` inside the pool
-//! (`10.128.0.0/9` by default). Inside the namespace, DNAT maps every port of
+//! (`10.200.0.0/13` by default). Inside the namespace, DNAT maps every port of
 //! the external address to the guest and SNAT maps the guest back to it, so
 //! outside the namespace a sandbox is simply "its external address".
 //!

@@ -153,7 +153,6 @@ impl AddressPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::DEFAULT_POOL;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -161,7 +160,7 @@ mod tests {
 
     #[test]
     fn owner_subnets() {
-        let p = AddressPool::new(DEFAULT_POOL).unwrap();
+        let p = AddressPool::new("10.128.0.0/9".parse().unwrap()).unwrap();
         assert_eq!(p.max_owner_index(), 32767);
         assert_eq!(p.owner_subnet(1).unwrap().to_string(), "10.128.1.0/24");
         assert_eq!(p.owner_subnet(255).unwrap().to_string(), "10.128.255.0/24");
@@ -188,7 +187,7 @@ mod tests {
 
     #[test]
     fn allocate_release_reuse() {
-        let mut p = AddressPool::new(DEFAULT_POOL).unwrap();
+        let mut p = AddressPool::new("10.128.0.0/9".parse().unwrap()).unwrap();
         assert_eq!(p.allocate(1).unwrap(), ip("10.128.1.2"));
         assert_eq!(p.allocate(1).unwrap(), ip("10.128.1.3"));
         assert_eq!(p.allocate(1).unwrap(), ip("10.128.1.4"));
@@ -209,7 +208,7 @@ mod tests {
 
     #[test]
     fn claim_and_mark() {
-        let mut p = AddressPool::new(DEFAULT_POOL).unwrap();
+        let mut p = AddressPool::new("10.128.0.0/9".parse().unwrap()).unwrap();
         p.try_claim(7, ip("10.128.7.9")).unwrap();
         assert!(matches!(
             p.try_claim(7, ip("10.128.7.9")),
@@ -240,7 +239,7 @@ mod tests {
 
     #[test]
     fn exhaustion() {
-        let mut p = AddressPool::new(DEFAULT_POOL).unwrap();
+        let mut p = AddressPool::new("10.128.0.0/9".parse().unwrap()).unwrap();
         for n in 2..=254u8 {
             assert_eq!(p.allocate(5).unwrap(), Ipv4Addr::new(10, 128, 5, n));
         }

@@ -11,9 +11,9 @@
 //! (pause, resume, state, snapshot, kill). The engine holds drivers as
 //! `Arc<dyn VmmDriver>` and VMs as `Box<dyn Vm>`.
 //!
-//! Two drivers are planned (DECISIONS.md §3): [`qemu`] (`qemu-system-x86_64
-//! -M microvm` over QMP, KVM or TCG) and a Firecracker one (REST over its API
-//! socket).
+//! Two drivers (DECISIONS.md §3): [`qemu`] (`qemu-system-x86_64 -M
+//! microvm` over QMP, KVM or TCG) and [`firecracker`] (REST over its API
+//! socket, optionally jailed).
 //!
 //! # Why the trait is small
 //!
@@ -41,6 +41,7 @@
 
 mod consts;
 mod error;
+pub mod firecracker;
 mod process;
 pub mod qemu;
 mod spec;
@@ -99,6 +100,16 @@ pub trait Vm: Send + Sync {
     /// The last `bytes` bytes the VMM wrote to stderr since this process
     /// started (lossy UTF-8).
     fn vmm_log_tail(&self, bytes: usize) -> String;
+    /// Sets the memory balloon's target size: `mib` MiB taken away from
+    /// the guest (0 deflates it). Drivers without a balloon return
+    /// [`VmmError::Unsupported`].
+    async fn set_balloon(&self, mib: u32) -> Result<(), VmmError> {
+        let _ = mib;
+        Err(VmmError::Unsupported {
+            driver: "current",
+            what: "a memory balloon".into(),
+        })
+    }
 }
 
 /// What a VM is doing.

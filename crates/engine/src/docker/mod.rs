@@ -1,0 +1,1073 @@
+//! The Docker engine: each sandbox is a container whose entrypoint is lohar in
+//! container mode (`lohar container`), driven through dockerd's HTTP API
+//! (`bollard`; never the docker CLI).
+//!
+//! Per sandbox the host keeps a directory `<data_dir>/sandboxes/<id>/` (0700),
+//! bind-mounted at `/run/bhatti` in the container. It holds what must not show
+//! in `docker inspect`: the agent token (`token`, 0600), the environment for
+//! children (`env`, escaped `KEY=VALUE` lines) and the `init` script (`init`).
+//! lohar listens on `agent.sock` and `forward.sock` in it, and the host's
+//! [`AgentClient`] connects there with [`Transport::Unix`].
+//!
+//! | Engine call | Docker |
+//! |---|---|
+//! | create | owner network (created on demand) + container create/start with labels `bhatti.managed`, `bhatti.id`, `bhatti.name`, `bhatti.owner`, `bhatti.data_dir`, `NanoCpus`, `Memory` (= `MemorySwap`, no swap), `PidsLimit`, `no-new-privileges`, no `NET_RAW`/`MKNOD`; waits for the agent; then writes `files` through the agent |
+//! | pause / resume (warm) | `docker pause` / `docker unpause` (cgroup freezer: memory kept) |
+//! | stop (cold) | `docker stop` (SIGTERM, then SIGKILL after the grace period). The container's filesystem is kept, **processes are not** (`memory_snapshots = false`) |
+//! | start | `docker start` + wait for the agent (same schedule as the microVM engine) |
+//! | destroy | `docker rm -f`, the sandbox directory, and the owner network once its last container is gone |
+//! | checkpoint / resume_checkpoint / fork | unsupported (CRIU checkpoints need experimental dockerd + criu) |
+//! | recover | finds the container by its `bhatti.id` label and maps its state (running → hot, paused → warm, exited → cold) |
+//! | cleanup_orphans | removes containers labelled with this engine's data dir whose id is unknown, their directories, and empty owner networks |
+//!
+//! **Networking.** Each owner gets its own user-defined bridge
+//! `<prefix>-owner-<n>`; Docker's isolation rules drop traffic between
+//! different bridges, so owners cannot reach each other, and containers on the
+//! same bridge can. Egress `public` uses that bridge (NAT to the outside);
+//! egress `deny` uses a separate `internal` bridge `<prefix>-owner-<n>-internal`
+//! (no route out; reaches only the owner's other `deny` sandboxes). What Docker
+//! cannot express without host firewall rules of our own, and this engine
+//! therefore does not offer: CIDR allow-lists (`EgressPolicy::Allow` is
+//! rejected), hiding the host's own services from a `public` sandbox (the
+//! bridge gateway is the host), and same-owner reachability across the two
+//! egress classes. `Capabilities.egress_policy` is `false` for that reason.
+//!
+//! **Volumes.** `VolumeAttach.file` must be a *directory* on the host for this
+//! engine; it is bind-mounted at `mount` (read-only if asked). As the guest
+//! does with its volume mount points, the top directory of a writable volume
+//! is chowned to uid/gid 1000 (unless the sandbox runs as root). ext4 images,
+//! as the microVM engine uses, cannot be attached.
+//!
+//! **Images.** `SandboxSpec.image` names a Docker image reference (its
+//! entrypoint must be `lohar container`, see `scripts/docker-image.sh`);
+//! `None` is [`DockerConfig::image`]. `disk_size_mb` is ignored: overlay2 can
+//! only limit size on xfs with project quotas.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bhatti_agent_client::{AgentClient, Transport};
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
+    NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    Capabilities, CheckpointManifest, Engine, EngineError, Result, ResumeSpec, SandboxInfo,
+    SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
+};
+use crate::net::EgressPolicy;
+
+/// The engine's name in `VmState.engine` and errors.
+pub const ENGINE: &str = "docker";
+/// Where the sandbox directory is mounted in the container.
+pub const SOCK_DIR: &str = "/run/bhatti";
+/// The default sandbox image (built by `scripts/docker-image.sh`).
+pub const DEFAULT_IMAGE: &str = "bhatti/minimal:latest";
+const LABEL_MANAGED: &str = "bhatti.managed";
+const LABEL_ID: &str = "bhatti.id";
+const LABEL_NAME: &str = "bhatti.name";
+const LABEL_OWNER: &str = "bhatti.owner";
+const LABEL_DATA_DIR: &str = "bhatti.data_dir";
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_GRACE_SECS: i32 = 10;
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// `<data_dir>/sandboxes/<id>/` is each sandbox's bind-mounted directory.
+    pub data_dir: PathBuf,
+    /// Image when a spec names none.
+    pub image: String,
+    /// Prefix of container and network names (`<prefix>-<id>`,
+    /// `<prefix>-owner-<n>`); tests use their own to stay apart.
+    pub prefix: String,
+    /// How long a start may take until the agent answers.
+    pub boot_timeout: Duration,
+    /// PIDs limit per container (fork-bomb guard); 0 = none.
+    pub pids_limit: i64,
+    /// A static lohar to inject into images that do not carry one: it is
+    /// hard-linked (or copied) into the sandbox's bind-mounted directory and
+    /// becomes the entrypoint (`/run/bhatti/lohar container`), so any image a
+    /// host can pull works as a sandbox.
+    pub inject_lohar: Option<PathBuf>,
+}
+
+impl DockerConfig {
+    pub fn new(data_dir: PathBuf) -> DockerConfig {
+        DockerConfig {
+            data_dir,
+            image: DEFAULT_IMAGE.into(),
+            prefix: "bhatti".into(),
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            pids_limit: 4096,
+            inject_lohar: None,
+        }
+    }
+}
+
+/// Persisted per sandbox (VmState.detail).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Detail {
+    container: String,
+    dir: PathBuf,
+    owner_index: u16,
+    cpus: u32,
+    memory_mb: u32,
+    image: String,
+    network: String,
+    token: String,
+    volumes: Vec<VolumeAttach>,
+    egress: EgressPolicy,
+}
+
+struct Fast {
+    status: Status,
+    thermal: Thermal,
+    generation: u64,
+    ip: String,
+    agent: Option<AgentClient>,
+}
+
+struct Sandbox {
+    id: String,
+    name: String,
+    detail: Detail,
+    /// Held across slow transitions so two never interleave.
+    lifecycle: tokio::sync::Mutex<()>,
+    fast: Mutex<Fast>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sandbox {
+    fn info(&self) -> SandboxInfo {
+        let f = lock(&self.fast);
+        SandboxInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            status: f.status,
+            thermal: f.thermal,
+            ip: f.ip.clone(),
+            cpus: self.detail.cpus,
+            memory_mb: self.detail.memory_mb,
+            reason: None,
+        }
+    }
+
+    fn set(&self, status: Status, thermal: Thermal) {
+        let mut f = lock(&self.fast);
+        f.status = status;
+        f.thermal = thermal;
+        if thermal == Thermal::Cold {
+            f.agent = None;
+        }
+    }
+
+    fn client(&self) -> AgentClient {
+        client_for(&self.detail)
+    }
+}
+
+fn client_for(d: &Detail) -> AgentClient {
+    AgentClient::new(
+        Transport::Unix {
+            control: d.dir.join("agent.sock"),
+            forward: d.dir.join("forward.sock"),
+        },
+        Some(d.token.clone()),
+    )
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A Docker error as an engine error; 404 becomes `NotFound(what)`.
+fn derr(what: &str) -> impl FnOnce(DockerError) -> EngineError + '_ {
+    move |e| match e {
+        DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        } => EngineError::NotFound(what.to_string()),
+        e => EngineError::Other(format!("docker: {what}: {e}")),
+    }
+}
+
+fn is_status(e: &DockerError, code: u16) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Writes `content` to `path` with mode 0600.
+fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(content)?;
+    f.sync_all()
+}
+
+/// The env file lohar's container mode reads (`LOHAR_ENV_FILE`).
+fn env_file(env: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = String::new();
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\n') || k.contains('\0') {
+            return Err(EngineError::Invalid(format!(
+                "bad environment variable name {k:?}"
+            )));
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&v.replace('\\', "\\\\").replace('\n', "\\n"));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The Docker engine.
+pub struct DockerEngine {
+    cfg: DockerConfig,
+    docker: Docker,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    /// Serialises network create/remove against container attach/remove, so a
+    /// network is never removed while a create is about to use it.
+    net_lock: tokio::sync::Mutex<()>,
+}
+
+impl DockerEngine {
+    /// Connects to dockerd (`DOCKER_HOST`, else `/var/run/docker.sock`),
+    /// negotiates the API version and creates `<data_dir>/sandboxes`.
+    pub async fn new(cfg: DockerConfig) -> Result<DockerEngine> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| EngineError::Other(format!("docker: connect: {e}")))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| EngineError::Other(format!("docker: dockerd not reachable: {e}")))?;
+        let dir = cfg.data_dir.join("sandboxes");
+        std::fs::create_dir_all(&dir)?;
+        Ok(DockerEngine {
+            cfg,
+            docker,
+            sandboxes: Mutex::new(HashMap::new()),
+            net_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The dockerd client (tests and benchmarks).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The container name of a sandbox.
+    pub fn container_name(&self, id: &str) -> String {
+        format!("{}-{id}", self.cfg.prefix)
+    }
+
+    /// The Docker network a sandbox of `owner` with `egress` joins.
+    pub fn network_name(&self, owner: u16, egress: &EgressPolicy) -> String {
+        match egress {
+            EgressPolicy::Deny => format!("{}-owner-{owner}-internal", self.cfg.prefix),
+            _ => format!("{}-owner-{owner}", self.cfg.prefix),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
+        lock(&self.sandboxes)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    fn data_dir_label(&self) -> String {
+        self.cfg.data_dir.to_string_lossy().into_owned()
+    }
+
+    async fn ensure_network(&self, name: &str, owner: u16, internal: bool) -> Result<()> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(derr(name)(e)),
+        }
+        let req = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            internal: Some(internal),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_OWNER.to_string(), owner.to_string()),
+                (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
+            ])),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(derr(name)(e)),
+        }
+    }
+
+    /// Removes `name` if no container is attached any more. Call with `net_lock`.
+    async fn remove_network_if_empty(&self, name: &str) {
+        let Ok(n) = self.docker.inspect_network(name, None).await else {
+            return;
+        };
+        if n.containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            return;
+        }
+        // Stopped containers are not listed as attached, but still reference
+        // the network: keep it while any container names it.
+        let filters = HashMap::from([("network".to_string(), vec![name.to_string()])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        match self.docker.list_containers(Some(opts)).await {
+            Ok(v) if v.is_empty() => {}
+            _ => return,
+        }
+        if let Err(e) = self.docker.remove_network(name).await {
+            if !is_status(&e, 404) {
+                tracing::warn!(network = name, error = %e, "removing network failed");
+            }
+        }
+    }
+
+    async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse> {
+        self.docker
+            .inspect_container(container, None)
+            .await
+            .map_err(derr(container))
+    }
+
+    async fn container_ip(&self, container: &str, network: &str) -> String {
+        self.inspect(container)
+            .await
+            .ok()
+            .and_then(|c| {
+                c.network_settings?
+                    .networks?
+                    .get(network)?
+                    .ip_address
+                    .clone()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The last lines the container printed (for boot errors).
+    async fn logs_tail(&self, container: &str) -> String {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("40")
+            .build();
+        let mut out = String::new();
+        let mut s = self.docker.logs(container, Some(opts));
+        while let Some(Ok(chunk)) = s.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out
+    }
+
+    /// Starts the container and waits for its agent, watching for an early exit.
+    async fn boot(&self, d: &Detail) -> Result<String> {
+        // Stale sockets from the previous run would make the first probes fail
+        // slowly rather than quickly.
+        for s in ["agent.sock", "forward.sock"] {
+            let _ = std::fs::remove_file(d.dir.join(s));
+        }
+        self.docker
+            .start_container(&d.container, None)
+            .await
+            .map_err(derr(&d.container))?;
+        let client = client_for(d);
+        let wait_exit = async {
+            let opts = bollard::query_parameters::WaitContainerOptionsBuilder::default()
+                .condition("not-running")
+                .build();
+            let mut s = self.docker.wait_container(&d.container, Some(opts));
+            let r = s.next().await;
+            format!("container exited during start ({r:?})")
+        };
+        let res = tokio::select! {
+            r = client.wait_ready(self.cfg.boot_timeout) => r.map(|_| ()).map_err(|e| e.to_string()),
+            why = wait_exit => Err(why),
+        };
+        if let Err(why) = res {
+            return Err(EngineError::Boot(format!(
+                "{why}\n--- container log (tail) ---\n{}",
+                self.logs_tail(&d.container).await
+            )));
+        }
+        Ok(self.container_ip(&d.container, &d.network).await)
+    }
+
+    fn insert(&self, sb: Sandbox) -> Arc<Sandbox> {
+        let sb = Arc::new(sb);
+        lock(&self.sandboxes).insert(sb.id.clone(), sb.clone());
+        sb
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<()> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(container, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(derr(container)(e)),
+        }
+    }
+
+    async fn create_container(&self, id: &str, spec: &SandboxSpec, d: &Detail) -> Result<()> {
+        let mut binds = vec![format!("{}:{SOCK_DIR}", d.dir.display())];
+        for v in &spec.volumes {
+            let mut b = format!("{}:{}", v.file.display(), v.mount);
+            if v.read_only {
+                b.push_str(":ro");
+            }
+            binds.push(b);
+        }
+        let mut env = vec![
+            format!("LOHAR_SOCK_DIR={SOCK_DIR}"),
+            "LOHAR_TOKEN_FILE=token".to_string(),
+            "LOHAR_ENV_FILE=env".to_string(),
+            "LOHAR_INIT_FILE=init".to_string(),
+        ];
+        if spec.run_as_root {
+            env.push("LOHAR_USER=root".into());
+        }
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_ID.to_string(), id.to_string()),
+            (LABEL_NAME.to_string(), spec.name.clone()),
+            (LABEL_OWNER.to_string(), spec.owner_index.to_string()),
+            (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
+        ]);
+        let mem = i64::from(spec.memory_mb) * 1024 * 1024;
+        let host = HostConfig {
+            binds: Some(binds),
+            network_mode: Some(d.network.clone()),
+            nano_cpus: Some(i64::from(spec.cpus) * 1_000_000_000),
+            memory: Some(mem),
+            memory_swap: Some(mem),
+            pids_limit: (self.cfg.pids_limit > 0).then_some(self.cfg.pids_limit),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            // lohar needs neither; without them a sandbox cannot forge packets
+            // on the owner bridge or create device nodes.
+            cap_drop: Some(vec!["NET_RAW".into(), "MKNOD".into()]),
+            ..Default::default()
+        };
+        let entrypoint = match &self.cfg.inject_lohar {
+            Some(lohar) => {
+                let dst = d.dir.join("lohar");
+                if std::fs::hard_link(lohar, &dst).is_err() {
+                    std::fs::copy(lohar, &dst).map_err(|e| {
+                        EngineError::Other(format!("inject lohar from {}: {e}", lohar.display()))
+                    })?;
+                }
+                Some(vec![format!("{SOCK_DIR}/lohar"), "container".to_string()])
+            }
+            None => None,
+        };
+        let body = ContainerCreateBody {
+            image: Some(d.image.clone()),
+            entrypoint,
+            cmd: self.cfg.inject_lohar.as_ref().map(|_| Vec::new()),
+            env: Some(env),
+            labels: Some(labels),
+            hostname: Some("bhatti".into()),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&d.container)
+            .build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| match e {
+                DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => EngineError::Invalid(format!(
+                    "image {:?} not found ({message}); build it with scripts/docker-image.sh",
+                    d.image
+                )),
+                e => EngineError::Other(format!("docker: create {}: {e}", d.container)),
+            })?;
+        Ok(())
+    }
+
+    /// Writes the spec's files through the agent (as root, then chowned by lohar).
+    async fn write_files(&self, client: &AgentClient, spec: &SandboxSpec) -> Result<()> {
+        for (path, f) in &spec.files {
+            let mode = if f.mode.is_empty() { "0644" } else { &f.mode };
+            let mut src: &[u8] = &f.content;
+            client
+                .file_write(path, mode, f.content.len() as u64, &mut src)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn start_locked(&self, sb: &Sandbox) -> Result<()> {
+        let thermal = lock(&sb.fast).thermal;
+        match thermal {
+            Thermal::Hot => return Ok(()),
+            Thermal::Warm => {
+                self.docker
+                    .unpause_container(&sb.detail.container)
+                    .await
+                    .map_err(derr(&sb.detail.container))?;
+                sb.set(Status::Running, Thermal::Hot);
+                return Ok(());
+            }
+            Thermal::Cold => {}
+        }
+        // The container may have been started (or paused) behind our back.
+        let state = self
+            .inspect(&sb.detail.container)
+            .await?
+            .state
+            .and_then(|s| s.status);
+        let ip = match state {
+            Some(ContainerStateStatusEnum::RUNNING) => {
+                let c = sb.client();
+                c.wait_ready(self.cfg.boot_timeout).await?;
+                self.container_ip(&sb.detail.container, &sb.detail.network)
+                    .await
+            }
+            Some(ContainerStateStatusEnum::PAUSED) => {
+                self.docker
+                    .unpause_container(&sb.detail.container)
+                    .await
+                    .map_err(derr(&sb.detail.container))?;
+                self.container_ip(&sb.detail.container, &sb.detail.network)
+                    .await
+            }
+            _ => self.boot(&sb.detail).await?,
+        };
+        let mut f = lock(&sb.fast);
+        f.status = Status::Running;
+        f.thermal = Thermal::Hot;
+        f.generation += 1;
+        f.ip = ip;
+        f.agent = Some(sb.client());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            memory_snapshots: false,
+            diff_snapshots: false,
+            checkpoints: false,
+            egress_policy: false,
+        }
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<SandboxInfo> {
+        if spec.cpus == 0 || spec.memory_mb < 128 {
+            return Err(EngineError::Invalid(
+                "a sandbox needs at least 1 vCPU and 128 MB of memory".into(),
+            ));
+        }
+        if let EgressPolicy::Allow(_) = spec.egress {
+            return Err(EngineError::Unsupported {
+                engine: ENGINE,
+                what: "egress allow-lists (only public and deny)".into(),
+            });
+        }
+        for v in &spec.volumes {
+            if !v.file.is_dir() {
+                return Err(EngineError::Invalid(format!(
+                    "volume {:?}: {} must be a directory on the host for the docker engine",
+                    v.name,
+                    v.file.display()
+                )));
+            }
+            if !v.mount.starts_with('/') || v.mount.contains(':') {
+                return Err(EngineError::Invalid(format!(
+                    "volume {:?}: bad mount point {:?}",
+                    v.name, v.mount
+                )));
+            }
+        }
+        if !spec.run_as_root {
+            // As the guest does for its volume mounts: the sandbox user owns
+            // the top of a writable volume.
+            for v in spec.volumes.iter().filter(|v| !v.read_only) {
+                std::os::unix::fs::chown(&v.file, Some(1000), Some(1000))?;
+            }
+        }
+        if spec.disk_size_mb > 0 {
+            tracing::debug!("docker engine ignores disk_size_mb");
+        }
+        let env = env_file(&spec.env)?;
+        let id = random_hex(8);
+        let dir = self.cfg.data_dir.join("sandboxes").join(&id);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+        }
+        let token = random_hex(16);
+        let detail = Detail {
+            container: self.container_name(&id),
+            dir: dir.clone(),
+            owner_index: spec.owner_index,
+            cpus: spec.cpus,
+            memory_mb: spec.memory_mb,
+            image: spec
+                .image
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.cfg.image.clone()),
+            network: self.network_name(spec.owner_index, &spec.egress),
+            token: token.clone(),
+            volumes: spec.volumes.clone(),
+            egress: spec.egress.clone(),
+        };
+        let res = async {
+            write_private(&dir.join("token"), token.as_bytes())?;
+            write_private(&dir.join("env"), env.as_bytes())?;
+            if !spec.init.is_empty() {
+                write_private(&dir.join("init"), spec.init.as_bytes())?;
+            }
+            {
+                let _g = self.net_lock.lock().await;
+                self.ensure_network(
+                    &detail.network,
+                    spec.owner_index,
+                    matches!(spec.egress, EgressPolicy::Deny),
+                )
+                .await?;
+                self.create_container(&id, &spec, &detail).await?;
+            }
+            let ip = self.boot(&detail).await?;
+            self.write_files(&client_for(&detail), &spec).await?;
+            Ok::<_, EngineError>(ip)
+        }
+        .await;
+        let ip = match res {
+            Ok(ip) => ip,
+            Err(e) => {
+                let _g = self.net_lock.lock().await;
+                let _ = self.remove_container(&detail.container).await;
+                self.remove_network_if_empty(&detail.network).await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
+        let sb = Sandbox {
+            id: id.clone(),
+            name: spec.name.clone(),
+            lifecycle: tokio::sync::Mutex::new(()),
+            fast: Mutex::new(Fast {
+                status: Status::Running,
+                thermal: Thermal::Hot,
+                generation: 1,
+                ip,
+                agent: None,
+            }),
+            detail,
+        };
+        lock(&sb.fast).agent = Some(sb.client());
+        Ok(self.insert(sb).info())
+    }
+
+    async fn destroy(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let _l = sb.lifecycle.lock().await;
+        {
+            let _g = self.net_lock.lock().await;
+            self.remove_container(&sb.detail.container).await?;
+            self.remove_network_if_empty(&sb.detail.network).await;
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(&sb.detail.dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(id, error = %e, "removing the sandbox directory failed");
+            }
+        }
+        sb.set(Status::Stopped, Thermal::Cold);
+        lock(&self.sandboxes).remove(id);
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let _l = sb.lifecycle.lock().await;
+        let thermal = lock(&sb.fast).thermal;
+        if thermal == Thermal::Cold {
+            return Ok(());
+        }
+        lock(&sb.fast).agent = None;
+        if thermal == Thermal::Warm {
+            // A frozen container cannot handle SIGTERM.
+            let _ = self.docker.unpause_container(&sb.detail.container).await;
+        }
+        let opts = StopContainerOptionsBuilder::default()
+            .t(STOP_GRACE_SECS)
+            .build();
+        match self
+            .docker
+            .stop_container(&sb.detail.container, Some(opts))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 304) => {} // already stopped
+            Err(e) => {
+                if thermal == Thermal::Hot {
+                    lock(&sb.fast).agent = Some(sb.client());
+                }
+                return Err(derr(&sb.detail.container)(e));
+            }
+        }
+        sb.set(Status::Stopped, Thermal::Cold);
+        Ok(())
+    }
+
+    async fn start(&self, id: &str, _force: bool) -> Result<SandboxInfo> {
+        let sb = self.get(id)?;
+        let _l = sb.lifecycle.lock().await;
+        self.start_locked(&sb).await?;
+        Ok(sb.info())
+    }
+
+    async fn status(&self, id: &str) -> Result<SandboxInfo> {
+        Ok(self.get(id)?.info())
+    }
+
+    async fn list(&self) -> Vec<SandboxInfo> {
+        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        all.iter().map(|s| s.info()).collect()
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let _l = sb.lifecycle.lock().await;
+        match lock(&sb.fast).thermal {
+            Thermal::Hot => {}
+            Thermal::Warm => return Ok(()),
+            Thermal::Cold => {
+                return Err(EngineError::BadState {
+                    id: id.into(),
+                    state: "stopped".into(),
+                    what: "cannot pause".into(),
+                })
+            }
+        }
+        self.docker
+            .pause_container(&sb.detail.container)
+            .await
+            .map_err(derr(&sb.detail.container))?;
+        sb.set(Status::Running, Thermal::Warm);
+        Ok(())
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let _l = sb.lifecycle.lock().await;
+        match lock(&sb.fast).thermal {
+            Thermal::Hot => return Ok(()),
+            Thermal::Warm => {}
+            Thermal::Cold => {
+                return Err(EngineError::BadState {
+                    id: id.into(),
+                    state: "stopped".into(),
+                    what: "cannot resume; start it".into(),
+                })
+            }
+        }
+        self.docker
+            .unpause_container(&sb.detail.container)
+            .await
+            .map_err(derr(&sb.detail.container))?;
+        sb.set(Status::Running, Thermal::Hot);
+        Ok(())
+    }
+
+    async fn ensure_hot(&self, id: &str) -> Result<Wake> {
+        let sb = self.get(id)?;
+        let t0 = Instant::now();
+        let from = lock(&sb.fast).thermal;
+        if from == Thermal::Hot {
+            return Ok(Wake {
+                from,
+                took: t0.elapsed(),
+            });
+        }
+        let _l = sb.lifecycle.lock().await;
+        self.start_locked(&sb).await?;
+        Ok(Wake {
+            from,
+            took: t0.elapsed(),
+        })
+    }
+
+    fn thermal(&self, id: &str) -> Result<Thermal> {
+        Ok(lock(&self.get(id)?.fast).thermal)
+    }
+
+    fn agent(&self, id: &str) -> Result<AgentClient> {
+        let sb = self.get(id)?;
+        let f = lock(&sb.fast);
+        match (&f.agent, f.thermal) {
+            (Some(a), Thermal::Hot) => Ok(a.clone()),
+            (_, thermal) => Err(EngineError::NotHot {
+                id: id.into(),
+                thermal,
+            }),
+        }
+    }
+
+    async fn checkpoint(&self, _id: &str, _dest: &Path) -> Result<CheckpointManifest> {
+        Err(EngineError::Unsupported {
+            engine: ENGINE,
+            what: "checkpoints (processes cannot be snapshotted)".into(),
+        })
+    }
+
+    async fn resume_checkpoint(&self, _dir: &Path, _spec: ResumeSpec) -> Result<SandboxInfo> {
+        Err(EngineError::Unsupported {
+            engine: ENGINE,
+            what: "resuming checkpoints".into(),
+        })
+    }
+
+    async fn fork(&self, _id: &str, _spec: ResumeSpec) -> Result<SandboxInfo> {
+        Err(EngineError::Unsupported {
+            engine: ENGINE,
+            what: "forks (processes cannot be snapshotted)".into(),
+        })
+    }
+
+    fn vm_state(&self, id: &str) -> Option<VmState> {
+        let sb = self.get(id).ok()?;
+        let f = lock(&sb.fast);
+        Some(VmState {
+            engine: ENGINE.into(),
+            id: sb.id.clone(),
+            name: sb.name.clone(),
+            status: f.status,
+            generation: f.generation,
+            detail: serde_json::to_value(&sb.detail).ok()?,
+        })
+    }
+
+    async fn recover(&self, state: VmState) -> Result<SandboxInfo> {
+        if state.engine != ENGINE {
+            return Err(EngineError::Invalid(format!(
+                "sandbox belongs to the {} engine",
+                state.engine
+            )));
+        }
+        let mut detail: Detail = serde_json::from_value(state.detail.clone())
+            .map_err(|e| EngineError::Invalid(format!("unreadable engine state: {e}")))?;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_ID}={}", state.id),
+                format!("{LABEL_MANAGED}=true"),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(derr(&state.id))?;
+        let Some(c) = found.into_iter().next() else {
+            return Err(EngineError::Invalid(format!(
+                "container of sandbox {} is gone",
+                state.id
+            )));
+        };
+        if let Some(name) = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string())
+        {
+            detail.container = name;
+        }
+        if !detail.dir.is_dir() {
+            return Err(EngineError::Invalid(format!(
+                "sandbox directory {} is missing",
+                detail.dir.display()
+            )));
+        }
+        let st = self
+            .inspect(&detail.container)
+            .await?
+            .state
+            .and_then(|s| s.status);
+        let (status, thermal) = match st {
+            Some(ContainerStateStatusEnum::RUNNING) => (Status::Running, Thermal::Hot),
+            Some(ContainerStateStatusEnum::PAUSED) => (Status::Running, Thermal::Warm),
+            _ => (Status::Stopped, Thermal::Cold),
+        };
+        let ip = self.container_ip(&detail.container, &detail.network).await;
+        let sb = Sandbox {
+            id: state.id.clone(),
+            name: state.name.clone(),
+            lifecycle: tokio::sync::Mutex::new(()),
+            fast: Mutex::new(Fast {
+                status,
+                thermal,
+                generation: state.generation,
+                ip,
+                agent: None,
+            }),
+            detail,
+        };
+        if thermal == Thermal::Hot {
+            // A hot sandbox must answer; otherwise treat it as cold (start
+            // will restart it).
+            let c = sb.client();
+            if c.wait_ready(Duration::from_secs(5)).await.is_ok() {
+                lock(&sb.fast).agent = Some(c);
+            } else {
+                sb.set(Status::Stopped, Thermal::Cold);
+            }
+        } else if thermal == Thermal::Warm {
+            lock(&sb.fast).agent = Some(sb.client());
+        }
+        Ok(self.insert(sb).info())
+    }
+
+    async fn cleanup_orphans(&self) -> Result<Vec<String>> {
+        let keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        let mut removed = Vec::new();
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_DATA_DIR}={}", self.data_dir_label()),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let _g = self.net_lock.lock().await;
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(derr("containers"))?;
+        for c in found {
+            let Some(cid) = c.id.clone() else { continue };
+            let sid = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_ID))
+                .cloned()
+                .unwrap_or_default();
+            if keep.contains(&sid) {
+                continue;
+            }
+            if self.remove_container(&cid).await.is_ok() {
+                removed.push(format!("container {sid}"));
+            }
+        }
+        let root = self.cfg.data_dir.join("sandboxes");
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
+                if ours && !keep.contains(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
+                    removed.push(format!("dir {name}"));
+                }
+            }
+        }
+        let nfilters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_DATA_DIR}={}", self.data_dir_label()),
+            ],
+        )]);
+        let nopts = ListNetworksOptionsBuilder::default()
+            .filters(&nfilters)
+            .build();
+        if let Ok(nets) = self.docker.list_networks(Some(nopts)).await {
+            for n in nets {
+                if let Some(name) = n.name {
+                    let before = self.docker.inspect_network(&name, None).await.is_ok();
+                    self.remove_network_if_empty(&name).await;
+                    let after = self.docker.inspect_network(&name, None).await.is_ok();
+                    if before && !after {
+                        removed.push(format!("network {name}"));
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn shutdown(&self) {
+        // Containers keep running across a daemon restart (recover() finds
+        // them); nothing is killed here. Agents are dropped.
+        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        for sb in all {
+            lock(&sb.fast).agent = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_escapes_and_rejects_bad_names() {
+        let env = BTreeMap::from([
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "x\ny\\z".to_string()),
+        ]);
+        assert_eq!(env_file(&env).unwrap(), "A=1\nB=x\\ny\\\\z\n");
+        let bad = BTreeMap::from([("A=B".to_string(), String::new())]);
+        assert!(env_file(&bad).is_err());
+    }
+
+    #[test]
+    fn ids_are_sixteen_hex() {
+        let id = random_hex(8);
+        assert_eq!(id.len(), 16);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,716 @@
+//! Firecracker's REST API: typed request bodies (exactly the fields of the
+//! API schema, `shared/data/firecracker/firecracker-api.yaml`) and a small
+//! client that sends them over the API Unix socket with `hyper`.
+//!
+//! Every body the driver sends is built here; the test-only module
+//! `schema.rs` validates each of them against the schema, so
+//! a field Firecracker does not know (it rejects unknown fields) or a wrong
+//! type is caught without a Firecracker binary.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+use crate::vmm::VmmError;
+
+/// Largest response body read from the API (responses are tiny).
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+// ---- request bodies ---------------------------------------------------------
+
+/// `Logger.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum LogLevel {
+    Error,
+    #[default]
+    Warning,
+    Info,
+    Debug,
+    Trace,
+    Off,
+}
+
+/// `PUT /logger`. Without `log_path` Firecracker keeps logging to its
+/// stderr, which the driver captures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logger {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+}
+
+/// `PUT /metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub metrics_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emit_id: Option<bool>,
+}
+
+/// `PUT /serial`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serial {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<String>,
+}
+
+/// `PUT /boot-source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSource {
+    pub kernel_image_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+}
+
+/// `TokenBucket`: `size` tokens per `refill_time` ms, plus a one-time burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBucket {
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    pub refill_time: u64,
+}
+
+/// `RateLimiter`: bytes/s (`bandwidth`) and operations/s (`ops`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RateLimiter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+impl RateLimiter {
+    /// `None` when neither bucket is set (Firecracker's "no limit").
+    pub fn non_empty(self) -> Option<RateLimiter> {
+        (self.bandwidth.is_some() || self.ops.is_some()).then_some(self)
+    }
+}
+
+/// `Drive.cache_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    Unsafe,
+    Writeback,
+}
+
+/// `Drive.io_engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    Sync,
+    Async,
+}
+
+/// `PUT /drives/{drive_id}` (virtio-block).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drive {
+    pub drive_id: String,
+    pub path_on_host: String,
+    pub is_root_device: bool,
+    pub is_read_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<CacheType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<IoEngine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `MachineConfiguration.huge_pages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HugePages {
+    #[default]
+    None,
+    Transparent,
+    #[serde(rename = "2M")]
+    TwoMiB,
+}
+
+/// `PUT /machine-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    pub vcpu_count: u32,
+    pub mem_size_mib: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smt: Option<bool>,
+    /// Needed for Diff snapshots.
+    pub track_dirty_pages: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePages>,
+}
+
+/// `PUT /entropy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entropy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /balloon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balloon {
+    pub amount_mib: u32,
+    pub deflate_on_oom: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats_polling_interval_s: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_page_reporting: Option<bool>,
+}
+
+/// `PATCH /balloon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonUpdate {
+    pub amount_mib: u32,
+}
+
+/// `PUT /vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vsock {
+    pub guest_cid: u32,
+    pub uds_path: String,
+}
+
+/// `PUT /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInterface {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `InstanceActionInfo.action_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    InstanceStart,
+    FlushMetrics,
+    SendCtrlAltDel,
+}
+
+/// `PUT /actions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub action_type: ActionType,
+}
+
+/// `Vm.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmRunState {
+    Paused,
+    Resumed,
+}
+
+/// `PATCH /vm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStateUpdate {
+    pub state: VmRunState,
+}
+
+/// `SnapshotCreateParams.snapshot_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    Full,
+    Diff,
+}
+
+/// `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCreate {
+    pub snapshot_type: SnapshotType,
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+}
+
+/// `MemoryBackend.backend_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendType {
+    File,
+    Uffd,
+}
+
+/// `MemoryBackend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryBackend {
+    pub backend_type: BackendType,
+    pub backend_path: String,
+}
+
+/// `NetworkOverride`: the TAP a restored NIC uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// `VsockOverride`: the vsock UDS of a restored VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockOverride {
+    pub uds_path: String,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotLoad {
+    pub snapshot_path: String,
+    pub mem_backend: MemoryBackend,
+    /// Keep tracking dirty pages so the restored VM can take Diff snapshots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_vm: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_overrides: Option<Vec<NetworkOverride>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
+    /// Advance kvmclock by the wall-clock time since the snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_realtime: Option<bool>,
+}
+
+// ---- responses --------------------------------------------------------------
+
+/// `GET /` (`InstanceInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub app_name: String,
+    pub id: String,
+    /// `Not started`, `Running` or `Paused`.
+    pub state: String,
+    pub vmm_version: String,
+}
+
+/// Firecracker's error body (`Error`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+struct Fault {
+    #[serde(default)]
+    fault_message: Option<String>,
+}
+
+// ---- requests ---------------------------------------------------------------
+
+/// One API call: method, path and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRequest {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Value>,
+}
+
+impl ApiRequest {
+    fn new<T: Serialize>(method: Method, path: impl Into<String>, body: &T) -> Self {
+        // Serializing these plain structs cannot fail (no maps with
+        // non-string keys, no custom serializers).
+        let body = serde_json::to_value(body).unwrap_or(Value::Null);
+        ApiRequest {
+            method,
+            path: path.into(),
+            body: Some(body),
+        }
+    }
+
+    pub fn put<T: Serialize>(path: impl Into<String>, body: &T) -> Self {
+        Self::new(Method::PUT, path, body)
+    }
+
+    pub fn patch<T: Serialize>(path: impl Into<String>, body: &T) -> Self {
+        Self::new(Method::PATCH, path, body)
+    }
+
+    pub fn get(path: impl Into<String>) -> Self {
+        ApiRequest {
+            method: Method::GET,
+            path: path.into(),
+            body: None,
+        }
+    }
+
+    /// `PUT /logger`.
+    pub fn logger(body: &Logger) -> Self {
+        Self::put("/logger", body)
+    }
+    /// `PUT /metrics`.
+    pub fn metrics(body: &Metrics) -> Self {
+        Self::put("/metrics", body)
+    }
+    /// `PUT /serial`.
+    pub fn serial(body: &Serial) -> Self {
+        Self::put("/serial", body)
+    }
+    /// `PUT /boot-source`.
+    pub fn boot_source(body: &BootSource) -> Self {
+        Self::put("/boot-source", body)
+    }
+    /// `PUT /drives/{drive_id}`.
+    pub fn drive(body: &Drive) -> Self {
+        Self::put(format!("/drives/{}", body.drive_id), body)
+    }
+    /// `PUT /machine-config`.
+    pub fn machine_config(body: &MachineConfig) -> Self {
+        Self::put("/machine-config", body)
+    }
+    /// `PUT /entropy`.
+    pub fn entropy(body: &Entropy) -> Self {
+        Self::put("/entropy", body)
+    }
+    /// `PUT /balloon`.
+    pub fn balloon(body: &Balloon) -> Self {
+        Self::put("/balloon", body)
+    }
+    /// `PATCH /balloon`.
+    pub fn balloon_update(amount_mib: u32) -> Self {
+        Self::patch("/balloon", &BalloonUpdate { amount_mib })
+    }
+    /// `PUT /vsock`.
+    pub fn vsock(body: &Vsock) -> Self {
+        Self::put("/vsock", body)
+    }
+    /// `PUT /network-interfaces/{iface_id}`.
+    pub fn network_interface(body: &NetworkInterface) -> Self {
+        Self::put(format!("/network-interfaces/{}", body.iface_id), body)
+    }
+    /// `PUT /actions`.
+    pub fn action(action_type: ActionType) -> Self {
+        Self::put("/actions", &Action { action_type })
+    }
+    /// `PATCH /vm`.
+    pub fn vm_state(state: VmRunState) -> Self {
+        Self::patch("/vm", &VmStateUpdate { state })
+    }
+    /// `PUT /snapshot/create`.
+    pub fn snapshot_create(body: &SnapshotCreate) -> Self {
+        Self::put("/snapshot/create", body)
+    }
+    /// `PUT /snapshot/load`.
+    pub fn snapshot_load(body: &SnapshotLoad) -> Self {
+        Self::put("/snapshot/load", body)
+    }
+    /// `GET /`.
+    pub fn instance_info() -> Self {
+        Self::get("/")
+    }
+
+    /// `"PUT /drives/root"`, for errors and logs.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// Turns an error response into a [`VmmError::Command`] carrying
+/// Firecracker's `fault_message` (or the raw body when it is not the
+/// documented JSON).
+pub fn error_from_response(command: &str, status: StatusCode, body: &[u8]) -> VmmError {
+    let desc = match serde_json::from_slice::<Fault>(body) {
+        Ok(Fault {
+            fault_message: Some(m),
+        }) => m,
+        _ => {
+            let raw = String::from_utf8_lossy(body);
+            let raw = raw.trim();
+            if raw.is_empty() {
+                "no error message".to_string()
+            } else {
+                raw.chars().take(2000).collect()
+            }
+        }
+    };
+    VmmError::Command {
+        command: command.to_string(),
+        class: format!("HTTP {status}"),
+        desc,
+    }
+}
+
+// ---- client -----------------------------------------------------------------
+
+/// A client for one Firecracker API socket. Each request uses its own
+/// connection (a Unix-socket connect costs microseconds, and a dead
+/// keep-alive connection can then never poison later calls).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+        ApiClient {
+            socket: socket.into(),
+            timeout,
+        }
+    }
+
+    /// The same client with another timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `req`; `Ok(Some(json))` for a 2xx answer with a JSON body,
+    /// `Ok(None)` for an empty one (204), [`VmmError::Command`] with the
+    /// fault message for an error status, [`VmmError::Protocol`] when the
+    /// socket or the HTTP exchange fails, [`VmmError::Timeout`] after the
+    /// client's timeout.
+    pub async fn send(&self, req: &ApiRequest) -> Result<Option<Value>, VmmError> {
+        let what = req.describe();
+        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(VmmError::Timeout {
+                what: format!("Firecracker API {what}"),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Sends `req` and decodes a JSON answer into `T`.
+    pub async fn send_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        req: &ApiRequest,
+    ) -> Result<T, VmmError> {
+        let v = self.send(req).await?.ok_or_else(|| {
+            VmmError::Protocol(format!("{}: empty response body", req.describe()))
+        })?;
+        serde_json::from_value(v).map_err(|e| {
+            VmmError::Protocol(format!("{}: unexpected response: {e}", req.describe()))
+        })
+    }
+
+    async fn exchange(&self, req: &ApiRequest) -> Result<Option<Value>, VmmError> {
+        let what = req.describe();
+        let proto = |m: String| VmmError::Protocol(format!("{what}: {m}"));
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| proto(format!("connect {}: {e}", self.socket.display())))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| proto(format!("HTTP handshake: {e}")))?;
+        // Drives the connection; ends when the exchange is done or fails.
+        let conn = tokio::spawn(conn);
+        let body = match &req.body {
+            Some(v) => Bytes::from(
+                serde_json::to_vec(v).map_err(|e| proto(format!("encoding the body: {e}")))?,
+            ),
+            None => Bytes::new(),
+        };
+        let mut builder = Request::builder()
+            .method(req.method.clone())
+            .uri(req.path.as_str())
+            .header(HOST, "localhost")
+            .header(ACCEPT, "application/json");
+        if req.body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| proto(format!("building the request: {e}")))?;
+        let result = async {
+            let resp = sender
+                .send_request(request)
+                .await
+                .map_err(|e| proto(format!("{e}")))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| proto(format!("reading the response: {e}")))?
+                .to_bytes();
+            Ok::<_, VmmError>((status, bytes))
+        }
+        .await;
+        conn.abort();
+        let (status, bytes) = result?;
+        if !status.is_success() {
+            return Err(error_from_response(&what, status, &bytes));
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| proto(format!("response is not JSON ({e})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_message_becomes_the_error() {
+        let e = error_from_response(
+            "PUT /drives/root",
+            StatusCode::BAD_REQUEST,
+            br#"{"fault_message":"Unable to create the block device: No such file or directory (os error 2)"}"#,
+        );
+        match &e {
+            VmmError::Command {
+                command,
+                class,
+                desc,
+            } => {
+                assert_eq!(command, "PUT /drives/root");
+                assert_eq!(class, "HTTP 400 Bad Request");
+                assert!(desc.starts_with("Unable to create the block device"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("No such file or directory"));
+        // Not the documented JSON: the raw body; nothing: a placeholder.
+        let e = error_from_response("GET /", StatusCode::INTERNAL_SERVER_ERROR, b"oops\n");
+        assert!(e.to_string().ends_with(": oops"), "{e}");
+        let e = error_from_response("GET /", StatusCode::BAD_REQUEST, b"{}");
+        assert!(e.to_string().contains("{}"), "{e}");
+        let e = error_from_response("GET /", StatusCode::BAD_REQUEST, b"");
+        assert!(e.to_string().contains("no error message"), "{e}");
+    }
+
+    #[test]
+    fn paths_and_bodies() {
+        let r = ApiRequest::drive(&Drive {
+            drive_id: "disk1".into(),
+            path_on_host: "fc.disk1".into(),
+            is_root_device: false,
+            is_read_only: true,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+        });
+        assert_eq!(r.describe(), "PUT /drives/disk1");
+        assert_eq!(
+            r.body.unwrap(),
+            serde_json::json!({"drive_id": "disk1", "path_on_host": "fc.disk1",
+                "is_root_device": false, "is_read_only": true})
+        );
+        let r = ApiRequest::vm_state(VmRunState::Paused);
+        assert_eq!(r.describe(), "PATCH /vm");
+        assert_eq!(r.body.unwrap(), serde_json::json!({"state": "Paused"}));
+        let m = MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: None,
+            track_dirty_pages: true,
+            huge_pages: Some(HugePages::TwoMiB),
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap()["huge_pages"],
+            serde_json::json!("2M")
+        );
+        assert_eq!(ApiRequest::instance_info().body, None);
+    }
+
+    /// A fake Firecracker API (one canned answer per connection) to check
+    /// the client's HTTP handling without a Firecracker binary.
+    async fn serve_once(sock: &Path, answer: &'static str) -> tokio::task::JoinHandle<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::UnixListener::bind(sock).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            // Read the head and a body of Content-Length bytes.
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            s.write_all(answer.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+            String::from_utf8_lossy(&got).to_string()
+        })
+    }
+
+    #[tokio::test]
+    async fn client_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("api.sock");
+        let c = ApiClient::new(&sock, Duration::from_secs(5));
+
+        let srv = serve_once(&sock, "HTTP/1.1 204 No Content\r\n\r\n").await;
+        let r = c
+            .send(&ApiRequest::vm_state(VmRunState::Paused))
+            .await
+            .unwrap();
+        assert_eq!(r, None);
+        let req = srv.await.unwrap();
+        assert!(req.starts_with("PATCH /vm HTTP/1.1\r\n"), "{req}");
+        assert!(req
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"));
+        assert!(req.ends_with(r#"{"state":"Paused"}"#), "{req}");
+
+        std::fs::remove_file(&sock).unwrap();
+        let body =
+            r#"{"app_name":"Firecracker","id":"x","state":"Running","vmm_version":"1.17.0"}"#;
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let srv = serve_once(&sock, answer).await;
+        let info: InstanceInfo = c.send_json(&ApiRequest::instance_info()).await.unwrap();
+        assert_eq!(info.state, "Running");
+        assert!(srv.await.unwrap().starts_with("GET / HTTP/1.1\r\n"));
+
+        std::fs::remove_file(&sock).unwrap();
+        let srv = serve_once(
+            &sock,
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 34\r\n\r\n{\"fault_message\":\"bad drive path\"}",
+        )
+        .await;
+        let e = c
+            .send(&ApiRequest::action(ActionType::InstanceStart))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, VmmError::Command { desc, .. } if desc == "bad drive path"),
+            "{e:?}"
+        );
+        srv.await.unwrap();
+
+        // Nobody listening: a protocol error naming the socket.
+        std::fs::remove_file(&sock).unwrap();
+        let e = c.send(&ApiRequest::instance_info()).await.unwrap_err();
+        assert!(matches!(e, VmmError::Protocol(_)), "{e:?}");
+        assert!(e.to_string().contains("api.sock"), "{e}");
+    }
+}

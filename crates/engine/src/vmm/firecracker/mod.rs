@@ -1,0 +1,1510 @@
+//! The Firecracker driver: `firecracker --api-sock <dir>/fc.sock`, driven
+//! over its REST API (HTTP/1.1 on a Unix socket, [`api`]).
+//!
+//! - **boot**: prepare the VM directory (below), start Firecracker (inside
+//!   the sandbox's network namespace when the VM has a NIC, so
+//!   `host_dev_name = tap0` opens the namespace's TAP), wait for the API
+//!   socket while watching for early death, then `PUT` logger, metrics,
+//!   serial, boot source, machine config (`track_dirty_pages: true`, so
+//!   Diff snapshots work), drives (`vda` = root, then the extra disks in
+//!   order), the NIC, vsock, entropy and balloon, and `InstanceStart`
+//!   ([`boot_requests`]). Firecracker's stderr (its log: the logger has no
+//!   `log_path`) is appended to `<dir>/firecracker.log`; its tail is
+//!   attached to boot and restore errors, whose reason carries the API's
+//!   `fault_message`.
+//! - **pause / resume**: `PATCH /vm {"state": "Paused" | "Resumed"}`;
+//!   **state**: `GET /`.
+//! - **snapshot**: `PUT /snapshot/create` (Full or Diff) into
+//!   `<snapshot dir>/vm.snap` + `mem.snap` (Full) or `mem.diff` (Diff).
+//!   A Full memory file is exactly the guest's RAM size; a Diff one is a
+//!   sparse file of the same size holding only the pages dirtied since the
+//!   previous snapshot (see [`diff`] for how the engine layers them).
+//! - **restore**: a fresh Firecracker, logger/metrics/serial, then
+//!   `PUT /snapshot/load` with the File memory backend, `resume_vm`,
+//!   `track_dirty_pages`, the TAP in `network_overrides` and the vsock
+//!   socket in `vsock_override`. Only Full snapshots are restored: apply
+//!   Diffs onto their base first ([`diff::apply_diff`]).
+//!
+//! # Paths: relative to the VMM's working directory
+//!
+//! Firecracker bakes the paths of the kernel, the disks and the vsock
+//! socket into `vm.snap`. So the driver gives it short *relative* names
+//! (`fc.kernel`, `fc.root`, `fc.disk1`, …, `v.sock`) and runs it with the
+//! VM directory as its working directory, where those names are symlinks
+//! to the spec's files. A restore recreates the links for the new spec, so
+//! a snapshot restores into another directory, with other disk files,
+//! without Firecracker's drive paths getting in the way. In jailer mode
+//! ([`jailer`]) the same names are hard links inside the chroot, whose root
+//! is Firecracker's working directory.
+//!
+//! The guest console goes to a FIFO (`fc.console`, `PUT /serial`) that a
+//! task copies into [`VmSpec::console_log`]: Firecracker writes its serial
+//! output file from offset 0, so a restore would otherwise overwrite the
+//! boot's console instead of appending to it.
+//!
+//! # Agent transport
+//!
+//! The driver configures a vsock device (`guest_cid` from the config, the
+//! host side a Unix socket `<dir>/v.sock`, see
+//! [`FirecrackerVm::vsock_uds_path`]); `bhatti-agent-client`'s hybrid vsock
+//! transport (`Transport::VsockUds`) can talk to it. The engine
+//! nevertheless reaches the agent over TCP on the sandbox network, as with
+//! QEMU: the reference (on Firecracker 1.14) found that after a snapshot
+//! restore the guest's vsock listeners never receive connections, while
+//! virtio-net survives (spec 01-protocol.md, 08-features-and-quirks.md).
+//! Whether that still holds for the Firecracker this driver targets needs
+//! a booting guest with an agent, which the machines this project is built
+//! on cannot run (their KVM does not boot ordinary guests, DECISIONS.md
+//! §4), so it has not been measured; until it is, TCP stays the transport.
+//!
+//! # Jailer mode
+//!
+//! See [`jailer`]. The jailer copies the Firecracker binary into the
+//! chroot, which has no shared libraries: it needs a statically linked
+//! Firecracker (as the released builds are).
+//!
+//! # Rate limiters
+//!
+//! [`RateLimits`] (all off by default) become `rate_limiter` on every
+//! drive (bytes/s and ops/s) and `rx_rate_limiter`/`tx_rate_limiter` on
+//! the NIC, with a refill time of one second.
+
+pub mod api;
+pub mod diff;
+pub mod jailer;
+#[cfg(test)]
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tracing::{debug, info, warn};
+
+use super::consts::{ERROR_TAIL_BYTES, SNAPSHOT_FORMAT_VERSION, SOCKET_POLL, UNIX_PATH_MAX};
+use super::process::{file_tail, VmmProcess};
+use super::spec::path_str;
+use super::{SnapshotFiles, SnapshotKind, Vm, VmExit, VmSpec, VmState, VmmDriver, VmmError};
+use api::{
+    ActionType, ApiClient, ApiRequest, BackendType, Balloon, BootSource, Drive, Entropy, HugePages,
+    InstanceInfo, LogLevel, Logger, MachineConfig, MemoryBackend, Metrics, NetworkInterface,
+    NetworkOverride, RateLimiter, Serial, SnapshotCreate, SnapshotLoad, SnapshotType, TokenBucket,
+    VmRunState, Vsock, VsockOverride,
+};
+pub use diff::{apply_diff, merge_diff, MergeStats};
+pub use jailer::JailerConfig;
+
+/// Driver name.
+pub const DRIVER_NAME: &str = "firecracker";
+/// Default Firecracker binary (looked up in `PATH`).
+pub const FIRECRACKER_BINARY: &str = "firecracker";
+
+/// Names inside the VMM's working directory (the VM dir, or the jail's
+/// root).
+pub const API_SOCKET: &str = "fc.sock";
+pub const VSOCK_SOCKET: &str = "v.sock";
+const KERNEL_LINK: &str = "fc.kernel";
+const CONSOLE_FIFO: &str = "fc.console";
+const METRICS_FILE: &str = "fc.metrics";
+/// Jail only: where snapshots are written before they move out.
+const JAIL_SNAP_DIR: &str = "fc.snap";
+const JAIL_STATE: &str = "vm.snap";
+const JAIL_MEM: &str = "mem.snap";
+/// Firecracker's stderr, appended by every launch (in the VM dir).
+pub const FIRECRACKER_LOG: &str = "firecracker.log";
+/// Snapshot files.
+pub const STATE_FILE: &str = "vm.snap";
+pub const MEM_FILE: &str = "mem.snap";
+pub const DIFF_MEM_FILE: &str = "mem.diff";
+/// The guest NIC's id.
+const IFACE_ID: &str = "eth0";
+/// Token-bucket refill time of the rate limiters.
+const REFILL_MS: u64 = 1000;
+
+const DEFAULT_API_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_START_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_KILL_GRACE_MS: u64 = 3_000;
+const DEFAULT_SNAPSHOT_TIMEOUT_MS: u64 = 120_000;
+const DEFAULT_RESTORE_TIMEOUT_MS: u64 = 120_000;
+/// How long a failed launch waits for Firecracker to exit by itself.
+const EXIT_SETTLE: Duration = Duration::from_millis(150);
+
+/// Optional VMM rate limiters (DECISIONS.md §7.17); `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimits {
+    /// NIC bandwidth per direction, bytes/s.
+    pub net_bandwidth_bytes: Option<u64>,
+    /// One-time NIC burst on top of the bandwidth, bytes.
+    pub net_burst_bytes: Option<u64>,
+    /// Disk bandwidth per drive, bytes/s.
+    pub disk_bandwidth_bytes: Option<u64>,
+    /// Disk operations per drive, per second.
+    pub disk_iops: Option<u64>,
+}
+
+impl RateLimits {
+    fn bucket(size: Option<u64>, burst: Option<u64>) -> Option<TokenBucket> {
+        size.map(|size| TokenBucket {
+            size,
+            one_time_burst: burst,
+            refill_time: REFILL_MS,
+        })
+    }
+
+    /// The NIC's limiter (same both ways), if any.
+    pub fn net(&self) -> Option<RateLimiter> {
+        RateLimiter {
+            bandwidth: Self::bucket(self.net_bandwidth_bytes, self.net_burst_bytes),
+            ops: None,
+        }
+        .non_empty()
+    }
+
+    /// A drive's limiter, if any.
+    pub fn disk(&self) -> Option<RateLimiter> {
+        RateLimiter {
+            bandwidth: Self::bucket(self.disk_bandwidth_bytes, None),
+            ops: Self::bucket(self.disk_iops, None),
+        }
+        .non_empty()
+    }
+}
+
+/// Configuration of the Firecracker driver (YAML `firecracker:` section).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FirecrackerConfig {
+    /// The Firecracker binary (looked up in `PATH` without a `/`).
+    pub binary: String,
+    /// Run Firecracker under the jailer.
+    pub jailer: Option<JailerConfig>,
+    pub rate_limits: RateLimits,
+    /// Firecracker's log level (its log goes to stderr, captured).
+    pub log_level: LogLevel,
+    /// A virtio-balloon device (deflated, deflate-on-OOM), needed for
+    /// [`Vm::set_balloon`].
+    pub balloon: bool,
+    /// Balloon statistics refresh interval; 0 = off.
+    pub balloon_stats_interval_s: u32,
+    /// A vsock device (host side `<dir>/v.sock`).
+    pub vsock: bool,
+    /// The guest's vsock CID. Each VM has its own Firecracker and socket,
+    /// so every VM may use the same CID.
+    pub vsock_cid: u32,
+    /// A virtio-rng device, so guests never block in `getrandom()`.
+    pub entropy: bool,
+    /// Timeout of each API call.
+    pub api_timeout_ms: u64,
+    /// How long a starting Firecracker may take to open its API socket.
+    pub start_timeout_ms: u64,
+    /// SIGTERM → SIGKILL grace on kill.
+    pub kill_grace_ms: u64,
+    pub snapshot_timeout_ms: u64,
+    pub restore_timeout_ms: u64,
+}
+
+impl Default for FirecrackerConfig {
+    fn default() -> Self {
+        FirecrackerConfig {
+            binary: FIRECRACKER_BINARY.to_string(),
+            jailer: None,
+            rate_limits: RateLimits::default(),
+            log_level: LogLevel::Warning,
+            balloon: true,
+            balloon_stats_interval_s: 0,
+            vsock: true,
+            vsock_cid: 3,
+            entropy: true,
+            api_timeout_ms: DEFAULT_API_TIMEOUT_MS,
+            start_timeout_ms: DEFAULT_START_TIMEOUT_MS,
+            kill_grace_ms: DEFAULT_KILL_GRACE_MS,
+            snapshot_timeout_ms: DEFAULT_SNAPSHOT_TIMEOUT_MS,
+            restore_timeout_ms: DEFAULT_RESTORE_TIMEOUT_MS,
+        }
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// The relative name of drive `i` (0 = root).
+fn drive_link(i: usize) -> String {
+    if i == 0 {
+        "fc.root".to_string()
+    } else {
+        format!("fc.disk{i}")
+    }
+}
+
+/// The drive id of drive `i` (0 = root).
+fn drive_id(i: usize) -> String {
+    if i == 0 {
+        "root".to_string()
+    } else {
+        format!("disk{i}")
+    }
+}
+
+/// The API calls that configure and start a VM, in order. Pure: the
+/// schema tests build every body through this.
+pub fn boot_requests(spec: &VmSpec, config: &FirecrackerConfig) -> Vec<ApiRequest> {
+    let mut r = prelude_requests(config);
+    r.push(ApiRequest::boot_source(&BootSource {
+        kernel_image_path: KERNEL_LINK.to_string(),
+        boot_args: Some(spec.cmdline.clone()),
+        initrd_path: None,
+    }));
+    r.push(ApiRequest::machine_config(&MachineConfig {
+        vcpu_count: spec.vcpus,
+        mem_size_mib: spec.mem_mib,
+        smt: None,
+        track_dirty_pages: true,
+        huge_pages: Some(HugePages::None),
+    }));
+    let disk_limit = config.rate_limits.disk();
+    let read_only = std::iter::once(false).chain(spec.extra_disks.iter().map(|d| d.read_only));
+    for (i, ro) in read_only.enumerate() {
+        r.push(ApiRequest::drive(&Drive {
+            drive_id: drive_id(i),
+            path_on_host: drive_link(i),
+            is_root_device: i == 0,
+            is_read_only: ro,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: disk_limit,
+        }));
+    }
+    if let Some(n) = &spec.net {
+        let limit = config.rate_limits.net();
+        r.push(ApiRequest::network_interface(&NetworkInterface {
+            iface_id: IFACE_ID.to_string(),
+            host_dev_name: n.tap.clone(),
+            guest_mac: Some(n.mac.clone()),
+            rx_rate_limiter: limit,
+            tx_rate_limiter: limit,
+        }));
+    }
+    if config.vsock {
+        r.push(ApiRequest::vsock(&Vsock {
+            guest_cid: config.vsock_cid,
+            uds_path: VSOCK_SOCKET.to_string(),
+        }));
+    }
+    if config.entropy {
+        r.push(ApiRequest::entropy(&Entropy { rate_limiter: None }));
+    }
+    if config.balloon {
+        r.push(ApiRequest::balloon(&Balloon {
+            amount_mib: 0,
+            deflate_on_oom: true,
+            stats_polling_interval_s: (config.balloon_stats_interval_s > 0)
+                .then_some(config.balloon_stats_interval_s),
+            free_page_reporting: None,
+        }));
+    }
+    r.push(ApiRequest::action(ActionType::InstanceStart));
+    r
+}
+
+/// Logger, metrics and serial: the calls before boot and before a
+/// snapshot load.
+fn prelude_requests(config: &FirecrackerConfig) -> Vec<ApiRequest> {
+    vec![
+        ApiRequest::logger(&Logger {
+            log_path: None,
+            level: Some(config.log_level),
+            show_level: Some(true),
+            show_log_origin: Some(false),
+        }),
+        ApiRequest::metrics(&Metrics {
+            metrics_path: METRICS_FILE.to_string(),
+            emit_id: None,
+        }),
+        ApiRequest::serial(&Serial {
+            serial_out_path: Some(CONSOLE_FIFO.to_string()),
+        }),
+    ]
+}
+
+/// The API calls that restore a VM from `state`/`mem` (paths as
+/// Firecracker sees them) and resume it.
+pub fn restore_requests(
+    spec: &VmSpec,
+    config: &FirecrackerConfig,
+    state: &str,
+    mem: &str,
+) -> Vec<ApiRequest> {
+    let mut r = prelude_requests(config);
+    r.push(ApiRequest::snapshot_load(&SnapshotLoad {
+        snapshot_path: state.to_string(),
+        mem_backend: MemoryBackend {
+            backend_type: BackendType::File,
+            backend_path: mem.to_string(),
+        },
+        track_dirty_pages: Some(true),
+        resume_vm: Some(true),
+        network_overrides: spec.net.as_ref().map(|n| {
+            vec![NetworkOverride {
+                iface_id: IFACE_ID.to_string(),
+                host_dev_name: n.tap.clone(),
+            }]
+        }),
+        vsock_override: config.vsock.then(|| VsockOverride {
+            uds_path: VSOCK_SOCKET.to_string(),
+        }),
+        clock_realtime: None,
+    }));
+    r
+}
+
+/// `PUT /snapshot/create` for `kind` into `state`/`mem`.
+pub fn snapshot_request(kind: SnapshotKind, state: &str, mem: &str) -> ApiRequest {
+    ApiRequest::snapshot_create(&SnapshotCreate {
+        snapshot_type: match kind {
+            SnapshotKind::Full => SnapshotType::Full,
+            SnapshotKind::Diff => SnapshotType::Diff,
+        },
+        snapshot_path: state.to_string(),
+        mem_file_path: mem.to_string(),
+    })
+}
+
+/// Where a VM's Firecracker lives.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Firecracker's working directory: the VM dir, or the jail root.
+    work: PathBuf,
+    /// The API socket as the host sees it.
+    api_sock: PathBuf,
+    /// `Some` in jailer mode.
+    jail: Option<JailerConfig>,
+}
+
+impl Layout {
+    fn new(spec: &VmSpec, shared: &Shared) -> Result<Layout, VmmError> {
+        let (work, jail) = match &shared.config.jailer {
+            Some(j) => (
+                jailer::chroot_root(j, &shared.exec_file, &spec.id),
+                Some(j.clone()),
+            ),
+            None => (spec.dir.clone(), None),
+        };
+        let api_sock = checked_socket(work.join(API_SOCKET))?;
+        if shared.config.vsock {
+            checked_socket(work.join(VSOCK_SOCKET))?;
+        }
+        path_str("VMM working directory", &work)?;
+        Ok(Layout {
+            work,
+            api_sock,
+            jail,
+        })
+    }
+}
+
+/// A Unix socket path checked against `sun_path`.
+fn checked_socket(path: PathBuf) -> Result<PathBuf, VmmError> {
+    let len = path.as_os_str().len();
+    if len >= UNIX_PATH_MAX {
+        return Err(VmmError::SocketPathTooLong {
+            path,
+            len,
+            max: UNIX_PATH_MAX - 1,
+        });
+    }
+    Ok(path)
+}
+
+/// What every VM of a driver shares.
+#[derive(Debug)]
+struct Shared {
+    config: FirecrackerConfig,
+    /// The Firecracker binary, canonical (the jailer needs a path).
+    exec_file: PathBuf,
+    version: String,
+}
+
+/// The Firecracker [`VmmDriver`].
+#[derive(Debug, Clone)]
+pub struct FirecrackerDriver {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Boot,
+    Restore,
+}
+
+impl Phase {
+    fn error(self, reason: String, vmm_log: String, console: String) -> VmmError {
+        match self {
+            Phase::Boot => VmmError::Boot {
+                reason,
+                vmm_log,
+                console,
+            },
+            Phase::Restore => VmmError::Restore {
+                reason,
+                vmm_log,
+                console,
+            },
+        }
+    }
+}
+
+/// `"Firecracker v1.17.0-dev\n\n…"` → `"Firecracker v1.17.0-dev"`.
+fn parse_version(out: &str) -> Option<String> {
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("Firecracker v"))
+        .map(str::to_string)
+}
+
+/// Runs `binary --version`; the first line of its output.
+fn run_version(binary: &str) -> Result<String, VmmError> {
+    let unavailable = |reason: String| VmmError::Unavailable {
+        binary: binary.to_string(),
+        reason,
+    };
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| unavailable(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        return Err(unavailable(format!(
+            "--version: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(text)
+}
+
+/// Resolves a binary name through `PATH` (a name with `/` is taken as is).
+fn which(binary: &str) -> Option<PathBuf> {
+    if binary.contains('/') {
+        return std::fs::canonicalize(binary).ok();
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(binary))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::canonicalize(p).ok())
+    })
+}
+
+impl FirecrackerDriver {
+    /// Checks the binary (`--version`; the jailer's too in jailer mode).
+    /// Blocking; call at start-up.
+    pub fn new(config: FirecrackerConfig) -> Result<Self, VmmError> {
+        let text = run_version(&config.binary)?;
+        let version = parse_version(&text).ok_or_else(|| VmmError::Unavailable {
+            binary: config.binary.clone(),
+            reason: format!("unrecognised --version output {text:?}"),
+        })?;
+        let exec_file = which(&config.binary).ok_or_else(|| VmmError::Unavailable {
+            binary: config.binary.clone(),
+            reason: "not found".into(),
+        })?;
+        if let Some(j) = &config.jailer {
+            run_version(&j.binary)?;
+        }
+        info!(binary = %exec_file.display(), %version, jailer = config.jailer.is_some(), "Firecracker driver ready");
+        Ok(FirecrackerDriver {
+            shared: Arc::new(Shared {
+                config,
+                exec_file,
+                version,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &FirecrackerConfig {
+        &self.shared.config
+    }
+
+    /// [`VmmDriver::boot`] with the concrete type.
+    pub async fn boot_vm(&self, spec: &VmSpec) -> Result<FirecrackerVm, VmmError> {
+        let t0 = Instant::now();
+        let vm = self.launch(spec, None).await?;
+        let requests = boot_requests(spec, &self.shared.config);
+        if let Err(e) = vm.run_all(&requests).await {
+            return Err(vm.fail(Phase::Boot, e.to_string()).await);
+        }
+        if let Err(e) = vm.expect_state("Running").await {
+            return Err(vm.fail(Phase::Boot, e.to_string()).await);
+        }
+        info!(vm = %spec.id, pid = vm.proc.pid(), ms = t0.elapsed().as_millis() as u64, "Firecracker started");
+        Ok(vm)
+    }
+
+    /// [`VmmDriver::restore`] with the concrete type.
+    pub async fn restore_vm(
+        &self,
+        spec: &VmSpec,
+        snap: &SnapshotFiles,
+    ) -> Result<FirecrackerVm, VmmError> {
+        let t0 = Instant::now();
+        self.check_snapshot(spec, snap)?;
+        let vm = self.launch(spec, Some(snap)).await?;
+        let (state, mem) = match &vm.layout.jail {
+            Some(_) => (JAIL_STATE.to_string(), JAIL_MEM.to_string()),
+            None => (
+                path_str("snapshot state file", &snap.state_path())?.to_string(),
+                path_str("snapshot memory file", &snap.mem_path())?.to_string(),
+            ),
+        };
+        let requests = restore_requests(spec, &self.shared.config, &state, &mem);
+        let (prelude, load) = requests.split_at(requests.len() - 1);
+        let res = async {
+            vm.run_all(prelude).await?;
+            vm.api
+                .clone()
+                .with_timeout(ms(self.shared.config.restore_timeout_ms))
+                .send(&load[0])
+                .await?;
+            vm.expect_state("Running").await
+        }
+        .await;
+        if let Err(e) = res {
+            warn!(vm = %spec.id, error = %e, "restore failed");
+            return Err(vm.fail(Phase::Restore, e.to_string()).await);
+        }
+        info!(vm = %spec.id, pid = vm.proc.pid(), ms = t0.elapsed().as_millis() as u64, "Firecracker restored");
+        Ok(vm)
+    }
+
+    fn check_snapshot(&self, spec: &VmSpec, snap: &SnapshotFiles) -> Result<(), VmmError> {
+        let bad = |m: String| Err(VmmError::InvalidSnapshot(m));
+        if snap.driver != DRIVER_NAME {
+            return bad(format!(
+                "written by the {:?} driver, not {DRIVER_NAME:?}",
+                snap.driver
+            ));
+        }
+        if snap.format_version == 0 || snap.format_version > SNAPSHOT_FORMAT_VERSION {
+            return bad(format!(
+                "format version {} (this build reads 1..={SNAPSHOT_FORMAT_VERSION})",
+                snap.format_version
+            ));
+        }
+        if snap.kind != SnapshotKind::Full {
+            return bad(
+                "a Diff snapshot cannot be restored by itself: apply it onto its base \
+                 (firecracker::apply_diff) and restore the result"
+                    .into(),
+            );
+        }
+        if snap.vcpus != spec.vcpus || snap.mem_mib != spec.mem_mib {
+            return bad(format!(
+                "taken of a {}-vCPU {} MiB VM, the spec asks for {} vCPUs and {} MiB",
+                snap.vcpus, snap.mem_mib, spec.vcpus, spec.mem_mib
+            ));
+        }
+        if snap.extra_disks != spec.extra_disks.len() || snap.has_net != spec.net.is_some() {
+            return bad(format!(
+                "taken with {} extra disks and {} NIC, the spec has {} and {}",
+                snap.extra_disks,
+                if snap.has_net { "a" } else { "no" },
+                spec.extra_disks.len(),
+                if spec.net.is_some() { "a NIC" } else { "none" },
+            ));
+        }
+        let state = snap.state_path();
+        match std::fs::metadata(&state) {
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            Ok(_) => return bad(format!("{} is empty or not a file", state.display())),
+            Err(e) => return bad(format!("{}: {e}", state.display())),
+        }
+        let mem = snap.mem_path();
+        let want = u64::from(snap.mem_mib) << 20;
+        match std::fs::metadata(&mem) {
+            Ok(m) if m.is_file() && m.len() == want => {}
+            Ok(m) => {
+                return bad(format!(
+                    "{} is {} bytes, expected {want} ({} MiB)",
+                    mem.display(),
+                    m.len(),
+                    snap.mem_mib
+                ))
+            }
+            Err(e) => return bad(format!("{}: {e}", mem.display())),
+        }
+        if snap.vmm_version != self.shared.version {
+            warn!(snapshot = %snap.vmm_version, running = %self.shared.version,
+                "restoring a snapshot written by another Firecracker version");
+        }
+        Ok(())
+    }
+
+    /// Prepares the working directory, starts Firecracker (or the jailer)
+    /// and waits for the API socket.
+    async fn launch(
+        &self,
+        spec: &VmSpec,
+        snap: Option<&SnapshotFiles>,
+    ) -> Result<FirecrackerVm, VmmError> {
+        spec.validate()?;
+        let sh = &self.shared;
+        let layout = Layout::new(spec, sh)?;
+        let phase = if snap.is_some() {
+            Phase::Restore
+        } else {
+            Phase::Boot
+        };
+        tokio::fs::create_dir_all(&spec.dir)
+            .await
+            .map_err(|e| VmmError::io(format!("create {}", spec.dir.display()), e))?;
+        // Never a second VMM for the same VM: a live socket means one runs.
+        if UnixStream::connect(&layout.api_sock).await.is_ok() {
+            return Err(VmmError::InvalidSpec(format!(
+                "a VMM is already serving {}",
+                layout.api_sock.display()
+            )));
+        }
+        {
+            let (spec, layout, sh2) = (spec.clone(), layout.clone(), sh.clone());
+            let snap = snap.cloned();
+            tokio::task::spawn_blocking(move || {
+                prepare_work_dir(&spec, &layout, &sh2, snap.as_ref())
+            })
+            .await
+            .map_err(|e| VmmError::Protocol(format!("prepare task: {e}")))??;
+        }
+        if phase == Phase::Boot {
+            std::fs::File::create(&spec.console_log)
+                .map_err(|e| VmmError::io(format!("create {}", spec.console_log.display()), e))?;
+        }
+        let pump = start_console_pump(&layout.work.join(CONSOLE_FIFO), &spec.console_log)?;
+
+        let (binary, args) = match &layout.jail {
+            Some(j) => (
+                j.binary.clone(),
+                jailer::jailer_args(
+                    j,
+                    &sh.exec_file,
+                    &spec.id,
+                    spec.vcpus,
+                    spec.mem_mib,
+                    &format!("/{API_SOCKET}"),
+                )?,
+            ),
+            None => (
+                sh.config.binary.clone(),
+                vec![
+                    "--api-sock".to_string(),
+                    path_str("API socket", &layout.api_sock)?.to_string(),
+                    "--id".to_string(),
+                    jailer::instance_id(&spec.id),
+                ],
+            ),
+        };
+        let mut cmd = std::process::Command::new(&binary);
+        // Bare mode: the relative names resolve in the VM dir (the jailer
+        // chdirs into its chroot itself).
+        cmd.args(&args).current_dir(&spec.dir);
+        if let Some(n) = &spec.net {
+            crate::net::enter_netns_on_spawn(&mut cmd, &n.netns_path).map_err(|e| {
+                VmmError::InvalidSpec(format!("network namespace {}: {e}", n.netns_path.display()))
+            })?;
+        }
+        let log = spec.dir.join(FIRECRACKER_LOG);
+        log_header(&log, &binary, &args);
+        debug!(vm = %spec.id, %binary, ?args, "starting Firecracker");
+        let proc = VmmProcess::spawn(cmd, &binary, &log)?;
+        let api = ApiClient::new(&layout.api_sock, ms(sh.config.api_timeout_ms));
+        let vm = FirecrackerVm {
+            id: spec.id.clone(),
+            console_log: spec.console_log.clone(),
+            dir: spec.dir.clone(),
+            shape: Shape {
+                vcpus: spec.vcpus,
+                mem_mib: spec.mem_mib,
+                extra_disks: spec.extra_disks.len(),
+                has_net: spec.net.is_some(),
+            },
+            shared: sh.clone(),
+            proc,
+            api,
+            layout,
+            pump,
+            op: tokio::sync::Mutex::new(()),
+        };
+
+        // Wait for the API socket, failing at once if Firecracker exits.
+        let timeout = ms(sh.config.start_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if vm.proc.exited().is_some() {
+                return Err(vm.fail(phase, "Firecracker exited".into()).await);
+            }
+            if UnixStream::connect(&vm.layout.api_sock).await.is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let reason = format!("API socket did not come up within {timeout:?}");
+                return Err(vm.fail(phase, reason).await);
+            }
+            tokio::time::sleep(SOCKET_POLL).await;
+        }
+        Ok(vm)
+    }
+}
+
+/// Creates the working directory's links (or, jailed, the chroot with its
+/// hard links) and the console FIFO; removes stale sockets.
+fn prepare_work_dir(
+    spec: &VmSpec,
+    layout: &Layout,
+    sh: &Shared,
+    snap: Option<&SnapshotFiles>,
+) -> Result<(), VmmError> {
+    let mut files: Vec<(String, PathBuf)> = vec![(KERNEL_LINK.to_string(), spec.kernel.clone())];
+    files.push((drive_link(0), spec.root_disk.clone()));
+    for (i, d) in spec.extra_disks.iter().enumerate() {
+        files.push((drive_link(i + 1), d.path.clone()));
+    }
+    match &layout.jail {
+        Some(j) => {
+            let root = jailer::fresh_chroot(j, &sh.exec_file, &spec.id)?;
+            if let Some(s) = snap {
+                files.push((JAIL_STATE.to_string(), s.state_path()));
+                files.push((JAIL_MEM.to_string(), s.mem_path()));
+            }
+            for (name, src) in &files {
+                let dst = root.join(name);
+                jailer::link_or_copy(src, &dst)?;
+                jailer::chown(&dst, j.uid, j.gid)?;
+            }
+            let snapdir = root.join(JAIL_SNAP_DIR);
+            std::fs::create_dir_all(&snapdir)
+                .map_err(|e| VmmError::io(format!("create {}", snapdir.display()), e))?;
+            jailer::chown(&snapdir, j.uid, j.gid)?;
+        }
+        None => {
+            for (name, src) in &files {
+                let target = std::fs::canonicalize(src)
+                    .map_err(|e| VmmError::io(format!("resolve {}", src.display()), e))?;
+                let link = layout.work.join(name);
+                jailer::remove_file_if_exists(&link)?;
+                std::os::unix::fs::symlink(&target, &link).map_err(|e| {
+                    VmmError::io(
+                        format!("link {} to {}", link.display(), target.display()),
+                        e,
+                    )
+                })?;
+            }
+        }
+    }
+    for name in [API_SOCKET, VSOCK_SOCKET, CONSOLE_FIFO, METRICS_FILE] {
+        jailer::remove_file_if_exists(&layout.work.join(name))?;
+    }
+    let fifo = layout.work.join(CONSOLE_FIFO);
+    mkfifo(&fifo)?;
+    if let Some(j) = &layout.jail {
+        jailer::chown(&fifo, j.uid, j.gid)?;
+    }
+    Ok(())
+}
+
+fn mkfifo(p: &Path) -> Result<(), VmmError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| VmmError::InvalidSpec(format!("{} has a NUL byte", p.display())))?;
+    // SAFETY: plain syscall with a valid C string.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(VmmError::io(
+            format!("mkfifo {}", p.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// A task aborted when this is dropped (a plain `JoinHandle` detaches).
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Copies everything written to the console FIFO into the console log
+/// (appending) until aborted. The FIFO is opened read-write so it never
+/// sees end-of-file between Firecracker launches.
+fn start_console_pump(fifo: &Path, console_log: &Path) -> Result<AbortOnDrop, VmmError> {
+    let mut rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(fifo)
+        .map_err(|e| VmmError::io(format!("open {}", fifo.display()), e))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(console_log)
+        .map_err(|e| VmmError::io(format!("open {}", console_log.display()), e))?;
+    let mut out = tokio::fs::File::from_std(out);
+    let name = console_log.to_path_buf();
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = out.write_all(&buf[..n]).await {
+                        warn!(console = %name.display(), error = %e, "writing the guest console");
+                        break;
+                    }
+                    let _ = out.flush().await;
+                }
+                Err(e) => {
+                    warn!(console = %name.display(), error = %e, "reading the guest console");
+                    break;
+                }
+            }
+        }
+    })))
+}
+
+/// Appends a launch header (time and command line) to the VMM log.
+fn log_header(log: &Path, binary: &str, args: &[String]) {
+    use std::io::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let line = format!(
+        "# bhatti: launch at unix {now}: {binary} {}\n",
+        args.join(" ")
+    );
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+}
+
+#[async_trait]
+impl VmmDriver for FirecrackerDriver {
+    fn name(&self) -> &'static str {
+        DRIVER_NAME
+    }
+
+    fn version(&self) -> String {
+        self.shared.version.clone()
+    }
+
+    /// Firecracker tracks dirty pages (`track_dirty_pages`, set on every
+    /// boot and restore) and writes only those into a Diff snapshot.
+    fn supports_diff_snapshots(&self) -> bool {
+        true
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
+        Ok(Box::new(self.boot_vm(spec).await?))
+    }
+
+    async fn restore(&self, spec: &VmSpec, snap: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError> {
+        Ok(Box::new(self.restore_vm(spec, snap).await?))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    vcpus: u32,
+    mem_mib: u32,
+    extra_disks: usize,
+    has_net: bool,
+}
+
+/// One Firecracker process. Dropping it SIGKILLs Firecracker.
+#[derive(Debug)]
+pub struct FirecrackerVm {
+    id: String,
+    console_log: PathBuf,
+    dir: PathBuf,
+    shape: Shape,
+    shared: Arc<Shared>,
+    proc: VmmProcess,
+    api: ApiClient,
+    layout: Layout,
+    pump: AbortOnDrop,
+    /// Serialises snapshot against pause/resume.
+    op: tokio::sync::Mutex<()>,
+}
+
+fn map_state(s: &str) -> VmState {
+    match s {
+        "Running" => VmState::Running,
+        "Paused" => VmState::Paused,
+        other => VmState::Other(other.to_string()),
+    }
+}
+
+fn allocated_bytes(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks() * 512
+}
+
+impl FirecrackerVm {
+    /// The sandbox id this VM was started for.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The VM directory (Firecracker's log, and in bare mode its sockets).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The API client (for diagnostics and tests).
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
+    /// The host side of the vsock device (`Transport::VsockUds` of
+    /// `bhatti-agent-client` connects here), if the driver configures one.
+    pub fn vsock_uds_path(&self) -> Option<PathBuf> {
+        self.shared
+            .config
+            .vsock
+            .then(|| self.layout.work.join(VSOCK_SOCKET))
+    }
+
+    /// Firecracker's `GET /` answer.
+    pub async fn instance_info(&self) -> Result<InstanceInfo, VmmError> {
+        self.call_json(&ApiRequest::instance_info()).await
+    }
+
+    /// One API call; once Firecracker has exited, the error says so.
+    async fn call(&self, req: &ApiRequest) -> Result<Option<serde_json::Value>, VmmError> {
+        match self.api.send(req).await {
+            Err(VmmError::Protocol(m)) => {
+                match self.proc.wait_timeout(Duration::from_millis(200)).await {
+                    Some(exit) => Err(VmmError::Exited(exit)),
+                    None => Err(VmmError::Protocol(m)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn call_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        req: &ApiRequest,
+    ) -> Result<T, VmmError> {
+        let v = self.call(req).await?.ok_or_else(|| {
+            VmmError::Protocol(format!("{}: empty response body", req.describe()))
+        })?;
+        serde_json::from_value(v).map_err(|e| {
+            VmmError::Protocol(format!("{}: unexpected response: {e}", req.describe()))
+        })
+    }
+
+    async fn run_all(&self, requests: &[ApiRequest]) -> Result<(), VmmError> {
+        for r in requests {
+            self.call(r).await?;
+        }
+        Ok(())
+    }
+
+    async fn expect_state(&self, want: &str) -> Result<(), VmmError> {
+        let info = self.instance_info().await?;
+        if info.state != want {
+            return Err(VmmError::Protocol(format!(
+                "the VM is {:?}, expected {want:?}",
+                info.state
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops a Firecracker that failed to boot or restore and builds the
+    /// error with the logs attached.
+    async fn fail(&self, phase: Phase, reason: String) -> VmmError {
+        let self_exit = match self.proc.exited() {
+            Some(e) => Some(e),
+            None => self.proc.wait_timeout(EXIT_SETTLE).await,
+        };
+        if let Err(e) = self.proc.terminate(Duration::from_millis(500)).await {
+            warn!(error = %e, "stopping a failed Firecracker");
+        }
+        let reason = match self_exit {
+            Some(e) if reason == "Firecracker exited" || reason.contains("connect") => {
+                let during = match phase {
+                    Phase::Boot => "start-up",
+                    Phase::Restore => "restore",
+                };
+                format!("Firecracker exited during {during} ({e})")
+            }
+            _ => reason,
+        };
+        self.cleanup();
+        // Give the pump a moment to drain what the guest printed last.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        phase.error(
+            reason,
+            self.proc.log_tail(ERROR_TAIL_BYTES),
+            file_tail(&self.console_log, ERROR_TAIL_BYTES, 0),
+        )
+    }
+
+    /// Removes the sockets and FIFO (and, jailed, the chroot).
+    fn cleanup(&self) {
+        for f in [API_SOCKET, VSOCK_SOCKET, CONSOLE_FIFO] {
+            let _ = jailer::remove_file_if_exists(&self.layout.work.join(f));
+        }
+        if let Some(j) = &self.layout.jail {
+            jailer::remove_chroot(j, &self.shared.exec_file, &self.id);
+            if self.proc.exited().is_some() {
+                jailer::remove_cgroup(j, &self.shared.exec_file, &self.id);
+            }
+        }
+    }
+
+    async fn snapshot_inner(
+        &self,
+        dir: &Path,
+        kind: SnapshotKind,
+    ) -> Result<SnapshotFiles, VmmError> {
+        let info = self.instance_info().await?;
+        if info.state != "Paused" {
+            return Err(VmmError::NotPaused {
+                op: "snapshot",
+                state: info.state,
+            });
+        }
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| VmmError::io(format!("create {}", dir.display()), e))?;
+        let mem_name = match kind {
+            SnapshotKind::Full => MEM_FILE,
+            SnapshotKind::Diff => DIFF_MEM_FILE,
+        };
+        let state = dir.join(STATE_FILE);
+        let mem = dir.join(mem_name);
+        for p in [&state, &mem] {
+            jailer::remove_file_if_exists(p)?;
+        }
+        // Jailed: written inside the chroot, moved out afterwards.
+        let (fc_state, fc_mem, jail_files) = match &self.layout.jail {
+            Some(_) => {
+                let sd = self.layout.work.join(JAIL_SNAP_DIR);
+                let files = (sd.join(STATE_FILE), sd.join(mem_name));
+                for p in [&files.0, &files.1] {
+                    jailer::remove_file_if_exists(p)?;
+                }
+                (
+                    format!("{JAIL_SNAP_DIR}/{STATE_FILE}"),
+                    format!("{JAIL_SNAP_DIR}/{mem_name}"),
+                    Some(files),
+                )
+            }
+            None => (
+                path_str("snapshot state file", &state)?.to_string(),
+                path_str("snapshot memory file", &mem)?.to_string(),
+                None,
+            ),
+        };
+        let t0 = Instant::now();
+        let req = snapshot_request(kind, &fc_state, &fc_mem);
+        let api = self
+            .api
+            .clone()
+            .with_timeout(ms(self.shared.config.snapshot_timeout_ms));
+        if let Err(e) = api.send(&req).await {
+            let _ = std::fs::remove_file(&state);
+            let _ = std::fs::remove_file(&mem);
+            return Err(match e {
+                VmmError::Protocol(_) if self.proc.exited().is_some() => {
+                    VmmError::Exited(self.proc.wait().await)
+                }
+                VmmError::Command { .. } | VmmError::Exited(_) => e,
+                other => VmmError::Snapshot(other.to_string()),
+            });
+        }
+        let create_ms = t0.elapsed().as_millis() as u64;
+        let want_mem = u64::from(self.shape.mem_mib) << 20;
+        let (size, alloc) = {
+            let (state, mem, dir) = (state.clone(), mem.clone(), dir.to_path_buf());
+            tokio::task::spawn_blocking(move || -> Result<(u64, u64), VmmError> {
+                if let Some((js, jm)) = jail_files {
+                    move_file(&js, &state)?;
+                    move_file(&jm, &mem)?;
+                }
+                let mut size = 0;
+                let mut alloc = 0;
+                for p in [&state, &mem] {
+                    let f = std::fs::File::open(p)
+                        .map_err(|e| VmmError::io(format!("open {}", p.display()), e))?;
+                    f.sync_all()
+                        .map_err(|e| VmmError::io(format!("fsync {}", p.display()), e))?;
+                    let m = f
+                        .metadata()
+                        .map_err(|e| VmmError::io(format!("stat {}", p.display()), e))?;
+                    if m.len() == 0 {
+                        return Err(VmmError::Snapshot(format!("{} is empty", p.display())));
+                    }
+                    if p == &mem && m.len() != want_mem {
+                        return Err(VmmError::Snapshot(format!(
+                            "{} is {} bytes, expected {want_mem}",
+                            p.display(),
+                            m.len()
+                        )));
+                    }
+                    size += m.len();
+                    alloc += allocated_bytes(&m);
+                }
+                if let Ok(d) = std::fs::File::open(&dir) {
+                    let _ = d.sync_all();
+                }
+                Ok((size, alloc))
+            })
+            .await
+            .map_err(|e| VmmError::Snapshot(format!("fsync task: {e}")))??
+        };
+        info!(vm = %self.id, ?kind, create_ms, total_ms = t0.elapsed().as_millis() as u64,
+            size, allocated = alloc, "snapshot written");
+        Ok(SnapshotFiles {
+            dir: dir.to_path_buf(),
+            state_file: PathBuf::from(STATE_FILE),
+            mem_file: PathBuf::from(mem_name),
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            driver: DRIVER_NAME.to_string(),
+            vmm_version: self.shared.version.clone(),
+            kind,
+            size_bytes: size,
+            allocated_bytes: alloc,
+            vcpus: self.shape.vcpus,
+            mem_mib: self.shape.mem_mib,
+            extra_disks: self.shape.extra_disks,
+            has_net: self.shape.has_net,
+            mapped_ram: false,
+        })
+    }
+}
+
+/// Renames `src` to `dst`, copying (sparse-unaware) across file systems.
+fn move_file(src: &Path, dst: &Path) -> Result<(), VmmError> {
+    match std::fs::rename(src, dst) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(src, dst).map_err(|e| {
+                VmmError::io(format!("copy {} to {}", src.display(), dst.display()), e)
+            })?;
+            jailer::remove_file_if_exists(src)
+        }
+        Err(e) => Err(VmmError::io(
+            format!("move {} to {}", src.display(), dst.display()),
+            e,
+        )),
+    }
+}
+
+#[async_trait]
+impl Vm for FirecrackerVm {
+    fn pid(&self) -> Option<u32> {
+        self.proc.exited().is_none().then(|| self.proc.pid())
+    }
+
+    async fn pause(&self) -> Result<(), VmmError> {
+        let _op = self.op.lock().await;
+        self.call(&ApiRequest::vm_state(VmRunState::Paused))
+            .await
+            .map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), VmmError> {
+        let _op = self.op.lock().await;
+        self.call(&ApiRequest::vm_state(VmRunState::Resumed))
+            .await
+            .map(drop)
+    }
+
+    async fn state(&self) -> Result<VmState, VmmError> {
+        if let Some(exit) = self.proc.exited() {
+            return Ok(VmState::Exited(exit));
+        }
+        match self.instance_info().await {
+            Ok(i) => Ok(map_state(&i.state)),
+            Err(VmmError::Exited(exit)) => Ok(VmState::Exited(exit)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn snapshot(&self, dir: &Path, kind: SnapshotKind) -> Result<SnapshotFiles, VmmError> {
+        let _op = self.op.lock().await;
+        self.snapshot_inner(dir, kind).await
+    }
+
+    async fn kill(&self) -> Result<(), VmmError> {
+        self.proc
+            .terminate(ms(self.shared.config.kill_grace_ms))
+            .await?;
+        self.pump.abort();
+        self.cleanup();
+        Ok(())
+    }
+
+    async fn wait_exit(&self) -> VmExit {
+        self.proc.wait().await
+    }
+
+    fn console_tail(&self, bytes: usize) -> String {
+        file_tail(&self.console_log, bytes, 0)
+    }
+
+    fn vmm_log_tail(&self, bytes: usize) -> String {
+        self.proc.log_tail(bytes)
+    }
+
+    async fn set_balloon(&self, mib: u32) -> Result<(), VmmError> {
+        if !self.shared.config.balloon {
+            return Err(VmmError::Unsupported {
+                driver: DRIVER_NAME,
+                what: "a memory balloon (firecracker.balloon is off)".into(),
+            });
+        }
+        self.call(&ApiRequest::balloon_update(mib)).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::{Disk, NetAttach};
+
+    pub(super) fn spec(net: bool, disks: usize) -> VmSpec {
+        VmSpec {
+            id: "0123456789abcdef".into(),
+            dir: "/run/bhatti/vm/x".into(),
+            kernel: "/k/vmlinux".into(),
+            cmdline: "console=ttyS0 reboot=k panic=1".into(),
+            root_disk: "/d/root.ext4".into(),
+            extra_disks: (0..disks)
+                .map(|i| Disk {
+                    path: format!("/d/disk{i}.ext4").into(),
+                    read_only: i == 0,
+                })
+                .collect(),
+            vcpus: 2,
+            mem_mib: 256,
+            net: net.then(|| NetAttach {
+                netns_path: "/var/run/netns/bhatti-x".into(),
+                tap: "tap0".into(),
+                mac: "02:aa:bb:cc:dd:ee".into(),
+            }),
+            console_log: "/run/bhatti/vm/x/console.log".into(),
+        }
+    }
+
+    #[test]
+    fn boot_sequence() {
+        let r = boot_requests(&spec(true, 2), &FirecrackerConfig::default());
+        let paths: Vec<String> = r.iter().map(ApiRequest::describe).collect();
+        assert_eq!(
+            paths,
+            [
+                "PUT /logger",
+                "PUT /metrics",
+                "PUT /serial",
+                "PUT /boot-source",
+                "PUT /machine-config",
+                "PUT /drives/root",
+                "PUT /drives/disk1",
+                "PUT /drives/disk2",
+                "PUT /network-interfaces/eth0",
+                "PUT /vsock",
+                "PUT /entropy",
+                "PUT /balloon",
+                "PUT /actions",
+            ]
+        );
+        let body = |p: &str| {
+            r.iter()
+                .find(|x| x.describe() == p)
+                .unwrap()
+                .body
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(body("PUT /machine-config")["track_dirty_pages"], true);
+        assert_eq!(body("PUT /drives/root")["is_root_device"], true);
+        assert_eq!(body("PUT /drives/root")["path_on_host"], "fc.root");
+        assert_eq!(body("PUT /drives/disk1")["is_read_only"], true);
+        assert_eq!(body("PUT /drives/disk2")["is_read_only"], false);
+        assert_eq!(
+            body("PUT /network-interfaces/eth0")["host_dev_name"],
+            "tap0"
+        );
+        assert!(body("PUT /network-interfaces/eth0")
+            .get("rx_rate_limiter")
+            .is_none());
+        assert_eq!(body("PUT /actions")["action_type"], "InstanceStart");
+
+        // Rate limits on: every drive and both NIC directions.
+        let c = FirecrackerConfig {
+            rate_limits: RateLimits {
+                net_bandwidth_bytes: Some(12_500_000),
+                net_burst_bytes: Some(10_000_000),
+                disk_bandwidth_bytes: Some(100_000_000),
+                disk_iops: Some(10_000),
+            },
+            ..FirecrackerConfig::default()
+        };
+        let r = boot_requests(&spec(true, 1), &c);
+        let body = |p: &str| {
+            r.iter()
+                .find(|x| x.describe() == p)
+                .unwrap()
+                .body
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(
+            body("PUT /drives/disk1")["rate_limiter"],
+            serde_json::json!({"bandwidth": {"size": 100_000_000u64, "refill_time": 1000},
+                "ops": {"size": 10_000, "refill_time": 1000}})
+        );
+        assert_eq!(
+            body("PUT /network-interfaces/eth0")["tx_rate_limiter"]["bandwidth"]["one_time_burst"],
+            10_000_000
+        );
+
+        // Everything optional off.
+        let c = FirecrackerConfig {
+            balloon: false,
+            vsock: false,
+            entropy: false,
+            ..FirecrackerConfig::default()
+        };
+        let r = boot_requests(&spec(false, 0), &c);
+        assert_eq!(r.len(), 7);
+    }
+
+    #[test]
+    fn restore_sequence() {
+        let r = restore_requests(
+            &spec(true, 0),
+            &FirecrackerConfig::default(),
+            "/s/vm.snap",
+            "/s/mem.snap",
+        );
+        let load = r.last().unwrap();
+        assert_eq!(load.describe(), "PUT /snapshot/load");
+        assert_eq!(
+            load.body.clone().unwrap(),
+            serde_json::json!({
+                "snapshot_path": "/s/vm.snap",
+                "mem_backend": {"backend_type": "File", "backend_path": "/s/mem.snap"},
+                "track_dirty_pages": true,
+                "resume_vm": true,
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+                "vsock_override": {"uds_path": "v.sock"},
+            })
+        );
+        assert!(r.iter().all(|x| !x.describe().contains("drives")));
+    }
+
+    #[test]
+    fn versions_and_config() {
+        assert_eq!(
+            parse_version(
+                "Firecracker v1.17.0-dev\n\n2026-11-24T21:23:34 [anonymous-instance:main] exiting"
+            ),
+            Some("Firecracker v1.17.0-dev".into())
+        );
+        assert_eq!(parse_version("garbage"), None);
+        let c: FirecrackerConfig = serde_json::from_str(
+            r#"{"binary": "/opt/fc/firecracker", "rate_limits": {"disk_iops": 500},
+                "jailer": {"uid": 123, "gid": 456, "chroot_base": "/j"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.disk_iops, Some(500));
+        assert!(c.rate_limits.net().is_none());
+        let j = c.jailer.unwrap();
+        assert_eq!((j.uid, j.gid, j.binary.as_str()), (123, 456, "jailer"));
+        assert!(c.balloon && c.vsock && c.entropy);
+        let e = FirecrackerDriver::new(FirecrackerConfig {
+            binary: "/nonexistent/firecracker".into(),
+            ..FirecrackerConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, VmmError::Unavailable { .. }), "{e}");
+    }
+
+    #[test]
+    fn socket_path_limit() {
+        let ok = PathBuf::from(format!("/{}", "d".repeat(98)));
+        assert_eq!(
+            checked_socket(ok.join(API_SOCKET))
+                .unwrap()
+                .as_os_str()
+                .len(),
+            107
+        );
+        let long = PathBuf::from(format!("/{}", "d".repeat(99)));
+        let e = checked_socket(long.join(API_SOCKET)).unwrap_err();
+        assert!(
+            matches!(e, VmmError::SocketPathTooLong { len: 108, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("shorter"));
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!(map_state("Running"), VmState::Running);
+        assert_eq!(map_state("Paused"), VmState::Paused);
+        assert_eq!(
+            map_state("Not started"),
+            VmState::Other("Not started".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn console_pump_appends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fc.console");
+        let log = tmp.path().join("console.log");
+        std::fs::write(&log, b"boot\n").unwrap();
+        mkfifo(&fifo).unwrap();
+        let pump = start_console_pump(&fifo, &log).unwrap();
+        // A writer that opens the FIFO like Firecracker does.
+        {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)
+                .unwrap();
+            w.write_all(b"restored\n").unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read(&log).unwrap() != b"boot\nrestored\n" {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                std::fs::read_to_string(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pump.abort();
+    }
+}

@@ -1,0 +1,714 @@
+//! The Docker engine against a real dockerd (no mocks).
+//!
+//! Built with `cfg(bhatti_docker)` when `/var/run/docker.sock` exists or
+//! `DOCKER_HOST` is set (see build.rs); otherwise every test is reported as
+//! ignored. With the gate on, an unreachable dockerd or a missing image is a
+//! failure, never a silent pass. Needs the sandbox image
+//! (`scripts/docker-image.sh --lohar <static lohar>`; `BHATTI_DOCKER_IMAGE`
+//! overrides its name) and root (the sandbox directories are root-owned).
+//!
+//! Every test uses its own data directory, name prefix and owner numbers, so
+//! they run in parallel without touching each other's containers or networks.
+//! Network traffic only goes to containers on bridges the test created.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bhatti_agent_client::{ReadOptions, ShellOptions};
+use bhatti_engine::api::{
+    Engine, EngineError, EngineExt, GuestFile, SandboxSpec, Status, Thermal, VolumeAttach,
+};
+use bhatti_engine::docker::{DockerConfig, DockerEngine, DEFAULT_IMAGE};
+use bhatti_engine::net::EgressPolicy;
+
+struct Env {
+    engine: Arc<DockerEngine>,
+    dir: tempfile::TempDir,
+    prefix: String,
+}
+
+fn image() -> String {
+    std::env::var("BHATTI_DOCKER_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into())
+}
+
+fn config(data: PathBuf, prefix: &str) -> DockerConfig {
+    let mut cfg = DockerConfig::new(data);
+    cfg.image = image();
+    cfg.prefix = prefix.into();
+    cfg
+}
+
+impl Env {
+    async fn new(test: &str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("bhatti-docker-test-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let prefix = format!("bhtest-{test}-{}", std::process::id());
+        let engine = DockerEngine::new(config(dir.path().to_path_buf(), &prefix))
+            .await
+            .unwrap_or_else(|e| panic!("dockerd must be reachable for this test: {e}"));
+        engine
+            .docker()
+            .inspect_image(&image())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "image {} missing ({e}): scripts/docker-image.sh --lohar <static lohar>",
+                    image()
+                )
+            });
+        Env {
+            engine: Arc::new(engine),
+            dir,
+            prefix,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    async fn second_engine(&self) -> DockerEngine {
+        DockerEngine::new(config(self.data(), &self.prefix))
+            .await
+            .expect("second engine")
+    }
+
+    fn spec(&self, name: &str, owner: u16) -> SandboxSpec {
+        SandboxSpec {
+            name: name.into(),
+            owner_index: owner,
+            cpus: 1,
+            memory_mb: 256,
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Env {
+    /// Whatever happened (a failed assertion included), leave no container,
+    /// network or directory of this test behind: a fresh engine on the same
+    /// data directory knows no sandbox, so everything labelled with it is an
+    /// orphan. (A fresh client too: the test's runtime may be unwinding.)
+    fn drop(&mut self) {
+        let (data, prefix) = (self.data(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(e) = DockerEngine::new(config(data, &prefix)).await {
+                    let _ = e.cleanup_orphans().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn sh(e: &DockerEngine, id: &str, script: &str) -> String {
+    let r = e
+        .exec(id, vec!["sh".into(), "-c".into(), script.into()])
+        .await
+        .unwrap_or_else(|err| panic!("exec {script:?}: {err}"));
+    assert_eq!(r.exit_code, 0, "{script:?} failed: {}", r.stderr_str());
+    r.stdout_str()
+}
+
+async fn container_state(e: &DockerEngine, id: &str) -> Option<String> {
+    let c = e
+        .docker()
+        .inspect_container(&e.container_name(id), None)
+        .await
+        .ok()?;
+    c.state?.status.map(|s| s.to_string())
+}
+
+async fn network_exists(e: &DockerEngine, name: &str) -> bool {
+    e.docker().inspect_network(name, None).await.is_ok()
+}
+
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn lifecycle() {
+    let env = Env::new("life").await;
+    let e = &env.engine;
+    let info = e.create(env.spec("life", 301)).await.unwrap();
+    assert_eq!((info.status, info.thermal), (Status::Running, Thermal::Hot));
+    assert!(!info.ip.is_empty(), "container has an address: {info:?}");
+    let id = info.id.clone();
+
+    // exec: runs as uid 1000 with the default environment.
+    assert_eq!(sh(e, &id, "id -u").await.trim(), "1000");
+    assert!(sh(e, &id, "echo $HOME").await.contains("/home/lohar"));
+    let r = e
+        .exec(&id, vec!["sh".into(), "-c".into(), "exit 3".into()])
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 3);
+    // lohar is PID 1 and reaps orphans (a double-forked child exits later).
+    assert!(sh(e, &id, "tr '\\0' ' ' < /proc/1/cmdline")
+        .await
+        .contains("lohar container"));
+    sh(e, &id, "(sleep 0.2 &) ; true").await;
+    let mut zombies = String::new();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        zombies = sh(e, &id, "grep -l '^State:.*Z' /proc/[0-9]*/status || true").await;
+        if zombies.trim().is_empty() {
+            break;
+        }
+    }
+    assert!(zombies.trim().is_empty(), "zombies left: {zombies}");
+    // The sandbox user cannot read the token directory.
+    let r = e
+        .exec(&id, vec!["cat".into(), "/run/bhatti/token".into()])
+        .await
+        .unwrap();
+    assert_ne!(r.exit_code, 0, "token readable by uid 1000");
+    // The token is not in the container's environment.
+    let c = e
+        .docker()
+        .inspect_container(&e.container_name(&id), None)
+        .await
+        .unwrap();
+    let cenv = c.config.and_then(|c| c.env).unwrap_or_default().join("\n");
+    assert!(cenv.contains("LOHAR_TOKEN_FILE"));
+    let token =
+        std::fs::read_to_string(env.data().join("sandboxes").join(&id).join("token")).unwrap();
+    assert!(!cenv.contains(token.trim()));
+
+    // shell: a real PTY.
+    let (sinfo, mut t) = e
+        .shell(
+            &id,
+            ShellOptions {
+                argv: vec!["/bin/sh".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    t.write(b"tty && echo shell-''ok\n").await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("shell-ok") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), t.read())
+            .await
+            .expect("shell output")
+            .unwrap()
+            .expect("shell still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("/dev/pts/"), "{seen}");
+    drop(t);
+
+    // sessions: detach, re-attach with replay, kill.
+    let mut detached = false;
+    for _ in 0..50 {
+        let list = e.session_list(&id).await.unwrap();
+        if list
+            .iter()
+            .any(|s| s.session_id == sinfo.session_id && !s.attached)
+        {
+            detached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(detached, "the shell session shows as detached");
+    let (_, mut again) = e.shell_attach(&id, &sinfo.session_id, true).await.unwrap();
+    let replay = again.read().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&replay).contains("shell-ok"));
+    drop(again);
+    e.session_kill(&id, &sinfo.session_id).await.unwrap();
+
+    // files and server-side truncation.
+    let mut text = String::new();
+    for i in 1..=10_000 {
+        text.push_str(&format!("line {i}\n"));
+    }
+    let mut src = text.as_bytes();
+    e.file_write(
+        &id,
+        "/workspace/lines.txt",
+        "0644",
+        text.len() as u64,
+        &mut src,
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let (head, _) = e
+        .file_read(
+            &id,
+            "/workspace/lines.txt",
+            ReadOptions {
+                offset: 5000,
+                limit: 2,
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.size, text.len() as i64);
+    assert_eq!(out, b"line 5000\nline 5001\n");
+    let st = e.file_stat(&id, "/workspace/lines.txt").await.unwrap();
+    assert_eq!(st.size, text.len() as i64);
+    let ls = e.file_ls(&id, "/workspace").await.unwrap();
+    assert!(ls.iter().any(|f| f.name == "lines.txt"));
+    assert_eq!(
+        sh(e, &id, "stat -c %u /workspace/lines.txt").await.trim(),
+        "1000"
+    );
+
+    // ports and a tunnel to a service in the container.
+    e.exec_detached(
+        &id,
+        vec![
+            "httpd".into(),
+            "-f".into(),
+            "-p".into(),
+            "8080".into(),
+            "-h".into(),
+            "/workspace".into(),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ports = Vec::new();
+    for _ in 0..50 {
+        ports = e.listening_ports(&id).await.unwrap();
+        if ports.contains(&8080) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ports.contains(&8080), "ports {ports:?}");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut t = e.tunnel(&id, 8080).await.unwrap();
+        t.write_all(b"GET /lines.txt HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        t.read_to_end(&mut resp).await.unwrap();
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(
+            resp.starts_with("HTTP/1.") && resp.contains("line 10000"),
+            "{}",
+            &resp[..resp.len().min(200)]
+        );
+    }
+
+    // checkpoints and forks are not offered.
+    assert!(matches!(
+        e.checkpoint(&id, &env.data().join("ckpt")).await,
+        Err(EngineError::Unsupported { .. })
+    ));
+
+    // destroy removes the container, the directory and the owner network.
+    let net = e.network_name(301, &EgressPolicy::Public);
+    assert!(network_exists(e, &net).await);
+    e.destroy(&id).await.unwrap();
+    assert_eq!(container_state(e, &id).await, None);
+    assert!(!env.data().join("sandboxes").join(&id).exists());
+    assert!(!network_exists(e, &net).await, "owner network removed");
+    assert!(matches!(e.status(&id).await, Err(EngineError::NotFound(_))));
+}
+
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn create_options() {
+    let env = Env::new("opts").await;
+    let e = &env.engine;
+    let vol = env.data().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let ro = env.data().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(ro.join("given"), "from host\n").unwrap();
+    let mut spec = env.spec("opts", 302);
+    spec.cpus = 2;
+    spec.memory_mb = 384;
+    spec.env
+        .insert("GREETING".into(), "hello from config".into());
+    spec.env.insert("MULTI".into(), "a\nb\\c".into());
+    spec.init = "echo init-ran > /workspace/init.txt; sleep 600".into();
+    spec.files.insert(
+        "/home/lohar/.config/app.conf".into(),
+        GuestFile {
+            content: b"key=value\n".to_vec(),
+            mode: "0600".into(),
+        },
+    );
+    spec.volumes.push(VolumeAttach {
+        name: "data".into(),
+        file: vol.clone(),
+        mount: "/data".into(),
+        read_only: false,
+    });
+    spec.volumes.push(VolumeAttach {
+        name: "ro".into(),
+        file: ro.clone(),
+        mount: "/ro".into(),
+        read_only: true,
+    });
+    let id = e.create(spec).await.unwrap().id;
+
+    // Limits, as the container's cgroup shows them (v2 or v1).
+    let cpu = sh(
+        e,
+        &id,
+        "cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)",
+    )
+    .await;
+    let q: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(q.len(), 2, "cpu limit {cpu:?}");
+    assert_eq!(q[0] / q[1], 2, "cpu limit {cpu:?}");
+    let mem: u64 = sh(
+        e,
+        &id,
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(mem, 384 * 1024 * 1024);
+
+    assert_eq!(
+        sh(e, &id, "echo $GREETING").await.trim(),
+        "hello from config"
+    );
+    assert_eq!(sh(e, &id, "printf %s \"$MULTI\"").await, "a\nb\\c");
+    assert_eq!(
+        sh(e, &id, "cat /home/lohar/.config/app.conf").await,
+        "key=value\n"
+    );
+    assert_eq!(
+        sh(e, &id, "stat -c %a /home/lohar/.config/app.conf")
+            .await
+            .trim(),
+        "600"
+    );
+    // Volumes: read-write reaches the host; read-only refuses writes.
+    sh(e, &id, "echo persisted > /data/file").await;
+    assert_eq!(sh(e, &id, "cat /ro/given").await, "from host\n");
+    let r = e
+        .exec(
+            &id,
+            vec!["sh".into(), "-c".into(), "echo x > /ro/new".into()],
+        )
+        .await
+        .unwrap();
+    assert_ne!(r.exit_code, 0, "read-only volume accepted a write");
+    // init runs as the attachable session "init".
+    let sessions = e.session_list(&id).await.unwrap();
+    assert!(sessions.iter().any(|s| s.session_id == "init"));
+    for _ in 0..50 {
+        if sh(e, &id, "cat /workspace/init.txt 2>/dev/null || true")
+            .await
+            .contains("init-ran")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sh(e, &id, "cat /workspace/init.txt").await.trim(),
+        "init-ran"
+    );
+    e.destroy(&id).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(vol.join("file")).unwrap(),
+        "persisted\n"
+    );
+
+    // Refused before anything is allocated.
+    let mut bad = env.spec("bad", 302);
+    bad.memory_mb = 64;
+    assert!(matches!(e.create(bad).await, Err(EngineError::Invalid(_))));
+    let mut bad = env.spec("bad", 302);
+    bad.volumes.push(VolumeAttach {
+        name: "img".into(),
+        file: env.data().join("not-a-dir.ext4"),
+        mount: "/x".into(),
+        read_only: false,
+    });
+    assert!(matches!(e.create(bad).await, Err(EngineError::Invalid(_))));
+    let mut bad = env.spec("bad", 302);
+    bad.egress = EgressPolicy::Allow(vec!["192.0.2.0/24".parse().unwrap()]);
+    assert!(matches!(
+        e.create(bad).await,
+        Err(EngineError::Unsupported { .. })
+    ));
+    let mut bad = env.spec("bad", 302);
+    bad.image = Some("bhatti/does-not-exist:never".into());
+    assert!(matches!(e.create(bad).await, Err(EngineError::Invalid(_))));
+    assert!(e.list().await.is_empty());
+    assert_eq!(
+        std::fs::read_dir(env.data().join("sandboxes"))
+            .unwrap()
+            .count(),
+        0,
+        "failed creates leave no directory"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn thermal_pause_and_wake() {
+    let env = Env::new("thermal").await;
+    let e = &env.engine;
+    let id = e.create(env.spec("warm", 303)).await.unwrap().id;
+    sh(e, &id, "echo before > /workspace/f").await;
+    e.pause(&id).await.unwrap();
+    assert_eq!(e.thermal(&id).unwrap(), Thermal::Warm);
+    assert_eq!(container_state(e, &id).await.as_deref(), Some("paused"));
+    assert!(matches!(
+        e.agent(&id),
+        Err(EngineError::NotHot {
+            thermal: Thermal::Warm,
+            ..
+        })
+    ));
+    let w = e.ensure_hot(&id).await.unwrap();
+    assert_eq!(w.from, Thermal::Warm);
+    assert_eq!(e.thermal(&id).unwrap(), Thermal::Hot);
+    assert_eq!(container_state(e, &id).await.as_deref(), Some("running"));
+    assert_eq!(sh(e, &id, "cat /workspace/f").await, "before\n");
+    // pause + resume keeps processes.
+    e.exec_detached(&id, vec!["sleep".into(), "600".into()], None)
+        .await
+        .unwrap();
+    e.pause(&id).await.unwrap();
+    e.resume(&id).await.unwrap();
+    assert!(sh(e, &id, "ps").await.contains("sleep 600"));
+    e.destroy(&id).await.unwrap();
+}
+
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn stop_start_keeps_files_not_processes() {
+    let env = Env::new("stopstart").await;
+    let e = &env.engine;
+    assert!(!e.capabilities().memory_snapshots);
+    let id = e.create(env.spec("cold", 304)).await.unwrap().id;
+    sh(e, &id, "echo kept > /workspace/f").await;
+    e.exec_detached(&id, vec!["sleep".into(), "600".into()], None)
+        .await
+        .unwrap();
+    e.pause(&id).await.unwrap(); // stop works from warm too
+    e.stop(&id).await.unwrap();
+    let s = e.status(&id).await.unwrap();
+    assert_eq!((s.status, s.thermal), (Status::Stopped, Thermal::Cold));
+    assert_eq!(container_state(e, &id).await.as_deref(), Some("exited"));
+    assert!(matches!(e.agent(&id), Err(EngineError::NotHot { .. })));
+    e.stop(&id).await.unwrap(); // idempotent
+
+    let s = e.start(&id, false).await.unwrap();
+    assert_eq!((s.status, s.thermal), (Status::Running, Thermal::Hot));
+    assert_eq!(sh(e, &id, "cat /workspace/f").await, "kept\n");
+    assert!(!sh(e, &id, "ps").await.contains("sleep 600"));
+    // start on a running sandbox is a no-op.
+    e.start(&id, false).await.unwrap();
+
+    // ensure_hot from cold.
+    e.stop(&id).await.unwrap();
+    let w = e.ensure_hot(&id).await.unwrap();
+    assert_eq!(w.from, Thermal::Cold);
+    assert_eq!(sh(e, &id, "cat /workspace/f").await, "kept\n");
+    e.destroy(&id).await.unwrap();
+}
+
+/// HTTP GET from inside sandbox `from` to `ip:8080`; true when it answered.
+/// (busybox `nc`: the static busybox's `wget` crashes resolving names.)
+async fn reaches(e: &DockerEngine, from: &str, ip: &str) -> bool {
+    let script = format!("printf 'GET /hello HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 8080");
+    let r = e
+        .exec(from, vec!["sh".into(), "-c".into(), script])
+        .await
+        .unwrap();
+    r.stdout_str().contains("hi")
+}
+
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn owners_are_isolated() {
+    let env = Env::new("net").await;
+    let e = &env.engine;
+    let (a1, a2, b1) = tokio::join!(
+        e.create(env.spec("a1", 305)),
+        e.create(env.spec("a2", 305)),
+        e.create(env.spec("b1", 306)),
+    );
+    let (a1, a2, b1) = (a1.unwrap(), a2.unwrap(), b1.unwrap());
+    sh(
+        e,
+        &a1.id,
+        "mkdir -p /workspace/www && echo hi > /workspace/www/hello",
+    )
+    .await;
+    e.exec_detached(
+        &a1.id,
+        vec![
+            "httpd".into(),
+            "-f".into(),
+            "-p".into(),
+            "8080".into(),
+            "-h".into(),
+            "/workspace/www".into(),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    for _ in 0..50 {
+        if e.listening_ports(&a1.id).await.unwrap().contains(&8080) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reaches(e, &a2.id, &a1.ip).await, "same owner reaches");
+    assert!(
+        !reaches(e, &b1.id, &a1.ip).await,
+        "other owner must not reach"
+    );
+
+    // egress deny: an internal network of its own.
+    let mut spec = env.spec("deny", 305);
+    spec.egress = EgressPolicy::Deny;
+    let d = e.create(spec).await.unwrap();
+    let n = e
+        .docker()
+        .inspect_network(&e.network_name(305, &EgressPolicy::Deny), None)
+        .await
+        .unwrap();
+    assert_eq!(n.internal, Some(true));
+    assert!(!reaches(e, &d.id, &a1.ip).await);
+    let nets: HashMap<_, _> = [(&a1, 305u16), (&b1, 306)]
+        .iter()
+        .map(|(s, o)| (s.id.clone(), e.network_name(*o, &EgressPolicy::Public)))
+        .collect();
+    for id in [&a1.id, &a2.id, &b1.id, &d.id] {
+        e.destroy(id).await.unwrap();
+    }
+    for net in nets.values() {
+        assert!(!network_exists(e, net).await, "{net} removed");
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn recovery_and_orphans() {
+    let env = Env::new("recover").await;
+    let e = &env.engine;
+    let hot = e.create(env.spec("hot", 307)).await.unwrap().id;
+    let warm = e.create(env.spec("warm", 307)).await.unwrap().id;
+    let cold = e.create(env.spec("cold", 307)).await.unwrap().id;
+    let orphan = e.create(env.spec("orphan", 307)).await.unwrap().id;
+    sh(e, &hot, "echo survived > /workspace/f").await;
+    sh(e, &cold, "echo cold-file > /workspace/f").await;
+    e.pause(&warm).await.unwrap();
+    e.stop(&cold).await.unwrap();
+    let states: Vec<_> = [&hot, &warm, &cold]
+        .iter()
+        .map(|id| e.vm_state(id).expect("state"))
+        .collect();
+    // JSON round trip, as the store keeps it.
+    let states: Vec<bhatti_engine::api::VmState> =
+        serde_json::from_str(&serde_json::to_string(&states).unwrap()).unwrap();
+
+    // A "restarted daemon": a second engine on the same data directory.
+    let e2 = env.second_engine().await;
+    let mut got = Vec::new();
+    for s in states {
+        got.push(e2.recover(s).await.unwrap());
+    }
+    assert_eq!(got[0].thermal, Thermal::Hot);
+    assert_eq!(got[1].thermal, Thermal::Warm);
+    assert_eq!(got[2].thermal, Thermal::Cold);
+    assert_eq!(sh(&e2, &hot, "cat /workspace/f").await, "survived\n");
+    e2.ensure_hot(&warm).await.unwrap();
+    sh(&e2, &warm, "true").await;
+    e2.start(&cold, false).await.unwrap();
+    assert_eq!(sh(&e2, &cold, "cat /workspace/f").await, "cold-file\n");
+
+    // The orphan (unknown to e2) is removed; the recovered ones stay.
+    let removed = e2.cleanup_orphans().await.unwrap();
+    assert!(
+        removed.iter().any(|r| r.contains(&orphan)),
+        "removed {removed:?}"
+    );
+    assert_eq!(container_state(&e2, &orphan).await, None);
+    assert_eq!(container_state(&e2, &hot).await.as_deref(), Some("running"));
+    // A state whose container is gone cannot be recovered.
+    let gone = e.vm_state(&orphan).expect("state");
+    let e3 = env.second_engine().await;
+    assert!(e3.recover(gone).await.is_err());
+    for id in [&hot, &warm, &cold] {
+        e2.destroy(id).await.unwrap();
+    }
+    let _ = e.destroy(&orphan).await;
+}
+
+/// An image without lohar (busybox only, imported here: Docker Hub is not
+/// reachable) works as a sandbox when the engine injects a static lohar.
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn lohar_is_injected_into_foreign_images() {
+    let lohar = std::env::var_os("BHATTI_LOHAR_STATIC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/x86_64-unknown-linux-gnu/release/lohar")
+        });
+    assert!(
+        lohar.is_file(),
+        "a static lohar is needed at {} (scripts/test.sh builds it)",
+        lohar.display()
+    );
+    let env = Env::new("inject").await;
+    // A busybox-only image.
+    let tree = env.data().join("plain-tree");
+    for d in ["bin", "tmp", "workspace", "etc"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    for applet in ["sh", "id", "echo", "cat", "true"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
+    }
+    let tag = format!("bhatti-test/plain-{}:latest", std::process::id());
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -c . | docker import - {tag} >/dev/null",
+            tree.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success(), "docker import failed");
+    let mut cfg = config(env.data().join("inj"), &format!("{}-inj", env.prefix));
+    cfg.image = tag.clone();
+    cfg.inject_lohar = Some(lohar);
+    let e = DockerEngine::new(cfg).await.unwrap();
+    let id = e.create(env.spec("foreign", 309)).await.unwrap().id;
+    assert_eq!(sh(&e, &id, "id -u").await.trim(), "1000");
+    let pid1 = sh(&e, &id, "cat /proc/1/cmdline").await;
+    assert!(pid1.starts_with("/run/bhatti/lohar"), "{pid1:?}");
+    e.destroy(&id).await.unwrap();
+    let _ = e.cleanup_orphans().await;
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &tag])
+        .output();
+}
