@@ -179,12 +179,39 @@ pub async fn handle_control(agent: Arc<Agent>, stream: Stream) {
     let (tx, writer_task) = writer(wr);
     let n = agent.control_conns.fetch_add(1, Ordering::AcqRel);
     let _guard = ConnGuard(&agent);
-    if n >= MAX_CONTROL_CONNS {
+    let req = if n >= MAX_CONTROL_CONNS {
         tx.error("connection limit exceeded").await;
-    } else if let Some(req) = first_request(&agent, &mut rd, &tx).await {
-        dispatch(&agent, req, rd, &tx).await;
+        None
+    } else {
+        first_request(&agent, &mut rd, &tx).await
+    };
+    match req {
+        Some(req) => {
+            dispatch(&agent, req, rd, &tx).await;
+            finish(tx, writer_task).await;
+        }
+        None => {
+            finish(tx, writer_task).await;
+            linger(rd).await;
+        }
     }
-    finish(tx, writer_task).await;
+}
+
+/// After refusing a connection: the host may already have sent its request
+/// behind the AUTH frame. Closing with unread bytes makes the kernel reset the
+/// connection, and the host could lose our ERROR frame; so read (and drop) what
+/// comes until the host closes, briefly.
+async fn linger(mut rd: Reader) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
@@ -304,6 +331,9 @@ pub async fn handle_forward(agent: Arc<Agent>, stream: Stream) {
             tx.error(format!("unexpected frame type 0x{:02x}", req.kind))
                 .await;
         }
+        finish(tx, writer_task).await;
+        return;
     }
     finish(tx, writer_task).await;
+    linger(rd).await;
 }
