@@ -28,7 +28,15 @@ struct Env {
     engine: Arc<DockerEngine>,
     dir: tempfile::TempDir,
     prefix: String,
+    // Dropped last: the next test starts only after this one cleaned up.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One Docker test at a time: dockerd rewrites its network-isolation rules
+/// whenever a network is created or removed, and a test creating or deleting
+/// owner networks meanwhile can open a window in another test's isolation
+/// check.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn image() -> String {
     std::env::var("BHATTI_DOCKER_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into())
@@ -43,6 +51,7 @@ fn config(data: PathBuf, prefix: &str) -> DockerConfig {
 
 impl Env {
     async fn new(test: &str) -> Env {
+        let serial = SERIAL.lock().await;
         let dir = tempfile::Builder::new()
             .prefix("bhatti-docker-test-")
             .tempdir_in("/var/tmp")
@@ -65,6 +74,7 @@ impl Env {
             engine: Arc::new(engine),
             dir,
             prefix,
+            _one_at_a_time: serial,
         }
     }
 
