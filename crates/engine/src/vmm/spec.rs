@@ -274,3 +274,66 @@ mod tests {
         assert_eq!(back, s);
     }
 }
+
+/// The machine a VM is (and a snapshot was taken of); a restore needs the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub vcpus: u32,
+    pub mem_mib: u32,
+    pub extra_disks: usize,
+    pub has_net: bool,
+}
+
+impl Shape {
+    pub(crate) fn of(spec: &VmSpec) -> Shape {
+        Shape {
+            vcpus: spec.vcpus,
+            mem_mib: spec.mem_mib,
+            extra_disks: spec.extra_disks.len(),
+            has_net: spec.net.is_some(),
+        }
+    }
+}
+
+impl SnapshotFiles {
+    /// The checks every driver makes before a restore: written by `driver` in
+    /// a format this build reads, of the machine `spec` describes, with a
+    /// non-empty state file. Which snapshot kinds restore is the driver's call.
+    pub(crate) fn check_common(&self, driver: &str, spec: &VmSpec) -> Result<(), VmmError> {
+        let bad = |m: String| Err(VmmError::InvalidSnapshot(m));
+        if self.driver != driver {
+            return bad(format!(
+                "written by the {:?} driver, not {driver:?}",
+                self.driver
+            ));
+        }
+        if self.format_version == 0 || self.format_version > super::SNAPSHOT_FORMAT_VERSION {
+            return bad(format!(
+                "format version {} (this build reads 1..={})",
+                self.format_version,
+                super::SNAPSHOT_FORMAT_VERSION
+            ));
+        }
+        if self.vcpus != spec.vcpus || self.mem_mib != spec.mem_mib {
+            return bad(format!(
+                "taken of a {}-vCPU {} MiB VM, the spec asks for {} vCPUs and {} MiB",
+                self.vcpus, self.mem_mib, spec.vcpus, spec.mem_mib
+            ));
+        }
+        if self.extra_disks != spec.extra_disks.len() || self.has_net != spec.net.is_some() {
+            return bad(format!(
+                "taken with {} extra disks and {} NIC, the spec has {} and {}",
+                self.extra_disks,
+                if self.has_net { "a" } else { "no" },
+                spec.extra_disks.len(),
+                if spec.net.is_some() { "a NIC" } else { "none" },
+            ));
+        }
+        let state = self.state_path();
+        match std::fs::metadata(&state) {
+            Ok(m) if m.is_file() && m.len() > 0 => Ok(()),
+            Ok(_) => bad(format!("{} is empty or not a file", state.display())),
+            Err(e) => bad(format!("{}: {e}", state.display())),
+        }
+    }
+}

@@ -88,6 +88,7 @@ use tracing::{debug, info, warn};
 use super::consts::{ERROR_TAIL_BYTES, SNAPSHOT_FORMAT_VERSION, SOCKET_POLL, UNIX_PATH_MAX};
 use super::process::{file_tail, VmmProcess};
 use super::spec::path_str;
+use super::spec::Shape;
 use super::{SnapshotFiles, SnapshotKind, Vm, VmExit, VmSpec, VmState, VmmDriver, VmmError};
 use api::{
     ActionType, ApiClient, ApiRequest, BackendType, Balloon, BootSource, Drive, Entropy, HugePages,
@@ -585,45 +586,13 @@ impl FirecrackerDriver {
 
     fn check_snapshot(&self, spec: &VmSpec, snap: &SnapshotFiles) -> Result<(), VmmError> {
         let bad = |m: String| Err(VmmError::InvalidSnapshot(m));
-        if snap.driver != DRIVER_NAME {
-            return bad(format!(
-                "written by the {:?} driver, not {DRIVER_NAME:?}",
-                snap.driver
-            ));
-        }
-        if snap.format_version == 0 || snap.format_version > SNAPSHOT_FORMAT_VERSION {
-            return bad(format!(
-                "format version {} (this build reads 1..={SNAPSHOT_FORMAT_VERSION})",
-                snap.format_version
-            ));
-        }
+        snap.check_common(DRIVER_NAME, spec)?;
         if snap.kind != SnapshotKind::Full {
             return bad(
                 "a Diff snapshot cannot be restored by itself: apply it onto its base \
                  (firecracker::apply_diff) and restore the result"
                     .into(),
             );
-        }
-        if snap.vcpus != spec.vcpus || snap.mem_mib != spec.mem_mib {
-            return bad(format!(
-                "taken of a {}-vCPU {} MiB VM, the spec asks for {} vCPUs and {} MiB",
-                snap.vcpus, snap.mem_mib, spec.vcpus, spec.mem_mib
-            ));
-        }
-        if snap.extra_disks != spec.extra_disks.len() || snap.has_net != spec.net.is_some() {
-            return bad(format!(
-                "taken with {} extra disks and {} NIC, the spec has {} and {}",
-                snap.extra_disks,
-                if snap.has_net { "a" } else { "no" },
-                spec.extra_disks.len(),
-                if spec.net.is_some() { "a NIC" } else { "none" },
-            ));
-        }
-        let state = snap.state_path();
-        match std::fs::metadata(&state) {
-            Ok(m) if m.is_file() && m.len() > 0 => {}
-            Ok(_) => return bad(format!("{} is empty or not a file", state.display())),
-            Err(e) => return bad(format!("{}: {e}", state.display())),
         }
         let mem = snap.mem_path();
         let want = u64::from(snap.mem_mib) << 20;
@@ -726,12 +695,7 @@ impl FirecrackerDriver {
             id: spec.id.clone(),
             console_log: spec.console_log.clone(),
             dir: spec.dir.clone(),
-            shape: Shape {
-                vcpus: spec.vcpus,
-                mem_mib: spec.mem_mib,
-                extra_disks: spec.extra_disks.len(),
-                has_net: spec.net.is_some(),
-            },
+            shape: Shape::of(spec),
             shared: sh.clone(),
             proc,
             api,
@@ -923,14 +887,6 @@ impl VmmDriver for FirecrackerDriver {
     async fn restore(&self, spec: &VmSpec, snap: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError> {
         Ok(Box::new(self.restore_vm(spec, snap).await?))
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    vcpus: u32,
-    mem_mib: u32,
-    extra_disks: usize,
-    has_net: bool,
 }
 
 /// One Firecracker process. Dropping it SIGKILLs Firecracker.

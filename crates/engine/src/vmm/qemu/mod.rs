@@ -39,6 +39,7 @@ use super::consts::{
 };
 use super::process::{file_tail, VmmProcess};
 use super::spec::path_str;
+use super::spec::Shape;
 use super::{
     host_tsc_khz, SnapshotFiles, SnapshotKind, Vm, VmExit, VmSpec, VmState, VmmDriver, VmmError,
 };
@@ -278,46 +279,14 @@ impl QemuDriver {
 
     fn check_snapshot(&self, spec: &VmSpec, snap: &SnapshotFiles) -> Result<(), VmmError> {
         let bad = |m: String| Err(VmmError::InvalidSnapshot(m));
-        if snap.driver != DRIVER_NAME {
-            return bad(format!(
-                "written by the {:?} driver, not {DRIVER_NAME:?}",
-                snap.driver
-            ));
-        }
-        if snap.format_version == 0 || snap.format_version > SNAPSHOT_FORMAT_VERSION {
-            return bad(format!(
-                "format version {} (this build reads 1..={SNAPSHOT_FORMAT_VERSION})",
-                snap.format_version
-            ));
-        }
+        snap.check_common(DRIVER_NAME, spec)?;
         if snap.kind != SnapshotKind::Full {
             return bad(format!(
                 "{:?} snapshots are not supported by QEMU",
                 snap.kind
             ));
         }
-        if snap.vcpus != spec.vcpus || snap.mem_mib != spec.mem_mib {
-            return bad(format!(
-                "taken of a {}-vCPU {} MiB VM, the spec asks for {} vCPUs and {} MiB",
-                snap.vcpus, snap.mem_mib, spec.vcpus, spec.mem_mib
-            ));
-        }
-        if snap.extra_disks != spec.extra_disks.len() || snap.has_net != spec.net.is_some() {
-            return bad(format!(
-                "taken with {} extra disks and {} NIC, the spec has {} and {}",
-                snap.extra_disks,
-                if snap.has_net { "a" } else { "no" },
-                spec.extra_disks.len(),
-                if spec.net.is_some() { "a NIC" } else { "none" },
-            ));
-        }
-        let state = snap.state_path();
-        match std::fs::metadata(&state) {
-            Ok(m) if m.is_file() && m.len() > 0 => {}
-            Ok(_) => return bad(format!("{} is empty or not a file", state.display())),
-            Err(e) => return bad(format!("{}: {e}", state.display())),
-        }
-        path_str("snapshot state file", &state)?;
+        path_str("snapshot state file", &snap.state_path())?;
         if snap.vmm_version != self.shared.version {
             warn!(snapshot = %snap.vmm_version, running = %self.shared.version,
                 "restoring a snapshot written by another QEMU version (microvm is not a versioned machine type)");
@@ -401,12 +370,7 @@ impl QemuDriver {
             id: spec.id.clone(),
             console_log: spec.console_log.clone(),
             dir: spec.dir.clone(),
-            shape: Shape {
-                vcpus: spec.vcpus,
-                mem_mib: spec.mem_mib,
-                extra_disks: spec.extra_disks.len(),
-                has_net: spec.net.is_some(),
-            },
+            shape: Shape::of(spec),
             shared: self.shared.clone(),
             proc,
             qmp,
@@ -525,14 +489,6 @@ impl VmmDriver for QemuDriver {
     async fn restore(&self, spec: &VmSpec, snap: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError> {
         Ok(Box::new(self.restore_vm(spec, snap).await?))
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    vcpus: u32,
-    mem_mib: u32,
-    extra_disks: usize,
-    has_net: bool,
 }
 
 /// One QEMU process. Dropping it SIGKILLs QEMU.
