@@ -24,7 +24,7 @@ BHATTI_GUEST_KERNEL="$cache/vmlinux" BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.
 cat <<'NEXT'
 
 Next:
-  target/release/examples/sandbox -- sh -c 'echo hello from $(hostname)'
+  sudo target/release/examples/sandbox -- sh -c 'echo hello from $(hostname)'
   sudo bash scripts/test.sh        # the whole test suite
-  cargo bench -p lohar --bench agent
+  cargo bench -p lohar --bench agent; sudo cargo bench -p bhatti-engine --bench microvm
 NEXT
