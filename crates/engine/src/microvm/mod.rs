@@ -395,13 +395,8 @@ impl MicroVmEngine {
         if slot.is_some() {
             // Already has a VMM: never spawn a second one (DECISIONS §7.2).
             let thermal = lock(&sb.fast).thermal;
-            if thermal == Thermal::Warm {
-                if let Some(vm) = slot.as_ref() {
-                    vm.resume()
-                        .await
-                        .map_err(|e| EngineError::Other(e.to_string()))?;
-                }
-                sb.set(Status::Running, Thermal::Hot);
+            if let (Thermal::Warm, Some(vm)) = (thermal, slot.as_ref()) {
+                wake(sb, vm.as_ref()).await?;
             }
             return Ok(());
         }
@@ -702,11 +697,7 @@ impl Engine for MicroVmEngine {
                 what: "cannot pause".into(),
             });
         };
-        vm.pause()
-            .await
-            .map_err(|e| EngineError::Other(e.to_string()))?;
-        sb.set(Status::Running, Thermal::Warm);
-        Ok(())
+        park(&sb, vm.as_ref()).await
     }
 
     async fn resume(&self, id: &str) -> Result<()> {
@@ -719,11 +710,7 @@ impl Engine for MicroVmEngine {
                 what: "cannot resume; start it".into(),
             });
         };
-        vm.resume()
-            .await
-            .map_err(|e| EngineError::Other(e.to_string()))?;
-        sb.set(Status::Running, Thermal::Hot);
-        Ok(())
+        wake(&sb, vm.as_ref()).await
     }
 
     async fn ensure_hot(&self, id: &str) -> Result<Wake> {
@@ -1016,6 +1003,37 @@ impl Engine for MicroVmEngine {
             }
             sb.set(Status::Stopped, Thermal::Cold);
         }
+    }
+}
+
+/// Hot → warm: vCPUs stop, then the balloon takes half the guest's memory back
+/// for the host (where the VMM has one; QEMU here has none).
+async fn park(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
+    vm.pause()
+        .await
+        .map_err(|e| EngineError::Other(e.to_string()))?;
+    sb.set(Status::Running, Thermal::Warm);
+    balloon(sb, vm, sb.detail.memory_mb / 2).await;
+    Ok(())
+}
+
+/// Warm → hot: the balloon is deflated first (DECISIONS §6; the reference left
+/// it inflated and relied on deflate-on-OOM), then the vCPUs run again.
+async fn wake(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
+    balloon(sb, vm, 0).await;
+    vm.resume()
+        .await
+        .map_err(|e| EngineError::Other(e.to_string()))?;
+    sb.set(Status::Running, Thermal::Hot);
+    Ok(())
+}
+
+/// Best effort: a balloon is an optimisation, never a reason to fail a
+/// thermal transition.
+async fn balloon(sb: &Sandbox, vm: &dyn Vm, mib: u32) {
+    match vm.set_balloon(mib).await {
+        Ok(()) | Err(crate::vmm::VmmError::Unsupported { .. }) => {}
+        Err(e) => tracing::warn!(id = %sb.id, mib, error = %e, "balloon target not set"),
     }
 }
 
