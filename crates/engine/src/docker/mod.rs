@@ -43,6 +43,7 @@
 //! `None` is [`DockerConfig::image`]. `disk_size_mb` is ignored: overlay2 can
 //! only limit size on xfs with project quotas.
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -148,10 +149,6 @@ struct Sandbox {
     /// Held across slow transitions so two never interleave.
     lifecycle: tokio::sync::Mutex<()>,
     fast: Mutex<Fast>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sandbox {

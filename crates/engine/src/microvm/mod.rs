@@ -16,6 +16,7 @@
 mod disk;
 mod persist;
 
+use crate::lock;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -104,10 +105,6 @@ struct Sandbox {
     /// Held across slow transitions; owns the VMM handle.
     lifecycle: tokio::sync::Mutex<Option<Box<dyn Vm>>>,
     fast: Mutex<Fast>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sandbox {

@@ -1,11 +1,12 @@
 //! [`NetManager`]: sets up and tears down sandbox namespaces, owns the
 //! address pool and the host firewall.
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -99,12 +100,6 @@ pub struct NetManager {
     /// "first sandbox of the owner -> add the rule".
     firewall: Mutex<()>,
     firewall_ready: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves consistent data (every update
-    // is a single step), so keep going.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn normalize_mac(mac: &str) -> Result<String, NetError> {
