@@ -211,7 +211,7 @@ async fn main() {
         "docker start + agent ready; processes do not survive",
     );
     engine.destroy(&id).await.expect("destroy");
-    let _ = engine.cleanup_orphans().await;
+    let _ = engine.cleanup_orphans(&[]).await;
     match report.write() {
         Ok(p) => println!("wrote {}", p.display()),
         Err(e) => println!("docker bench: writing the report: {e}"),

@@ -115,7 +115,7 @@ impl Drop for Env {
             };
             rt.block_on(async {
                 if let Ok(e) = DockerEngine::new(config(data, &prefix)).await {
-                    let _ = e.cleanup_orphans().await;
+                    let _ = e.cleanup_orphans(&[]).await;
                 }
             });
         })
@@ -531,7 +531,7 @@ async fn recovery_and_orphans() {
     assert_eq!(sh(&e2, &cold, "cat /workspace/f").await, "cold-file\n");
 
     // The orphan (unknown to e2) is removed; the recovered ones stay.
-    let removed = e2.cleanup_orphans().await.unwrap();
+    let removed = e2.cleanup_orphans(&[]).await.unwrap();
     assert!(
         removed.iter().any(|r| r.contains(&orphan)),
         "removed {removed:?}"
@@ -593,7 +593,7 @@ async fn lohar_is_injected_into_foreign_images() {
     let pid1 = sh(&e, &id, "cat /proc/1/cmdline").await;
     assert!(pid1.starts_with("/run/bhatti/lohar"), "{pid1:?}");
     e.destroy(&id).await.unwrap();
-    let _ = e.cleanup_orphans().await;
+    let _ = e.cleanup_orphans(&[]).await;
     let _ = std::process::Command::new("docker")
         .args(["rmi", "-f", &tag])
         .output();

@@ -522,7 +522,7 @@ async fn corrupt_snapshot_and_recovery(kind: Kind) {
     // Start-up cleanup removes what no known sandbox owns, and only that.
     let orphan = env.data.join("sandboxes").join("00112233aabbccdd");
     std::fs::create_dir_all(&orphan).unwrap();
-    let removed = e2.cleanup_orphans().await.unwrap();
+    let removed = e2.cleanup_orphans(&[]).await.unwrap();
     assert!(!orphan.exists(), "orphan dir removed: {removed:?}");
     assert!(env.data.join("sandboxes").join(&id).exists());
     e2.start(&id, false).await.unwrap();

@@ -83,8 +83,10 @@ pub trait Engine: Send + Sync {
     /// says why the sandbox cannot be recovered.
     async fn recover(&self, state: VmState) -> Result<SandboxInfo>;
 
-    /// Removes host objects of ours that belong to no known sandbox.
-    async fn cleanup_orphans(&self) -> Result<Vec<String>>;
+    /// Removes host objects of ours that belong to no known sandbox and to
+    /// none in `also_keep` (sandboxes the store still lists although the
+    /// engine could not recover them: their disks are kept for the operator).
+    async fn cleanup_orphans(&self, also_keep: &[String]) -> Result<Vec<String>>;
 
     /// Kills every VMM (snapshots are the caller's job before this).
     async fn shutdown(&self);

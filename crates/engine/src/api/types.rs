@@ -69,6 +69,11 @@ pub struct VolumeAttach {
 /// What to create.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SandboxSpec {
+    /// The ID to give the sandbox (16 lower-case hex); `None` = the engine
+    /// picks one. The server picks it so that store rows (volume
+    /// attachments) can be written before the sandbox boots.
+    #[serde(default)]
+    pub id: Option<String>,
     pub name: String,
     /// Owner's subnet index (1-based); decides the sandbox's network.
     pub owner_index: u16,
@@ -91,6 +96,8 @@ pub struct SandboxSpec {
 /// What a new sandbox resumed from a checkpoint is called and who owns it.
 #[derive(Debug, Clone, Default)]
 pub struct ResumeSpec {
+    /// As [`SandboxSpec::id`].
+    pub id: Option<String>,
     pub name: String,
     pub owner_index: u16,
     pub egress: EgressPolicy,
@@ -172,4 +179,18 @@ pub struct VmState {
     pub generation: u64,
     #[serde(default)]
     pub detail: serde_json::Value,
+}
+
+/// Checks a caller-chosen sandbox ID (it names directories and host
+/// devices, so only 16 lower-case hex characters are accepted).
+pub fn checked_id(id: Option<&str>, fresh: impl FnOnce() -> String) -> Result<String, crate::EngineError> {
+    match id {
+        None => Ok(fresh()),
+        Some(id) if id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(id.to_string())
+        }
+        Some(id) => Err(crate::EngineError::Invalid(format!(
+            "sandbox id {id:?} must be 16 lower-case hex characters"
+        ))),
+    }
 }

@@ -629,7 +629,7 @@ impl Engine for DockerEngine {
             tracing::debug!("docker engine ignores disk_size_mb");
         }
         let env = env_file(&spec.env)?;
-        let id = random_hex(8);
+        let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
         let dir = self.cfg.data_dir.join("sandboxes").join(&id);
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -966,8 +966,9 @@ impl Engine for DockerEngine {
         Ok(self.insert(sb).info())
     }
 
-    async fn cleanup_orphans(&self) -> Result<Vec<String>> {
-        let keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+    async fn cleanup_orphans(&self, also_keep: &[String]) -> Result<Vec<String>> {
+        let mut keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        keep.extend(also_keep.iter().cloned());
         let mut removed = Vec::new();
         let filters = HashMap::from([(
             "label".to_string(),

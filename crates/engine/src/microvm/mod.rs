@@ -546,7 +546,7 @@ impl Engine for MicroVmEngine {
                 "at most 22 volumes per sandbox".into(),
             ));
         }
-        let id = random_hex(8);
+        let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
         let dir = self.cfg.data_dir.join("sandboxes").join(&id);
         tokio::fs::create_dir_all(&dir).await?;
         let mut rb = Rollback {
@@ -846,7 +846,7 @@ impl Engine for MicroVmEngine {
         let mut vmm: crate::vmm::SnapshotFiles =
             serde_json::from_value(m.vmm.clone()).map_err(EngineError::other)?;
         vmm.dir = dir.to_path_buf();
-        let id = random_hex(8);
+        let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
         let sdir = self.cfg.data_dir.join("sandboxes").join(&id);
         tokio::fs::create_dir_all(&sdir).await?;
         let mut rb = Rollback {
@@ -969,8 +969,9 @@ impl Engine for MicroVmEngine {
         Ok(self.insert(sb).info())
     }
 
-    async fn cleanup_orphans(&self) -> Result<Vec<String>> {
-        let keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+    async fn cleanup_orphans(&self, also_keep: &[String]) -> Result<Vec<String>> {
+        let mut keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        keep.extend(also_keep.iter().cloned());
         let net = self.net.clone();
         let keep2 = keep.clone();
         let mut removed = blocking(move || Ok(net.cleanup_orphans(&keep2)?)).await?;

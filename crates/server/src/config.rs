@@ -1,0 +1,318 @@
+//! The daemon's configuration: one YAML file with the reference's keys
+//! (06-store-config.md §8.1) plus keys for what the reference hard-coded
+//! (thermal timeouts, rate limits, shutdown parallelism, VMM binaries).
+//!
+//! Loading order: `$BHATTI_CONFIG` alone if set; otherwise
+//! `/etc/bhatti/config.yaml` if it exists; otherwise the defaults. Unknown
+//! keys are rejected so a typo cannot silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The system-wide config file.
+pub const SYSTEM_CONFIG: &str = "/etc/bhatti/config.yaml";
+/// Where the daemon keeps its state unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bhatti";
+/// Where `scripts/guest` leaves the kernel and the minimal image.
+pub const GUEST_CACHE: &str = "/var/cache/bhatti/guest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// hot → warm → cold timing (DECISIONS §6).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThermalConfig {
+    /// Idle seconds before a hot sandbox is paused (default 30).
+    pub warm_timeout_secs: f64,
+    /// Seconds warm before a sandbox is snapshotted to disk (default 1800).
+    pub cold_timeout_secs: f64,
+    /// How often the manager looks (default 10).
+    pub tick_secs: f64,
+    /// Set false to turn the thermal manager off.
+    pub enabled: bool,
+}
+
+impl Default for ThermalConfig {
+    fn default() -> Self {
+        ThermalConfig {
+            warm_timeout_secs: 30.0,
+            cold_timeout_secs: 1800.0,
+            tick_secs: 10.0,
+            enabled: true,
+        }
+    }
+}
+
+impl ThermalConfig {
+    pub fn warm(&self) -> Duration {
+        Duration::from_secs_f64(self.warm_timeout_secs.max(0.0))
+    }
+    pub fn cold(&self) -> Duration {
+        Duration::from_secs_f64(self.cold_timeout_secs.max(0.0))
+    }
+    pub fn tick(&self) -> Duration {
+        Duration::from_secs_f64(self.tick_secs.max(0.05))
+    }
+}
+
+/// One token bucket: `burst` tokens, refilled at `per_minute`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub burst: f64,
+    pub per_minute: f64,
+}
+
+/// Per-user rate limits (04-api.md §5.2).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub enabled: bool,
+    pub create: Bucket,
+    pub exec: Bucket,
+    pub read: Bucket,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            enabled: true,
+            create: Bucket {
+                burst: 10.0,
+                per_minute: 30.0,
+            },
+            exec: Bucket {
+                burst: 30.0,
+                per_minute: 600.0,
+            },
+            read: Bucket {
+                burst: 60.0,
+                per_minute: 1200.0,
+            },
+        }
+    }
+}
+
+/// The daemon's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `firecracker`, `qemu` or `docker`; unset = chosen from the host.
+    pub engine: Option<String>,
+    /// TCP address of the API. `:8080` means every interface; the default
+    /// is loopback only (the Unix socket and an SSH tunnel cover remote
+    /// admin until an operator opts in).
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// CLI keys, accepted (one file serves both) and ignored by the daemon.
+    pub api_url: Option<String>,
+    pub auth_token: Option<String>,
+    pub thermal: ThermalConfig,
+    pub rate_limits: RateLimits,
+    /// Guest kernel (ELF vmlinux) for the microVM engines.
+    #[serde(alias = "firecracker_kernel")]
+    pub kernel: Option<PathBuf>,
+    /// Default root filesystem image (`minimal`).
+    #[serde(alias = "firecracker_rootfs")]
+    pub rootfs: Option<PathBuf>,
+    pub firecracker_bin: String,
+    pub firecracker_jailer: Option<String>,
+    pub jail_uid: Option<u32>,
+    pub jail_gid: Option<u32>,
+    pub qemu_bin: String,
+    /// Docker engine: the default image and a static lohar to inject.
+    pub docker_image: Option<String>,
+    pub lohar: Option<PathBuf>,
+    /// Sandboxes snapshotted at once during graceful shutdown (default 10).
+    pub shutdown_parallelism: usize,
+    /// Seconds to drain HTTP connections at shutdown (default 30).
+    pub drain_secs: u64,
+    /// Minimum CLI version announced in `X-Bhatti-Min-CLI` (empty = none).
+    pub min_cli: String,
+    /// Boot timeout for a sandbox in seconds (default: the engine's).
+    pub boot_timeout_secs: Option<u64>,
+    /// Default memory for a sandbox created without `memory_mb`.
+    pub default_memory_mb: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            engine: None,
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            api_url: None,
+            auth_token: None,
+            thermal: ThermalConfig::default(),
+            rate_limits: RateLimits::default(),
+            kernel: None,
+            rootfs: None,
+            firecracker_bin: "firecracker".into(),
+            firecracker_jailer: None,
+            jail_uid: None,
+            jail_gid: None,
+            qemu_bin: "qemu-system-x86_64".into(),
+            docker_image: None,
+            lohar: None,
+            shutdown_parallelism: 10,
+            drain_secs: 30,
+            min_cli: String::new(),
+            boot_timeout_secs: None,
+            default_memory_mb: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the config: `explicit` (e.g. `--config`) or `$BHATTI_CONFIG`
+    /// alone if given, else [`SYSTEM_CONFIG`] if it exists, else defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = std::env::var_os("BHATTI_CONFIG").map(PathBuf::from);
+        let path = match explicit.map(Path::to_path_buf).or(env) {
+            Some(p) => Some(p),
+            None => Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()),
+        };
+        let cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                Config::parse(&text).map_err(|message| ConfigError::Parse { path: p, message })?
+            }
+            None => Config::default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses YAML text (an empty document is the defaults).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_norway::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.engine {
+            if !["firecracker", "qemu", "docker"].contains(&e.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "engine {e:?}: expected firecracker, qemu or docker"
+                )));
+            }
+        }
+        self.listen_addr()?;
+        if self.shutdown_parallelism == 0 {
+            return Err(ConfigError::Invalid(
+                "shutdown_parallelism must be at least 1".into(),
+            ));
+        }
+        if self.default_memory_mb < 128 {
+            return Err(ConfigError::Invalid(
+                "default_memory_mb must be at least 128".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `listen` as a socket address (`:8080` = all interfaces).
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let l = self.listen.trim();
+        let full = if l.starts_with(':') {
+            format!("0.0.0.0{l}")
+        } else {
+            l.to_string()
+        };
+        full.parse()
+            .map_err(|_| ConfigError::Invalid(format!("listen {l:?} is not host:port")))
+    }
+
+    /// `<data_dir>/api.sock`.
+    pub fn api_socket(&self) -> PathBuf {
+        self.data_dir.join("api.sock")
+    }
+
+    /// The guest kernel: config, `$BHATTI_GUEST_KERNEL`, the data dir's
+    /// `images/vmlinux`, then the guest-artifact cache.
+    pub fn kernel_path(&self) -> PathBuf {
+        self.kernel
+            .clone()
+            .or_else(|| std::env::var_os("BHATTI_GUEST_KERNEL").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                first_existing(&[
+                    self.data_dir.join("images/vmlinux"),
+                    Path::new(GUEST_CACHE).join("vmlinux"),
+                ])
+            })
+    }
+
+    /// The default image, found the same way as the kernel.
+    pub fn rootfs_path(&self) -> PathBuf {
+        self.rootfs
+            .clone()
+            .or_else(|| std::env::var_os("BHATTI_GUEST_ROOTFS").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                first_existing(&[
+                    self.data_dir.join("images/rootfs-minimal.ext4"),
+                    Path::new(GUEST_CACHE).join("rootfs-minimal.ext4"),
+                ])
+            })
+    }
+}
+
+fn first_existing(c: &[PathBuf]) -> PathBuf {
+    c.iter()
+        .find(|p| p.exists())
+        .unwrap_or(&c[c.len() - 1])
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_reference_keys() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        let c = Config::parse(
+            "engine: qemu\nlisten: \":9090\"\ndata_dir: /tmp/x\nfirecracker_kernel: /k\n\
+             api_url: http://h\nthermal:\n  warm_timeout_secs: 2\n  tick_secs: 0.5\n\
+             rate_limits:\n  exec: {burst: 5, per_minute: 60}\n",
+        )
+        .unwrap();
+        assert_eq!(c.engine.as_deref(), Some("qemu"));
+        assert_eq!(c.listen_addr().unwrap().port(), 9090);
+        assert!(c.listen_addr().unwrap().ip().is_unspecified());
+        assert_eq!(c.kernel.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.thermal.warm(), Duration::from_secs(2));
+        assert_eq!(c.thermal.cold(), Duration::from_secs(1800));
+        assert_eq!(c.rate_limits.exec.burst, 5.0);
+        assert_eq!(c.rate_limits.read.burst, 60.0);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(Config::parse("engnie: qemu").is_err());
+        let c = Config::parse("engine: vmware").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::parse("listen: nowhere").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::parse("default_memory_mb: 64").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

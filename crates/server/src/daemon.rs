@@ -1,0 +1,248 @@
+//! `bhatti serve`: open the store, build the engine, recover, serve the API
+//! on TCP and on `<data_dir>/api.sock` (0600), run the thermal manager, and
+//! on SIGTERM/SIGINT drain, snapshot running sandboxes (bounded
+//! parallelism, one retry), and stop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bhatti_store::{SandboxStatus, Store};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::config::Config;
+use crate::engines;
+use crate::events::Events;
+use crate::recovery;
+use crate::routes;
+use crate::state::{AppState, Shared};
+use crate::thermal::Thermostat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] bhatti_store::StoreError),
+    #[error("engine: {0}")]
+    Engine(#[from] engines::EngineSetupError),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+const KEEP_HOT_WAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running daemon: its state, the addresses it listens on, and a handle
+/// to stop it (used by `run` and by tests that embed the daemon).
+pub struct Daemon {
+    pub state: Shared,
+    pub tcp_addr: std::net::SocketAddr,
+    pub socket: std::path::PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    events_task: tokio::task::JoinHandle<()>,
+}
+
+/// Opens everything and starts serving; returns once the listeners are up.
+pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
+    cfg.validate()?;
+    let dd = cfg.data_dir.clone();
+    let dir_err = |source| DaemonError::DataDir {
+        path: dd.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    let store = Arc::new(Store::open(cfg.data_dir.join("state.db"))?);
+    let chosen = engines::build(&cfg).await?;
+    let engine_name = engines::kind_name(chosen.kind);
+    tracing::info!(engine = engine_name, reason = chosen.reason, "engine selected");
+
+    let (events, events_task) = Events::start(store.clone());
+    let state: Shared = Arc::new(AppState::new(cfg.clone(), store, chosen.engine, engine_name, events));
+
+    let report = recovery::recover(&state).await;
+    tracing::info!(
+        recovered = report.recovered.len(),
+        unknown = report.unknown.len(),
+        orphans = report.orphans_removed.len(),
+        "recovery done"
+    );
+    register_tier_images(&state).await;
+
+    let app = routes::router(state.clone());
+    let addr = cfg.listen_addr()?;
+    let tcp = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let tcp_addr = tcp.local_addr().map_err(DaemonError::Serve)?;
+    let sock = cfg.api_socket();
+    let _ = std::fs::remove_file(&sock);
+    let unix = UnixListener::bind(&sock).map_err(|source| DaemonError::Listen {
+        addr: sock.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(DaemonError::Serve)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    let graceful = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let tcp_app = app
+        .clone()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(tcp, tcp_app).with_graceful_shutdown(graceful(rx)).await {
+            tracing::error!(error = %e, "TCP server failed");
+        }
+    }));
+    let rx = stop_rx.clone();
+    let unix_app = app.into_make_service();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(unix, unix_app).with_graceful_shutdown(graceful(rx)).await {
+            tracing::error!(error = %e, "Unix socket server failed");
+        }
+    }));
+    if cfg.thermal.enabled {
+        let t = Thermostat::new(state.clone());
+        tasks.push(tokio::spawn(t.run(stop_rx.clone())));
+    }
+    // keep_hot sandboxes come back up in the background.
+    let st = state.clone();
+    tokio::spawn(async move {
+        let Ok(rows) = st.db(|s| s.list_all_sandboxes()).await else {
+            return;
+        };
+        for sb in rows.into_iter().filter(|s| s.keep_hot && s.status != SandboxStatus::Unknown) {
+            match tokio::time::timeout(KEEP_HOT_WAKE_TIMEOUT, st.ensure_hot(&sb)).await {
+                Ok(Ok(())) => tracing::info!(sandbox = sb.id, "keep_hot sandbox woken"),
+                Ok(Err(e)) => tracing::warn!(sandbox = sb.id, error = e.message, "keep_hot wake failed"),
+                Err(_) => tracing::warn!(sandbox = sb.id, "keep_hot wake timed out"),
+            }
+        }
+    });
+    state.events.emit(
+        "",
+        "",
+        "daemon.started",
+        serde_json::json!({"version": routes::VERSION, "engine": engine_name,
+            "recovered_vms": report.recovered.len(), "listen": tcp_addr.to_string()}),
+    );
+    tracing::info!(listen = %tcp_addr, socket = %sock.display(), "bhatti API ready");
+    Ok(Daemon {
+        state,
+        tcp_addr,
+        socket: sock,
+        stop: stop_tx,
+        tasks,
+        events_task,
+    })
+}
+
+impl Daemon {
+    /// Graceful shutdown: stop accepting, drain, snapshot every running
+    /// sandbox (when the engine keeps memory), stop the engine.
+    pub async fn shutdown(self) {
+        let st = self.state.clone();
+        let _ = self.stop.send(true);
+        let drain = Duration::from_secs(st.cfg.drain_secs);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(drain, t).await;
+        }
+        if st.engine.capabilities().memory_snapshots {
+            snapshot_all(&st).await;
+        }
+        st.events.emit("", "", "daemon.shutdown", serde_json::json!({}));
+        st.engine.shutdown().await;
+        let _ = std::fs::remove_file(&self.socket);
+        // The recorder flushes and ends once the last handle is gone; give
+        // it a moment (the state holds one until the process exits).
+        drop(st);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.events_task).await;
+    }
+}
+
+async fn snapshot_all(st: &Shared) {
+    let Ok(rows) = st.db(|s| s.list_all_sandboxes()).await else {
+        return;
+    };
+    let sem = Arc::new(tokio::sync::Semaphore::new(st.cfg.shutdown_parallelism));
+    let mut set = tokio::task::JoinSet::new();
+    for sb in rows.into_iter().filter(|s| s.status == SandboxStatus::Running) {
+        let (st, sem) = (st.clone(), sem.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire().await;
+            for attempt in 1..=2 {
+                match tokio::time::timeout(STOP_TIMEOUT, st.engine.stop(&sb.id)).await {
+                    Ok(Ok(())) => {
+                        let _ = st.persist(&sb.id).await;
+                        tracing::info!(sandbox = sb.id, "snapshotted for shutdown");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::warn!(sandbox = sb.id, attempt, error = %e, "shutdown snapshot failed"),
+                    Err(_) => tracing::warn!(sandbox = sb.id, attempt, "shutdown snapshot timed out"),
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// `images/rootfs-<tier>.ext4` → admin image `<tier>`.
+async fn register_tier_images(st: &Shared) {
+    if st.engine_name == "docker" {
+        return;
+    }
+    let dir = st.cfg.data_dir.join("images");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(tier) = name.strip_prefix("rootfs-").and_then(|n| n.strip_suffix(".ext4")) else {
+            continue;
+        };
+        if tier == "minimal" || crate::validate::name("image", tier).is_err() {
+            continue;
+        }
+        let size_mb = e.metadata().map(|m| m.len() >> 20).unwrap_or(0);
+        let img = bhatti_store::NewImage {
+            user_id: String::new(),
+            name: tier.to_string(),
+            source: "built-in".into(),
+            file_path: e.path().to_string_lossy().into_owned(),
+            size_mb,
+            oci_digest: String::new(),
+            oci_config: serde_json::Value::Null,
+        };
+        let t = tier.to_string();
+        if st.db(move |s| s.image_exact("", &t)).await.is_err() {
+            let _ = st.db(move |s| s.create_image(&img)).await;
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let d = start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Serve)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    d.shutdown().await;
+    Ok(())
+}

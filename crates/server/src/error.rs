@@ -1,0 +1,155 @@
+//! API errors: one type every handler returns, rendered as
+//! `{"error": …}` with the right status.
+//!
+//! 500s never show their cause to the client: the body carries the request
+//! ID, and the cause is logged under the same ID (04-api.md §5.2).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bhatti_agent_client::ClientError;
+use bhatti_api::ErrorBody;
+use bhatti_engine::EngineError;
+use bhatti_store::StoreError;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, m)
+    }
+    pub fn too_many(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, m)
+    }
+    /// A failure whose cause stays in the log.
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, cause.to_string())
+    }
+    /// Prefixes the message (e.g. `wake sandbox: …`), keeping the status.
+    pub fn context(mut self, what: &str) -> ApiError {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+/// The cause of a 500, kept for the request log line (the middleware reads it
+/// from the response extensions and replaces the body).
+#[derive(Debug, Clone)]
+pub struct InternalCause(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            let mut r = (
+                self.status,
+                axum::Json(ErrorBody {
+                    error: "internal error".into(),
+                    request_id: None,
+                }),
+            )
+                .into_response();
+            r.extensions_mut().insert(InternalCause(self.message));
+            return r;
+        }
+        (
+            self.status,
+            axum::Json(ErrorBody {
+                error: self.message,
+                request_id: None,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound => ApiError::not_found("not found"),
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            // Per-resource statuses (403 vs 429) are decided by the caller
+            // where the spec distinguishes them; the default is 429.
+            StoreError::Quota(m) => ApiError::too_many(m),
+            StoreError::Invalid(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::NotFound(_) => ApiError::not_found("not found"),
+            EngineError::Invalid(m) => ApiError::bad_request(m),
+            EngineError::Unsupported { .. } => ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string()),
+            EngineError::RestoreFailed { .. } | EngineError::BadState { .. } => {
+                ApiError::conflict(e.to_string())
+            }
+            EngineError::NotHot { .. } => ApiError::conflict(e.to_string()),
+            EngineError::Agent(c) => ApiError::from(c),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> ApiError {
+        match e {
+            // The agent refused the request (bad path, command not found …):
+            // the caller's input, said in the agent's words.
+            ClientError::Agent(m) => {
+                let lower = m.to_ascii_lowercase();
+                if lower.contains("no such file") || lower.contains("not found") {
+                    ApiError::not_found(m)
+                } else if lower.contains("too large") {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)
+                } else {
+                    ApiError::bad_request(m)
+                }
+            }
+            other => ApiError::internal(format!("agent: {other}")),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> ApiError {
+        ApiError::new(r.status(), r.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        ApiError::internal(format!("task failed: {e}"))
+    }
+}

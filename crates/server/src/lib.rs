@@ -1,0 +1,24 @@
+//! The bhatti daemon as a library: `bhatti serve` is a thin shell over
+//! [`daemon::run`].
+//!
+//! Request path: [`routes`] (axum router + middleware: request ID, bearer
+//! auth, rate limits, logging) → handlers by resource → [`state::AppState`]
+//! (store + engine + activity bookkeeping) → the engine. Beside the request
+//! path: the [`thermal`] manager, start-up [`recovery`], the [`events`]
+//! recorder, [`secrets`] encryption, and [`config`].
+
+pub mod config;
+pub mod daemon;
+pub mod engines;
+pub mod error;
+pub mod events;
+pub mod ratelimit;
+pub mod recovery;
+pub mod routes;
+pub mod secrets;
+pub mod state;
+pub mod thermal;
+pub mod validate;
+
+pub use config::Config;
+pub use daemon::{run, start, Daemon, DaemonError};

@@ -1,0 +1,144 @@
+//! Start-up recovery (03-engine.md §4.9 with DECISIONS §7.3): every store
+//! sandbox is handed back to the engine from its persisted state. Those
+//! with a valid, current snapshot come back `stopped` (cold; the next
+//! request wakes them); the rest become `unknown` with the reason, and
+//! their files are kept. Then host leftovers that belong to no sandbox are
+//! swept, stale attachments released, orphaned volume files and snapshot
+//! temp dirs removed.
+
+use bhatti_engine::api::{Status, VmState};
+use bhatti_store::{RuntimeUpdate, SandboxStatus};
+
+use crate::state::Shared;
+
+/// What recovery did, for the `daemon.started` event and the log.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    pub recovered: Vec<String>,
+    /// Sandbox ID → why it is `unknown`.
+    pub unknown: Vec<(String, String)>,
+    pub orphans_removed: Vec<String>,
+}
+
+pub async fn recover(st: &Shared) -> Report {
+    let mut report = Report::default();
+    let rows = match st.db(|s| s.recovery_rows()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e.message, "recovery: cannot read sandboxes");
+            return report;
+        }
+    };
+    let mut keep = Vec::new();
+    for row in rows {
+        keep.push(row.id.clone());
+        let sb = match row.sandbox {
+            Ok(sb) => sb,
+            Err(e) => {
+                mark(st, &row.id, format!("unreadable store row: {e}"), &mut report).await;
+                continue;
+            }
+        };
+        if sb.engine != st.engine_name {
+            // Another engine's sandbox (e.g. the daemon moved from Docker
+            // to QEMU): left as it is, clearly marked.
+            mark(
+                st,
+                &sb.id,
+                format!("created by the {} engine; this daemon runs {}", sb.engine, st.engine_name),
+                &mut report,
+            )
+            .await;
+            continue;
+        }
+        let state: Option<VmState> = match sb.vm_state_as() {
+            Ok(s) => s,
+            Err(e) => {
+                mark(st, &sb.id, format!("unreadable engine state: {e}"), &mut report).await;
+                continue;
+            }
+        };
+        let Some(mut state) = state else {
+            mark(st, &sb.id, "the daemon stopped while this sandbox was being created".into(), &mut report).await;
+            continue;
+        };
+        // The store's generation is authoritative (it is written after every
+        // boot and restore); never accept an older one from the JSON.
+        state.generation = state.generation.max(sb.generation);
+        match st.engine.recover(state).await {
+            Ok(info) => {
+                let status = match info.status {
+                    Status::Running => SandboxStatus::Running,
+                    Status::Stopped => SandboxStatus::Stopped,
+                    Status::Unknown => SandboxStatus::Unknown,
+                };
+                let upd = RuntimeUpdate {
+                    status: Some(status),
+                    status_reason: info.reason.clone(),
+                    ip: Some(info.ip.clone()),
+                    ..Default::default()
+                };
+                let id = sb.id.clone();
+                if let Err(e) = st.db(move |s| s.update_runtime(&id, &upd)).await {
+                    tracing::warn!(sandbox = sb.id, error = %e.message, "recovery: store update failed");
+                }
+                report.recovered.push(sb.id.clone());
+            }
+            Err(e) => mark(st, &sb.id, e.to_string(), &mut report).await,
+        }
+    }
+
+    match st.engine.cleanup_orphans(&keep).await {
+        Ok(r) => report.orphans_removed = r,
+        Err(e) => tracing::warn!(error = %e, "recovery: orphan clean-up failed"),
+    }
+    if let Ok(released) = st.db(|s| s.detach_orphans()).await {
+        for a in released {
+            tracing::info!(volume = a.volume_name, sandbox = a.sandbox_id, "released a stale volume attachment");
+        }
+    }
+    sweep_files(st).await;
+    report
+}
+
+async fn mark(st: &Shared, id: &str, reason: String, report: &mut Report) {
+    tracing::warn!(sandbox = id, reason, "recovery: sandbox marked unknown");
+    let (i, r) = (id.to_string(), reason.clone());
+    let _ = st.db(move |s| s.set_status(&i, SandboxStatus::Unknown, &r)).await;
+    report.unknown.push((id.to_string(), reason));
+}
+
+/// Volume files without a row, and `*.tmp` snapshot directories.
+async fn sweep_files(st: &Shared) {
+    let Ok(vols) = st.db(|s| s.list_all_volumes()).await else {
+        return;
+    };
+    let known: std::collections::HashSet<String> = vols.into_iter().map(|v| v.file_path).collect();
+    let data = st.cfg.data_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for sub in ["volumes", "snapshots"] {
+            let Ok(users) = std::fs::read_dir(data.join(sub)) else {
+                continue;
+            };
+            for u in users.flatten() {
+                let Ok(entries) = std::fs::read_dir(u.path()) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let stale = if sub == "volumes" {
+                        !known.contains(&p.to_string_lossy().into_owned())
+                    } else {
+                        name.ends_with(".tmp")
+                    };
+                    if stale {
+                        tracing::info!(path = %p.display(), "removing an orphaned file");
+                        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,584 @@
+//! Sandbox lifecycle routes: list, create (direct, from a template, or a
+//! fork with `from`), get, patch, destroy, stop, start.
+//!
+//! Create writes the store row *before* the engine boots anything, under a
+//! server-chosen ID: the quota and the name's uniqueness are decided in that
+//! insert (so two racing creates never both boot), volume attachments can be
+//! taken before the VM sees the disk, and a daemon that dies mid-create
+//! leaves a row that recovery marks with a reason instead of an unknown VM.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use bhatti_api as api;
+use bhatti_engine::api::{GuestFile, ResumeSpec, SandboxSpec, Thermal, VolumeAttach};
+use bhatti_engine::net::EgressPolicy;
+use bhatti_store::{NewSandbox, Sandbox, SandboxStatus, User};
+use serde::Deserialize;
+
+use super::{volumes, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::state::Shared;
+use crate::validate;
+
+pub fn to_api(sb: &Sandbox, thermal: Option<Thermal>) -> api::Sandbox {
+    api::Sandbox {
+        id: sb.id.clone(),
+        name: sb.name.clone(),
+        status: sb.status.to_string(),
+        status_reason: sb.status_reason.clone(),
+        ip: sb.ip.clone(),
+        engine: sb.engine.clone(),
+        template_id: sb.template_id.clone(),
+        cpus: sb.cpus,
+        memory_mb: sb.memory_mb,
+        disk_size_mb: sb.disk_size_mb,
+        image: sb.image.clone(),
+        labels: sb.labels.clone(),
+        keep_hot: sb.keep_hot,
+        created_by: sb.user_id.clone(),
+        created_at: sb.created_at.clone(),
+        stopped_at: sb.stopped_at.clone(),
+        thermal: thermal.map(|t| t.to_string()),
+    }
+}
+
+fn thermal_of(st: &Shared, sb: &Sandbox) -> Option<Thermal> {
+    if sb.status == SandboxStatus::Running {
+        st.engine.thermal(&sb.id).ok()
+    } else {
+        None
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    label: Vec<String>,
+}
+
+pub async fn list(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult<Json<Vec<api::Sandbox>>> {
+    // `label=a=b&label=c=d`: repeated keys, parsed by hand since serde's
+    // urlencoded reader takes only the last value of a key.
+    let q = ListQuery {
+        label: q
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("label="))
+            .map(percent_decode)
+            .collect(),
+    };
+    let filter = validate::label_filter(&q.label)?;
+    let uid = user.id.clone();
+    let rows = st.db(move |s| s.list_sandboxes(&uid, &filter)).await?;
+    Ok(Json(
+        rows.iter().map(|sb| to_api(sb, thermal_of(&st, sb))).collect(),
+    ))
+}
+
+/// Minimal `%XX` and `+` decoding for query values.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn get_one(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::Sandbox>> {
+    let sb = st.sandbox(&user, &id).await?;
+    Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
+}
+
+fn whole_cpus(c: Option<f64>, default: u32) -> ApiResult<u32> {
+    match c {
+        None => Ok(default),
+        Some(c) if c.fract() != 0.0 || !(1.0..=256.0).contains(&c) => Err(ApiError::bad_request(
+            format!("cpus must be a whole number of vCPUs (1 or more), got {c}"),
+        )),
+        Some(c) => Ok(c as u32),
+    }
+}
+
+fn egress(e: Option<&api::Egress>) -> ApiResult<EgressPolicy> {
+    match e {
+        None => Ok(EgressPolicy::Public),
+        Some(api::Egress::Mode(m)) if m == "public" => Ok(EgressPolicy::Public),
+        Some(api::Egress::Mode(m)) if m == "deny" => Ok(EgressPolicy::Deny),
+        Some(api::Egress::Mode(m)) => Err(ApiError::bad_request(format!(
+            "egress {m:?}: expected \"public\", \"deny\" or a list of CIDRs"
+        ))),
+        Some(api::Egress::Allow(list)) => list
+            .iter()
+            .map(|c| {
+                c.parse()
+                    .map_err(|_| ApiError::bad_request(format!("egress: {c:?} is not a CIDR")))
+            })
+            .collect::<ApiResult<Vec<_>>>()
+            .map(EgressPolicy::Allow),
+    }
+}
+
+fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, GuestFile>> {
+    let mut out = BTreeMap::new();
+    for f in files {
+        if f.guest_path.is_empty() {
+            return Err(ApiError::bad_request("files: guest_path required"));
+        }
+        validate::guest_path(&f.guest_path)?;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(f.content.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("files: {}: bad base64: {e}", f.guest_path)))?;
+        let mode = f.mode.clone().unwrap_or_else(|| "0644".into());
+        if u32::from_str_radix(&mode, 8).map_or(true, |m| m > 0o7777) {
+            return Err(ApiError::bad_request(format!("files: {}: bad mode {mode:?}", f.guest_path)));
+        }
+        out.insert(f.guest_path.clone(), GuestFile { content, mode });
+    }
+    Ok(out)
+}
+
+fn existing(sb: &Sandbox, st: &Shared) -> Response {
+    let mut r = (StatusCode::OK, Json(to_api(sb, thermal_of(st, sb)))).into_response();
+    r.headers_mut()
+        .insert(api::EXISTING_HEADER, HeaderValue::from_static("true"));
+    r
+}
+
+/// Template defaults merged under the request (the request wins).
+fn apply_template(req: &mut api::CreateSandbox, t: &bhatti_store::Template) -> ApiResult<()> {
+    if req.name.is_none() {
+        req.name = Some(format!("{}-{}", t.name, bhatti_store::ids::random_hex(3)));
+    }
+    if req.image.is_none() && !t.image.is_empty() {
+        req.image = Some(t.image.clone());
+    }
+    if req.cpus.is_none() {
+        req.cpus = Some(f64::from(t.cpus));
+    }
+    if req.memory_mb.is_none() {
+        req.memory_mb = Some(u64::from(t.memory_mb));
+    }
+    if req.disk_size_mb.is_none() && t.disk_size_mb > 0 {
+        req.disk_size_mb = Some(t.disk_size_mb);
+    }
+    for (k, v) in &t.env {
+        req.env.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for s in &t.secrets {
+        if !req.secrets.contains(s) {
+            req.secrets.push(s.clone());
+        }
+    }
+    if req.init.is_none() && !t.init.is_empty() {
+        req.init = Some(t.init.clone());
+    }
+    for (k, v) in &t.labels {
+        req.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let files: Vec<api::CreateFile> = serde_json::from_value(t.files.clone()).unwrap_or_default();
+    for f in files {
+        if !req.files.iter().any(|x| x.guest_path == f.guest_path) {
+            req.files.push(f);
+        }
+    }
+    let vols: Vec<api::VolumeMount> = serde_json::from_value(t.volumes.clone()).unwrap_or_default();
+    for v in vols {
+        if !req.persistent_volumes.iter().any(|x| x.name == v.name) {
+            req.persistent_volumes.push(v);
+        }
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    body: Result<Json<api::CreateSandbox>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(mut req) = body?;
+    if let Some(tid) = req.template_id.clone().filter(|t| !t.is_empty()) {
+        let uid = user.id.clone();
+        let t = st
+            .db(move |s| s.template(&uid, &tid))
+            .await
+            .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::not_found("template not found") } else { e })?;
+        apply_template(&mut req, &t)?;
+    }
+    let q = user.quotas;
+    let cpus = whole_cpus(req.cpus, 1)?;
+    let memory_mb = match req.memory_mb {
+        None | Some(0) => st.cfg.default_memory_mb.min(q.max_memory_mb_per_sandbox.max(128)),
+        Some(m) if m < 128 => {
+            return Err(ApiError::bad_request(format!(
+                "memory_mb must be at least 128, got {m}"
+            )))
+        }
+        Some(m) => u32::try_from(m).map_err(|_| ApiError::bad_request("memory_mb is too large"))?,
+    };
+    if cpus > q.max_cpus_per_sandbox {
+        return Err(ApiError::forbidden(format!(
+            "cpus {cpus} exceeds your limit of {} per sandbox",
+            q.max_cpus_per_sandbox
+        )));
+    }
+    if memory_mb > q.max_memory_mb_per_sandbox {
+        return Err(ApiError::forbidden(format!(
+            "memory_mb {memory_mb} exceeds your limit of {} per sandbox",
+            q.max_memory_mb_per_sandbox
+        )));
+    }
+    let name = req
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("sandbox-{}", bhatti_store::ids::random_hex(3)));
+    validate::name("sandbox", &name)?;
+    validate::labels(&req.labels)?;
+    for v in &req.persistent_volumes {
+        validate::name("volume", &v.name)?;
+        validate::mount_path(&v.mount)?;
+    }
+    let egress = egress(req.egress.as_ref())?;
+    let files = decode_files(&req.files)?;
+
+    // Idempotent by name: an active sandbox with that name is the answer.
+    {
+        let (uid, n) = (user.id.clone(), name.clone());
+        match st.db(move |s| s.sandbox(&uid, &n)).await {
+            Ok(sb) if sb.name == name => return Ok(existing(&sb, &st)),
+            _ => {}
+        }
+    }
+
+    // Secrets become env vars named after the secret.
+    let mut env = req.env.clone();
+    for s in &req.secrets {
+        let (uid, n) = (user.id.clone(), s.clone());
+        let ct = st.db(move |db| db.secret_value(&uid, &n)).await.map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                ApiError::bad_request(format!("secret {s:?} not found"))
+            } else {
+                e
+            }
+        })?;
+        let pt = st.secrets.decrypt(&ct).map_err(ApiError::internal)?;
+        env.insert(
+            s.clone(),
+            String::from_utf8(pt).map_err(|_| ApiError::internal("secret is not UTF-8"))?,
+        );
+    }
+
+    let (image_name, image_path) = resolve_image(&st, &user, req.image.as_deref()).await?;
+
+    let source = match req.from.as_deref().filter(|f| !f.is_empty()) {
+        Some(f) => Some(st.sandbox(&user, f).await?),
+        None => None,
+    };
+
+    let id = bhatti_store::ids::sandbox_id();
+    let new = NewSandbox {
+        id: id.clone(),
+        user_id: user.id.clone(),
+        name: name.clone(),
+        status: SandboxStatus::Unknown,
+        ip: String::new(),
+        engine: st.engine_name.to_string(),
+        template_id: req.template_id.clone().unwrap_or_default(),
+        cpus: source.as_ref().map_or(cpus, |s| s.cpus),
+        memory_mb: source.as_ref().map_or(memory_mb, |s| s.memory_mb),
+        disk_size_mb: req.disk_size_mb.unwrap_or(0),
+        image: source.as_ref().map_or(image_name, |s| s.image.clone()),
+        labels: req.labels.clone(),
+        keep_hot: req.keep_hot,
+        vm_state: None,
+        generation: 0,
+    };
+    match st.db(move |s| s.insert_sandbox(&new)).await {
+        Ok(_) => {}
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            let (uid, n) = (user.id.clone(), name.clone());
+            let winner = st.db(move |s| s.sandbox(&uid, &n)).await?;
+            return Ok(existing(&winner, &st));
+        }
+        Err(e) => return Err(e),
+    }
+
+    let booted = async {
+        if let Some(src) = &source {
+            st.ensure_hot(src).await?;
+            let info = st
+                .engine
+                .fork(
+                    &src.id,
+                    ResumeSpec {
+                        id: Some(id.clone()),
+                        name: name.clone(),
+                        owner_index: user.subnet_index,
+                        egress: egress.clone(),
+                    },
+                )
+                .await?;
+            st.events.emit(&user.id, &id, "snapshot.forked", serde_json::json!({"from": src.id}));
+            return Ok::<_, ApiError>(info);
+        }
+        let vols = attach_volumes(&st, &user, &id, &req.persistent_volumes).await?;
+        let spec = SandboxSpec {
+            id: Some(id.clone()),
+            name: name.clone(),
+            owner_index: user.subnet_index,
+            image: image_path,
+            cpus,
+            memory_mb,
+            disk_size_mb: req.disk_size_mb.unwrap_or(0),
+            env,
+            files,
+            init: req.init.clone().unwrap_or_default(),
+            volumes: vols,
+            egress,
+            run_as_root: false,
+        };
+        Ok(st.engine.create(spec).await?)
+    }
+    .await;
+    match booted {
+        Ok(_) => {
+            st.touch(&id);
+            let sb = st.persist(&id).await?;
+            st.events.emit(
+                &user.id,
+                &id,
+                "sandbox.created",
+                serde_json::json!({"name": sb.name, "cpus": sb.cpus, "memory_mb": sb.memory_mb}),
+            );
+            Ok((StatusCode::CREATED, Json(to_api(&sb, thermal_of(&st, &sb)))).into_response())
+        }
+        Err(e) => {
+            let _ = st.engine.destroy(&id).await;
+            let rid = id.clone();
+            let _ = st.db(move |s| s.delete_sandbox(&rid)).await;
+            Err(e)
+        }
+    }
+}
+
+/// `image` through the store (own, then admin); `None`/`minimal` = the
+/// engine's default.
+async fn resolve_image(
+    st: &Shared,
+    user: &User,
+    image: Option<&str>,
+) -> ApiResult<(String, Option<PathBuf>)> {
+    let Some(name) = image.filter(|i| !i.is_empty() && *i != "minimal") else {
+        return Ok(("minimal".into(), None));
+    };
+    let (uid, n) = (user.id.clone(), name.to_string());
+    match st.db(move |s| s.image(&uid, &n)).await {
+        Ok(img) => Ok((img.name, Some(PathBuf::from(img.file_path)))),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            // The Docker engine takes any locally present image reference.
+            if st.engine_name == "docker" {
+                Ok((name.to_string(), Some(PathBuf::from(name))))
+            } else {
+                Err(ApiError::not_found(format!("image {name:?} not found")))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Attaches (auto-creating where asked) the requested persistent volumes;
+/// on any failure the attachments already taken are released.
+async fn attach_volumes(
+    st: &Shared,
+    user: &User,
+    sandbox_id: &str,
+    reqs: &[api::VolumeMount],
+) -> ApiResult<Vec<VolumeAttach>> {
+    let mut out = Vec::new();
+    for v in reqs {
+        let r = async {
+            let vol = volumes::find_or_create(st, user, v).await?;
+            let (vid, sid, mount, ro) = (vol.id.clone(), sandbox_id.to_string(), v.mount.clone(), v.read_only);
+            st.db(move |s| s.attach_volume(&vid, &sid, &mount, ro)).await?;
+            Ok::<_, ApiError>(VolumeAttach {
+                name: vol.name.clone(),
+                file: PathBuf::from(&vol.file_path),
+                mount: v.mount.clone(),
+                read_only: v.read_only,
+            })
+        }
+        .await;
+        match r {
+            Ok(a) => out.push(a),
+            Err(e) => {
+                let sid = sandbox_id.to_string();
+                let _ = st.db(move |s| s.detach_all(&sid)).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn patch(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<api::PatchSandbox>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<api::Sandbox>> {
+    let Json(req) = body?;
+    let mut sb = st.sandbox(&user, &id).await?;
+    if let Some(n) = &req.name {
+        validate::name("sandbox", n)?;
+    }
+    validate::labels(&req.labels_add)?;
+    for k in &req.labels_remove {
+        validate::label_key(k)?;
+    }
+    if let Some(n) = req.name.clone().filter(|n| *n != sb.name) {
+        let sid = sb.id.clone();
+        sb = st.db(move |s| s.rename_sandbox(&sid, &n)).await?;
+    }
+    if !req.labels_add.is_empty() || !req.labels_remove.is_empty() {
+        let (sid, add, rm) = (sb.id.clone(), req.labels_add.clone(), req.labels_remove.clone());
+        sb = st.db(move |s| s.update_labels(&sid, &add, &rm)).await?;
+    }
+    if let Some(k) = req.keep_hot {
+        let sid = sb.id.clone();
+        sb = st.db(move |s| s.set_keep_hot(&sid, k)).await?;
+        if k {
+            st.ensure_hot(&sb).await?;
+            let sid = sb.id.clone();
+            sb = st.db(move |s| s.sandbox_by_id(&sid)).await?;
+        }
+    }
+    st.events.emit(&user.id, &sb.id, "sandbox.updated", serde_json::to_value(&req).unwrap_or_default());
+    Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
+}
+
+pub async fn destroy(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::StatusBody>> {
+    let sb = st.sandbox(&user, &id).await?;
+    if let Err(e) = st.engine.destroy(&sb.id).await {
+        // The row goes regardless: a sandbox the engine no longer knows must
+        // still be removable; host leftovers are swept by orphan clean-up.
+        tracing::warn!(sandbox = sb.id, error = %e, "engine destroy failed");
+    }
+    let sid = sb.id.clone();
+    match st.db(move |s| s.delete_sandbox(&sid)).await {
+        Ok(_) | Err(ApiError { status: StatusCode::NOT_FOUND, .. }) => {}
+        Err(e) => return Err(e),
+    }
+    st.forget(&sb.id);
+    let lifetime = bhatti_store::time::parse_ts(&sb.created_at)
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0, |d| d.as_secs());
+    st.events.emit(&user.id, &sb.id, "sandbox.destroyed", serde_json::json!({"lifetime_s": lifetime}));
+    Ok(Json(api::StatusBody {
+        status: "destroyed".into(),
+    }))
+}
+
+pub async fn stop(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::Sandbox>> {
+    let sb = st.sandbox(&user, &id).await?;
+    if st.engine.vm_state(&sb.id).is_none() {
+        return Err(ApiError::conflict(format!(
+            "sandbox {:?} is {}: {}",
+            sb.name, sb.status, sb.status_reason
+        )));
+    }
+    st.engine.stop(&sb.id).await?;
+    let sb = st.persist(&sb.id).await?;
+    st.events.emit(&user.id, &sb.id, "sandbox.stopped", serde_json::json!({"reason": "api"}));
+    Ok(Json(to_api(&sb, None)))
+}
+
+pub async fn start(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<api::Sandbox>> {
+    let _ = headers;
+    let req: api::StartSandbox = if body.is_empty() {
+        api::StartSandbox::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?
+    };
+    let sb = st.sandbox(&user, &id).await?;
+    if st.engine.vm_state(&sb.id).is_none() {
+        return Err(ApiError::conflict(format!(
+            "sandbox {:?} cannot be started: {}",
+            sb.name,
+            if sb.status_reason.is_empty() { "its state is unknown" } else { &sb.status_reason }
+        )));
+    }
+    let r = st.engine.start(&sb.id, req.force).await;
+    // Persist either way: a failed restore trips the breaker, and the
+    // store must say so.
+    let saved = st.persist(&sb.id).await;
+    r?;
+    let sb = saved?;
+    st.touch(&sb.id);
+    st.events.emit(&user.id, &sb.id, "sandbox.started", serde_json::json!({"force": req.force}));
+    Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpus_must_be_whole() {
+        assert_eq!(whole_cpus(None, 1).unwrap(), 1);
+        assert_eq!(whole_cpus(Some(2.0), 1).unwrap(), 2);
+        assert!(whole_cpus(Some(1.5), 1).is_err());
+        assert!(whole_cpus(Some(0.0), 1).is_err());
+        assert!(whole_cpus(Some(-1.0), 1).is_err());
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(percent_decode("a%3Db+c"), "a=b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

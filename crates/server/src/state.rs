@@ -1,0 +1,210 @@
+//! What every handler shares: the store, the engine, the recorder, the
+//! limiter, and the host-side activity bookkeeping the thermal manager reads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bhatti_engine::api::{Thermal, Wake};
+use bhatti_engine::Engine;
+use bhatti_store::{RuntimeUpdate, Sandbox, SandboxStatus, Store, StoreError, User};
+
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::events::Events;
+use crate::ratelimit::RateLimiter;
+use crate::secrets::SecretBox;
+
+pub type Shared = Arc<AppState>;
+
+/// Counters exported by `GET /metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub wakes: AtomicU64,
+    pub proxy_requests: AtomicU64,
+    pub websockets_active: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct AppState {
+    pub cfg: Config,
+    pub store: Arc<Store>,
+    pub engine: Arc<dyn Engine>,
+    pub engine_name: &'static str,
+    pub events: Events,
+    pub secrets: SecretBox,
+    pub limiter: RateLimiter,
+    pub started: Instant,
+    pub counters: Counters,
+    /// Sandbox ID → last API touch (the thermal manager's fast path).
+    activity: Mutex<HashMap<String, Instant>>,
+    /// Sandbox ID → interactive clients attached through this daemon; a
+    /// pinned sandbox is never paused.
+    pins: Mutex<HashMap<String, usize>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Holds a sandbox hot while alive (an attached shell or proxy socket).
+pub struct Pin {
+    state: Shared,
+    id: String,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut p = lock(&self.state.pins);
+        if let Some(n) = p.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                p.remove(&self.id);
+            }
+        }
+        drop(p);
+        self.state.touch(&self.id);
+    }
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Config,
+        store: Arc<Store>,
+        engine: Arc<dyn Engine>,
+        engine_name: &'static str,
+        events: Events,
+    ) -> AppState {
+        let secrets = SecretBox::new(cfg.data_dir.join("age.key"));
+        let limiter = RateLimiter::new(cfg.rate_limits.clone());
+        AppState {
+            cfg,
+            store,
+            engine,
+            engine_name,
+            events,
+            secrets,
+            limiter,
+            started: Instant::now(),
+            counters: Counters::default(),
+            activity: Mutex::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs a store call off the async threads.
+    pub async fn db<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> ApiResult<R> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+    }
+
+    pub fn touch(&self, id: &str) {
+        lock(&self.activity).insert(id.to_string(), Instant::now());
+    }
+
+    pub fn last_touch(&self, id: &str) -> Option<Instant> {
+        lock(&self.activity).get(id).copied()
+    }
+
+    pub fn forget(&self, id: &str) {
+        lock(&self.activity).remove(id);
+        lock(&self.pins).remove(id);
+    }
+
+    pub fn pin(self: &Arc<Self>, id: &str) -> Pin {
+        *lock(&self.pins).entry(id.to_string()).or_insert(0) += 1;
+        self.touch(id);
+        Pin {
+            state: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn pinned(&self, id: &str) -> bool {
+        lock(&self.pins).get(id).is_some_and(|n| *n > 0)
+    }
+
+    /// The user's sandbox by ID or name; another user's is `404`.
+    pub async fn sandbox(&self, user: &User, id_or_name: &str) -> ApiResult<Sandbox> {
+        let (u, k) = (user.id.clone(), id_or_name.to_string());
+        self.db(move |s| s.sandbox(&u, &k)).await.map_err(|e| {
+            if e.status == axum::http::StatusCode::NOT_FOUND {
+                ApiError::not_found(format!("sandbox {id_or_name:?} not found"))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Saves the engine's view of a sandbox (status, IP, VM state with its
+    /// generation) into the store.
+    pub async fn persist(&self, id: &str) -> ApiResult<Sandbox> {
+        let Some(vm) = self.engine.vm_state(id) else {
+            let id = id.to_string();
+            return self.db(move |s| s.sandbox_by_id(&id)).await;
+        };
+        let info = self.engine.status(id).await.ok();
+        let status = match vm.status {
+            bhatti_engine::api::Status::Running => SandboxStatus::Running,
+            bhatti_engine::api::Status::Stopped => SandboxStatus::Stopped,
+            bhatti_engine::api::Status::Unknown => SandboxStatus::Unknown,
+        };
+        let upd = RuntimeUpdate {
+            status: Some(status),
+            status_reason: info.as_ref().and_then(|i| i.reason.clone()),
+            ip: info.map(|i| i.ip),
+            generation: Some(vm.generation),
+            vm_state: serde_json::to_value(&vm).ok(),
+        };
+        let id = id.to_string();
+        self.db(move |s| s.update_runtime(&id, &upd)).await
+    }
+
+    /// Makes a sandbox hot before an operation (every sandbox route but
+    /// list/get), recording the wake.
+    pub async fn ensure_hot(&self, sb: &Sandbox) -> ApiResult<()> {
+        self.touch(&sb.id);
+        if sb.status == SandboxStatus::Unknown && self.engine.vm_state(&sb.id).is_none() {
+            return Err(ApiError::conflict(format!(
+                "sandbox {:?} cannot be woken: {}",
+                sb.name,
+                if sb.status_reason.is_empty() { "its state is unknown" } else { &sb.status_reason }
+            )));
+        }
+        let hot_already = matches!(self.engine.thermal(&sb.id), Ok(Thermal::Hot));
+        if hot_already && sb.status == SandboxStatus::Running {
+            return Ok(());
+        }
+        let wake: Wake = self
+            .engine
+            .ensure_hot(&sb.id)
+            .await
+            .map_err(|e| ApiError::from(e).context("wake sandbox"))?;
+        self.touch(&sb.id);
+        Counters::inc(&self.counters.wakes);
+        if wake.from != Thermal::Hot || sb.status != SandboxStatus::Running {
+            self.persist(&sb.id).await?;
+            self.events.emit(
+                &sb.user_id,
+                &sb.id,
+                "thermal.wake",
+                serde_json::json!({"from_state": wake.from.to_string(), "wake_ms": wake.took.as_millis() as u64}),
+            );
+        }
+        Ok(())
+    }
+}
