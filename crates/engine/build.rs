@@ -30,7 +30,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn main() {
+pub fn main() {
     println!("cargo:rustc-check-cfg=cfg(bhatti_vm_tests)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_firecracker)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_root)");

@@ -137,8 +137,15 @@ impl From<ClientError> for ApiError {
 }
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    /// Malformed JSON and missing or mistyped fields are all 400 (axum says
+    /// 422 for the latter); a body over the cap stays 413 and a wrong
+    /// content type 415.
     fn from(r: axum::extract::rejection::JsonRejection) -> ApiError {
-        ApiError::new(r.status(), r.body_text())
+        let status = match r.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, r.body_text())
     }
 }
 

@@ -67,7 +67,11 @@ pub async fn exec(
     }
 
     if wants_ndjson(&headers) {
-        let mut stream = st.engine.exec_stream(&sb.id, AgentExec::new(req.cmd.clone())).await?;
+        let mut stream = st
+        .engine
+        .exec_stream(&sb.id, AgentExec::new(req.cmd.clone()))
+        .await
+        .map_err(start_error)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
         let st2 = st.clone();
         let sid = sb.id.clone();
@@ -123,7 +127,8 @@ pub async fn exec(
             StatusCode::GATEWAY_TIMEOUT,
             format!("command timed out after {} s and was killed", timeout.as_secs()),
         )
-    })??;
+    })?
+    .map_err(start_error)?;
     st.touch(&sb.id);
     Ok(Json(api::ExecResponse {
         exit_code: r.exit_code,
@@ -131,6 +136,17 @@ pub async fn exec(
         stderr: r.stderr_str(),
     })
     .into_response())
+}
+
+/// A command that cannot start (not found, not executable) is the caller's
+/// mistake: 400 with the agent's words.
+fn start_error(e: bhatti_engine::EngineError) -> ApiError {
+    let e = ApiError::from(e);
+    if e.status == StatusCode::NOT_FOUND {
+        ApiError::bad_request(e.message)
+    } else {
+        e
+    }
 }
 
 fn line(ev: &api::ExecEvent) -> bytes::Bytes {

@@ -405,12 +405,7 @@ async fn resolve_image(
     match st.db(move |s| s.image(&uid, &n)).await {
         Ok(img) => Ok((img.name, Some(PathBuf::from(img.file_path)))),
         Err(e) if e.status == StatusCode::NOT_FOUND => {
-            // The Docker engine takes any locally present image reference.
-            if st.engine_name == "docker" {
-                Ok((name.to_string(), Some(PathBuf::from(name))))
-            } else {
-                Err(ApiError::not_found(format!("image {name:?} not found")))
-            }
+            Err(ApiError::not_found(format!("image {name:?} not found")))
         }
         Err(e) => Err(e),
     }
