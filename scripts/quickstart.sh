@@ -1,30 +1,71 @@
 #!/usr/bin/env bash
-# From a fresh Debian 12 machine to a command running in a microVM sandbox:
+# From a fresh Debian 12 machine to a command running in a sandbox:
 # installs packages, builds everything, builds the guest kernel (cached) and the
-# minimal image, then creates a sandbox, runs a command in it, and destroys it.
-# Run as root.
+# minimal image, starts the daemon (`bhatti serve`, default engine for this
+# host) with a first user, creates a sandbox, runs a command in it, and prints
+# what to try next. Run as root. Re-running it reuses what is already there.
+#
+#   sudo bash scripts/quickstart.sh [command…]     (default: uname -a; id)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$(pwd)
+DATA=${BHATTI_DATA_DIR:-/var/lib/bhatti}
+SOCK="$DATA/api.sock"
+BHATTI="$REPO/target/release/bhatti"
+LOG=${BHATTI_LOG:-/var/log/bhatti.log}
 
 bash scripts/setup-host.sh
 echo "==> building (release)"
-cargo build --release -p bhatti-engine --example sandbox
+cargo build --release -p bhatti
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p lohar --target x86_64-unknown-linux-gnu
+LOHAR="$REPO/target/x86_64-unknown-linux-gnu/release/lohar"
 echo "==> guest kernel (about 8 minutes the first time, then cached) and image"
 scripts/guest/build-kernel.sh
 cache=${BHATTI_GUEST_CACHE:-/var/cache/bhatti/guest}
-scripts/guest/build-rootfs.sh --lohar target/x86_64-unknown-linux-gnu/release/lohar \
-    --out "$cache/rootfs-minimal.ext4"
+scripts/guest/build-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-minimal.ext4"
+install -m 0755 "$BHATTI" /usr/local/bin/bhatti
+
+health() { curl -sf --unix-socket "$SOCK" http://localhost/health >/dev/null 2>&1; }
+if health; then
+    echo "==> a daemon is already serving on $SOCK (restart it to pick up a new build: kill it and re-run)"
+else
+    echo "==> starting the daemon: bhatti serve --data-dir $DATA (log: $LOG)"
+    BHATTI_GUEST_KERNEL="$cache/vmlinux" BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.ext4" \
+        nohup "$BHATTI" serve --data-dir "$DATA" >>"$LOG" 2>&1 &
+    for _ in $(seq 1 100); do health && break; sleep 0.1; done
+    health || { echo "the daemon did not come up; last log lines:" >&2; tail -20 "$LOG" >&2; exit 1; }
+fi
+grep -m1 '"engine selected"' "$LOG" 2>/dev/null | sed 's/.*"engine":"\([a-z]*\)".*"reason":"\([^"]*\)".*/    engine: \1 (\2)/' || true
+
+# A first user, and the CLI configured for it (~/.bhatti/config.yaml).
+if ! "$BHATTI" --data-dir "$DATA" list >/dev/null 2>&1; then
+    if "$BHATTI" --data-dir "$DATA" --json user list | grep -q '"name": *"admin"'; then
+        key=$("$BHATTI" --data-dir "$DATA" --json user rotate-key admin | sed -n 's/.*"api_key": *"\([^"]*\)".*/\1/p')
+    else
+        key=$("$BHATTI" --data-dir "$DATA" --json user create --name admin --max-sandboxes 50 | sed -n 's/.*"api_key": *"\([^"]*\)".*/\1/p')
+    fi
+    "$BHATTI" setup --url "unix://$SOCK" --token "$key" >/dev/null
+    echo "==> user admin created; its key is in ~/.bhatti/config.yaml"
+fi
 
 echo "==> creating a sandbox and running a command in it"
-BHATTI_GUEST_KERNEL="$cache/vmlinux" BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.ext4" \
-    target/release/examples/sandbox "$@"
+"$BHATTI" create --name quickstart --memory 512
+if [[ $# -gt 0 ]]; then
+    "$BHATTI" exec quickstart -- "$@"
+else
+    "$BHATTI" exec quickstart -- sh -c 'uname -a; id'
+fi
 
 cat <<'NEXT'
 
-Next:
-  sudo target/release/examples/sandbox -- sh -c 'echo hello from $(hostname)'
-  sudo bash scripts/test.sh        # the whole test suite
-  cargo bench -p lohar --bench agent; sudo cargo bench -p bhatti-engine --bench microvm
+It works. Try next:
+  bhatti ls                                   # your sandboxes
+  bhatti exec quickstart -- ls -la /workspace
+  bhatti shell quickstart                     # interactive; Ctrl+\ detaches, run again to reattach
+  echo hi | bhatti file write quickstart /workspace/hi.txt && bhatti file read quickstart /workspace/hi.txt
+  bhatti stop quickstart && bhatti start quickstart    # snapshot to disk and back
+  bhatti snapshot create quickstart --name snap1 && bhatti create --name copy --from quickstart
+  bhatti destroy quickstart -y
+  sudo bash scripts/test.sh                   # the whole test suite
 NEXT

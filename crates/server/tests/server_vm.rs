@@ -75,7 +75,8 @@ async fn thermal_transitions_with_short_timeouts() {
     let pid = pinned["id"].as_str().unwrap().to_string();
     let shelled = d.create(&key, json!({"name": "shelled"})).await;
     let sid = shelled["id"].as_str().unwrap().to_string();
-    assert_eq!(d.sh(&key, &id, "echo warm-me > /workspace/t; sleep 100 > /dev/null 2>&1 &").await.0, 0);
+    assert_eq!(d.sh(&key, &id, "echo warm-me > /workspace/t").await.0, 0);
+    d.detach(&key, &id, &["sh", "-c", "echo $$ > /workspace/pid; exec sleep 100"]).await;
     let mut ws = d.ws(&format!("/sandboxes/{sid}/ws?new=true"), Some(&key)).await.expect("ws");
     common::ws_session(&mut ws).await;
 
@@ -84,7 +85,7 @@ async fn thermal_transitions_with_short_timeouts() {
     wait_for(&d, &key, &id, "stopped", "", Duration::from_secs(90)).await;
     // The next request wakes it, with memory intact.
     let t = Instant::now();
-    let (_, out, _) = d.sh(&key, &id, "cat /workspace/t; pgrep -f 'sleep 100' >/dev/null && echo proc-alive").await;
+    let (_, out, _) = d.sh(&key, &id, "cat /workspace/t; kill -0 $(cat /workspace/pid) && echo proc-alive").await;
     assert_eq!(out, "warm-me\nproc-alive\n");
     eprintln!("cold wake + exec took {:?}", t.elapsed());
     let (st, th) = thermal_of(&d, &key, &id).await;
@@ -134,7 +135,7 @@ async fn recovery_after_restart() {
     for id in [&a, &b, &c] {
         assert_eq!(d.sh(&key, id, &format!("echo data-{id} > /workspace/d")).await.0, 0);
     }
-    assert_eq!(d.sh(&key, &c, "sleep 1000 > /dev/null 2>&1 &").await.0, 0);
+    d.detach(&key, &c, &["sh", "-c", "echo $$ > /workspace/pid; exec sleep 1000"]).await;
     for id in [&a, &b] {
         assert_eq!(d.req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None).await.status, 200);
     }
@@ -187,7 +188,7 @@ async fn recovery_after_restart() {
     // Recovered sandboxes wake on the next request with their data (and C
     // with its process); the unknown one says why instead of booting.
     assert_eq!(d.sh(&key, &a, "cat /workspace/d").await.1, format!("data-{a}\n"));
-    let (_, out, _) = d.sh(&key, &c, "cat /workspace/d; pgrep -f 'sleep 1000' >/dev/null && echo alive").await;
+    let (_, out, _) = d.sh(&key, &c, "cat /workspace/d; kill -0 $(cat /workspace/pid) && echo alive").await;
     assert_eq!(out, format!("data-{c}\nalive\n"));
     let r = d.req("POST", &format!("/sandboxes/{b}/exec"), Some(&key), Some(json!({"cmd": ["true"]}))).await;
     assert_eq!(r.status, 409, "{}", r.text());

@@ -176,6 +176,65 @@ pub fn openapi() -> Value {
     })
 }
 
+/// `docs/api.md`: the API reference rendered from [`openapi`].
+pub fn api_markdown() -> String {
+    let doc = openapi();
+    let mut out = String::from(
+        "# API reference\n\nGenerated from the server's OpenAPI document (`GET /openapi.json`) by \
+         `BHATTI_UPDATE_DOCS=1 cargo test -p bhatti-server --lib api_reference`; do not edit by hand.\n\n\
+         Every route but `/health` needs `Authorization: Bearer bht_<64 hex>`. Errors are \
+         `{\"error\": \"…\"}` (500s add `request_id`). Sandbox arguments take an ID or a name.\n\n\
+         | method | path | status | request | response | what |\n|---|---|---|---|---|---|\n",
+    );
+    let name = |v: &Value| -> String {
+        let r = v.get("$ref").or_else(|| v.get("items").and_then(|i| i.get("$ref")));
+        match r.and_then(Value::as_str) {
+            Some(r) => {
+                let n = r.rsplit('/').next().unwrap_or(r);
+                if v.get("items").is_some() { format!("[{n}]") } else { n.to_string() }
+            }
+            None => String::new(),
+        }
+    };
+    for r in ROUTES {
+        let op = &doc["paths"][r.path][r.method];
+        let req = name(&op["requestBody"]["content"]["application/json"]["schema"]);
+        let resp = name(&op["responses"][r.status.to_string()]["content"]["application/json"]["schema"]);
+        let _ = writeln!(
+            out,
+            "| {} | `{}` | {} | {} | {} | {} |",
+            r.method.to_uppercase(),
+            r.path,
+            r.status,
+            req,
+            resp,
+            r.summary.replace('|', "\\|")
+        );
+    }
+    out.push_str("\n## Schemas\n");
+    if let Some(schemas) = doc["components"]["schemas"].as_object() {
+        for (n, sch) in schemas {
+            let _ = writeln!(out, "\n### {n}\n");
+            if let Some(d) = sch.get("description").and_then(Value::as_str) {
+                let _ = writeln!(out, "{}\n", d.replace('\n', " "));
+            }
+            let required: Vec<&str> = sch["required"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            if let Some(props) = sch["properties"].as_object() {
+                out.push_str("| field | type | required | notes |\n|---|---|---|---|\n");
+                for (f, p) in props {
+                    let ty = p.get("type").map(|t| t.to_string().replace('"', "")).unwrap_or_else(|| name(p));
+                    let ty = if ty.is_empty() { "object".into() } else { ty };
+                    let desc = p.get("description").and_then(Value::as_str).unwrap_or("").replace('\n', " ").replace('|', "\\|");
+                    let _ = writeln!(out, "| `{f}` | {ty} | {} | {desc} |", if required.contains(&f.as_str()) { "yes" } else { "" });
+                }
+            } else if let Some(one) = sch.get("oneOf").or_else(|| sch.get("anyOf")) {
+                let _ = writeln!(out, "One of:\n\n```json\n{}\n```", serde_json::to_string_pretty(one).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
 pub async fn openapi_handler(Caller(_): Caller) -> Json<Value> {
     Json(openapi())
 }
@@ -199,5 +258,17 @@ mod tests {
             assert!(schemas.contains_key(name), "dangling $ref {target}");
         }
         assert!(schemas.contains_key("CreateSandbox"));
+    }
+
+    /// docs/api.md is the rendering of the current document.
+    #[test]
+    fn api_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api.md");
+        let want = api_markdown();
+        if std::env::var_os("BHATTI_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "docs/api.md is stale: run BHATTI_UPDATE_DOCS=1 cargo test -p bhatti-server --lib api_reference");
     }
 }

@@ -177,6 +177,14 @@ impl TestDaemon {
         )
     }
 
+    /// A detached exec, which must start.
+    pub async fn detach(&self, token: &str, sb: &str, cmd: &[&str]) {
+        let r = self
+            .req("POST", &format!("/sandboxes/{sb}/exec"), Some(token), Some(json!({"cmd": cmd, "detach": true})))
+            .await;
+        assert_eq!(r.status, 200, "detach {cmd:?}: {}", r.text());
+    }
+
     pub async fn ws(
         &self,
         path: &str,
