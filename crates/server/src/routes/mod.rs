@@ -34,7 +34,7 @@ use crate::error::{ApiError, InternalCause};
 use crate::ratelimit::classify;
 use crate::state::{Counters, Shared};
 
-pub use system::openapi;
+pub use system::{api_markdown, openapi};
 
 /// JSON request bodies are capped at 1 MiB (04-api.md §5.2).
 pub const MAX_JSON_BODY: usize = 1 << 20;

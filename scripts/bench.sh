@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every benchmark of the project and collects their reports (each figure
+# beside a baseline measured in the same run) into docs/performance.md.
+# Run as root after scripts/setup-host.sh (VM and Docker benchmarks need it;
+# the ones that cannot run say why and are left out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p lohar --target x86_64-unknown-linux-gnu
+LOHAR="$REPO/target/x86_64-unknown-linux-gnu/release/lohar"
+if [[ $(id -u) -eq 0 ]]; then
+    scripts/guest/build-kernel.sh
+    cache=${BHATTI_GUEST_CACHE:-/var/cache/bhatti/guest}
+    scripts/guest/build-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-minimal.ext4"
+    scripts/start-dockerd.sh && scripts/docker-image.sh --lohar "$LOHAR" || echo "!! no dockerd: Docker benchmarks will skip"
+fi
+cargo bench -p lohar --bench agent
+cargo bench -p bhatti-engine --bench microvm
+cargo bench -p bhatti-engine --bench docker
+cargo bench -p bhatti-server --bench api
+{
+    echo "# Performance"
+    echo
+    echo "Collected by \`scripts/bench.sh\` from \`bench/results/\`; each figure is beside a baseline"
+    echo "measured in the same run on the same machine (2 cores; QEMU under TCG here, no KVM for"
+    echo "ordinary guests — see DECISIONS §4). Regenerate with \`sudo bash scripts/bench.sh\`."
+    for s in agent microvm docker api; do
+        f="bench/results/$s.md"
+        [[ -f $f ]] || continue
+        echo
+        sed 's/^# /## /' "$f"
+    done
+} > docs/performance.md
+echo "wrote docs/performance.md"
