@@ -1,0 +1,206 @@
+//! `bhatti setup [--url URL --token KEY]`: save the API URL and key in
+//! `~/.bhatti/config.yaml` (mode 0600; under sudo, the invoking user's
+//! file, owned by them) and check them with `GET /sandboxes`.
+//!
+//! With both flags it never prompts and exits non-zero when the check
+//! fails, so installers can use it; otherwise it asks, masking the key.
+//! Other keys already in the file are kept.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use bhatti_client::{
+    invoking_home, sudo_user, user_config_path, Client, ClientConfig, Endpoint, DEFAULT_URL,
+};
+use clap::Args;
+use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+
+use super::Ctx;
+use crate::output::print_json;
+
+/// The flags are the global `--url` and `--token`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {}
+
+fn prompt(question: &str) -> anyhow::Result<String> {
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+/// Reads a line with echo off.
+fn prompt_secret(question: &str) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        quiet.local_flags.insert(LocalFlags::ECHONL);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+    }
+    let r = prompt(question);
+    if let Some(t) = &saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
+    }
+    r
+}
+
+/// The new file contents: the existing YAML mapping (if any) with
+/// `api_url` and `auth_token` set.
+pub fn merged_config(existing: Option<&str>, url: &str, token: &str) -> anyhow::Result<String> {
+    use serde_norway::{Mapping, Value};
+    let mut map = match existing.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(text) => match serde_norway::from_str::<Value>(text)? {
+            Value::Mapping(m) => m,
+            Value::Null => Mapping::new(),
+            _ => bail!("the existing config is not a YAML mapping"),
+        },
+        None => Mapping::new(),
+    };
+    map.insert("api_url".into(), url.into());
+    map.insert("auth_token".into(), token.into());
+    Ok(serde_norway::to_string(&Value::Mapping(map))?)
+}
+
+/// Writes the config atomically with mode 0600 and hands it (and the
+/// directory) to the sudo invoker.
+fn write_config(path: &Path, url: &str, token: &str) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    let existing = match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let text = merged_config(existing.as_deref(), url, token)
+        .with_context(|| format!("update {}", path.display()))?;
+    let tmp = path.with_extension("yaml.tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    if let Some(u) = sudo_user() {
+        for p in [dir, path] {
+            let _ = nix::unistd::chown(p, Some(u.uid), Some(u.gid));
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, _a: SetupArgs) -> anyhow::Result<i32> {
+    let given_url = ctx.overrides.url.clone().filter(|u| !u.is_empty());
+    let given_token = ctx.overrides.token.clone().filter(|t| !t.is_empty());
+    let (url, token) = match (given_url, given_token) {
+        (Some(u), Some(t)) => (u, t),
+        (u, t) => {
+            if !std::io::stdin().is_terminal() {
+                bail!("setup needs a terminal to ask; or pass both --url and --token");
+            }
+            let url = match u {
+                Some(u) => u,
+                None => {
+                    let default = ClientConfig::resolve(&ctx.overrides)
+                        .map(|c| c.endpoint.to_string())
+                        .unwrap_or_else(|_| DEFAULT_URL.to_string());
+                    let answer = prompt(&format!("API URL [{default}]: "))?;
+                    if answer.is_empty() {
+                        default
+                    } else {
+                        answer
+                    }
+                }
+            };
+            let token = match t {
+                Some(t) => t,
+                None => prompt_secret("API key: ")?,
+            };
+            if token.is_empty() {
+                bail!("no API key given");
+            }
+            (url, token)
+        }
+    };
+    let endpoint = Endpoint::parse(&url).map_err(bhatti_client::ClientError::from)?;
+    let home: PathBuf = invoking_home().context("cannot tell your home directory (set HOME)")?;
+    let path = user_config_path(&home);
+    write_config(&path, &endpoint.to_string(), &token)?;
+    if !ctx.json {
+        outln!("Saved {}", path.display());
+    }
+
+    let client = Client::new(ClientConfig::new(endpoint.clone(), Some(token)))?;
+    let list = client
+        .list_sandboxes(&[])
+        .await
+        .context("testing the key with GET /sandboxes")?;
+    let version = client.server_version();
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "config": path,
+            "api_url": endpoint.to_string(),
+            "ok": true,
+            "sandboxes": list.len(),
+            "server_version": version,
+        }))?;
+    } else {
+        outln!(
+            "Connected to {endpoint} (server {}): {} sandbox(es)",
+            version.as_deref().unwrap_or("unknown version"),
+            list.len()
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_other_keys() {
+        let out = merged_config(
+            Some("listen: \":9000\"\napi_url: http://old:1\n"),
+            "http://new:2",
+            "bht_k",
+        )
+        .unwrap();
+        let v: serde_norway::Value = serde_norway::from_str(&out).unwrap();
+        assert_eq!(v["listen"].as_str(), Some(":9000"));
+        assert_eq!(v["api_url"].as_str(), Some("http://new:2"));
+        assert_eq!(v["auth_token"].as_str(), Some("bht_k"));
+        let fresh = merged_config(None, "http://a:1", "t").unwrap();
+        assert!(fresh.contains("api_url"));
+        assert!(merged_config(Some("- a\n- b\n"), "u", "t").is_err());
+        assert!(merged_config(Some("\n"), "u", "t").is_ok());
+    }
+
+    #[test]
+    fn writes_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(".bhatti/config.yaml");
+        write_config(&p, "http://h:1", "tok").unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        write_config(&p, "http://h:2", "tok2").unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("http://h:2"));
+        assert!(!p.with_extension("yaml.tmp").exists());
+    }
+}
