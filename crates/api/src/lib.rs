@@ -407,9 +407,19 @@ mod tests {
 
     #[test]
     fn ws_messages_and_egress() {
-        let m: WsClientMsg = serde_json::from_str(r#"{"type":"resize","rows":40,"cols":120}"#).unwrap();
-        assert_eq!(m, WsClientMsg::Resize { rows: 40, cols: 120 });
-        let s = serde_json::to_string(&WsServerMsg::Session { session_id: "s1".into() }).unwrap();
+        let m: WsClientMsg =
+            serde_json::from_str(r#"{"type":"resize","rows":40,"cols":120}"#).unwrap();
+        assert_eq!(
+            m,
+            WsClientMsg::Resize {
+                rows: 40,
+                cols: 120
+            }
+        );
+        let s = serde_json::to_string(&WsServerMsg::Session {
+            session_id: "s1".into(),
+        })
+        .unwrap();
         assert_eq!(s, r#"{"type":"session","session_id":"s1"}"#);
         let c: CreateSandbox = serde_json::from_str(r#"{"egress":["10.0.0.0/8"]}"#).unwrap();
         assert_eq!(c.egress, Some(Egress::Allow(vec!["10.0.0.0/8".into()])));

@@ -30,7 +30,9 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 async fn connect(addr: std::net::SocketAddr) -> Sender {
     let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).ok();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.expect("handshake");
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .expect("handshake");
     tokio::spawn(conn);
     send
 }
@@ -47,19 +49,33 @@ async fn call(send: &mut Sender, method: &str, path: &str, key: &str, body: &str
         .expect("request");
     let r = send.send_request(req).await.expect("send");
     let status = r.status().as_u16();
-    (status, r.into_body().collect().await.expect("body").to_bytes())
+    (
+        status,
+        r.into_body().collect().await.expect("body").to_bytes(),
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let engine = std::env::var("BHATTI_BENCH_ENGINE").unwrap_or_else(|_| "docker".into());
-    let n: usize = std::env::var("BHATTI_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let soak_secs: u64 = std::env::var("BHATTI_BENCH_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let dir = tempfile::Builder::new().prefix("bhatti-bench-api-").tempdir_in("/var/tmp").expect("tempdir");
-    let mut cfg = bhatti_server::Config::default();
-    cfg.engine = Some(engine.clone());
-    cfg.listen = "127.0.0.1:0".into();
-    cfg.data_dir = dir.path().to_path_buf();
+    let n: usize = std::env::var("BHATTI_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let soak_secs: u64 = std::env::var("BHATTI_BENCH_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::Builder::new()
+        .prefix("bhatti-bench-api-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let mut cfg = bhatti_server::Config {
+        engine: Some(engine.clone()),
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
     cfg.rate_limits.enabled = false;
     cfg.thermal.enabled = false;
     cfg.default_memory_mb = 256;
@@ -73,7 +89,13 @@ async fn main() {
     let st = d.state.clone();
     let (user, key) = st
         .store
-        .create_user(&NewUser { name: "bench".into(), quotas: bhatti_store::Quotas { max_sandboxes: 1000, ..Default::default() } })
+        .create_user(&NewUser {
+            name: "bench".into(),
+            quotas: bhatti_store::Quotas {
+                max_sandboxes: 1000,
+                ..Default::default()
+            },
+        })
         .expect("user");
     let mut send = connect(d.tcp_addr).await;
     let (code, body) = call(&mut send, "POST", "/sandboxes", &key, r#"{"name":"bench"}"#).await;
@@ -87,7 +109,10 @@ async fn main() {
     // Warm both paths.
     for _ in 0..20 {
         call(&mut send, "POST", &exec_path, &key, exec_body).await;
-        st.engine.exec(&id, vec!["true".into()]).await.expect("exec");
+        st.engine
+            .exec(&id, vec!["true".into()])
+            .await
+            .expect("exec");
     }
     // Interleaved samples, so both paths see the same machine state.
     let mut api = Vec::with_capacity(n);
@@ -98,13 +123,27 @@ async fn main() {
         api.push(t.elapsed());
         assert_eq!(c, 200);
         let t = Instant::now();
-        st.engine.exec(&id, vec!["true".into()]).await.expect("exec");
+        st.engine
+            .exec(&id, vec!["true".into()])
+            .await
+            .expect("exec");
         agent.push(t.elapsed());
     }
-    report.latency("API exec `true` (buffered, keep-alive)", &api, Some(("agent exec via engine", &agent)), &format!("{engine} engine; overhead = API p50 − agent p50"));
+    report.latency(
+        "API exec `true` (buffered, keep-alive)",
+        &api,
+        Some(("agent exec via engine", &agent)),
+        &format!("{engine} engine; overhead = API p50 − agent p50"),
+    );
     let p50 = |v: &[Duration]| bhatti_benchkit::Stats::from_durations(v).p50_us;
     let overhead = p50(&api) - p50(&agent);
-    report.throughput("API overhead at p50", "µs", overhead, None, "target < 300 µs");
+    report.throughput(
+        "API overhead at p50",
+        "µs",
+        overhead,
+        None,
+        "target < 300 µs",
+    );
 
     let health: Vec<Duration> = {
         let mut v = Vec::new();
@@ -115,7 +154,12 @@ async fn main() {
         }
         v
     };
-    report.latency("GET /health", &health, None, "bare HTTP round trip, no auth, no store");
+    report.latency(
+        "GET /health",
+        &health,
+        None,
+        "bare HTTP round trip, no auth, no store",
+    );
 
     // 20 concurrent execs.
     let mut api20 = Vec::new();
@@ -138,14 +182,24 @@ async fn main() {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let (st, id) = (st.clone(), id.clone());
-            set.spawn(async move { st.engine.exec(&id, vec!["true".into()]).await.map(|r| r.exit_code) });
+            set.spawn(async move {
+                st.engine
+                    .exec(&id, vec!["true".into()])
+                    .await
+                    .map(|r| r.exit_code)
+            });
         }
         while let Some(r) = set.join_next().await {
             assert_eq!(r.expect("join").expect("exec"), 0);
         }
         agent20.push(t.elapsed());
     }
-    report.latency("20 concurrent API execs (batch)", &api20, Some(("20 concurrent agent execs", &agent20)), "new connection per request");
+    report.latency(
+        "20 concurrent API execs (batch)",
+        &api20,
+        Some(("20 concurrent agent execs", &agent20)),
+        "new connection per request",
+    );
 
     // List with 100 sandboxes (store rows; listing never touches stopped ones).
     for i in 0..99 {
@@ -168,7 +222,12 @@ async fn main() {
         assert_eq!(c, 200);
         assert!(b.len() > 100 * 100);
     }
-    report.latency("GET /sandboxes (100 sandboxes)", &list, Some(("GET /health", &health)), "");
+    report.latency(
+        "GET /sandboxes (100 sandboxes)",
+        &list,
+        Some(("GET /health", &health)),
+        "",
+    );
 
     // Soak: 50 clients, each checking its own output.
     let errors = Arc::new(AtomicU64::new(0));
@@ -176,7 +235,13 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(soak_secs);
     let mut set = tokio::task::JoinSet::new();
     for c in 0..50 {
-        let (addr, key, p, errors, done) = (d.tcp_addr, key.clone(), exec_path.clone(), errors.clone(), done.clone());
+        let (addr, key, p, errors, done) = (
+            d.tcp_addr,
+            key.clone(),
+            exec_path.clone(),
+            errors.clone(),
+            done.clone(),
+        );
         set.spawn(async move {
             let mut s = connect(addr).await;
             let mut lat = Vec::new();
@@ -209,10 +274,25 @@ async fn main() {
         &format!("soak: 50 clients × {soak_secs} s, exec echo"),
         &soak,
         None,
-        &format!("{total} execs, {} errors or wrong outputs", errors.load(Ordering::Relaxed)),
+        &format!(
+            "{total} execs, {} errors or wrong outputs",
+            errors.load(Ordering::Relaxed)
+        ),
     );
-    report.throughput("soak throughput", "execs/s", total as f64 / soak_secs.max(1) as f64, None, "");
-    report.throughput("soak errors", "count", errors.load(Ordering::Relaxed) as f64, None, "must be 0");
+    report.throughput(
+        "soak throughput",
+        "execs/s",
+        total as f64 / soak_secs.max(1) as f64,
+        None,
+        "",
+    );
+    report.throughput(
+        "soak errors",
+        "count",
+        errors.load(Ordering::Relaxed) as f64,
+        None,
+        "must be 0",
+    );
 
     call(&mut send, "DELETE", &format!("/sandboxes/{id}"), &key, "").await;
     match report.write() {

@@ -32,7 +32,10 @@ pub enum DaemonError {
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("serve: {0}")]
     Serve(std::io::Error),
 }
@@ -60,14 +63,25 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         source,
     };
     std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
-    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(dir_err)?;
     let store = Arc::new(Store::open(cfg.data_dir.join("state.db"))?);
     let chosen = engines::build(&cfg).await?;
     let engine_name = engines::kind_name(chosen.kind);
-    tracing::info!(engine = engine_name, reason = chosen.reason, "engine selected");
+    tracing::info!(
+        engine = engine_name,
+        reason = chosen.reason,
+        "engine selected"
+    );
 
     let (events, events_task) = Events::start(store.clone());
-    let state: Shared = Arc::new(AppState::new(cfg.clone(), store, chosen.engine, engine_name, events));
+    let state: Shared = Arc::new(AppState::new(
+        cfg.clone(),
+        store,
+        chosen.engine,
+        engine_name,
+        events,
+    ));
 
     let report = recovery::recover(&state).await;
     tracing::info!(
@@ -80,10 +94,12 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
 
     let app = routes::router(state.clone());
     let addr = cfg.listen_addr()?;
-    let tcp = TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
     let tcp_addr = tcp.local_addr().map_err(DaemonError::Serve)?;
     let sock = cfg.api_socket();
     let _ = std::fs::remove_file(&sock);
@@ -91,7 +107,8 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         addr: sock.display().to_string(),
         source,
     })?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(DaemonError::Serve)?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(DaemonError::Serve)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -103,14 +120,20 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let rx = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(tcp, tcp_app).with_graceful_shutdown(graceful(rx)).await {
+        if let Err(e) = axum::serve(tcp, tcp_app)
+            .with_graceful_shutdown(graceful(rx))
+            .await
+        {
             tracing::error!(error = %e, "TCP server failed");
         }
     }));
     let rx = stop_rx.clone();
     let unix_app = app.into_make_service();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(unix, unix_app).with_graceful_shutdown(graceful(rx)).await {
+        if let Err(e) = axum::serve(unix, unix_app)
+            .with_graceful_shutdown(graceful(rx))
+            .await
+        {
             tracing::error!(error = %e, "Unix socket server failed");
         }
     }));
@@ -124,10 +147,15 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         let Ok(rows) = st.db(|s| s.list_all_sandboxes()).await else {
             return;
         };
-        for sb in rows.into_iter().filter(|s| s.keep_hot && s.status != SandboxStatus::Unknown) {
+        for sb in rows
+            .into_iter()
+            .filter(|s| s.keep_hot && s.status != SandboxStatus::Unknown)
+        {
             match tokio::time::timeout(KEEP_HOT_WAKE_TIMEOUT, st.ensure_hot(&sb)).await {
                 Ok(Ok(())) => tracing::info!(sandbox = sb.id, "keep_hot sandbox woken"),
-                Ok(Err(e)) => tracing::warn!(sandbox = sb.id, error = e.message, "keep_hot wake failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox = sb.id, error = e.message, "keep_hot wake failed")
+                }
                 Err(_) => tracing::warn!(sandbox = sb.id, "keep_hot wake timed out"),
             }
         }
@@ -163,7 +191,8 @@ impl Daemon {
         if st.engine.capabilities().memory_snapshots {
             snapshot_all(&st).await;
         }
-        st.events.emit("", "", "daemon.shutdown", serde_json::json!({}));
+        st.events
+            .emit("", "", "daemon.shutdown", serde_json::json!({}));
         st.engine.shutdown().await;
         let _ = std::fs::remove_file(&self.socket);
         // The recorder flushes and ends once the last handle is gone; give
@@ -179,7 +208,10 @@ async fn snapshot_all(st: &Shared) {
     };
     let sem = Arc::new(tokio::sync::Semaphore::new(st.cfg.shutdown_parallelism));
     let mut set = tokio::task::JoinSet::new();
-    for sb in rows.into_iter().filter(|s| s.status == SandboxStatus::Running) {
+    for sb in rows
+        .into_iter()
+        .filter(|s| s.status == SandboxStatus::Running)
+    {
         let (st, sem) = (st.clone(), sem.clone());
         set.spawn(async move {
             let _permit = sem.acquire().await;
@@ -210,7 +242,10 @@ async fn register_tier_images(st: &Shared) {
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(tier) = name.strip_prefix("rootfs-").and_then(|n| n.strip_suffix(".ext4")) else {
+        let Some(tier) = name
+            .strip_prefix("rootfs-")
+            .and_then(|n| n.strip_suffix(".ext4"))
+        else {
             continue;
         };
         if tier == "minimal" || crate::validate::name("image", tier).is_err() {

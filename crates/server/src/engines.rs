@@ -39,15 +39,22 @@ pub fn kind_name(k: EngineKind) -> &'static str {
 
 pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
     let (kind, reason) = match cfg.engine.as_deref() {
-        Some("firecracker") => (EngineKind::Firecracker, "engine: firecracker in the config".to_string()),
+        Some("firecracker") => (
+            EngineKind::Firecracker,
+            "engine: firecracker in the config".to_string(),
+        ),
         Some("qemu") => (EngineKind::Qemu, "engine: qemu in the config".to_string()),
-        Some("docker") => (EngineKind::Docker, "engine: docker in the config".to_string()),
+        Some("docker") => (
+            EngineKind::Docker,
+            "engine: docker in the config".to_string(),
+        ),
         _ => {
             let probe = HostProbe::probe(&cfg.firecracker_bin, &cfg.qemu_bin);
             choose(&probe).map_err(EngineSetupError::NoEngine)?
         }
     };
-    let unusable = |engine: &'static str| move |why: String| EngineSetupError::Unusable { engine, why };
+    let unusable =
+        |engine: &'static str| move |why: String| EngineSetupError::Unusable { engine, why };
     let engine: Arc<dyn Engine> = match kind {
         EngineKind::Docker => {
             let mut dc = DockerConfig::new(cfg.data_dir.clone());
@@ -65,7 +72,8 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
             )
         }
         EngineKind::Qemu | EngineKind::Firecracker => {
-            let mut mc = MicroVmConfig::new(cfg.data_dir.clone(), cfg.kernel_path(), cfg.rootfs_path());
+            let mut mc =
+                MicroVmConfig::new(cfg.data_dir.clone(), cfg.kernel_path(), cfg.rootfs_path());
             if let Some(t) = cfg.boot_timeout_secs {
                 mc.boot_timeout = Duration::from_secs(t);
             }
@@ -98,7 +106,8 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
                     .map_err(|e| unusable("firecracker")(e.to_string()))?;
                 Arc::new(d.map_err(|e| unusable("firecracker")(e.to_string()))?)
             };
-            let net = NetManager::new(NetConfig::default()).map_err(|e| unusable(name)(e.to_string()))?;
+            let net =
+                NetManager::new(NetConfig::default()).map_err(|e| unusable(name)(e.to_string()))?;
             Arc::new(
                 MicroVmEngine::new(mc, driver, Arc::new(net))
                     .map_err(|e| unusable(name)(e.to_string()))?,

@@ -105,7 +105,9 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::NotFound(_) => ApiError::not_found("not found"),
             EngineError::Invalid(m) => ApiError::bad_request(m),
-            EngineError::Unsupported { .. } => ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string()),
+            EngineError::Unsupported { .. } => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string())
+            }
             EngineError::RestoreFailed { .. } | EngineError::BadState { .. } => {
                 ApiError::conflict(e.to_string())
             }

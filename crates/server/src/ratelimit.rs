@@ -98,12 +98,14 @@ impl RateLimiter {
             }
         }
         let c = &self.cfg;
-        let b = users.entry(user.to_string()).or_insert_with(|| UserBuckets {
-            create: Tokens::full(&c.create, now),
-            exec: Tokens::full(&c.exec, now),
-            read: Tokens::full(&c.read, now),
-            used: now,
-        });
+        let b = users
+            .entry(user.to_string())
+            .or_insert_with(|| UserBuckets {
+                create: Tokens::full(&c.create, now),
+                exec: Tokens::full(&c.exec, now),
+                read: Tokens::full(&c.read, now),
+                used: now,
+            });
         b.used = now;
         match class {
             Class::Create => b.create.take(&c.create, now),
@@ -133,10 +135,12 @@ mod tests {
 
     #[test]
     fn burst_then_refuse_and_users_are_separate() {
-        let mut cfg = RateLimits::default();
-        cfg.read = Bucket {
-            burst: 3.0,
-            per_minute: 0.0,
+        let cfg = RateLimits {
+            read: Bucket {
+                burst: 3.0,
+                per_minute: 0.0,
+            },
+            ..Default::default()
         };
         let rl = RateLimiter::new(cfg);
         for _ in 0..3 {

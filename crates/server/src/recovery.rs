@@ -35,7 +35,13 @@ pub async fn recover(st: &Shared) -> Report {
         let sb = match row.sandbox {
             Ok(sb) => sb,
             Err(e) => {
-                mark(st, &row.id, format!("unreadable store row: {e}"), &mut report).await;
+                mark(
+                    st,
+                    &row.id,
+                    format!("unreadable store row: {e}"),
+                    &mut report,
+                )
+                .await;
                 continue;
             }
         };
@@ -45,7 +51,10 @@ pub async fn recover(st: &Shared) -> Report {
             mark(
                 st,
                 &sb.id,
-                format!("created by the {} engine; this daemon runs {}", sb.engine, st.engine_name),
+                format!(
+                    "created by the {} engine; this daemon runs {}",
+                    sb.engine, st.engine_name
+                ),
                 &mut report,
             )
             .await;
@@ -54,12 +63,24 @@ pub async fn recover(st: &Shared) -> Report {
         let state: Option<VmState> = match sb.vm_state_as() {
             Ok(s) => s,
             Err(e) => {
-                mark(st, &sb.id, format!("unreadable engine state: {e}"), &mut report).await;
+                mark(
+                    st,
+                    &sb.id,
+                    format!("unreadable engine state: {e}"),
+                    &mut report,
+                )
+                .await;
                 continue;
             }
         };
         let Some(mut state) = state else {
-            mark(st, &sb.id, "the daemon stopped while this sandbox was being created".into(), &mut report).await;
+            mark(
+                st,
+                &sb.id,
+                "the daemon stopped while this sandbox was being created".into(),
+                &mut report,
+            )
+            .await;
             continue;
         };
         // The store's generation is authoritative (it is written after every
@@ -94,7 +115,11 @@ pub async fn recover(st: &Shared) -> Report {
     }
     if let Ok(released) = st.db(|s| s.detach_orphans()).await {
         for a in released {
-            tracing::info!(volume = a.volume_name, sandbox = a.sandbox_id, "released a stale volume attachment");
+            tracing::info!(
+                volume = a.volume_name,
+                sandbox = a.sandbox_id,
+                "released a stale volume attachment"
+            );
         }
     }
     sweep_files(st).await;
@@ -104,7 +129,9 @@ pub async fn recover(st: &Shared) -> Report {
 async fn mark(st: &Shared, id: &str, reason: String, report: &mut Report) {
     tracing::warn!(sandbox = id, reason, "recovery: sandbox marked unknown");
     let (i, r) = (id.to_string(), reason.clone());
-    let _ = st.db(move |s| s.set_status(&i, SandboxStatus::Unknown, &r)).await;
+    let _ = st
+        .db(move |s| s.set_status(&i, SandboxStatus::Unknown, &r))
+        .await;
     report.unknown.push((id.to_string(), reason));
 }
 
@@ -134,7 +161,11 @@ async fn sweep_files(st: &Shared) {
                     };
                     if stale {
                         tracing::info!(path = %p.display(), "removing an orphaned file");
-                        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                        let _ = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
                     }
                 }
             }

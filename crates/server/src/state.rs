@@ -182,7 +182,11 @@ impl AppState {
             return Err(ApiError::conflict(format!(
                 "sandbox {:?} cannot be woken: {}",
                 sb.name,
-                if sb.status_reason.is_empty() { "its state is unknown" } else { &sb.status_reason }
+                if sb.status_reason.is_empty() {
+                    "its state is unknown"
+                } else {
+                    &sb.status_reason
+                }
             )));
         }
         let hot_already = matches!(self.engine.thermal(&sb.id), Ok(Thermal::Hot));

@@ -131,7 +131,8 @@ impl Thermostat {
                 // The cold timer starts at the pause.
                 st.touch(&sb.id);
                 self.tracks.entry(sb.id.clone()).or_default().warm_since = Some(Instant::now());
-                st.events.emit(&sb.user_id, &sb.id, event, serde_json::json!({}));
+                st.events
+                    .emit(&sb.user_id, &sb.id, event, serde_json::json!({}));
                 tracing::info!(sandbox = sb.id, event, "paused");
             }
             Err(e) => tracing::warn!(sandbox = sb.id, error = %e, "thermal: pause failed"),
@@ -159,8 +160,18 @@ impl Thermostat {
                 track.stop_failures = 0;
                 track.warm_since = None;
                 let _ = st.persist(&sb.id).await;
-                st.events.emit(&sb.user_id, &sb.id, "sandbox.stopped", serde_json::json!({"reason": "thermal"}));
-                st.events.emit(&sb.user_id, &sb.id, "thermal.snapshot", serde_json::json!({}));
+                st.events.emit(
+                    &sb.user_id,
+                    &sb.id,
+                    "sandbox.stopped",
+                    serde_json::json!({"reason": "thermal"}),
+                );
+                st.events.emit(
+                    &sb.user_id,
+                    &sb.id,
+                    "thermal.snapshot",
+                    serde_json::json!({}),
+                );
                 tracing::info!(sandbox = sb.id, "snapshotted to disk (cold)");
             }
             other => {
@@ -169,11 +180,21 @@ impl Thermostat {
                     _ => "timed out".to_string(),
                 };
                 track.stop_failures += 1;
-                st.events.emit(&sb.user_id, &sb.id, "thermal.snapshot_failed", serde_json::json!({"error": why}));
+                st.events.emit(
+                    &sb.user_id,
+                    &sb.id,
+                    "thermal.snapshot_failed",
+                    serde_json::json!({"error": why}),
+                );
                 tracing::warn!(sandbox = sb.id, error = why, "thermal: snapshot failed");
                 if track.stop_failures >= UNKNOWN_AFTER {
-                    let (id, reason) = (sb.id.clone(), format!("cold snapshot failed {UNKNOWN_AFTER} times: {why}"));
-                    let _ = st.db(move |s| s.set_status(&id, SandboxStatus::Unknown, &reason)).await;
+                    let (id, reason) = (
+                        sb.id.clone(),
+                        format!("cold snapshot failed {UNKNOWN_AFTER} times: {why}"),
+                    );
+                    let _ = st
+                        .db(move |s| s.set_status(&id, SandboxStatus::Unknown, &reason))
+                        .await;
                 }
             }
         }

@@ -8,8 +8,22 @@ pub const RESERVED_LABEL_PREFIX: &str = "bhatti.sh/";
 pub const MAX_LABELS: usize = 16;
 
 const FORBIDDEN_MOUNTS: &[&str] = &[
-    "/", "/proc", "/sys", "/dev", "/dev/pts", "/run", "/tmp", "/etc", "/bin", "/sbin", "/lib",
-    "/lib64", "/usr", "/usr/local/bin", "/boot", "/root",
+    "/",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/dev/pts",
+    "/run",
+    "/tmp",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/usr",
+    "/usr/local/bin",
+    "/boot",
+    "/root",
 ];
 
 /// `^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$` — sandboxes, volumes, images, snapshots.
@@ -18,7 +32,8 @@ pub fn name(kind: &str, n: &str) -> ApiResult<()> {
     let ok = !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -34,7 +49,8 @@ fn segment_ok(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
 pub fn label_key(k: &str) -> ApiResult<()> {
@@ -61,11 +77,17 @@ pub fn label_key(k: &str) -> ApiResult<()> {
 
 pub fn labels(l: &BTreeMap<String, String>) -> ApiResult<()> {
     if l.len() > MAX_LABELS {
-        return Err(ApiError::bad_request(format!("at most {MAX_LABELS} labels")));
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LABELS} labels"
+        )));
     }
     for (k, v) in l {
         label_key(k)?;
-        if v.len() > 256 || !v.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)) {
+        if v.len() > 256
+            || !v
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+        {
             return Err(ApiError::bad_request(format!(
                 "invalid label value {v:?} for {k:?}: up to 256 characters of [a-zA-Z0-9._-]"
             )));
@@ -78,9 +100,9 @@ pub fn labels(l: &BTreeMap<String, String>) -> ApiResult<()> {
 pub fn label_filter(pairs: &[String]) -> ApiResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for p in pairs {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| ApiError::bad_request(format!("label filter {p:?}: expected key=value")))?;
+        let (k, v) = p.split_once('=').ok_or_else(|| {
+            ApiError::bad_request(format!("label filter {p:?}: expected key=value"))
+        })?;
         label_key(k)?;
         out.insert(k.to_string(), v.to_string());
     }
@@ -109,7 +131,9 @@ pub fn guest_path(p: &str) -> ApiResult<()> {
         return Err(ApiError::bad_request("path required"));
     }
     if !p.starts_with('/') {
-        return Err(ApiError::bad_request(format!("path {p:?} must be absolute")));
+        return Err(ApiError::bad_request(format!(
+            "path {p:?} must be absolute"
+        )));
     }
     if p.split('/').any(|s| s == "..") || p.contains('\0') {
         return Err(ApiError::bad_request(format!(
@@ -146,7 +170,10 @@ mod tests {
         let many: BTreeMap<_, _> = (0..17).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(labels(&many).is_err());
         assert_eq!(
-            label_filter(&["a=b".into()]).unwrap().get("a").map(String::as_str),
+            label_filter(&["a=b".into()])
+                .unwrap()
+                .get("a")
+                .map(String::as_str),
             Some("b")
         );
         assert!(label_filter(&["ab".into()]).is_err());

@@ -9,7 +9,10 @@ use common::{TestDaemon, SERIAL};
 macro_rules! docker_test {
     ($name:ident, $scenario:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        #[cfg_attr(not(bhatti_docker), ignore = "needs dockerd (scripts/start-dockerd.sh) and root")]
+        #[cfg_attr(
+            not(bhatti_docker),
+            ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+        )]
         async fn $name() {
             let _serial = SERIAL.lock().await;
             let d = TestDaemon::start("docker", |_| {}).await;
@@ -28,7 +31,10 @@ docker_test!(tenant_isolation, common::isolation);
 docker_test!(quotas_and_bad_input, common::limits_and_bad_input);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bhatti_docker), ignore = "needs dockerd (scripts/start-dockerd.sh) and root")]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
 async fn rate_limits_answer_429() {
     let _serial = SERIAL.lock().await;
     let d = TestDaemon::start("docker", |c| {
@@ -53,7 +59,10 @@ async fn rate_limits_answer_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bhatti_docker), ignore = "needs dockerd (scripts/start-dockerd.sh) and root")]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
 async fn restart_recovers_containers_and_keeps_the_store() {
     let _serial = SERIAL.lock().await;
     let mut d = TestDaemon::start("docker", |_| {}).await;
@@ -62,7 +71,9 @@ async fn restart_recovers_containers_and_keeps_the_store() {
     let id = sb["id"].as_str().unwrap().to_string();
     assert_eq!(d.sh(&key, &id, "echo kept > /workspace/k").await.0, 0);
     d.restart().await;
-    let g = d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None).await;
+    let g = d
+        .req("GET", &format!("/sandboxes/{id}"), Some(&key), None)
+        .await;
     assert_eq!(g.status, 200);
     assert_eq!(d.sh(&key, &id, "cat /workspace/k").await.1, "kept\n");
 }

@@ -16,7 +16,10 @@ const SKIP: &str = "needs root and the guest kernel + rootfs (scripts/guest)";
 macro_rules! vm_test {
     ($name:ident, $scenario:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        #[cfg_attr(not(bhatti_vm_tests), ignore = "needs root and the guest kernel + rootfs (scripts/guest)")]
+        #[cfg_attr(
+            not(bhatti_vm_tests),
+            ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+        )]
         async fn $name() {
             let _serial = SERIAL.lock().await;
             let d = TestDaemon::start("qemu", |_| {}).await;
@@ -32,7 +35,10 @@ vm_test!(websocket_shell_vm, common::shell_ws);
 vm_test!(snapshots_and_fork_vm, common::snapshots);
 
 async fn thermal_of(d: &TestDaemon, key: &str, id: &str) -> (String, String) {
-    let g = d.req("GET", &format!("/sandboxes/{id}"), Some(key), None).await.json();
+    let g = d
+        .req("GET", &format!("/sandboxes/{id}"), Some(key), None)
+        .await
+        .json();
     let list = d.req("GET", "/sandboxes", Some(key), None).await.json();
     let t = list
         .as_array()
@@ -44,20 +50,33 @@ async fn thermal_of(d: &TestDaemon, key: &str, id: &str) -> (String, String) {
     (g["status"].as_str().unwrap_or("").to_string(), t)
 }
 
-async fn wait_for(d: &TestDaemon, key: &str, id: &str, status: &str, thermal: &str, within: Duration) {
+async fn wait_for(
+    d: &TestDaemon,
+    key: &str,
+    id: &str,
+    status: &str,
+    thermal: &str,
+    within: Duration,
+) {
     let t0 = Instant::now();
     loop {
         let now = thermal_of(d, key, id).await;
         if now.0 == status && now.1 == thermal {
             return;
         }
-        assert!(t0.elapsed() < within, "sandbox {id} never reached {status}/{thermal:?}; is {now:?}");
+        assert!(
+            t0.elapsed() < within,
+            "sandbox {id} never reached {status}/{thermal:?}; is {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bhatti_vm_tests), ignore = "needs root and the guest kernel + rootfs (scripts/guest)")]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
 async fn thermal_transitions_with_short_timeouts() {
     let _ = SKIP;
     let _serial = SERIAL.lock().await;
@@ -71,13 +90,23 @@ async fn thermal_transitions_with_short_timeouts() {
     let key = d.user("thermal", Default::default());
     let sb = d.create(&key, json!({"name": "idle"})).await;
     let id = sb["id"].as_str().unwrap().to_string();
-    let pinned = d.create(&key, json!({"name": "pinned", "keep_hot": true})).await;
+    let pinned = d
+        .create(&key, json!({"name": "pinned", "keep_hot": true}))
+        .await;
     let pid = pinned["id"].as_str().unwrap().to_string();
     let shelled = d.create(&key, json!({"name": "shelled"})).await;
     let sid = shelled["id"].as_str().unwrap().to_string();
     assert_eq!(d.sh(&key, &id, "echo warm-me > /workspace/t").await.0, 0);
-    d.detach(&key, &id, &["sh", "-c", "echo $$ > /workspace/pid; exec sleep 100"]).await;
-    let mut ws = d.ws(&format!("/sandboxes/{sid}/ws?new=true"), Some(&key)).await.expect("ws");
+    d.detach(
+        &key,
+        &id,
+        &["sh", "-c", "echo $$ > /workspace/pid; exec sleep 100"],
+    )
+    .await;
+    let mut ws = d
+        .ws(&format!("/sandboxes/{sid}/ws?new=true"), Some(&key))
+        .await
+        .expect("ws");
     common::ws_session(&mut ws).await;
 
     // hot → warm (paused), then warm → cold (snapshot on disk, VMM gone).
@@ -85,15 +114,27 @@ async fn thermal_transitions_with_short_timeouts() {
     wait_for(&d, &key, &id, "stopped", "", Duration::from_secs(90)).await;
     // The next request wakes it, with memory intact.
     let t = Instant::now();
-    let (_, out, _) = d.sh(&key, &id, "cat /workspace/t; kill -0 $(cat /workspace/pid) && echo proc-alive").await;
+    let (_, out, _) = d
+        .sh(
+            &key,
+            &id,
+            "cat /workspace/t; kill -0 $(cat /workspace/pid) && echo proc-alive",
+        )
+        .await;
     assert_eq!(out, "warm-me\nproc-alive\n");
     eprintln!("cold wake + exec took {:?}", t.elapsed());
     let (st, th) = thermal_of(&d, &key, &id).await;
     assert_eq!((st.as_str(), th.as_str()), ("running", "hot"));
 
     // keep_hot and an attached shell kept their sandboxes hot all along.
-    assert_eq!(thermal_of(&d, &key, &pid).await, ("running".into(), "hot".into()));
-    assert_eq!(thermal_of(&d, &key, &sid).await, ("running".into(), "hot".into()));
+    assert_eq!(
+        thermal_of(&d, &key, &pid).await,
+        ("running".into(), "hot".into())
+    );
+    assert_eq!(
+        thermal_of(&d, &key, &sid).await,
+        ("running".into(), "hot".into())
+    );
     drop(ws);
     wait_for(&d, &key, &sid, "running", "warm", Duration::from_secs(60)).await;
     // Warm → hot on a request, too.
@@ -108,11 +149,23 @@ async fn thermal_transitions_with_short_timeouts() {
             ..Default::default()
         })
         .unwrap();
-    let kinds: Vec<&str> = events.iter().filter(|e| e.sandbox_id == id).map(|e| e.event_type.as_str()).collect();
-    for k in ["sandbox.created", "thermal.pause", "thermal.snapshot", "sandbox.stopped", "thermal.wake"] {
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e.sandbox_id == id)
+        .map(|e| e.event_type.as_str())
+        .collect();
+    for k in [
+        "sandbox.created",
+        "thermal.pause",
+        "thermal.snapshot",
+        "sandbox.stopped",
+        "thermal.wake",
+    ] {
         assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
     }
-    assert!(!events.iter().any(|e| e.sandbox_id == pid && e.event_type == "thermal.pause"));
+    assert!(!events
+        .iter()
+        .any(|e| e.sandbox_id == pid && e.event_type == "thermal.pause"));
 }
 
 /// The seed's "Daemon Recovery" list, driven through the real store and
@@ -122,24 +175,59 @@ async fn thermal_transitions_with_short_timeouts() {
 /// left alone, marked; numbers stored as floats → read fine. (Running
 /// without a snapshot — a crash — is the SIGKILL test in crates/bhatti.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(bhatti_vm_tests), ignore = "needs root and the guest kernel + rootfs (scripts/guest)")]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
 async fn recovery_after_restart() {
     let _serial = SERIAL.lock().await;
     let mut d = TestDaemon::start("qemu", |_| {}).await;
     let key = d.user("recovery", Default::default());
     let mk = |n: &'static str| json!({"name": n});
-    let a = d.create(&key, mk("stopped-ok")).await["id"].as_str().unwrap().to_string();
-    let b = d.create(&key, mk("stopped-nosnap")).await["id"].as_str().unwrap().to_string();
-    let c = d.create(&key, mk("running")).await["id"].as_str().unwrap().to_string();
-    let gone = d.create(&key, mk("destroyed")).await["id"].as_str().unwrap().to_string();
+    let a = d.create(&key, mk("stopped-ok")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = d.create(&key, mk("stopped-nosnap")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = d.create(&key, mk("running")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gone = d.create(&key, mk("destroyed")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for id in [&a, &b, &c] {
-        assert_eq!(d.sh(&key, id, &format!("echo data-{id} > /workspace/d")).await.0, 0);
+        assert_eq!(
+            d.sh(&key, id, &format!("echo data-{id} > /workspace/d"))
+                .await
+                .0,
+            0
+        );
     }
-    d.detach(&key, &c, &["sh", "-c", "echo $$ > /workspace/pid; exec sleep 1000"]).await;
+    d.detach(
+        &key,
+        &c,
+        &["sh", "-c", "echo $$ > /workspace/pid; exec sleep 1000"],
+    )
+    .await;
     for id in [&a, &b] {
-        assert_eq!(d.req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None).await.status, 200);
+        assert_eq!(
+            d.req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None)
+                .await
+                .status,
+            200
+        );
     }
-    assert_eq!(d.req("DELETE", &format!("/sandboxes/{gone}"), Some(&key), None).await.status, 200);
+    assert_eq!(
+        d.req("DELETE", &format!("/sandboxes/{gone}"), Some(&key), None)
+            .await
+            .status,
+        200
+    );
     // A sandbox of another engine, as a daemon that used to run Docker left it.
     let owner = d.store().user_by_api_key(&key).unwrap();
     d.store()
@@ -158,7 +246,13 @@ async fn recovery_after_restart() {
     floatify(&mut vm);
     assert!(vm["generation"].is_f64());
     d.store()
-        .update_runtime(&a, &bhatti_store::RuntimeUpdate { vm_state: Some(vm), ..Default::default() })
+        .update_runtime(
+            &a,
+            &bhatti_store::RuntimeUpdate {
+                vm_state: Some(vm),
+                ..Default::default()
+            },
+        )
         .unwrap();
 
     // Graceful shutdown snapshots C; then B loses its snapshot.
@@ -171,32 +265,77 @@ async fn recovery_after_restart() {
     let get = |id: String| {
         let d = &d;
         let key = key.clone();
-        async move { d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None).await.json() }
+        async move {
+            d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None)
+                .await
+                .json()
+        }
     };
     let ga = get(a.clone()).await;
     assert_eq!(ga["status"], "stopped", "{ga}");
     let gb = get(b.clone()).await;
     assert_eq!(gb["status"], "unknown", "{gb}");
-    assert!(gb["status_reason"].as_str().unwrap().contains("snapshot"), "{gb}");
+    assert!(
+        gb["status_reason"].as_str().unwrap().contains("snapshot"),
+        "{gb}"
+    );
     let gc = get(c.clone()).await;
     assert_eq!(gc["status"], "stopped", "{gc}");
-    assert_eq!(d.req("GET", &format!("/sandboxes/{gone}"), Some(&key), None).await.status, 404);
+    assert_eq!(
+        d.req("GET", &format!("/sandboxes/{gone}"), Some(&key), None)
+            .await
+            .status,
+        404
+    );
     let ge = get("00000000000000aa".into()).await;
     assert_eq!(ge["status"], "unknown");
-    assert!(ge["status_reason"].as_str().unwrap().contains("docker"), "{ge}");
+    assert!(
+        ge["status_reason"].as_str().unwrap().contains("docker"),
+        "{ge}"
+    );
 
     // Recovered sandboxes wake on the next request with their data (and C
     // with its process); the unknown one says why instead of booting.
-    assert_eq!(d.sh(&key, &a, "cat /workspace/d").await.1, format!("data-{a}\n"));
-    let (_, out, _) = d.sh(&key, &c, "cat /workspace/d; kill -0 $(cat /workspace/pid) && echo alive").await;
+    assert_eq!(
+        d.sh(&key, &a, "cat /workspace/d").await.1,
+        format!("data-{a}\n")
+    );
+    let (_, out, _) = d
+        .sh(
+            &key,
+            &c,
+            "cat /workspace/d; kill -0 $(cat /workspace/pid) && echo alive",
+        )
+        .await;
     assert_eq!(out, format!("data-{c}\nalive\n"));
-    let r = d.req("POST", &format!("/sandboxes/{b}/exec"), Some(&key), Some(json!({"cmd": ["true"]}))).await;
+    let r = d
+        .req(
+            "POST",
+            &format!("/sandboxes/{b}/exec"),
+            Some(&key),
+            Some(json!({"cmd": ["true"]})),
+        )
+        .await;
     assert_eq!(r.status, 409, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap().contains("snapshot"), "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("snapshot"),
+        "{}",
+        r.text()
+    );
     // B's disk was kept for the operator.
-    assert!(d.data().join("sandboxes").join(&b).join("rootfs.ext4").is_file());
+    assert!(d
+        .data()
+        .join("sandboxes")
+        .join(&b)
+        .join("rootfs.ext4")
+        .is_file());
     // And it can still be destroyed.
-    assert_eq!(d.req("DELETE", &format!("/sandboxes/{b}"), Some(&key), None).await.status, 200);
+    assert_eq!(
+        d.req("DELETE", &format!("/sandboxes/{b}"), Some(&key), None)
+            .await
+            .status,
+        200
+    );
 }
 
 fn floatify(v: &mut Value) {

@@ -183,10 +183,15 @@ pub struct VmState {
 
 /// Checks a caller-chosen sandbox ID (it names directories and host
 /// devices, so only 16 lower-case hex characters are accepted).
-pub fn checked_id(id: Option<&str>, fresh: impl FnOnce() -> String) -> Result<String, crate::EngineError> {
+pub fn checked_id(
+    id: Option<&str>,
+    fresh: impl FnOnce() -> String,
+) -> Result<String, crate::EngineError> {
     match id {
         None => Ok(fresh()),
-        Some(id) if id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+        Some(id)
+            if id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
             Ok(id.to_string())
         }
         Some(id) => Err(crate::EngineError::Invalid(format!(

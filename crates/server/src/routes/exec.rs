@@ -26,7 +26,11 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn timeout_of(t: Option<i64>) -> Duration {
     let t = t.unwrap_or(DEFAULT_TIMEOUT);
-    let t = if t <= 0 || t > MAX_TIMEOUT { DEFAULT_TIMEOUT } else { t };
+    let t = if t <= 0 || t > MAX_TIMEOUT {
+        DEFAULT_TIMEOUT
+    } else {
+        t
+    };
     Duration::from_secs(t as u64)
 }
 
@@ -54,10 +58,16 @@ pub async fn exec(
     if req.detach {
         let r = tokio::time::timeout(
             DETACH_TIMEOUT,
-            st.engine.exec_detached(&sb.id, req.cmd.clone(), req.output_file.clone()),
+            st.engine
+                .exec_detached(&sb.id, req.cmd.clone(), req.output_file.clone()),
         )
         .await
-        .map_err(|_| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "detached exec did not start in 30 s"))??;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "detached exec did not start in 30 s",
+            )
+        })??;
         return Ok(Json(api::DetachedResponse {
             pid: r.pid,
             output_file: r.output_file,
@@ -68,10 +78,10 @@ pub async fn exec(
 
     if wants_ndjson(&headers) {
         let mut stream = st
-        .engine
-        .exec_stream(&sb.id, AgentExec::new(req.cmd.clone()))
-        .await
-        .map_err(start_error)?;
+            .engine
+            .exec_stream(&sb.id, AgentExec::new(req.cmd.clone()))
+            .await
+            .map_err(start_error)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
         let st2 = st.clone();
         let sid = sb.id.clone();
@@ -89,14 +99,23 @@ pub async fn exec(
                     _ = tx.closed() => break,
                 };
                 let ev = match ev {
-                    Ok(Some(StreamEvent::Stdout(d))) => api::ExecEvent::Stdout { data: String::from_utf8_lossy(&d).into_owned() },
-                    Ok(Some(StreamEvent::Stderr(d))) => api::ExecEvent::Stderr { data: String::from_utf8_lossy(&d).into_owned() },
+                    Ok(Some(StreamEvent::Stdout(d))) => api::ExecEvent::Stdout {
+                        data: String::from_utf8_lossy(&d).into_owned(),
+                    },
+                    Ok(Some(StreamEvent::Stderr(d))) => api::ExecEvent::Stderr {
+                        data: String::from_utf8_lossy(&d).into_owned(),
+                    },
                     Ok(Some(StreamEvent::Exit(c))) => api::ExecEvent::Exit { exit_code: c },
                     Ok(Some(StreamEvent::Error(m))) => api::ExecEvent::Error { data: m },
                     Ok(None) => break,
-                    Err(e) => api::ExecEvent::Error { data: e.to_string() },
+                    Err(e) => api::ExecEvent::Error {
+                        data: e.to_string(),
+                    },
                 };
-                let end = matches!(ev, api::ExecEvent::Exit { .. } | api::ExecEvent::Error { .. });
+                let end = matches!(
+                    ev,
+                    api::ExecEvent::Exit { .. } | api::ExecEvent::Error { .. }
+                );
                 if tx.send(Ok(line(&ev))).await.is_err() {
                     break;
                 }
@@ -119,13 +138,17 @@ pub async fn exec(
 
     let r = tokio::time::timeout(
         timeout,
-        st.engine.exec_request(&sb.id, AgentExec::new(req.cmd.clone()), None),
+        st.engine
+            .exec_request(&sb.id, AgentExec::new(req.cmd.clone()), None),
     )
     .await
     .map_err(|_| {
         ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
-            format!("command timed out after {} s and was killed", timeout.as_secs()),
+            format!(
+                "command timed out after {} s and was killed",
+                timeout.as_secs()
+            ),
         )
     })?
     .map_err(start_error)?;

@@ -51,7 +51,9 @@ fn info_to_api(f: bhatti_protocol::messages::FileInfo) -> api::FileInfo {
 
 fn nonneg(v: Option<i64>, what: &str) -> ApiResult<i64> {
     match v {
-        Some(n) if n < 0 => Err(ApiError::bad_request(format!("{what} must not be negative"))),
+        Some(n) if n < 0 => Err(ApiError::bad_request(format!(
+            "{what} must not be negative"
+        ))),
         Some(n) => Ok(n),
         None => Ok(0),
     }
@@ -96,10 +98,19 @@ pub async fn read(
     });
     let mut resp = Response::new(Body::from_stream(ReaderStream::new(r)));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    h.insert(api::FILE_SIZE_HEADER, HeaderValue::from(info.size.max(0) as u64));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        api::FILE_SIZE_HEADER,
+        HeaderValue::from(info.size.max(0) as u64),
+    );
     if !truncating {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size.max(0) as u64));
+        h.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(info.size.max(0) as u64),
+        );
     }
     Ok(resp)
 }
@@ -140,7 +151,9 @@ pub async fn write(
         .file_write(&sb.id, &q.path, &mode, size, &mut reader)
         .await?;
     st.touch(&sb.id);
-    Ok(Json(api::StatusBody { status: "ok".into() }))
+    Ok(Json(api::StatusBody {
+        status: "ok".into(),
+    }))
 }
 
 pub async fn stat(
@@ -157,12 +170,19 @@ pub async fn stat(
         Ok(i) => i,
         Err(e) => {
             let e = ApiError::from(e);
-            return Err(if e.status.is_server_error() { e } else { ApiError::not_found(e.message) });
+            return Err(if e.status.is_server_error() {
+                e
+            } else {
+                ApiError::not_found(e.message)
+            });
         }
     };
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
-    h.insert(api::FILE_SIZE_HEADER, HeaderValue::from(info.size.max(0) as u64));
+    h.insert(
+        api::FILE_SIZE_HEADER,
+        HeaderValue::from(info.size.max(0) as u64),
+    );
     if let Ok(v) = HeaderValue::from_str(&info.mode) {
         h.insert(api::FILE_MODE_HEADER, v);
     }

@@ -129,7 +129,10 @@ pub fn router(state: Shared) -> Router {
         .route("/volumes/{name}/snapshot", post(volumes::clone))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware,
+        ))
         .with_state(state)
 }
 
@@ -150,7 +153,11 @@ pub fn clean_path(p: &str) -> String {
 }
 
 fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -180,7 +187,8 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
                     .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                     .map(|c| c.0.ip().to_string())
                     .unwrap_or_else(|| "unix".into());
-                st.events.emit("", "", "auth.failed", serde_json::json!({"ip": ip}));
+                st.events
+                    .emit("", "", "auth.failed", serde_json::json!({"ip": ip}));
                 break 'resp ApiError::unauthorized("invalid api key").into_response();
             }
             Err(e) => break 'resp e.into_response(),

@@ -44,22 +44,33 @@ pub async fn ports(
 }
 
 /// Ports of every hot sandbox of the user; wakes nothing.
-pub async fn all_ports(State(st): State<Shared>, Caller(user): Caller) -> ApiResult<Json<Vec<api::Port>>> {
+pub async fn all_ports(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+) -> ApiResult<Json<Vec<api::Port>>> {
     let uid = user.id.clone();
     let rows = st
         .db(move |s| s.list_sandboxes(&uid, &Default::default()))
         .await?;
     let mut out = Vec::new();
     for sb in rows.iter().filter(|s| s.status == SandboxStatus::Running) {
-        if !matches!(st.engine.thermal(&sb.id), Ok(bhatti_engine::api::Thermal::Hot)) {
+        if !matches!(
+            st.engine.thermal(&sb.id),
+            Ok(bhatti_engine::api::Thermal::Hot)
+        ) {
             continue;
         }
         if let Ok(ports) = st.engine.listening_ports(&sb.id).await {
-            out.extend(ports.into_iter().filter(|p| *p != 1024 && *p != 1025).map(|p| api::Port {
-                sandbox_id: Some(sb.id.clone()),
-                container_port: p,
-                proxy_url: format!("/sandboxes/{}/proxy/{p}/", sb.id),
-            }));
+            out.extend(
+                ports
+                    .into_iter()
+                    .filter(|p| *p != 1024 && *p != 1025)
+                    .map(|p| api::Port {
+                        sandbox_id: Some(sb.id.clone()),
+                        container_port: p,
+                        proxy_url: format!("/sandboxes/{}/proxy/{p}/", sb.id),
+                    }),
+            );
         }
     }
     Ok(Json(out))
@@ -115,7 +126,9 @@ pub async fn proxy(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    parts.uri = pq.parse::<Uri>().map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
+    parts.uri = pq
+        .parse::<Uri>()
+        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
     let h = &mut parts.headers;
     h.remove(header::AUTHORIZATION);
     h.insert(
@@ -138,7 +151,10 @@ pub async fn proxy(
             tracing::debug!(error = %e, "proxy connection ended");
         }
     });
-    let mut resp = sender.send_request(upstream_req).await.map_err(bad_gateway)?;
+    let mut resp = sender
+        .send_request(upstream_req)
+        .await
+        .map_err(bad_gateway)?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {

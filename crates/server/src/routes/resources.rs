@@ -29,7 +29,10 @@ fn secret_name(n: &str) -> ApiResult<()> {
     }
 }
 
-pub async fn list_secrets(State(st): State<Shared>, Caller(user): Caller) -> ApiResult<Json<Vec<api::Secret>>> {
+pub async fn list_secrets(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+) -> ApiResult<Json<Vec<api::Secret>>> {
     let uid = user.id.clone();
     let list = st.db(move |s| s.list_secrets(&uid)).await?;
     Ok(Json(
@@ -53,7 +56,10 @@ pub async fn set_secret(
         return Err(ApiError::bad_request("name and value are required"));
     }
     secret_name(&req.name)?;
-    let ct = st.secrets.encrypt(req.value.as_bytes()).map_err(ApiError::internal)?;
+    let ct = st
+        .secrets
+        .encrypt(req.value.as_bytes())
+        .map_err(ApiError::internal)?;
     let (uid, n) = (user.id.clone(), req.name.clone());
     let m = st.db(move |s| s.set_secret(&uid, &n, &ct)).await?;
     Ok((
@@ -96,7 +102,10 @@ fn template_to_api(t: bhatti_store::Template) -> api::Template {
     }
 }
 
-pub async fn list_templates(State(st): State<Shared>, Caller(user): Caller) -> ApiResult<Json<Vec<api::Template>>> {
+pub async fn list_templates(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+) -> ApiResult<Json<Vec<api::Template>>> {
     let uid = user.id.clone();
     let list = st.db(move |s| s.list_templates(&uid)).await?;
     Ok(Json(list.into_iter().map(template_to_api).collect()))
@@ -113,7 +122,9 @@ pub async fn create_template(
     let cpus = match t.cpus {
         None => 1,
         Some(c) if c.fract() != 0.0 || c < 1.0 => {
-            return Err(ApiError::bad_request("cpus must be a whole number of vCPUs"))
+            return Err(ApiError::bad_request(
+                "cpus must be a whole number of vCPUs",
+            ))
         }
         Some(c) => c as u32,
     };
@@ -158,7 +169,9 @@ pub async fn get_template(
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Template>> {
     let uid = user.id.clone();
-    Ok(Json(template_to_api(st.db(move |s| s.template(&uid, &id)).await?)))
+    Ok(Json(template_to_api(
+        st.db(move |s| s.template(&uid, &id)).await?,
+    )))
 }
 
 pub async fn delete_template(

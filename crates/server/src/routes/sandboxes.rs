@@ -81,7 +81,9 @@ pub async fn list(
     let uid = user.id.clone();
     let rows = st.db(move |s| s.list_sandboxes(&uid, &filter)).await?;
     Ok(Json(
-        rows.iter().map(|sb| to_api(sb, thermal_of(&st, sb))).collect(),
+        rows.iter()
+            .map(|sb| to_api(sb, thermal_of(&st, sb)))
+            .collect(),
     ))
 }
 
@@ -94,15 +96,13 @@ pub fn percent_decode(s: &str) -> String {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -157,10 +157,15 @@ fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, GuestFi
         validate::guest_path(&f.guest_path)?;
         let content = base64::engine::general_purpose::STANDARD
             .decode(f.content.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("files: {}: bad base64: {e}", f.guest_path)))?;
+            .map_err(|e| {
+                ApiError::bad_request(format!("files: {}: bad base64: {e}", f.guest_path))
+            })?;
         let mode = f.mode.clone().unwrap_or_else(|| "0644".into());
         if u32::from_str_radix(&mode, 8).map_or(true, |m| m > 0o7777) {
-            return Err(ApiError::bad_request(format!("files: {}: bad mode {mode:?}", f.guest_path)));
+            return Err(ApiError::bad_request(format!(
+                "files: {}: bad mode {mode:?}",
+                f.guest_path
+            )));
         }
         out.insert(f.guest_path.clone(), GuestFile { content, mode });
     }
@@ -228,16 +233,22 @@ pub async fn create(
     let Json(mut req) = body?;
     if let Some(tid) = req.template_id.clone().filter(|t| !t.is_empty()) {
         let uid = user.id.clone();
-        let t = st
-            .db(move |s| s.template(&uid, &tid))
-            .await
-            .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::not_found("template not found") } else { e })?;
+        let t = st.db(move |s| s.template(&uid, &tid)).await.map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                ApiError::not_found("template not found")
+            } else {
+                e
+            }
+        })?;
         apply_template(&mut req, &t)?;
     }
     let q = user.quotas;
     let cpus = whole_cpus(req.cpus, 1)?;
     let memory_mb = match req.memory_mb {
-        None | Some(0) => st.cfg.default_memory_mb.min(q.max_memory_mb_per_sandbox.max(128)),
+        None | Some(0) => st
+            .cfg
+            .default_memory_mb
+            .min(q.max_memory_mb_per_sandbox.max(128)),
         Some(m) if m < 128 => {
             return Err(ApiError::bad_request(format!(
                 "memory_mb must be at least 128, got {m}"
@@ -284,13 +295,16 @@ pub async fn create(
     let mut env = req.env.clone();
     for s in &req.secrets {
         let (uid, n) = (user.id.clone(), s.clone());
-        let ct = st.db(move |db| db.secret_value(&uid, &n)).await.map_err(|e| {
-            if e.status == StatusCode::NOT_FOUND {
-                ApiError::bad_request(format!("secret {s:?} not found"))
-            } else {
-                e
-            }
-        })?;
+        let ct = st
+            .db(move |db| db.secret_value(&uid, &n))
+            .await
+            .map_err(|e| {
+                if e.status == StatusCode::NOT_FOUND {
+                    ApiError::bad_request(format!("secret {s:?} not found"))
+                } else {
+                    e
+                }
+            })?;
         let pt = st.secrets.decrypt(&ct).map_err(ApiError::internal)?;
         env.insert(
             s.clone(),
@@ -348,7 +362,12 @@ pub async fn create(
                     },
                 )
                 .await?;
-            st.events.emit(&user.id, &id, "snapshot.forked", serde_json::json!({"from": src.id}));
+            st.events.emit(
+                &user.id,
+                &id,
+                "snapshot.forked",
+                serde_json::json!({"from": src.id}),
+            );
             return Ok::<_, ApiError>(info);
         }
         let vols = attach_volumes(&st, &user, &id, &req.persistent_volumes).await?;
@@ -423,8 +442,14 @@ async fn attach_volumes(
     for v in reqs {
         let r = async {
             let vol = volumes::find_or_create(st, user, v).await?;
-            let (vid, sid, mount, ro) = (vol.id.clone(), sandbox_id.to_string(), v.mount.clone(), v.read_only);
-            st.db(move |s| s.attach_volume(&vid, &sid, &mount, ro)).await?;
+            let (vid, sid, mount, ro) = (
+                vol.id.clone(),
+                sandbox_id.to_string(),
+                v.mount.clone(),
+                v.read_only,
+            );
+            st.db(move |s| s.attach_volume(&vid, &sid, &mount, ro))
+                .await?;
             Ok::<_, ApiError>(VolumeAttach {
                 name: vol.name.clone(),
                 file: PathBuf::from(&vol.file_path),
@@ -465,7 +490,11 @@ pub async fn patch(
         sb = st.db(move |s| s.rename_sandbox(&sid, &n)).await?;
     }
     if !req.labels_add.is_empty() || !req.labels_remove.is_empty() {
-        let (sid, add, rm) = (sb.id.clone(), req.labels_add.clone(), req.labels_remove.clone());
+        let (sid, add, rm) = (
+            sb.id.clone(),
+            req.labels_add.clone(),
+            req.labels_remove.clone(),
+        );
         sb = st.db(move |s| s.update_labels(&sid, &add, &rm)).await?;
     }
     if let Some(k) = req.keep_hot {
@@ -477,7 +506,12 @@ pub async fn patch(
             sb = st.db(move |s| s.sandbox_by_id(&sid)).await?;
         }
     }
-    st.events.emit(&user.id, &sb.id, "sandbox.updated", serde_json::to_value(&req).unwrap_or_default());
+    st.events.emit(
+        &user.id,
+        &sb.id,
+        "sandbox.updated",
+        serde_json::to_value(&req).unwrap_or_default(),
+    );
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 
@@ -494,14 +528,23 @@ pub async fn destroy(
     }
     let sid = sb.id.clone();
     match st.db(move |s| s.delete_sandbox(&sid)).await {
-        Ok(_) | Err(ApiError { status: StatusCode::NOT_FOUND, .. }) => {}
+        Ok(_)
+        | Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            ..
+        }) => {}
         Err(e) => return Err(e),
     }
     st.forget(&sb.id);
     let lifetime = bhatti_store::time::parse_ts(&sb.created_at)
         .and_then(|t| t.elapsed().ok())
         .map_or(0, |d| d.as_secs());
-    st.events.emit(&user.id, &sb.id, "sandbox.destroyed", serde_json::json!({"lifetime_s": lifetime}));
+    st.events.emit(
+        &user.id,
+        &sb.id,
+        "sandbox.destroyed",
+        serde_json::json!({"lifetime_s": lifetime}),
+    );
     Ok(Json(api::StatusBody {
         status: "destroyed".into(),
     }))
@@ -521,7 +564,12 @@ pub async fn stop(
     }
     st.engine.stop(&sb.id).await?;
     let sb = st.persist(&sb.id).await?;
-    st.events.emit(&user.id, &sb.id, "sandbox.stopped", serde_json::json!({"reason": "api"}));
+    st.events.emit(
+        &user.id,
+        &sb.id,
+        "sandbox.stopped",
+        serde_json::json!({"reason": "api"}),
+    );
     Ok(Json(to_api(&sb, None)))
 }
 
@@ -536,14 +584,19 @@ pub async fn start(
     let req: api::StartSandbox = if body.is_empty() {
         api::StartSandbox::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?
     };
     let sb = st.sandbox(&user, &id).await?;
     if st.engine.vm_state(&sb.id).is_none() {
         return Err(ApiError::conflict(format!(
             "sandbox {:?} cannot be started: {}",
             sb.name,
-            if sb.status_reason.is_empty() { "its state is unknown" } else { &sb.status_reason }
+            if sb.status_reason.is_empty() {
+                "its state is unknown"
+            } else {
+                &sb.status_reason
+            }
         )));
     }
     let r = st.engine.start(&sb.id, req.force).await;
@@ -553,7 +606,12 @@ pub async fn start(
     r?;
     let sb = saved?;
     st.touch(&sb.id);
-    st.events.emit(&user.id, &sb.id, "sandbox.started", serde_json::json!({"force": req.force}));
+    st.events.emit(
+        &user.id,
+        &sb.id,
+        "sandbox.started",
+        serde_json::json!({"force": req.force}),
+    );
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 

@@ -60,7 +60,10 @@ pub async fn checkpoint(
     }
     let (uid, name) = (user.id.clone(), req.name.clone());
     if st.db(move |s| s.snapshot(&uid, &name)).await.is_ok() {
-        return Err(ApiError::conflict(format!("snapshot {:?} already exists", req.name)));
+        return Err(ApiError::conflict(format!(
+            "snapshot {:?} already exists",
+            req.name
+        )));
     }
     if !st.engine.capabilities().checkpoints {
         return Err(ApiError::new(
@@ -69,9 +72,16 @@ pub async fn checkpoint(
         ));
     }
     st.ensure_hot(&sb).await?;
-    let dir = st.cfg.data_dir.join("snapshots").join(&user.id).join(&req.name);
+    let dir = st
+        .cfg
+        .data_dir
+        .join("snapshots")
+        .join(&user.id)
+        .join(&req.name);
     if let Some(p) = dir.parent() {
-        tokio::fs::create_dir_all(p).await.map_err(ApiError::internal)?;
+        tokio::fs::create_dir_all(p)
+            .await
+            .map_err(ApiError::internal)?;
     }
     let manifest = st.engine.checkpoint(&sb.id, &dir).await?;
     let size_mb = tokio::task::spawn_blocking({
@@ -92,14 +102,26 @@ pub async fn checkpoint(
         Ok(s) => s,
         Err(e) => {
             let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(if e.status == StatusCode::TOO_MANY_REQUESTS { ApiError::forbidden(e.message) } else { e });
+            return Err(if e.status == StatusCode::TOO_MANY_REQUESTS {
+                ApiError::forbidden(e.message)
+            } else {
+                e
+            });
         }
     };
-    st.events.emit(&user.id, &sb.id, "snapshot.created", serde_json::json!({"name": req.name}));
+    st.events.emit(
+        &user.id,
+        &sb.id,
+        "snapshot.created",
+        serde_json::json!({"name": req.name}),
+    );
     Ok((StatusCode::CREATED, Json(to_api(saved))))
 }
 
-pub async fn list(State(st): State<Shared>, Caller(user): Caller) -> ApiResult<Json<Vec<api::Snapshot>>> {
+pub async fn list(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+) -> ApiResult<Json<Vec<api::Snapshot>>> {
     let uid = user.id.clone();
     Ok(Json(
         st.db(move |s| s.list_snapshots(&uid))
@@ -139,7 +161,12 @@ pub async fn delete(
     if let Err(e) = tokio::fs::remove_dir_all(&s.dir).await {
         tracing::warn!(dir = s.dir, error = %e, "could not remove snapshot directory");
     }
-    st.events.emit(&user.id, "", "snapshot.deleted", serde_json::json!({"name": name}));
+    st.events.emit(
+        &user.id,
+        "",
+        "snapshot.deleted",
+        serde_json::json!({"name": name}),
+    );
     Ok(Json(api::StatusBody {
         status: "deleted".into(),
     }))
@@ -154,7 +181,8 @@ pub async fn resume(
     let req: api::NameBody = if body.is_empty() {
         api::NameBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?
     };
     let snap = own(&st, &user, &name).await?;
     let new_name = if req.name.is_empty() {
@@ -163,7 +191,8 @@ pub async fn resume(
         req.name.clone()
     };
     validate::name("sandbox", &new_name)?;
-    let manifest: bhatti_engine::api::CheckpointManifest = snap.manifest_as().map_err(ApiError::internal)?;
+    let manifest: bhatti_engine::api::CheckpointManifest =
+        snap.manifest_as().map_err(ApiError::internal)?;
     let id = bhatti_store::ids::sandbox_id();
     let new = NewSandbox {
         id: id.clone(),
@@ -197,6 +226,11 @@ pub async fn resume(
     }
     st.touch(&id);
     let sb = st.persist(&id).await?;
-    st.events.emit(&user.id, &id, "snapshot.resumed", serde_json::json!({"snapshot": name}));
+    st.events.emit(
+        &user.id,
+        &id,
+        "snapshot.resumed",
+        serde_json::json!({"snapshot": name}),
+    );
     Ok((StatusCode::CREATED, Json(sandbox_to_api(&sb, None))))
 }

@@ -29,15 +29,46 @@ pub async fn metrics(State(st): State<Shared>, Caller(_): Caller) -> impl IntoRe
     let c = &st.counters;
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP bhatti_{name} {help}\n# TYPE bhatti_{name} counter\nbhatti_{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP bhatti_{name} {help}\n# TYPE bhatti_{name} counter\nbhatti_{name} {v}"
+        );
     };
-    counter("api_requests_total", "API requests served.", c.requests.load(Ordering::Relaxed));
-    counter("api_errors_total", "API requests that failed with 500.", c.errors.load(Ordering::Relaxed));
-    counter("api_auth_failures_total", "Requests with a missing or unknown key.", c.auth_failures.load(Ordering::Relaxed));
-    counter("api_rate_limited_total", "Requests refused by the rate limiter.", c.rate_limited.load(Ordering::Relaxed));
-    counter("wakes_total", "Sandboxes woken by a request.", c.wakes.load(Ordering::Relaxed));
-    counter("proxy_requests_total", "Requests through the sandbox proxy.", c.proxy_requests.load(Ordering::Relaxed));
-    counter("events_dropped_total", "Events dropped because the recorder was full.", st.events.dropped());
+    counter(
+        "api_requests_total",
+        "API requests served.",
+        c.requests.load(Ordering::Relaxed),
+    );
+    counter(
+        "api_errors_total",
+        "API requests that failed with 500.",
+        c.errors.load(Ordering::Relaxed),
+    );
+    counter(
+        "api_auth_failures_total",
+        "Requests with a missing or unknown key.",
+        c.auth_failures.load(Ordering::Relaxed),
+    );
+    counter(
+        "api_rate_limited_total",
+        "Requests refused by the rate limiter.",
+        c.rate_limited.load(Ordering::Relaxed),
+    );
+    counter(
+        "wakes_total",
+        "Sandboxes woken by a request.",
+        c.wakes.load(Ordering::Relaxed),
+    );
+    counter(
+        "proxy_requests_total",
+        "Requests through the sandbox proxy.",
+        c.proxy_requests.load(Ordering::Relaxed),
+    );
+    counter(
+        "events_dropped_total",
+        "Events dropped because the recorder was full.",
+        st.events.dropped(),
+    );
     let infos = st.engine.list().await;
     let mut hot = 0;
     let mut warm = 0;
@@ -49,7 +80,10 @@ pub async fn metrics(State(st): State<Shared>, Caller(_): Caller) -> impl IntoRe
             bhatti_engine::api::Thermal::Cold => cold += 1,
         }
     }
-    let _ = writeln!(out, "# HELP bhatti_sandboxes Sandboxes by thermal state.\n# TYPE bhatti_sandboxes gauge");
+    let _ = writeln!(
+        out,
+        "# HELP bhatti_sandboxes Sandboxes by thermal state.\n# TYPE bhatti_sandboxes gauge"
+    );
     for (t, n) in [("hot", hot), ("warm", warm), ("cold", cold)] {
         let _ = writeln!(out, "bhatti_sandboxes{{thermal=\"{t}\"}} {n}");
     }
@@ -75,7 +109,14 @@ fn list<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 
 macro_rules! route {
     ($m:literal, $p:literal, $sum:literal, $req:expr, $resp:expr, $st:literal) => {
-        RouteDoc { method: $m, path: $p, summary: $sum, request: $req, response: $resp, status: $st }
+        RouteDoc {
+            method: $m,
+            path: $p,
+            summary: $sum,
+            request: $req,
+            response: $resp,
+            status: $st,
+        }
     };
 }
 
@@ -187,11 +228,17 @@ pub fn api_markdown() -> String {
          | method | path | status | request | response | what |\n|---|---|---|---|---|---|\n",
     );
     let name = |v: &Value| -> String {
-        let r = v.get("$ref").or_else(|| v.get("items").and_then(|i| i.get("$ref")));
+        let r = v
+            .get("$ref")
+            .or_else(|| v.get("items").and_then(|i| i.get("$ref")));
         match r.and_then(Value::as_str) {
             Some(r) => {
                 let n = r.rsplit('/').next().unwrap_or(r);
-                if v.get("items").is_some() { format!("[{n}]") } else { n.to_string() }
+                if v.get("items").is_some() {
+                    format!("[{n}]")
+                } else {
+                    n.to_string()
+                }
             }
             None => String::new(),
         }
@@ -199,7 +246,8 @@ pub fn api_markdown() -> String {
     for r in ROUTES {
         let op = &doc["paths"][r.path][r.method];
         let req = name(&op["requestBody"]["content"]["application/json"]["schema"]);
-        let resp = name(&op["responses"][r.status.to_string()]["content"]["application/json"]["schema"]);
+        let resp =
+            name(&op["responses"][r.status.to_string()]["content"]["application/json"]["schema"]);
         let _ = writeln!(
             out,
             "| {} | `{}` | {} | {} | {} | {} |",
@@ -218,17 +266,40 @@ pub fn api_markdown() -> String {
             if let Some(d) = sch.get("description").and_then(Value::as_str) {
                 let _ = writeln!(out, "{}\n", d.replace('\n', " "));
             }
-            let required: Vec<&str> = sch["required"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let required: Vec<&str> = sch["required"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             if let Some(props) = sch["properties"].as_object() {
                 out.push_str("| field | type | required | notes |\n|---|---|---|---|\n");
                 for (f, p) in props {
-                    let ty = p.get("type").map(|t| t.to_string().replace('"', "")).unwrap_or_else(|| name(p));
+                    let ty = p
+                        .get("type")
+                        .map(|t| t.to_string().replace('"', ""))
+                        .unwrap_or_else(|| name(p));
                     let ty = if ty.is_empty() { "object".into() } else { ty };
-                    let desc = p.get("description").and_then(Value::as_str).unwrap_or("").replace('\n', " ").replace('|', "\\|");
-                    let _ = writeln!(out, "| `{f}` | {ty} | {} | {desc} |", if required.contains(&f.as_str()) { "yes" } else { "" });
+                    let desc = p
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .replace('\n', " ")
+                        .replace('|', "\\|");
+                    let _ = writeln!(
+                        out,
+                        "| `{f}` | {ty} | {} | {desc} |",
+                        if required.contains(&f.as_str()) {
+                            "yes"
+                        } else {
+                            ""
+                        }
+                    );
                 }
             } else if let Some(one) = sch.get("oneOf").or_else(|| sch.get("anyOf")) {
-                let _ = writeln!(out, "One of:\n\n```json\n{}\n```", serde_json::to_string_pretty(one).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "One of:\n\n```json\n{}\n```",
+                    serde_json::to_string_pretty(one).unwrap_or_default()
+                );
             }
         }
     }
@@ -248,7 +319,12 @@ mod tests {
         let doc = openapi();
         let paths = doc["paths"].as_object().unwrap();
         for r in ROUTES {
-            assert!(paths[r.path][r.method].is_object(), "{} {}", r.method, r.path);
+            assert!(
+                paths[r.path][r.method].is_object(),
+                "{} {}",
+                r.method,
+                r.path
+            );
         }
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();

@@ -80,12 +80,18 @@ async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
 
 async fn make_backing(path: &FsPath, size_mb: u64, docker: bool) -> ApiResult<()> {
     if let Some(p) = path.parent() {
-        tokio::fs::create_dir_all(p).await.map_err(ApiError::internal)?;
+        tokio::fs::create_dir_all(p)
+            .await
+            .map_err(ApiError::internal)?;
     }
     if docker {
-        return tokio::fs::create_dir_all(path).await.map_err(ApiError::internal);
+        return tokio::fs::create_dir_all(path)
+            .await
+            .map_err(ApiError::internal);
     }
-    let f = tokio::fs::File::create(path).await.map_err(ApiError::internal)?;
+    let f = tokio::fs::File::create(path)
+        .await
+        .map_err(ApiError::internal)?;
     f.set_len(size_mb << 20).await.map_err(ApiError::internal)?;
     f.sync_all().await.map_err(ApiError::internal)?;
     let p = path.to_string_lossy();
@@ -119,7 +125,10 @@ async fn create_volume(st: &Shared, user: &User, name: &str, size_mb: u64) -> Ap
         file_path: path.to_string_lossy().into_owned(),
         status: VolumeStatus::Creating,
     };
-    let v = st.db(move |s| s.create_volume(&nv)).await.map_err(quota_403)?;
+    let v = st
+        .db(move |s| s.create_volume(&nv))
+        .await
+        .map_err(quota_403)?;
     if let Err(e) = make_backing(&path, size_mb, st.engine_name == "docker").await {
         remove_backing(&path).await;
         let (u, n) = (user.id.clone(), name.to_string());
@@ -127,13 +136,24 @@ async fn create_volume(st: &Shared, user: &User, name: &str, size_mb: u64) -> Ap
         return Err(e);
     }
     let vid = v.id.clone();
-    let v = st.db(move |s| s.set_volume_status(&vid, VolumeStatus::Ready)).await?;
-    st.events.emit(&user.id, "", "volume.created", serde_json::json!({"name": name, "size_mb": size_mb}));
+    let v = st
+        .db(move |s| s.set_volume_status(&vid, VolumeStatus::Ready))
+        .await?;
+    st.events.emit(
+        &user.id,
+        "",
+        "volume.created",
+        serde_json::json!({"name": name, "size_mb": size_mb}),
+    );
     Ok(v)
 }
 
 /// For create: the named volume, auto-created when asked.
-pub(crate) async fn find_or_create(st: &Shared, user: &User, m: &api::VolumeMount) -> ApiResult<Volume> {
+pub(crate) async fn find_or_create(
+    st: &Shared,
+    user: &User,
+    m: &api::VolumeMount,
+) -> ApiResult<Volume> {
     let (u, n) = (user.id.clone(), m.name.clone());
     match st.db(move |s| s.volume(&u, &n)).await {
         Ok(v) => Ok(v),
@@ -147,13 +167,19 @@ pub(crate) async fn find_or_create(st: &Shared, user: &User, m: &api::VolumeMoun
                 }
                 r => r,
             },
-            _ => Err(ApiError::not_found(format!("volume {:?} not found", m.name))),
+            _ => Err(ApiError::not_found(format!(
+                "volume {:?} not found",
+                m.name
+            ))),
         },
         Err(e) => Err(e),
     }
 }
 
-pub async fn list(State(st): State<Shared>, Caller(user): Caller) -> ApiResult<Json<Vec<api::Volume>>> {
+pub async fn list(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+) -> ApiResult<Json<Vec<api::Volume>>> {
     let uid = user.id.clone();
     let list = st.db(move |s| s.list_volumes(&uid)).await?;
     Ok(Json(list.into_iter().map(|v| to_api(v, None)).collect()))
@@ -199,7 +225,12 @@ pub async fn delete(
     let (u, n) = (user.id.clone(), name.clone());
     let v = st.db(move |s| s.delete_volume(&u, &n)).await?;
     remove_backing(FsPath::new(&v.file_path)).await;
-    st.events.emit(&user.id, "", "volume.deleted", serde_json::json!({"name": name}));
+    st.events.emit(
+        &user.id,
+        "",
+        "volume.deleted",
+        serde_json::json!({"name": name}),
+    );
     Ok(Json(api::StatusBody {
         status: "deleted".into(),
     }))
@@ -224,7 +255,10 @@ pub async fn resize(
         return Err(ApiError::conflict(format!("volume {name:?} is attached")));
     }
     let (vid, size) = (v.id.clone(), req.size_mb);
-    let nv = st.db(move |s| s.resize_volume(&vid, size)).await.map_err(quota_403)?;
+    let nv = st
+        .db(move |s| s.resize_volume(&vid, size))
+        .await
+        .map_err(quota_403)?;
     if st.engine_name != "docker" {
         let p = v.file_path.clone();
         // Exit codes 1/2 mean "fixed"; resize2fs refuses a dirty fs anyway.
@@ -234,11 +268,18 @@ pub async fn resize(
             .open(&p)
             .await
             .map_err(ApiError::internal)?;
-        f.set_len(req.size_mb << 20).await.map_err(ApiError::internal)?;
+        f.set_len(req.size_mb << 20)
+            .await
+            .map_err(ApiError::internal)?;
         f.sync_all().await.map_err(ApiError::internal)?;
         run("resize2fs", &[&p]).await?;
     }
-    st.events.emit(&user.id, "", "volume.resized", serde_json::json!({"name": name, "size_mb": nv.size_mb}));
+    st.events.emit(
+        &user.id,
+        "",
+        "volume.resized",
+        serde_json::json!({"name": name, "size_mb": nv.size_mb}),
+    );
     Ok(Json(api::Resized {
         status: "resized".into(),
         size_mb: nv.size_mb,
@@ -273,12 +314,19 @@ pub async fn clone(
         file_path: path.to_string_lossy().into_owned(),
         status: VolumeStatus::Creating,
     };
-    let v = st.db(move |s| s.create_volume(&nv)).await.map_err(quota_403)?;
+    let v = st
+        .db(move |s| s.create_volume(&nv))
+        .await
+        .map_err(quota_403)?;
     let p = path.to_string_lossy().into_owned();
     let copied = if st.engine_name == "docker" {
         run("cp", &["-a", &src.file_path, &p]).await
     } else {
-        run("cp", &["--reflink=auto", "--sparse=always", &src.file_path, &p]).await
+        run(
+            "cp",
+            &["--reflink=auto", "--sparse=always", &src.file_path, &p],
+        )
+        .await
     };
     if let Err(e) = copied {
         remove_backing(&path).await;
@@ -287,7 +335,14 @@ pub async fn clone(
         return Err(e);
     }
     let vid = v.id.clone();
-    let v = st.db(move |s| s.set_volume_status(&vid, VolumeStatus::Ready)).await?;
-    st.events.emit(&user.id, "", "volume.snapshot", serde_json::json!({"from": name, "name": req.name}));
+    let v = st
+        .db(move |s| s.set_volume_status(&vid, VolumeStatus::Ready))
+        .await?;
+    st.events.emit(
+        &user.id,
+        "",
+        "volume.snapshot",
+        serde_json::json!({"from": name, "name": req.name}),
+    );
     Ok((StatusCode::CREATED, Json(to_api(v, Some(Vec::new())))))
 }

@@ -79,7 +79,8 @@ async fn open_shell(
                 .max_by_key(|s| s.created_at);
             if let Some(s) = newest {
                 // if_detached: another client that grabbed it first wins.
-                if let Ok((info, term)) = st.engine.shell_attach(&sb.id, &s.session_id, true).await {
+                if let Ok((info, term)) = st.engine.shell_attach(&sb.id, &s.session_id, true).await
+                {
                     return Ok((info.session_id, true, term));
                 }
             }
@@ -105,7 +106,13 @@ async fn open_shell(
     Ok((info.session_id, false, term))
 }
 
-async fn shell_session(st: Shared, sb: Sandbox, session: Option<String>, new: bool, mut socket: WebSocket) {
+async fn shell_session(
+    st: Shared,
+    sb: Sandbox,
+    session: Option<String>,
+    new: bool,
+    mut socket: WebSocket,
+) {
     let (sid, reattach, term) = match open_shell(&st, &sb, session, new).await {
         Ok(x) => x,
         Err(msg) => {
@@ -115,7 +122,10 @@ async fn shell_session(st: Shared, sb: Sandbox, session: Option<String>, new: bo
         }
     };
     let started = std::time::Instant::now();
-    let msg = serde_json::to_string(&api::WsServerMsg::Session { session_id: sid.clone() }).unwrap_or_default();
+    let msg = serde_json::to_string(&api::WsServerMsg::Session {
+        session_id: sid.clone(),
+    })
+    .unwrap_or_default();
     if socket.send(Message::Text(msg.into())).await.is_err() {
         return;
     }
@@ -137,7 +147,9 @@ enum Mode {
 /// Relays a terminal and a WebSocket until either ends.
 async fn relay(st: &Shared, sb: &Sandbox, socket: WebSocket, term: Terminal, mode: Mode) {
     let _pin = st.pin(&sb.id);
-    st.counters.websockets_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    st.counters
+        .websockets_active
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (mut tx, mut rx) = socket.split();
     let (mut out, mut input) = term.into_split();
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Message>(4);
@@ -199,7 +211,9 @@ async fn relay(st: &Shared, sb: &Sandbox, socket: WebSocket, term: Terminal, mod
             Message::Binary(b) => input.write(&b).await,
             Message::Text(t) => {
                 if mode == Mode::Tty {
-                    if let Ok(api::WsClientMsg::Resize { rows, cols }) = serde_json::from_str(t.as_str()) {
+                    if let Ok(api::WsClientMsg::Resize { rows, cols }) =
+                        serde_json::from_str(t.as_str())
+                    {
                         input.resize(rows, cols).await
                     } else {
                         input.write(t.as_bytes()).await
@@ -225,7 +239,9 @@ async fn relay(st: &Shared, sb: &Sandbox, socket: WebSocket, term: Terminal, mod
     drop(ctl_tx);
     writer.abort();
     let _ = writer.await;
-    st.counters.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    st.counters
+        .websockets_active
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[derive(Deserialize, Default)]
@@ -246,7 +262,11 @@ pub async fn piped(
 }
 
 async fn setup_error(socket: &mut WebSocket, msg: String) {
-    let body = serde_json::to_string(&api::ErrorBody { error: msg, request_id: None }).unwrap_or_default();
+    let body = serde_json::to_string(&api::ErrorBody {
+        error: msg,
+        request_id: None,
+    })
+    .unwrap_or_default();
     let _ = socket.send(Message::Text(body.into())).await;
     let _ = socket.close().await;
 }
@@ -256,22 +276,39 @@ async fn piped_session(st: Shared, sb: Sandbox, session: Option<String>, mut soc
         return setup_error(&mut socket, e.message).await;
     }
     let opened = match session {
-        Some(s) => st.engine.shell_attach(&sb.id, &s, false).await.map_err(|e| e.to_string()),
+        Some(s) => st
+            .engine
+            .shell_attach(&sb.id, &s, false)
+            .await
+            .map_err(|e| e.to_string()),
         None => {
             let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, socket.recv()).await {
                 Ok(Some(Ok(Message::Text(t)))) => t,
-                Ok(_) => return setup_error(&mut socket, "expected a text message with the command".into()).await,
+                Ok(_) => {
+                    return setup_error(
+                        &mut socket,
+                        "expected a text message with the command".into(),
+                    )
+                    .await
+                }
                 Err(_) => return setup_error(&mut socket, "no command within 10 s".into()).await,
             };
             let start: api::PipedStart = match serde_json::from_str(first.as_str()) {
                 Ok(s) => s,
-                Err(e) => return setup_error(&mut socket, format!("bad command message: {e}")).await,
+                Err(e) => {
+                    return setup_error(&mut socket, format!("bad command message: {e}")).await
+                }
             };
             if start.cmd.is_empty() {
                 return setup_error(&mut socket, "cmd required".into()).await;
             }
             st.engine
-                .piped_session(&sb.id, start.cmd, start.env, start.max_idle_sec.unwrap_or(SHELL_IDLE_SEC))
+                .piped_session(
+                    &sb.id,
+                    start.cmd,
+                    start.env,
+                    start.max_idle_sec.unwrap_or(SHELL_IDLE_SEC),
+                )
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -280,10 +317,18 @@ async fn piped_session(st: Shared, sb: Sandbox, session: Option<String>, mut soc
         Ok(x) => x,
         Err(e) => return setup_error(&mut socket, e).await,
     };
-    let msg = serde_json::to_string(&api::WsServerMsg::Session { session_id: info.session_id.clone() }).unwrap_or_default();
+    let msg = serde_json::to_string(&api::WsServerMsg::Session {
+        session_id: info.session_id.clone(),
+    })
+    .unwrap_or_default();
     if socket.send(Message::Text(msg.into())).await.is_err() {
         return;
     }
     relay(&st, &sb, socket, term, Mode::Piped).await;
-    st.events.emit(&sb.user_id, &sb.id, "exec.piped_session", serde_json::json!({"session_id": info.session_id}));
+    st.events.emit(
+        &sb.user_id,
+        &sb.id,
+        "exec.piped_session",
+        serde_json::json!({"session_id": info.session_id}),
+    );
 }

@@ -44,15 +44,20 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn header(&self, h: &str) -> Option<String> {
-        self.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
 pub fn config(engine: &str, dir: &std::path::Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.engine = Some(engine.into());
-    cfg.listen = "127.0.0.1:0".into();
-    cfg.data_dir = dir.to_path_buf();
+    let mut cfg = Config {
+        engine: Some(engine.into()),
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
     cfg.rate_limits.enabled = false;
     cfg.thermal.enabled = false;
     cfg.default_memory_mb = 256;
@@ -118,9 +123,22 @@ impl TestDaemon {
             .1
     }
 
-    pub async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        self.raw(method, path, token, &[("content-type", "application/json")], bytes).await
+        self.raw(
+            method,
+            path,
+            token,
+            &[("content-type", "application/json")],
+            bytes,
+        )
+        .await
     }
 
     pub async fn raw(
@@ -131,7 +149,9 @@ impl TestDaemon {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Resp {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("handshake");
@@ -153,12 +173,18 @@ impl TestDaemon {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.into_body().collect().await.expect("body").to_bytes();
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// Creates a sandbox, which must succeed; its JSON.
     pub async fn create(&self, token: &str, body: Value) -> Value {
-        let r = self.req("POST", "/sandboxes", Some(token), Some(body)).await;
+        let r = self
+            .req("POST", "/sandboxes", Some(token), Some(body))
+            .await;
         assert_eq!(r.status, 201, "create: {}", r.text());
         r.json()
     }
@@ -166,7 +192,12 @@ impl TestDaemon {
     /// `sh -c` through the API; (exit code, stdout, stderr).
     pub async fn sh(&self, token: &str, sb: &str, script: &str) -> (i64, String, String) {
         let r = self
-            .req("POST", &format!("/sandboxes/{sb}/exec"), Some(token), Some(json!({"cmd": ["sh", "-c", script]})))
+            .req(
+                "POST",
+                &format!("/sandboxes/{sb}/exec"),
+                Some(token),
+                Some(json!({"cmd": ["sh", "-c", script]})),
+            )
             .await;
         assert_eq!(r.status, 200, "exec {script:?}: {}", r.text());
         let j = r.json();
@@ -180,7 +211,12 @@ impl TestDaemon {
     /// A detached exec, which must start.
     pub async fn detach(&self, token: &str, sb: &str, cmd: &[&str]) {
         let r = self
-            .req("POST", &format!("/sandboxes/{sb}/exec"), Some(token), Some(json!({"cmd": cmd, "detach": true})))
+            .req(
+                "POST",
+                &format!("/sandboxes/{sb}/exec"),
+                Some(token),
+                Some(json!({"cmd": cmd, "detach": true})),
+            )
             .await;
         assert_eq!(r.status, 200, "detach {cmd:?}: {}", r.text());
     }
@@ -193,16 +229,23 @@ impl TestDaemon {
         tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
         tokio_tungstenite::tungstenite::Error,
     > {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
-        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            format!("ws://{}{path}", self.addr),
-        )
-        .expect("ws request");
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{}{path}", self.addr),
+            )
+            .expect("ws request");
         if let Some(t) = token {
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().expect("header"));
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("header"),
+            );
         }
-        tokio_tungstenite::client_async(req, stream).await.map(|(ws, _)| ws)
+        tokio_tungstenite::client_async(req, stream)
+            .await
+            .map(|(ws, _)| ws)
     }
 }
 
@@ -212,7 +255,10 @@ impl Drop for TestDaemon {
         // the test's own may be unwinding.
         let Some(d) = self.daemon.take() else { return };
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -261,7 +307,8 @@ where
             .expect("open")
             .expect("message");
         if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(t.as_str()).unwrap_or_else(|_| panic!("not a session message: {t}"));
+            let v: Value = serde_json::from_str(t.as_str())
+                .unwrap_or_else(|_| panic!("not a session message: {t}"));
             assert_eq!(v["type"], "session", "{t}");
             return v["session_id"].as_str().expect("session_id").to_string();
         }
@@ -279,16 +326,25 @@ pub async fn lifecycle(d: &TestDaemon) {
     assert_eq!(h.json()["status"], "ok");
     assert!(h.header("x-bhatti-version").is_some());
     let r = d.req("GET", "/sandboxes", None, None).await;
-    assert_eq!((r.status, r.json()["error"].clone()), (401, json!("authorization required")));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, json!("authorization required"))
+    );
     let r = d.req("GET", "/sandboxes", Some("bht_nope"), None).await;
-    assert_eq!((r.status, r.json()["error"].clone()), (401, json!("invalid api key")));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, json!("invalid api key"))
+    );
     // `..` cannot reach an authenticated route without a key.
     let r = d.req("GET", "/health/../sandboxes", None, None).await;
     assert_ne!(r.status, 200);
 
     let key = d.user("alice", Quotas::default());
     let sb = d
-        .create(&key, json!({"name": "web", "labels": {"app": "web", "tier": "a"}, "memory_mb": 256}))
+        .create(
+            &key,
+            json!({"name": "web", "labels": {"app": "web", "tier": "a"}, "memory_mb": 256}),
+        )
         .await;
     let id = sb["id"].as_str().unwrap().to_string();
     assert_eq!(sb["status"], "running");
@@ -297,7 +353,14 @@ pub async fn lifecycle(d: &TestDaemon) {
     assert!(!sb["ip"].as_str().unwrap().is_empty());
 
     // Idempotent by name: 200 + header + the same record, nothing new booted.
-    let again = d.req("POST", "/sandboxes", Some(&key), Some(json!({"name": "web"}))).await;
+    let again = d
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&key),
+            Some(json!({"name": "web"})),
+        )
+        .await;
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.header("x-bhatti-existing").as_deref(), Some("true"));
     assert_eq!(again.json()["id"], sb["id"]);
@@ -305,11 +368,27 @@ pub async fn lifecycle(d: &TestDaemon) {
     let list = d.req("GET", "/sandboxes", Some(&key), None).await.json();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["thermal"], "hot");
-    let f = d.req("GET", "/sandboxes?label=app=web&label=tier=a", Some(&key), None).await.json();
+    let f = d
+        .req(
+            "GET",
+            "/sandboxes?label=app=web&label=tier=a",
+            Some(&key),
+            None,
+        )
+        .await
+        .json();
     assert_eq!(f.as_array().unwrap().len(), 1);
-    let f = d.req("GET", "/sandboxes?label=app=db", Some(&key), None).await.json();
+    let f = d
+        .req("GET", "/sandboxes?label=app=db", Some(&key), None)
+        .await
+        .json();
     assert!(f.as_array().unwrap().is_empty());
-    assert_eq!(d.req("GET", "/sandboxes?label=bhatti.sh/x=1", Some(&key), None).await.status, 400);
+    assert_eq!(
+        d.req("GET", "/sandboxes?label=bhatti.sh/x=1", Some(&key), None)
+            .await
+            .status,
+        400
+    );
 
     let by_name = d.req("GET", "/sandboxes/web", Some(&key), None).await;
     assert_eq!(by_name.json()["id"], sb["id"]);
@@ -326,36 +405,87 @@ pub async fn lifecycle(d: &TestDaemon) {
     assert_eq!(p.json()["name"], "web2");
     assert_eq!(p.json()["labels"], json!({"app": "web", "x": "1"}));
     let other = d.create(&key, json!({"name": "other"})).await;
-    let dup = d.req("PATCH", "/sandboxes/other", Some(&key), Some(json!({"name": "web2"}))).await;
+    let dup = d
+        .req(
+            "PATCH",
+            "/sandboxes/other",
+            Some(&key),
+            Some(json!({"name": "web2"})),
+        )
+        .await;
     assert_eq!(dup.status, 409, "{}", dup.text());
 
     // Files survive stop/start.
-    assert_eq!(d.sh(&key, &id, "echo persisted > /workspace/p.txt").await.0, 0);
-    let s = d.req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None).await;
+    assert_eq!(
+        d.sh(&key, &id, "echo persisted > /workspace/p.txt").await.0,
+        0
+    );
+    let s = d
+        .req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None)
+        .await;
     assert_eq!(s.status, 200, "{}", s.text());
     assert_eq!(s.json()["status"], "stopped");
     assert!(s.json()["stopped_at"].is_string());
-    let g = d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None).await.json();
+    let g = d
+        .req("GET", &format!("/sandboxes/{id}"), Some(&key), None)
+        .await
+        .json();
     assert_eq!(g["status"], "stopped");
-    let s = d.req("POST", &format!("/sandboxes/{id}/start"), Some(&key), None).await;
+    let s = d
+        .req("POST", &format!("/sandboxes/{id}/start"), Some(&key), None)
+        .await;
     assert_eq!(s.status, 200, "{}", s.text());
     assert_eq!(s.json()["status"], "running");
-    assert_eq!(d.sh(&key, &id, "cat /workspace/p.txt").await.1, "persisted\n");
+    assert_eq!(
+        d.sh(&key, &id, "cat /workspace/p.txt").await.1,
+        "persisted\n"
+    );
     // An exec on a stopped sandbox wakes it transparently.
-    d.req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None).await;
+    d.req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None)
+        .await;
     assert_eq!(d.sh(&key, &id, "echo woke").await.1, "woke\n");
-    assert_eq!(d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None).await.json()["status"], "running");
+    assert_eq!(
+        d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None)
+            .await
+            .json()["status"],
+        "running"
+    );
 
-    let del = d.req("DELETE", &format!("/sandboxes/{id}"), Some(&key), None).await;
-    assert_eq!((del.status, del.json()["status"].clone()), (200, json!("destroyed")));
-    assert_eq!(d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None).await.status, 404);
+    let del = d
+        .req("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(
+        (del.status, del.json()["status"].clone()),
+        (200, json!("destroyed"))
+    );
+    assert_eq!(
+        d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None)
+            .await
+            .status,
+        404
+    );
     let o = other["id"].as_str().unwrap();
-    assert_eq!(d.req("DELETE", &format!("/sandboxes/{o}"), Some(&key), None).await.status, 200);
-    assert!(d.req("GET", "/sandboxes", Some(&key), None).await.json().as_array().unwrap().is_empty());
+    assert_eq!(
+        d.req("DELETE", &format!("/sandboxes/{o}"), Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert!(d
+        .req("GET", "/sandboxes", Some(&key), None)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
     // Metrics and the OpenAPI document need a key too.
     assert_eq!(d.req("GET", "/metrics", None, None).await.status, 401);
     let m = d.req("GET", "/metrics", Some(&key), None).await;
-    assert!(m.text().contains("bhatti_api_requests_total"), "{}", m.text());
+    assert!(
+        m.text().contains("bhatti_api_requests_total"),
+        "{}",
+        m.text()
+    );
     let o = d.req("GET", "/openapi.json", Some(&key), None).await.json();
     assert!(o["paths"]["/sandboxes"]["post"].is_object());
 }
@@ -382,7 +512,10 @@ pub async fn exec(d: &TestDaemon) {
         )
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/x-ndjson"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/x-ndjson")
+    );
     let events: Vec<Value> = r
         .text()
         .lines()
@@ -394,8 +527,13 @@ pub async fn exec(d: &TestDaemon) {
         .map(|e| e["data"].as_str().unwrap())
         .collect();
     assert_eq!(stdout, "line1\nline2\nline3\n");
-    assert!(events.iter().any(|e| e["type"] == "stderr" && e["data"] == "e\n"));
-    assert_eq!(events.last().unwrap(), &json!({"type": "exit", "exit_code": 7}));
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "stderr" && e["data"] == "e\n"));
+    assert_eq!(
+        events.last().unwrap(),
+        &json!({"type": "exit", "exit_code": 7})
+    );
 
     let det = d
         .req(
@@ -410,7 +548,11 @@ pub async fn exec(d: &TestDaemon) {
     assert!(det.json()["pid"].as_i64().unwrap() > 0);
     let mut ok = false;
     for _ in 0..60 {
-        if d.sh(&key, id, "cat /workspace/det.txt 2>/dev/null || true").await.1 == "later\n" {
+        if d.sh(&key, id, "cat /workspace/det.txt 2>/dev/null || true")
+            .await
+            .1
+            == "later\n"
+        {
             ok = true;
             break;
         }
@@ -445,14 +587,36 @@ pub async fn exec(d: &TestDaemon) {
         (json!({"cmd": "ls"}), 400),
         (json!({"cmd": ["/no/such/binary"]}), 400),
     ] {
-        let r = d.req("POST", &format!("/sandboxes/{id}/exec"), Some(&key), Some(body.clone())).await;
+        let r = d
+            .req(
+                "POST",
+                &format!("/sandboxes/{id}/exec"),
+                Some(&key),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(r.status, want, "{body}: {}", r.text());
         assert!(r.json()["error"].is_string());
     }
-    let r = d.raw("POST", &format!("/sandboxes/{id}/exec"), Some(&key), &[("content-type", "application/json")], b"{nope".to_vec()).await;
+    let r = d
+        .raw(
+            "POST",
+            &format!("/sandboxes/{id}/exec"),
+            Some(&key),
+            &[("content-type", "application/json")],
+            b"{nope".to_vec(),
+        )
+        .await;
     assert_eq!(r.status, 400);
 
-    let s = d.req("GET", &format!("/sandboxes/{id}/sessions"), Some(&key), None).await;
+    let s = d
+        .req(
+            "GET",
+            &format!("/sandboxes/{id}/sessions"),
+            Some(&key),
+            None,
+        )
+        .await;
     assert_eq!(s.status, 200);
     assert!(s.json().is_array());
 }
@@ -464,27 +628,99 @@ pub async fn files(d: &TestDaemon) {
     let id = sb["id"].as_str().unwrap();
     let base = format!("/sandboxes/{id}/files");
     let content: String = (1..=100).map(|i| format!("line {i}\n")).collect();
-    let w = d.raw("PUT", &format!("{base}?path=/workspace/dir/a.txt&mode=0600"), Some(&key), &[], content.clone().into_bytes()).await;
+    let w = d
+        .raw(
+            "PUT",
+            &format!("{base}?path=/workspace/dir/a.txt&mode=0600"),
+            Some(&key),
+            &[],
+            content.clone().into_bytes(),
+        )
+        .await;
     assert_eq!(w.status, 200, "{}", w.text());
-    let r = d.raw("GET", &format!("{base}?path=/workspace/dir/a.txt"), Some(&key), &[], vec![]).await;
+    let r = d
+        .raw(
+            "GET",
+            &format!("{base}?path=/workspace/dir/a.txt"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), content);
     assert_eq!(r.header("x-file-size"), Some(content.len().to_string()));
-    let t = d.raw("GET", &format!("{base}?path=/workspace/dir/a.txt&offset=10&limit=2"), Some(&key), &[], vec![]).await;
+    let t = d
+        .raw(
+            "GET",
+            &format!("{base}?path=/workspace/dir/a.txt&offset=10&limit=2"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(t.text(), "line 10\nline 11\n");
     assert_eq!(t.header("x-file-size"), Some(content.len().to_string()));
-    let ls = d.raw("GET", &format!("{base}?path=/workspace/dir&ls=true"), Some(&key), &[], vec![]).await.json();
+    let ls = d
+        .raw(
+            "GET",
+            &format!("{base}?path=/workspace/dir&ls=true"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await
+        .json();
     assert_eq!(ls[0]["name"], "a.txt");
     assert_eq!(ls[0]["mode"], "0600");
-    let st = d.raw("HEAD", &format!("{base}?path=/workspace/dir"), Some(&key), &[], vec![]).await;
+    let st = d
+        .raw(
+            "HEAD",
+            &format!("{base}?path=/workspace/dir"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(st.status, 200);
     assert_eq!(st.header("x-file-isdir").as_deref(), Some("true"));
-    let st = d.raw("HEAD", &format!("{base}?path=/workspace/missing"), Some(&key), &[], vec![]).await;
+    let st = d
+        .raw(
+            "HEAD",
+            &format!("{base}?path=/workspace/missing"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(st.status, 404);
     // Binary content round-trips byte for byte.
     let bin: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
-    assert_eq!(d.raw("PUT", &format!("{base}?path=/workspace/b.bin"), Some(&key), &[], bin.clone()).await.status, 200);
-    assert_eq!(d.raw("GET", &format!("{base}?path=/workspace/b.bin"), Some(&key), &[], vec![]).await.body.to_vec(), bin);
+    assert_eq!(
+        d.raw(
+            "PUT",
+            &format!("{base}?path=/workspace/b.bin"),
+            Some(&key),
+            &[],
+            bin.clone()
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        d.raw(
+            "GET",
+            &format!("{base}?path=/workspace/b.bin"),
+            Some(&key),
+            &[],
+            vec![]
+        )
+        .await
+        .body
+        .to_vec(),
+        bin
+    );
     let (_, sum, _) = d.sh(&key, id, "wc -c < /workspace/b.bin").await;
     assert_eq!(sum.trim(), "300000");
 
@@ -495,15 +731,45 @@ pub async fn files(d: &TestDaemon) {
         ("/workspace/../etc/passwd", 400),
         ("/workspace/x%00y", 400),
     ] {
-        let r = d.raw("PUT", &format!("{base}?path={path}"), Some(&key), &[], b"x".to_vec()).await;
+        let r = d
+            .raw(
+                "PUT",
+                &format!("{base}?path={path}"),
+                Some(&key),
+                &[],
+                b"x".to_vec(),
+            )
+            .await;
         assert_eq!(r.status, want, "{path}: {}", r.text());
     }
-    let r = d.raw("GET", &format!("{base}?path=/workspace/nope.txt"), Some(&key), &[], vec![]).await;
+    let r = d
+        .raw(
+            "GET",
+            &format!("{base}?path=/workspace/nope.txt"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, 404, "{}", r.text());
-    let r = d.raw("GET", &format!("{base}?path=/workspace/dir/a.txt&limit=-1"), Some(&key), &[], vec![]).await;
+    let r = d
+        .raw(
+            "GET",
+            &format!("{base}?path=/workspace/dir/a.txt&limit=-1"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, 400);
     let big = d
-        .raw("PUT", &format!("{base}?path=/workspace/big"), Some(&key), &[("content-length", "104857601")], vec![])
+        .raw(
+            "PUT",
+            &format!("{base}?path=/workspace/big"),
+            Some(&key),
+            &[("content-length", "104857601")],
+            vec![],
+        )
         .await;
     assert_eq!(big.status, 413, "{}", big.text());
     let (_, ls, _) = d.sh(&key, id, "ls /workspace").await;
@@ -519,26 +785,56 @@ pub async fn shell_ws(d: &TestDaemon) {
     let path = format!("/sandboxes/{id}/ws");
     match d.ws(&path, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
-        other => panic!("unauthenticated upgrade must fail with 401, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "unauthenticated upgrade must fail with 401, got {:?}",
+            other.map(|_| ())
+        ),
     }
     match d.ws(&path, Some("bht_wrong")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("wrong key must fail with 401, got {:?}", other.map(|_| ())),
     }
-    let mut ws = d.ws(&format!("{path}?new=true"), Some(&key)).await.expect("ws");
+    let mut ws = d
+        .ws(&format!("{path}?new=true"), Some(&key))
+        .await
+        .expect("ws");
     let sid = ws_session(&mut ws).await;
-    ws.send(Message::Text(r#"{"type":"resize","rows":40,"cols":123}"#.into())).await.unwrap();
-    ws.send(Message::Binary(b"stty size; echo mark-$((6*7))\n".to_vec().into())).await.unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"resize","rows":40,"cols":123}"#.into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Binary(
+        b"stty size; echo mark-$((6*7))\n".to_vec().into(),
+    ))
+    .await
+    .unwrap();
     let seen = ws_until(&mut ws, "mark-42").await;
     assert!(seen.contains("40 123"), "resize not applied: {seen:?}");
-    ws.send(Message::Binary(b"echo before-detach-$((1+1))\n".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(
+        b"echo before-detach-$((1+1))\n".to_vec().into(),
+    ))
+    .await
+    .unwrap();
     ws_until(&mut ws, "before-detach-2").await;
     drop(ws);
     // Listed as detached.
     let mut detached = false;
     for _ in 0..40 {
-        let s = d.req("GET", &format!("/sandboxes/{id}/sessions"), Some(&key), None).await.json();
-        if s.as_array().unwrap().iter().any(|x| x["session_id"] == sid.as_str() && x["attached"] == false) {
+        let s = d
+            .req(
+                "GET",
+                &format!("/sandboxes/{id}/sessions"),
+                Some(&key),
+                None,
+            )
+            .await
+            .json();
+        if s.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["session_id"] == sid.as_str() && x["attached"] == false)
+        {
             detached = true;
             break;
         }
@@ -549,10 +845,15 @@ pub async fn shell_ws(d: &TestDaemon) {
     let mut ws = d.ws(&path, Some(&key)).await.expect("ws");
     assert_eq!(ws_session(&mut ws).await, sid);
     ws_until(&mut ws, "before-detach-2").await;
-    ws.send(Message::Binary(b"exit\n".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(b"exit\n".to_vec().into()))
+        .await
+        .unwrap();
     // The shell ends: a normal close.
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("close in time") {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("close in time")
+        {
             Some(Ok(Message::Close(Some(f)))) => {
                 assert_eq!(u16::from(f.code), 1000);
                 break;
@@ -563,10 +864,17 @@ pub async fn shell_ws(d: &TestDaemon) {
     }
 
     // Piped session over /exec/ws.
-    let mut ws = d.ws(&format!("/sandboxes/{id}/exec/ws"), Some(&key)).await.expect("ws");
-    ws.send(Message::Text(json!({"cmd": ["sh", "-c", "read x; echo got-$x; exit 5"]}).to_string().into()))
+    let mut ws = d
+        .ws(&format!("/sandboxes/{id}/exec/ws"), Some(&key))
         .await
-        .unwrap();
+        .expect("ws");
+    ws.send(Message::Text(
+        json!({"cmd": ["sh", "-c", "read x; echo got-$x; exit 5"]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
     ws_session(&mut ws).await;
     ws.send(Message::Text("hello\n".into())).await.unwrap();
     let seen = ws_until(&mut ws, "\"exit\"").await;
@@ -595,32 +903,123 @@ pub async fn proxy(d: &TestDaemon) {
     assert_eq!(det.status, 200, "{}", det.text());
     let mut ports = Value::Null;
     for _ in 0..40 {
-        ports = d.req("GET", &format!("/sandboxes/{id}/ports"), Some(&key), None).await.json();
-        if ports.as_array().is_some_and(|p| p.iter().any(|x| x["container_port"] == 8000)) {
+        ports = d
+            .req("GET", &format!("/sandboxes/{id}/ports"), Some(&key), None)
+            .await
+            .json();
+        if ports
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["container_port"] == 8000))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let p = ports.as_array().unwrap().iter().find(|x| x["container_port"] == 8000).expect("port 8000 listed");
+    let p = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["container_port"] == 8000)
+        .expect("port 8000 listed");
     assert_eq!(p["proxy_url"], format!("/sandboxes/{id}/proxy/8000/"));
     let all = d.req("GET", "/ports", Some(&key), None).await.json();
-    assert!(all.as_array().unwrap().iter().any(|x| x["sandbox_id"] == id && x["container_port"] == 8000));
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["sandbox_id"] == id && x["container_port"] == 8000));
 
-    let r = d.raw("GET", &format!("/sandboxes/{id}/proxy/8000/"), Some(&key), &[], vec![]).await;
+    let r = d
+        .raw(
+            "GET",
+            &format!("/sandboxes/{id}/proxy/8000/"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "hello-proxy\n");
-    let r = d.raw("GET", &format!("/sandboxes/p/proxy/8000/cgi-bin/h?a=1&b=2"), Some(&key), &[], vec![]).await;
+    let r = d
+        .raw(
+            "GET",
+            "/sandboxes/p/proxy/8000/cgi-bin/h?a=1&b=2",
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("xff=127.0.0.1"), "{}", r.text());
     assert!(r.text().contains("host=localhost:8000"), "{}", r.text());
     assert!(r.text().contains("q=a=1&b=2"), "{}", r.text());
-    let r = d.raw("GET", &format!("/sandboxes/{id}/proxy/8000/missing"), Some(&key), &[], vec![]).await;
+    let r = d
+        .raw(
+            "GET",
+            &format!("/sandboxes/{id}/proxy/8000/missing"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, 404);
-    assert_eq!(d.raw("GET", &format!("/sandboxes/{id}/proxy/0/"), Some(&key), &[], vec![]).await.status, 400);
-    assert_eq!(d.raw("GET", &format!("/sandboxes/{id}/proxy/99999/"), Some(&key), &[], vec![]).await.status, 400);
-    assert_eq!(d.raw("GET", "/sandboxes/nosuch/proxy/8000/", Some(&key), &[], vec![]).await.status, 404);
-    assert_eq!(d.raw("GET", &format!("/sandboxes/{id}/proxy/8000/"), None, &[], vec![]).await.status, 401);
-    let r = d.raw("GET", &format!("/sandboxes/{id}/proxy/8001/"), Some(&key), &[], vec![]).await;
+    assert_eq!(
+        d.raw(
+            "GET",
+            &format!("/sandboxes/{id}/proxy/0/"),
+            Some(&key),
+            &[],
+            vec![]
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        d.raw(
+            "GET",
+            &format!("/sandboxes/{id}/proxy/99999/"),
+            Some(&key),
+            &[],
+            vec![]
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        d.raw(
+            "GET",
+            "/sandboxes/nosuch/proxy/8000/",
+            Some(&key),
+            &[],
+            vec![]
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        d.raw(
+            "GET",
+            &format!("/sandboxes/{id}/proxy/8000/"),
+            None,
+            &[],
+            vec![]
+        )
+        .await
+        .status,
+        401
+    );
+    let r = d
+        .raw(
+            "GET",
+            &format!("/sandboxes/{id}/proxy/8001/"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
     assert_eq!(r.status, 502, "{}", r.text());
 }
 
@@ -629,17 +1028,42 @@ pub async fn proxy(d: &TestDaemon) {
 pub async fn resources(d: &TestDaemon) {
     let key = d.user("res", Quotas::default());
     // Secrets.
-    let s = d.req("POST", "/secrets", Some(&key), Some(json!({"name": "API_TOKEN", "value": "s3cr3t-value"}))).await;
+    let s = d
+        .req(
+            "POST",
+            "/secrets",
+            Some(&key),
+            Some(json!({"name": "API_TOKEN", "value": "s3cr3t-value"})),
+        )
+        .await;
     assert_eq!(s.status, 201, "{}", s.text());
     let list = d.req("GET", "/secrets", Some(&key), None).await;
     assert_eq!(list.json()[0]["name"], "API_TOKEN");
     assert!(!list.text().contains("s3cr3t"));
-    assert_eq!(d.req("POST", "/secrets", Some(&key), Some(json!({"name": "X"}))).await.status, 400);
-    assert_eq!(d.req("POST", "/secrets", Some(&key), Some(json!({"name": "bad name", "value": "v"}))).await.status, 400);
+    assert_eq!(
+        d.req("POST", "/secrets", Some(&key), Some(json!({"name": "X"})))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        d.req(
+            "POST",
+            "/secrets",
+            Some(&key),
+            Some(json!({"name": "bad name", "value": "v"}))
+        )
+        .await
+        .status,
+        400
+    );
     let db = std::fs::read(d.data().join("state.db")).unwrap();
     let wal = std::fs::read(d.data().join("state.db-wal")).unwrap_or_default();
     for bytes in [db, wal] {
-        assert!(!bytes.windows(12).any(|w| w == b"s3cr3t-value"), "plaintext secret on disk");
+        assert!(
+            !bytes.windows(12).any(|w| w == b"s3cr3t-value"),
+            "plaintext secret on disk"
+        );
     }
     // Templates, with the secret.
     let t = d
@@ -652,17 +1076,77 @@ pub async fn resources(d: &TestDaemon) {
         .await;
     assert_eq!(t.status, 201, "{}", t.text());
     let tid = t.json()["id"].as_str().unwrap().to_string();
-    assert_eq!(d.req("GET", &format!("/templates/{tid}"), Some(&key), None).await.json()["name"], "tpl");
-    assert_eq!(d.req("GET", "/templates", Some(&key), None).await.json().as_array().unwrap().len(), 1);
-    assert_eq!(d.req("POST", "/templates", Some(&key), Some(json!({"name": "t2", "cpus": 0.5}))).await.status, 400);
+    assert_eq!(
+        d.req("GET", &format!("/templates/{tid}"), Some(&key), None)
+            .await
+            .json()["name"],
+        "tpl"
+    );
+    assert_eq!(
+        d.req("GET", "/templates", Some(&key), None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        d.req(
+            "POST",
+            "/templates",
+            Some(&key),
+            Some(json!({"name": "t2", "cpus": 0.5}))
+        )
+        .await
+        .status,
+        400
+    );
 
     // Volumes.
-    let v = d.req("POST", "/volumes", Some(&key), Some(json!({"name": "data", "size_mb": 64}))).await;
+    let v = d
+        .req(
+            "POST",
+            "/volumes",
+            Some(&key),
+            Some(json!({"name": "data", "size_mb": 64})),
+        )
+        .await;
     assert_eq!(v.status, 201, "{}", v.text());
     assert_eq!(v.json()["status"], "ready");
-    assert_eq!(d.req("POST", "/volumes", Some(&key), Some(json!({"name": "data", "size_mb": 64}))).await.status, 409);
-    assert_eq!(d.req("POST", "/volumes", Some(&key), Some(json!({"name": "z", "size_mb": 0}))).await.status, 400);
-    assert_eq!(d.req("POST", "/volumes", Some(&key), Some(json!({"name": "../x", "size_mb": 8}))).await.status, 400);
+    assert_eq!(
+        d.req(
+            "POST",
+            "/volumes",
+            Some(&key),
+            Some(json!({"name": "data", "size_mb": 64}))
+        )
+        .await
+        .status,
+        409
+    );
+    assert_eq!(
+        d.req(
+            "POST",
+            "/volumes",
+            Some(&key),
+            Some(json!({"name": "z", "size_mb": 0}))
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        d.req(
+            "POST",
+            "/volumes",
+            Some(&key),
+            Some(json!({"name": "../x", "size_mb": 8}))
+        )
+        .await
+        .status,
+        400
+    );
 
     let sb = d
         .create(
@@ -675,37 +1159,112 @@ pub async fn resources(d: &TestDaemon) {
     assert_eq!(sb["template_id"], tid.as_str());
     let (_, env, _) = d.sh(&key, id, "echo $API_TOKEN $FROM_TPL").await;
     assert_eq!(env, "s3cr3t-value yes\n");
-    assert_eq!(d.sh(&key, id, "echo vol-data > /data/f && sync && cat /data/f").await.1, "vol-data\n");
+    assert_eq!(
+        d.sh(&key, id, "echo vol-data > /data/f && sync && cat /data/f")
+            .await
+            .1,
+        "vol-data\n"
+    );
     let g = d.req("GET", "/volumes/data", Some(&key), None).await.json();
     assert_eq!(g["attachments"][0]["sandbox_id"], id);
     assert_eq!(g["attachments"][0]["mount"], "/data");
     // RW-exclusive: a second RW attach is refused, and nothing is left behind.
-    let before = d.req("GET", "/sandboxes", Some(&key), None).await.json().as_array().unwrap().len();
+    let before = d
+        .req("GET", "/sandboxes", Some(&key), None)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .len();
     let r = d
         .req("POST", "/sandboxes", Some(&key), Some(json!({"name": "second", "persistent_volumes": [{"name": "data", "mount": "/data"}]})))
         .await;
     assert_eq!(r.status, 409, "{}", r.text());
-    assert_eq!(d.req("GET", "/sandboxes", Some(&key), None).await.json().as_array().unwrap().len(), before);
-    assert_eq!(d.req("DELETE", "/volumes/data", Some(&key), None).await.status, 409);
-    assert_eq!(d.req("POST", "/volumes/data/resize", Some(&key), Some(json!({"size_mb": 128}))).await.status, 409);
+    assert_eq!(
+        d.req("GET", "/sandboxes", Some(&key), None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        before
+    );
+    assert_eq!(
+        d.req("DELETE", "/volumes/data", Some(&key), None)
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        d.req(
+            "POST",
+            "/volumes/data/resize",
+            Some(&key),
+            Some(json!({"size_mb": 128}))
+        )
+        .await
+        .status,
+        409
+    );
     let r = d
         .req("POST", "/sandboxes", Some(&key), Some(json!({"name": "bad-mount", "persistent_volumes": [{"name": "data", "mount": "/etc"}]})))
         .await;
     assert_eq!(r.status, 400);
     let r = d
-        .req("POST", "/sandboxes", Some(&key), Some(json!({"name": "nov", "persistent_volumes": [{"name": "nope", "mount": "/d"}]})))
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&key),
+            Some(json!({"name": "nov", "persistent_volumes": [{"name": "nope", "mount": "/d"}]})),
+        )
         .await;
     assert_eq!(r.status, 404, "{}", r.text());
-    let r = d.req("POST", "/sandboxes", Some(&key), Some(json!({"name": "nosec", "secrets": ["MISSING"]}))).await;
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&key),
+            Some(json!({"name": "nosec", "secrets": ["MISSING"]})),
+        )
+        .await;
     assert_eq!(r.status, 400, "{}", r.text());
 
     // Data outlives the sandbox; grow and clone once detached.
-    assert_eq!(d.req("DELETE", &format!("/sandboxes/{id}"), Some(&key), None).await.status, 200);
-    let r = d.req("POST", "/volumes/data/resize", Some(&key), Some(json!({"size_mb": 128}))).await;
+    assert_eq!(
+        d.req("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    let r = d
+        .req(
+            "POST",
+            "/volumes/data/resize",
+            Some(&key),
+            Some(json!({"size_mb": 128})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["size_mb"], 128);
-    assert_eq!(d.req("POST", "/volumes/data/resize", Some(&key), Some(json!({"size_mb": 100}))).await.status, 400);
-    let c = d.req("POST", "/volumes/data/snapshot", Some(&key), Some(json!({"name": "data-copy"}))).await;
+    assert_eq!(
+        d.req(
+            "POST",
+            "/volumes/data/resize",
+            Some(&key),
+            Some(json!({"size_mb": 100}))
+        )
+        .await
+        .status,
+        400
+    );
+    let c = d
+        .req(
+            "POST",
+            "/volumes/data/snapshot",
+            Some(&key),
+            Some(json!({"name": "data-copy"})),
+        )
+        .await;
     assert_eq!(c.status, 201, "{}", c.text());
     let sb2 = d
         .create(&key, json!({"name": "reader", "persistent_volumes": [{"name": "data-copy", "mount": "/data", "read_only": true}]}))
@@ -714,15 +1273,54 @@ pub async fn resources(d: &TestDaemon) {
     assert_eq!(d.sh(&key, id2, "cat /data/f").await.1, "vol-data\n");
     let (code, _, _) = d.sh(&key, id2, "echo x > /data/g").await;
     assert_ne!(code, 0, "read-only volume was writable");
-    assert_eq!(d.req("DELETE", &format!("/sandboxes/{id2}"), Some(&key), None).await.status, 200);
-    assert_eq!(d.req("GET", "/volumes", Some(&key), None).await.json().as_array().unwrap().len(), 2);
+    assert_eq!(
+        d.req("DELETE", &format!("/sandboxes/{id2}"), Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        d.req("GET", "/volumes", Some(&key), None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     for v in ["data", "data-copy"] {
-        assert_eq!(d.req("DELETE", &format!("/volumes/{v}"), Some(&key), None).await.status, 200);
+        assert_eq!(
+            d.req("DELETE", &format!("/volumes/{v}"), Some(&key), None)
+                .await
+                .status,
+            200
+        );
     }
-    assert_eq!(d.req("DELETE", "/secrets/API_TOKEN", Some(&key), None).await.status, 200);
-    assert_eq!(d.req("DELETE", "/secrets/API_TOKEN", Some(&key), None).await.status, 404);
-    assert_eq!(d.req("DELETE", &format!("/templates/{tid}"), Some(&key), None).await.status, 200);
-    assert!(d.req("GET", "/secrets", Some(&key), None).await.json().as_array().unwrap().is_empty());
+    assert_eq!(
+        d.req("DELETE", "/secrets/API_TOKEN", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        d.req("DELETE", "/secrets/API_TOKEN", Some(&key), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        d.req("DELETE", &format!("/templates/{tid}"), Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert!(d
+        .req("GET", "/secrets", Some(&key), None)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 /// Two users: neither sees the other's sandboxes, secrets, volumes,
@@ -732,21 +1330,52 @@ pub async fn isolation(d: &TestDaemon) {
     let b = d.user("ub", Quotas::default());
     let sb = d.create(&a, json!({"name": "mine"})).await;
     let id = sb["id"].as_str().unwrap().to_string();
-    d.req("POST", "/secrets", Some(&a), Some(json!({"name": "S", "value": "v"}))).await;
-    d.req("POST", "/volumes", Some(&a), Some(json!({"name": "va", "size_mb": 16}))).await;
-    let t = d.req("POST", "/templates", Some(&a), Some(json!({"name": "ta"}))).await.json();
+    d.req(
+        "POST",
+        "/secrets",
+        Some(&a),
+        Some(json!({"name": "S", "value": "v"})),
+    )
+    .await;
+    d.req(
+        "POST",
+        "/volumes",
+        Some(&a),
+        Some(json!({"name": "va", "size_mb": 16})),
+    )
+    .await;
+    let t = d
+        .req("POST", "/templates", Some(&a), Some(json!({"name": "ta"})))
+        .await
+        .json();
     for target in [id.as_str(), "mine"] {
         for (m, p, body) in [
             ("GET", format!("/sandboxes/{target}"), None),
-            ("PATCH", format!("/sandboxes/{target}"), Some(json!({"keep_hot": false}))),
-            ("POST", format!("/sandboxes/{target}/exec"), Some(json!({"cmd": ["true"]}))),
+            (
+                "PATCH",
+                format!("/sandboxes/{target}"),
+                Some(json!({"keep_hot": false})),
+            ),
+            (
+                "POST",
+                format!("/sandboxes/{target}/exec"),
+                Some(json!({"cmd": ["true"]})),
+            ),
             ("POST", format!("/sandboxes/{target}/stop"), None),
             ("POST", format!("/sandboxes/{target}/start"), None),
             ("GET", format!("/sandboxes/{target}/sessions"), None),
-            ("GET", format!("/sandboxes/{target}/files?path=/workspace"), None),
+            (
+                "GET",
+                format!("/sandboxes/{target}/files?path=/workspace"),
+                None,
+            ),
             ("GET", format!("/sandboxes/{target}/ports"), None),
             ("GET", format!("/sandboxes/{target}/proxy/80/"), None),
-            ("POST", format!("/sandboxes/{target}/checkpoint"), Some(json!({"name": "c"}))),
+            (
+                "POST",
+                format!("/sandboxes/{target}/checkpoint"),
+                Some(json!({"name": "c"})),
+            ),
             ("DELETE", format!("/sandboxes/{target}"), None),
         ] {
             let r = d.req(m, &p, Some(&b), body).await;
@@ -754,24 +1383,73 @@ pub async fn isolation(d: &TestDaemon) {
         }
         match d.ws(&format!("/sandboxes/{target}/ws"), Some(&b)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
-            other => panic!("another user's shell must be 404, got {:?}", other.map(|_| ())),
+            other => panic!(
+                "another user's shell must be 404, got {:?}",
+                other.map(|_| ())
+            ),
         }
     }
-    for p in ["/sandboxes", "/secrets", "/volumes", "/templates", "/snapshots", "/ports"] {
+    for p in [
+        "/sandboxes",
+        "/secrets",
+        "/volumes",
+        "/templates",
+        "/snapshots",
+        "/ports",
+    ] {
         let r = d.req("GET", p, Some(&b), None).await;
         assert_eq!(r.status, 200);
-        assert!(r.json().as_array().unwrap().is_empty(), "{p} leaks: {}", r.text());
+        assert!(
+            r.json().as_array().unwrap().is_empty(),
+            "{p} leaks: {}",
+            r.text()
+        );
     }
-    assert_eq!(d.req("GET", "/volumes/va", Some(&b), None).await.status, 404);
-    assert_eq!(d.req("DELETE", "/volumes/va", Some(&b), None).await.status, 404);
-    assert_eq!(d.req("DELETE", "/secrets/S", Some(&b), None).await.status, 404);
+    assert_eq!(
+        d.req("GET", "/volumes/va", Some(&b), None).await.status,
+        404
+    );
+    assert_eq!(
+        d.req("DELETE", "/volumes/va", Some(&b), None).await.status,
+        404
+    );
+    assert_eq!(
+        d.req("DELETE", "/secrets/S", Some(&b), None).await.status,
+        404
+    );
     let tid = t["id"].as_str().unwrap();
-    assert_eq!(d.req("GET", &format!("/templates/{tid}"), Some(&b), None).await.status, 404);
-    let r = d.req("POST", "/sandboxes", Some(&b), Some(json!({"name": "x", "template_id": tid}))).await;
+    assert_eq!(
+        d.req("GET", &format!("/templates/{tid}"), Some(&b), None)
+            .await
+            .status,
+        404
+    );
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&b),
+            Some(json!({"name": "x", "template_id": tid})),
+        )
+        .await;
     assert_eq!(r.status, 404);
-    let r = d.req("POST", "/sandboxes", Some(&b), Some(json!({"name": "x", "secrets": ["S"]}))).await;
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&b),
+            Some(json!({"name": "x", "secrets": ["S"]})),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    let r = d.req("POST", "/sandboxes", Some(&b), Some(json!({"name": "x", "persistent_volumes": [{"name": "va", "mount": "/d"}]}))).await;
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&b),
+            Some(json!({"name": "x", "persistent_volumes": [{"name": "va", "mount": "/d"}]})),
+        )
+        .await;
     assert_eq!(r.status, 404);
     // Same name is fine for another user: names are per user.
     let mine_b = d.create(&b, json!({"name": "mine"})).await;
@@ -796,71 +1474,237 @@ pub async fn limits_and_bad_input(d: &TestDaemon) {
         (json!({"memory_mb": 64}), 400),
         (json!({"name": "bad name"}), 400),
         (json!({"labels": {"bhatti.sh/x": "y"}}), 400),
-        (json!({"files": [{"guest_path": "/a", "content": "!!notbase64"}]}), 400),
+        (
+            json!({"files": [{"guest_path": "/a", "content": "!!notbase64"}]}),
+            400,
+        ),
         (json!({"files": [{"content": "aGk="}]}), 400),
         (json!({"image": "nope"}), 404),
         (json!({"egress": "sometimes"}), 400),
         (json!({"cpus": "two"}), 400),
     ] {
-        let r = d.req("POST", "/sandboxes", Some(&key), Some(body.clone())).await;
+        let r = d
+            .req("POST", "/sandboxes", Some(&key), Some(body.clone()))
+            .await;
         assert_eq!(r.status, want, "{body}: {}", r.text());
         assert!(r.json()["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    let r = d.raw("POST", "/sandboxes", Some(&key), &[("content-type", "application/json")], b"{not json".to_vec()).await;
+    let r = d
+        .raw(
+            "POST",
+            "/sandboxes",
+            Some(&key),
+            &[("content-type", "application/json")],
+            b"{not json".to_vec(),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    let huge = format!("{{\"name\":\"x\",\"env\":{{\"A\":\"{}\"}}}}", "a".repeat(2 << 20));
-    let r = d.raw("POST", "/sandboxes", Some(&key), &[("content-type", "application/json")], huge.into_bytes()).await;
+    let huge = format!(
+        "{{\"name\":\"x\",\"env\":{{\"A\":\"{}\"}}}}",
+        "a".repeat(2 << 20)
+    );
+    let r = d
+        .raw(
+            "POST",
+            "/sandboxes",
+            Some(&key),
+            &[("content-type", "application/json")],
+            huge.into_bytes(),
+        )
+        .await;
     assert_eq!(r.status, 413, "{}", r.text());
-    assert!(d.req("GET", "/sandboxes", Some(&key), None).await.json().as_array().unwrap().is_empty());
-    assert!(d.store().list_all_sandboxes().unwrap().iter().all(|s| s.name != "x"));
+    assert!(d
+        .req("GET", "/sandboxes", Some(&key), None)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(d
+        .store()
+        .list_all_sandboxes()
+        .unwrap()
+        .iter()
+        .all(|s| s.name != "x"));
 
-    let files = json!([{"guest_path": "/workspace/hello.txt", "content": "aGVsbG8=", "mode": "0640"}]);
+    let files =
+        json!([{"guest_path": "/workspace/hello.txt", "content": "aGVsbG8=", "mode": "0640"}]);
     let one = d.create(&key, json!({"name": "one", "env": {"GREETING": "hi there"}, "init": "echo init-ran > /tmp/init.txt", "files": files})).await;
     let id = one["id"].as_str().unwrap();
-    assert_eq!(d.sh(&key, id, "cat /workspace/hello.txt; echo; echo $GREETING").await.1, "hello\nhi there\n");
-    let r = d.req("POST", "/sandboxes", Some(&key), Some(json!({"name": "two"}))).await;
+    assert_eq!(
+        d.sh(&key, id, "cat /workspace/hello.txt; echo; echo $GREETING")
+            .await
+            .1,
+        "hello\nhi there\n"
+    );
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&key),
+            Some(json!({"name": "two"})),
+        )
+        .await;
     assert_eq!(r.status, 429, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap().contains("sandbox limit reached (1/1)"));
-    assert_eq!(d.req("GET", "/no/such/route", Some(&key), None).await.status, 404);
-    let p = d.req("PATCH", &format!("/sandboxes/{id}"), Some(&key), Some(json!({"name": "-bad"}))).await;
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("sandbox limit reached (1/1)"));
+    assert_eq!(
+        d.req("GET", "/no/such/route", Some(&key), None)
+            .await
+            .status,
+        404
+    );
+    let p = d
+        .req(
+            "PATCH",
+            &format!("/sandboxes/{id}"),
+            Some(&key),
+            Some(json!({"name": "-bad"})),
+        )
+        .await;
     assert_eq!(p.status, 400);
 }
 
 /// Named snapshots and forks (engines with memory snapshots).
 pub async fn snapshots(d: &TestDaemon) {
-    let key = d.user("snap", Quotas { max_snapshots: 1, ..Quotas::default() });
+    let key = d.user(
+        "snap",
+        Quotas {
+            max_snapshots: 1,
+            ..Quotas::default()
+        },
+    );
     let sb = d.create(&key, json!({"name": "src"})).await;
     let id = sb["id"].as_str().unwrap();
-    assert_eq!(d.sh(&key, id, "echo from-src > /workspace/s.txt").await.0, 0);
-    let c = d.req("POST", &format!("/sandboxes/{id}/checkpoint"), Some(&key), Some(json!({"name": "cp1"}))).await;
+    assert_eq!(
+        d.sh(&key, id, "echo from-src > /workspace/s.txt").await.0,
+        0
+    );
+    let c = d
+        .req(
+            "POST",
+            &format!("/sandboxes/{id}/checkpoint"),
+            Some(&key),
+            Some(json!({"name": "cp1"})),
+        )
+        .await;
     assert_eq!(c.status, 201, "{}", c.text());
     assert_eq!(c.json()["source_sandbox"], id);
     assert!(c.json()["size_mb"].as_u64().is_some());
-    assert_eq!(d.req("POST", &format!("/sandboxes/{id}/checkpoint"), Some(&key), Some(json!({"name": "cp1"}))).await.status, 403);
-    assert_eq!(d.req("POST", &format!("/sandboxes/{id}/checkpoint"), Some(&key), Some(json!({"name": "cp2"}))).await.status, 403);
-    assert_eq!(d.req("POST", &format!("/sandboxes/{id}/checkpoint"), Some(&key), Some(json!({"name": ""}))).await.status, 400);
+    assert_eq!(
+        d.req(
+            "POST",
+            &format!("/sandboxes/{id}/checkpoint"),
+            Some(&key),
+            Some(json!({"name": "cp1"}))
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        d.req(
+            "POST",
+            &format!("/sandboxes/{id}/checkpoint"),
+            Some(&key),
+            Some(json!({"name": "cp2"}))
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        d.req(
+            "POST",
+            &format!("/sandboxes/{id}/checkpoint"),
+            Some(&key),
+            Some(json!({"name": ""}))
+        )
+        .await
+        .status,
+        400
+    );
     // The source keeps running.
-    assert_eq!(d.sh(&key, id, "echo after > /workspace/s.txt; cat /workspace/s.txt").await.1, "after\n");
-    assert_eq!(d.req("GET", "/snapshots", Some(&key), None).await.json()[0]["name"], "cp1");
-    assert_eq!(d.req("GET", "/snapshots/cp1", Some(&key), None).await.status, 200);
-    let r = d.req("POST", "/snapshots/cp1/resume", Some(&key), Some(json!({"name": "restored"}))).await;
+    assert_eq!(
+        d.sh(
+            &key,
+            id,
+            "echo after > /workspace/s.txt; cat /workspace/s.txt"
+        )
+        .await
+        .1,
+        "after\n"
+    );
+    assert_eq!(
+        d.req("GET", "/snapshots", Some(&key), None).await.json()[0]["name"],
+        "cp1"
+    );
+    assert_eq!(
+        d.req("GET", "/snapshots/cp1", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    let r = d
+        .req(
+            "POST",
+            "/snapshots/cp1/resume",
+            Some(&key),
+            Some(json!({"name": "restored"})),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let rid = r.json()["id"].as_str().unwrap().to_string();
-    assert_eq!(d.sh(&key, &rid, "cat /workspace/s.txt").await.1, "from-src\n");
-    assert_eq!(d.req("DELETE", "/snapshots/cp1", Some(&key), None).await.status, 200);
-    assert_eq!(d.req("GET", "/snapshots/cp1", Some(&key), None).await.status, 404);
+    assert_eq!(
+        d.sh(&key, &rid, "cat /workspace/s.txt").await.1,
+        "from-src\n"
+    );
+    assert_eq!(
+        d.req("DELETE", "/snapshots/cp1", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        d.req("GET", "/snapshots/cp1", Some(&key), None)
+            .await
+            .status,
+        404
+    );
     // Fork while the source runs.
-    let f = d.req("POST", "/sandboxes", Some(&key), Some(json!({"name": "forked", "from": "src"}))).await;
+    let f = d
+        .req(
+            "POST",
+            "/sandboxes",
+            Some(&key),
+            Some(json!({"name": "forked", "from": "src"})),
+        )
+        .await;
     assert_eq!(f.status, 201, "{}", f.text());
     let fid = f.json()["id"].as_str().unwrap().to_string();
     assert_eq!(d.sh(&key, &fid, "cat /workspace/s.txt").await.1, "after\n");
-    assert_eq!(d.sh(&key, &fid, "echo fork-only > /workspace/s.txt").await.0, 0);
+    assert_eq!(
+        d.sh(&key, &fid, "echo fork-only > /workspace/s.txt")
+            .await
+            .0,
+        0
+    );
     assert_eq!(d.sh(&key, id, "cat /workspace/s.txt").await.1, "after\n");
     for x in [id, rid.as_str(), fid.as_str()] {
-        assert_eq!(d.req("DELETE", &format!("/sandboxes/{x}"), Some(&key), None).await.status, 200);
+        assert_eq!(
+            d.req("DELETE", &format!("/sandboxes/{x}"), Some(&key), None)
+                .await
+                .status,
+            200
+        );
     }
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
