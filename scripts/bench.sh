@@ -3,9 +3,11 @@
 # beside a baseline measured in the same run) into docs/performance.md.
 # Run as root after scripts/setup-host.sh (VM and Docker benchmarks need it;
 # the ones that cannot run say why and are left out).
+# `--collect` only rebuilds docs/performance.md from the existing reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
+if [[ ${1:-} != --collect ]]; then
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p lohar --target x86_64-unknown-linux-gnu
 LOHAR="$REPO/target/x86_64-unknown-linux-gnu/release/lohar"
@@ -19,6 +21,7 @@ cargo bench -p lohar --bench agent
 cargo bench -p bhatti-engine --bench microvm
 cargo bench -p bhatti-engine --bench docker
 cargo bench -p bhatti-server --bench api
+fi
 {
     echo "# Performance"
     echo

@@ -31,7 +31,13 @@ pub async fn recover(st: &Shared) -> Report {
     };
     let mut keep = Vec::new();
     for row in rows {
-        keep.push(row.id.clone());
+        // Everything of a row stays on disk (kept for inspection) except
+        // the half-built leftovers of a create the daemon died in: those
+        // cannot be recovered, and the sweep below stops their VMM.
+        let half_built = matches!(&row.sandbox, Ok(sb) if sb.vm_state.is_none());
+        if !half_built {
+            keep.push(row.id.clone());
+        }
         let sb = match row.sandbox {
             Ok(sb) => sb,
             Err(e) => {
@@ -77,7 +83,7 @@ pub async fn recover(st: &Shared) -> Report {
             mark(
                 st,
                 &sb.id,
-                "the daemon stopped while this sandbox was being created".into(),
+                "the daemon stopped while this sandbox was being created; its partial resources were removed (destroy it and create it again)".into(),
                 &mut report,
             )
             .await;

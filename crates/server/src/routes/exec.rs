@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bhatti_agent_client::StreamEvent;
@@ -136,6 +136,7 @@ pub async fn exec(
             .into_response());
     }
 
+    let started = std::time::Instant::now();
     let r = tokio::time::timeout(
         timeout,
         st.engine
@@ -152,14 +153,24 @@ pub async fn exec(
         )
     })?
     .map_err(start_error)?;
+    let engine_ms = started.elapsed().as_secs_f64() * 1000.0;
     st.touch(&sb.id);
-    Ok(Json(api::ExecResponse {
+    let mut resp = Json(api::ExecResponse {
         exit_code: r.exit_code,
         stdout: r.stdout_str(),
         stderr: r.stderr_str(),
     })
-    .into_response())
+    .into_response();
+    // The time spent in the engine (agent round trip included), so a
+    // client can tell the API's own cost from the sandbox's.
+    if let Ok(v) = HeaderValue::from_str(&format!("engine;dur={engine_ms:.3}")) {
+        resp.headers_mut().insert(SERVER_TIMING, v);
+    }
+    Ok(resp)
 }
+
+/// `Server-Timing` (W3C), not among the `http` crate's constants.
+const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
 /// A command that cannot start (not found, not executable) is the caller's
 /// mistake: 400 with the agent's words.

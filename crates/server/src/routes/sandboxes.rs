@@ -521,11 +521,15 @@ pub async fn destroy(
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::StatusBody>> {
     let sb = st.sandbox(&user, &id).await?;
-    if let Err(e) = st.engine.destroy(&sb.id).await {
-        // The row goes regardless: a sandbox the engine no longer knows must
-        // still be removable; host leftovers are swept by orphan clean-up.
-        tracing::warn!(sandbox = sb.id, error = %e, "engine destroy failed");
-    }
+    let engine_failed = match st.engine.destroy(&sb.id).await {
+        Ok(()) => false,
+        Err(e) => {
+            // The row goes regardless: a sandbox the engine no longer knows
+            // (`unknown` after recovery) must still be removable.
+            tracing::warn!(sandbox = sb.id, error = %e, "engine destroy failed");
+            true
+        }
+    };
     let sid = sb.id.clone();
     match st.db(move |s| s.delete_sandbox(&sid)).await {
         Ok(_)
@@ -534,6 +538,24 @@ pub async fn destroy(
             ..
         }) => {}
         Err(e) => return Err(e),
+    }
+    if engine_failed {
+        // Its host leftovers (a stray VMM, the netns, the directory) go
+        // now rather than at the next restart; every other row is kept.
+        if let Ok(rows) = st.db(|s| s.list_all_sandboxes()).await {
+            let keep: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+            match st.engine.cleanup_orphans(&keep).await {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(
+                        sandbox = sb.id,
+                        ?removed,
+                        "removed the leftovers of a destroyed sandbox"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(sandbox = sb.id, error = %e, "leftover clean-up failed"),
+            }
+        }
     }
     st.forget(&sb.id);
     let lifetime = bhatti_store::time::parse_ts(&sb.created_at)
