@@ -21,7 +21,7 @@ use bhatti_engine::vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
 use bhatti_engine::vmm::VmmDriver;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Qemu,
     Firecracker,
@@ -95,6 +95,9 @@ impl Env {
             ),
         );
         cfg.boot_timeout = Duration::from_secs(90);
+        // Where the VMM has them, the suite runs with diff snapshots on, so
+        // stop_start_cycles is the full → diff → diff check (DECISIONS §6).
+        cfg.diff_snapshots = driver.supports_diff_snapshots();
         let engine = Arc::new(MicroVmEngine::new(cfg, driver, net).expect("engine"));
         Env {
             engine,
@@ -303,6 +306,27 @@ async fn stop_start_cycles(kind: Kind) {
         let st = e.status(&id).await.unwrap();
         assert_eq!((st.status, st.thermal), (Status::Stopped, Thermal::Cold));
         assert!(matches!(e.agent(&id), Err(EngineError::NotHot { .. })));
+        // Round 1 is a full snapshot of a booted VM; later rounds are diffs
+        // onto the snapshot the VM woke from, where the driver has them.
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                env.data
+                    .join("sandboxes")
+                    .join(&id)
+                    .join("snapshot/manifest.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let diffs = if kind == Kind::Firecracker {
+            round - 1
+        } else {
+            0
+        };
+        assert_eq!(
+            manifest["diff_chain"], diffs,
+            "snapshot kind in cycle {round}"
+        );
         let st = e.start(&id, false).await.unwrap();
         assert_eq!((st.status, st.thermal), (Status::Running, Thermal::Hot));
         let log = sh(e, &id, "cat /workspace/log.txt").await;

@@ -130,6 +130,9 @@ pub struct Config {
     pub rootfs: Option<PathBuf>,
     pub firecracker_bin: String,
     pub firecracker_jailer: Option<String>,
+    /// Firecracker: stop woken sandboxes with a Diff snapshot merged onto
+    /// their cold snapshot (off by default; see docs/decisions.md).
+    pub diff_snapshots: bool,
     pub jail_uid: Option<u32>,
     pub jail_gid: Option<u32>,
     pub qemu_bin: String,
@@ -162,6 +165,7 @@ impl Default for Config {
             rootfs: None,
             firecracker_bin: "firecracker".into(),
             firecracker_jailer: None,
+            diff_snapshots: false,
             jail_uid: None,
             jail_gid: None,
             qemu_bin: "qemu-system-x86_64".into(),

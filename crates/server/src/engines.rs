@@ -77,6 +77,7 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
             if let Some(t) = cfg.boot_timeout_secs {
                 mc.boot_timeout = Duration::from_secs(t);
             }
+            mc.diff_snapshots = cfg.diff_snapshots;
             let name = kind_name(kind);
             let driver: Arc<dyn bhatti_engine::vmm::VmmDriver> = if kind == EngineKind::Qemu {
                 let qc = QemuConfig {

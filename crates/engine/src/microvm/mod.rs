@@ -34,7 +34,7 @@ use crate::api::{
     SandboxInfo, SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
 };
 use crate::net::{EgressPolicy, NetManager, SandboxNet};
-use crate::vmm::{Disk, NetAttach, SnapshotKind, Vm, VmSpec, VmmDriver};
+use crate::vmm::{Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmmDriver};
 
 pub use persist::{SnapshotManifest, MANIFEST};
 
@@ -59,6 +59,13 @@ pub struct MicroVmConfig {
     pub boot_timeout: Duration,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
+    /// Stop a sandbox that was woken from its cold snapshot with a Diff
+    /// snapshot (only the pages written since the wake) merged onto that
+    /// snapshot, where the VMM supports it (Firecracker). Off by default:
+    /// DECISIONS §6 allows diffs only where the full → diff → diff suite
+    /// has passed, and on this project's CI machine no Firecracker guest
+    /// boots.
+    pub diff_snapshots: bool,
 }
 
 impl MicroVmConfig {
@@ -69,6 +76,7 @@ impl MicroVmConfig {
             default_image,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             extra_cmdline: String::new(),
+            diff_snapshots: false,
         }
     }
 }
@@ -96,6 +104,10 @@ struct Fast {
     restore_failed: Option<String>,
     agent: Option<AgentClient>,
     last_touch: Instant,
+    /// While the VMM runs from the cold snapshot of this generation and
+    /// has taken no snapshot since (which would reset its dirty-page log):
+    /// its next stop may write a Diff onto that snapshot.
+    diff_base: Option<u64>,
 }
 
 struct Sandbox {
@@ -349,6 +361,7 @@ impl MicroVmEngine {
                 restore_failed: None,
                 agent: None,
                 last_touch: Instant::now(),
+                diff_base: None,
             }),
             detail,
         };
@@ -441,6 +454,8 @@ impl MicroVmEngine {
                 *slot = Some(vm);
                 let mut f = lock(&sb.fast);
                 f.generation = manifest.generation + 1;
+                f.diff_base = (self.cfg.diff_snapshots && self.driver.supports_diff_snapshots())
+                    .then_some(manifest.generation);
                 f.status = Status::Running;
                 f.thermal = Thermal::Hot;
                 f.agent = Some(sb.client());
@@ -449,6 +464,62 @@ impl MicroVmEngine {
             }
             Err(e) => Err(self.mark_failed(sb, e.to_string())),
         }
+    }
+
+    /// Writes the cold snapshot of a paused VM into `fin` atomically (a
+    /// staging directory, sealed with its manifest, renamed over). With
+    /// `diff_onto`, the VMM writes only the pages dirtied since it was
+    /// restored from `fin`'s snapshot of that generation, and they are
+    /// merged onto a copy of that snapshot's memory: the result is a Full
+    /// snapshot again, so restore never depends on a chain of files.
+    async fn write_cold_snapshot(
+        &self,
+        vm: &dyn Vm,
+        fin: &Path,
+        generation: u64,
+        diff_onto: Option<u64>,
+    ) -> Result<()> {
+        let stage = persist::staging_dir(fin)?;
+        let _ = tokio::fs::remove_dir_all(&stage).await;
+        let kind = if diff_onto.is_some() {
+            SnapshotKind::Diff
+        } else {
+            SnapshotKind::Full
+        };
+        let files = vm
+            .snapshot(&stage, kind)
+            .await
+            .map_err(|e| EngineError::Other(format!("snapshot: {e}")))?;
+        let (fin, driver) = (fin.to_path_buf(), self.driver.clone());
+        let res = blocking({
+            let stage = stage.clone();
+            move || {
+                let (files, diff_chain) = match diff_onto {
+                    None => (files, 0),
+                    Some(base_gen) => layer_diff(driver.as_ref(), &fin, &stage, files, base_gen)?,
+                };
+                let (files_map, checksums) = persist::inventory(&stage)?;
+                if files_map.values().all(|&s| s == 0) {
+                    return Err(EngineError::Other("snapshot is empty".into()));
+                }
+                let m = SnapshotManifest {
+                    format_version: persist::MANIFEST_VERSION,
+                    generation,
+                    created_at_unix: persist::now_unix(),
+                    vmm: files,
+                    files: files_map,
+                    checksums,
+                    diff_chain,
+                };
+                persist::seal(&stage, &m)?;
+                persist::commit(&stage, &fin)
+            }
+        })
+        .await;
+        if res.is_err() {
+            let _ = tokio::fs::remove_dir_all(&stage).await;
+        }
+        res
     }
 
     fn mark_failed(&self, sb: &Sandbox, reason: String) -> EngineError {
@@ -500,6 +571,47 @@ impl MicroVmEngine {
             ..Default::default()
         }
     }
+}
+
+/// Turns the Diff snapshot `diff` (in `stage`) into a Full one: a copy of
+/// the memory of the cold snapshot in `fin` (which must be of generation
+/// `base_gen`, the one the VM was restored from) with the diff's pages
+/// written over it, and the diff's device state. Returns the Full
+/// description and the length of the diff chain it now carries. Blocking.
+fn layer_diff(
+    driver: &dyn VmmDriver,
+    fin: &Path,
+    stage: &Path,
+    diff: SnapshotFiles,
+    base_gen: u64,
+) -> Result<(SnapshotFiles, u32)> {
+    let base = persist::peek_snapshot(fin)?;
+    if base.generation != base_gen || base.vmm.kind != SnapshotKind::Full {
+        return Err(EngineError::Invalid(format!(
+            "the cold snapshot changed under the running VM (generation {}, want {base_gen})",
+            base.generation
+        )));
+    }
+    let mut full = base.vmm.clone();
+    full.dir = stage.to_path_buf();
+    if full.mem_path() == diff.mem_path() || full.mem_path() == full.state_path() {
+        return Err(EngineError::Invalid(
+            "diff and base memory files would collide".into(),
+        ));
+    }
+    std::fs::copy(base.vmm.mem_path(), full.mem_path()).map_err(|e| {
+        EngineError::Other(format!(
+            "copy {} to {}: {e}",
+            base.vmm.mem_path().display(),
+            full.mem_path().display()
+        ))
+    })?;
+    let merged = driver
+        .apply_diff(&full, &diff)
+        .map_err(|e| EngineError::Other(format!("apply diff: {e}")))?;
+    std::fs::remove_file(diff.mem_path())
+        .map_err(|e| EngineError::Other(format!("remove {}: {e}", diff.mem_path().display())))?;
+    Ok((merged, base.diff_chain + 1))
 }
 
 /// Undoes a half-done create.
@@ -626,34 +738,24 @@ impl Engine for MicroVmEngine {
         };
         let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
         let generation = lock(&sb.fast).generation;
+        let diff_base = lock(&sb.fast).diff_base.take();
         let fin = sb.snapshot_dir();
-        let res = async {
-            let stage = persist::staging_dir(&fin)?;
-            let _ = tokio::fs::remove_dir_all(&stage).await;
-            let files = vm
-                .snapshot(&stage, SnapshotKind::Full)
-                .await
-                .map_err(|e| EngineError::Other(format!("snapshot: {e}")))?;
-            let fin2 = fin.clone();
-            blocking(move || {
-                let (files_map, checksums) = persist::inventory(&stage)?;
-                if files_map.values().all(|&s| s == 0) {
-                    return Err(EngineError::Other("snapshot is empty".into()));
-                }
-                let m = SnapshotManifest {
-                    format_version: persist::MANIFEST_VERSION,
-                    generation,
-                    created_at_unix: persist::now_unix(),
-                    vmm: files,
-                    files: files_map,
-                    checksums,
-                };
-                persist::seal(&stage, &m)?;
-                persist::commit(&stage, &fin2)
-            })
-            .await
+        let mut res = Err(EngineError::Other("no snapshot taken".into()));
+        if let Some(base) = diff_base {
+            res = self
+                .write_cold_snapshot(vm.as_ref(), &fin, generation, Some(base))
+                .await;
+            if let Err(e) = &res {
+                // Every snapshot resets the dirty-page log, so a Full one
+                // taken now is still complete.
+                tracing::warn!(id, error = %e, "diff snapshot failed; taking a full one");
+            }
         }
-        .await;
+        if res.is_err() {
+            res = self
+                .write_cold_snapshot(vm.as_ref(), &fin, generation, None)
+                .await;
+        }
         if let Err(e) = res {
             self.unquiesce(&sb, vm.as_ref(), was_hot).await;
             return Err(e);
@@ -765,6 +867,8 @@ impl Engine for MicroVmEngine {
             });
         };
         let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
+        // The snapshot below resets the VMM's dirty-page log.
+        lock(&sb.fast).diff_base = None;
         let stage = persist::staging_dir(dest)?;
         let res = async {
             let _ = tokio::fs::remove_dir_all(&stage).await;
@@ -963,6 +1067,7 @@ impl Engine for MicroVmEngine {
                 restore_failed: detail.restore_failed.clone(),
                 agent: None,
                 last_touch: Instant::now(),
+                diff_base: None,
             }),
             detail,
         };

@@ -32,6 +32,10 @@ pub struct SnapshotManifest {
     /// Every file of the directory but the manifest, with its size.
     pub files: BTreeMap<String, u64>,
     pub checksums: BTreeMap<String, String>,
+    /// Diff snapshots merged into this one since the last Full one (0 for a
+    /// Full snapshot); see `MicroVmConfig::diff_snapshots`.
+    #[serde(default)]
+    pub diff_chain: u32,
 }
 
 pub fn now_unix() -> u64 {
@@ -150,6 +154,19 @@ pub fn load_checked<T: for<'de> Deserialize<'de>>(
             )));
         }
     }
+    Ok(m)
+}
+
+/// Reads a cold snapshot's manifest without checking its files (they were
+/// checked when the running VM was restored from them).
+pub fn peek_snapshot(dir: &Path) -> Result<SnapshotManifest> {
+    let raw = std::fs::read(dir.join(MANIFEST)).map_err(|e| {
+        EngineError::Invalid(format!("snapshot {}: no manifest: {e}", dir.display()))
+    })?;
+    let mut m: SnapshotManifest = serde_json::from_slice(&raw).map_err(|e| {
+        EngineError::Invalid(format!("snapshot {}: bad manifest: {e}", dir.display()))
+    })?;
+    m.vmm.dir = dir.to_path_buf();
     Ok(m)
 }
 

@@ -67,6 +67,19 @@ pub trait VmmDriver: Send + Sync {
     fn version(&self) -> String;
     /// Whether [`SnapshotKind::Diff`] works.
     fn supports_diff_snapshots(&self) -> bool;
+    /// Applies the Diff snapshot `diff` onto the Full snapshot `base` in
+    /// place, leaving `base` a Full snapshot of the diff's state. Blocking.
+    fn apply_diff(
+        &self,
+        base: &SnapshotFiles,
+        diff: &SnapshotFiles,
+    ) -> Result<SnapshotFiles, VmmError> {
+        let _ = (base, diff);
+        Err(VmmError::Unsupported {
+            driver: self.name(),
+            what: "diff snapshots".into(),
+        })
+    }
     /// Starts a VM from scratch.
     async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError>;
     /// Starts a VM from a snapshot and resumes it. `spec` must describe the

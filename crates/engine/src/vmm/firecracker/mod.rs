@@ -880,6 +880,14 @@ impl VmmDriver for FirecrackerDriver {
         true
     }
 
+    fn apply_diff(
+        &self,
+        base: &SnapshotFiles,
+        diff: &SnapshotFiles,
+    ) -> Result<SnapshotFiles, VmmError> {
+        diff::apply_diff(base, diff)
+    }
+
     async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
         Ok(Box::new(self.boot_vm(spec).await?))
     }
