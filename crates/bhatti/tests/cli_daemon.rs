@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::bhatti;
+
 /// One daemon at a time: two TCG guests or two daemons sharing dockerd
 /// starve each other on a 2-core machine.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -27,19 +30,6 @@ struct Daemon {
     home: tempfile::TempDir,
     engine: String,
     child: Option<Child>,
-}
-
-fn base(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bhatti"));
-    c.env("HOME", home)
-        .env_remove("SUDO_USER")
-        .env_remove("BHATTI_URL")
-        .env_remove("BHATTI_TOKEN")
-        .env_remove("BHATTI_CONFIG")
-        .env_remove("BHATTI_DATA_DIR")
-        .env_remove("BHATTI_FORCE_STREAM")
-        .stdin(Stdio::null());
-    c
 }
 
 fn text(b: &[u8]) -> String {
@@ -101,7 +91,7 @@ impl Daemon {
             .open(self.data.path().join("daemon.log"))
             .expect("log");
         let _ = std::fs::remove_file(self.data.path().join("api.sock"));
-        let child = base(self.home.path())
+        let child = bhatti(self.home.path())
             .args(["--data-dir", self.dir(), "serve", "--listen", "127.0.0.1:0"])
             .args(["--engine", &self.engine, "--config"])
             .arg(self.data.path().join("config.yaml"))
@@ -118,7 +108,7 @@ impl Daemon {
                     panic!("daemon exited early ({status}):\n{}", self.log());
                 }
             }
-            let o = base(self.home.path())
+            let o = bhatti(self.home.path())
                 .args(["--url", &self.url(), "--token", "x", "--json", "version"])
                 .output()
                 .expect("version");
@@ -169,7 +159,7 @@ impl Daemon {
 
     /// Creates a user with the DB-direct command and returns its key.
     fn user(&self, name: &str) -> String {
-        let o = ok(base(self.home.path())
+        let o = ok(bhatti(self.home.path())
             .args([
                 "--json",
                 "--data-dir",
@@ -185,7 +175,7 @@ impl Daemon {
     }
 
     fn cli(&self, key: &str) -> Command {
-        let mut c = base(self.home.path());
+        let mut c = bhatti(self.home.path());
         c.args(["--url", &self.url(), "--token", key]);
         c
     }

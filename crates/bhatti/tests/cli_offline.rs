@@ -5,25 +5,12 @@
 //! temporary data directory.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+mod common;
+use common::bhatti;
 
 use bhatti_store::Store;
-
-/// A `bhatti` command isolated from the machine's config: its own HOME, no
-/// BHATTI_* variables, no sudo, stdin not a terminal.
-fn bhatti(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bhatti"));
-    c.env("HOME", home)
-        .env_remove("SUDO_USER")
-        .env_remove("BHATTI_URL")
-        .env_remove("BHATTI_TOKEN")
-        .env_remove("BHATTI_CONFIG")
-        .env_remove("BHATTI_DATA_DIR")
-        .env_remove("BHATTI_FORCE_STREAM")
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null());
-    c
-}
 
 fn run(home: &Path, args: &[&str]) -> Output {
     bhatti(home).args(args).output().expect("run bhatti")

@@ -47,15 +47,15 @@ async fn rate_limits_answer_429() {
     let b = d.user("rl-b", Default::default());
     let mut codes = Vec::new();
     for _ in 0..8 {
-        codes.push(d.req("GET", "/sandboxes", Some(&a), None).await.status);
+        codes.push(d.code("GET", "/sandboxes", Some(&a), None).await);
     }
     assert_eq!(&codes[..5], &[200; 5], "{codes:?}");
     assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
     let r = d.req("GET", "/sandboxes", Some(&a), None).await;
     assert_eq!(r.json()["error"], "rate limit exceeded");
     // Per user: another key is unaffected; /health is never limited.
-    assert_eq!(d.req("GET", "/sandboxes", Some(&b), None).await.status, 200);
-    assert_eq!(d.req("GET", "/health", None, None).await.status, 200);
+    assert_eq!(d.code("GET", "/sandboxes", Some(&b), None).await, 200);
+    assert_eq!(d.code("GET", "/health", None, None).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,16 +216,14 @@ async fn recovery_after_restart() {
     .await;
     for id in [&a, &b] {
         assert_eq!(
-            d.req("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None)
-                .await
-                .status,
+            d.code("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None)
+                .await,
             200
         );
     }
     assert_eq!(
-        d.req("DELETE", &format!("/sandboxes/{gone}"), Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", &format!("/sandboxes/{gone}"), Some(&key), None)
+            .await,
         200
     );
     // A sandbox of another engine, as a daemon that used to run Docker left it.
@@ -282,9 +280,8 @@ async fn recovery_after_restart() {
     let gc = get(c.clone()).await;
     assert_eq!(gc["status"], "stopped", "{gc}");
     assert_eq!(
-        d.req("GET", &format!("/sandboxes/{gone}"), Some(&key), None)
-            .await
-            .status,
+        d.code("GET", &format!("/sandboxes/{gone}"), Some(&key), None)
+            .await,
         404
     );
     let ge = get("00000000000000aa".into()).await;
@@ -331,9 +328,8 @@ async fn recovery_after_restart() {
         .is_file());
     // And it can still be destroyed.
     assert_eq!(
-        d.req("DELETE", &format!("/sandboxes/{b}"), Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", &format!("/sandboxes/{b}"), Some(&key), None)
+            .await,
         200
     );
 }

@@ -141,6 +141,17 @@ impl TestDaemon {
         .await
     }
 
+    /// Just the status code of [`TestDaemon::req`].
+    pub async fn code(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> u16 {
+        self.req(method, path, token, body).await.status
+    }
+
     pub async fn raw(
         &self,
         method: &str,
@@ -384,9 +395,8 @@ pub async fn lifecycle(d: &TestDaemon) {
         .json();
     assert!(f.as_array().unwrap().is_empty());
     assert_eq!(
-        d.req("GET", "/sandboxes?label=bhatti.sh/x=1", Some(&key), None)
-            .await
-            .status,
+        d.code("GET", "/sandboxes?label=bhatti.sh/x=1", Some(&key), None)
+            .await,
         400
     );
 
@@ -459,16 +469,14 @@ pub async fn lifecycle(d: &TestDaemon) {
         (200, json!("destroyed"))
     );
     assert_eq!(
-        d.req("GET", &format!("/sandboxes/{id}"), Some(&key), None)
-            .await
-            .status,
+        d.code("GET", &format!("/sandboxes/{id}"), Some(&key), None)
+            .await,
         404
     );
     let o = other["id"].as_str().unwrap();
     assert_eq!(
-        d.req("DELETE", &format!("/sandboxes/{o}"), Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", &format!("/sandboxes/{o}"), Some(&key), None)
+            .await,
         200
     );
     assert!(d
@@ -479,7 +487,7 @@ pub async fn lifecycle(d: &TestDaemon) {
         .unwrap()
         .is_empty());
     // Metrics and the OpenAPI document need a key too.
-    assert_eq!(d.req("GET", "/metrics", None, None).await.status, 401);
+    assert_eq!(d.code("GET", "/metrics", None, None).await, 401);
     let m = d.req("GET", "/metrics", Some(&key), None).await;
     assert!(
         m.text().contains("bhatti_api_requests_total"),
@@ -1041,20 +1049,18 @@ pub async fn resources(d: &TestDaemon) {
     assert_eq!(list.json()[0]["name"], "API_TOKEN");
     assert!(!list.text().contains("s3cr3t"));
     assert_eq!(
-        d.req("POST", "/secrets", Some(&key), Some(json!({"name": "X"})))
-            .await
-            .status,
+        d.code("POST", "/secrets", Some(&key), Some(json!({"name": "X"})))
+            .await,
         400
     );
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             "/secrets",
             Some(&key),
             Some(json!({"name": "bad name", "value": "v"}))
         )
-        .await
-        .status,
+        .await,
         400
     );
     let db = std::fs::read(d.data().join("state.db")).unwrap();
@@ -1092,14 +1098,13 @@ pub async fn resources(d: &TestDaemon) {
         1
     );
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             "/templates",
             Some(&key),
             Some(json!({"name": "t2", "cpus": 0.5}))
         )
-        .await
-        .status,
+        .await,
         400
     );
 
@@ -1115,36 +1120,33 @@ pub async fn resources(d: &TestDaemon) {
     assert_eq!(v.status, 201, "{}", v.text());
     assert_eq!(v.json()["status"], "ready");
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             "/volumes",
             Some(&key),
             Some(json!({"name": "data", "size_mb": 64}))
         )
-        .await
-        .status,
+        .await,
         409
     );
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             "/volumes",
             Some(&key),
             Some(json!({"name": "z", "size_mb": 0}))
         )
-        .await
-        .status,
+        .await,
         400
     );
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             "/volumes",
             Some(&key),
             Some(json!({"name": "../x", "size_mb": 8}))
         )
-        .await
-        .status,
+        .await,
         400
     );
 
@@ -1190,20 +1192,17 @@ pub async fn resources(d: &TestDaemon) {
         before
     );
     assert_eq!(
-        d.req("DELETE", "/volumes/data", Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", "/volumes/data", Some(&key), None).await,
         409
     );
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             "/volumes/data/resize",
             Some(&key),
             Some(json!({"size_mb": 128}))
         )
-        .await
-        .status,
+        .await,
         409
     );
     let r = d
@@ -1231,9 +1230,8 @@ pub async fn resources(d: &TestDaemon) {
 
     // Data outlives the sandbox; grow and clone once detached.
     assert_eq!(
-        d.req("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
+            .await,
         200
     );
     let r = d
@@ -1247,14 +1245,13 @@ pub async fn resources(d: &TestDaemon) {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["size_mb"], 128);
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             "/volumes/data/resize",
             Some(&key),
             Some(json!({"size_mb": 100}))
         )
-        .await
-        .status,
+        .await,
         400
     );
     let c = d
@@ -1274,9 +1271,8 @@ pub async fn resources(d: &TestDaemon) {
     let (code, _, _) = d.sh(&key, id2, "echo x > /data/g").await;
     assert_ne!(code, 0, "read-only volume was writable");
     assert_eq!(
-        d.req("DELETE", &format!("/sandboxes/{id2}"), Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", &format!("/sandboxes/{id2}"), Some(&key), None)
+            .await,
         200
     );
     assert_eq!(
@@ -1290,28 +1286,24 @@ pub async fn resources(d: &TestDaemon) {
     );
     for v in ["data", "data-copy"] {
         assert_eq!(
-            d.req("DELETE", &format!("/volumes/{v}"), Some(&key), None)
-                .await
-                .status,
+            d.code("DELETE", &format!("/volumes/{v}"), Some(&key), None)
+                .await,
             200
         );
     }
     assert_eq!(
-        d.req("DELETE", "/secrets/API_TOKEN", Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", "/secrets/API_TOKEN", Some(&key), None)
+            .await,
         200
     );
     assert_eq!(
-        d.req("DELETE", "/secrets/API_TOKEN", Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", "/secrets/API_TOKEN", Some(&key), None)
+            .await,
         404
     );
     assert_eq!(
-        d.req("DELETE", &format!("/templates/{tid}"), Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", &format!("/templates/{tid}"), Some(&key), None)
+            .await,
         200
     );
     assert!(d
@@ -1405,23 +1397,13 @@ pub async fn isolation(d: &TestDaemon) {
             r.text()
         );
     }
-    assert_eq!(
-        d.req("GET", "/volumes/va", Some(&b), None).await.status,
-        404
-    );
-    assert_eq!(
-        d.req("DELETE", "/volumes/va", Some(&b), None).await.status,
-        404
-    );
-    assert_eq!(
-        d.req("DELETE", "/secrets/S", Some(&b), None).await.status,
-        404
-    );
+    assert_eq!(d.code("GET", "/volumes/va", Some(&b), None).await, 404);
+    assert_eq!(d.code("DELETE", "/volumes/va", Some(&b), None).await, 404);
+    assert_eq!(d.code("DELETE", "/secrets/S", Some(&b), None).await, 404);
     let tid = t["id"].as_str().unwrap();
     assert_eq!(
-        d.req("GET", &format!("/templates/{tid}"), Some(&b), None)
-            .await
-            .status,
+        d.code("GET", &format!("/templates/{tid}"), Some(&b), None)
+            .await,
         404
     );
     let r = d
@@ -1550,12 +1532,7 @@ pub async fn limits_and_bad_input(d: &TestDaemon) {
         .as_str()
         .unwrap()
         .contains("sandbox limit reached (1/1)"));
-    assert_eq!(
-        d.req("GET", "/no/such/route", Some(&key), None)
-            .await
-            .status,
-        404
-    );
+    assert_eq!(d.code("GET", "/no/such/route", Some(&key), None).await, 404);
     let p = d
         .req(
             "PATCH",
@@ -1594,36 +1571,33 @@ pub async fn snapshots(d: &TestDaemon) {
     assert_eq!(c.json()["source_sandbox"], id);
     assert!(c.json()["size_mb"].as_u64().is_some());
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             &format!("/sandboxes/{id}/checkpoint"),
             Some(&key),
             Some(json!({"name": "cp1"}))
         )
-        .await
-        .status,
+        .await,
         403
     );
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             &format!("/sandboxes/{id}/checkpoint"),
             Some(&key),
             Some(json!({"name": "cp2"}))
         )
-        .await
-        .status,
+        .await,
         403
     );
     assert_eq!(
-        d.req(
+        d.code(
             "POST",
             &format!("/sandboxes/{id}/checkpoint"),
             Some(&key),
             Some(json!({"name": ""}))
         )
-        .await
-        .status,
+        .await,
         400
     );
     // The source keeps running.
@@ -1641,12 +1615,7 @@ pub async fn snapshots(d: &TestDaemon) {
         d.req("GET", "/snapshots", Some(&key), None).await.json()[0]["name"],
         "cp1"
     );
-    assert_eq!(
-        d.req("GET", "/snapshots/cp1", Some(&key), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(d.code("GET", "/snapshots/cp1", Some(&key), None).await, 200);
     let r = d
         .req(
             "POST",
@@ -1662,17 +1631,10 @@ pub async fn snapshots(d: &TestDaemon) {
         "from-src\n"
     );
     assert_eq!(
-        d.req("DELETE", "/snapshots/cp1", Some(&key), None)
-            .await
-            .status,
+        d.code("DELETE", "/snapshots/cp1", Some(&key), None).await,
         200
     );
-    assert_eq!(
-        d.req("GET", "/snapshots/cp1", Some(&key), None)
-            .await
-            .status,
-        404
-    );
+    assert_eq!(d.code("GET", "/snapshots/cp1", Some(&key), None).await, 404);
     // Fork while the source runs.
     let f = d
         .req(
@@ -1694,9 +1656,8 @@ pub async fn snapshots(d: &TestDaemon) {
     assert_eq!(d.sh(&key, id, "cat /workspace/s.txt").await.1, "after\n");
     for x in [id, rid.as_str(), fid.as_str()] {
         assert_eq!(
-            d.req("DELETE", &format!("/sandboxes/{x}"), Some(&key), None)
-                .await
-                .status,
+            d.code("DELETE", &format!("/sandboxes/{x}"), Some(&key), None)
+                .await,
             200
         );
     }
