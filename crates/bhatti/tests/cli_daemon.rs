@@ -500,7 +500,7 @@ fn shell_detach_and_reattach_in_a_terminal() {
     std::thread::sleep(Duration::from_millis(500));
     tmux.keys("a", &["C-c"]);
     tmux.keys("a", &["echo after-interrupt", "Enter"]);
-    tmux.wait_for("a", "after-interrupt\r");
+    tmux.wait_for("a", "\nafter-interrupt\n");
     // Ctrl+\ detaches: the CLI exits 0 and names the session.
     tmux.hex("a", "1c");
     let screen = tmux.wait_for("a", "CLI-EXIT-");
