@@ -18,7 +18,9 @@ use std::time::Instant;
 use bhatti_client::{ClientError, Overrides};
 use clap::{CommandFactory, Parser, Subcommand};
 
-use cmd::{exec, files, sandbox, secret, setup, shell, snapshot, user, version, volume, Ctx};
+use cmd::{
+    admin, exec, files, sandbox, secret, setup, shell, snapshot, user, version, volume, Ctx,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -95,6 +97,9 @@ enum Command {
     /// Manage users (on the server: opens state.db directly).
     #[command(subcommand)]
     User(user::UserCmd),
+    /// Status, events and metrics (on the server: opens state.db directly).
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
     /// Show CLI and server versions.
     Version,
     /// Print a shell completion script.
@@ -143,6 +148,7 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
         Command::Volume(c) => volume::run(ctx, c).await,
         Command::Snapshot(c) => snapshot::run(ctx, c).await,
         Command::User(c) => user::run(ctx, c),
+        Command::Admin(c) => admin::run(ctx, c),
         Command::Version => version::run(ctx).await,
         Command::Completion { shell } => {
             let mut cmd = Cli::command();

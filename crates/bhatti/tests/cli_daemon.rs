@@ -350,6 +350,32 @@ fn cli_drives_a_running_daemon() {
     }
     let all = json(&ok(d.run(&alice, &["--json", "list"])));
     assert_eq!(all.as_array().map(Vec::len), Some(0), "{all}");
+
+    // admin (DB-direct, beside the running daemon): the event log has the
+    // lifecycle just driven (the recorder writes in batches), status the
+    // totals.
+    let admin = |args: &[&str]| {
+        let mut c = bhatti(d.home.path());
+        c.args(["--json", "--data-dir", d.dir(), "admin"])
+            .args(args);
+        json(&ok(c.output().expect("admin")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ev = admin(&["events", "--type", "sandbox.destroyed", "--user", "alice"]);
+        if ev.as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "destroy events: {ev}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let n = admin(&["events", "--type", "sandbox.", "--since", "1h", "--count"]);
+    assert!(n["count"].as_u64().unwrap_or(0) >= 6, "{n}");
+    let st = admin(&["status"]);
+    assert_eq!(st["users"], 2, "{st}");
+    assert_eq!(st["sandboxes"], 0, "{st}");
+    let m = admin(&["metrics", "--since", "30m"]);
+    assert!(!m.as_array().expect("buckets").is_empty(), "{m}");
 }
 
 /// A private tmux server (its own socket) running `bhatti shell`.

@@ -32,6 +32,7 @@ fn help_lists_the_commands() {
     let out = stdout(&o);
     for cmd in [
         "serve",
+        "admin",
         "setup",
         "create",
         "list",

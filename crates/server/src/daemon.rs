@@ -120,6 +120,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let rx = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
+        // Small responses go out at once instead of waiting on Nagle.
+        let tcp = axum::serve::ListenerExt::tap_io(tcp, |s| {
+            let _ = s.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(tcp, tcp_app)
             .with_graceful_shutdown(graceful(rx))
             .await

@@ -69,6 +69,10 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Handle to the state database. Cheap to share behind an `Arc`.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// A second connection for reads: in WAL mode it reads the last commit
+    /// while the writer is inside a transaction (or its fsync), so a point
+    /// lookup never waits behind a write.
+    reader: Mutex<Connection>,
     path: PathBuf,
     migrations_applied: usize,
 }
@@ -107,8 +111,12 @@ impl Store {
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         let migrations_applied = migrations::run(&mut conn, migrations::MIGRATIONS)?;
+        let reader = Connection::open(&path)?;
+        configure(&reader)?;
+        reader.pragma_update(None, "query_only", "ON")?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             path,
             migrations_applied,
         })
@@ -146,7 +154,7 @@ impl Store {
 
     /// Runs `f` with the connection (for single statements / reads).
     fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        let conn = self.lock();
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
     }
 

@@ -6,6 +6,7 @@
 //! code through); errors bubble up as `anyhow` errors whose root may be a
 //! [`bhatti_client::ClientError`], which `main` prints with its hint.
 
+pub mod admin;
 pub mod exec;
 pub mod files;
 pub mod sandbox;

@@ -53,7 +53,7 @@ fn db_path(data_dir: &Path) -> PathBuf {
 /// Opens the store; `create` may create the data dir and database, every
 /// other command needs an existing one (so a typo in `--data-dir` does not
 /// silently start an empty database).
-fn open(data_dir: &Path, create: bool) -> anyhow::Result<Store> {
+pub(super) fn open(data_dir: &Path, create: bool) -> anyhow::Result<Store> {
     let db = db_path(data_dir);
     if create {
         if !data_dir.exists() {

@@ -164,13 +164,10 @@ pub async fn exec(
     // The time spent in the engine (agent round trip included), so a
     // client can tell the API's own cost from the sandbox's.
     if let Ok(v) = HeaderValue::from_str(&format!("engine;dur={engine_ms:.3}")) {
-        resp.headers_mut().insert(SERVER_TIMING, v);
+        resp.headers_mut().insert(super::SERVER_TIMING, v);
     }
     Ok(resp)
 }
-
-/// `Server-Timing` (W3C), not among the `http` crate's constants.
-const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
 /// A command that cannot start (not found, not executable) is the caller's
 /// mistake: 400 with the agent's words.

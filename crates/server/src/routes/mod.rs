@@ -152,6 +152,10 @@ pub fn clean_path(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// `Server-Timing` (W3C), not among the `http` crate's constants.
+pub const SERVER_TIMING: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("server-timing");
+
 fn bearer(req: &Request) -> Option<&str> {
     let v = req
         .headers()
@@ -178,7 +182,7 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
             Counters::inc(&st.counters.auth_failures);
             break 'resp ApiError::unauthorized("authorization required").into_response();
         };
-        let user = match st.db(move |s| s.user_by_api_key(&token)).await {
+        let user = match st.lookup(|s| s.user_by_api_key(&token)) {
             Ok(u) => u,
             Err(e) if e.status == StatusCode::NOT_FOUND => {
                 Counters::inc(&st.counters.auth_failures);
@@ -223,6 +227,22 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
             if let Ok(v) = HeaderValue::from_str(&st.cfg.min_cli) {
                 resp.headers_mut().insert("x-bhatti-min-cli", v);
             }
+        }
+    }
+    // `Server-Timing`: the whole time in the daemon, after whatever the
+    // handler reported (e.g. `engine;dur=` on exec).
+    let app = format!("app;dur={:.3}", t0.elapsed().as_secs_f64() * 1000.0);
+    let timing = match resp
+        .headers()
+        .get(SERVER_TIMING)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {app}"),
+        None => app,
+    };
+    if !path.contains("/proxy/") {
+        if let Ok(v) = HeaderValue::from_str(&timing) {
+            resp.headers_mut().insert(SERVER_TIMING, v);
         }
     }
     tracing::info!(
