@@ -5,7 +5,7 @@
 # host) with a first user, creates a sandbox, runs a command in it, and prints
 # what to try next. Run as root. Re-running it reuses what is already there.
 #
-#   sudo bash scripts/quickstart.sh [command…]     (default: uname -a; id)
+#   bash scripts/quickstart.sh [command…]  (as root)     (default: uname -a; id)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -67,5 +67,5 @@ It works. Try next:
   bhatti stop quickstart && bhatti start quickstart    # snapshot to disk and back
   bhatti snapshot create quickstart --name snap1 && bhatti create --name copy --from quickstart
   bhatti destroy quickstart -y
-  sudo bash scripts/test.sh                   # the whole test suite
+  bash .ci/run                                # the whole test suite
 NEXT
