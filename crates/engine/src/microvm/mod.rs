@@ -737,25 +737,32 @@ impl Engine for MicroVmEngine {
             return Ok(()); // already cold
         };
         let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
-        let generation = lock(&sb.fast).generation;
-        let diff_base = lock(&sb.fast).diff_base.take();
+        let (generation, diff_base) = {
+            let mut f = lock(&sb.fast);
+            (f.generation, f.diff_base.take())
+        };
         let fin = sb.snapshot_dir();
-        let mut res = Err(EngineError::Other("no snapshot taken".into()));
-        if let Some(base) = diff_base {
-            res = self
+        let diffed = match diff_base {
+            None => false,
+            Some(base) => match self
                 .write_cold_snapshot(vm.as_ref(), &fin, generation, Some(base))
-                .await;
-            if let Err(e) = &res {
-                // Every snapshot resets the dirty-page log, so a Full one
-                // taken now is still complete.
-                tracing::warn!(id, error = %e, "diff snapshot failed; taking a full one");
-            }
-        }
-        if res.is_err() {
-            res = self
-                .write_cold_snapshot(vm.as_ref(), &fin, generation, None)
-                .await;
-        }
+                .await
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    // Every snapshot resets the dirty-page log, so a Full
+                    // one taken now is still complete.
+                    tracing::warn!(id, error = %e, "diff snapshot failed; taking a full one");
+                    false
+                }
+            },
+        };
+        let res = if diffed {
+            Ok(())
+        } else {
+            self.write_cold_snapshot(vm.as_ref(), &fin, generation, None)
+                .await
+        };
         if let Err(e) = res {
             self.unquiesce(&sb, vm.as_ref(), was_hot).await;
             return Err(e);

@@ -127,12 +127,7 @@ pub fn load_checked<T: for<'de> Deserialize<'de>>(
     dir: &Path,
     files_of: impl Fn(&T) -> (&BTreeMap<String, u64>, &BTreeMap<String, String>),
 ) -> Result<T> {
-    let raw = std::fs::read(dir.join(MANIFEST)).map_err(|e| {
-        EngineError::Invalid(format!("snapshot {}: no manifest: {e}", dir.display()))
-    })?;
-    let m: T = serde_json::from_slice(&raw).map_err(|e| {
-        EngineError::Invalid(format!("snapshot {}: bad manifest: {e}", dir.display()))
-    })?;
+    let m: T = read_manifest(dir)?;
     let (files, sums) = files_of(&m);
     for (name, size) in files {
         let p = dir.join(name);
@@ -160,14 +155,18 @@ pub fn load_checked<T: for<'de> Deserialize<'de>>(
 /// Reads a cold snapshot's manifest without checking its files (they were
 /// checked when the running VM was restored from them).
 pub fn peek_snapshot(dir: &Path) -> Result<SnapshotManifest> {
+    let mut m: SnapshotManifest = read_manifest(dir)?;
+    m.vmm.dir = dir.to_path_buf();
+    Ok(m)
+}
+
+/// `dir`'s manifest, parsed; nothing else is looked at.
+fn read_manifest<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<T> {
     let raw = std::fs::read(dir.join(MANIFEST)).map_err(|e| {
         EngineError::Invalid(format!("snapshot {}: no manifest: {e}", dir.display()))
     })?;
-    let mut m: SnapshotManifest = serde_json::from_slice(&raw).map_err(|e| {
-        EngineError::Invalid(format!("snapshot {}: bad manifest: {e}", dir.display()))
-    })?;
-    m.vmm.dir = dir.to_path_buf();
-    Ok(m)
+    serde_json::from_slice(&raw)
+        .map_err(|e| EngineError::Invalid(format!("snapshot {}: bad manifest: {e}", dir.display())))
 }
 
 /// Loads a sandbox's cold snapshot, checked.

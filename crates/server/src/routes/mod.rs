@@ -220,6 +220,7 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
         )
             .into_response();
     }
+    // Proxied responses are the sandbox's own: left as they came.
     if !path.contains("/proxy/") {
         resp.headers_mut()
             .insert(VERSION_HEADER, HeaderValue::from_static(VERSION));
@@ -228,19 +229,17 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
                 resp.headers_mut().insert("x-bhatti-min-cli", v);
             }
         }
-    }
-    // `Server-Timing`: the whole time in the daemon, after whatever the
-    // handler reported (e.g. `engine;dur=` on exec).
-    let app = format!("app;dur={:.3}", t0.elapsed().as_secs_f64() * 1000.0);
-    let timing = match resp
-        .headers()
-        .get(SERVER_TIMING)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {app}"),
-        None => app,
-    };
-    if !path.contains("/proxy/") {
+        // `Server-Timing`: the whole time in the daemon, after whatever the
+        // handler reported (e.g. `engine;dur=` on exec).
+        let app = format!("app;dur={:.3}", t0.elapsed().as_secs_f64() * 1000.0);
+        let timing = match resp
+            .headers()
+            .get(SERVER_TIMING)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {app}"),
+            None => app,
+        };
         if let Ok(v) = HeaderValue::from_str(&timing) {
             resp.headers_mut().insert(SERVER_TIMING, v);
         }

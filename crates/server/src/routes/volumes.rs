@@ -111,12 +111,21 @@ async fn remove_backing(path: &FsPath) {
     }
 }
 
-/// Inserts the row (`creating`), makes the file, marks it `ready`.
-async fn create_volume(st: &Shared, user: &User, name: &str, size_mb: u64) -> ApiResult<Volume> {
-    validate::name("volume", name)?;
-    if size_mb == 0 {
-        return Err(ApiError::bad_request("size_mb must be greater than 0"));
-    }
+/// A new volume's row and backing file together: the row is inserted as
+/// `creating` (quota and name checked there), `fill` makes the file at the
+/// volume's path, and the row becomes `ready`; if `fill` fails, the file
+/// and the row are removed.
+async fn new_volume<F, Fut>(
+    st: &Shared,
+    user: &User,
+    name: &str,
+    size_mb: u64,
+    fill: F,
+) -> ApiResult<Volume>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<()>>,
+{
     let path = backing_path(st, &user.id, name);
     let nv = NewVolume {
         user_id: user.id.clone(),
@@ -129,16 +138,28 @@ async fn create_volume(st: &Shared, user: &User, name: &str, size_mb: u64) -> Ap
         .db(move |s| s.create_volume(&nv))
         .await
         .map_err(quota_403)?;
-    if let Err(e) = make_backing(&path, size_mb, st.engine_name == "docker").await {
+    if let Err(e) = fill(path.clone()).await {
         remove_backing(&path).await;
         let (u, n) = (user.id.clone(), name.to_string());
         let _ = st.db(move |s| s.delete_volume(&u, &n)).await;
         return Err(e);
     }
     let vid = v.id.clone();
-    let v = st
-        .db(move |s| s.set_volume_status(&vid, VolumeStatus::Ready))
-        .await?;
+    st.db(move |s| s.set_volume_status(&vid, VolumeStatus::Ready))
+        .await
+}
+
+/// Inserts the row (`creating`), makes the file, marks it `ready`.
+async fn create_volume(st: &Shared, user: &User, name: &str, size_mb: u64) -> ApiResult<Volume> {
+    validate::name("volume", name)?;
+    if size_mb == 0 {
+        return Err(ApiError::bad_request("size_mb must be greater than 0"));
+    }
+    let docker = st.engine_name == "docker";
+    let v = new_volume(st, user, name, size_mb, |path| async move {
+        make_backing(&path, size_mb, docker).await
+    })
+    .await?;
     st.events.emit(
         &user.id,
         "",
@@ -306,38 +327,17 @@ pub async fn clone(
             "volume {name:?} is attached read-write; detach it before cloning"
         )));
     }
-    let path = backing_path(&st, &user.id, &req.name);
-    let nv = NewVolume {
-        user_id: user.id.clone(),
-        name: req.name.clone(),
-        size_mb: src.size_mb,
-        file_path: path.to_string_lossy().into_owned(),
-        status: VolumeStatus::Creating,
-    };
-    let v = st
-        .db(move |s| s.create_volume(&nv))
-        .await
-        .map_err(quota_403)?;
-    let p = path.to_string_lossy().into_owned();
-    let copied = if st.engine_name == "docker" {
-        run("cp", &["-a", &src.file_path, &p]).await
-    } else {
-        run(
-            "cp",
-            &["--reflink=auto", "--sparse=always", &src.file_path, &p],
-        )
-        .await
-    };
-    if let Err(e) = copied {
-        remove_backing(&path).await;
-        let (u, n) = (user.id.clone(), req.name.clone());
-        let _ = st.db(move |s| s.delete_volume(&u, &n)).await;
-        return Err(e);
-    }
-    let vid = v.id.clone();
-    let v = st
-        .db(move |s| s.set_volume_status(&vid, VolumeStatus::Ready))
-        .await?;
+    let docker = st.engine_name == "docker";
+    let from = src.file_path.clone();
+    let v = new_volume(&st, &user, &req.name, src.size_mb, |path| async move {
+        let p = path.to_string_lossy().into_owned();
+        if docker {
+            run("cp", &["-a", &from, &p]).await
+        } else {
+            run("cp", &["--reflink=auto", "--sparse=always", &from, &p]).await
+        }
+    })
+    .await?;
     st.events.emit(
         &user.id,
         "",
