@@ -36,6 +36,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Calls `probe` every 100 ms until it gives `Ok`; after `secs`, fails
+/// with the last `Err` it gave.
+#[track_caller]
+fn poll<T>(secs: u64, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", text(&o.stdout), text(&o.stderr)))
@@ -101,8 +115,7 @@ impl Daemon {
             .expect("spawn bhatti serve");
         self.child = Some(child);
         // Ready when the socket answers /health through the CLI's client.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        poll(120, || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     panic!("daemon exited early ({status}):\n{}", self.log());
@@ -116,15 +129,11 @@ impl Daemon {
                 .map(|v| v["server"].is_string())
                 .unwrap_or(false);
             if up {
-                return;
+                Ok(())
+            } else {
+                Err(format!("daemon not ready:\n{}", self.log()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon not ready:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })
     }
 
     fn log(&self) -> String {
@@ -360,15 +369,13 @@ fn cli_drives_a_running_daemon() {
             .args(args);
         json(&ok(c.output().expect("admin")))
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    poll(20, || {
         let ev = admin(&["events", "--type", "sandbox.destroyed", "--user", "alice"]);
-        if ev.as_array().map(Vec::len) == Some(3) {
-            break;
+        match ev.as_array().map(Vec::len) {
+            Some(3) => Ok(()),
+            _ => Err(format!("destroy events: {ev}")),
         }
-        assert!(Instant::now() < deadline, "destroy events: {ev}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    });
     let n = admin(&["events", "--type", "sandbox.", "--since", "1h", "--count"]);
     assert!(n["count"].as_u64().unwrap_or(0) >= 6, "{n}");
     let st = admin(&["status"]);
@@ -465,18 +472,16 @@ impl Tmux {
 
     #[track_caller]
     fn wait_for(&self, name: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        poll(60, || {
             let screen = self.capture(name);
             if screen.contains(needle) {
-                return screen;
+                Ok(screen)
+            } else {
+                Err(format!(
+                    "{needle:?} never appeared in window {name}:\n{screen}"
+                ))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never appeared in window {name}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })
     }
 }
 
@@ -556,8 +561,7 @@ fn shell_detach_and_reattach_in_a_terminal() {
     tmux.keys("b", &["exit", "Enter"]);
     let screen = tmux.wait_for("b", "CLI-EXIT-");
     assert!(screen.contains("CLI-EXIT-0"), "{screen}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    poll(20, || {
         let ps = json(&ok(d.run(&key, &["--json", "ps", "term"])));
         let live = ps
             .as_array()
@@ -566,11 +570,11 @@ fn shell_detach_and_reattach_in_a_terminal() {
             .filter(|s| s["running"] == true)
             .count();
         if live == 0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("shell still running: {ps}"))
         }
-        assert!(Instant::now() < deadline, "shell still running: {ps}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     ok(d.run(&key, &["destroy", "term", "--yes"]));
 }
 
@@ -631,11 +635,12 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
         .stderr(Stdio::null())
         .spawn()
         .expect("create half");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while vmms_under(&d.data.path().join("sandboxes")).len() < 3 {
-        assert!(Instant::now() < deadline, "half's VMM never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(30, || {
+        match vmms_under(&d.data.path().join("sandboxes")).len() {
+            n if n >= 3 => Ok(()),
+            _ => Err("half's VMM never started".to_string()),
+        }
+    });
     d.kill9();
     let _ = half.wait();
 
@@ -666,15 +671,10 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
 
     // No VMM survives the crash except what recovery adopted (none: every
     // recovered sandbox is cold).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !vmms_under(&d.data.path().join("sandboxes")).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "stray VMMs after recovery: {:?}",
-            vmms_under(&d.data.path().join("sandboxes"))
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll(20, || match vmms_under(&d.data.path().join("sandboxes")) {
+        left if left.is_empty() => Ok(()),
+        left => Err(format!("stray VMMs after recovery: {left:?}")),
+    });
 
     // The recovered one wakes with its files; unknown ones refuse to start
     // with the reason and can be destroyed.
