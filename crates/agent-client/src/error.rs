@@ -10,6 +10,14 @@ pub enum ClientError {
     /// The agent rejected our token (or we sent none and it wants one).
     #[error("agent rejected authentication")]
     Auth,
+    /// The agent refused the connection: it is at its connection limit.
+    /// Transient; the caller may retry.
+    #[error("agent busy: connection limit exceeded")]
+    Busy,
+    /// The caller's data source for an upload failed or ended before the
+    /// declared size: the caller's fault, not the agent's.
+    #[error("upload source: {0}")]
+    Source(std::io::Error),
     /// The agent answered with an ERROR frame.
     #[error("agent error: {0}")]
     Agent(String),

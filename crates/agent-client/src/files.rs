@@ -6,6 +6,7 @@ use bhatti_protocol::messages::{
 use bhatti_protocol::{MsgType, FILE_CHUNK};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::transport::Conn;
 use crate::{agent_error, AgentClient, ClientError, Result};
 
 /// Server-side truncation of a read (all zero = the whole file).
@@ -28,6 +29,17 @@ impl AgentClient {
         opts: ReadOptions,
         out: &mut W,
     ) -> Result<(FileReadResponse, u64)> {
+        let dl = self.file_open(path, opts).await?;
+        let head = dl.head.clone();
+        let written = dl.copy_to(out).await?;
+        Ok((head, written))
+    }
+
+    /// Starts a read and returns once the agent has answered with the file's
+    /// size and mode (or refused): a caller can then promise a length before
+    /// the first byte flows, and a refusal arrives as an error, not as an
+    /// empty stream.
+    pub async fn file_open(&self, path: &str, opts: ReadOptions) -> Result<FileDownload> {
         let req = FileReadRequest {
             path: path.into(),
             offset: opts.offset,
@@ -37,23 +49,7 @@ impl AgentClient {
         let p = serde_json::to_vec(&req)?;
         let mut conn = self.request(MsgType::FileReadReq, &p).await?;
         let head: FileReadResponse = conn.expect(MsgType::FileReadResp).await?.parse_json()?;
-        let mut written = 0u64;
-        loop {
-            let Some(f) = conn.recv().await? else {
-                return Err(ClientError::Closed);
-            };
-            match f.msg_type() {
-                Some(MsgType::Stdout) => {
-                    out.write_all(&f.payload).await?;
-                    written += f.payload.len() as u64;
-                }
-                Some(MsgType::Exit) => break,
-                Some(MsgType::Error) => return Err(agent_error(&f)),
-                _ => continue,
-            }
-        }
-        out.flush().await?;
-        Ok((head, written))
+        Ok(FileDownload { head, conn })
     }
 
     /// Reads a whole (or truncated) file into memory.
@@ -83,9 +79,12 @@ impl AgentClient {
         let mut left = size;
         while left > 0 {
             let want = (left as usize).min(FILE_CHUNK);
-            let n = src.read(&mut buf[..want]).await?;
+            let n = src
+                .read(&mut buf[..want])
+                .await
+                .map_err(ClientError::Source)?;
             if n == 0 {
-                return Err(ClientError::Io(std::io::Error::new(
+                return Err(ClientError::Source(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     format!("source ended {left} bytes short of the declared size"),
                 )));
@@ -123,5 +122,35 @@ impl AgentClient {
     pub async fn file_ls(&self, path: &str) -> Result<Vec<FileInfo>> {
         let p = serde_json::to_vec(&PathRequest { path: path.into() })?;
         self.call(MsgType::FileLsReq, &p, MsgType::FileLsResp).await
+    }
+}
+
+/// A read the agent has accepted: its head, and the content still to come.
+pub struct FileDownload {
+    /// Size and mode as the agent reported them before sending content.
+    pub head: FileReadResponse,
+    conn: Conn,
+}
+
+impl FileDownload {
+    /// Streams the content into `out`; returns the bytes written.
+    pub async fn copy_to<W: AsyncWrite + Unpin>(mut self, out: &mut W) -> Result<u64> {
+        let mut written = 0u64;
+        loop {
+            let Some(f) = self.conn.recv().await? else {
+                return Err(ClientError::Closed);
+            };
+            match f.msg_type() {
+                Some(MsgType::Stdout) => {
+                    out.write_all(&f.payload).await?;
+                    written = written.saturating_add(f.payload.len() as u64);
+                }
+                Some(MsgType::Exit) => break,
+                Some(MsgType::Error) => return Err(agent_error(&f)),
+                _ => continue,
+            }
+        }
+        out.flush().await?;
+        Ok(written)
     }
 }

@@ -23,7 +23,7 @@ use bhatti_protocol::{Frame, MsgType, PORT_CONTROL, PORT_FORWARD, PROTOCOL_VERSI
 
 pub use error::ClientError;
 pub use exec::{ExecResult, ExecStream, StreamEvent};
-pub use files::ReadOptions;
+pub use files::{FileDownload, ReadOptions};
 pub use session::{ShellOptions, Terminal, TerminalReader, TerminalWriter};
 pub use transport::{Conn, Stream, Transport, Tunnel};
 
@@ -174,9 +174,14 @@ impl AgentClient {
 /// Maps an ERROR frame to the right error.
 pub(crate) fn agent_error(f: &Frame) -> ClientError {
     let msg = f.text();
-    if msg == "auth required" {
-        ClientError::Auth
-    } else {
-        ClientError::Agent(msg)
+    // The agent's two connection-level refusals are fixed strings of the
+    // protocol (the same in v1); everything else is a request's own error.
+    match msg.as_str() {
+        "auth required" => ClientError::Auth,
+        CONNECTION_LIMIT => ClientError::Busy,
+        _ => ClientError::Agent(msg),
     }
 }
+
+/// The agent's refusal of a connection over its limit.
+pub const CONNECTION_LIMIT: &str = "connection limit exceeded";

@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::admission::{Admission, Source};
+use crate::fsuser::FsUser;
 use crate::session::Registry;
 
 /// Identity the agent runs children as (uid/gid 1000 in a guest; `None` keeps the
@@ -49,8 +51,13 @@ pub struct AgentConfig {
     /// reach the virtual disk before a snapshot. Off in test mode, where it would
     /// flush the whole host.
     pub sync_after_exec: bool,
-    /// chown written files to this uid/gid (guest: 1000).
-    pub file_owner: Option<(u32, u32)>,
+    /// The uid/gid whose filesystem credentials file operations (read, write,
+    /// stat, ls, a detached exec's output file) run with, so the sandbox's code
+    /// cannot steer them anywhere it could not go itself (guest and container
+    /// mode: 1000, the user children run as; `None`: the agent's own, as in test
+    /// mode or for a sandbox whose code runs as root). Only used when the agent
+    /// is root.
+    pub file_user: Option<(u32, u32)>,
     /// Working directory for `init`.
     pub init_cwd: PathBuf,
 }
@@ -63,7 +70,7 @@ impl Default for AgentConfig {
             run_as: None,
             home: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
             sync_after_exec: false,
-            file_owner: None,
+            file_user: None,
             init_cwd: PathBuf::from("/workspace"),
         }
     }
@@ -78,7 +85,10 @@ pub struct Agent {
     pub(crate) config: AgentConfig,
     pub(crate) sessions: Registry,
     last_activity: AtomicI64,
-    pub(crate) control_conns: AtomicUsize,
+    pub(crate) admission: Admission,
+    /// Refused connections being drained before close (see conn.rs).
+    pub(crate) lingering: AtomicUsize,
+    fs_user: FsUser,
     conn_ids: AtomicU64,
 }
 
@@ -91,17 +101,25 @@ pub(crate) fn unix_now() -> i64 {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Agent> {
+        let fs_user = FsUser::resolve(config.file_user);
         Arc::new(Agent {
             config,
             sessions: Registry::default(),
             last_activity: AtomicI64::new(unix_now()),
-            control_conns: AtomicUsize::new(0),
+            admission: Admission::default(),
+            lingering: AtomicUsize::new(0),
+            fs_user,
             conn_ids: AtomicU64::new(1),
         })
     }
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// Whose filesystem credentials file operations use.
+    pub(crate) fn fs_user(&self) -> FsUser {
+        self.fs_user
     }
 
     pub(crate) fn touch(&self) {
@@ -116,21 +134,21 @@ impl Agent {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Serves one accepted control-port connection to completion.
-    pub async fn serve_control<S: AgentStream>(self: Arc<Self>, stream: S) {
-        crate::conn::handle_control(self, Box::new(stream)).await
+    /// Serves one accepted control-port connection from `source` to completion.
+    pub async fn serve_control<S: AgentStream>(self: Arc<Self>, stream: S, source: Source) {
+        crate::conn::handle_control(self, Box::new(stream), source).await
     }
 
-    /// Serves one accepted forward-port connection to completion.
-    pub async fn serve_forward<S: AgentStream>(self: Arc<Self>, stream: S) {
-        crate::conn::handle_forward(self, Box::new(stream)).await
+    /// Serves one accepted forward-port connection from `source` to completion.
+    pub async fn serve_forward<S: AgentStream>(self: Arc<Self>, stream: S, source: Source) {
+        crate::conn::handle_forward(self, Box::new(stream), source).await
     }
 
     /// Accept loop for a Unix listener.
     pub async fn run_unix(self: Arc<Self>, listener: tokio::net::UnixListener, forward: bool) {
         loop {
             match listener.accept().await {
-                Ok((s, _)) => self.spawn_conn(s, forward),
+                Ok((s, _)) => self.spawn_conn(s, Source::Local, forward),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -143,9 +161,9 @@ impl Agent {
     pub async fn run_tcp(self: Arc<Self>, listener: tokio::net::TcpListener, forward: bool) {
         loop {
             match listener.accept().await {
-                Ok((s, _)) => {
+                Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
-                    self.spawn_conn(s, forward)
+                    self.spawn_conn(s, Source::ip(peer.ip()), forward)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -155,13 +173,13 @@ impl Agent {
         }
     }
 
-    fn spawn_conn<S: AgentStream>(self: &Arc<Self>, s: S, forward: bool) {
+    fn spawn_conn<S: AgentStream>(self: &Arc<Self>, s: S, source: Source, forward: bool) {
         let agent = self.clone();
         tokio::spawn(async move {
             if forward {
-                agent.serve_forward(s).await
+                agent.serve_forward(s, source).await
             } else {
-                agent.serve_control(s).await
+                agent.serve_control(s, source).await
             }
         });
     }

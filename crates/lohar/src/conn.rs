@@ -1,5 +1,6 @@
 //! Per-connection plumbing: the writer task, the reader task, the connection
-//! limit, AUTH, and dispatch of the one request a control connection carries.
+//! budget ([`crate::admission`]), AUTH, and dispatch of the one request a
+//! control connection carries.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -7,13 +8,12 @@ use std::time::Duration;
 
 use bhatti_protocol::messages::{ActivityInfo, ExecRequest, Hello, HelloResponse};
 use bhatti_protocol::r#async::read_frame;
-use bhatti_protocol::{
-    encode_exit, encode_frame, Frame, MsgType, MAX_CONTROL_CONNS, PROTOCOL_VERSION,
-};
+use bhatti_protocol::{encode_exit, encode_frame, Frame, MsgType, PROTOCOL_VERSION};
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::admission::{Port, Refused, Slot, Source};
 use crate::agent::{Agent, AgentStream};
 
 pub type Stream = Box<dyn AgentStreamObj>;
@@ -23,6 +23,11 @@ impl<T: AgentStream> AgentStreamObj for T {}
 pub type Reader = BufReader<ReadHalf<Stream>>;
 
 const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a refused connection is drained before it is closed.
+const LINGER: Duration = Duration::from_millis(500);
+/// Connections refused by the budget that may linger at once; beyond this they
+/// are closed at once, so a flood of refused connections costs bounded work.
+const MAX_LINGERING: usize = 64;
 /// Frames queued towards one client before senders wait.
 const WRITE_QUEUE: usize = 64;
 
@@ -120,14 +125,6 @@ pub fn reader_task(mut r: Reader) -> Incoming {
     rx
 }
 
-/// Decrements the connection count when the handler ends, however it ends.
-struct ConnGuard<'a>(&'a Agent);
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        self.0.control_conns.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     // Length is not secret (tokens are fixed-size); the content comparison is
     // constant-time.
@@ -137,9 +134,15 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads the first frame, enforcing AUTH when a token is configured. Returns the
-/// first request frame, or `None` after having answered an auth failure.
-async fn first_request(agent: &Agent, r: &mut Reader, tx: &FrameTx) -> Option<Frame> {
+/// Reads the first frame, enforcing AUTH when a token is configured (and moving
+/// the connection from the pre-auth budget to a served slot once it passed).
+/// Returns the first request frame, or `None` after having answered a refusal.
+async fn first_request(
+    agent: &Agent,
+    slot: &mut Slot<'_>,
+    r: &mut Reader,
+    tx: &FrameTx,
+) -> Option<Frame> {
     let first = match tokio::time::timeout(AUTH_DEADLINE, read_frame(r)).await {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return None,
@@ -159,7 +162,12 @@ async fn first_request(agent: &Agent, r: &mut Reader, tx: &FrameTx) -> Option<Fr
             tx.error("auth required").await;
             return None;
         }
-        Some(_) => {}
+        Some(_) => {
+            if let Err(refused) = slot.authenticated() {
+                tx.error(refused.to_string()).await;
+                return None;
+            }
+        }
         None if !first.is(MsgType::Auth) => return Some(first),
         None => {}
     }
@@ -173,17 +181,32 @@ async fn first_request(agent: &Agent, r: &mut Reader, tx: &FrameTx) -> Option<Fr
     }
 }
 
-pub async fn handle_control(agent: Arc<Agent>, stream: Stream) {
+/// Admits a connection or answers the refusal.
+async fn admit<'a>(
+    agent: &'a Agent,
+    source: Source,
+    port: Port,
+    tx: &FrameTx,
+) -> Result<Slot<'a>, Refused> {
+    let res = agent
+        .admission
+        .admit(source, port, agent.config.token.is_some());
+    if let Err(refused) = &res {
+        tracing::debug!(?source, ?port, "connection refused: {refused}");
+        tx.error(refused.to_string()).await;
+    }
+    res
+}
+
+pub async fn handle_control(agent: Arc<Agent>, stream: Stream, source: Source) {
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
     let (tx, writer_task) = writer(wr);
-    let n = agent.control_conns.fetch_add(1, Ordering::AcqRel);
-    let _guard = ConnGuard(&agent);
-    let req = if n >= MAX_CONTROL_CONNS {
-        tx.error("connection limit exceeded").await;
-        None
-    } else {
-        first_request(&agent, &mut rd, &tx).await
+    // The slot is held until the operation is over.
+    let mut slot = admit(&agent, source, Port::Control, &tx).await.ok();
+    let req = match slot.as_mut() {
+        Some(slot) => first_request(&agent, slot, &mut rd, &tx).await,
+        None => None,
     };
     match req {
         Some(req) => {
@@ -192,9 +215,22 @@ pub async fn handle_control(agent: Arc<Agent>, stream: Stream) {
         }
         None => {
             finish(tx, writer_task).await;
-            linger(rd).await;
+            linger_refused(&agent, slot.is_some(), rd).await;
         }
     }
+}
+
+/// Lingers after a refusal. A connection that holds a budget slot is bounded by
+/// the budget; one refused by the budget holds none, so those are counted here.
+async fn linger_refused(agent: &Agent, has_slot: bool, rd: Reader) {
+    if has_slot {
+        return linger(rd).await;
+    }
+    let n = agent.lingering.fetch_add(1, Ordering::AcqRel);
+    if n < MAX_LINGERING {
+        linger(rd).await;
+    }
+    agent.lingering.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// After refusing a connection: the host may already have sent its request
@@ -203,7 +239,7 @@ pub async fn handle_control(agent: Arc<Agent>, stream: Stream) {
 /// comes until the host closes, briefly.
 async fn linger(mut rd: Reader) {
     use tokio::io::AsyncReadExt;
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+    let _ = tokio::time::timeout(LINGER, async {
         let mut buf = [0u8; 4096];
         while let Ok(n) = rd.read(&mut buf).await {
             if n == 0 {
@@ -254,8 +290,8 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
             agent.touch();
             crate::files::write(agent, &req, rd, tx).await
         }
-        MsgType::FileStatReq => crate::files::stat(&req, tx).await,
-        MsgType::FileLsReq => crate::files::ls(&req, tx).await,
+        MsgType::FileStatReq => crate::files::stat(agent, &req, tx).await,
+        MsgType::FileLsReq => crate::files::ls(agent, &req, tx).await,
         MsgType::Hello => {
             // Accept any well-formed hello; the version is informational today.
             let _peer: Option<Hello> = req.parse_json().ok();
@@ -304,11 +340,17 @@ async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Fra
     }
 }
 
-pub async fn handle_forward(agent: Arc<Agent>, stream: Stream) {
+pub async fn handle_forward(agent: Arc<Agent>, stream: Stream, source: Source) {
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
     let (tx, writer_task) = writer(wr);
-    if let Some(req) = first_request(&agent, &mut rd, &tx).await {
+    // Held for the tunnel's lifetime (an authenticated tunnel counts nowhere).
+    let mut slot = admit(&agent, source, Port::Forward, &tx).await.ok();
+    let req = match slot.as_mut() {
+        Some(slot) => first_request(&agent, slot, &mut rd, &tx).await,
+        None => None,
+    };
+    if let Some(req) = req {
         if req.is(MsgType::FwdReq) {
             match crate::forward::dial(&req).await {
                 Ok(target) => {
@@ -335,5 +377,5 @@ pub async fn handle_forward(agent: Arc<Agent>, stream: Stream) {
         return;
     }
     finish(tx, writer_task).await;
-    linger(rd).await;
+    linger_refused(&agent, slot.is_some(), rd).await;
 }

@@ -179,7 +179,9 @@ pub fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), String> {
             RunAs::lohar().home
         },
         sync_after_exec: true,
-        file_owner: Some((1000, 1000)),
+        // File operations act as the user children run as (none to switch to
+        // when that is root).
+        file_user: (!s.root).then_some((1000, 1000)),
         init_cwd: if Path::new(INIT_CWD).is_dir() {
             PathBuf::from(INIT_CWD)
         } else {
@@ -331,7 +333,7 @@ mod tests {
         assert_eq!(cfg.env["K"], "v");
         assert_eq!(cfg.run_as, Some(RunAs::lohar()));
         assert!(cfg.sync_after_exec);
-        assert_eq!(cfg.file_owner, Some((1000, 1000)));
+        assert_eq!(cfg.file_user, Some((1000, 1000)));
         assert_eq!(init.as_deref(), Some("echo hi"));
         let s = Settings::from_lookup(lookup(&[("LOHAR_SOCK_DIR", &d), ("LOHAR_NO_TOKEN", "1")]));
         assert_eq!(load(&s).unwrap().0.token, None);

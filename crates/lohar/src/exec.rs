@@ -7,6 +7,7 @@
 //! both output pipes drain and the child is reaped, the guest is synced (guest
 //! mode) and EXIT carries the code.
 
+use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -136,16 +137,31 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
 }
 
 pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
-    let output_file = if er.output_file.is_empty() {
+    let (output_file, fresh) = if er.output_file.is_empty() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        format!("/tmp/bhatti-detach-{nanos}.log")
+        (format!("/tmp/bhatti-detach-{nanos}.log"), true)
     } else {
-        er.output_file.clone()
+        (er.output_file.clone(), false)
     };
-    let file = match open_output(&output_file, agent.config().file_owner) {
+    let path = match check_output_path(&output_file) {
+        Ok(p) => p,
+        Err(e) => {
+            tx.error(format!("start: {e}")).await;
+            return;
+        }
+    };
+    // Opened as the user: the path runs through directories the sandbox's code
+    // controls (see crate::fsuser).
+    let opened = agent
+        .fs_user()
+        .run(move || open_output(&path, fresh))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let file = match opened {
         Ok(f) => f,
         Err(e) => {
             tx.error(format!("start: open {output_file}: {e}")).await;
@@ -189,16 +205,65 @@ pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
     }
 }
 
-fn open_output(path: &str, owner: Option<(u32, u32)>) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)?;
-    if let Some((u, g)) = owner {
-        std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
+/// A detached exec's output file must be absolute and free of `..`: it is
+/// resolved as given, not against the agent's working directory, and a path
+/// that climbs out of where it seems to point is refused rather than guessed at.
+fn check_output_path(p: &str) -> Result<PathBuf, String> {
+    if p.contains('\0') {
+        return Err("output file contains a NUL byte".into());
     }
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(format!("output file must be an absolute path: {p}"));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("output file must not contain '..': {p}"));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Opens (creating or truncating) the output file; run with the user's
+/// credentials. A symlink in the last component is refused (O_NOFOLLOW), and
+/// `fresh` (lohar's own default name in the shared /tmp) must not exist yet.
+fn open_output(path: &Path, fresh: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o644);
+    if fresh {
+        opts.create_new(true);
+    } else {
+        opts.create(true).truncate(true);
+    }
+    // Non-blocking, so a FIFO without a reader fails instead of hanging.
+    let f = match opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) && path.is_symlink() => {
+            return Err(std::io::Error::other("it is a symbolic link (refused)"));
+        }
+        Err(e) => return Err(e),
+    };
+    // The command's writes should block as usual.
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let flags = fcntl(f.as_raw_fd(), FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
+    fcntl(f.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_are_absolute_without_parent_components() {
+        assert!(check_output_path("/tmp/x.log").is_ok());
+        assert!(check_output_path("/tmp/./x.log").is_ok());
+        for bad in ["x.log", "../x", "/tmp/../etc/x", "/tmp/..", "/a\0b"] {
+            assert!(check_output_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -1,8 +1,27 @@
 //! File operations: read (full or line-truncated), atomic write, stat, ls.
+//!
+//! Every path is resolved with the sandbox user's filesystem credentials
+//! ([`crate::fsuser`]): the host names the path, but the sandbox's code owns the
+//! directories it runs through and can plant symlinks in them at any moment.
+//! Acting as the user, following such a link gets nobody anything the user
+//! could not do already, and the kernel's refusal arrives as a plain
+//! "Permission denied".
+//!
+//! A write goes to a fresh temp file beside the target (`<name>.bhatti-tmp-<random>`,
+//! created `O_CREAT|O_EXCL|O_NOFOLLOW`, so a planted name can neither be followed
+//! nor predicted), gets its mode by `fchmod` on the descriptor and is renamed
+//! over the target. Nothing is chowned: the user creates the file, so the user
+//! owns it.
+//!
+//! Files on pseudo filesystems (`/proc`, `/sys`, …) and files reporting size 0
+//! are read into memory first (up to [`MAX_BUFFERED_READ`]), so the size in
+//! FILE_READ_RESP is the length of what follows rather than 0 (or, for
+//! `/proc/kcore`, 128 TiB).
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,12 +30,33 @@ use bhatti_protocol::messages::{
 };
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{Frame, MsgType, FILE_CHUNK, MAX_FILE_WRITE, MAX_LINE_LEN, MAX_LS_ENTRIES};
+use nix::sys::statfs;
+use tokio::sync::mpsc;
 
 use crate::agent::Agent;
 use crate::conn::{FrameTx, Reader};
 
-/// Suffix of the temporary file a write goes to before the atomic rename.
-const TMP_SUFFIX: &str = ".bhatti-tmp";
+/// Marks the temporary file a write goes to before the atomic rename.
+const TMP_MARK: &str = ".bhatti-tmp-";
+/// Attempts at a free temp name (only a planted or colliding name needs a second).
+const TMP_ATTEMPTS: usize = 8;
+/// Longest file name the kernel accepts.
+const NAME_MAX: usize = 255;
+/// Largest pseudo (or size-0) file read into memory to learn its real length.
+const MAX_BUFFERED_READ: usize = 16 * 1024 * 1024;
+/// Filesystems whose `st_size` says nothing about what a read returns.
+const PSEUDO_FS: &[statfs::FsType] = &[
+    statfs::PROC_SUPER_MAGIC,
+    statfs::SYSFS_MAGIC,
+    statfs::CGROUP_SUPER_MAGIC,
+    statfs::CGROUP2_SUPER_MAGIC,
+    statfs::DEBUGFS_MAGIC,
+    statfs::TRACEFS_MAGIC,
+    statfs::SECURITYFS_MAGIC,
+    statfs::BPF_FS_MAGIC,
+    statfs::SELINUX_MAGIC,
+    statfs::SMACK_MAGIC,
+];
 
 fn perm_string(mode: u32) -> String {
     format!("{:04o}", mode & 0o777)
@@ -56,7 +96,7 @@ fn check_path(p: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(p))
 }
 
-pub async fn read(_agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
+pub async fn read(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
     let rr: FileReadRequest = match parse(req, "file read") {
         Ok(r) => r,
         Err(e) => {
@@ -65,7 +105,7 @@ pub async fn read(_agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
         }
     };
     let tx2 = tx.clone();
-    let res = tokio::task::spawn_blocking(move || read_blocking(&rr, &tx2)).await;
+    let res = agent.fs_user().run(move || read_blocking(&rr, &tx2)).await;
     match res {
         Ok(Ok(())) => {
             tx.exit(0).await;
@@ -73,7 +113,10 @@ pub async fn read(_agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
         Ok(Err(ReadError::Fail(msg))) => {
             tx.error(msg).await;
         }
-        Ok(Err(ReadError::HostGone)) | Err(_) => {}
+        Ok(Err(ReadError::HostGone)) => {}
+        Err(e) => {
+            tx.error(e.to_string()).await;
+        }
     }
 }
 
@@ -83,9 +126,43 @@ enum ReadError {
     HostGone,
 }
 
+/// Whether `st_size` is the length a read will return: not on a pseudo
+/// filesystem (proc says 0, sysfs 4096, `/proc/kcore` 128 TiB), and not 0, which
+/// synthetic files elsewhere (FUSE, say) report for content made on read.
+fn size_is_real(f: &fs::File, md: &fs::Metadata) -> bool {
+    if md.len() == 0 {
+        return false;
+    }
+    match statfs::fstatfs(f) {
+        Ok(st) => !PSEUDO_FS.contains(&st.filesystem_type()),
+        Err(_) => true,
+    }
+}
+
+/// Reads a whole file whose size cannot be trusted, up to the cap.
+fn read_buffered(f: fs::File, shown: &str) -> Result<Vec<u8>, ReadError> {
+    let mut buf = Vec::new();
+    f.take(MAX_BUFFERED_READ as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| ReadError::Fail(format!("read {shown}: {e}")))?;
+    if buf.len() > MAX_BUFFERED_READ {
+        return Err(ReadError::Fail(format!(
+            "{shown} is too large to read: it does not report its size and has more than {} MiB",
+            MAX_BUFFERED_READ >> 20
+        )));
+    }
+    Ok(buf)
+}
+
 fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
     let path = check_path(&rr.path).map_err(ReadError::Fail)?;
-    let f = fs::File::open(&path).map_err(|e| ReadError::Fail(format!("open {}: {e}", rr.path)))?;
+    // Non-blocking open: a FIFO planted where a file was expected must not hang
+    // the request (it is refused below as not a regular file).
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| ReadError::Fail(format!("open {}: {e}", rr.path)))?;
     let md = f
         .metadata()
         .map_err(|e| ReadError::Fail(format!("stat {}: {e}", rr.path)))?;
@@ -98,18 +175,24 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
             rr.path
         )));
     }
+    let (size, body): (u64, Box<dyn Read>) = if size_is_real(&f, &md) {
+        (md.len(), Box::new(f))
+    } else {
+        let buf = read_buffered(f, &rr.path)?;
+        (buf.len() as u64, Box::new(io::Cursor::new(buf)))
+    };
     let head = FileReadResponse {
-        size: md.len() as i64,
+        size: i64::try_from(size).unwrap_or(i64::MAX),
         mode: perm_string(md.mode()),
     };
     let head = serde_json::to_vec(&head).map_err(|e| ReadError::Fail(e.to_string()))?;
     send(tx, MsgType::FileReadResp, &head)?;
     let fail = |e: io::Error| ReadError::Fail(format!("read {}: {e}", rr.path));
     if !rr.is_truncated() {
-        let mut f = f;
+        let mut body = body;
         let mut buf = vec![0u8; FILE_CHUNK];
         loop {
-            let n = f.read(&mut buf).map_err(fail)?;
+            let n = body.read(&mut buf).map_err(fail)?;
             if n == 0 {
                 return Ok(());
             }
@@ -126,7 +209,7 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
         None
     };
     let mut lines_left = if rr.limit > 0 { Some(rr.limit) } else { None };
-    let mut r = BufReader::with_capacity(64 * 1024, f);
+    let mut r = BufReader::with_capacity(64 * 1024, body);
     let mut line_no: i64 = 0;
     let mut line = Vec::with_capacity(4096);
     loop {
@@ -199,6 +282,13 @@ fn parse_mode(m: &str) -> u32 {
     }
 }
 
+/// From the connection to the disk thread.
+enum Feed {
+    Data(Vec<u8>),
+    /// All declared bytes arrived: commit.
+    Done,
+}
+
 async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> Result<(), String> {
     if wr.size < 0 {
         return Err("file size must be >= 0".into());
@@ -214,53 +304,34 @@ async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> R
         return Err(format!("{} is not a file path", wr.path));
     }
     let mode = parse_mode(&wr.mode);
-    if let Some(parent) = path.parent() {
-        mkdir_p(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
-    }
-    if path.is_dir() {
-        return Err(format!("{} is a directory", wr.path));
-    }
-    let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", wr.path));
-    let res = write_tmp(&tmp, wr.size as u64, mode, rd).await;
-    let res = match res {
-        Ok(()) => finish_write(&tmp, &path, mode, agent.config().file_owner),
-        Err(e) => Err(e),
+    // The disk side runs as the user on its own thread, fed through a small
+    // queue, so reading the next frame off the socket overlaps with writing the
+    // previous one.
+    let (feed, rx) = mpsc::channel::<Feed>(8);
+    let shown = wr.path.clone();
+    let disk = agent
+        .fs_user()
+        .run(move || write_file(&path, &shown, mode, rx));
+    let size = wr.size as u64;
+    let receive = async move {
+        let r = receive_content(size, rd, &feed).await;
+        if r.is_ok() {
+            // A closed queue here means the writer already failed; it says why.
+            let _ = feed.send(Feed::Done).await;
+        }
+        r
     };
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
-async fn write_tmp(tmp: &Path, size: u64, mode: u32, rd: &mut Reader) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(tmp)
-        .map_err(|e| format!("create {}: {e}", tmp.display()))?;
-    // Disk writes run on a blocking thread fed through a small queue, so reading
-    // the next frame off the socket overlaps with writing the previous one.
-    let (chunks, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-    let shown = tmp.display().to_string();
-    let disk = tokio::task::spawn_blocking(move || write_chunks(file, rx, &shown));
-    let received = receive_content(size, rd, &chunks).await;
-    drop(chunks);
-    let written = disk
-        .await
-        .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    let (received, written) = tokio::join!(receive, disk);
     // A receive error explains more than the writer noticing the queue closed early.
     received?;
-    written
+    written.map_err(|e| e.to_string())?
 }
 
 /// Reads STDIN frames until `size` bytes arrived, handing each to the disk writer.
 async fn receive_content(
     size: u64,
     rd: &mut Reader,
-    chunks: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    feed: &mpsc::Sender<Feed>,
 ) -> Result<(), String> {
     let mut got: u64 = 0;
     while got < size {
@@ -283,7 +354,7 @@ async fn receive_content(
         if got > size {
             return Err(format!("received more than the declared {size} bytes"));
         }
-        if chunks.send(frame.payload).await.is_err() {
+        if feed.send(Feed::Data(frame.payload)).await.is_err() {
             // The writer failed; its error is reported by the caller.
             return Ok(());
         }
@@ -291,56 +362,157 @@ async fn receive_content(
     Ok(())
 }
 
-fn write_chunks(
-    mut f: fs::File,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    shown: &str,
-) -> Result<(), String> {
-    use std::io::Write;
-    while let Some(chunk) = rx.blocking_recv() {
-        f.write_all(&chunk)
-            .map_err(|e| format!("write {shown}: {e}"))?;
-    }
-    f.sync_all().map_err(|e| format!("fsync {shown}: {e}"))
-}
-
-fn finish_write(
-    tmp: &Path,
+/// The disk side of a write (on the user's thread): create the temp file, write
+/// what arrives, and rename it over `path` once told all of it arrived.
+fn write_file(
     path: &Path,
+    shown: &str,
     mode: u32,
-    owner: Option<(u32, u32)>,
+    mut rx: mpsc::Receiver<Feed>,
 ) -> Result<(), String> {
-    // The umask may have narrowed the mode at create.
-    fs::set_permissions(tmp, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
-    if let Some((u, g)) = owner {
-        std::os::unix::fs::chown(tmp, Some(u), Some(g))
-            .map_err(|e| format!("chown {}: {e}", tmp.display()))?;
-    }
-    fs::rename(tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))?;
-    // Make the rename itself durable before acknowledging.
     if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
+        mkdir_p(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    }
+    if fs::metadata(path).is_ok_and(|md| md.is_dir()) {
+        return Err(format!("{shown} is a directory"));
+    }
+    let mut tmp = TempFile::create(path).map_err(|e| format!("create {shown}: {e}"))?;
+    loop {
+        match rx.blocking_recv() {
+            Some(Feed::Data(chunk)) => tmp
+                .file
+                .write_all(&chunk)
+                .map_err(|e| format!("write {shown}: {e}"))?,
+            Some(Feed::Done) => break,
+            // The receiving side gave up; it reports why.
+            None => return Err("write cancelled".into()),
         }
     }
-    Ok(())
+    tmp.commit(path, shown, mode)
+}
+
+/// A write's temp file; removed on drop unless committed.
+struct TempFile {
+    file: fs::File,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl TempFile {
+    /// Creates a fresh temp file beside `target`, never following or reusing
+    /// whatever is already there.
+    fn create(target: &Path) -> io::Result<TempFile> {
+        let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+        for _ in 0..TMP_ATTEMPTS {
+            let path = tmp_path(target, random_suffix());
+            let opened = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path);
+            match opened {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        file,
+                        path,
+                        committed: false,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sets the mode, makes the content durable and renames the file into place.
+    fn commit(mut self, target: &Path, shown: &str, mode: u32) -> Result<(), String> {
+        // On the descriptor, never by path; and after the content, because a
+        // write by a process without CAP_FSETID clears setuid/setgid bits.
+        self.file
+            .set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {shown}: {e}"))?;
+        self.file
+            .sync_all()
+            .map_err(|e| format!("fsync {shown}: {e}"))?;
+        fs::rename(&self.path, target).map_err(|e| format!("rename to {shown}: {e}"))?;
+        self.committed = true;
+        // Make the rename itself durable before acknowledging.
+        if let Some(parent) = target.parent() {
+            if let Ok(d) = fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        // Remove the name only while it is still our file: the directory's owner
+        // may have replaced it meanwhile, and that is theirs to keep.
+        let ours = match (self.file.metadata(), fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if ours {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `<dir>/<name>.bhatti-tmp-<suffix>`, the name shortened if the whole would be
+/// longer than the kernel allows.
+fn tmp_path(target: &Path, suffix: u64) -> PathBuf {
+    let name = target.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    let tail = format!("{TMP_MARK}{suffix:016x}");
+    let keep = name.len().min(NAME_MAX - tail.len());
+    let mut tmp = name[..keep].to_vec();
+    tmp.extend_from_slice(tail.as_bytes());
+    target.with_file_name(std::ffi::OsString::from_vec(tmp))
+}
+
+/// A temp-name suffix nobody can predict (std's per-process random hash keys
+/// over the time and a counter); unpredictability is a courtesy, O_EXCL is the
+/// guarantee.
+fn random_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(nanos);
+    h.finish()
 }
 
 fn mkdir_p(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(dir)
 }
 
-pub async fn stat(req: &Frame, tx: &FrameTx) {
-    let res = parse::<PathRequest>(req, "stat").and_then(|pr| {
-        let p = check_path(&pr.path)?;
-        let md = fs::metadata(&p).map_err(|e| format!("stat {}: {e}", pr.path))?;
-        Ok(file_info(base_name(&p), &md))
-    });
+pub async fn stat(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
+    let res = match parse::<PathRequest>(req, "stat") {
+        Ok(pr) => agent
+            .fs_user()
+            .run(move || {
+                let p = check_path(&pr.path)?;
+                let md = fs::metadata(&p).map_err(|e| format!("stat {}: {e}", pr.path))?;
+                Ok(file_info(base_name(&p), &md))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+        Err(e) => Err(e),
+    };
     match res {
         Ok(info) => {
             tx.send_json(MsgType::FileStatResp, &info).await;
@@ -351,9 +523,11 @@ pub async fn stat(req: &Frame, tx: &FrameTx) {
     }
 }
 
-pub async fn ls(req: &Frame, tx: &FrameTx) {
+pub async fn ls(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
     let res = match parse::<PathRequest>(req, "ls") {
-        Ok(pr) => tokio::task::spawn_blocking(move || list_dir(&pr.path))
+        Ok(pr) => agent
+            .fs_user()
+            .run(move || list_dir(&pr.path))
             .await
             .unwrap_or_else(|e| Err(e.to_string())),
         Err(e) => Err(e),
@@ -410,6 +584,31 @@ mod tests {
         assert_eq!(parse_mode("0"), 0o644);
         assert_eq!(parse_mode("99"), 0o644);
         assert_eq!(perm_string(0o100755), "0755");
+    }
+
+    #[test]
+    fn temp_names_sit_beside_the_target_and_fit_the_name_limit() {
+        let t = tmp_path(Path::new("/w/n.txt"), 0xab);
+        assert_eq!(t, Path::new("/w/n.txt.bhatti-tmp-00000000000000ab"));
+        let long = "x".repeat(255);
+        let t = tmp_path(&Path::new("/w").join(&long), 1);
+        let name = t.file_name().expect("name").as_bytes();
+        assert_eq!(name.len(), NAME_MAX);
+        assert!(name.ends_with(b".bhatti-tmp-0000000000000001"));
+        assert_eq!(t.parent(), Some(Path::new("/w")));
+        assert_ne!(random_suffix(), random_suffix());
+    }
+
+    #[test]
+    fn pseudo_files_do_not_report_their_size() {
+        let f = fs::File::open("/proc/self/status").expect("open");
+        let md = f.metadata().expect("stat");
+        assert!(!size_is_real(&f, &md));
+        let body = read_buffered(f, "/proc/self/status").ok().expect("read");
+        assert!(!body.is_empty());
+        let me = fs::File::open("/proc/self/exe").expect("exe");
+        let md = me.metadata().expect("stat");
+        assert!(size_is_real(&me, &md));
     }
 
     #[test]

@@ -11,16 +11,19 @@
 //! Whatever the mode, the [`agent`] serves the same protocol (`bhatti-protocol`):
 //! one operation per control connection, AUTH first when a token is configured.
 
+mod admission;
 pub mod agent;
 mod conn;
 pub mod container;
 mod exec;
 mod files;
 mod forward;
+mod fsuser;
 pub mod guest;
 mod pty;
 pub mod ring;
 mod session;
 mod spawn;
 
+pub use admission::Source;
 pub use agent::{Agent, AgentConfig, RunAs};

@@ -10,7 +10,8 @@ fn usage() -> ExitCode {
         "lohar {}: the bhatti guest agent\n\n\
          Runs as PID 1 inside a bhatti sandbox. For tests:\n  \
          LOHAR_TEST=1 LOHAR_SOCK=<path> LOHAR_FWD_SOCK=<path> [LOHAR_TOKEN=<token>] \
-         [LOHAR_INIT=<script>] lohar\n\n\
+         [LOHAR_INIT=<script>] [LOHAR_FILE_UID=<uid> [LOHAR_FILE_GID=<gid>]] \
+         [LOHAR_TCP=<ip:port>] lohar\n\n\
          As the entrypoint of a Docker sandbox:\n  \
          lohar container   (see LOHAR_SOCK_DIR, LOHAR_TOKEN_FILE, LOHAR_ENV_FILE)",
         env!("CARGO_PKG_VERSION")
@@ -78,6 +79,29 @@ fn bind_unix(path: &str) -> Result<tokio::net::UnixListener, String> {
     tokio::net::UnixListener::bind(path).map_err(|e| format!("listen on {path}: {e}"))
 }
 
+/// `LOHAR_FILE_UID` / `LOHAR_FILE_GID` (default: the uid): the identity file
+/// operations act as, so tests running as root exercise the guest's credential
+/// switch (without them, and whenever lohar is not root, files are handled as
+/// the current user).
+fn file_user_from_env() -> Result<Option<(u32, u32)>, String> {
+    let num = |var: &str| -> Result<Option<u32>, String> {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{var}={v:?} is not a uid/gid")),
+            _ => Ok(None),
+        }
+    };
+    let uid = num("LOHAR_FILE_UID")?;
+    let gid = num("LOHAR_FILE_GID")?;
+    match (uid, gid) {
+        (Some(u), g) => Ok(Some((u, g.unwrap_or(u)))),
+        (None, Some(_)) => Err("LOHAR_FILE_GID needs LOHAR_FILE_UID".into()),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Test mode: Unix sockets, children as the current user, no root needed.
 async fn test_mode() -> Result<(), String> {
     let sock = std::env::var("LOHAR_SOCK").map_err(|_| "LOHAR_SOCK is required in test mode")?;
@@ -86,6 +110,7 @@ async fn test_mode() -> Result<(), String> {
         token: std::env::var("LOHAR_TOKEN").ok().filter(|t| !t.is_empty()),
         sync_after_exec: std::env::var("LOHAR_SYNC").as_deref() == Ok("1"),
         init_cwd: std::env::current_dir().map_err(|e| e.to_string())?,
+        file_user: file_user_from_env()?,
         ..AgentConfig::default()
     };
     let agent = Agent::new(cfg);
@@ -93,6 +118,14 @@ async fn test_mode() -> Result<(), String> {
     if let Some(fwd) = fwd {
         let l = bind_unix(&fwd)?;
         tokio::spawn(agent.clone().run_unix(l, true));
+    }
+    // An extra control listener on TCP, for tests that need distinct source
+    // addresses (the connection budget is per source; Unix peers are one).
+    if let Ok(addr) = std::env::var("LOHAR_TCP") {
+        let l = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("listen on {addr}: {e}"))?;
+        tokio::spawn(agent.clone().run_tcp(l, false));
     }
     if let Ok(init) = std::env::var("LOHAR_INIT") {
         agent.start_init(&init, None);

@@ -6,17 +6,24 @@
 //! only forwards to the client it finds attached under that same lock, so live
 //! output can never overtake or interleave with the replayed history.
 //!
-//! Disconnect = detach (no signal). The idle timer (`max_idle_sec > 0`) starts at
-//! detach and SIGKILLs the group if nobody attached in time. When the process
-//! exits, an attached client gets EXIT and the session is removed; otherwise it
-//! is kept 30 s so its scrollback can still be fetched (`init`: removed at once).
+//! Disconnect = detach (no signal). The idle timer starts at detach and SIGKILLs
+//! the group if nobody attached in time: `max_idle_sec` when the request gives
+//! one, else [`DEFAULT_DETACHED_IDLE`], so an abandoned shell cannot hold its
+//! slot forever. When the process exits, an attached client gets EXIT and the
+//! session is removed; otherwise it is kept 30 s so its scrollback can still be
+//! fetched (`init`: removed at once).
+//!
+//! At the session limit a new session reaps room instead of being refused: an
+//! exited session first, else the running detached one that has been detached
+//! longest (SIGKILL). Attached sessions and `init` (no idle timeout) are never
+//! reaped; when only those are left, the new session is refused.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bhatti_protocol::messages::{ExecKillRequest, ExecRequest, SessionInfo};
 use bhatti_protocol::{
@@ -37,6 +44,8 @@ const EXITED_GRACE: Duration = Duration::from_secs(30);
 /// How long the pump may keep draining output after the process exited (a
 /// background grandchild can hold the PTY open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// Idle timeout of a detached session whose request named none.
+const DEFAULT_DETACHED_IDLE: Duration = Duration::from_secs(30 * 60);
 const TTY_CHUNK: usize = 4 * 1024;
 const PIPE_CHUNK: usize = 8 * 1024;
 
@@ -88,30 +97,65 @@ impl Registry {
         }
     }
 
+    /// Makes room for one more session if the registry is full (see the module
+    /// docs for who is reaped).
+    fn make_room(&self) -> Result<(), String> {
+        make_room_locked(&mut lock(&self.map))
+    }
+
     /// Registers a new session under a fresh `s<N>` id (or `fixed_id`), enforcing
     /// the session limit.
     fn insert(
         &self,
         fixed_id: Option<&str>,
         make: impl FnOnce(String) -> Arc<Session>,
-    ) -> Result<Arc<Session>, &'static str> {
+    ) -> Result<Arc<Session>, String> {
         let mut map = lock(&self.map);
-        if map.len() >= MAX_SESSIONS {
-            return Err("session limit exceeded");
+        if fixed_id.is_some_and(|id| map.contains_key(id)) {
+            return Err("session already exists".into());
         }
+        // Another new session may have taken the room made before spawning.
+        make_room_locked(&mut map)?;
         let id = match fixed_id {
-            Some(id) => {
-                if map.contains_key(id) {
-                    return Err("session already exists");
-                }
-                id.to_string()
-            }
+            Some(id) => id.to_string(),
             None => format!("s{}", self.counter.fetch_add(1, Ordering::Relaxed) + 1),
         };
         let s = make(id.clone());
         map.insert(id, s.clone());
         Ok(s)
     }
+}
+
+/// Reaps sessions until one more fits: exited ones first (oldest first), then
+/// running detached ones with an idle timeout, longest detached first.
+fn make_room_locked(map: &mut BTreeMap<String, Arc<Session>>) -> Result<(), String> {
+    while map.len() >= MAX_SESSIONS {
+        let victim = map
+            .values()
+            .filter_map(|s| {
+                let st = lock(&s.state);
+                let since = st.detached_since?; // attached: never
+                match st.exit_code {
+                    Some(_) => Some((0, since, s.clone())),
+                    None if s.max_idle.is_some() => Some((1, since, s.clone())),
+                    None => None, // init: lives as long as the sandbox
+                }
+            })
+            .min_by_key(|(rank, since, _)| (*rank, *since))
+            .map(|(_, _, s)| s);
+        let Some(v) = victim else {
+            return Err(format!(
+                "session limit exceeded: {MAX_SESSIONS} sessions, none of them detached"
+            ));
+        };
+        map.remove(&v.id);
+        let running = lock(&v.state).exit_code.is_none();
+        if running {
+            tracing::info!(session = %v.id, "session limit reached: reaping the longest-detached session");
+            signal_group(v.pgid, Signal::SIGKILL);
+        }
+    }
+    Ok(())
 }
 
 fn session_order(id: &str) -> u64 {
@@ -139,6 +183,9 @@ struct State {
     attached: Option<Attached>,
     exit_code: Option<i32>,
     idle_timer: Option<AbortHandle>,
+    /// When the last client left; `None` while attached and before the first
+    /// attach (a session being created is not up for reaping).
+    detached_since: Option<Instant>,
 }
 
 pub struct Session {
@@ -223,6 +270,7 @@ impl Session {
             return;
         }
         st.attached = None;
+        st.detached_since = Some(Instant::now());
         if let (Some(idle), None) = (self.max_idle, st.exit_code) {
             let s = self.clone();
             let h = tokio::spawn(async move {
@@ -287,9 +335,7 @@ struct Spec {
 
 /// Spawns the process and registers the session (not yet attached).
 fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, String> {
-    if agent.sessions.map.lock().map(|m| m.len()).unwrap_or(0) >= MAX_SESSIONS {
-        return Err("session limit exceeded".into());
-    }
+    agent.sessions.make_room()?;
     let leader = if spec.tty {
         Leader::SessionWithTty
     } else {
@@ -350,6 +396,8 @@ fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, String>
                 attached: None,
                 exit_code: None,
                 idle_timer: None,
+                // Not reapable before its first client has come and gone.
+                detached_since: None,
             }),
         })
     });
@@ -357,7 +405,7 @@ fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, String>
         Ok(s) => s,
         Err(e) => {
             signal_group(pgid, Signal::SIGKILL);
-            return Err(e.into());
+            return Err(e);
         }
     };
     run_session(agent, &session, output, child, spec.tty);
@@ -403,7 +451,12 @@ fn spec_from_request(agent: &Agent, er: ExecRequest) -> Spec {
         tty: er.tty,
         rows: er.rows,
         cols: er.cols,
-        max_idle: (er.max_idle_sec > 0).then(|| Duration::from_secs(er.max_idle_sec as u64)),
+        // Every detached session is reaped eventually; see DEFAULT_DETACHED_IDLE.
+        max_idle: Some(if er.max_idle_sec > 0 {
+            Duration::from_secs(er.max_idle_sec as u64)
+        } else {
+            DEFAULT_DETACHED_IDLE
+        }),
         argv: er.argv,
         env: er.env,
         cwd: er.cwd,
@@ -481,6 +534,7 @@ async fn attach_and_relay(
         if let Some(t) = st.idle_timer.take() {
             t.abort();
         }
+        st.detached_since = None;
         let mut info = session.info_locked(st);
         info.attached = true;
         // A fresh connection's queue has room for these three frames.

@@ -157,6 +157,11 @@ async fn connection_limit_is_enforced_before_auth() {
         token: Some(TOKEN.into()),
         ..Default::default()
     });
+    // The host authenticates first (as at boot), which makes its source trusted:
+    // its burst below is not held to the pre-auth budget of strangers.
+    let mut s = dial(&l).await;
+    send(&mut s, MsgType::Auth, TOKEN.as_bytes()).await.unwrap();
+    assert_eq!(exec_true(&mut s).await, 0);
     // Fill every slot with an authenticated, open TTY-less connection that is
     // waiting for its request.
     let mut held = Vec::new();
@@ -242,4 +247,143 @@ async fn exec_frames_arrive_in_order_stdout_stderr_exit() {
         (&b"out"[..], &b"err"[..], 3)
     );
     assert!(next(&mut s).await.is_none(), "EXIT is the last frame");
+}
+
+/// Pre-auth budget numbers (lohar's admission module).
+const PRE_AUTH_PER_SOURCE: usize = 4;
+const PRE_AUTH_TOTAL: usize = 16;
+
+/// Long enough for a refusal to arrive, well inside the 5 s AUTH deadline.
+const LONG: Duration = Duration::from_millis(500);
+
+/// A connection from loopback address `127.0.0.<src>` to the agent's TCP port.
+async fn dial_from(src: u8, port: u16) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, src), 0).into())
+        .unwrap();
+    sock.connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+        .await
+        .expect("connect")
+}
+
+/// True if the agent answered "connection limit exceeded" within `wait`; false
+/// if it is (silently) waiting for AUTH.
+async fn refused<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration) -> bool {
+    match tokio::time::timeout(wait, read_frame(s)).await {
+        Err(_) => false,
+        Ok(Ok(Some(f))) => {
+            assert!(f.is(MsgType::Error), "unexpected 0x{:02x}", f.kind);
+            assert_eq!(f.text(), "connection limit exceeded");
+            true
+        }
+        Ok(other) => panic!("unexpected {other:?}"),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn silent_connections_from_other_sources_cannot_lock_the_host_out() {
+    let port = free_port();
+    let _agent = Lohar::start_with(Opts {
+        token: Some(TOKEN.into()),
+        tcp: Some(format!("127.0.0.1:{port}")),
+        ..Default::default()
+    });
+    let host = bhatti_agent_client::AgentClient::new(
+        bhatti_agent_client::Transport::TcpPorts {
+            addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            control: port,
+            forward: port,
+        },
+        Some(TOKEN.into()),
+    );
+    // The host's first contact (at boot, before guest code runs).
+    host.wait_ready(Duration::from_secs(10)).await.unwrap();
+
+    // Strangers (no token) from other addresses: 4 each are waited on ...
+    let t0 = std::time::Instant::now();
+    let mut held = Vec::new();
+    for src in 2..(2 + (PRE_AUTH_TOTAL / PRE_AUTH_PER_SOURCE) as u8) {
+        for _ in 0..PRE_AUTH_PER_SOURCE {
+            held.push(dial_from(src, port).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // (Any refusal would have arrived during the pause.)
+    for s in &mut held {
+        assert!(
+            !refused(s, Duration::from_millis(10)).await,
+            "within the pre-auth budget"
+        );
+    }
+    // ... a fifth from the same address is refused, and with the shared
+    // budget full so is a newcomer.
+    let mut extra = dial_from(2, port).await;
+    assert!(refused(&mut extra, LONG).await, "per-source budget");
+    let mut newcomer = dial_from(100, port).await;
+    assert!(refused(&mut newcomer, LONG).await, "global pre-auth budget");
+    // The host, which authenticated before, still gets in: several at once.
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { host.exec(["sh", "-c", "echo in"]).await })
+        })
+        .collect();
+    for r in runs {
+        assert_eq!(r.await.unwrap().unwrap().stdout_str(), "in\n");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "checked before the AUTH deadline freed the slots"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn unix_peers_are_one_source_with_a_pre_auth_budget() {
+    let l = Lohar::start_with(Opts {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    });
+    // Before anyone authenticated: the source's pre-auth budget is all there is.
+    let mut held = Vec::new();
+    for _ in 0..PRE_AUTH_PER_SOURCE {
+        held.push(dial(&l).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = dial(&l).await;
+    assert!(
+        refused(&mut extra, LONG).await,
+        "pre-auth budget of the one source"
+    );
+    // A slot freed: a proper client authenticates, which makes the source trusted ...
+    held.pop();
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut s = dial(&l).await;
+        send(&mut s, MsgType::Auth, TOKEN.as_bytes()).await.unwrap();
+        send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["true"]))
+            .await
+            .unwrap();
+        if next(&mut s).await.is_some_and(|f| f.is(MsgType::Exit)) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "authenticated client served");
+    // ... so with the pre-auth budget full again, its next connections still
+    // get in (on the reserve).
+    held.push(dial(&l).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = dial(&l).await;
+    send(&mut s, MsgType::Auth, TOKEN.as_bytes()).await.unwrap();
+    assert_eq!(exec_true(&mut s).await, 0);
 }

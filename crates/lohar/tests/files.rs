@@ -11,6 +11,15 @@ use bhatti_agent_client::{ClientError, ReadOptions};
 use common::{s, Lohar};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Names of write temp files left in `dir`.
+fn temp_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".bhatti-tmp"))
+        .collect()
+}
+
 fn agent_err(e: ClientError) -> String {
     match e {
         ClientError::Agent(m) => m,
@@ -165,6 +174,57 @@ async fn read_errors() {
 }
 
 #[tokio::test]
+async fn pseudo_files_report_the_length_they_send() {
+    let l = Lohar::start();
+    let c = l.client();
+    for p in ["/proc/self/status", "/proc/version", "/proc/cpuinfo"] {
+        let mut out = Vec::new();
+        let (head, n) = c
+            .file_read(p, ReadOptions::default(), &mut out)
+            .await
+            .unwrap_or_else(|e| panic!("read {p}: {e}"));
+        assert!(!out.is_empty(), "{p} read empty");
+        assert_eq!(head.size, out.len() as i64, "{p}: size vs content");
+        assert_eq!(n, out.len() as u64);
+    }
+    // Line mode reports the same real size.
+    let mut out = Vec::new();
+    let (head, _) = c
+        .file_read(
+            "/proc/self/status",
+            ReadOptions {
+                limit: 1,
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert!(head.size > out.len() as i64 && out.starts_with(b"Name:"));
+    // A pseudo file larger than the in-memory cap (or not readable at all) is an
+    // error, never a claim of 128 TiB.
+    let mut out = Vec::new();
+    match c
+        .file_read("/proc/kcore", ReadOptions::default(), &mut out)
+        .await
+    {
+        Ok((head, n)) => assert_eq!(head.size as u64, n, "kcore size vs content"),
+        Err(e) => {
+            let m = agent_err(e);
+            assert!(
+                m.contains("too large to read")
+                    || m.contains("denied")
+                    || m.contains("not permitted")
+                    // Masked (bind-mounted /dev/null) or absent in some containers.
+                    || m.contains("not a regular file")
+                    || m.contains("No such file"),
+                "{m}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn write_normal_zero_modes_and_parents() {
     let l = Lohar::start();
     let c = l.client();
@@ -181,7 +241,7 @@ async fn write_normal_zero_modes_and_parents() {
             & 0o777,
         0o755
     );
-    assert!(!l.path("a/b/c/new.txt.bhatti-tmp").exists());
+    assert_eq!(temp_files(&l.path("a/b/c")), Vec::<String>::new());
 
     let z = l.path("zero");
     c.file_write_bytes(&s(&z), "0600", b"").await.unwrap();
@@ -252,7 +312,7 @@ async fn write_errors_leave_nothing_behind() {
     drop(conn);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "original");
-    assert!(!l.path("keep.txt.bhatti-tmp").exists());
+    assert_eq!(temp_files(l.dir.path()), Vec::<String>::new());
 
     // More bytes than declared.
     let mut conn = c.connect().await.unwrap();
@@ -269,6 +329,7 @@ async fn write_errors_leave_nothing_behind() {
     let f = conn.recv().await.unwrap().unwrap();
     assert!(f.text().contains("more than the declared"));
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "original");
+    assert_eq!(temp_files(l.dir.path()), Vec::<String>::new());
 
     // Writing over a directory is refused.
     let m = agent_err(

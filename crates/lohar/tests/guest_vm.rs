@@ -701,3 +701,148 @@ fn guest_root_poweroff_vm() {
     );
     eprintln!("guest_root_poweroff_vm: {:?} in total", t0.elapsed());
 }
+
+/// The agent's error text, or a panic naming what was expected.
+fn agent_refusal<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>) -> String {
+    match r {
+        Err(ClientError::Agent(m)) => m,
+        other => panic!("{what}: expected the agent to refuse, got {other:?}"),
+    }
+}
+
+/// The attacker probe against a real guest: code running as uid 1000 plants
+/// symlinks where the agent (root, PID 1) will write, read or open an output
+/// file for the host. The agent acts with uid 1000's credentials, so nothing
+/// the user could not touch is touched. Also the boot-time hardening sysctls.
+#[test]
+#[cfg_attr(
+    not(bhatti_guest_vm_tests),
+    ignore = "needs root, BHATTI_GUEST_KERNEL and BHATTI_GUEST_ROOTFS (scripts/test.sh sets them)"
+)]
+fn guest_file_creds_and_hardening_vm() {
+    let (kernel, rootfs) = match artifacts() {
+        Ok(a) => a,
+        Err(why) => panic!("cannot run: {why}"),
+    };
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let t0 = Instant::now();
+    let token = "00112233445566778899aabbccddeeff";
+    let cfg = GuestConfig {
+        token: token.into(),
+        ..GuestConfig::default()
+    };
+    let vm = Vm::boot(&kernel, &rootfs, &cfg, true);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = vm.client(Some(token));
+        c.wait_ready(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("wait_ready: {e}\nconsole:\n{}", vm.tail(30)));
+        assert_eq!(sh_ok(&c, "id -u").await, "1000");
+
+        // Hardening, in place before any user code ran.
+        for (sysctl, want) in [
+            ("kernel/dmesg_restrict", "1"),
+            ("kernel/kptr_restrict", "2"),
+            ("user/max_user_namespaces", "0"),
+            ("fs/protected_symlinks", "1"),
+            ("fs/protected_hardlinks", "1"),
+            ("fs/protected_fifos", "1"),
+            ("fs/protected_regular", "2"),
+        ] {
+            assert_eq!(
+                sh_ok(&c, &format!("cat /proc/sys/{sysctl}")).await,
+                want,
+                "{sysctl}"
+            );
+        }
+        assert_ne!(
+            sh(&c, "dmesg >/dev/null 2>&1").await.exit_code,
+            0,
+            "the kernel log is root's"
+        );
+        let userns = sh_ok(
+            &c,
+            "if command -v unshare >/dev/null; then \
+               unshare -U true 2>/dev/null && echo allowed || echo refused; \
+             else echo absent; fi",
+        )
+        .await;
+        assert_ne!(userns, "allowed", "user namespaces must be off");
+
+        // What the probe aims at, before.
+        let targets = "stat -c '%n %u:%g %a %s %Y' /dev/vdb /etc/shadow /etc/hostname /etc";
+        let before = sh_ok(&c, targets).await;
+        // The probe: guest code plants symlinks in its own home.
+        sh_ok(
+            &c,
+            "cd /home/lohar && ln -s /dev/vdb n.txt.bhatti-tmp && \
+             ln -s /etc/shadow s.txt.bhatti-tmp && ln -s /etc/hostname h.txt && \
+             ln -s /etc etc-link && ln -s /dev/vdb out.log",
+        )
+        .await;
+
+        // The owner's ordinary writes land in fresh files owned by the user.
+        for (path, content) in [
+            ("/home/lohar/n.txt", "n\n"),
+            ("/home/lohar/s.txt", "s\n"),
+            ("/home/lohar/h.txt", "h\n"),
+        ] {
+            c.file_write_bytes(path, "0644", content.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("write {path}: {e}"));
+            assert_eq!(
+                sh_ok(&c, &format!("stat -c '%F %u:%g' {path}; cat {path}")).await,
+                format!("regular file 1000:1000\n{}", content.trim_end())
+            );
+        }
+        // Through a symlinked parent, or straight at a root file: refused.
+        for path in ["/home/lohar/etc-link/evil", "/etc/shadow", "/etc/hostname"] {
+            let m = agent_refusal(path, c.file_write_bytes(path, "", b"pwned\n").await);
+            assert!(m.contains("Permission denied"), "{path}: {m}");
+        }
+        // Reads through the plants, and of the config drive: refused.
+        for path in ["/home/lohar/s.txt.bhatti-tmp", "/etc/shadow", "/dev/vdb"] {
+            let m = agent_refusal(path, c.file_read_to_vec(path, ReadOptions::default()).await);
+            assert!(
+                m.contains("Permission denied") || m.contains("not a regular file"),
+                "{path}: {m}"
+            );
+        }
+        // A detached exec's output file behind a symlink, or climbing out: refused.
+        for out in ["/home/lohar/out.log", "/home/lohar/../../etc/x"] {
+            let m = agent_refusal(
+                out,
+                c.exec_detached(vec!["true".into()], Some(out.into()))
+                    .await
+                    .map(|i| i.pid),
+            );
+            assert!(
+                m.contains("symbolic link") || m.contains("'..'"),
+                "{out}: {m}"
+            );
+        }
+        // Nothing the probe aimed at changed: content size, mode, owner, mtime.
+        assert_eq!(sh_ok(&c, targets).await, before);
+        assert_eq!(sh(&c, "test -e /etc/evil").await.exit_code, 1);
+
+        // Pseudo files report the length they send.
+        let mut out = Vec::new();
+        let (head, n) = c
+            .file_read("/proc/self/status", ReadOptions::default(), &mut out)
+            .await
+            .expect("read /proc/self/status");
+        assert!(!out.is_empty());
+        assert_eq!((head.size, n), (out.len() as i64, out.len() as u64));
+        let m = agent_refusal(
+            "/proc/kcore",
+            c.file_read_to_vec("/proc/kcore", ReadOptions::default())
+                .await,
+        );
+        assert!(m.contains("Permission denied"), "{m}");
+    });
+    eprintln!(
+        "guest_file_creds_and_hardening_vm: {:?} in total",
+        t0.elapsed()
+    );
+}

@@ -446,12 +446,87 @@ async fn session_limit_is_enforced() {
             .unwrap(),
         );
     }
+    // All of them attached: nothing may be reaped, so the new one is refused.
     match c.shell(sh()).await.map(|x| x.0) {
-        Err(ClientError::Agent(m)) => assert_eq!(m, "session limit exceeded"),
+        Err(ClientError::Agent(m)) => assert!(
+            m.starts_with("session limit exceeded") && m.contains("none of them detached"),
+            "{m}"
+        ),
         other => panic!("unexpected {other:?}"),
     }
     for (info, _) in &held {
         c.session_kill(&info.session_id).await.unwrap();
+    }
+}
+
+/// Reads `PID:<n>` printed by a session's shell.
+async fn shell_pid(t: &mut Terminal) -> i32 {
+    let mut out = String::new();
+    loop {
+        out.push_str(&read_until(t, ":").await);
+        let found = out.split("PID:").skip(1).find_map(|rest| {
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        });
+        if let Some(p) = found {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn session_limit_reaps_the_longest_detached_session() {
+    let l = Lohar::start();
+    let c = l.client();
+    let mut ids = Vec::new();
+    let mut first_pid = 0;
+    for i in 0..bhatti_protocol::MAX_SESSIONS {
+        // Abandoned shells: opened, then the client goes away (detach).
+        let (info, mut t) = c
+            .shell(ShellOptions {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo PID:$$:; exec sleep 600".into(),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if i == 0 {
+            first_pid = shell_pid(&mut t).await;
+        }
+        drop(t);
+        ids.push(info.session_id);
+    }
+    // Every one of them is detached once its client is gone.
+    let mut all_detached = false;
+    for _ in 0..100 {
+        let list = c.session_list().await.unwrap();
+        if list.len() == bhatti_protocol::MAX_SESSIONS && list.iter().all(|s| !s.attached) {
+            all_detached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(all_detached, "sessions did not detach");
+    // The limit is reached, yet a new shell starts: the oldest detached session
+    // made room.
+    let (info, mut t) = c.shell(sh()).await.expect("new session at the limit");
+    t.write(b"echo room-made\n").await.unwrap();
+    read_until(&mut t, "room-made").await;
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(first_pid)).await,
+        "the reaped session's process still runs"
+    );
+    let list = c.session_list().await.unwrap();
+    let listed: Vec<&str> = list.iter().map(|s| s.session_id.as_str()).collect();
+    assert!(!listed.contains(&ids[0].as_str()), "{listed:?}");
+    assert!(listed.contains(&ids[1].as_str()), "{listed:?}");
+    assert!(listed.contains(&info.session_id.as_str()), "{listed:?}");
+    assert_eq!(list.len(), bhatti_protocol::MAX_SESSIONS);
+    for id in listed {
+        let _ = c.session_kill(id).await;
     }
 }
 

@@ -64,6 +64,15 @@ pub struct GuestConfig {
     pub user: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<ConfigNet>,
+    /// Leave user namespaces available to the sandbox user. By default the
+    /// guest turns them off at boot (kernel attack surface); absent in configs
+    /// from older hosts, which means off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_userns: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[cfg(test)]
@@ -83,5 +92,13 @@ mod tests {
         assert_eq!(c.volumes[0].device, "/dev/vdc");
         let back: GuestConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+        assert!(!c.allow_userns, "absent means off");
+        assert!(!serde_json::to_string(&c).unwrap().contains("allow_userns"));
+        let c = GuestConfig {
+            allow_userns: true,
+            ..GuestConfig::default()
+        };
+        let back: GuestConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert!(back.allow_userns);
     }
 }

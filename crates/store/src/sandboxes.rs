@@ -230,7 +230,8 @@ fn name_conflict(name: &str) -> impl FnOnce(&str) -> String + '_ {
 
 impl Store {
     /// Inserts a sandbox. Checks, in one transaction: the owner's
-    /// `max_sandboxes` (`Quota`, text `sandbox limit reached (n/max)`), then
+    /// `max_sandboxes` (`Quota`, text `sandbox limit reached (n/max)`), the
+    /// storage quota for a root disk of `disk_size_mb` (`Quota`), then
     /// the UNIQUE rules — an active sandbox of that user with that name is
     /// `Conflict("name \"x\" is already in use")` (the API's idempotent
     /// create re-reads the winner on this).
@@ -261,6 +262,9 @@ impl Store {
                     "sandbox limit reached ({n}/{})",
                     q.max_sandboxes
                 )));
+            }
+            if s.disk_size_mb > 0 {
+                crate::volumes::check_quota(tx, &s.user_id, s.disk_size_mb)?;
             }
             let now = time::now();
             tx.execute(

@@ -17,7 +17,9 @@ pub struct Quotas {
     pub max_cpus_per_sandbox: u32,
     /// Memory per sandbox in MiB (default 4096).
     pub max_memory_mb_per_sandbox: u32,
-    /// Sum of persistent-volume sizes in MiB (default 20480).
+    /// Storage in MiB (default 20480): persistent volumes plus the root disks
+    /// of sandboxes created with `disk_size_mb` (the column keeps its v1
+    /// name; it bounds every byte a user can make the host store).
     pub max_volume_storage_mb: u64,
     /// Own images (default 10; enforced, DECISIONS §7.12).
     pub max_images: u32,

@@ -129,10 +129,15 @@ fn by_id(c: &Connection, id: &str) -> Result<Volume> {
     )
 }
 
-fn total_mb(c: &Connection, user_id: &str) -> Result<u64> {
+/// The user's storage in use: every volume's size plus the root disk size of
+/// every active sandbox that asked for one (`disk_size_mb`). Root disks at
+/// the image's own size are not counted: they cannot grow past the image.
+pub(crate) fn storage_used_mb(c: &Connection, user_id: &str) -> Result<u64> {
     count(
         c,
-        "SELECT COALESCE(SUM(size_mb), 0) FROM volumes WHERE user_id = ?1",
+        "SELECT (SELECT COALESCE(SUM(size_mb), 0) FROM volumes WHERE user_id = ?1) + \
+                (SELECT COALESCE(SUM(disk_size_mb), 0) FROM sandboxes \
+                 WHERE user_id = ?1 AND status != 'destroyed')",
         [user_id],
     )
 }
@@ -146,13 +151,14 @@ fn attachments_of(c: &Connection, volume_id: &str) -> Result<Vec<Attachment>> {
     )
 }
 
-/// Checks that `extra_mb` more fits in the user's storage quota.
-fn check_quota(tx: &Transaction<'_>, user_id: &str, extra_mb: u64) -> Result<()> {
+/// Checks that `extra_mb` more fits in the user's storage quota (volumes
+/// and grown root disks share it, so neither can fill the host alone).
+pub(crate) fn check_quota(tx: &Transaction<'_>, user_id: &str, extra_mb: u64) -> Result<()> {
     let max = quotas_in(tx, user_id)?.max_volume_storage_mb;
-    let used = total_mb(tx, user_id)?;
+    let used = storage_used_mb(tx, user_id)?;
     if used.saturating_add(extra_mb) > max {
         return Err(StoreError::Quota(format!(
-            "volume storage quota exceeded ({used} MB used + {extra_mb} MB > {max} MB)"
+            "storage quota exceeded ({used} MB used by volumes and root disks + {extra_mb} MB > {max} MB)"
         )));
     }
     Ok(())
@@ -242,9 +248,9 @@ impl Store {
         })
     }
 
-    /// Sum of the user's volume sizes in MiB.
-    pub fn total_volume_mb(&self, user_id: &str) -> Result<u64> {
-        self.read(|c| total_mb(c, user_id))
+    /// The user's storage in use in MiB: volumes plus grown root disks.
+    pub fn storage_used_mb(&self, user_id: &str) -> Result<u64> {
+        self.read(|c| storage_used_mb(c, user_id))
     }
 
     /// Sets a volume's status (`creating` → `ready`).

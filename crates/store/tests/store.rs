@@ -777,7 +777,7 @@ fn volume_storage_quota() {
     let (_d, s) = open();
     let a = user(&s, "a");
     volume(&s, &a, "big", 20_000);
-    assert_eq!(s.total_volume_mb(&a.id).unwrap(), 20_000);
+    assert_eq!(s.storage_used_mb(&a.id).unwrap(), 20_000);
     let e = s
         .create_volume(&NewVolume {
             user_id: a.id.clone(),
@@ -798,6 +798,47 @@ fn volume_storage_quota() {
         Err(StoreError::Quota(_))
     ));
     assert_eq!(s.list_volumes(&a.id).unwrap().len(), 2);
+}
+
+#[test]
+fn grown_root_disks_share_the_storage_quota() {
+    let (_d, s) = open();
+    let a = user(&s, "a");
+    let disk = |name: &str, mb: u64| {
+        s.insert_sandbox(&NewSandbox {
+            id: ids::sandbox_id(),
+            user_id: a.id.clone(),
+            name: name.into(),
+            engine: "qemu".into(),
+            disk_size_mb: mb,
+            ..Default::default()
+        })
+    };
+    volume(&s, &a, "data", 10_000);
+    let first = disk("one", 10_000).unwrap();
+    assert_eq!(s.storage_used_mb(&a.id).unwrap(), 20_000);
+    // A root disk past the quota is refused, and so is a volume once root
+    // disks use the room: one budget bounds what a user can make the host store.
+    let e = disk("two", 481).unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Quota(m) if m.contains("root disks")),
+        "{e}"
+    );
+    // Disks at the image's size (0) are not counted.
+    disk("plain", 0).unwrap();
+    let e = s
+        .create_volume(&NewVolume {
+            user_id: a.id.clone(),
+            name: "more".into(),
+            size_mb: 481,
+            file_path: "/x".into(),
+            status: VolumeStatus::Ready,
+        })
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Quota(_)), "{e}");
+    // A destroyed sandbox gives its room back.
+    s.delete_sandbox(&first.id).unwrap();
+    disk("three", 10_000).unwrap();
 }
 
 // ------------------------------------------------ snapshots, images, publish

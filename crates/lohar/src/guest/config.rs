@@ -197,21 +197,15 @@ fn write_config_file(path: &Path, f: &ConfigFile) -> Result<(), GuestError> {
             what: "base64 content",
             value: path.display().to_string(),
         })?;
+    // The root filesystem outlives a boot: symlinks the sandbox user planted
+    // in an earlier one must not steer root's writes now.
+    let path = resolve_root_owned(path)?;
+    let path = path.as_path();
     let created = mkdir_p(path.parent().unwrap_or(Path::new("/")))?;
     let mode = parse_mode(&f.mode);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err(format!("open {}", path.display())))?;
-    out.write_all(&data)
-        .map_err(io_err(format!("write {}", path.display())))?;
-    // The umask narrowed the creation mode, and an existing file kept its own.
-    out.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io_err(format!("chmod {}", path.display())))?;
-    chown_user(path)?;
+    // Replaced, never written through: an existing name may be a hard link the
+    // user made to a system file. Owned by the user via the descriptor.
+    write_atomic_owned(path, &data, mode, Some(USER_ID))?;
     // The parent goes to the user too (as in the reference), but only where that
     // cannot hand the user a system directory: directories created here, and
     // existing ones under the user's own trees.
@@ -264,7 +258,10 @@ fn mount_volume(v: &ConfigVolume) -> Result<(), GuestError> {
             value: v.mount.clone(),
         });
     }
-    std::fs::create_dir_all(&v.mount).map_err(io_err(format!("mkdir {}", v.mount)))?;
+    // As for config files: no user-planted symlink may move the mount point.
+    let target = resolve_root_owned(Path::new(&v.mount))?;
+    let target = target.to_string_lossy().into_owned();
+    std::fs::create_dir_all(&target).map_err(io_err(format!("mkdir {target}")))?;
     let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if v.read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -272,37 +269,120 @@ fn mount_volume(v: &ConfigVolume) -> Result<(), GuestError> {
     let fs = if v.fs.is_empty() { "ext4" } else { &v.fs };
     mount(
         Some(v.device.as_str()),
-        v.mount.as_str(),
+        target.as_str(),
         Some(fs),
         flags,
         None::<&str>,
     )
     .map_err(|source| GuestError::Mount {
         fstype: fs.to_string(),
-        target: v.mount.clone(),
+        target: target.clone(),
         source,
     })?;
     if !v.read_only {
-        chown_user(Path::new(&v.mount))?;
+        chown_user(Path::new(&target))?;
     }
     Ok(())
+}
+
+/// Most symlinks followed while resolving one path (the kernel's limit).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// `path` with every symlink resolved, refusing any symlink root does not own
+/// (components that do not exist yet are kept as they are, to be created).
+///
+/// Runs at boot, before anything else in the guest runs, so what is resolved
+/// here is what the following writes and mounts act on; only the sandbox user's
+/// leftovers from an earlier boot (the root filesystem persists) can be in the
+/// way, and those are refused.
+fn resolve_root_owned(path: &Path) -> Result<PathBuf, GuestError> {
+    use std::collections::VecDeque;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    fn normal(p: &Path) -> impl Iterator<Item = std::ffi::OsString> + '_ {
+        p.components().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+    }
+    let mut todo: VecDeque<std::ffi::OsString> = normal(path).collect();
+    let mut out = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            out.pop();
+            continue;
+        }
+        let next = out.join(&c);
+        let md = match std::fs::symlink_metadata(&next) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                out = next;
+                continue;
+            }
+            Err(e) => return Err(io_err(format!("lstat {}", next.display()))(e)),
+        };
+        if !md.file_type().is_symlink() {
+            out = next;
+            continue;
+        }
+        if md.uid() != 0 {
+            return Err(GuestError::Invalid {
+                what: "path through a symlink root does not own",
+                value: format!("{} (at {})", path.display(), next.display()),
+            });
+        }
+        hops += 1;
+        if hops > MAX_SYMLINK_HOPS {
+            return Err(GuestError::Invalid {
+                what: "path with too many symlinks",
+                value: path.display().to_string(),
+            });
+        }
+        let target =
+            std::fs::read_link(&next).map_err(io_err(format!("readlink {}", next.display())))?;
+        if target.is_absolute() {
+            out = PathBuf::from("/");
+        }
+        for t in normal(&target).collect::<Vec<_>>().into_iter().rev() {
+            todo.push_front(t);
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `content` to `path` via a temp file + rename, with `mode`, owned by
 /// root. A symlink at `path` (e.g. resolv.conf → a resolver stub) is replaced.
 pub fn write_atomic(path: &Path, content: &str, mode: u32) -> Result<(), GuestError> {
+    write_atomic_owned(path, content.as_bytes(), mode, None)
+}
+
+/// [`write_atomic`] with the file owned by `owner` (uid = gid), set on the
+/// descriptor before the rename, never by path.
+fn write_atomic_owned(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+) -> Result<(), GuestError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".lohar-tmp");
     let tmp = PathBuf::from(tmp_name);
     let write = || -> std::io::Result<()> {
+        // Unlinking never follows a symlink; the create then makes a new file.
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
-        f.write_all(content.as_bytes())?;
+        f.write_all(content)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if let Some(id) = owner {
+            std::os::unix::fs::fchown(&f, Some(id), Some(id))?;
+        }
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
@@ -388,6 +468,53 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "old");
         let mode = std::fs::metadata(&link).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn resolution_follows_root_symlinks_and_refuses_others() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().expect("tempdir");
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        symlink(&real, d.path().join("link")).expect("symlink");
+        symlink("../real/x", real.join("rel")).expect("symlink");
+        let root = nix::unistd::geteuid().is_root();
+        let got = resolve_root_owned(&d.path().join("link/new/file"));
+        if root {
+            // Root's own symlinks are followed (relative ones too); missing
+            // components are kept.
+            assert_eq!(got.expect("resolve"), real.join("new/file"));
+            assert_eq!(
+                resolve_root_owned(&real.join("rel")).expect("resolve"),
+                real.join("x")
+            );
+            // The user's are refused.
+            let user = d.path().join("planted");
+            symlink("/etc", &user).expect("symlink");
+            std::os::unix::fs::lchown(&user, Some(USER_ID), Some(USER_ID)).expect("lchown");
+            let e = resolve_root_owned(&user.join("passwd")).expect_err("user symlink");
+            assert!(e.to_string().contains("root does not own"), "{e}");
+        } else {
+            // Not root: every symlink here is someone else's than root's.
+            assert!(got.is_err());
+        }
+        assert_eq!(
+            resolve_root_owned(&d.path().join("a/../real")).expect("resolve"),
+            real
+        );
+    }
+
+    #[test]
+    fn owned_atomic_write_replaces_a_hard_link() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let system = d.path().join("system");
+        std::fs::write(&system, "system").expect("write");
+        let link = d.path().join("hard");
+        std::fs::hard_link(&system, &link).expect("hard link");
+        let me = nix::unistd::geteuid().as_raw();
+        write_atomic_owned(&link, b"new", 0o640, Some(me)).expect("write");
+        assert_eq!(std::fs::read_to_string(&system).expect("read"), "system");
+        assert_eq!(std::fs::read_to_string(&link).expect("read"), "new");
     }
 
     #[test]

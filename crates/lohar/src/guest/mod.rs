@@ -4,7 +4,8 @@
 //! agent can serve, lohar has to do what an init system would (02-guest.md
 //! §4.10): mount the pseudo-filesystems ([`mounts`]), read and apply the
 //! per-sandbox config drive and then unmount it so the token cannot be re-read
-//! ([`config`]), make sure the network is up ([`net`]), collect the orphans
+//! ([`config`]), tighten the kernel's defaults for unprivileged code
+//! ([`harden`]), make sure the network is up ([`net`]), collect the orphans
 //! every PID 1 inherits without stealing the exit codes of its own children
 //! ([`reaper`]), and turn SIGTERM/SIGINT into `sync` + power-off ([`power`]).
 //! Then it serves the agent on TCP and vsock ports 1024/1025, prints
@@ -18,6 +19,7 @@
 //! lohar power off rather than serve without the token the host configured.
 
 pub mod config;
+pub mod harden;
 pub mod mounts;
 pub mod net;
 pub mod power;
@@ -117,7 +119,9 @@ pub fn agent_config(cfg: &GuestConfig) -> AgentConfig {
             RunAs::lohar().home
         },
         sync_after_exec: true,
-        file_owner: Some((1000, 1000)),
+        // File operations act as the user children run as (none to switch to
+        // when that is root).
+        file_user: (!root).then_some((1000, 1000)),
         init_cwd: if Path::new(INIT_CWD).is_dir() {
             PathBuf::from(INIT_CWD)
         } else {
@@ -167,6 +171,9 @@ fn run_inner() -> std::convert::Infallible {
             power::power_off("bad config drive")
         }
     };
+    // Before anything runs as the sandbox user, and before the config's files
+    // are written (the fs.protected_* settings cover those writes too).
+    harden::apply(cfg.allow_userns);
     config::apply(&cfg);
     timing.mark("config");
 
@@ -280,7 +287,7 @@ mod tests {
         assert_eq!(a.token.as_deref(), Some("t0k"));
         assert_eq!(a.run_as, Some(RunAs::lohar()));
         assert!(a.sync_after_exec);
-        assert_eq!(a.file_owner, Some((1000, 1000)));
+        assert_eq!(a.file_user, Some((1000, 1000)));
 
         c.user = "root".into();
         c.token.clear();
@@ -288,6 +295,7 @@ mod tests {
         assert_eq!(a.token, None);
         assert_eq!(a.run_as, None);
         assert_eq!(a.home, "/root");
+        assert_eq!(a.file_user, None);
     }
 
     #[test]

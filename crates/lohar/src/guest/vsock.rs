@@ -23,7 +23,7 @@ use nix::sys::socket::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::Agent;
+use crate::{Agent, Source};
 
 /// Any CID: accept connections addressed to this guest.
 const VMADDR_CID_ANY: u32 = u32::MAX;
@@ -88,6 +88,15 @@ impl VsockListener {
 /// One accepted vsock connection.
 pub struct VsockStream {
     fd: AsyncFd<OwnedFd>,
+}
+
+impl VsockStream {
+    /// The peer's CID (the host is 2); `None` if the kernel will not say.
+    pub fn peer_cid(&self) -> Option<u32> {
+        nix::sys::socket::getpeername::<VsockAddr>(self.fd.get_ref().as_raw_fd())
+            .ok()
+            .map(|a| a.cid())
+    }
 }
 
 impl AsyncRead for VsockStream {
@@ -197,11 +206,13 @@ pub async fn serve(agent: Arc<Agent>, port: u32, forward: bool) {
             match res {
                 Ok(Ok(s)) => {
                     let agent = agent.clone();
+                    // An unknown peer shares one source with the other unknowns.
+                    let source = Source::Vsock(s.peer_cid().unwrap_or(u32::MAX));
                     tokio::spawn(async move {
                         if forward {
-                            agent.serve_forward(s).await
+                            agent.serve_forward(s, source).await
                         } else {
-                            agent.serve_control(s).await
+                            agent.serve_control(s, source).await
                         }
                     });
                 }

@@ -19,6 +19,10 @@ pub struct Lohar {
 pub struct Opts {
     pub token: Option<String>,
     pub init: Option<String>,
+    /// `LOHAR_FILE_UID`/`LOHAR_FILE_GID`: the identity file operations act as.
+    pub file_user: Option<(u32, u32)>,
+    /// `LOHAR_TCP`: an extra control listener on this address.
+    pub tcp: Option<String>,
 }
 
 impl Lohar {
@@ -43,6 +47,13 @@ impl Lohar {
         }
         if let Some(i) = &opts.init {
             cmd.env("LOHAR_INIT", i);
+        }
+        if let Some((u, g)) = opts.file_user {
+            cmd.env("LOHAR_FILE_UID", u.to_string())
+                .env("LOHAR_FILE_GID", g.to_string());
+        }
+        if let Some(a) = &opts.tcp {
+            cmd.env("LOHAR_TCP", a);
         }
         let child = cmd.spawn().expect("spawn lohar");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -94,6 +105,11 @@ impl Drop for Lohar {
 
 pub fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// Whether the tests run as root (then the agent can act as another user).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// True while a process with this pid exists (and is not a zombie).
