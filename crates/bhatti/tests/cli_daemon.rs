@@ -218,6 +218,44 @@ impl Drop for Daemon {
     }
 }
 
+/// `create --egress` and `edit --egress` reach the daemon: the policy is
+/// shown by `inspect`, a change the Docker engine cannot make is an error
+/// (exit 1) that names egress, one it can is acknowledged.
+#[test]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+fn cli_egress_flags() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("docker");
+    let key = d.user("eve");
+    let locked = json(&ok(d.run(
+        &key,
+        &["--json", "create", "--name", "locked", "--egress", "deny"],
+    )));
+    assert_eq!(locked["egress"], "deny", "{locked}");
+    let open = json(&ok(d.run(&key, &["--json", "create", "--name", "open"])));
+    assert_eq!(open["egress"], "public", "{open}");
+    let o = ok(d.run(&key, &["inspect", "locked"]));
+    assert!(text(&o.stdout).contains("deny"), "{}", text(&o.stdout));
+    let o = ok(d.run(&key, &["edit", "open", "--egress", "public"]));
+    assert!(
+        text(&o.stdout).contains("Egress: public"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = d.run(&key, &["edit", "locked", "--egress", "public"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("egress"), "{}", text(&o.stderr));
+    let o = d.run(&key, &["edit", "open", "--egress", "10.0.0.0/33"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("CIDR"), "{}", text(&o.stderr));
+    for name in ["locked", "open"] {
+        ok(d.run(&key, &["destroy", name, "--yes"]));
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(bhatti_docker),

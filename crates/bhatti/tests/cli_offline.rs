@@ -156,6 +156,8 @@ fn bad_flags_fail_before_any_request() {
         (&["create", "--file", "/no/such/file:/x"], "/no/such/file"),
         (&["create", "--cpus", "0"], "--cpus"),
         (&["edit", "web"], "nothing to change"),
+        (&["create", "--egress", "sometimes"], "--egress"),
+        (&["edit", "web", "--egress", ","], "--egress"),
         (&["list", "--label", "novalue"], "k=v"),
     ];
     for (args, needle) in cases {

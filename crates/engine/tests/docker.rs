@@ -598,3 +598,353 @@ async fn lohar_is_injected_into_foreign_images() {
         .args(["rmi", "-f", &tag])
         .output();
 }
+
+// ----------------------------------------------------------- egress rules
+
+fn cmd(prog: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .expect("spawn");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn ip(args: &[&str]) {
+    let (ok, out) = cmd("ip", args);
+    assert!(ok, "ip {}: {out}", args.join(" "));
+}
+
+/// `DOCKER-USER` rules carrying exactly this tag.
+fn tagged_rules(tag: &str) -> Vec<String> {
+    let (ok, out) = cmd("iptables", &["-w", "-S", "DOCKER-USER"]);
+    assert!(ok, "iptables -S DOCKER-USER: {out}");
+    out.lines()
+        .filter(|l| {
+            l.contains(&format!("--comment \"{tag}\"")) || l.contains(&format!("--comment {tag} "))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+const DST_TABLE: &str = "26729";
+const DST_METADATA: &str = "169.254.169.254";
+const DST_PRIVATE: &str = "192.168.235.1";
+const DST_PUBLIC_LIKE: &str = "198.18.3.1";
+
+/// A namespace holding cloud-metadata, a private and a benchmark-range
+/// address, reachable only from one Docker bridge the test created (a
+/// policy-routing rule for packets arriving on that bridge, in a table of
+/// the test's own); the host's routes are neither used nor changed. A TCP
+/// server in it greets every connection with "dst". Removed on drop.
+struct Destinations {
+    ns: String,
+    bridge: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+}
+
+impl Destinations {
+    fn new(bridge: &str) -> Destinations {
+        let (_, used) = cmd("ip", &["-4", "route", "show", "table", DST_TABLE]);
+        assert!(
+            used.trim().is_empty() || used.contains("does not exist"),
+            "routing table {DST_TABLE} is in use: {used}"
+        );
+        let ns = format!("bhatti-test-ddst-{}", std::process::id());
+        let _ = cmd("ip", &["netns", "del", &ns]);
+        ip(&["netns", "add", &ns]);
+        let mut d = Destinations {
+            ns: ns.clone(),
+            bridge: bridge.to_string(),
+            stop: Default::default(),
+            port: 0,
+        };
+        ip(&[
+            "link",
+            "add",
+            "bhtst-ddst0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dst0",
+            "netns",
+            &ns,
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/conf/bhtst-ddst0/rp_filter", "2").unwrap();
+        ip(&["addr", "add", "198.18.3.2/32", "dev", "bhtst-ddst0"]);
+        ip(&["link", "set", "bhtst-ddst0", "up"]);
+        for a in [DST_METADATA, DST_PRIVATE, DST_PUBLIC_LIKE] {
+            ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "dst0"]);
+            ip(&[
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "bhtst-ddst0",
+                "table",
+                DST_TABLE,
+            ]);
+        }
+        ip(&["-n", &ns, "link", "set", "dst0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "route", "add", "198.18.3.2/32", "dev", "dst0"]);
+        ip(&[
+            "rule", "add", "pref", DST_TABLE, "iif", bridge, "lookup", DST_TABLE,
+        ]);
+        // The server's socket lives in the namespace it was created in.
+        let listener = bhatti_engine::net::run_in_netns(
+            std::path::Path::new("/var/run/netns").join(&ns),
+            || std::net::TcpListener::bind(("0.0.0.0", 0)),
+        )
+        .expect("enter netns")
+        .expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = d.stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.write_all(b"dst\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        d.port = port;
+        d
+    }
+}
+
+impl Drop for Destinations {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = cmd(
+            "ip",
+            &[
+                "rule",
+                "del",
+                "pref",
+                DST_TABLE,
+                "iif",
+                &self.bridge,
+                "lookup",
+                DST_TABLE,
+            ],
+        );
+        let _ = cmd("ip", &["netns", "del", &self.ns]);
+        let _ = cmd("ip", &["link", "del", "dev", "bhtst-ddst0"]);
+        let _ = cmd("ip", &["-4", "route", "flush", "table", DST_TABLE]);
+    }
+}
+
+/// Whether sandbox `from` gets the destination server's greeting at `ip`.
+async fn greets(e: &DockerEngine, from: &str, ip: &str, port: u16) -> bool {
+    let script = format!("nc -w 3 {ip} {port} </dev/null");
+    let r = e
+        .exec(from, vec!["sh".into(), "-c".into(), script])
+        .await
+        .unwrap();
+    r.stdout_str().contains("dst")
+}
+
+/// Egress `public` on Docker: the owner bridge gets a `DOCKER-USER` jump
+/// (tagged with the network's name) to REJECT rules for the blocked
+/// networks, so cloud
+/// metadata and private ranges are unreachable while other destinations
+/// are reached; siblings are unaffected; the rules go with the network, and
+/// orphan clean-up removes stale rules of this engine's networks only.
+/// Egress cannot switch class after create (Unsupported).
+#[tokio::test]
+#[cfg_attr(not(bhatti_docker), ignore = "needs a running dockerd")]
+async fn public_egress_refuses_metadata_and_private_ranges() {
+    let env = Env::new("egress").await;
+    let e = &env.engine;
+    let a = e.create(env.spec("a", 310)).await.unwrap();
+    let b = e.create(env.spec("b", 310)).await.unwrap();
+    let net = e.network_name(310, &EgressPolicy::Public);
+    let tag = format!("bhatti-egress:{net}");
+    // One tagged jump in DOCKER-USER for the owner bridge ...
+    let rules = tagged_rules(&tag);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let n = e.docker().inspect_network(&net, None).await.unwrap();
+    let bridge = n
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+        .unwrap_or_else(|| format!("br-{}", &n.id.as_deref().unwrap()[..12]));
+    assert!(
+        rules[0].contains(&format!("-i {bridge} ! -o {bridge} ")),
+        "{rules:?}"
+    );
+    // ... to a chain of the network's own: DNS to the host's resolvers that
+    // lie in a blocked range (dockerd forwards to them from inside the
+    // container), then a REJECT per blocked network.
+    let chain = rules[0].rsplit(' ').next().unwrap().to_string();
+    assert!(chain.starts_with("BHATTI-DKR-"), "{chain}");
+    let (ok, body) = cmd("iptables", &["-w", "-S", &chain]);
+    assert!(ok, "{body}");
+    assert_eq!(body.matches("-j REJECT").count(), 5, "{body}");
+    assert!(body.contains("-d 169.254.0.0/16 -j REJECT"), "{body}");
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for ns in resolv
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::Ipv4Addr>().ok())
+        .filter(|a| a.is_private() || a.is_link_local())
+    {
+        assert!(
+            body.contains(&format!("-d {ns}/32 -p udp -m udp --dport 53 -j RETURN")),
+            "DNS exception for {ns}: {body}"
+        );
+    }
+
+    let dst = Destinations::new(&bridge);
+    assert!(
+        greets(e, &a.id, DST_PUBLIC_LIKE, dst.port).await,
+        "public-like address must be reachable"
+    );
+    assert!(
+        !greets(e, &a.id, DST_METADATA, dst.port).await,
+        "cloud metadata must be refused"
+    );
+    assert!(
+        !greets(e, &a.id, DST_PRIVATE, dst.port).await,
+        "private range must be refused"
+    );
+    // Control: without the jump the same addresses answer, so it is the
+    // rules that refuse them.
+    for r in &rules {
+        let args: Vec<String> = r
+            .trim_start_matches("-A DOCKER-USER ")
+            .split_whitespace()
+            .map(|w| w.trim_matches('"').to_string())
+            .collect();
+        let mut full = vec!["-w".to_string(), "-D".into(), "DOCKER-USER".into()];
+        full.extend(args);
+        let (ok, out) = cmd(
+            "iptables",
+            &full.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(ok, "{out}");
+    }
+    assert!(greets(e, &a.id, DST_METADATA, dst.port).await, "control");
+    // A (re)start restores missing rules.
+    e.stop(&a.id).await.unwrap();
+    e.start(&a.id, false).await.unwrap();
+    assert_eq!(tagged_rules(&tag).len(), 1);
+    assert!(!greets(e, &a.id, DST_METADATA, dst.port).await);
+    drop(dst);
+
+    // Siblings on the bridge still reach each other (its subnet lies in
+    // 172.16.0.0/12, a blocked range).
+    e.exec_detached(
+        &b.id,
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "echo hi > /tmp/hello; httpd -f -p 8080 -h /tmp".into(),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(reaches(e, &a.id, &b.ip).await, "sibling reachable");
+
+    // Policy changes: only a no-op is possible on Docker.
+    e.set_egress(&a.id, EgressPolicy::Public).await.unwrap();
+    for p in [
+        EgressPolicy::Deny,
+        EgressPolicy::Allow(vec!["192.0.2.0/24".parse().unwrap()]),
+    ] {
+        assert!(
+            matches!(
+                e.set_egress(&a.id, p.clone()).await,
+                Err(EngineError::Unsupported { .. })
+            ),
+            "{p:?}"
+        );
+    }
+    assert_eq!(
+        e.vm_state(&a.id).unwrap().egress,
+        Some(EgressPolicy::Public)
+    );
+
+    // The rules go with the network.
+    e.destroy(&a.id).await.unwrap();
+    assert_eq!(tagged_rules(&tag).len(), 1, "network still in use by b");
+    e.destroy(&b.id).await.unwrap();
+    assert!(!network_exists(e, &net).await);
+    assert!(
+        tagged_rules(&tag).is_empty(),
+        "rules removed with the network"
+    );
+    assert!(
+        !cmd("iptables", &["-w", "-S", &chain]).0,
+        "chain removed with the network"
+    );
+
+    // Orphan clean-up: a stale rule of one of this engine's networks goes,
+    // a rule of another prefix stays.
+    let stale = format!("bhatti-egress:{}-owner-399", env.prefix);
+    let other = format!("bhatti-egress:bhtest-other-{}-owner-1", std::process::id());
+    for t in [&stale, &other] {
+        let (ok, out) = cmd(
+            "iptables",
+            &[
+                "-w",
+                "-I",
+                "DOCKER-USER",
+                "1",
+                "-d",
+                "192.0.2.0/24",
+                "-i",
+                "bhtst-nobr0",
+                "-m",
+                "comment",
+                "--comment",
+                t,
+                "-j",
+                "REJECT",
+            ],
+        );
+        assert!(ok, "{out}");
+    }
+    let removed = e.cleanup_orphans(&[]).await.unwrap();
+    let stale_left = tagged_rules(&stale);
+    let other_left = tagged_rules(&other);
+    let _ = cmd(
+        "iptables",
+        &[
+            "-w",
+            "-D",
+            "DOCKER-USER",
+            "-d",
+            "192.0.2.0/24",
+            "-i",
+            "bhtst-nobr0",
+            "-m",
+            "comment",
+            "--comment",
+            &other,
+            "-j",
+            "REJECT",
+        ],
+    );
+    assert!(stale_left.is_empty(), "{removed:?}");
+    assert_eq!(other_left.len(), 1, "another engine's rule was removed");
+}

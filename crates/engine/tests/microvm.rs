@@ -520,6 +520,137 @@ async fn checkpoint_and_fork(kind: Kind) {
     e.destroy(&src.id).await.unwrap();
 }
 
+/// The sandbox namespace's egress chain (the test's own sandboxes only).
+fn egress_chain(id: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("bhatti-{id}")])
+        .args(["iptables", "-w", "-S", "BHATTI-EGRESS"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What the namespace enforces: `deny` ends in a REJECT after the owner's
+/// subnet only, `public` in an unconditional ACCEPT.
+fn enforced(id: &str) -> &'static str {
+    let chain = egress_chain(id);
+    let last = chain.last().map(String::as_str).unwrap_or_default();
+    if last == "-A BHATTI-EGRESS -j ACCEPT" {
+        "public"
+    } else if last.contains("-j REJECT") && chain.len() == 2 {
+        "deny"
+    } else {
+        panic!("unexpected egress chain of {id}: {chain:?}")
+    }
+}
+
+/// Egress policies follow the sandbox: a fork and a resumed checkpoint
+/// keep the source's (`deny` stays `deny`) unless the request names one; a
+/// live change applies to the namespace at once, is what `vm_state`
+/// persists, survives stop/start and recovery, and is what the next
+/// checkpoint records.
+async fn egress_follows_forks_and_checkpoints(kind: Kind) {
+    use bhatti_engine::net::EgressPolicy;
+    let env = Env::new(kind);
+    let e = &env.engine;
+    let mut spec = env.spec("locked", 209);
+    spec.egress = EgressPolicy::Deny;
+    let src = e.create(spec).await.unwrap();
+    assert_eq!(
+        e.vm_state(&src.id).unwrap().egress,
+        Some(EgressPolicy::Deny)
+    );
+    assert_eq!(enforced(&src.id), "deny");
+
+    // A fork without a policy of its own keeps the source's.
+    let inherit = |name: &str| ResumeSpec {
+        name: name.into(),
+        owner_index: 209,
+        ..Default::default()
+    };
+    let f1 = e.fork(&src.id, inherit("fork-inherits")).await.unwrap();
+    assert_eq!(e.vm_state(&f1.id).unwrap().egress, Some(EgressPolicy::Deny));
+    assert_eq!(enforced(&f1.id), "deny");
+    // The request's policy wins.
+    let f2 = e
+        .fork(
+            &src.id,
+            ResumeSpec {
+                egress: Some(EgressPolicy::Public),
+                ..inherit("fork-public")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        e.vm_state(&f2.id).unwrap().egress,
+        Some(EgressPolicy::Public)
+    );
+    assert_eq!(enforced(&f2.id), "public");
+    e.destroy(&f2.id).await.unwrap();
+
+    // A named checkpoint records the policy; resuming it uses it.
+    let ck = env.data.join("checkpoints").join("locked");
+    std::fs::create_dir_all(ck.parent().unwrap()).unwrap();
+    let m = e.checkpoint(&src.id, &ck).await.unwrap();
+    assert_eq!(m.egress, Some(EgressPolicy::Deny));
+    let r = e.resume_checkpoint(&ck, inherit("resumed")).await.unwrap();
+    assert_eq!(e.vm_state(&r.id).unwrap().egress, Some(EgressPolicy::Deny));
+    assert_eq!(enforced(&r.id), "deny");
+    e.destroy(&r.id).await.unwrap();
+
+    // Live change: deny -> public -> deny on the running fork.
+    e.set_egress(&f1.id, EgressPolicy::Public).await.unwrap();
+    assert_eq!(enforced(&f1.id), "public");
+    assert_eq!(
+        e.vm_state(&f1.id).unwrap().egress,
+        Some(EgressPolicy::Public)
+    );
+    e.set_egress(&f1.id, EgressPolicy::Deny).await.unwrap();
+    assert_eq!(enforced(&f1.id), "deny");
+    // Changed while stopped, kept across the restore.
+    e.stop(&f1.id).await.unwrap();
+    e.set_egress(&f1.id, EgressPolicy::Public).await.unwrap();
+    e.start(&f1.id, false).await.unwrap();
+    assert_eq!(enforced(&f1.id), "public");
+    assert_eq!(sh(e, &f1.id, "echo up").await, "up\n");
+    // And across a daemon restart: the persisted state carries it.
+    e.stop(&f1.id).await.unwrap();
+    let state = e.vm_state(&f1.id).unwrap();
+    let state: bhatti_engine::api::VmState =
+        serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    assert_eq!(state.egress, Some(EgressPolicy::Public));
+    let e2 = MicroVmEngine::new(
+        MicroVmConfig::new(
+            env.data.clone(),
+            artifact("BHATTI_GUEST_KERNEL", "/var/cache/bhatti/guest/vmlinux"),
+            artifact(
+                "BHATTI_GUEST_ROOTFS",
+                "/var/cache/bhatti/guest/rootfs-minimal.ext4",
+            ),
+        ),
+        driver_for(kind),
+        Arc::new(NetManager::new(NetConfig::default()).unwrap()),
+    )
+    .unwrap();
+    // (A "restarted daemon": a second engine recovers the stopped fork.)
+    let f1_id = f1.id.clone();
+    e2.recover(state).await.unwrap();
+    e2.set_egress(&f1_id, EgressPolicy::Deny).await.unwrap();
+    assert_eq!(enforced(&f1_id), "deny");
+    assert_eq!(
+        e2.vm_state(&f1_id).unwrap().egress,
+        Some(EgressPolicy::Deny)
+    );
+    e2.destroy(&f1_id).await.unwrap();
+    e.destroy(&src.id).await.unwrap();
+}
+
 async fn corrupt_snapshot_and_recovery(kind: Kind) {
     let env = Env::new(kind);
     let e = &env.engine;
@@ -654,6 +785,14 @@ macro_rules! suite {
             #[$gate]
             fn checkpoint_and_fork_vm() {
                 run("checkpoint_and_fork", checkpoint_and_fork)
+            }
+            #[test]
+            #[$gate]
+            fn egress_follows_forks_and_checkpoints_vm() {
+                run(
+                    "egress_follows_forks_and_checkpoints",
+                    egress_follows_forks_and_checkpoints,
+                )
             }
             #[test]
             #[$gate]

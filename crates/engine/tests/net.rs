@@ -292,7 +292,11 @@ struct Server {
 
 impl Server {
     fn start(ns: Option<&Path>, bind_ip: Ipv4Addr, tag: &str) -> Server {
-        let bind = move || TcpListener::bind((bind_ip, 0));
+        Server::start_on(ns, bind_ip, 0, tag)
+    }
+
+    fn start_on(ns: Option<&Path>, bind_ip: Ipv4Addr, port: u16, tag: &str) -> Server {
+        let bind = move || TcpListener::bind((bind_ip, port));
         let listener = match ns {
             // The socket stays in the namespace it was created in.
             Some(p) => run_in_netns(p, bind).expect("enter netns"),
@@ -362,12 +366,15 @@ fn assert_blocked(r: io::Result<String>, what: &str) {
     }
 }
 
+/// The host rules of the manager's chains (not, say, the Docker engine's
+/// `BHATTI-DKR-*` chains of a daemon running on this host).
 fn bhatti_rules() -> String {
+    let ours = ["BHATTI-FWD", "BHATTI-IN", "BHATTI-OWN", "BHATTI-POST"];
     let mut s = String::new();
     for table in ["filter", "nat"] {
         let (ok, out, err) = run("iptables", &["-w", "-t", table, "-S"]);
         assert!(ok, "iptables -S: {err}");
-        for l in out.lines().filter(|l| l.contains("BHATTI")) {
+        for l in out.lines().filter(|l| ours.iter().any(|c| l.contains(c))) {
             s.push_str(l);
             s.push('\n');
         }
@@ -463,6 +470,27 @@ fn siblings_of_one_owner_connect() {
         .unwrap();
     let got = a.probe(b.ext(srv.port)).expect("A -> B under Deny");
     assert_eq!(got, format!("guest-b {}", a.net.ext_ip));
+}
+
+/// (3b) The agent's ports (1024/1025) answer the daemon, which connects
+/// from the host veth's address, and never a sibling; the sibling still
+/// reaches the guest's other ports.
+#[test]
+#[cfg_attr(not(bhatti_root), ignore = "needs root (network namespaces, iptables)")]
+fn agent_ports_answer_only_the_daemon() {
+    require_root!();
+    let _h = host(false);
+    let a = Sbx::new(16, &EgressPolicy::Public);
+    let b = Sbx::new(16, &EgressPolicy::Public);
+    for port in [1024, 1025] {
+        let agent = Server::start_on(Some(&b.guest_path()), Ipv4Addr::UNSPECIFIED, port, "agent");
+        let got = probe(None, b.ext(agent.port)).expect("host -> agent port");
+        assert!(got.starts_with("agent "), "{got}");
+        assert_blocked(a.probe(b.ext(agent.port)), "sibling -> agent port");
+    }
+    let app = b.serve("app");
+    let got = a.probe(b.ext(app.port)).expect("sibling -> app port");
+    assert_eq!(got, format!("app {}", a.net.ext_ip));
 }
 
 /// (4) Sandboxes of different owners cannot connect, either way.
@@ -709,6 +737,293 @@ fn egress_policy_is_enforced() {
     let b = Sbx::new(19, &EgressPolicy::Deny);
     assert_blocked(b.probe(to), "created with Deny");
     drop(out); // deletes out0 and with it bhtst-out0
+}
+
+/// Addresses inside the test's destination namespace: cloud metadata,
+/// three private ranges, and a benchmark-range "public" one.
+const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+const PRIVATE_192: Ipv4Addr = Ipv4Addr::new(192, 168, 234, 1);
+const PRIVATE_10: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const CGNAT: Ipv4Addr = Ipv4Addr::new(100, 64, 7, 1);
+const PUBLIC_LIKE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// The host side of the link to the destination namespace.
+const DST_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+/// Policy-routing table and rule priority the test uses (checked unused).
+const DST_TABLE: &str = "26728";
+
+/// A namespace holding [`METADATA`], the private addresses and
+/// [`PUBLIC_LIKE`] behind a host veth, reachable *only* from one sandbox:
+/// a policy-routing rule for packets arriving on that sandbox's host veth
+/// looks the destinations up in a table of the test's own, so the host's
+/// own routes (a real metadata service, its LAN) are never used and never
+/// changed. Removed on drop.
+struct Destinations {
+    ns: Option<TestNs>,
+    /// Host veths whose packets use the test's table.
+    sources: Vec<String>,
+}
+
+impl Destinations {
+    fn new(sandbox_veth: &str) -> Destinations {
+        // A table that does not exist at all is an error for `ip`: unused.
+        let (_, table_used, _) = run("ip", &["-4", "route", "show", "table", DST_TABLE]);
+        assert!(
+            table_used.trim().is_empty(),
+            "routing table {DST_TABLE} is in use on this host: {table_used}"
+        );
+        let rules = ip(&["-4", "rule", "show"]);
+        assert!(
+            !rules
+                .lines()
+                .any(|l| l.starts_with(&format!("{DST_TABLE}:"))),
+            "rule priority {DST_TABLE} is in use on this host: {rules}"
+        );
+        let ns = TestNs::new(format!("bhatti-test-dst-{}", std::process::id()));
+        let mut d = Destinations {
+            ns: Some(ns),
+            sources: Vec::new(),
+        };
+        let n = d.name();
+        ip(&[
+            "link",
+            "add",
+            "bhtst-dst0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dst0",
+            "netns",
+            &n,
+        ]);
+        // Loose reverse-path filtering on our link: replies come from
+        // addresses the main table routes elsewhere.
+        std::fs::write("/proc/sys/net/ipv4/conf/bhtst-dst0/rp_filter", "2").unwrap();
+        ip(&[
+            "addr",
+            "add",
+            &format!("{DST_HOST_SIDE}/32"),
+            "dev",
+            "bhtst-dst0",
+        ]);
+        ip(&["link", "set", "bhtst-dst0", "up"]);
+        for a in [METADATA, PRIVATE_192, PRIVATE_10, CGNAT, PUBLIC_LIKE] {
+            ip(&["-n", &n, "addr", "add", &format!("{a}/32"), "dev", "dst0"]);
+            ip(&[
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "bhtst-dst0",
+                "table",
+                DST_TABLE,
+            ]);
+        }
+        ip(&["-n", &n, "link", "set", "dst0", "up"]);
+        ip(&["-n", &n, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &n,
+            "route",
+            "add",
+            &format!("{DST_HOST_SIDE}/32"),
+            "dev",
+            "dst0",
+        ]);
+        d.route_from(sandbox_veth);
+        d
+    }
+
+    /// Lets one more sandbox (by its host veth) reach the destinations.
+    fn route_from(&mut self, sandbox_veth: &str) {
+        self.sources.push(sandbox_veth.to_string());
+        ip(&[
+            "rule",
+            "add",
+            "pref",
+            DST_TABLE,
+            "iif",
+            sandbox_veth,
+            "lookup",
+            DST_TABLE,
+        ]);
+    }
+
+    fn name(&self) -> String {
+        self.ns.as_ref().expect("ns").0.clone()
+    }
+
+    fn path(&self) -> PathBuf {
+        self.ns.as_ref().expect("ns").path()
+    }
+}
+
+impl Drop for Destinations {
+    fn drop(&mut self) {
+        for veth in &self.sources {
+            let _ = run(
+                "ip",
+                &[
+                    "rule", "del", "pref", DST_TABLE, "iif", veth, "lookup", DST_TABLE,
+                ],
+            );
+        }
+        // Deleting the namespace deletes dst0, its peer and the table's routes.
+        self.ns.take();
+        let _ = run("ip", &["link", "del", "dev", "bhtst-dst0"]);
+        let _ = run("ip", &["-4", "route", "flush", "table", DST_TABLE]);
+    }
+}
+
+/// A TCP echo server (line by line) that keeps connections open.
+fn echo_server(ns: &Path) -> (u16, Arc<AtomicBool>, JoinHandle<()>) {
+    let listener = run_in_netns(ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .expect("enter netns")
+        .expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let h = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut buf = [0u8; 256];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    (port, stop, h)
+}
+
+/// One round trip on an open connection.
+fn echo(s: &mut TcpStream, msg: &str) -> io::Result<String> {
+    s.write_all(msg.as_bytes())?;
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// (8b) Under `public` the default blocked networks are refused — cloud
+/// metadata (169.254.169.254) and the private ranges — while other
+/// destinations are reached; an allow-list listing them reaches them; a
+/// live change (public → deny → public) takes effect at once, also on a
+/// connection the guest opened before it.
+#[test]
+#[cfg_attr(not(bhatti_root), ignore = "needs root (network namespaces, iptables)")]
+fn public_egress_refuses_metadata_and_private_ranges() {
+    require_root!();
+    let _h = host(false);
+    let a = Sbx::new(25, &EgressPolicy::Public);
+    let mut dst = Destinations::new(&a.net.host_veth);
+    let srv = Server::start(Some(&dst.path()), Ipv4Addr::UNSPECIFIED, "dst");
+    let to = |ip: Ipv4Addr| SocketAddrV4::new(ip, srv.port);
+    let private = [METADATA, PRIVATE_192, PRIVATE_10, CGNAT];
+
+    // Public: the public-like address is reached (masqueraded behind the
+    // host side of the link), metadata and private ranges are not.
+    assert_eq!(
+        a.probe(to(PUBLIC_LIKE)).expect("public-like under Public"),
+        format!("dst {DST_HOST_SIDE}")
+    );
+    for ip in private {
+        assert_blocked(a.probe(to(ip)), &format!("{ip} under Public"));
+    }
+
+    // Control: the path to each of them works; an allow-list that names
+    // them reaches them (and nothing else).
+    let allow = EgressPolicy::Allow(
+        [
+            "169.254.169.254/32",
+            "192.168.234.0/24",
+            "10.99.0.0/16",
+            "100.64.0.0/10",
+        ]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect(),
+    );
+    mgr().set_egress_policy(&a.net, &allow).unwrap();
+    for ip in private {
+        a.probe(to(ip))
+            .unwrap_or_else(|e| panic!("{ip} allow-listed: {e}"));
+    }
+    assert_blocked(a.probe(to(PUBLIC_LIKE)), "public-like, not allow-listed");
+
+    // Live: public → deny → public, on new connections and on one that
+    // was open before the change.
+    mgr()
+        .set_egress_policy(&a.net, &EgressPolicy::Public)
+        .unwrap();
+    let (eport, estop, eh) = echo_server(&dst.path());
+    let mut conn = run_in_netns(a.guest_path(), || {
+        TcpStream::connect_timeout(&SocketAddrV4::new(PUBLIC_LIKE, eport).into(), FAIL_TIMEOUT)
+    })
+    .expect("enter netns")
+    .expect("guest -> echo server under Public");
+    conn.set_read_timeout(Some(FAIL_TIMEOUT)).unwrap();
+    assert_eq!(echo(&mut conn, "one").unwrap(), "one");
+
+    mgr()
+        .set_egress_policy(&a.net, &EgressPolicy::Deny)
+        .unwrap();
+    assert_blocked(a.probe(to(PUBLIC_LIKE)), "public-like under Deny");
+    match echo(&mut conn, "two") {
+        Ok(s) => panic!("an open connection survived the change to Deny: {s:?}"),
+        Err(e) => eprintln!("open connection cut by Deny as expected ({e})"),
+    }
+    drop(conn);
+
+    mgr()
+        .set_egress_policy(&a.net, &EgressPolicy::Public)
+        .unwrap();
+    a.probe(to(PUBLIC_LIKE))
+        .expect("public-like under Public again");
+    assert_blocked(a.probe(to(METADATA)), "metadata under Public again");
+    // Recovery re-installs the whole ruleset; the sandbox keeps working.
+    mgr()
+        .reinstall_rules(&a.net, &EgressPolicy::Public)
+        .unwrap();
+    a.probe(to(PUBLIC_LIKE))
+        .expect("public-like after reinstall");
+    assert_blocked(a.probe(to(METADATA)), "metadata after reinstall");
+    let srv_a = a.serve("guest-a");
+    probe(None, a.ext(srv_a.port)).expect("host -> guest after reinstall");
+    drop(srv_a);
+
+    // A manager without blocked networks: `public` is everything again.
+    // (Its own address, outside what the shared manager hands out; the
+    // sandbox is torn down by name like every `Sbx`.)
+    let open = NetManager::new(NetConfig {
+        egress_blocked: Vec::new(),
+        ..NetConfig::default()
+    })
+    .unwrap();
+    let ext = Ipv4Addr::from(u32::from(mgr().owner_subnet(25).unwrap().addr()) + 200);
+    let b = Sbx::try_with(&open, &new_id(), 25, &EgressPolicy::Public, Some(ext)).unwrap();
+    dst.route_from(&b.net.host_veth);
+    b.probe(to(METADATA))
+        .expect("metadata with egress_blocked: []");
+    b.probe(to(PRIVATE_192))
+        .expect("private range with egress_blocked: []");
+    drop(b);
+
+    estop.store(true, Ordering::SeqCst);
+    let _ = eh.join();
 }
 
 /// Orphan cleanup removes only `bhatti-<16 hex>` namespaces and

@@ -69,6 +69,11 @@ pub struct CreateArgs {
     /// Fork: copy this running sandbox (memory, processes, disks).
     #[arg(long, value_name = "SANDBOX")]
     pub from: Option<String>,
+    /// Outbound network: `public` (default; no link-local or private
+    /// addresses), `deny` (only your own sandboxes) or allowed CIDRs
+    /// `CIDR,CIDR`. A fork keeps its source's unless given.
+    #[arg(long, value_name = "public|deny|CIDR,...")]
+    pub egress: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,6 +110,10 @@ pub struct EditArgs {
     /// Remove a label by key (repeatable).
     #[arg(long, value_name = "K")]
     pub label_delete: Vec<String>,
+    /// Change the outbound network policy, at once: `public`, `deny` or
+    /// allowed CIDRs `CIDR,CIDR`.
+    #[arg(long, value_name = "public|deny|CIDR,...")]
+    pub egress: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +238,40 @@ fn read_create_file(spec: &str) -> anyhow::Result<api::CreateFile> {
     })
 }
 
+/// `--egress public|deny|CIDR,CIDR` as the API's egress value (the server
+/// checks the CIDRs).
+pub fn parse_egress(spec: &str) -> anyhow::Result<api::Egress> {
+    let spec = spec.trim();
+    if spec == "public" || spec == "deny" {
+        return Ok(api::Egress::Mode(spec.into()));
+    }
+    let cidrs: Vec<String> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    if cidrs.is_empty() {
+        bail!("--egress: expected public, deny or a comma-separated list of CIDRs");
+    }
+    if let Some(bad) = cidrs.iter().find(|c| {
+        !c.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
+    }) {
+        bail!("--egress: {bad:?} is neither public, deny nor a CIDR");
+    }
+    Ok(api::Egress::Allow(cidrs))
+}
+
+/// An egress value for display: `public`, `deny` or `allow CIDR, CIDR`.
+pub fn egress_text(e: &api::Egress) -> String {
+    match e {
+        api::Egress::Mode(m) => m.clone(),
+        api::Egress::Allow(c) if c.is_empty() => "allow (own sandboxes only)".into(),
+        api::Egress::Allow(c) => format!("allow {}", c.join(", ")),
+    }
+}
+
 /// The `POST /sandboxes` body for the create flags.
 pub fn build_create(a: &CreateArgs) -> anyhow::Result<api::CreateSandbox> {
     let mut env = BTreeMap::new();
@@ -264,7 +307,7 @@ pub fn build_create(a: &CreateArgs) -> anyhow::Result<api::CreateSandbox> {
             .collect::<anyhow::Result<_>>()?,
         labels: parse_labels(&a.label)?,
         from: a.from.clone(),
-        egress: None,
+        egress: a.egress.as_deref().map(parse_egress).transpose()?,
     })
 }
 
@@ -415,8 +458,11 @@ pub async fn inspect(ctx: &Ctx, a: SandboxArg) -> anyhow::Result<i32> {
             f.add("Disk", mb(sb.disk_size_mb));
         }
     }
-    f.add("Keep hot", yes_no(sb.keep_hot))
-        .add("Labels", labels_text(&sb.labels));
+    f.add("Keep hot", yes_no(sb.keep_hot));
+    if let Some(e) = &sb.egress {
+        f.add("Egress", egress_text(e));
+    }
+    f.add("Labels", labels_text(&sb.labels));
     if !sb.template_id.is_empty() {
         f.add("Template", &sb.template_id);
     }
@@ -441,10 +487,11 @@ pub async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<i32> {
         name: a.name.clone(),
         labels_add: parse_labels(&a.label)?,
         labels_remove: a.label_delete.clone(),
+        egress: a.egress.as_deref().map(parse_egress).transpose()?,
     };
     if patch == api::PatchSandbox::default() {
         bail!(
-            "nothing to change: give --name, --keep-hot, --allow-cold, --label or --label-delete"
+            "nothing to change: give --name, --keep-hot, --allow-cold, --label, --label-delete or --egress"
         );
     }
     let sb = ctx.client()?.patch_sandbox(&a.sandbox, &patch).await?;
@@ -453,6 +500,9 @@ pub async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     outln!("sandbox/{} edited", sb.name);
+    if let (Some(_), Some(e)) = (&a.egress, &sb.egress) {
+        outln!("  Egress: {}", egress_text(e));
+    }
     if a.name.is_some() {
         outln!("  Note: the hostname inside the sandbox is unchanged");
     }
@@ -622,6 +672,7 @@ mod tests {
             file: vec![],
             label: vec!["team=infra".into()],
             from: None,
+            egress: None,
         }
     }
 
@@ -654,6 +705,14 @@ mod tests {
             .unwrap();
         assert_eq!(decoded, b"#!/bin/sh\necho hi\n");
 
+        assert_eq!(b.egress, None, "no --egress: the server decides");
+        let mut deny = args();
+        deny.egress = Some("deny".into());
+        assert_eq!(
+            build_create(&deny).unwrap().egress,
+            Some(api::Egress::Mode("deny".into()))
+        );
+
         let mut bad = args();
         bad.cpus = Some(0.0);
         assert!(build_create(&bad).is_err());
@@ -675,5 +734,29 @@ mod tests {
         .unwrap();
         assert_eq!(shape(&sb), "2 vCPU, 1024 MB, 4096 MB disk");
         assert_eq!(status_text(&sb), "running (warm)");
+    }
+
+    #[test]
+    fn egress_flag() {
+        assert_eq!(
+            parse_egress("public").unwrap(),
+            api::Egress::Mode("public".into())
+        );
+        assert_eq!(
+            parse_egress(" deny ").unwrap(),
+            api::Egress::Mode("deny".into())
+        );
+        assert_eq!(
+            parse_egress("10.1.2.0/24, 198.51.100.7").unwrap(),
+            api::Egress::Allow(vec!["10.1.2.0/24".into(), "198.51.100.7".into()])
+        );
+        for bad in ["", ",", "allow", "public,10.0.0.0/8", "10.0.0.0/8;rm"] {
+            assert!(parse_egress(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            egress_text(&api::Egress::Allow(vec!["10.1.2.0/24".into()])),
+            "allow 10.1.2.0/24"
+        );
+        assert_eq!(egress_text(&api::Egress::Mode("deny".into())), "deny");
     }
 }

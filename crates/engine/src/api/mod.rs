@@ -17,6 +17,8 @@ use std::path::Path;
 use async_trait::async_trait;
 use bhatti_agent_client::AgentClient;
 
+use crate::net::EgressPolicy;
+
 pub use error::EngineError;
 pub use ext::{parse_listening_ports, EngineExt};
 pub use types::*;
@@ -72,8 +74,15 @@ pub trait Engine: Send + Sync {
     async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo>;
 
     /// A copy of a running sandbox (memory, processes, disks) as a new sandbox,
-    /// while the source keeps running: a checkpoint resumed at once.
+    /// while the source keeps running: a checkpoint resumed at once. The copy
+    /// keeps the source's egress policy unless `spec` names one.
     async fn fork(&self, id: &str, spec: ResumeSpec) -> Result<SandboxInfo>;
+
+    /// Replaces the sandbox's egress policy, at once if it is running (new
+    /// connections and those the guest opened before follow it), and for
+    /// every later start; [`vm_state`](Self::vm_state) carries it.
+    /// `Unsupported` where the engine cannot make that change.
+    async fn set_egress(&self, id: &str, policy: EgressPolicy) -> Result<()>;
 
     /// State to persist for recovery after a daemon restart.
     fn vm_state(&self, id: &str) -> Option<VmState>;

@@ -100,7 +100,10 @@ pub struct ResumeSpec {
     pub id: Option<String>,
     pub name: String,
     pub owner_index: u16,
-    pub egress: EgressPolicy,
+    /// `None`: the source's policy — the forked sandbox's, or the one the
+    /// checkpoint recorded (`public` for checkpoints from before policies
+    /// were recorded). `Some`: this one instead.
+    pub egress: Option<EgressPolicy>,
 }
 
 /// An engine's view of one sandbox.
@@ -157,6 +160,10 @@ pub struct CheckpointManifest {
     pub checksums: BTreeMap<String, String>,
     /// VMM-specific restore settings.
     pub vmm: serde_json::Value,
+    /// The source's egress policy when the checkpoint was taken; a resume
+    /// without a policy of its own gets it. Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +184,10 @@ pub struct VmState {
     /// Bumped at every boot or restore; a snapshot older than the current
     /// generation is stale and never restored (DECISIONS §7.3).
     pub generation: u64,
+    /// The egress policy the engine enforces for the sandbox (also part of
+    /// `detail`; here for callers that do not read engine internals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressPolicy>,
     #[serde(default)]
     pub detail: serde_json::Value,
 }

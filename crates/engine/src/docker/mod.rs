@@ -25,12 +25,19 @@
 //! different bridges, so owners cannot reach each other, and containers on the
 //! same bridge can. Egress `public` uses that bridge (NAT to the outside);
 //! egress `deny` uses a separate `internal` bridge `<prefix>-owner-<n>-internal`
-//! (no route out; reaches only the owner's other `deny` sandboxes). What Docker
-//! cannot express without host firewall rules of our own, and this engine
-//! therefore does not offer: CIDR allow-lists (`EgressPolicy::Allow` is
-//! rejected), hiding the host's own services from a `public` sandbox (the
-//! bridge gateway is the host), and same-owner reachability across the two
-//! egress classes. `Capabilities.egress_policy` is `false` for that reason.
+//! (no route out; reaches only the owner's other `deny` sandboxes). A
+//! `public` bridge gets [`DockerConfig::egress_blocked`] (link-local, cloud
+//! metadata among it, and the private ranges by default) as REJECT rules:
+//! one jump from Docker's `DOCKER-USER` chain, tagged
+//! `bhatti-egress:<network>`, to a chain of the network's own, with DNS to
+//! the host's resolvers kept open (dockerd forwards containers' queries from
+//! inside their namespace); only rules with our tags are ever touched. What
+//! this engine does not offer: CIDR allow-lists (`EgressPolicy::Allow` is
+//! rejected), changing the egress class after create (`set_egress` between
+//! `public` and `deny` is `Unsupported`), hiding the host's own services
+//! from a `public` sandbox (the bridge gateway is the host), and same-owner
+//! reachability across the two egress classes. `Capabilities.egress_policy`
+//! is `false` for that reason.
 //!
 //! **Volumes.** `VolumeAttach.file` must be a *directory* on the host for this
 //! engine; it is bind-mounted at `mount` (read-only if asked). As the guest
@@ -69,7 +76,13 @@ use crate::api::{
     Capabilities, CheckpointManifest, Engine, EngineError, Result, ResumeSpec, SandboxInfo,
     SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
 };
-use crate::net::EgressPolicy;
+use crate::net::{EgressPolicy, Ipv4Cidr, DEFAULT_EGRESS_BLOCKED, DOCKER_TAG_PREFIX};
+
+/// CPUs this process may use (what Docker counts, or fewer under a
+/// cgroup quota), at least 1.
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+}
 
 /// The engine's name in `VmState.engine` and errors.
 pub const ENGINE: &str = "docker";
@@ -104,6 +117,10 @@ pub struct DockerConfig {
     /// becomes the entrypoint (`/run/bhatti/lohar container`), so any image a
     /// host can pull works as a sandbox.
     pub inject_lohar: Option<PathBuf>,
+    /// Networks a `public` sandbox may not open connections to (REJECT rules
+    /// in `DOCKER-USER` for its owner bridge); default
+    /// [`DEFAULT_EGRESS_BLOCKED`]. Empty: no rules at all.
+    pub egress_blocked: Vec<Ipv4Cidr>,
 }
 
 impl DockerConfig {
@@ -115,6 +132,7 @@ impl DockerConfig {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             pids_limit: 4096,
             inject_lohar: None,
+            egress_blocked: DEFAULT_EGRESS_BLOCKED.to_vec(),
         }
     }
 }
@@ -188,6 +206,30 @@ fn client_for(d: &Detail) -> AgentClient {
         },
         Some(d.token.clone()),
     )
+}
+
+/// The resolvers dockerd's embedded DNS (`127.0.0.11` in the container)
+/// forwards to *from inside the container's namespace*: the host's, or
+/// systemd-resolved's upstreams when the host lists only its loopback stub
+/// (loopback resolvers are asked from the host namespace). Their port 53
+/// stays open under the egress block.
+fn docker_upstream_dns() -> Vec<std::net::Ipv4Addr> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|t| crate::net::resolv_conf_nameservers(&t))
+            .unwrap_or_default()
+    };
+    let mut v = read("/etc/resolv.conf");
+    if v.iter().all(|a| a.is_loopback()) {
+        v = read("/run/systemd/resolve/resolv.conf");
+    }
+    v.retain(|a| !a.is_loopback());
+    v
+}
+
+/// The comment tag of a network's `DOCKER-USER` rules.
+fn block_tag(network: &str) -> String {
+    format!("{DOCKER_TAG_PREFIX}{network}")
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -289,6 +331,16 @@ impl DockerEngine {
         }
     }
 
+    /// Whether `name` is an owner network of this engine's prefix
+    /// (`<prefix>-owner-<n>` or `<prefix>-owner-<n>-internal`).
+    fn is_owner_network(&self, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix(&format!("{}-owner-", self.cfg.prefix)) else {
+            return false;
+        };
+        let n = rest.strip_suffix("-internal").unwrap_or(rest);
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    }
+
     fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
         lock(&self.sandboxes)
             .get(id)
@@ -324,6 +376,56 @@ impl DockerEngine {
         }
     }
 
+    /// The Linux bridge device of a Docker network.
+    async fn bridge_of(&self, network: &str) -> Result<String> {
+        let n = self
+            .docker
+            .inspect_network(network, None)
+            .await
+            .map_err(derr(network))?;
+        if let Some(b) = n
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name"))
+        {
+            return Ok(b.clone());
+        }
+        match n.id {
+            Some(id) if id.len() >= 12 => Ok(format!("br-{}", &id[..12])),
+            _ => Err(EngineError::Other(format!(
+                "docker: network {network} has no id"
+            ))),
+        }
+    }
+
+    /// Keeps the containers of a `public` network away from the blocked
+    /// networks (`DOCKER-USER` rules tagged with the network's name).
+    /// Internal (`deny`) networks have no route out and need none.
+    async fn ensure_egress_block(&self, network: &str, egress: &EgressPolicy) -> Result<()> {
+        if matches!(egress, EgressPolicy::Deny) || self.cfg.egress_blocked.is_empty() {
+            return Ok(());
+        }
+        let bridge = self.bridge_of(network).await?;
+        let (tag, blocked) = (block_tag(network), self.cfg.egress_blocked.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::net::ensure_docker_block(&bridge, &tag, &blocked, &docker_upstream_dns())
+        })
+        .await
+        .map_err(EngineError::other)??;
+        Ok(())
+    }
+
+    /// Removes the `DOCKER-USER` rules of a network that is gone.
+    async fn remove_egress_block(&self, network: &str) {
+        let tag = block_tag(network);
+        let r = tokio::task::spawn_blocking(move || crate::net::remove_docker_block(&tag)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(network, error = %e, "removing egress rules failed"),
+            Err(e) => tracing::warn!(network, error = %e, "removing egress rules failed"),
+        }
+    }
+
     /// Removes `name` if no container is attached any more. Call with `net_lock`.
     async fn remove_network_if_empty(&self, name: &str) {
         let Ok(n) = self.docker.inspect_network(name, None).await else {
@@ -346,8 +448,10 @@ impl DockerEngine {
         if let Err(e) = self.docker.remove_network(name).await {
             if !is_status(&e, 404) {
                 tracing::warn!(network = name, error = %e, "removing network failed");
+                return;
             }
         }
+        self.remove_egress_block(name).await;
     }
 
     async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse> {
@@ -466,7 +570,10 @@ impl DockerEngine {
         let host = HostConfig {
             binds: Some(binds),
             network_mode: Some(d.network.clone()),
-            nano_cpus: Some(i64::from(spec.cpus) * 1_000_000_000),
+            // Docker refuses a CPU quota above the host's CPU count: a
+            // sandbox that asks for more gets all of them, as a microVM's
+            // vCPUs would share them.
+            nano_cpus: Some(i64::from(spec.cpus.min(host_cpus())) * 1_000_000_000),
             memory: Some(mem),
             memory_swap: Some(mem),
             pids_limit: (self.cfg.pids_limit > 0).then_some(self.cfg.pids_limit),
@@ -543,6 +650,9 @@ impl DockerEngine {
             }
             Thermal::Cold => {}
         }
+        // The rules may be gone (a host reboot, a firewall reload).
+        self.ensure_egress_block(&sb.detail.network, &sb.detail.egress)
+            .await?;
         // The container may have been started (or paused) behind our back.
         let state = self
             .inspect(&sb.detail.container)
@@ -589,6 +699,28 @@ impl Engine for DockerEngine {
             checkpoints: false,
             egress_policy: false,
         }
+    }
+
+    /// Only a "change" that keeps the sandbox on its network: moving a
+    /// container between the owner's bridge and its internal network would
+    /// change its address under running processes, and allow-lists cannot
+    /// be expressed at all.
+    async fn set_egress(&self, id: &str, policy: EgressPolicy) -> Result<()> {
+        let sb = self.get(id)?;
+        if matches!(policy, EgressPolicy::Allow(_)) {
+            return Err(EngineError::Unsupported {
+                engine: ENGINE,
+                what: "egress allow-lists (only public and deny)".into(),
+            });
+        }
+        if self.network_name(sb.detail.owner_index, &policy) != sb.detail.network {
+            return Err(EngineError::Unsupported {
+                engine: ENGINE,
+                what: "changing egress between public and deny after create (create a new sandbox)"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<SandboxInfo> {
@@ -669,6 +801,8 @@ impl Engine for DockerEngine {
                     matches!(spec.egress, EgressPolicy::Deny),
                 )
                 .await?;
+                self.ensure_egress_block(&detail.network, &spec.egress)
+                    .await?;
                 self.create_container(&id, &spec, &detail).await?;
             }
             let ip = self.boot(&detail).await?;
@@ -878,6 +1012,7 @@ impl Engine for DockerEngine {
             name: sb.name.clone(),
             status: f.status,
             generation: f.generation,
+            egress: Some(sb.detail.egress.clone()),
             detail: serde_json::to_value(&sb.detail).ok()?,
         })
     }
@@ -937,6 +1072,12 @@ impl Engine for DockerEngine {
             Some(ContainerStateStatusEnum::PAUSED) => (Status::Running, Thermal::Warm),
             _ => (Status::Stopped, Thermal::Cold),
         };
+        if let Err(e) = self
+            .ensure_egress_block(&detail.network, &detail.egress)
+            .await
+        {
+            tracing::warn!(id = %state.id, error = %e, "egress rules could not be restored");
+        }
         let ip = self.container_ip(&detail.container, &detail.network).await;
         let sb = Sandbox {
             id: state.id.clone(),
@@ -1034,6 +1175,31 @@ impl Engine for DockerEngine {
                 }
             }
         }
+        // Egress rules of this engine's networks that no longer exist (a
+        // network removed while the daemon was down or by hand).
+        let tags = tokio::task::spawn_blocking(crate::net::docker_block_tags)
+            .await
+            .map_err(EngineError::other)?;
+        match tags {
+            Ok(tags) => {
+                for tag in tags {
+                    let Some(net) = tag.strip_prefix(DOCKER_TAG_PREFIX) else {
+                        continue;
+                    };
+                    if !self.is_owner_network(net) {
+                        continue;
+                    }
+                    match self.docker.inspect_network(net, None).await {
+                        Err(e) if is_status(&e, 404) => {
+                            self.remove_egress_block(net).await;
+                            removed.push(format!("egress rules {net}"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing egress rules failed"),
+        }
         Ok(removed)
     }
 
@@ -1060,6 +1226,32 @@ mod tests {
         assert_eq!(env_file(&env).unwrap(), "A=1\nB=x\\ny\\\\z\n");
         let bad = BTreeMap::from([("A=B".to_string(), String::new())]);
         assert!(env_file(&bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn owner_networks_and_tags() {
+        let Ok(docker) = Docker::connect_with_defaults() else {
+            return;
+        };
+        let e = DockerEngine {
+            cfg: DockerConfig {
+                prefix: "bhatti".into(),
+                ..DockerConfig::new(PathBuf::from("/nonexistent"))
+            },
+            docker,
+            sandboxes: Mutex::new(HashMap::new()),
+            net_lock: tokio::sync::Mutex::new(()),
+        };
+        assert!(e.is_owner_network("bhatti-owner-3"));
+        assert!(e.is_owner_network("bhatti-owner-12-internal"));
+        assert!(!e.is_owner_network("bhatti-x-owner-3"));
+        assert!(!e.is_owner_network("bhatti-owner-owner-3"));
+        assert!(!e.is_owner_network("bhatti-owner-"));
+        assert_eq!(block_tag("bhatti-owner-3"), "bhatti-egress:bhatti-owner-3");
+        assert_eq!(
+            e.cfg.egress_blocked,
+            crate::net::DEFAULT_EGRESS_BLOCKED.to_vec()
+        );
     }
 
     #[test]

@@ -108,6 +108,10 @@ struct Fast {
     /// has taken no snapshot since (which would reset its dirty-page log):
     /// its next stop may write a Diff onto that snapshot.
     diff_base: Option<u64>,
+    /// The egress policy in force (changeable live; `detail.egress` is the
+    /// one the sandbox was created with and is rewritten from this one by
+    /// `vm_state`).
+    egress: EgressPolicy,
 }
 
 struct Sandbox {
@@ -362,6 +366,7 @@ impl MicroVmEngine {
                 agent: None,
                 last_touch: Instant::now(),
                 diff_base: None,
+                egress: detail.egress.clone(),
             }),
             detail,
         };
@@ -440,11 +445,12 @@ impl MicroVmEngine {
         // The namespace survives stop/start; after a host reboot it is rebuilt
         // with the same external address.
         if !sb.detail.net.netns_path().exists() {
+            let egress = lock(&sb.fast).egress.clone();
             self.setup_net(
                 &sb.id,
                 sb.detail.owner_index,
                 &sb.detail.mac,
-                &sb.detail.egress,
+                &egress,
                 Some(sb.detail.net.ext_ip),
             )
             .await?;
@@ -907,6 +913,7 @@ impl Engine for MicroVmEngine {
             }
             let (stage2, dest2) = (stage.clone(), dest.to_path_buf());
             let detail = sb.detail.clone();
+            let egress = lock(&sb.fast).egress.clone();
             let (sid, vmm_version) = (sb.id.clone(), self.driver.version());
             let engine = self.driver.name().to_string();
             blocking(move || {
@@ -925,6 +932,7 @@ impl Engine for MicroVmEngine {
                     files: files_map,
                     checksums,
                     vmm: serde_json::to_value(&files).map_err(EngineError::other)?,
+                    egress: Some(egress),
                 };
                 persist::seal(&stage2, &m)?;
                 persist::commit(&stage2, &dest2)?;
@@ -958,6 +966,12 @@ impl Engine for MicroVmEngine {
             serde_json::from_value(m.vmm.clone()).map_err(EngineError::other)?;
         vmm.dir = dir.to_path_buf();
         let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
+        // The request's policy, else the one the checkpoint recorded.
+        let egress = spec
+            .egress
+            .clone()
+            .or_else(|| m.egress.clone())
+            .unwrap_or_default();
         let sdir = self.cfg.data_dir.join("sandboxes").join(&id);
         tokio::fs::create_dir_all(&sdir).await?;
         let mut rb = Rollback {
@@ -980,7 +994,7 @@ impl Engine for MicroVmEngine {
                 });
             }
             let net = self
-                .setup_net(&id, spec.owner_index, &m.guest_mac, &spec.egress, None)
+                .setup_net(&id, spec.owner_index, &m.guest_mac, &egress, None)
                 .await?;
             rb.net = Some(net.clone());
             let detail = Detail {
@@ -992,7 +1006,7 @@ impl Engine for MicroVmEngine {
                 token: m.agent_token.clone(),
                 net,
                 volumes,
-                egress: spec.egress.clone(),
+                egress: egress.clone(),
                 restore_failed: None,
             };
             let vm = self.launch(&id, &detail, Some(&vmm)).await?;
@@ -1020,17 +1034,34 @@ impl Engine for MicroVmEngine {
         res
     }
 
+    async fn set_egress(&self, id: &str, policy: EgressPolicy) -> Result<()> {
+        let sb = self.get(id)?;
+        // Not while a start builds the namespace with the old policy.
+        let _slot = sb.lifecycle.lock().await;
+        // The namespace survives stop/start, so a stopped sandbox is changed
+        // too; one that is gone (host reboot) is rebuilt with the new policy
+        // at the next start.
+        if sb.detail.net.netns_path().exists() {
+            let (net, n, p) = (self.net.clone(), sb.detail.net.clone(), policy.clone());
+            blocking(move || Ok(net.set_egress_policy(&n, &p)?)).await?;
+        }
+        lock(&sb.fast).egress = policy;
+        Ok(())
+    }
+
     fn vm_state(&self, id: &str) -> Option<VmState> {
         let sb = self.get(id).ok()?;
         let f = lock(&sb.fast);
         let mut detail = sb.detail.clone();
         detail.restore_failed = f.restore_failed.clone();
+        detail.egress = f.egress.clone();
         Some(VmState {
             engine: self.driver.name().into(),
             id: sb.id.clone(),
             name: sb.name.clone(),
             status: f.status,
             generation: f.generation,
+            egress: Some(f.egress.clone()),
             detail: serde_json::to_value(&detail).ok()?,
         })
     }
@@ -1062,6 +1093,12 @@ impl Engine for MicroVmEngine {
         if detail.net.netns_path().exists() {
             let (net, n) = (self.net.clone(), detail.net.clone());
             blocking(move || Ok(net.adopt(&n)?)).await?;
+            // Current rules: the namespace may have been written by an older
+            // daemon, or the blocked networks changed since.
+            let (net, n, p) = (self.net.clone(), detail.net.clone(), detail.egress.clone());
+            if let Err(e) = blocking(move || Ok(net.reinstall_rules(&n, &p)?)).await {
+                tracing::warn!(id = %state.id, error = %e, "re-installing the namespace's rules failed");
+            }
         }
         let sb = Sandbox {
             id: state.id.clone(),
@@ -1075,6 +1112,7 @@ impl Engine for MicroVmEngine {
                 agent: None,
                 last_touch: Instant::now(),
                 diff_base: None,
+                egress: detail.egress.clone(),
             }),
             detail,
         };

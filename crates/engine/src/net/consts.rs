@@ -30,6 +30,18 @@ pub const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 252);
 pub const HOST_VETH_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The default pool of external sandbox addresses.
 pub const DEFAULT_POOL: Ipv4Cidr = Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 200, 0, 0), 13);
+/// What a `public` sandbox may not reach by default: link-local (cloud
+/// metadata at 169.254.169.254 among it), the RFC 1918 private ranges and
+/// CGNAT space, i.e. the host's LAN and its provider's internal services.
+/// The owner's own sandboxes stay reachable; an explicit allow-list is not
+/// affected. Configurable ([`NetConfig::egress_blocked`](super::NetConfig)).
+pub const DEFAULT_EGRESS_BLOCKED: [Ipv4Cidr; 5] = [
+    Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 0, 0, 0), 8),
+    Ipv4Cidr::new_unchecked(Ipv4Addr::new(100, 64, 0, 0), 10),
+    Ipv4Cidr::new_unchecked(Ipv4Addr::new(169, 254, 0, 0), 16),
+    Ipv4Cidr::new_unchecked(Ipv4Addr::new(172, 16, 0, 0), 12),
+    Ipv4Cidr::new_unchecked(Ipv4Addr::new(192, 168, 0, 0), 16),
+];
 
 /// Length of a sandbox id (8 random bytes as hex).
 pub(crate) const SANDBOX_ID_LEN: usize = 16;

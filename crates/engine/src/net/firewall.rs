@@ -8,14 +8,15 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use bhatti_protocol::{PORT_CONTROL, PORT_FORWARD};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::cidr::Ipv4Cidr;
 use super::cmd::{Cmd, Program};
 use super::consts::{
-    CHAIN_EGRESS, CHAIN_FWD, CHAIN_IN, CHAIN_OWN, CHAIN_POST, GUEST_IP, HOST_VETH_PREFIX,
-    NETNS_ETH, TAP_NAME,
+    CHAIN_EGRESS, CHAIN_FWD, CHAIN_IN, CHAIN_OWN, CHAIN_POST, GUEST_IP, HOST_VETH_IP,
+    HOST_VETH_PREFIX, NETNS_ETH, TAP_NAME,
 };
 use super::NetError;
 
@@ -28,8 +29,11 @@ use super::NetError;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressPolicy {
-    /// Anything (subject to the host firewall, which always hides other
-    /// owners' sandboxes and the host itself).
+    /// Anything except the manager's blocked networks
+    /// ([`NetConfig::egress_blocked`](super::NetConfig), by default
+    /// link-local and private ranges: cloud metadata, the host's LAN), and
+    /// subject to the host firewall, which always hides other owners'
+    /// sandboxes and the host itself.
     #[default]
     Public,
     /// Only the owner's own sandboxes.
@@ -258,13 +262,31 @@ pub(crate) fn owner_rule_subnets() -> Result<Vec<Ipv4Cidr>, NetError> {
         .collect())
 }
 
-fn egress_rules(owner_subnet: Ipv4Cidr, policy: &EgressPolicy) -> Vec<String> {
+/// How a refused destination is answered. REJECT rather than DROP: the
+/// guest's own user gets an immediate "prohibited" instead of a hang, and
+/// there is nothing to hide from them.
+const REJECT: &str = "-j REJECT --reject-with icmp-admin-prohibited";
+
+/// The egress chain. `blocked` applies to [`EgressPolicy::Public`] only: an
+/// allow-list allows exactly what it lists.
+fn egress_rules(
+    owner_subnet: Ipv4Cidr,
+    policy: &EgressPolicy,
+    blocked: &[Ipv4Cidr],
+) -> Vec<String> {
     let accept = |c: &Ipv4Cidr| format!("-A {CHAIN_EGRESS} -d {c} -j ACCEPT");
-    // REJECT rather than DROP: the guest's own user gets an immediate
-    // "prohibited" instead of a hang, and there is nothing to hide from them.
-    let reject = format!("-A {CHAIN_EGRESS} -j REJECT --reject-with icmp-admin-prohibited");
+    let reject = format!("-A {CHAIN_EGRESS} {REJECT}");
     match policy {
-        EgressPolicy::Public => vec![format!("-A {CHAIN_EGRESS} -j ACCEPT")],
+        EgressPolicy::Public if blocked.is_empty() => vec![format!("-A {CHAIN_EGRESS} -j ACCEPT")],
+        // The owner's sandboxes first: the pool usually lies in a blocked range.
+        EgressPolicy::Public => std::iter::once(accept(&owner_subnet))
+            .chain(
+                blocked
+                    .iter()
+                    .map(|c| format!("-A {CHAIN_EGRESS} -d {c} {REJECT}")),
+            )
+            .chain(std::iter::once(format!("-A {CHAIN_EGRESS} -j ACCEPT")))
+            .collect(),
         EgressPolicy::Deny => vec![accept(&owner_subnet), reject],
         EgressPolicy::Allow(cidrs) => std::iter::once(accept(&owner_subnet))
             .chain(cidrs.iter().map(accept))
@@ -278,6 +300,7 @@ pub(crate) fn netns_ruleset(
     ext_ip: Ipv4Addr,
     owner_subnet: Ipv4Cidr,
     policy: &EgressPolicy,
+    blocked: &[Ipv4Cidr],
 ) -> String {
     let g = GUEST_IP;
     let mut s = String::new();
@@ -285,18 +308,35 @@ pub(crate) fn netns_ruleset(
     s.push_str(&format!(":{CHAIN_EGRESS} - [0:0]\n"));
     // The guest may only send as itself.
     s.push_str(&format!("-A FORWARD ! -s {g}/32 -i {TAP_NAME} -j DROP\n"));
+    // The guest's answers on connections opened *to* it (the daemon's agent
+    // connections, siblings, forwarded ports).
+    s.push_str(&format!(
+        "-A FORWARD -i {TAP_NAME} -o {NETNS_ETH} {} --ctdir REPLY -j ACCEPT\n",
+        ctstate("RELATED,ESTABLISHED")
+    ));
+    // Everything the guest itself opened goes through the policy, packet by
+    // packet and not just the first: a policy change also cuts connections
+    // that were established before it.
+    s.push_str(&format!(
+        "-A FORWARD -i {TAP_NAME} -o {NETNS_ETH} -j {CHAIN_EGRESS}\n"
+    ));
     s.push_str(&format!(
         "-A FORWARD {} -j ACCEPT\n",
         ctstate("RELATED,ESTABLISHED")
+    ));
+    // The agent's ports are the daemon's alone: it connects from the host
+    // veth's address, and a sibling sandbox (which may reach the guest's
+    // other ports) has no business there — token-less connections from it
+    // would only spend the agent's pre-auth budget.
+    s.push_str(&format!(
+        "-A FORWARD -d {g}/32 -i {NETNS_ETH} -o {TAP_NAME} -p tcp -m multiport \
+         --dports {PORT_CONTROL},{PORT_FORWARD} ! -s {HOST_VETH_IP}/32 -j DROP\n"
     ));
     // Who may connect *to* the guest is the host firewall's decision.
     s.push_str(&format!(
         "-A FORWARD -d {g}/32 -i {NETNS_ETH} -o {TAP_NAME} -j ACCEPT\n"
     ));
-    s.push_str(&format!(
-        "-A FORWARD -i {TAP_NAME} -o {NETNS_ETH} -j {CHAIN_EGRESS}\n"
-    ));
-    for r in egress_rules(owner_subnet, policy) {
+    for r in egress_rules(owner_subnet, policy, blocked) {
         s.push_str(&r);
         s.push('\n');
     }
@@ -319,10 +359,11 @@ pub(crate) fn install_netns_rules(
     ext_ip: Ipv4Addr,
     owner_subnet: Ipv4Cidr,
     policy: &EgressPolicy,
+    blocked: &[Ipv4Cidr],
 ) -> Result<(), NetError> {
     Cmd::new(Program::IptablesRestore)
         .in_netns(netns.to_path_buf())
-        .stdin(netns_ruleset(ext_ip, owner_subnet, policy))
+        .stdin(netns_ruleset(ext_ip, owner_subnet, policy, blocked))
         .run()
         .map(drop)
 }
@@ -332,9 +373,10 @@ pub(crate) fn replace_egress(
     netns: &Path,
     owner_subnet: Ipv4Cidr,
     policy: &EgressPolicy,
+    blocked: &[Ipv4Cidr],
 ) -> Result<(), NetError> {
     let mut s = format!("*filter\n:{CHAIN_EGRESS} - [0:0]\n");
-    for r in egress_rules(owner_subnet, policy) {
+    for r in egress_rules(owner_subnet, policy, blocked) {
         s.push_str(&r);
         s.push('\n');
     }
@@ -345,6 +387,208 @@ pub(crate) fn replace_egress(
         .stdin(s)
         .run()
         .map(drop)
+}
+
+/// Docker's chain for user rules in the host's `FORWARD`; dockerd creates
+/// it and never flushes it.
+pub(crate) const DOCKER_USER: &str = "DOCKER-USER";
+/// Comment prefix of every rule the Docker engine puts into [`DOCKER_USER`]:
+/// `bhatti-egress:<network name>`.
+pub(crate) const DOCKER_TAG_PREFIX: &str = "bhatti-egress:";
+/// Prefix of the per-network chains the `DOCKER-USER` rules jump to.
+const DOCKER_CHAIN_PREFIX: &str = "BHATTI-DKR-";
+
+/// The chain of one Docker network's egress rules: `BHATTI-DKR-` and 12
+/// hex characters of the tag's SHA-256 (chain names are short).
+fn docker_chain(tag: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(tag.as_bytes());
+    let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{DOCKER_CHAIN_PREFIX}{hex}")
+}
+
+/// The rules of a network's chain, as `iptables -S` prints them: DNS to
+/// the resolvers Docker forwards to from inside the container (those in a
+/// blocked range), then REJECT for each blocked network.
+fn docker_chain_rules(chain: &str, blocked: &[Ipv4Cidr], dns: &[Ipv4Addr]) -> Vec<String> {
+    let mut rules = Vec::new();
+    for d in dns
+        .iter()
+        .filter(|d| blocked.iter().any(|c| c.contains(**d)))
+    {
+        for proto in ["udp", "tcp"] {
+            rules.push(format!(
+                "-A {chain} -d {d}/32 -p {proto} -m {proto} --dport 53 -j RETURN"
+            ));
+        }
+    }
+    rules.extend(
+        blocked
+            .iter()
+            .map(|c| format!("-A {chain} -d {c} {REJECT}")),
+    );
+    rules
+}
+
+/// The `DOCKER-USER` jump of a network: everything a container on `bridge`
+/// sends out of the bridge (traffic between two containers of the bridge,
+/// which crosses `FORWARD` with bridge netfilter on, is not affected).
+fn docker_jump(bridge: &str, tag: &str) -> Vec<String> {
+    let chain = docker_chain(tag);
+    [
+        "-i",
+        bridge,
+        "!",
+        "-o",
+        bridge,
+        "-m",
+        "comment",
+        "--comment",
+        tag,
+        "-j",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(std::iter::once(chain))
+    .collect()
+}
+
+fn check_docker_name(what: &str, s: &str) -> Result<(), NetError> {
+    let ok = !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(NetError::InvalidConfig(format!("{what} {s:?}")))
+    }
+}
+
+/// Makes containers on the Docker bridge `bridge` (of the network whose
+/// rules carry `tag`) unable to open connections to `blocked`, except DNS
+/// to those of `dns` inside a blocked range: a chain of the network's own
+/// (replaced atomically when it differs) and one jump to it at the top of
+/// `DOCKER-USER`; a jump with that tag for another bridge (a network that
+/// was re-created) is removed. Idempotent. Fails if `DOCKER-USER` does not
+/// exist (dockerd runs with `--iptables=false`).
+pub(crate) fn ensure_docker_block(
+    bridge: &str,
+    tag: &str,
+    blocked: &[Ipv4Cidr],
+    dns: &[Ipv4Addr],
+) -> Result<(), NetError> {
+    check_docker_name("bridge", bridge)?;
+    check_docker_name("rule tag", tag)?;
+    if blocked.is_empty() {
+        return remove_docker_block(tag);
+    }
+    if !chain_exists("filter", DOCKER_USER)? {
+        return Err(NetError::InvalidConfig(format!(
+            "the {DOCKER_USER} chain does not exist (is dockerd running with --iptables=false?): \
+             cannot keep Docker sandboxes away from {}; set egress_blocked_cidrs: [] to run without",
+            blocked
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let chain = docker_chain(tag);
+    let rules = docker_chain_rules(&chain, blocked, dns);
+    if chain_rules("filter", &chain)?.as_ref() != Some(&rules) {
+        let mut restore = format!("*filter\n:{chain} - [0:0]\n");
+        for r in &rules {
+            restore.push_str(r);
+            restore.push('\n');
+        }
+        restore.push_str("COMMIT\n");
+        Cmd::new(Program::IptablesRestore)
+            .arg("--noflush")
+            .stdin(restore)
+            .run()?;
+    }
+    let jump = docker_jump(bridge, tag);
+    for (t, args) in docker_tagged_rules()? {
+        if t == tag && args != jump {
+            Cmd::iptables()
+                .args(["-D", DOCKER_USER])
+                .args(args)
+                .run_if_ok()?;
+        }
+    }
+    let present = Cmd::iptables()
+        .args(["-C", DOCKER_USER])
+        .args(jump.clone())
+        .succeeds()?;
+    if !present {
+        Cmd::iptables()
+            .args(["-I", DOCKER_USER, "1"])
+            .args(jump)
+            .run()?;
+    }
+    Ok(())
+}
+
+/// `DOCKER-USER` rules carrying a `bhatti-egress:…` tag: (tag, rule
+/// arguments after the chain name, quotes removed).
+fn docker_tagged_rules() -> Result<Vec<(String, Vec<String>)>, NetError> {
+    let Some(lines) = chain_rules("filter", DOCKER_USER)? else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("-A {DOCKER_USER} ");
+    Ok(lines
+        .iter()
+        .filter_map(|l| {
+            let args: Vec<String> = l
+                .strip_prefix(&prefix)?
+                .split_whitespace()
+                .map(|w| w.trim_matches('"').to_string())
+                .collect();
+            let i = args.iter().position(|a| a == "--comment")?;
+            let tag = args.get(i + 1)?;
+            tag.starts_with(DOCKER_TAG_PREFIX)
+                .then(|| (tag.clone(), args.clone()))
+        })
+        .collect())
+}
+
+/// The tags of every `bhatti-egress:…` rule in `DOCKER-USER`.
+pub(crate) fn docker_block_tags() -> Result<Vec<String>, NetError> {
+    let mut tags: Vec<String> = docker_tagged_rules()?.into_iter().map(|(t, _)| t).collect();
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
+
+/// Removes every `DOCKER-USER` rule tagged exactly `tag` and the network's
+/// chain; nothing else.
+pub(crate) fn remove_docker_block(tag: &str) -> Result<(), NetError> {
+    for (t, args) in docker_tagged_rules()? {
+        if t == tag {
+            Cmd::iptables()
+                .args(["-D", DOCKER_USER])
+                .args(args)
+                .run_if_ok()?;
+        }
+    }
+    let chain = docker_chain(tag);
+    if chain_exists("filter", &chain)? {
+        Cmd::iptables().args(["-F", &chain]).run()?;
+        Cmd::iptables().args(["-X", &chain]).run_if_ok()?;
+    }
+    Ok(())
+}
+
+/// The IPv4 resolvers of a `resolv.conf` text.
+pub(crate) fn resolv_conf_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "nameserver").then_some(())?;
+            w.next()?.parse().ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -368,19 +612,76 @@ mod tests {
     fn egress_chain() {
         let owner: Ipv4Cidr = "10.128.1.0/24".parse().unwrap();
         assert_eq!(
-            egress_rules(owner, &EgressPolicy::Public),
+            egress_rules(owner, &EgressPolicy::Public, &[]),
             vec!["-A BHATTI-EGRESS -j ACCEPT"]
         );
+        let blocked = super::super::DEFAULT_EGRESS_BLOCKED;
+        let public = egress_rules(owner, &EgressPolicy::Public, &blocked);
+        assert_eq!(public.len(), 7, "{public:?}");
+        assert_eq!(public[0], "-A BHATTI-EGRESS -d 10.128.1.0/24 -j ACCEPT");
+        assert!(public.contains(
+            &"-A BHATTI-EGRESS -d 169.254.0.0/16 -j REJECT --reject-with icmp-admin-prohibited"
+                .to_string()
+        ));
+        assert_eq!(public[6], "-A BHATTI-EGRESS -j ACCEPT");
+        // An allow-list allows what it lists, blocked range or not.
         let allow = egress_rules(
             owner,
             &EgressPolicy::Allow(vec!["198.18.0.0/30".parse().unwrap()]),
+            &blocked,
         );
         assert_eq!(allow.len(), 3);
         assert_eq!(allow[0], "-A BHATTI-EGRESS -d 10.128.1.0/24 -j ACCEPT");
         assert_eq!(allow[1], "-A BHATTI-EGRESS -d 198.18.0.0/30 -j ACCEPT");
         assert!(allow[2].contains("REJECT"));
-        let rs = netns_ruleset(Ipv4Addr::new(10, 128, 1, 2), owner, &EgressPolicy::Deny);
+        let rs = netns_ruleset(
+            Ipv4Addr::new(10, 128, 1, 2),
+            owner,
+            &EgressPolicy::Deny,
+            &blocked,
+        );
         assert!(rs.contains("-j DNAT --to-destination 172.31.255.2"));
         assert!(rs.contains("-j SNAT --to-source 10.128.1.2"));
+    }
+
+    #[test]
+    fn docker_rules() {
+        let blocked = [
+            "10.0.0.0/8".parse().unwrap(),
+            "169.254.0.0/16".parse().unwrap(),
+        ];
+        let tag = "bhatti-egress:bhatti-owner-3";
+        let chain = docker_chain(tag);
+        assert_eq!(chain.len(), "BHATTI-DKR-".len() + 12);
+        assert!(chain.len() <= 28);
+        assert_ne!(chain, docker_chain("bhatti-egress:bhatti-owner-4"));
+        let dns = [Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(1, 1, 1, 1)];
+        let r = docker_chain_rules(&chain, &blocked, &dns);
+        // Only the resolver inside a blocked range gets an exception, first.
+        assert_eq!(r.len(), 4, "{r:?}");
+        assert_eq!(
+            r[0],
+            format!("-A {chain} -d 10.255.255.53/32 -p udp -m udp --dport 53 -j RETURN")
+        );
+        assert!(r[1].contains("-p tcp"));
+        assert_eq!(
+            r[3],
+            format!("-A {chain} -d 169.254.0.0/16 -j REJECT --reject-with icmp-admin-prohibited")
+        );
+        assert_eq!(
+            docker_jump("br-0123456789ab", tag).join(" "),
+            format!(
+                "-i br-0123456789ab ! -o br-0123456789ab -m comment --comment {tag} -j {chain}"
+            )
+        );
+        assert!(check_docker_name("bridge", "br-x y").is_err());
+        assert!(check_docker_name("bridge", "br-\"x").is_err());
+        assert!(check_docker_name("bridge", "br-0123456789ab").is_ok());
+        assert_eq!(
+            resolv_conf_nameservers(
+                "# x\nnameserver 10.255.255.53\nnameserver ::1\nsearch a\nnameserver 1.1.1.1 \n"
+            ),
+            dns
+        );
     }
 }

@@ -15,8 +15,9 @@ use super::cidr::Ipv4Cidr;
 use super::cmd::Cmd;
 use super::consts::{
     host_veth_name, id_prefix_of_veth, named_netns_path, netns_name, sandbox_id_of_netns,
-    validate_sandbox_id, DEFAULT_POOL, GATEWAY_IP, GUEST_IP, GUEST_PREFIX_LEN, HOST_VETH_IP,
-    HOST_VETH_PREFIX, NETNS_DIR, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
+    validate_sandbox_id, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL, GATEWAY_IP, GUEST_IP,
+    GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX, NETNS_DIR, NETNS_ETH, TAP_NAME,
+    VETH_ID_CHARS,
 };
 use super::firewall::{self, EgressPolicy};
 use super::netns::write_sysctl;
@@ -36,6 +37,11 @@ pub struct NetConfig {
     pub tap_user: Option<String>,
     /// Group owner of every `tap0`.
     pub tap_group: Option<String>,
+    /// Networks a sandbox with egress `public` may not open connections to
+    /// (its owner's own sandboxes excepted); an allow-list policy is not
+    /// affected. Default [`DEFAULT_EGRESS_BLOCKED`]: link-local (cloud
+    /// metadata), RFC 1918 and CGNAT. Empty: `public` means everything.
+    pub egress_blocked: Vec<Ipv4Cidr>,
 }
 
 impl Default for NetConfig {
@@ -44,6 +50,7 @@ impl Default for NetConfig {
             pool: DEFAULT_POOL,
             tap_user: None,
             tap_group: None,
+            egress_blocked: DEFAULT_EGRESS_BLOCKED.to_vec(),
         }
     }
 }
@@ -502,7 +509,13 @@ impl NetManager {
             ))
             .run()?;
 
-        firewall::install_netns_rules(&ns_path, ext, owner_subnet, policy)?;
+        firewall::install_netns_rules(
+            &ns_path,
+            ext,
+            owner_subnet,
+            policy,
+            &self.config.egress_blocked,
+        )?;
 
         let _fw = lock(&self.firewall);
         firewall::ensure_owner_rule(owner_subnet)
@@ -562,7 +575,10 @@ impl NetManager {
     }
 
     /// Replaces the egress policy of a live sandbox (atomically: there is no
-    /// instant without a policy).
+    /// instant without a policy). It applies at once to new connections and
+    /// to those the guest opened before (every packet the guest originates
+    /// is checked); answers on connections opened *to* the guest are not
+    /// affected.
     pub fn set_egress_policy(
         &self,
         net: &SandboxNet,
@@ -573,7 +589,31 @@ impl NetManager {
             return Err(NetError::NetnsMissing(ns));
         }
         let subnet = self.owner_subnet(net.owner_index)?;
-        firewall::replace_egress(&named_netns_path(&ns), subnet, policy)
+        firewall::replace_egress(
+            &named_netns_path(&ns),
+            subnet,
+            policy,
+            &self.config.egress_blocked,
+        )
+    }
+
+    /// Re-installs the whole ruleset of an existing namespace (both tables,
+    /// each atomically; conntrack state survives): after a daemon restart,
+    /// so a namespace written by an older daemon or under other
+    /// [`NetConfig::egress_blocked`] gets the current rules.
+    pub fn reinstall_rules(&self, net: &SandboxNet, policy: &EgressPolicy) -> Result<(), NetError> {
+        let ns = netns_name(&net.sandbox_id)?;
+        if !netns_exists(&ns) {
+            return Err(NetError::NetnsMissing(ns));
+        }
+        let subnet = self.owner_subnet(net.owner_index)?;
+        firewall::install_netns_rules(
+            &named_netns_path(&ns),
+            net.ext_ip,
+            subnet,
+            policy,
+            &self.config.egress_blocked,
+        )
     }
 
     /// Recovery after a daemon restart: takes over a sandbox whose namespace
@@ -728,6 +768,7 @@ mod tests {
         assert!(NetManager::new(bad_pool).is_err());
         let j = serde_json::to_value(NetConfig::default()).unwrap();
         assert_eq!(j["pool"], "10.200.0.0/13");
+        assert_eq!(j["egress_blocked"][2], "169.254.0.0/16");
         let c: NetConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(c, NetConfig::default());
     }

@@ -46,9 +46,13 @@
 //! outside the pool may open a connection to a sandbox, egress is
 //! masqueraded. The per-sandbox egress policy ([`EgressPolicy`]) is enforced
 //! in the namespace's own `FORWARD` chain, where it can be swapped
-//! atomically on a live sandbox. An `unreachable` route for the whole pool
-//! keeps traffic to unassigned pool addresses from leaking out of the host's
-//! default route.
+//! atomically on a live sandbox ([`NetManager::set_egress_policy`]), and
+//! checks every packet the guest originates, so a change also cuts
+//! connections opened before it. Under `public` it refuses
+//! [`NetConfig::egress_blocked`] (by default link-local, cloud metadata
+//! among it, and the private ranges). An `unreachable` route for the whole
+//! pool keeps traffic to unassigned pool addresses from leaking out of the
+//! host's default route.
 //!
 //! # Why `ip` and `iptables` commands rather than netlink
 //!
@@ -82,11 +86,15 @@ use std::net::Ipv4Addr;
 
 pub use cidr::Ipv4Cidr;
 pub use consts::{
-    host_veth_name, kernel_ip_arg, netns_name, netns_path, DEFAULT_POOL, GATEWAY_IP, GUEST_IP,
-    GUEST_NETMASK, GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX, NETNS_DIR, NETNS_ETH,
-    NETNS_PREFIX, TAP_NAME,
+    host_veth_name, kernel_ip_arg, netns_name, netns_path, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL,
+    GATEWAY_IP, GUEST_IP, GUEST_NETMASK, GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX,
+    NETNS_DIR, NETNS_ETH, NETNS_PREFIX, TAP_NAME,
 };
 pub use firewall::EgressPolicy;
+pub(crate) use firewall::{
+    docker_block_tags, ensure_docker_block, remove_docker_block, resolv_conf_nameservers,
+    DOCKER_TAG_PREFIX,
+};
 pub use manager::{NetConfig, NetManager, SandboxNet};
 pub use netns::{enter_netns_on_spawn, run_in_netns, setns_hook};
 

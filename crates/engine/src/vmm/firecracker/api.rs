@@ -23,6 +23,8 @@ use crate::vmm::VmmError;
 
 /// Largest response body read from the API (responses are tiny).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Longest error description taken from an error response.
+const MAX_ERROR_CHARS: usize = 2000;
 
 // ---- request bodies ---------------------------------------------------------
 
@@ -416,27 +418,119 @@ impl ApiRequest {
 
 /// Turns an error response into a [`VmmError::Command`] carrying
 /// Firecracker's `fault_message` (or the raw body when it is not the
-/// documented JSON).
+/// documented JSON or the message is empty), at most 2000
+/// characters.
 pub fn error_from_response(command: &str, status: StatusCode, body: &[u8]) -> VmmError {
-    let desc = match serde_json::from_slice::<Fault>(body) {
-        Ok(Fault {
-            fault_message: Some(m),
-        }) => m,
-        _ => {
-            let raw = String::from_utf8_lossy(body);
-            let raw = raw.trim();
-            if raw.is_empty() {
-                "no error message".to_string()
-            } else {
-                raw.chars().take(2000).collect()
-            }
-        }
+    let fault = serde_json::from_slice::<Fault>(body)
+        .ok()
+        .and_then(|f| f.fault_message);
+    let raw = String::from_utf8_lossy(body);
+    // An empty fault message says nothing (found by fuzzing: it made an
+    // error with an empty description): fall back to the raw body then.
+    let text = match fault.as_deref().map(str::trim) {
+        Some(m) if !m.is_empty() => m,
+        _ => raw.trim(),
+    };
+    let desc = if text.is_empty() {
+        "no error message".to_string()
+    } else {
+        // Bounded either way: the body may be up to MAX_RESPONSE_BYTES.
+        text.chars().take(MAX_ERROR_CHARS).collect()
     };
     VmmError::Command {
         command: command.to_string(),
         class: format!("HTTP {status}"),
         desc,
     }
+}
+
+/// Turns a response read off the API socket (its status and body) into
+/// what [`ApiClient::send`] returns: `Some(json)` for a 2xx answer with a
+/// JSON body, `None` for an empty one, [`VmmError::Command`] with the fault
+/// message for an error status, [`VmmError::Protocol`] for a 2xx answer
+/// whose body is not JSON. `what` names the request in errors.
+///
+/// Pure, so the fuzz target `fuzz/fuzz_targets/firecracker.rs` runs exactly
+/// what the client runs.
+pub fn parse_response(
+    what: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<Option<Value>, VmmError> {
+    if !status.is_success() {
+        return Err(error_from_response(what, status, body));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| VmmError::Protocol(format!("{what}: response is not JSON ({e})")))
+}
+
+/// Decodes the JSON answer [`parse_response`] returned into `T` (e.g.
+/// [`InstanceInfo`]); an empty body or another shape is a
+/// [`VmmError::Protocol`] naming `what`.
+pub fn decode_response<T: for<'de> Deserialize<'de>>(
+    what: &str,
+    body: Option<Value>,
+) -> Result<T, VmmError> {
+    let v = body.ok_or_else(|| VmmError::Protocol(format!("{what}: empty response body")))?;
+    serde_json::from_value(v)
+        .map_err(|e| VmmError::Protocol(format!("{what}: unexpected response: {e}")))
+}
+
+/// One HTTP/1.1 request/response exchange on an already connected stream:
+/// what [`ApiClient`] does after connecting to the API socket.
+///
+/// Public (hidden) only so the fuzz target can run it over an in-memory
+/// stream carrying arbitrary response bytes.
+#[doc(hidden)]
+pub async fn exchange_on<S>(stream: S, req: &ApiRequest) -> Result<Option<Value>, VmmError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let what = req.describe();
+    let proto = |m: String| VmmError::Protocol(format!("{what}: {m}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| proto(format!("HTTP handshake: {e}")))?;
+    // Drives the connection; ends when the exchange is done or fails.
+    let conn = tokio::spawn(conn);
+    let body = match &req.body {
+        Some(v) => Bytes::from(
+            serde_json::to_vec(v).map_err(|e| proto(format!("encoding the body: {e}")))?,
+        ),
+        None => Bytes::new(),
+    };
+    let mut builder = Request::builder()
+        .method(req.method.clone())
+        .uri(req.path.as_str())
+        .header(HOST, "localhost")
+        .header(ACCEPT, "application/json");
+    if req.body.is_some() {
+        builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    let request = builder
+        .body(Full::new(body))
+        .map_err(|e| proto(format!("building the request: {e}")))?;
+    let result = async {
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| proto(format!("{e}")))?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| proto(format!("reading the response: {e}")))?
+            .to_bytes();
+        Ok::<_, VmmError>((status, bytes))
+    }
+    .await;
+    conn.abort();
+    let (status, bytes) = result?;
+    parse_response(&what, status, &bytes)
 }
 
 // ---- client -----------------------------------------------------------------
@@ -489,67 +583,18 @@ impl ApiClient {
         &self,
         req: &ApiRequest,
     ) -> Result<T, VmmError> {
-        let v = self.send(req).await?.ok_or_else(|| {
-            VmmError::Protocol(format!("{}: empty response body", req.describe()))
-        })?;
-        serde_json::from_value(v).map_err(|e| {
-            VmmError::Protocol(format!("{}: unexpected response: {e}", req.describe()))
-        })
+        decode_response(&req.describe(), self.send(req).await?)
     }
 
     async fn exchange(&self, req: &ApiRequest) -> Result<Option<Value>, VmmError> {
-        let what = req.describe();
-        let proto = |m: String| VmmError::Protocol(format!("{what}: {m}"));
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| proto(format!("connect {}: {e}", self.socket.display())))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| proto(format!("HTTP handshake: {e}")))?;
-        // Drives the connection; ends when the exchange is done or fails.
-        let conn = tokio::spawn(conn);
-        let body = match &req.body {
-            Some(v) => Bytes::from(
-                serde_json::to_vec(v).map_err(|e| proto(format!("encoding the body: {e}")))?,
-            ),
-            None => Bytes::new(),
-        };
-        let mut builder = Request::builder()
-            .method(req.method.clone())
-            .uri(req.path.as_str())
-            .header(HOST, "localhost")
-            .header(ACCEPT, "application/json");
-        if req.body.is_some() {
-            builder = builder.header(CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| proto(format!("building the request: {e}")))?;
-        let result = async {
-            let resp = sender
-                .send_request(request)
-                .await
-                .map_err(|e| proto(format!("{e}")))?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| proto(format!("reading the response: {e}")))?
-                .to_bytes();
-            Ok::<_, VmmError>((status, bytes))
-        }
-        .await;
-        conn.abort();
-        let (status, bytes) = result?;
-        if !status.is_success() {
-            return Err(error_from_response(&what, status, &bytes));
-        }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(None);
-        }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| proto(format!("response is not JSON ({e})")))
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            VmmError::Protocol(format!(
+                "{}: connect {}: {e}",
+                req.describe(),
+                self.socket.display()
+            ))
+        })?;
+        exchange_on(stream, req).await
     }
 }
 
@@ -584,6 +629,63 @@ mod tests {
         assert!(e.to_string().contains("{}"), "{e}");
         let e = error_from_response("GET /", StatusCode::BAD_REQUEST, b"");
         assert!(e.to_string().contains("no error message"), "{e}");
+    }
+
+    /// Found by the fuzz target: an empty fault message (or one in a JSON
+    /// array, which serde also reads as the struct) gave an error with an
+    /// empty description.
+    #[test]
+    fn empty_or_long_fault_message() {
+        let desc = |body: &[u8]| match error_from_response("GET /", StatusCode::BAD_REQUEST, body) {
+            VmmError::Command { desc, .. } => desc,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(desc(br#"{"fault_message":""}"#), r#"{"fault_message":""}"#);
+        assert_eq!(
+            desc(br#"{"fault_message":" \n"}"#),
+            r#"{"fault_message":" \n"}"#
+        );
+        assert_eq!(desc(br#"[""]"#), r#"[""]"#);
+        assert_eq!(desc(br#"{"fault_message":" bad \n"}"#), "bad");
+        let long = format!(r#"{{"fault_message":"{}"}}"#, "x".repeat(5000));
+        assert_eq!(desc(long.as_bytes()), "x".repeat(MAX_ERROR_CHARS));
+    }
+
+    #[test]
+    fn responses_parse_and_decode() {
+        let info =
+            br#"{"app_name":"Firecracker","id":"x","state":"Paused","vmm_version":"1.12.0"}"#;
+        let v = parse_response("GET /", StatusCode::OK, info).unwrap();
+        let i: InstanceInfo = decode_response("GET /", v).unwrap();
+        assert_eq!(i.state, "Paused");
+        assert_eq!(
+            parse_response("PUT /vm", StatusCode::NO_CONTENT, b"").unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_response("PUT /vm", StatusCode::OK, b" \r\n").unwrap(),
+            None
+        );
+        let e = parse_response("GET /", StatusCode::OK, b"<html>").unwrap_err();
+        assert!(
+            matches!(&e, VmmError::Protocol(m) if m.starts_with("GET /: response is not JSON")),
+            "{e}"
+        );
+        let e = decode_response::<InstanceInfo>("GET /", None).unwrap_err();
+        assert!(e.to_string().contains("empty response body"), "{e}");
+        let e = decode_response::<InstanceInfo>("GET /", Some(serde_json::json!({"id": 1})))
+            .unwrap_err();
+        assert!(e.to_string().contains("unexpected response"), "{e}");
+        let e = parse_response(
+            "PUT /actions",
+            StatusCode::BAD_REQUEST,
+            br#"{"fault_message":"nope"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, VmmError::Command { desc, .. } if desc == "nope"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -973,12 +973,7 @@ impl FirecrackerVm {
         &self,
         req: &ApiRequest,
     ) -> Result<T, VmmError> {
-        let v = self.call(req).await?.ok_or_else(|| {
-            VmmError::Protocol(format!("{}: empty response body", req.describe()))
-        })?;
-        serde_json::from_value(v).map_err(|e| {
-            VmmError::Protocol(format!("{}: unexpected response: {e}", req.describe()))
-        })
+        api::decode_response(&req.describe(), self.call(req).await?)
     }
 
     async fn run_all(&self, requests: &[ApiRequest]) -> Result<(), VmmError> {

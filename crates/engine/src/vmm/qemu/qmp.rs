@@ -81,7 +81,11 @@ impl std::fmt::Debug for Qmp {
 }
 
 /// Reads one line of at most [`QMP_MAX_LINE`] bytes; `None` at EOF.
-async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Value>, String> {
+///
+/// Public (hidden) only for the fuzz target `fuzz/fuzz_targets/qmp.rs`,
+/// which drives it over an in-memory stream.
+#[doc(hidden)]
+pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Value>, String> {
     let mut buf = Vec::new();
     loop {
         let n = (&mut *r)
@@ -100,18 +104,73 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Value>, 
             return Err(format!("message longer than {QMP_MAX_LINE} bytes"));
         }
         if buf.ends_with(b"\n") {
-            if buf.iter().all(u8::is_ascii_whitespace) {
-                buf.clear();
-                continue;
+            match parse_line(&buf)? {
+                None => buf.clear(),
+                Some(v) => return Ok(Some(v)),
             }
-            return serde_json::from_slice(&buf)
-                .map(Some)
-                .map_err(|e| format!("bad JSON from QMP: {e}"));
         }
     }
 }
 
-fn parse_greeting(v: &Value) -> Result<QmpGreeting, VmmError> {
+/// Decodes one complete line from QEMU (newline included or not).
+/// `Ok(None)` for a blank line, which the reader skips.
+///
+/// Pure, so the fuzz target runs exactly what [`read_line`] runs.
+pub fn parse_line(line: &[u8]) -> Result<Option<Value>, String> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(line)
+        .map(Some)
+        .map_err(|e| format!("bad JSON from QMP: {e}"))
+}
+
+/// What one message after the greeting means to the reader task.
+#[derive(Debug)]
+pub enum QmpMessage {
+    /// An asynchronous event.
+    Event(QmpEvent),
+    /// The answer to the command with this id: its `return` value, or its
+    /// `error` as [`VmmError::Command`] (with an empty command name, which
+    /// the caller fills in).
+    Reply {
+        id: u64,
+        reply: Result<Value, VmmError>,
+    },
+    /// A message the reader drops (a malformed event, no numeric id); why.
+    Ignored(String),
+}
+
+/// Classifies one decoded message from QEMU (anything but the greeting).
+///
+/// Pure (no I/O, no shared state): the reader task routes its result and the
+/// fuzz target checks it, so both run the same code.
+pub fn classify(v: Value) -> QmpMessage {
+    if v.get("event").is_some() {
+        return match serde_json::from_value::<QmpEvent>(v) {
+            Ok(ev) => QmpMessage::Event(ev),
+            Err(e) => QmpMessage::Ignored(format!("malformed QMP event: {e}")),
+        };
+    }
+    let Some(id) = v.get("id").and_then(Value::as_u64) else {
+        return QmpMessage::Ignored(format!("QMP message without id: {v}"));
+    };
+    let reply = if let Some(r) = v.get("return") {
+        Ok(r.clone())
+    } else if let Some(e) = v.get("error") {
+        Err(VmmError::Command {
+            command: String::new(),
+            class: e["class"].as_str().unwrap_or("Unknown").to_string(),
+            desc: e["desc"].as_str().unwrap_or("").to_string(),
+        })
+    } else {
+        Err(VmmError::Protocol(format!("unexpected QMP message {v}")))
+    };
+    QmpMessage::Reply { id, reply }
+}
+
+/// Reads QEMU's version out of its greeting (`{"QMP": {"version": …}}`).
+pub fn parse_greeting(v: &Value) -> Result<QmpGreeting, VmmError> {
     let q = v
         .get("QMP")
         .ok_or_else(|| VmmError::Protocol(format!("expected QMP greeting, got {v}")))?;
@@ -278,38 +337,22 @@ async fn reader_task<R: AsyncRead + Unpin>(mut rd: BufReader<R>, shared: Arc<Mut
             Err(e) => break format!("QMP connection failed: {e}"),
         };
         trace!(%v, "QMP <-");
-        if v.get("event").is_some() {
-            match serde_json::from_value::<QmpEvent>(v) {
-                Ok(ev) => {
-                    debug!(event = %ev.event, data = %ev.data, "QMP event");
-                    let mut sh = lock(&shared);
-                    if sh.events.len() == QMP_EVENT_HISTORY {
-                        sh.events.pop_front();
-                    }
-                    sh.events.push_back(ev);
+        match classify(v) {
+            QmpMessage::Event(ev) => {
+                debug!(event = %ev.event, data = %ev.data, "QMP event");
+                let mut sh = lock(&shared);
+                if sh.events.len() == QMP_EVENT_HISTORY {
+                    sh.events.pop_front();
                 }
-                Err(e) => debug!(error = %e, "malformed QMP event ignored"),
+                sh.events.push_back(ev);
             }
-            continue;
-        }
-        let Some(id) = v.get("id").and_then(Value::as_u64) else {
-            debug!(%v, "QMP message without id ignored");
-            continue;
-        };
-        let reply = if let Some(r) = v.get("return") {
-            Ok(r.clone())
-        } else if let Some(e) = v.get("error") {
-            Err(VmmError::Command {
-                command: String::new(),
-                class: e["class"].as_str().unwrap_or("Unknown").to_string(),
-                desc: e["desc"].as_str().unwrap_or("").to_string(),
-            })
-        } else {
-            Err(VmmError::Protocol(format!("unexpected QMP message {v}")))
-        };
-        let tx = lock(&shared).pending.remove(&id);
-        if let Some(tx) = tx {
-            let _ = tx.send(reply);
+            QmpMessage::Reply { id, reply } => {
+                let tx = lock(&shared).pending.remove(&id);
+                if let Some(tx) = tx {
+                    let _ = tx.send(reply);
+                }
+            }
+            QmpMessage::Ignored(why) => debug!(%why, "QMP message ignored"),
         }
     };
     debug!(%reason, "QMP reader done");
@@ -439,6 +482,61 @@ mod tests {
         let e = q.execute("query-status", None).await.unwrap_err();
         assert!(e.to_string().contains("closed"), "{e}");
         assert!(q.closed().is_some());
+    }
+
+    #[test]
+    fn lines_and_messages_classify() {
+        assert!(parse_line(b" \r\n").unwrap().is_none());
+        assert!(parse_line(b"{\"return\"").unwrap_err().contains("bad JSON"));
+        let g = parse_greeting(&parse_line(GREETING.as_bytes()).unwrap().unwrap()).unwrap();
+        assert_eq!((g.major, g.minor, g.micro), (10, 0, 2));
+        assert_eq!(g.package, "Debian 1:10.0.2");
+
+        let msg = |l: &str| classify(parse_line(l.as_bytes()).unwrap().unwrap());
+        match msg(r#"{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}"#) {
+            QmpMessage::Event(ev) => {
+                assert_eq!((ev.event.as_str(), ev.data), ("STOP", Value::Null))
+            }
+            other => panic!("{other:?}"),
+        }
+        match msg(r#"{"return": {"status": "running"}, "id": 7}"#) {
+            QmpMessage::Reply {
+                id: 7,
+                reply: Ok(v),
+            } => assert_eq!(v["status"], "running"),
+            other => panic!("{other:?}"),
+        }
+        match msg(r#"{"error": {"class": "GenericError", "desc": "no"}, "id": 8}"#) {
+            QmpMessage::Reply {
+                id: 8,
+                reply: Err(VmmError::Command { class, desc, .. }),
+            } => assert_eq!((class.as_str(), desc.as_str()), ("GenericError", "no")),
+            other => panic!("{other:?}"),
+        }
+        // An error that is not an object still classifies (class "Unknown").
+        assert!(matches!(
+            msg(r#"{"error": 3, "id": 9}"#),
+            QmpMessage::Reply {
+                id: 9,
+                reply: Err(VmmError::Command { .. })
+            }
+        ));
+        assert!(matches!(
+            msg(r#"{"id": 1}"#),
+            QmpMessage::Reply {
+                id: 1,
+                reply: Err(VmmError::Protocol(_))
+            }
+        ));
+        for ignored in [
+            r#"{"event": 1}"#,
+            r#"{"return": {}}"#,
+            r#"{"return": {}, "id": -1}"#,
+            "[1]",
+            "3",
+        ] {
+            assert!(matches!(msg(ignored), QmpMessage::Ignored(_)), "{ignored}");
+        }
     }
 
     #[tokio::test]
