@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, the guest artifacts the
-# VM tests boot, then every test. Needs root for the VM and network tests (they
+# VM tests boot, a short fuzzing pass (scripts/fuzz.sh; BHATTI_SKIP_FUZZ=1 skips
+# it), then every test. Needs root for the VM and network tests (they
 # report themselves as skipped without it). Run scripts/setup-host.sh first on a
 # fresh machine (.ci/run does).
 set -euo pipefail
@@ -43,6 +44,13 @@ if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_DOCKER:-} ]]; then
     fi
 else
     export BHATTI_DOCKER_TESTS=0
+fi
+
+if [[ -z ${BHATTI_SKIP_FUZZ:-} ]]; then
+    step "fuzz the parsers (${FUZZ_SECONDS:-30} s per target)"
+    bash scripts/fuzz.sh
+else
+    echo "BHATTI_SKIP_FUZZ set: fuzzing skipped"
 fi
 
 step "cargo test"
