@@ -8,12 +8,13 @@
 #   iproute2, iptables (per-sandbox network namespaces)
 #   debootstrap (the optional Debian guest image)
 #   docker.io, curl (the Docker engine; dockerd is started by scripts/start-dockerd.sh)
+#   python3-venv (schemathesis for the API contract suite, in a venv scripts/test.sh makes)
 set -euo pipefail
 
 PACKAGES=(
     build-essential bc bison flex libelf-dev libssl-dev dwarves linux-source-6.1
     busybox-static bash-static e2fsprogs iproute2 iptables debootstrap tmux file
-    docker.io curl
+    docker.io curl python3-venv
 )
 BACKPORTS_PACKAGES=(qemu-system-x86)
 BACKPORTS_SOURCE=/etc/apt/sources.list.d/bookworm-backports.sources

@@ -46,6 +46,24 @@ else
     export BHATTI_DOCKER_TESTS=0
 fi
 
+if [[ $BHATTI_DOCKER_TESTS == 1 ]]; then
+    # The API contract suite (crates/server/tests/contract.rs) runs
+    # schemathesis against a daemon on the Docker engine. From PyPI, every
+    # package pinned, in a venv of its own, rebuilt when the pins change; a
+    # failed install fails the run rather than skipping the suite.
+    step "schemathesis for the API contract suite"
+    venv="$REPO/target/venv-schemathesis"
+    pins="$REPO/scripts/schemathesis-requirements.txt"
+    if ! cmp -s "$pins" "$venv/requirements.txt"; then
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$pins"
+        cp "$pins" "$venv/requirements.txt"
+    fi
+    "$venv/bin/st" --version
+    export BHATTI_SCHEMATHESIS="$venv/bin/st"
+fi
+
 if [[ -z ${BHATTI_SKIP_FUZZ:-} ]]; then
     step "fuzz the parsers (${FUZZ_SECONDS:-30} s per target)"
     bash scripts/fuzz.sh

@@ -7,7 +7,12 @@
 //!
 //! Field names and optionality follow the reference API: requests accept
 //! missing fields (defaults apply server-side), responses omit absent
-//! optionals.
+//! optionals. Request bodies are JSON objects; a field the type does not
+//! have is refused (`deny_unknown_fields`, `additionalProperties: false`),
+//! so a misspelt option is an error instead of a silent default. The
+//! values each field accepts are the server's rules, in [`rules`].
+
+pub mod rules;
 
 use std::collections::BTreeMap;
 
@@ -74,6 +79,10 @@ pub struct Sandbox {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub keep_hot: bool,
+    /// Egress policy in force: `public`, `deny`, or the allowed CIDRs.
+    /// Absent while the engine holds no state for the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
     #[serde(default)]
     pub created_by: String,
     pub created_at: String,
@@ -86,10 +95,20 @@ pub struct Sandbox {
 
 /// A persistent volume to attach at create.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeMount {
+    #[schemars(schema_with = "rules::name")]
     pub name: String,
+    /// Where in the guest; not a system directory.
+    #[schemars(schema_with = "rules::mount_path")]
     pub mount: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// With `auto_create`: the size of a volume that does not exist yet.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(schema_with = "rules::optional_volume_size_mb")]
     pub size_mb: Option<u64>,
     #[serde(default)]
     pub auto_create: bool,
@@ -99,19 +118,28 @@ pub struct VolumeMount {
 
 /// A file to place into the guest at boot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateFile {
+    #[schemars(schema_with = "rules::guest_path")]
     pub guest_path: String,
     /// Base64.
+    #[schemars(schema_with = "rules::base64")]
     pub content: String,
     /// Octal, default `"0644"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_file_mode")]
     pub mode: Option<String>,
 }
 
 /// `POST /sandboxes`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"name": "web", "env": {"GREETING": "hi"}, "labels": {"app": "web"}, "files": [{"guest_path": "/workspace/hello.txt", "content": "aGVsbG8=", "mode": "0644"}]}))]
 pub struct CreateSandbox {
+    /// Absent or empty: `sandbox-<6 hex>` (or the template's name and 6
+    /// hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_name_or_empty")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
@@ -119,12 +147,26 @@ pub struct CreateSandbox {
     pub image: Option<String>,
     /// Whole vCPUs; fractions are rejected (DECISIONS §7.16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_cpus")]
     pub cpus: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 0 or absent: the daemon's default.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(schema_with = "rules::optional_memory_mb_or_zero")]
     pub memory_mb: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 0 or absent: the image's size.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(schema_with = "rules::optional_disk_size_mb")]
     pub disk_size_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "rules::env")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
@@ -135,18 +177,26 @@ pub struct CreateSandbox {
     pub hugepages: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub persistent_volumes: Vec<VolumeMount>,
+    /// Names of your secrets, each injected as the environment variable of
+    /// that name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "rules::secret_names")]
     pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<CreateFile>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "rules::labels")]
     pub labels: BTreeMap<String, String>,
     /// Fork: copy this running sandbox (name or ID) — memory, processes and
     /// disks — into the new one while it keeps running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// Egress policy: `public` (default), `deny`, or CIDRs to allow.
+    /// Egress policy: `public` (default; no link-local or private
+    /// destinations unless the daemon allows them), `deny` (only the
+    /// owner's own sandboxes), or CIDRs to allow (plus the owner's own
+    /// sandboxes). A fork without one keeps its source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_egress")]
     pub egress: Option<Egress>,
 }
 
@@ -162,19 +212,31 @@ pub enum Egress {
 
 /// `PATCH /sandboxes/:id`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"labels_add": {"tier": "dev"}, "keep_hot": false}))]
 pub struct PatchSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_hot: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_name")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "rules::labels")]
     pub labels_add: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "rules::label_keys")]
     pub labels_remove: Vec<String>,
+    /// New egress policy, as at create; applied at once, also to
+    /// connections the sandbox opened before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_egress")]
+    pub egress: Option<Egress>,
 }
 
 /// `POST /sandboxes/:id/start` (body optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"force": false}))]
 pub struct StartSandbox {
     #[serde(default)]
     pub force: bool,
@@ -182,14 +244,25 @@ pub struct StartSandbox {
 
 /// `POST /sandboxes/:id/exec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"cmd": ["sh", "-c", "echo hi"], "timeout_sec": 30}))]
 pub struct ExecRequest {
+    /// The program and its arguments (no shell; `["sh", "-c", …]` for one).
+    #[schemars(schema_with = "rules::argv")]
     pub cmd: Vec<String>,
     /// Default 300; values ≤ 0 or > 86400 mean 300.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(schema_with = "rules::optional_i64")]
     pub timeout_sec: Option<i64>,
     #[serde(default)]
     pub detach: bool,
+    /// Detached: where the output goes (default chosen by the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_guest_path_or_empty")]
     pub output_file: Option<String>,
 }
 
@@ -259,8 +332,14 @@ pub struct Port {
 
 /// `POST /secrets`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"name": "API_TOKEN", "value": "s3cret"}))]
 pub struct SetSecret {
+    /// It becomes an environment variable's name.
+    #[schemars(schema_with = "rules::secret_name")]
     pub name: String,
+    /// At most 64 KiB (UTF-8 bytes).
+    #[schemars(schema_with = "rules::secret_value")]
     pub value: String,
 }
 
@@ -272,23 +351,39 @@ pub struct Secret {
     pub updated_at: String,
 }
 
-/// A per-user template (`POST /templates` and answers).
+/// A per-user template (`POST /templates` and answers): defaults for
+/// `POST /sandboxes` with `template_id`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"name": "py", "cpus": 1, "memory_mb": 512, "env": {"LANG": "C.UTF-8"}}))]
 pub struct Template {
     #[serde(default)]
+    #[schemars(schema_with = "rules::read_only_string")]
     pub id: String,
+    #[schemars(schema_with = "rules::name")]
     pub name: String,
     #[serde(default)]
     pub image: String,
+    /// Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_cpus")]
     pub cpus: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Default 2048.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(schema_with = "rules::optional_memory_mb")]
     pub memory_mb: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rules::int::whole")]
+    #[schemars(schema_with = "rules::disk_size_mb")]
     pub disk_size_mb: u64,
     #[serde(default)]
+    #[schemars(schema_with = "rules::env")]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
+    #[schemars(schema_with = "rules::secret_names")]
     pub secrets: Vec<String>,
     #[serde(default)]
     pub files: Vec<CreateFile>,
@@ -297,29 +392,54 @@ pub struct Template {
     #[serde(default)]
     pub init: String,
     #[serde(default)]
+    #[schemars(schema_with = "rules::labels")]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
+    #[schemars(schema_with = "rules::read_only_string")]
     pub created_at: String,
 }
 
 /// `POST /volumes`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"name": "data", "size_mb": 64}))]
 pub struct CreateVolume {
+    #[schemars(schema_with = "rules::name")]
     pub name: String,
+    #[serde(deserialize_with = "rules::int::whole")]
+    #[schemars(schema_with = "rules::volume_size_mb")]
     pub size_mb: u64,
 }
 
 /// `POST /volumes/:name/resize`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"size_mb": 128}))]
 pub struct ResizeVolume {
+    /// The new size; larger than the current one (409 otherwise).
+    #[serde(deserialize_with = "rules::int::whole")]
+    #[schemars(schema_with = "rules::volume_size_mb")]
     pub size_mb: u64,
 }
 
-/// `POST /volumes/:name/snapshot` (clone), `POST /sandboxes/:id/checkpoint`,
-/// `POST /snapshots/:name/resume`: a name.
+/// `POST /volumes/:name/snapshot` (clone) and
+/// `POST /sandboxes/:id/checkpoint`: the new object's name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"name": "copy-1"}))]
 pub struct NameBody {
+    #[schemars(schema_with = "rules::name")]
+    pub name: String,
+}
+
+/// `POST /snapshots/:name/resume` (body optional): the new sandbox's name;
+/// empty or absent for `<snapshot>-<6 hex>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"name": "restored"}))]
+pub struct ResumeSnapshot {
     #[serde(default)]
+    #[schemars(schema_with = "rules::name_or_empty")]
     pub name: String,
 }
 

@@ -764,7 +764,7 @@ impl Client {
         name: &str,
         new_name: Option<&str>,
     ) -> Result<api::Sandbox> {
-        let body = api::NameBody {
+        let body = api::ResumeSnapshot {
             name: new_name.unwrap_or_default().to_string(),
         };
         self.call(

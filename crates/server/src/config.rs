@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bhatti_engine::net::{Ipv4Cidr, DEFAULT_EGRESS_BLOCKED};
 use serde::Deserialize;
 
 /// The system-wide config file.
@@ -84,6 +85,9 @@ pub struct RateLimits {
     pub create: Bucket,
     pub exec: Bucket,
     pub read: Bucket,
+    /// Failed authentications per source address (default 10, then 10 a
+    /// minute); past it, 429 without a key lookup.
+    pub auth_failures: Bucket,
 }
 
 impl Default for RateLimits {
@@ -101,6 +105,10 @@ impl Default for RateLimits {
             read: Bucket {
                 burst: 60.0,
                 per_minute: 1200.0,
+            },
+            auth_failures: Bucket {
+                burst: 10.0,
+                per_minute: 10.0,
             },
         }
     }
@@ -143,12 +151,25 @@ pub struct Config {
     pub shutdown_parallelism: usize,
     /// Seconds to drain HTTP connections at shutdown (default 30).
     pub drain_secs: u64,
+    /// Seconds a client has to send a request's headers (default 10).
+    pub header_timeout_secs: f64,
+    /// Seconds an API connection may sit without traffic, with no answer
+    /// owed, before it is closed (default 120).
+    pub idle_timeout_secs: f64,
     /// Minimum CLI version announced in `X-Bhatti-Min-CLI` (empty = none).
     pub min_cli: String,
     /// Boot timeout for a sandbox in seconds (default: the engine's).
     pub boot_timeout_secs: Option<u64>,
     /// Default memory for a sandbox created without `memory_mb`.
     pub default_memory_mb: u32,
+    /// Networks a sandbox with egress `public` may not reach (its owner's
+    /// own sandboxes excepted; an explicit allow-list is not affected).
+    /// Default: link-local (cloud metadata) and the private ranges
+    /// (10/8, 100.64/10, 172.16/12, 192.168/16); `[]` turns it off.
+    pub egress_blocked_cidrs: Vec<Ipv4Cidr>,
+    /// Users who see the whole daemon in `/metrics` (others see only their
+    /// own sandboxes). Default: `admin`, the user the quickstart creates.
+    pub admin_users: Vec<String>,
 }
 
 impl Default for Config {
@@ -173,9 +194,13 @@ impl Default for Config {
             lohar: None,
             shutdown_parallelism: 10,
             drain_secs: 30,
+            header_timeout_secs: 10.0,
+            idle_timeout_secs: 120.0,
             min_cli: String::new(),
             boot_timeout_secs: None,
             default_memory_mb: 1024,
+            egress_blocked_cidrs: DEFAULT_EGRESS_BLOCKED.to_vec(),
+            admin_users: vec!["admin".into()],
         }
     }
 }
@@ -225,6 +250,16 @@ impl Config {
                 "shutdown_parallelism must be at least 1".into(),
             ));
         }
+        for (what, v) in [
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+        ] {
+            if !(0.1..=86_400.0).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "{what} must be between 0.1 and 86400 seconds, got {v}"
+                )));
+            }
+        }
         if self.default_memory_mb < 128 {
             return Err(ConfigError::Invalid(
                 "default_memory_mb must be at least 128".into(),
@@ -243,6 +278,14 @@ impl Config {
         };
         full.parse()
             .map_err(|_| ConfigError::Invalid(format!("listen {l:?} is not host:port")))
+    }
+
+    /// The API listeners' connection timeouts.
+    pub fn connection_timeouts(&self) -> crate::listener::Timeouts {
+        crate::listener::Timeouts {
+            header: Duration::from_secs_f64(self.header_timeout_secs),
+            idle: Duration::from_secs_f64(self.idle_timeout_secs),
+        }
     }
 
     /// `<data_dir>/api.sock`.
@@ -318,5 +361,28 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::parse("default_memory_mb: 64").unwrap();
         assert!(c.validate().is_err());
+        assert!(Config::parse("egress_blocked_cidrs: [10.0.0.1/8]").is_err());
+        assert!(Config::parse("egress_blocked_cidrs: [nope]").is_err());
+    }
+
+    #[test]
+    fn egress_blocked_cidrs() {
+        let d = Config::default().egress_blocked_cidrs;
+        for c in [
+            "169.254.0.0/16",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+        ] {
+            assert!(d.contains(&c.parse().unwrap()), "{c}");
+        }
+        let c = Config::parse("egress_blocked_cidrs: []").unwrap();
+        assert!(c.egress_blocked_cidrs.is_empty());
+        let c = Config::parse("egress_blocked_cidrs: [169.254.169.254/32]").unwrap();
+        assert_eq!(
+            c.egress_blocked_cidrs,
+            vec!["169.254.169.254/32".parse().unwrap()]
+        );
     }
 }

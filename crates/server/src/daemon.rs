@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config::Config;
 use crate::engines;
 use crate::events::Events;
+use crate::listener;
 use crate::recovery;
 use crate::routes;
 use crate::state::{AppState, Shared};
@@ -112,35 +113,19 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    let graceful = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let tcp_app = app
-        .clone()
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let rx = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        // Small responses go out at once instead of waiting on Nagle.
-        let tcp = axum::serve::ListenerExt::tap_io(tcp, |s| {
-            let _ = s.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(tcp, tcp_app)
-            .with_graceful_shutdown(graceful(rx))
-            .await
-        {
-            tracing::error!(error = %e, "TCP server failed");
-        }
-    }));
-    let rx = stop_rx.clone();
-    let unix_app = app.into_make_service();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(unix, unix_app)
-            .with_graceful_shutdown(graceful(rx))
-            .await
-        {
-            tracing::error!(error = %e, "Unix socket server failed");
-        }
-    }));
+    let timeouts = cfg.connection_timeouts();
+    tasks.push(tokio::spawn(listener::serve(
+        tcp,
+        app.clone(),
+        timeouts,
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(listener::serve(
+        unix,
+        app,
+        timeouts,
+        stop_rx.clone(),
+    )));
     if cfg.thermal.enabled {
         let t = Thermostat::new(state.clone());
         tasks.push(tokio::spawn(t.run(stop_rx.clone())));

@@ -62,6 +62,7 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
                 dc.image = i.clone();
             }
             dc.inject_lohar = cfg.lohar.clone();
+            dc.egress_blocked = cfg.egress_blocked_cidrs.clone();
             if let Some(t) = cfg.boot_timeout_secs {
                 dc.boot_timeout = Duration::from_secs(t);
             }
@@ -107,8 +108,11 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
                     .map_err(|e| unusable("firecracker")(e.to_string()))?;
                 Arc::new(d.map_err(|e| unusable("firecracker")(e.to_string()))?)
             };
-            let net =
-                NetManager::new(NetConfig::default()).map_err(|e| unusable(name)(e.to_string()))?;
+            let net = NetManager::new(NetConfig {
+                egress_blocked: cfg.egress_blocked_cidrs.clone(),
+                ..NetConfig::default()
+            })
+            .map_err(|e| unusable(name)(e.to_string()))?;
             Arc::new(
                 MicroVmEngine::new(mc, driver, Arc::new(net))
                     .map_err(|e| unusable(name)(e.to_string()))?,

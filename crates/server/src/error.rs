@@ -122,32 +122,42 @@ impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> ApiError {
         match e {
             // The agent refused the request (bad path, command not found …):
-            // the caller's input, said in the agent's words.
+            // said in the agent's words, with the status of the guest's
+            // reason, so a well-formed request that the guest's state
+            // refuses is not a 400.
             ClientError::Agent(m) => {
                 let lower = m.to_ascii_lowercase();
-                if lower.contains("no such file") || lower.contains("not found") {
+                let has = |s: &[&str]| s.iter().any(|s| lower.contains(s));
+                if has(&[
+                    "no such file",
+                    "not found",
+                    "not a directory",
+                    "file name too long",
+                ]) {
+                    // Nothing by that name (a path through a file, or one
+                    // longer than any name, names nothing either).
                     ApiError::not_found(m)
-                } else if lower.contains("too large") {
+                } else if has(&["permission denied", "operation not permitted"]) {
+                    ApiError::forbidden(m)
+                } else if has(&["is a directory", "not a file path", "file exists"]) {
+                    ApiError::conflict(m)
+                } else if has(&["too large"]) {
                     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)
                 } else {
                     ApiError::bad_request(m)
                 }
             }
+            // The agent is at its connection limit: try again shortly.
+            ClientError::Busy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the sandbox's agent is busy (connection limit reached); retry shortly",
+            ),
+            // The client's own upload stopped short of its Content-Length.
+            ClientError::Source(e) => {
+                ApiError::bad_request(format!("request body ended early: {e}"))
+            }
             other => ApiError::internal(format!("agent: {other}")),
         }
-    }
-}
-
-impl From<axum::extract::rejection::JsonRejection> for ApiError {
-    /// Malformed JSON and missing or mistyped fields are all 400 (axum says
-    /// 422 for the latter); a body over the cap stays 413 and a wrong
-    /// content type 415.
-    fn from(r: axum::extract::rejection::JsonRejection) -> ApiError {
-        let status = match r.status() {
-            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, r.body_text())
     }
 }
 

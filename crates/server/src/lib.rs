@@ -1,7 +1,7 @@
 //! The bhatti daemon as a library: `bhatti serve` is a thin shell over
 //! [`daemon::run`].
 //!
-//! Request path: [`routes`] (axum router + middleware: request ID, bearer
+//! Request path: [`listener`] (accept loop, connection timeouts) → [`routes`] (axum router + middleware: request ID, bearer
 //! auth, rate limits, logging) → handlers by resource → [`state::AppState`]
 //! (store + engine + activity bookkeeping) → the engine. Beside the request
 //! path: the [`thermal`] manager, start-up [`recovery`], the [`events`]
@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod engines;
 pub mod error;
 pub mod events;
+pub mod listener;
 pub mod ratelimit;
 pub mod recovery;
 pub mod routes;

@@ -1,8 +1,13 @@
 //! Per-user token buckets (04-api.md §5.2): *create* for `POST /sandboxes`,
 //! *exec* for exec, file writes and WebSockets, *read* for the rest.
 //!
-//! At most [`MAX_USERS`] users' buckets are kept; the least recently used
-//! set is evicted (a scan, only when the map is full).
+//! Failed authentication is throttled per source address
+//! ([`FailureThrottle`]): past its burst, a source gets 429 without its key
+//! being looked up or an event written, so guessing keys or filling the
+//! event log costs the attacker time instead of costing the daemon rows.
+//!
+//! At most [`MAX_USERS`] keys' buckets are kept in each map; the least
+//! recently used is evicted (a scan, only when the map is full).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,10 +53,13 @@ impl Tokens {
             at: now,
         }
     }
-    fn take(&mut self, b: &Bucket, now: Instant) -> bool {
+    fn refill(&mut self, b: &Bucket, now: Instant) {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + dt * b.per_minute / 60.0).min(b.burst);
         self.at = now;
+    }
+    fn take(&mut self, b: &Bucket, now: Instant) -> bool {
+        self.refill(b, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -66,6 +74,65 @@ struct UserBuckets {
     exec: Tokens,
     read: Tokens,
     used: Instant,
+}
+
+/// Makes room for one more key in a bounded map: drops the least recently
+/// used entry when `key` is new and the map is full.
+fn make_room<V>(map: &mut HashMap<String, V>, key: &str, used: impl Fn(&V) -> Instant) {
+    if !map.contains_key(key) && map.len() >= MAX_USERS {
+        if let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| used(v))
+            .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+    }
+}
+
+/// Failed authentications per source address (see the module comment).
+pub struct FailureThrottle {
+    enabled: bool,
+    bucket: Bucket,
+    sources: Mutex<HashMap<String, Tokens>>,
+}
+
+impl FailureThrottle {
+    pub fn new(cfg: &RateLimits) -> FailureThrottle {
+        FailureThrottle {
+            enabled: cfg.enabled,
+            bucket: cfg.auth_failures,
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// False while `source` has no failures left: answer 429 at once.
+    pub fn permits(&self, source: &str) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.get(source).is_none_or(|t| {
+            let mut t = *t;
+            t.refill(&self.bucket, Instant::now());
+            t.tokens >= 1.0
+        })
+    }
+
+    /// Counts one failed authentication from `source`.
+    pub fn failed(&self, source: &str) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        make_room(&mut sources, source, |t| t.at);
+        let b = &self.bucket;
+        let _ = sources
+            .entry(source.to_string())
+            .or_insert_with(|| Tokens::full(b, now))
+            .take(b, now);
+    }
 }
 
 pub struct RateLimiter {
@@ -88,15 +155,7 @@ impl RateLimiter {
         }
         let now = Instant::now();
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        if !users.contains_key(user) && users.len() >= MAX_USERS {
-            if let Some(oldest) = users
-                .iter()
-                .min_by_key(|(_, b)| b.used)
-                .map(|(k, _)| k.clone())
-            {
-                users.remove(&oldest);
-            }
-        }
+        make_room(&mut users, user, |b| b.used);
         let c = &self.cfg;
         let b = users
             .entry(user.to_string())
@@ -162,6 +221,32 @@ mod tests {
         assert!(t.take(&b, t0));
         assert!(!t.take(&b, t0));
         assert!(t.take(&b, t0 + std::time::Duration::from_millis(1100)));
+    }
+
+    #[test]
+    fn failed_auth_is_throttled_per_source() {
+        let cfg = RateLimits {
+            auth_failures: Bucket {
+                burst: 3.0,
+                per_minute: 0.0,
+            },
+            ..Default::default()
+        };
+        let t = FailureThrottle::new(&cfg);
+        for _ in 0..3 {
+            assert!(t.permits("10.0.0.1"));
+            t.failed("10.0.0.1");
+        }
+        assert!(!t.permits("10.0.0.1"));
+        assert!(t.permits("10.0.0.2"), "another source is not affected");
+        let off = FailureThrottle::new(&RateLimits {
+            enabled: false,
+            ..cfg
+        });
+        for _ in 0..10 {
+            off.failed("x");
+        }
+        assert!(off.permits("x"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use bhatti_store::{RuntimeUpdate, Sandbox, SandboxStatus, Store, StoreError, Use
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::events::Events;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{FailureThrottle, RateLimiter};
 use crate::secrets::SecretBox;
 
 pub type Shared = Arc<AppState>;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub events: Events,
     pub secrets: SecretBox,
     pub limiter: RateLimiter,
+    /// Failed authentications per source address.
+    pub auth_throttle: FailureThrottle,
     pub started: Instant,
     pub counters: Counters,
     /// Sandbox ID → last API touch (the thermal manager's fast path).
@@ -88,6 +90,7 @@ impl AppState {
     ) -> AppState {
         let secrets = SecretBox::new(cfg.data_dir.join("age.key"));
         let limiter = RateLimiter::new(cfg.rate_limits.clone());
+        let auth_throttle = FailureThrottle::new(&cfg.rate_limits);
         AppState {
             cfg,
             store,
@@ -96,6 +99,7 @@ impl AppState {
             events,
             secrets,
             limiter,
+            auth_throttle,
             started: Instant::now(),
             counters: Counters::default(),
             activity: Mutex::new(HashMap::new()),

@@ -6,6 +6,20 @@ use crate::error::{ApiError, ApiResult};
 
 pub const RESERVED_LABEL_PREFIX: &str = "bhatti.sh/";
 pub const MAX_LABELS: usize = 16;
+/// Largest root disk a sandbox may ask for (1 TiB): anything above is a typo
+/// or an attack, and a sparse file of that size would still be created.
+pub const MAX_DISK_MB: u64 = 1 << 20;
+/// Environment bounds: they travel in the config drive and in every exec
+/// frame (1 MiB cap), so a few large values must not make a create fail
+/// late, after the VM was built.
+pub const MAX_ENV_VARS: usize = 256;
+pub const MAX_ENV_KEY: usize = 256;
+pub const MAX_ENV_VALUE: usize = 64 << 10;
+pub const MAX_ENV_TOTAL: usize = 256 << 10;
+/// A secret is one environment value.
+pub const MAX_SECRET: usize = MAX_ENV_VALUE;
+/// vCPUs a sandbox may ask for at most (before per-user quotas).
+pub const MAX_CPUS: f64 = 256.0;
 
 const FORBIDDEN_MOUNTS: &[&str] = &[
     "/",
@@ -96,6 +110,60 @@ pub fn labels(l: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
+/// `cpus` as a whole number of vCPUs in 1..=256 (`None` = `default`).
+pub fn cpus(c: Option<f64>, default: u32) -> ApiResult<u32> {
+    match c {
+        None => Ok(default),
+        Some(c) if c.fract() != 0.0 || !(1.0..=MAX_CPUS).contains(&c) => {
+            Err(ApiError::bad_request(format!(
+                "cpus must be a whole number of vCPUs from 1 to {MAX_CPUS}, got {c}"
+            )))
+        }
+        // In range and whole, so the conversion is exact.
+        Some(c) => Ok(c as u32),
+    }
+}
+
+/// A requested root disk size: 0 (the image's own size) up to [`MAX_DISK_MB`].
+pub fn disk_size_mb(mb: u64) -> ApiResult<()> {
+    if mb > MAX_DISK_MB {
+        return Err(ApiError::bad_request(format!(
+            "disk_size_mb {mb} is out of range (0 for the image's size, at most {MAX_DISK_MB})"
+        )));
+    }
+    Ok(())
+}
+
+/// Environment variables: names without `=` or NUL, values without NUL,
+/// and the sizes above.
+pub fn env(e: &BTreeMap<String, String>) -> ApiResult<()> {
+    if e.len() > MAX_ENV_VARS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_ENV_VARS} environment variables"
+        )));
+    }
+    let mut total = 0usize;
+    for (k, v) in e {
+        if k.is_empty() || k.len() > MAX_ENV_KEY || k.contains(['=', '\0']) {
+            return Err(ApiError::bad_request(format!(
+                "invalid environment variable name {k:?}: 1-{MAX_ENV_KEY} bytes without '=' or NUL"
+            )));
+        }
+        if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "environment variable {k}: the value must be at most {MAX_ENV_VALUE} bytes, without NUL"
+            )));
+        }
+        total = total.saturating_add(k.len()).saturating_add(v.len());
+    }
+    if total > MAX_ENV_TOTAL {
+        return Err(ApiError::bad_request(format!(
+            "environment of {total} bytes is over the {MAX_ENV_TOTAL}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
 /// A `key=value` list from query strings (`label=k=v`).
 pub fn label_filter(pairs: &[String]) -> ApiResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -109,20 +177,103 @@ pub fn label_filter(pairs: &[String]) -> ApiResult<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// A volume mount point: absolute, every segment a real name (not empty,
+/// `.` or `..`, no `:` or NUL), at most one trailing `/`, and not a system
+/// directory. The strict shape is what makes the system-directory check
+/// hold: `//etc` or `/./etc` would otherwise name `/etc` past it.
 pub fn mount_path(m: &str) -> ApiResult<()> {
-    if !m.starts_with('/') || m.split('/').any(|s| s == "..") || m.contains(':') {
+    let t = m.strip_suffix('/').unwrap_or(m);
+    let shape = t.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains([':', '\0']))
+    });
+    if !shape {
         return Err(ApiError::bad_request(format!(
-            "mount path {m:?} must be absolute and contain no '..'"
+            "mount path {m:?} must be absolute, with no empty, '.' or '..' segment and no ':' or NUL"
         )));
     }
-    let t = m.trim_end_matches('/');
-    let t = if t.is_empty() { "/" } else { t };
     if FORBIDDEN_MOUNTS.contains(&t) {
         return Err(ApiError::bad_request(format!(
             "mount path {m:?} is a system directory"
         )));
     }
     Ok(())
+}
+
+/// Secret names become environment variable names.
+pub fn secret_name(n: &str) -> ApiResult<()> {
+    let b = n.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid secret name {n:?}: it becomes an environment variable, so [A-Za-z_][A-Za-z0-9_]*"
+        )))
+    }
+}
+
+/// Each mount path once (a trailing `/` aside). Two volumes at one place
+/// conflict with each other: 409, as the same volume twice is.
+pub fn distinct_mounts<'a>(mounts: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for m in mounts {
+        let t = m.strip_suffix('/').unwrap_or(m);
+        if !seen.insert(t) {
+            return Err(ApiError::conflict(format!(
+                "two volumes would mount at {t:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A file mode: one to four octal digits (`644`, `0755`).
+pub fn file_mode(m: &str) -> ApiResult<()> {
+    if (1..=4).contains(&m.len()) && m.bytes().all(|c| (b'0'..=b'7').contains(&c)) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "mode {m:?}: expected 1-4 octal digits"
+        )))
+    }
+}
+
+/// Text that becomes a C string in the guest (argv, environment): no NUL.
+pub fn no_nul(what: &str, s: &str) -> ApiResult<()> {
+    if s.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "{what} must not contain NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// An egress CIDR, `a.b.c.d` or `a.b.c.d/n` (decimal, no leading zeros,
+/// n ≤ 32); host bits are cleared (`10.1.2.3/8` is `10.0.0.0/8`).
+pub fn cidr(c: &str) -> ApiResult<bhatti_engine::net::Ipv4Cidr> {
+    let bad = || ApiError::bad_request(format!("egress: {c:?} is not an IPv4 CIDR"));
+    let (addr, prefix) = match c.split_once('/') {
+        Some((a, p)) => {
+            let canonical = !p.is_empty()
+                && p.len() <= 2
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p == "0" || !p.starts_with('0'));
+            let n: u8 = p
+                .parse()
+                .ok()
+                .filter(|n| canonical && *n <= 32)
+                .ok_or_else(bad)?;
+            (a, n)
+        }
+        None => (c, 32),
+    };
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    bhatti_engine::net::Ipv4Cidr::new((u32::from(addr) & mask).into(), prefix).map_err(|_| bad())
 }
 
 /// A file path inside the guest: absolute, no `..`, no NUL.
@@ -180,10 +331,82 @@ mod tests {
     }
 
     #[test]
+    fn sizes_env_and_cpus() {
+        assert!(disk_size_mb(0).is_ok());
+        assert!(disk_size_mb(MAX_DISK_MB).is_ok());
+        for bad in [
+            MAX_DISK_MB + 1,
+            99_999_999_999,
+            17_592_186_044_416,
+            u64::MAX,
+        ] {
+            assert!(disk_size_mb(bad).is_err(), "{bad}");
+        }
+        let ok = BTreeMap::from([("A".to_string(), "x".repeat(MAX_ENV_VALUE))]);
+        assert!(env(&ok).is_ok());
+        for (k, v) in [
+            ("A", "x".repeat(MAX_ENV_VALUE + 1)),
+            ("", "x".into()),
+            ("A=B", "x".into()),
+            ("A", "a\0b".into()),
+        ] {
+            assert!(env(&BTreeMap::from([(k.to_string(), v)])).is_err(), "{k}");
+        }
+        let total: BTreeMap<_, _> = (0..5)
+            .map(|i| (format!("K{i}"), "x".repeat(MAX_ENV_VALUE)))
+            .collect();
+        assert!(env(&total).is_err());
+        let many: BTreeMap<_, _> = (0..=MAX_ENV_VARS)
+            .map(|i| (format!("K{i}"), String::new()))
+            .collect();
+        assert!(env(&many).is_err());
+        assert_eq!(cpus(None, 1).unwrap(), 1);
+        assert_eq!(cpus(Some(2.0), 1).unwrap(), 2);
+        for bad in [1.5, 0.0, -1.0, 257.0, 1e30, f64::NAN, f64::INFINITY] {
+            assert!(cpus(Some(bad), 1).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn mounts_and_paths() {
         assert!(mount_path("/data").is_ok());
-        for bad in ["data", "/", "/etc", "/usr/", "/a/../etc", "/a:b"] {
+        assert!(mount_path("/data/x/").is_ok());
+        assert!(mount_path("/.cache").is_ok());
+        for bad in [
+            "data",
+            "/",
+            "//",
+            "/etc",
+            "/usr/",
+            "/a/../etc",
+            "/a:b",
+            "//etc",
+            "/./etc",
+            "/etc//",
+            "/a//b",
+            "/a\0b",
+        ] {
             assert!(mount_path(bad).is_err(), "{bad}");
+        }
+        for ok in ["644", "0755", "7", "0000"] {
+            assert!(file_mode(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "8", "+644", "07777", "rwx", "0o644"] {
+            assert!(file_mode(bad).is_err(), "{bad}");
+        }
+        assert_eq!(cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(cidr("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/08",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "010.0.0.0/8",
+            "10.0.0.0/",
+            "x",
+        ] {
+            assert!(cidr(bad).is_err(), "{bad}");
         }
         assert!(guest_path("/workspace/a.txt").is_ok());
         for bad in ["", "rel", "/a/../../etc/passwd", "/a\0b"] {

@@ -63,6 +63,84 @@ async fn rate_limits_answer_429() {
     not(bhatti_docker),
     ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
 )]
+async fn failed_auth_is_throttled_per_address() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("docker", |c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.auth_failures.burst = 4.0;
+        c.rate_limits.auth_failures.per_minute = 0.0;
+    })
+    .await;
+    let good = d.user("ok", Default::default());
+    let mut codes = Vec::new();
+    for i in 0..7 {
+        let bad = format!("bht_{i:032x}");
+        codes.push(d.code("GET", "/sandboxes", Some(&bad), None).await);
+    }
+    assert_eq!(codes, [401, 401, 401, 401, 429, 429, 429]);
+    // Only the failures within the budget left an event row (events are
+    // written in batches every 500 ms: wait for the batch, then one more).
+    let q = bhatti_store::EventQuery {
+        type_prefix: Some("auth.failed".into()),
+        ..Default::default()
+    };
+    for _ in 0..100 {
+        if d.store().events(&q).unwrap().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(d.store().events(&q).unwrap().len(), 4);
+    // A valid key from the same address still works.
+    assert_eq!(d.code("GET", "/sandboxes", Some(&good), None).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+async fn slow_and_idle_connections_are_closed() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("docker", |c| {
+        c.header_timeout_secs = 1.0;
+        c.idle_timeout_secs = 1.0;
+    })
+    .await;
+    let key = d.user("t", Default::default());
+    // Each of these is closed by the daemon on its own; the read below
+    // returns only once the daemon has closed the connection.
+    let closed = |prelude: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+        s.write_all(prelude.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("connection after {prelude:?} was never closed"))
+            .ok();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // Half-sent headers (slowloris), nothing at all, and a keep-alive
+    // connection after its answer.
+    closed("GET /sandboxes HTTP/1.1\r\nHost: x\r\n").await;
+    closed("").await;
+    let after = closed("GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+    // A request that is silent for longer than the idle timeout (a buffered
+    // exec) is the daemon's own wait, and is answered.
+    let sb = d.create(&key, serde_json::json!({"name": "slow"})).await;
+    let id = sb["id"].as_str().unwrap();
+    let (code, out, _) = d.sh(&key, id, "sleep 3; echo done").await;
+    assert_eq!((code, out.as_str()), (0, "done\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
 async fn restart_recovers_containers_and_keeps_the_store() {
     let _serial = SERIAL.lock().await;
     let mut d = TestDaemon::start("docker", |_| {}).await;
@@ -76,4 +154,82 @@ async fn restart_recovers_containers_and_keeps_the_store() {
         .await;
     assert_eq!(g.status, 200);
     assert_eq!(d.sh(&key, &id, "cat /workspace/k").await.1, "kept\n");
+}
+
+/// PATCH `egress`: the answer shows the policy in force; a value the API
+/// cannot read is 400 and a change the Docker engine cannot make (public ↔
+/// deny, allow-lists) is 501, with nothing else of that PATCH applied. The
+/// policy is shown on create and survives a daemon restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+async fn egress_patch_and_bad_values() {
+    use serde_json::json;
+    let _serial = SERIAL.lock().await;
+    let mut d = TestDaemon::start("docker", |_| {}).await;
+    let key = d.user("egress", Default::default());
+    let sb = d.create(&key, json!({"name": "eg"})).await;
+    assert_eq!(sb["egress"], "public", "{sb}");
+    let path = format!("/sandboxes/{}", sb["id"].as_str().unwrap());
+    let r = d
+        .req(
+            "PATCH",
+            &path,
+            Some(&key),
+            Some(json!({"egress": "public"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["egress"], "public");
+    for bad in [
+        json!("sometimes"),
+        json!(["10.0.0.0/33"]),
+        json!(["nope"]),
+        json!(42),
+        json!({"allow": []}),
+    ] {
+        let r = d
+            .req(
+                "PATCH",
+                &path,
+                Some(&key),
+                Some(json!({"egress": bad, "name": "renamed"})),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    for unsupported in [json!("deny"), json!(["192.0.2.0/24"])] {
+        let r = d
+            .req(
+                "PATCH",
+                &path,
+                Some(&key),
+                Some(json!({"egress": unsupported, "name": "renamed"})),
+            )
+            .await;
+        assert_eq!(r.status, 501, "{unsupported}: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("egress"));
+    }
+    let g = d.req("GET", &path, Some(&key), None).await.json();
+    assert_eq!(g["name"], "eg", "a refused PATCH changed nothing");
+    assert_eq!(g["egress"], "public");
+
+    let dn = d
+        .create(&key, json!({"name": "dn", "egress": "deny"}))
+        .await;
+    assert_eq!(dn["egress"], "deny");
+    d.restart().await;
+    let dpath = format!("/sandboxes/{}", dn["id"].as_str().unwrap());
+    assert_eq!(
+        d.req("GET", &dpath, Some(&key), None).await.json()["egress"],
+        "deny"
+    );
+    let list = d.req("GET", "/sandboxes", Some(&key), None).await.json();
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["egress"] == "public" || s["egress"] == "deny"));
 }

@@ -33,6 +33,102 @@ vm_test!(exec_vm, common::exec);
 vm_test!(files_vm, common::files);
 vm_test!(websocket_shell_vm, common::shell_ws);
 vm_test!(snapshots_and_fork_vm, common::snapshots);
+vm_test!(egress_patch_fork_and_resume_vm, egress_scenario);
+
+/// Egress through the API on real VMs: a fork keeps its source's policy
+/// (`deny` stays `deny`) unless the request names one; PATCH changes it
+/// live and answers with it (bad values 400); a checkpoint records it and
+/// its resume uses it; it survives a daemon restart.
+async fn egress_scenario(d: &TestDaemon) {
+    let key = d.user("egress", Default::default());
+    let src = d
+        .create(&key, json!({"name": "locked", "egress": "deny"}))
+        .await;
+    assert_eq!(src["egress"], "deny", "{src}");
+    let path = format!("/sandboxes/{}", src["id"].as_str().unwrap());
+    let fork = d
+        .create(&key, json!({"name": "fork", "from": "locked"}))
+        .await;
+    assert_eq!(fork["egress"], "deny", "a fork of a deny sandbox: {fork}");
+    let opened = d
+        .create(
+            &key,
+            json!({"name": "fork-open", "from": "locked", "egress": ["198.51.100.0/24"]}),
+        )
+        .await;
+    assert_eq!(opened["egress"], json!(["198.51.100.0/24"]));
+
+    for (body, want) in [
+        (json!({"egress": "public"}), json!("public")),
+        (json!({"egress": ["192.0.2.0/24"]}), json!(["192.0.2.0/24"])),
+        (json!({"egress": "deny"}), json!("deny")),
+    ] {
+        let r = d.req("PATCH", &path, Some(&key), Some(body)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["egress"], want);
+        let g = d.req("GET", &path, Some(&key), None).await.json();
+        assert_eq!(g["egress"], want);
+    }
+    for bad in [json!("sometimes"), json!(["300.0.0.0/8"])] {
+        let r = d
+            .req("PATCH", &path, Some(&key), Some(json!({"egress": bad})))
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+
+    let c = d
+        .req(
+            "POST",
+            &format!("{path}/checkpoint"),
+            Some(&key),
+            Some(json!({"name": "locked-cp"})),
+        )
+        .await;
+    assert_eq!(c.status, 201, "{}", c.text());
+    let r = d
+        .req(
+            "POST",
+            "/snapshots/locked-cp/resume",
+            Some(&key),
+            Some(json!({"name": "resumed"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["egress"],
+        "deny",
+        "resume keeps the recorded policy"
+    );
+    assert_eq!(d.sh(&key, "resumed", "echo up").await.1, "up\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn egress_survives_restart_vm() {
+    let _serial = SERIAL.lock().await;
+    let mut d = TestDaemon::start("qemu", |_| {}).await;
+    let key = d.user("egress-restart", Default::default());
+    let sb = d
+        .create(&key, json!({"name": "kept", "egress": "deny"}))
+        .await;
+    let path = format!("/sandboxes/{}", sb["id"].as_str().unwrap());
+    let r = d
+        .req(
+            "PATCH",
+            &path,
+            Some(&key),
+            Some(json!({"egress": ["192.0.2.0/24"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.restart().await;
+    let g = d.req("GET", &path, Some(&key), None).await.json();
+    assert_eq!(g["egress"], json!(["192.0.2.0/24"]), "{g}");
+    assert_eq!(d.sh(&key, "kept", "echo up").await.1, "up\n");
+}
 
 async fn thermal_of(d: &TestDaemon, key: &str, id: &str) -> (String, String) {
     let g = d

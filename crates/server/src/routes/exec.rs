@@ -16,9 +16,11 @@ use bhatti_api as api;
 use bhatti_engine::EngineExt;
 use bhatti_protocol::messages::ExecRequest as AgentExec;
 
+use super::body::JsonBody;
 use super::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Shared;
+use crate::validate;
 
 const DEFAULT_TIMEOUT: i64 = 300;
 const MAX_TIMEOUT: i64 = 86_400;
@@ -45,11 +47,19 @@ pub async fn exec(
     Caller(user): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<api::ExecRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<api::ExecRequest>,
 ) -> ApiResult<Response> {
-    let Json(req) = body?;
     if req.cmd.is_empty() {
         return Err(ApiError::bad_request("cmd required"));
+    }
+    if req.cmd[0].is_empty() {
+        return Err(ApiError::bad_request("cmd: the program must not be empty"));
+    }
+    for a in &req.cmd {
+        validate::no_nul("cmd", a)?;
+    }
+    if let Some(f) = req.output_file.as_deref().filter(|f| !f.is_empty()) {
+        validate::guest_path(f)?;
     }
     let sb = st.sandbox(&user, &id).await?;
     st.ensure_hot(&sb).await?;
@@ -169,15 +179,10 @@ pub async fn exec(
     Ok(resp)
 }
 
-/// A command that cannot start (not found, not executable) is the caller's
-/// mistake: 400 with the agent's words.
+/// A command that cannot start says why in the agent's words, with the
+/// status of the reason: 404 no such program, 403 not executable.
 fn start_error(e: bhatti_engine::EngineError) -> ApiError {
-    let e = ApiError::from(e);
-    if e.status == StatusCode::NOT_FOUND {
-        ApiError::bad_request(e.message)
-    } else {
-        e
-    }
+    ApiError::from(e)
 }
 
 fn line(ev: &api::ExecEvent) -> bytes::Bytes {

@@ -11,6 +11,7 @@ use bhatti_api as api;
 use bhatti_engine::EngineExt;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
+use tokio::io::AsyncReadExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::Caller;
@@ -21,23 +22,40 @@ use crate::validate;
 /// Largest file a write accepts (the agent enforces the same).
 pub const MAX_FILE: u64 = 100 << 20;
 
+/// Each route's query: exactly the parameters the document lists (an
+/// unknown one is a 400, as an unknown body field is).
 #[derive(Deserialize, Default)]
-pub struct FileQuery {
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
     #[serde(default)]
     path: String,
     #[serde(default)]
-    ls: Option<String>,
+    ls: Option<bool>,
     #[serde(default)]
     offset: Option<i64>,
     #[serde(default)]
     limit: Option<i64>,
     #[serde(default)]
     max_bytes: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WriteQuery {
+    #[serde(default)]
+    path: String,
     #[serde(default)]
     mode: Option<String>,
 }
 
-type Q = Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>;
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatQuery {
+    #[serde(default)]
+    path: String,
+}
+
+type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 fn info_to_api(f: bhatti_protocol::messages::FileInfo) -> api::FileInfo {
     api::FileInfo {
@@ -63,7 +81,7 @@ pub async fn read(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-    q: Q,
+    q: Q<ReadQuery>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
     validate::guest_path(&q.path)?;
@@ -74,43 +92,42 @@ pub async fn read(
     };
     let sb = st.sandbox(&user, &id).await?;
     st.ensure_hot(&sb).await?;
-    if matches!(q.ls.as_deref(), Some("true" | "1")) {
+    if q.ls == Some(true) {
         let list = st.engine.file_ls(&sb.id, &q.path).await?;
         return Ok(Json(list.into_iter().map(info_to_api).collect::<Vec<_>>()).into_response());
     }
-    let info = st.engine.file_stat(&sb.id, &q.path).await?;
-    if info.is_dir {
-        return Err(ApiError::bad_request(format!(
-            "{} is a directory (use ls=true)",
-            q.path
-        )));
-    }
     let truncating = opts.offset > 0 || opts.limit > 0 || opts.max_bytes > 0;
+    // The agent's answer (size and mode, or a refusal such as "is a
+    // directory") comes before the response is built, so a refusal is an
+    // error status rather than an empty 200, and `Content-Length` is the
+    // size the agent will send — also for /proc files, whose stat says 0.
+    let agent = st.engine.agent(&sb.id)?;
+    let dl = agent.file_open(&q.path, opts).await?;
+    let size = u64::try_from(dl.head.size).unwrap_or(0);
     // The agent streams into one end of a pipe; the response body reads the
     // other, so a large file never sits in memory.
     let (mut w, r) = tokio::io::duplex(256 << 10);
-    let agent = st.engine.agent(&sb.id)?;
-    let path = q.path.clone();
     tokio::spawn(async move {
-        if let Err(e) = agent.file_read(&path, opts, &mut w).await {
+        if let Err(e) = dl.copy_to(&mut w).await {
             tracing::debug!(error = %e, "file read ended early");
         }
     });
-    let mut resp = Response::new(Body::from_stream(ReaderStream::new(r)));
+    let body = if truncating {
+        Body::from_stream(ReaderStream::new(r))
+    } else {
+        // Never more than the promised length: a file that grew while it
+        // was read is cut at the size announced.
+        Body::from_stream(ReaderStream::new(r.take(size)))
+    };
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(
-        api::FILE_SIZE_HEADER,
-        HeaderValue::from(info.size.max(0) as u64),
-    );
+    h.insert(api::FILE_SIZE_HEADER, HeaderValue::from(size));
     if !truncating {
-        h.insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from(info.size.max(0) as u64),
-        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
     Ok(resp)
 }
@@ -119,16 +136,14 @@ pub async fn write(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-    q: Q,
+    q: Q<WriteQuery>,
     headers: HeaderMap,
     req: Request,
 ) -> ApiResult<Json<api::StatusBody>> {
     let Query(q) = q?;
     validate::guest_path(&q.path)?;
     let mode = q.mode.clone().unwrap_or_else(|| "0644".into());
-    if u32::from_str_radix(&mode, 8).map_or(true, |m| m > 0o7777) {
-        return Err(ApiError::bad_request(format!("mode {mode:?} is not octal")));
-    }
+    validate::file_mode(&mode)?;
     let size: u64 = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -160,7 +175,7 @@ pub async fn stat(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-    q: Q,
+    q: Q<StatQuery>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
     validate::guest_path(&q.path)?;

@@ -1,15 +1,18 @@
-//! The HTTP API: the router, the middleware every request passes (request
-//! ID, auth, rate limit, version header, the request log line) and the
-//! route table the OpenAPI document is generated from.
+//! The HTTP API: the router and the middleware every request passes
+//! (request ID, auth, rate limit, version header, the request log line).
+//! The route table the OpenAPI document is generated from is [`openapi`];
+//! JSON request bodies are read by [`body`].
 //!
 //! Handlers live by resource: [`sandboxes`] (lifecycle), [`exec`],
 //! [`ws`] (interactive and piped sessions), [`files`], [`proxy`] (ports and
 //! the authenticated reverse proxy), [`volumes`], [`snapshots`],
 //! [`resources`] (secrets, templates) and [`system`] (health, metrics,
-//! openapi).
+//! the `/openapi.json` handler).
 
+mod body;
 mod exec;
 mod files;
+pub(crate) mod openapi;
 mod proxy;
 mod resources;
 mod sandboxes;
@@ -25,7 +28,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, on, post, MethodFilter};
 use axum::Router;
 use bhatti_api::{ErrorBody, VERSION_HEADER};
 use bhatti_store::User;
@@ -34,11 +37,22 @@ use crate::error::{ApiError, InternalCause};
 use crate::ratelimit::classify;
 use crate::state::{Counters, Shared};
 
-pub use system::{api_markdown, openapi};
+pub use openapi::{api_markdown, openapi};
 
 /// JSON request bodies are capped at 1 MiB (04-api.md §5.2).
 pub const MAX_JSON_BODY: usize = 1 << 20;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The methods the proxy forwards: those an OpenAPI document can name
+/// (CONNECT aside); any other is 405, as the document says.
+const PROXY_METHODS: MethodFilter = MethodFilter::GET
+    .or(MethodFilter::HEAD)
+    .or(MethodFilter::POST)
+    .or(MethodFilter::PUT)
+    .or(MethodFilter::DELETE)
+    .or(MethodFilter::OPTIONS)
+    .or(MethodFilter::PATCH)
+    .or(MethodFilter::TRACE);
 
 /// The authenticated user of a request.
 pub struct Caller(pub User);
@@ -53,17 +67,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .map(Caller)
             .ok_or_else(|| ApiError::unauthorized("authorization required"))
     }
-}
-
-/// One documented route (the OpenAPI document is built from this table, and
-/// a test checks that the router serves every entry).
-pub struct RouteDoc {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub summary: &'static str,
-    pub request: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
-    pub response: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
-    pub status: u16,
 }
 
 pub fn router(state: Shared) -> Router {
@@ -94,9 +97,18 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/sandboxes/{id}/ports", get(proxy::ports))
         .route("/ports", get(proxy::all_ports))
-        .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy))
-        .route("/sandboxes/{id}/proxy/{port}/", any(proxy::proxy))
-        .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
+        .route(
+            "/sandboxes/{id}/proxy/{port}",
+            on(PROXY_METHODS, proxy::proxy),
+        )
+        .route(
+            "/sandboxes/{id}/proxy/{port}/",
+            on(PROXY_METHODS, proxy::proxy),
+        )
+        .route(
+            "/sandboxes/{id}/proxy/{port}/{*rest}",
+            on(PROXY_METHODS, proxy::proxy),
+        )
         .route("/sandboxes/{id}/checkpoint", post(snapshots::checkpoint))
         .route("/snapshots", get(snapshots::list))
         .route(
@@ -152,6 +164,21 @@ pub fn clean_path(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// For a failed `/sandboxes/{id}/…` request: the sandbox's ID or name when
+/// the store no longer has it for this user.
+fn destroyed_meanwhile(st: &Shared, user_id: &str, path: &str) -> Option<String> {
+    let mut segs = path.strip_prefix("/sandboxes/")?.split('/');
+    let raw = segs.next()?;
+    if user_id.is_empty() || raw.is_empty() {
+        return None;
+    }
+    let id = sandboxes::percent_decode(&raw.replace('+', "%2B"));
+    match st.lookup(|s| s.sandbox(user_id, &id)) {
+        Err(e) if e.status == StatusCode::NOT_FOUND => Some(id),
+        _ => None,
+    }
+}
+
 /// `Server-Timing` (W3C), not among the `http` crate's constants.
 pub const SERVER_TIMING: axum::http::HeaderName =
     axum::http::HeaderName::from_static("server-timing");
@@ -173,11 +200,16 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
     let path = clean_path(req.uri().path());
     Counters::inc(&st.counters.requests);
     let mut user_name = String::new();
+    let mut user_id = String::new();
 
     let resp = 'resp: {
         if path == "/health" {
             break 'resp next.run(req).await;
         }
+        let source = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "unix".to_string(), |c| c.0.ip().to_string());
         let Some(token) = bearer(&req).map(str::to_string) else {
             Counters::inc(&st.counters.auth_failures);
             break 'resp ApiError::unauthorized("authorization required").into_response();
@@ -186,18 +218,25 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
             Ok(u) => u,
             Err(e) if e.status == StatusCode::NOT_FOUND => {
                 Counters::inc(&st.counters.auth_failures);
-                let ip = req
-                    .extensions()
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0.ip().to_string())
-                    .unwrap_or_else(|| "unix".into());
+                // A source past its failure budget gets 429 and leaves no
+                // event row; a valid key from the same address (a shared
+                // NAT) still works, as the lookup above comes first.
+                if !st.auth_throttle.permits(&source) {
+                    Counters::inc(&st.counters.rate_limited);
+                    break 'resp ApiError::too_many(
+                        "too many failed authentications from this address; retry later",
+                    )
+                    .into_response();
+                }
+                st.auth_throttle.failed(&source);
                 st.events
-                    .emit("", "", "auth.failed", serde_json::json!({"ip": ip}));
+                    .emit("", "", "auth.failed", serde_json::json!({"ip": source}));
                 break 'resp ApiError::unauthorized("invalid api key").into_response();
             }
             Err(e) => break 'resp e.into_response(),
         };
         user_name = user.name.clone();
+        user_id = user.id.clone();
         if !st.limiter.allow(&user.id, classify(&method, &path)) {
             Counters::inc(&st.counters.rate_limited);
             break 'resp ApiError::too_many("rate limit exceeded").into_response();
@@ -207,19 +246,27 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
     };
 
     let mut resp = resp;
-    let status = resp.status();
     if let Some(InternalCause(cause)) = resp.extensions_mut().remove::<InternalCause>() {
-        Counters::inc(&st.counters.errors);
-        tracing::error!(request_id, %method, path, error = %cause, "internal error");
-        resp = (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(ErrorBody {
-                error: "internal error".into(),
-                request_id: Some(request_id.clone()),
-            }),
-        )
-            .into_response();
+        if let Some(id) = destroyed_meanwhile(&st, &user_id, &path) {
+            // The request raced a DELETE of its sandbox (which removes the
+            // row before the sandbox): what it addressed is gone.
+            tracing::info!(request_id, %method, path, error = %cause, "sandbox destroyed during the request");
+            resp = ApiError::not_found(format!("sandbox {id:?} not found (destroyed)"))
+                .into_response();
+        } else {
+            Counters::inc(&st.counters.errors);
+            tracing::error!(request_id, %method, path, error = %cause, "internal error");
+            resp = (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(ErrorBody {
+                    error: "internal error".into(),
+                    request_id: Some(request_id.clone()),
+                }),
+            )
+                .into_response();
+        }
     }
+    let status = resp.status();
     // Proxied responses are the sandbox's own: left as they came.
     if !path.contains("/proxy/") {
         resp.headers_mut()

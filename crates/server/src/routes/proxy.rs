@@ -76,6 +76,19 @@ pub async fn all_ports(
     Ok(Json(out))
 }
 
+/// The raw (still percent-encoded) path after `/sandboxes/<id>/proxy/<port>`,
+/// found by position: the ID and port were decoded once by the router, and
+/// searching for their decoded text in the raw path would miss an encoded
+/// ID and forward the wrong path.
+fn rest_after_port(raw: &str) -> &str {
+    let rest = raw.match_indices('/').nth(4).map_or("", |(i, _)| &raw[i..]);
+    if rest.is_empty() {
+        "/"
+    } else {
+        rest
+    }
+}
+
 fn bad_gateway(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::BAD_GATEWAY, format!("bad gateway: {e}"))
 }
@@ -98,13 +111,7 @@ pub async fn proxy(
 
     // Path after `/proxy/<port>`, and the query, forwarded verbatim.
     let orig = req.uri().clone();
-    let prefix = format!("/sandboxes/{id}/proxy/{port}");
-    let raw = orig.path();
-    let rest = raw
-        .find(&prefix)
-        .map(|i| &raw[i + prefix.len()..])
-        .unwrap_or("/");
-    let rest = if rest.is_empty() { "/" } else { rest };
+    let rest = rest_after_port(orig.path());
     let pq = match orig.query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
@@ -208,4 +215,23 @@ where
     }
     let _ = aw.shutdown().await;
     let _ = bw.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rest_after_port;
+
+    #[test]
+    fn the_forwarded_path_is_found_by_position() {
+        assert_eq!(rest_after_port("/sandboxes/abc/proxy/80"), "/");
+        assert_eq!(rest_after_port("/sandboxes/abc/proxy/80/"), "/");
+        assert_eq!(rest_after_port("/sandboxes/abc/proxy/80/a/b"), "/a/b");
+        // A percent-encoded ID (and port) still forwards the right path,
+        // which stays encoded as the client sent it.
+        assert_eq!(
+            rest_after_port("/sandboxes/%61bc/proxy/%380/x%20y"),
+            "/x%20y"
+        );
+        assert_eq!(rest_after_port("/sandboxes/my%2Fbox/proxy/80/p"), "/p");
+    }
 }

@@ -6,28 +6,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use bhatti_api as api;
 
+use super::body::JsonBody;
 use super::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Shared;
 use crate::validate;
-
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
-
-/// Secret names become environment variable names.
-fn secret_name(n: &str) -> ApiResult<()> {
-    let b = n.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid secret name {n:?}: it becomes an environment variable, so [A-Za-z_][A-Za-z0-9_]*"
-        )))
-    }
-}
 
 pub async fn list_secrets(
     State(st): State<Shared>,
@@ -51,11 +34,22 @@ pub async fn set_secret(
     Caller(user): Caller,
     body: JsonBody<api::SetSecret>,
 ) -> ApiResult<(StatusCode, Json<api::Secret>)> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     if req.name.is_empty() || req.value.is_empty() {
         return Err(ApiError::bad_request("name and value are required"));
     }
-    secret_name(&req.name)?;
+    validate::secret_name(&req.name)?;
+    // An input rule like any other field's (the document says maxLength):
+    // 400; 413 is for a body over the cap.
+    if req.value.len() > validate::MAX_SECRET {
+        return Err(ApiError::bad_request(format!(
+            "secret value of {} bytes is over the {}-byte limit",
+            req.value.len(),
+            validate::MAX_SECRET
+        )));
+    }
+    // It becomes an environment value.
+    validate::no_nul("secret value", &req.value)?;
     let ct = st
         .secrets
         .encrypt(req.value.as_bytes())
@@ -116,18 +110,12 @@ pub async fn create_template(
     Caller(user): Caller,
     body: JsonBody<api::Template>,
 ) -> ApiResult<(StatusCode, Json<api::Template>)> {
-    let Json(t) = body?;
+    let JsonBody(t) = body;
     validate::name("template", &t.name)?;
     validate::labels(&t.labels)?;
-    let cpus = match t.cpus {
-        None => 1,
-        Some(c) if c.fract() != 0.0 || c < 1.0 => {
-            return Err(ApiError::bad_request(
-                "cpus must be a whole number of vCPUs",
-            ))
-        }
-        Some(c) => c as u32,
-    };
+    let cpus = validate::cpus(t.cpus, 1)?;
+    validate::disk_size_mb(t.disk_size_mb)?;
+    validate::env(&t.env)?;
     let memory_mb = match t.memory_mb {
         None => 2048,
         Some(m) if m < 128 => return Err(ApiError::bad_request("memory_mb must be at least 128")),
@@ -137,11 +125,12 @@ pub async fn create_template(
         validate::name("volume", &v.name)?;
         validate::mount_path(&v.mount)?;
     }
-    for f in &t.files {
-        validate::guest_path(&f.guest_path)?;
-    }
+    validate::distinct_mounts(t.persistent_volumes.iter().map(|v| v.mount.as_str()))?;
+    // As a create would check them, so a template cannot hold files no
+    // sandbox could be made with.
+    super::sandboxes::decode_files(&t.files)?;
     for s in &t.secrets {
-        secret_name(s)?;
+        validate::secret_name(s)?;
     }
     let row = bhatti_store::Template {
         id: String::new(),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
@@ -21,6 +21,7 @@ use bhatti_engine::net::EgressPolicy;
 use bhatti_store::{NewSandbox, Sandbox, SandboxStatus, User};
 use serde::Deserialize;
 
+use super::body::{JsonBody, OptionalJsonBody};
 use super::{volumes, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::state::Shared;
@@ -41,6 +42,7 @@ pub fn to_api(sb: &Sandbox, thermal: Option<Thermal>) -> api::Sandbox {
         image: sb.image.clone(),
         labels: sb.labels.clone(),
         keep_hot: sb.keep_hot,
+        egress: egress_of(sb),
         created_by: sb.user_id.clone(),
         created_at: sb.created_at.clone(),
         stopped_at: sb.stopped_at.clone(),
@@ -68,15 +70,22 @@ pub async fn list(
     axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> ApiResult<Json<Vec<api::Sandbox>>> {
     // `label=a=b&label=c=d`: repeated keys, parsed by hand since serde's
-    // urlencoded reader takes only the last value of a key.
-    let q = ListQuery {
-        label: q
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|kv| kv.strip_prefix("label="))
-            .map(percent_decode)
-            .collect(),
-    };
+    // urlencoded reader takes only the last value of a key. Any other
+    // parameter is refused, as the document lists only `label`.
+    let mut label = Vec::new();
+    for kv in q.as_deref().unwrap_or_default().split('&') {
+        match kv.split_once('=') {
+            Some((k, v)) if percent_decode(k) == "label" => label.push(percent_decode(v)),
+            _ if kv.is_empty() => {}
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {:?} (only label=key=value)",
+                    percent_decode(kv.split('=').next().unwrap_or(kv))
+                )))
+            }
+        }
+    }
+    let q = ListQuery { label };
     let filter = validate::label_filter(&q.label)?;
     let uid = user.id.clone();
     let rows = st.db(move |s| s.list_sandboxes(&uid, &filter)).await?;
@@ -119,36 +128,48 @@ pub async fn get_one(
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 
-fn whole_cpus(c: Option<f64>, default: u32) -> ApiResult<u32> {
-    match c {
-        None => Ok(default),
-        Some(c) if c.fract() != 0.0 || !(1.0..=256.0).contains(&c) => Err(ApiError::bad_request(
-            format!("cpus must be a whole number of vCPUs (1 or more), got {c}"),
-        )),
-        Some(c) => Ok(c as u32),
-    }
-}
-
-fn egress(e: Option<&api::Egress>) -> ApiResult<EgressPolicy> {
+/// The request's egress policy; `None` when it names none.
+fn egress(e: Option<&api::Egress>) -> ApiResult<Option<EgressPolicy>> {
+    let Some(e) = e else { return Ok(None) };
     match e {
-        None => Ok(EgressPolicy::Public),
-        Some(api::Egress::Mode(m)) if m == "public" => Ok(EgressPolicy::Public),
-        Some(api::Egress::Mode(m)) if m == "deny" => Ok(EgressPolicy::Deny),
-        Some(api::Egress::Mode(m)) => Err(ApiError::bad_request(format!(
+        api::Egress::Mode(m) if m == "public" => Ok(EgressPolicy::Public),
+        api::Egress::Mode(m) if m == "deny" => Ok(EgressPolicy::Deny),
+        api::Egress::Mode(m) => Err(ApiError::bad_request(format!(
             "egress {m:?}: expected \"public\", \"deny\" or a list of CIDRs"
         ))),
-        Some(api::Egress::Allow(list)) => list
+        api::Egress::Allow(list) if list.len() > 256 => {
+            Err(ApiError::bad_request("egress: at most 256 CIDRs"))
+        }
+        api::Egress::Allow(list) => list
             .iter()
-            .map(|c| {
-                c.parse()
-                    .map_err(|_| ApiError::bad_request(format!("egress: {c:?} is not a CIDR")))
-            })
+            .map(|c| validate::cidr(c))
             .collect::<ApiResult<Vec<_>>>()
             .map(EgressPolicy::Allow),
     }
+    .map(Some)
 }
 
-fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, GuestFile>> {
+/// An engine policy as the API shows it (the shape requests use).
+pub fn egress_to_api(p: &EgressPolicy) -> api::Egress {
+    match p {
+        EgressPolicy::Public => api::Egress::Mode("public".into()),
+        EgressPolicy::Deny => api::Egress::Mode("deny".into()),
+        EgressPolicy::Allow(c) => api::Egress::Allow(c.iter().map(ToString::to_string).collect()),
+    }
+}
+
+/// The policy the engine last persisted for the sandbox.
+fn egress_of(sb: &Sandbox) -> Option<api::Egress> {
+    #[derive(Deserialize)]
+    struct Persisted {
+        #[serde(default)]
+        egress: Option<EgressPolicy>,
+    }
+    let p: Persisted = sb.vm_state_as().ok().flatten()?;
+    p.egress.as_ref().map(egress_to_api)
+}
+
+pub(super) fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, GuestFile>> {
     let mut out = BTreeMap::new();
     for f in files {
         if f.guest_path.is_empty() {
@@ -161,12 +182,7 @@ fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, GuestFi
                 ApiError::bad_request(format!("files: {}: bad base64: {e}", f.guest_path))
             })?;
         let mode = f.mode.clone().unwrap_or_else(|| "0644".into());
-        if u32::from_str_radix(&mode, 8).map_or(true, |m| m > 0o7777) {
-            return Err(ApiError::bad_request(format!(
-                "files: {}: bad mode {mode:?}",
-                f.guest_path
-            )));
-        }
+        validate::file_mode(&mode).map_err(|e| e.context(&format!("files: {}", f.guest_path)))?;
         out.insert(f.guest_path.clone(), GuestFile { content, mode });
     }
     Ok(out)
@@ -182,7 +198,9 @@ fn existing(sb: &Sandbox, st: &Shared) -> Response {
 /// Template defaults merged under the request (the request wins).
 fn apply_template(req: &mut api::CreateSandbox, t: &bhatti_store::Template) -> ApiResult<()> {
     if req.name.is_none() {
-        req.name = Some(format!("{}-{}", t.name, bhatti_store::ids::random_hex(3)));
+        // The template's name, cut so that `-<6 hex>` still fits a name.
+        let stem = &t.name[..t.name.len().min(56)];
+        req.name = Some(format!("{stem}-{}", bhatti_store::ids::random_hex(3)));
     }
     if req.image.is_none() && !t.image.is_empty() {
         req.image = Some(t.image.clone());
@@ -228,9 +246,8 @@ fn apply_template(req: &mut api::CreateSandbox, t: &bhatti_store::Template) -> A
 pub async fn create(
     State(st): State<Shared>,
     Caller(user): Caller,
-    body: Result<Json<api::CreateSandbox>, axum::extract::rejection::JsonRejection>,
+    JsonBody(mut req): JsonBody<api::CreateSandbox>,
 ) -> ApiResult<Response> {
-    let Json(mut req) = body?;
     if let Some(tid) = req.template_id.clone().filter(|t| !t.is_empty()) {
         let uid = user.id.clone();
         let t = st.db(move |s| s.template(&uid, &tid)).await.map_err(|e| {
@@ -243,7 +260,10 @@ pub async fn create(
         apply_template(&mut req, &t)?;
     }
     let q = user.quotas;
-    let cpus = whole_cpus(req.cpus, 1)?;
+    let cpus = validate::cpus(req.cpus, 1)?;
+    let disk_size_mb = req.disk_size_mb.unwrap_or(0);
+    validate::disk_size_mb(disk_size_mb)?;
+    validate::env(&req.env)?;
     let memory_mb = match req.memory_mb {
         None | Some(0) => st
             .cfg
@@ -279,6 +299,10 @@ pub async fn create(
         validate::name("volume", &v.name)?;
         validate::mount_path(&v.mount)?;
     }
+    validate::distinct_mounts(req.persistent_volumes.iter().map(|v| v.mount.as_str()))?;
+    for s in &req.secrets {
+        validate::secret_name(s)?;
+    }
     let egress = egress(req.egress.as_ref())?;
     let files = decode_files(&req.files)?;
 
@@ -300,7 +324,7 @@ pub async fn create(
             .await
             .map_err(|e| {
                 if e.status == StatusCode::NOT_FOUND {
-                    ApiError::bad_request(format!("secret {s:?} not found"))
+                    ApiError::not_found(format!("secret {s:?} not found"))
                 } else {
                     e
                 }
@@ -311,6 +335,8 @@ pub async fn create(
             String::from_utf8(pt).map_err(|_| ApiError::internal("secret is not UTF-8"))?,
         );
     }
+    // With the secrets in, the whole environment must still fit.
+    validate::env(&env)?;
 
     let (image_name, image_path) = resolve_image(&st, &user, req.image.as_deref()).await?;
 
@@ -330,7 +356,7 @@ pub async fn create(
         template_id: req.template_id.clone().unwrap_or_default(),
         cpus: source.as_ref().map_or(cpus, |s| s.cpus),
         memory_mb: source.as_ref().map_or(memory_mb, |s| s.memory_mb),
-        disk_size_mb: req.disk_size_mb.unwrap_or(0),
+        disk_size_mb,
         image: source.as_ref().map_or(image_name, |s| s.image.clone()),
         labels: req.labels.clone(),
         keep_hot: req.keep_hot,
@@ -358,6 +384,7 @@ pub async fn create(
                         id: Some(id.clone()),
                         name: name.clone(),
                         owner_index: user.subnet_index,
+                        // None: the fork keeps the source's policy.
                         egress: egress.clone(),
                     },
                 )
@@ -378,12 +405,12 @@ pub async fn create(
             image: image_path,
             cpus,
             memory_mb,
-            disk_size_mb: req.disk_size_mb.unwrap_or(0),
+            disk_size_mb,
             env,
             files,
             init: req.init.clone().unwrap_or_default(),
             volumes: vols,
-            egress,
+            egress: egress.unwrap_or_default(),
             run_as_root: false,
         };
         Ok(st.engine.create(spec).await?)
@@ -474,9 +501,8 @@ pub async fn patch(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-    body: Result<Json<api::PatchSandbox>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<api::PatchSandbox>,
 ) -> ApiResult<Json<api::Sandbox>> {
-    let Json(req) = body?;
     let mut sb = st.sandbox(&user, &id).await?;
     if let Some(n) = &req.name {
         validate::name("sandbox", n)?;
@@ -484,6 +510,20 @@ pub async fn patch(
     validate::labels(&req.labels_add)?;
     for k in &req.labels_remove {
         validate::label_key(k)?;
+    }
+    // Egress first: it is the change the engine may refuse, and then
+    // nothing else should have happened.
+    if let Some(policy) = egress(req.egress.as_ref())? {
+        if st.engine.vm_state(&sb.id).is_none() {
+            return Err(ApiError::conflict(format!(
+                "sandbox {:?} is {}: its egress cannot be changed",
+                sb.name, sb.status
+            )));
+        }
+        st.engine.set_egress(&sb.id, policy).await?;
+        // The engine state carries the policy: persisted with it, it
+        // survives a daemon restart.
+        sb = st.persist(&sb.id).await?;
     }
     if let Some(n) = req.name.clone().filter(|n| *n != sb.name) {
         let sid = sb.id.clone();
@@ -521,15 +561,9 @@ pub async fn destroy(
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::StatusBody>> {
     let sb = st.sandbox(&user, &id).await?;
-    let engine_failed = match st.engine.destroy(&sb.id).await {
-        Ok(()) => false,
-        Err(e) => {
-            // The row goes regardless: a sandbox the engine no longer knows
-            // (`unknown` after recovery) must still be removable.
-            tracing::warn!(sandbox = sb.id, error = %e, "engine destroy failed");
-            true
-        }
-    };
+    // The row goes first: a request on this sandbox that fails while the
+    // engine tears it down then finds it gone (404, not 500), and a daemon
+    // that dies in between leaves an orphan that recovery sweeps.
     let sid = sb.id.clone();
     match st.db(move |s| s.delete_sandbox(&sid)).await {
         Ok(_)
@@ -539,6 +573,15 @@ pub async fn destroy(
         }) => {}
         Err(e) => return Err(e),
     }
+    let engine_failed = match st.engine.destroy(&sb.id).await {
+        Ok(()) => false,
+        Err(e) => {
+            // The row is gone regardless: a sandbox the engine no longer
+            // knows (`unknown` after recovery) must still be removable.
+            tracing::warn!(sandbox = sb.id, error = %e, "engine destroy failed");
+            true
+        }
+    };
     if engine_failed {
         // Its host leftovers (a stray VMM, the netns, the directory) go
         // now rather than at the next restart; every other row is kept.
@@ -599,16 +642,8 @@ pub async fn start(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    OptionalJsonBody(req): OptionalJsonBody<api::StartSandbox>,
 ) -> ApiResult<Json<api::Sandbox>> {
-    let _ = headers;
-    let req: api::StartSandbox = if body.is_empty() {
-        api::StartSandbox::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?
-    };
     let sb = st.sandbox(&user, &id).await?;
     if st.engine.vm_state(&sb.id).is_none() {
         return Err(ApiError::conflict(format!(
@@ -640,15 +675,6 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpus_must_be_whole() {
-        assert_eq!(whole_cpus(None, 1).unwrap(), 1);
-        assert_eq!(whole_cpus(Some(2.0), 1).unwrap(), 2);
-        assert!(whole_cpus(Some(1.5), 1).is_err());
-        assert!(whole_cpus(Some(0.0), 1).is_err());
-        assert!(whole_cpus(Some(-1.0), 1).is_err());
-    }
 
     #[test]
     fn query_decoding() {

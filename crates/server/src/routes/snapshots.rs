@@ -10,13 +10,12 @@ use bhatti_api as api;
 use bhatti_engine::api::ResumeSpec;
 use bhatti_store::{NewSandbox, NewSnapshot, SandboxStatus, Snapshot, User};
 
+use super::body::{JsonBody, OptionalJsonBody};
 use super::sandboxes::to_api as sandbox_to_api;
 use super::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Shared;
 use crate::validate;
-
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 fn to_api(s: Snapshot) -> api::Snapshot {
     api::Snapshot {
@@ -47,7 +46,7 @@ pub async fn checkpoint(
     Path(id): Path<String>,
     body: JsonBody<api::NameBody>,
 ) -> ApiResult<(StatusCode, Json<api::Snapshot>)> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     validate::name("snapshot", &req.name)?;
     let sb = st.sandbox(&user, &id).await?;
     let uid = user.id.clone();
@@ -176,17 +175,13 @@ pub async fn resume(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    OptionalJsonBody(req): OptionalJsonBody<api::ResumeSnapshot>,
 ) -> ApiResult<(StatusCode, Json<api::Sandbox>)> {
-    let req: api::NameBody = if body.is_empty() {
-        api::NameBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?
-    };
     let snap = own(&st, &user, &name).await?;
     let new_name = if req.name.is_empty() {
-        format!("{}-{}", snap.name, bhatti_store::ids::random_hex(3))
+        // Cut so that `-<6 hex>` still fits a name.
+        let stem = &snap.name[..snap.name.len().min(56)];
+        format!("{stem}-{}", bhatti_store::ids::random_hex(3))
     } else {
         req.name.clone()
     };
@@ -214,7 +209,8 @@ pub async fn resume(
                 id: Some(id.clone()),
                 name: new_name,
                 owner_index: user.subnet_index,
-                egress: Default::default(),
+                // The policy recorded with the checkpoint (PATCH changes it).
+                egress: None,
             },
         )
         .await;

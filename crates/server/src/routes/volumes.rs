@@ -15,12 +15,11 @@ use axum::Json;
 use bhatti_api as api;
 use bhatti_store::{NewVolume, User, Volume, VolumeStatus};
 
+use super::body::JsonBody;
 use super::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Shared;
 use crate::validate;
-
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 fn to_api(v: Volume, attachments: Option<Vec<bhatti_store::Attachment>>) -> api::Volume {
     api::Volume {
@@ -211,7 +210,7 @@ pub async fn create(
     Caller(user): Caller,
     body: JsonBody<api::CreateVolume>,
 ) -> ApiResult<(StatusCode, Json<api::Volume>)> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let v = create_volume(&st, &user, &req.name, req.size_mb).await?;
     Ok((StatusCode::CREATED, Json(to_api(v, Some(Vec::new())))))
 }
@@ -263,10 +262,11 @@ pub async fn resize(
     Path(name): Path<String>,
     body: JsonBody<api::ResizeVolume>,
 ) -> ApiResult<Json<api::Resized>> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let v = own(&st, &user, &name).await?;
+    // Valid input that the volume's current size refuses: a conflict.
     if req.size_mb <= v.size_mb {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::conflict(format!(
             "new size {} MB must be larger than {} MB",
             req.size_mb, v.size_mb
         )));
@@ -313,7 +313,7 @@ pub async fn clone(
     Path(name): Path<String>,
     body: JsonBody<api::NameBody>,
 ) -> ApiResult<(StatusCode, Json<api::Volume>)> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     validate::name("volume", &req.name)?;
     let src = own(&st, &user, &name).await?;
     let vid = src.id.clone();

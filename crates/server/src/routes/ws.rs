@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -19,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
 use super::Caller;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::Shared;
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -37,10 +38,19 @@ fn shell_argv() -> Vec<String> {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct ShellQuery {
     session: Option<String>,
     #[serde(default)]
-    new: Option<String>,
+    new: Option<bool>,
+}
+
+type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
+
+/// A request that is not a WebSocket handshake gets a JSON error like
+/// every other refusal (axum's is plain text).
+fn upgrade(ws: Upgrade) -> ApiResult<WebSocketUpgrade> {
+    ws.map_err(|r| ApiError::new(r.status(), r.body_text()))
 }
 
 pub async fn shell(
@@ -48,11 +58,12 @@ pub async fn shell(
     Caller(user): Caller,
     Path(id): Path<String>,
     q: Result<Query<ShellQuery>, axum::extract::rejection::QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> ApiResult<Response> {
+    let ws = upgrade(ws)?;
     let Query(q) = q?;
     let sb = st.sandbox(&user, &id).await?;
-    let new = matches!(q.new.as_deref(), Some("true" | "1"));
+    let new = q.new == Some(true);
     Ok(ws.on_upgrade(move |socket| shell_session(st, sb, q.session, new, socket)))
 }
 
@@ -245,6 +256,7 @@ async fn relay(st: &Shared, sb: &Sandbox, socket: WebSocket, term: Terminal, mod
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct PipedQuery {
     session: Option<String>,
 }
@@ -254,8 +266,9 @@ pub async fn piped(
     Caller(user): Caller,
     Path(id): Path<String>,
     q: Result<Query<PipedQuery>, axum::extract::rejection::QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> ApiResult<Response> {
+    let ws = upgrade(ws)?;
     let Query(q) = q?;
     let sb = st.sandbox(&user, &id).await?;
     Ok(ws.on_upgrade(move |socket| piped_session(st, sb, q.session, socket)))

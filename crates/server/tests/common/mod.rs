@@ -488,12 +488,14 @@ pub async fn lifecycle(d: &TestDaemon) {
         .is_empty());
     // Metrics and the OpenAPI document need a key too.
     assert_eq!(d.code("GET", "/metrics", None, None).await, 401);
-    let m = d.req("GET", "/metrics", Some(&key), None).await;
-    assert!(
-        m.text().contains("bhatti_api_requests_total"),
-        "{}",
-        m.text()
-    );
+    // A tenant sees their own sandboxes, not the daemon's traffic; an
+    // operator (a user named in `admin_users`) sees everything.
+    let m = d.req("GET", "/metrics", Some(&key), None).await.text();
+    assert!(m.contains("bhatti_sandboxes{thermal=\"hot\"}"), "{m}");
+    assert!(!m.contains("bhatti_api_requests_total"), "{m}");
+    let admin = d.user("admin", Quotas::default());
+    let m = d.req("GET", "/metrics", Some(&admin), None).await.text();
+    assert!(m.contains("bhatti_api_requests_total"), "{m}");
     let o = d.req("GET", "/openapi.json", Some(&key), None).await.json();
     assert!(o["paths"]["/sandboxes"]["post"].is_object());
 }
@@ -593,7 +595,12 @@ pub async fn exec(d: &TestDaemon) {
         (json!({}), 400),
         (json!({"cmd": []}), 400),
         (json!({"cmd": "ls"}), 400),
-        (json!({"cmd": ["/no/such/binary"]}), 400),
+        (json!({"cmd": [""]}), 400),
+        (json!({"cmd": ["ls"], "tiemout_sec": 5}), 400),
+        (json!(["ls"]), 400),
+        // Well-formed, refused by the guest: the reason's status.
+        (json!({"cmd": ["/no/such/binary"]}), 404),
+        (json!({"cmd": ["/etc"]}), 403),
     ] {
         let r = d
             .req(
@@ -770,6 +777,17 @@ pub async fn files(d: &TestDaemon) {
         )
         .await;
     assert_eq!(r.status, 400);
+    // Only the documented parameters; a directory read as a file conflicts.
+    for (q, want) in [
+        ("path=/workspace/dir/a.txt&lines=3", 400),
+        ("path=/workspace/dir&ls=1", 400),
+        ("path=/workspace/dir", 409),
+    ] {
+        let r = d
+            .raw("GET", &format!("{base}?{q}"), Some(&key), &[], vec![])
+            .await;
+        assert_eq!(r.status, want, "{q}: {}", r.text());
+    }
     let big = d
         .raw(
             "PUT",
@@ -780,8 +798,66 @@ pub async fn files(d: &TestDaemon) {
         )
         .await;
     assert_eq!(big.status, 413, "{}", big.text());
-    let (_, ls, _) = d.sh(&key, id, "ls /workspace").await;
-    assert!(!ls.contains("big") && !ls.contains("relative"), "{ls}");
+    // An upload cut short (Content-Length 10, 5 bytes, then the client
+    // closes its side) is the client's error, and leaves no file.
+    let short = raw_http(
+        d,
+        &format!(
+            "PUT {base}?path=/workspace/short.txt HTTP/1.1\r\nhost: x\r\n\
+             authorization: Bearer {key}\r\ncontent-length: 10\r\n\r\nhello"
+        ),
+    )
+    .await;
+    assert!(short.starts_with("HTTP/1.1 400"), "{short}");
+    assert!(short.contains("ended early"), "{short}");
+    let (_, ls, _) = d.sh(&key, id, "ls -a /workspace").await;
+    assert!(
+        !ls.contains("big") && !ls.contains("relative") && !ls.contains("short"),
+        "{ls}"
+    );
+    // Pseudo files have no size on stat, yet have content: it is served
+    // whole, with a Content-Length that matches it.
+    let v = d
+        .raw(
+            "GET",
+            &format!("{base}?path=/proc/version"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(v.status, 200, "{}", v.text());
+    assert!(v.text().starts_with("Linux version"), "{}", v.text());
+    assert_eq!(v.header("content-length"), Some(v.body.len().to_string()));
+    // A directory is refused with a status (the guest's state: 409), not
+    // an empty 200.
+    let r = d
+        .raw(
+            "GET",
+            &format!("{base}?path=/workspace"),
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+}
+
+/// Sends `request` as written over a new TCP connection, closes the
+/// sending side, and returns everything the daemon answered.
+pub async fn raw_http(d: &TestDaemon, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    s.write_all(request.as_bytes()).await.expect("send");
+    s.shutdown().await.expect("shutdown");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))
+        .await
+        .expect("the daemon answers")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// WebSocket shell: rejected without a key, session message, I/O, resize,
@@ -961,6 +1037,19 @@ pub async fn proxy(d: &TestDaemon) {
     assert!(r.text().contains("xff=127.0.0.1"), "{}", r.text());
     assert!(r.text().contains("host=localhost:8000"), "{}", r.text());
     assert!(r.text().contains("q=a=1&b=2"), "{}", r.text());
+    // A percent-encoded name is decoded once, and the path after the port
+    // is still the one forwarded (it was "/" before).
+    let r = d
+        .raw(
+            "GET",
+            "/sandboxes/%70/proxy/8000/cgi-bin/h?enc=1",
+            Some(&key),
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("q=enc=1"), "{}", r.text());
     let r = d
         .raw(
             "GET",
@@ -1226,7 +1315,7 @@ pub async fn resources(d: &TestDaemon) {
             Some(json!({"name": "nosec", "secrets": ["MISSING"]})),
         )
         .await;
-    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.status, 404, "{}", r.text());
 
     // Data outlives the sandbox; grow and clone once detached.
     assert_eq!(
@@ -1252,7 +1341,7 @@ pub async fn resources(d: &TestDaemon) {
             Some(json!({"size_mb": 100}))
         )
         .await,
-        400
+        409
     );
     let c = d
         .req(
@@ -1423,7 +1512,7 @@ pub async fn isolation(d: &TestDaemon) {
             Some(json!({"name": "x", "secrets": ["S"]})),
         )
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 404);
     let r = d
         .req(
             "POST",
@@ -1464,6 +1553,25 @@ pub async fn limits_and_bad_input(d: &TestDaemon) {
         (json!({"image": "nope"}), 404),
         (json!({"egress": "sometimes"}), 400),
         (json!({"cpus": "two"}), 400),
+        // A JSON array is not an object with fields in order.
+        (json!([null, null]), 400),
+        (json!({"memroy_mb": 512}), 400),
+        (
+            json!({"persistent_volumes": [{"name": "v", "mount": "//etc"}]}),
+            400,
+        ),
+        (json!({"secrets": ["not-an-env-name"]}), 400),
+        (json!({"cpus": 1e30}), 400),
+        // Out-of-range root disks are refused before anything is built
+        // (they were a 16 EiB sparse file, or a 500).
+        (json!({"disk_size_mb": 17_592_186_044_416_u64}), 400),
+        (json!({"disk_size_mb": 99_999_999_999_u64}), 400),
+        // Within range but past the storage quota (volumes + root disks).
+        (json!({"disk_size_mb": 30_000}), 429),
+        // Environment bounds: one value, names, and the whole.
+        (json!({"env": {"BIG": "v".repeat(65 << 10)}}), 400),
+        (json!({"env": {"A=B": "x"}}), 400),
+        (json!({"secrets": ["NOPE"]}), 404),
     ] {
         let r = d
             .req("POST", "/sandboxes", Some(&key), Some(body.clone()))
@@ -1533,6 +1641,39 @@ pub async fn limits_and_bad_input(d: &TestDaemon) {
         .unwrap()
         .contains("sandbox limit reached (1/1)"));
     assert_eq!(d.code("GET", "/no/such/route", Some(&key), None).await, 404);
+    // Secrets are capped at one environment value (64 KiB): a 900 KB one
+    // was accepted and then failed every create after a minute.
+    let r = d
+        .req(
+            "POST",
+            "/secrets",
+            Some(&key),
+            Some(json!({"name": "HUGE", "value": "s".repeat(900_000)})),
+        )
+        .await;
+    // A field over its limit is a 400 like any input rule (413 is for a
+    // body over the cap).
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        d.code(
+            "POST",
+            "/secrets",
+            Some(&key),
+            Some(json!({"name": "OK", "value": "s".repeat(64 << 10)})),
+        )
+        .await,
+        201
+    );
+    // A detached exec's output_file must be a plain absolute path.
+    let r = d
+        .req(
+            "POST",
+            &format!("/sandboxes/{id}/exec"),
+            Some(&key),
+            Some(json!({"cmd": ["true"], "detach": true, "output_file": "../../etc/x"})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
     let p = d
         .req(
             "PATCH",
