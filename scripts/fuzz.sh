@@ -2,12 +2,15 @@
 # Fuzzes the parsers that read bytes from outside the daemon (docs/decisions.md,
 # "Fuzzing"): the frame codec, the config drive's JSON, QMP and the Firecracker
 # API responses. Each target runs for FUZZ_SECONDS (default 30) on top of its
-# corpus in fuzz/corpus/<target>, where new interesting inputs are kept.
+# corpus in fuzz/corpus/<target>. New interesting inputs go to a scratch
+# corpus under target/fuzz/corpus/ (a run never dirties the checkout);
+# FUZZ_KEEP=1 writes them into fuzz/corpus/ instead, to commit them.
 # Exits non-zero if any target crashes, naming the input that did it.
 #
 #   bash scripts/fuzz.sh                  # every target
 #   bash scripts/fuzz.sh frame qmp        # some targets
 #   FUZZ_SECONDS=600 bash scripts/fuzz.sh # longer
+#   FUZZ_KEEP=1 bash scripts/fuzz.sh      # keep new inputs in fuzz/corpus
 #   FUZZ_CMIN=1 bash scripts/fuzz.sh      # then minimize each corpus in place
 #
 # cargo-fuzz needs unstable rustc flags (sanitizer coverage); the stable
@@ -43,11 +46,18 @@ for t in "${targets[@]}"; do
     corpus="fuzz/corpus/$t"
     artifacts="fuzz/artifacts/$t"
     mkdir -p "$corpus" "$artifacts"
+    # libFuzzer adds new inputs to the first corpus directory only.
+    if [[ -n ${FUZZ_KEEP:-} ]]; then
+        dirs=("$corpus")
+    else
+        dirs=("$REPO/target/fuzz/corpus/$t" "$corpus")
+        mkdir -p "${dirs[0]}"
+    fi
     before=$(ls "$artifacts")
     echo "--- $t: ${seconds} s, corpus $corpus ($(ls "$corpus" | wc -l) inputs)"
     # -timeout: one input running 10 s is a hang; -rss_limit_mb: a runaway
     # allocation is a crash, not a swapping CI machine.
-    if cargo fuzz run "${fuzz_args[@]}" "$t" "$corpus" -- \
+    if cargo fuzz run "${fuzz_args[@]}" "$t" "${dirs[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$REPO/target/fuzz/$t.log" 2>&1; then
         grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$REPO/target/fuzz/$t.log" || true

@@ -9,12 +9,13 @@
 #   debootstrap (the optional Debian guest image)
 #   docker.io, curl (the Docker engine; dockerd is started by scripts/start-dockerd.sh)
 #   python3-venv (schemathesis for the API contract suite, in a venv scripts/test.sh makes)
+#   docker-registry, skopeo (the image suite: a registry on loopback, images pushed to it)
 set -euo pipefail
 
 PACKAGES=(
     build-essential bc bison flex libelf-dev libssl-dev dwarves linux-source-6.1
     busybox-static bash-static e2fsprogs iproute2 iptables debootstrap tmux file
-    docker.io curl python3-venv
+    docker.io curl python3-venv docker-registry skopeo
 )
 BACKPORTS_PACKAGES=(qemu-system-x86)
 BACKPORTS_SOURCE=/etc/apt/sources.list.d/bookworm-backports.sources
@@ -59,4 +60,9 @@ apt-get update -q
 log "installing: ${missing[*]:-} (QEMU from backports)"
 apt-get install -y -q -t bookworm-backports "${BACKPORTS_PACKAGES[@]}"
 apt-get install -y -q "${PACKAGES[@]}"
+# The package's own registry service would listen on every interface; the
+# tests start private ones on loopback.
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now docker-registry 2>/dev/null || true
+fi
 qemu-system-x86_64 --version | head -1

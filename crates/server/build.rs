@@ -2,13 +2,35 @@
 //! dockerd): one definition, so both crates skip or run their real-engine
 //! suites alike. Plus the server's own: `bhatti_schemathesis` when
 //! `BHATTI_SCHEMATHESIS` names the `st` binary of a schemathesis install
-//! (scripts/test.sh makes one in a venv), for the API contract suite.
+//! (scripts/test.sh makes one in a venv), for the API contract suite; and
+//! `bhatti_registry` for the image suite (a real registry and skopeo).
 
 #[path = "../engine/build.rs"]
 mod gates;
 
+/// `docker-registry` (the CNCF distribution registry, Debian's package) and
+/// `skopeo` on PATH, and root (image conversion keeps file ownership): the
+/// image suite runs against a real registry on loopback.
+fn registry_tools() -> bool {
+    let on_path = |b: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file()))
+    };
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    });
+    root && on_path("docker-registry") && on_path("skopeo")
+}
+
 fn main() {
     gates::main();
+    println!("cargo:rustc-check-cfg=cfg(bhatti_registry)");
+    println!("cargo:rerun-if-changed=/usr/bin/docker-registry");
+    println!("cargo:rerun-if-changed=/usr/bin/skopeo");
+    if registry_tools() {
+        println!("cargo:rustc-cfg=bhatti_registry");
+    }
     println!("cargo:rustc-check-cfg=cfg(bhatti_schemathesis)");
     println!("cargo:rerun-if-env-changed=BHATTI_SCHEMATHESIS");
     if std::env::var_os("BHATTI_SCHEMATHESIS").is_some_and(|p| std::path::Path::new(&p).is_file()) {

@@ -484,6 +484,101 @@ pub struct Snapshot {
     pub created_at: String,
 }
 
+/// An image record (`GET /images`, `GET /images/:name`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Image {
+    pub id: String,
+    /// Owner; `""` = an admin (global) image.
+    pub user_id: String,
+    pub name: String,
+    /// `built-in` | `oci:<ref>` | `import:<name>` | `saved:<sandbox id>`.
+    pub source: String,
+    pub size_mb: u64,
+    /// The registry digest the image was pulled at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_digest: Option<String>,
+    pub created_at: String,
+}
+
+/// `POST /images/pull`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"ref": "127.0.0.1:5000/python:3.12", "name": "python"}))]
+pub struct PullImage {
+    /// An OCI reference: `[registry/]repository[:tag|@digest]`.
+    #[serde(rename = "ref")]
+    #[schemars(schema_with = "rules::image_ref")]
+    pub reference: String,
+    /// The image's name here; the repository's last path segment when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_name")]
+    pub name: Option<String>,
+    /// `user:token` for the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+/// `POST /images/pull` answer: 202 with a task, or 200 when the same name
+/// already holds the same digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PullStarted {
+    /// `running` (202) or `exists` (200).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// `POST /images/import` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Imported {
+    pub name: String,
+    pub size_mb: u64,
+}
+
+/// One layer's download progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LayerProgress {
+    pub digest: String,
+    /// Compressed size from the manifest.
+    pub size: u64,
+    /// Bytes downloaded (equal to `size` when the blob was cached).
+    pub done: u64,
+}
+
+/// A background task's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskProgress {
+    /// `resolving` | `downloading` | `unpacking` | `building` | `done`.
+    pub phase: String,
+    #[serde(default)]
+    pub layers: Vec<LayerProgress>,
+}
+
+/// A background task (`GET /tasks/:id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Task {
+    pub id: String,
+    pub user_id: String,
+    /// `image_pull`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `running` | `completed` | `failed`.
+    pub status: String,
+    pub progress: TaskProgress,
+    /// On completion: the result as a JSON string (the image record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
 /// WebSocket shell: the first text message from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]

@@ -31,6 +31,18 @@ pub const SYSTEM_DIR: &str =
 /// Canonical padded standard base64 (RFC 4648 §4; unused bits zero).
 pub const BASE64: &str =
     "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+/// An OCI image reference, `[registry/]repository[:tag][@sha256:<hex>]`,
+/// in the distribution project's grammar: the registry is a host with a
+/// dot or a port (or `localhost`), repository path components are lower
+/// case; at most [`IMAGE_REF_MAX`] bytes. (A subset of what registries
+/// accept: no IPv6 hosts, sha256 digests only.)
+pub const IMAGE_REF: &str = concat!(
+    r"^((([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(\.([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))+(:[0-9]+)?",
+    r"|([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]):[0-9]+|localhost)/)?",
+    r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*",
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+);
+pub const IMAGE_REF_MAX: usize = 255;
 /// File modes: one to four octal digits.
 pub const FILE_MODE: &str = "^[0-7]{1,4}$";
 /// An IPv4 network `a.b.c.d/n` (a bare address is `/32`; host bits are
@@ -81,6 +93,10 @@ pub fn name_or_empty(_: &mut SchemaGenerator) -> Schema {
 }
 pub fn optional_name_or_empty(_: &mut SchemaGenerator) -> Schema {
     nullable(json!({"type": "string", "pattern": NAME_OR_EMPTY}), true)
+}
+/// An OCI image reference ([`IMAGE_REF`]).
+pub fn image_ref(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "pattern": IMAGE_REF, "maxLength": IMAGE_REF_MAX})
 }
 pub fn secret_name(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": SECRET_NAME})

@@ -33,6 +33,42 @@ impl RunAs {
             home: "/home/lohar".into(),
         }
     }
+
+    /// An image's `User` (a name, a uid, or `uid:gid` with a name or number
+    /// on either side) looked up in `passwd` (the text of the guest's
+    /// `/etc/passwd`). A bare uid not in `passwd` runs with gid = uid and
+    /// home `/`, as Docker does.
+    pub fn lookup(spec: &str, passwd: &str) -> Option<RunAs> {
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        if user.is_empty() {
+            return None;
+        }
+        let entry = passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let (name, uid, gid, home) = (f.first()?, f.get(2)?, f.get(3)?, f.get(5)?);
+            (*name == user || *uid == user).then(|| {
+                Some((
+                    uid.parse::<u32>().ok()?,
+                    gid.parse::<u32>().ok()?,
+                    home.to_string(),
+                ))
+            })?
+        });
+        let (uid, mut gid, home) = match entry {
+            Some(e) => e,
+            None => {
+                let uid = user.parse::<u32>().ok()?;
+                (uid, uid, "/".to_string())
+            }
+        };
+        if let Some(g) = group {
+            gid = g.parse::<u32>().ok()?;
+        }
+        Some(RunAs { uid, gid, home })
+    }
 }
 
 /// What the agent needs to know to serve.
@@ -60,6 +96,9 @@ pub struct AgentConfig {
     pub file_user: Option<(u32, u32)>,
     /// Working directory for `init`.
     pub init_cwd: PathBuf,
+    /// Working directory for execs and sessions that name none (an image's
+    /// `WorkingDir`); `None`: the agent's own.
+    pub default_cwd: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -72,6 +111,7 @@ impl Default for AgentConfig {
             sync_after_exec: false,
             file_user: None,
             init_cwd: PathBuf::from("/workspace"),
+            default_cwd: None,
         }
     }
 }
@@ -189,5 +229,53 @@ impl Agent {
         if let Err(e) = crate::session::start_init(self, script, run_as) {
             tracing::error!(error = %e, "init session failed to start");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunAs;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\napp:x:999:998::/srv/app:/bin/false\n";
+
+    #[test]
+    fn image_users_resolve_by_name_uid_and_group() {
+        let r = |s| RunAs::lookup(s, PASSWD);
+        assert_eq!(
+            r("app"),
+            Some(RunAs {
+                uid: 999,
+                gid: 998,
+                home: "/srv/app".into()
+            })
+        );
+        assert_eq!(
+            r("1000"),
+            Some(RunAs {
+                uid: 1000,
+                gid: 1000,
+                home: "/home/node".into()
+            })
+        );
+        assert_eq!(
+            r("app:5"),
+            Some(RunAs {
+                uid: 999,
+                gid: 5,
+                home: "/srv/app".into()
+            })
+        );
+        // A uid the image does not list: Docker's rule, gid = uid, home /.
+        assert_eq!(
+            r("4242"),
+            Some(RunAs {
+                uid: 4242,
+                gid: 4242,
+                home: "/".into()
+            })
+        );
+        assert_eq!(r("nobody-here"), None);
+        assert_eq!(r(""), None);
+        assert_eq!(r("app:staff"), None, "group names are not looked up");
     }
 }

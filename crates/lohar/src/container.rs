@@ -187,6 +187,7 @@ pub fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), String> {
         } else {
             PathBuf::from("/")
         },
+        default_cwd: None,
     };
     Ok((cfg, init))
 }

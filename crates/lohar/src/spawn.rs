@@ -45,6 +45,8 @@ pub fn command(
     }
     if !cwd.is_empty() {
         cmd.current_dir(cwd);
+    } else if let Some(d) = &cfg.default_cwd {
+        cmd.current_dir(d);
     }
     if let Some(r) = run_as {
         // std also drops the agent's supplementary groups when it runs as root.

@@ -59,9 +59,14 @@ pub struct GuestConfig {
     pub dns: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dns_internal: String,
-    /// `"lohar"` (uid 1000, the default) or `"root"`.
+    /// `"lohar"` (uid 1000, the default), `"root"`, or an image's own user
+    /// (a name, uid or `uid:gid` looked up in the guest's `/etc/passwd`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// Working directory for execs and shells that name none (an image's
+    /// `WorkingDir`); empty for the agent's default.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cwd: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<ConfigNet>,
     /// Leave user namespaces available to the sandbox user. By default the

@@ -170,6 +170,15 @@ pub struct Config {
     /// Users who see the whole daemon in `/metrics` (others see only their
     /// own sandboxes). Default: `admin`, the user the quickstart creates.
     pub admin_users: Vec<String>,
+    /// Registries (`host[:port]`) pulled from over plain HTTP; loopback
+    /// ones always are, every other registry needs HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// When not empty, the only registries (`host[:port]` as references
+    /// name them, e.g. `docker.io`, `ghcr.io`) images may be pulled from.
+    pub allowed_registries: Vec<String>,
+    /// Seconds a registry may take to accept a connection or send the next
+    /// bytes before the pull fails (default 60).
+    pub registry_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -201,6 +210,9 @@ impl Default for Config {
             default_memory_mb: 1024,
             egress_blocked_cidrs: DEFAULT_EGRESS_BLOCKED.to_vec(),
             admin_users: vec!["admin".into()],
+            insecure_registries: Vec::new(),
+            allowed_registries: Vec::new(),
+            registry_timeout_secs: 60,
         }
     }
 }

@@ -75,6 +75,16 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         "engine selected"
     );
 
+    let images = crate::images::Images::open(&cfg).map_err(dir_err)?;
+    // Pulls and imports a killed daemon left running can never finish.
+    let failed = store.fail_running_tasks("the daemon restarted while the task ran")?;
+    if failed > 0 {
+        tracing::warn!(
+            tasks = failed,
+            "tasks interrupted by a restart marked failed"
+        );
+    }
+
     let (events, events_task) = Events::start(store.clone());
     let state: Shared = Arc::new(AppState::new(
         cfg.clone(),
@@ -82,6 +92,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         chosen.engine,
         engine_name,
         events,
+        images,
     ));
 
     let report = recovery::recover(&state).await;

@@ -48,6 +48,8 @@ pub struct AppState {
     pub auth_throttle: FailureThrottle,
     pub started: Instant,
     pub counters: Counters,
+    /// Image files, the blob cache and the pull/import jobs.
+    pub images: crate::images::Images,
     /// Sandbox ID → last API touch (the thermal manager's fast path).
     activity: Mutex<HashMap<String, Instant>>,
     /// Sandbox ID → interactive clients attached through this daemon; a
@@ -87,6 +89,7 @@ impl AppState {
         engine: Arc<dyn Engine>,
         engine_name: &'static str,
         events: Events,
+        images: crate::images::Images,
     ) -> AppState {
         let secrets = SecretBox::new(cfg.data_dir.join("age.key"));
         let limiter = RateLimiter::new(cfg.rate_limits.clone());
@@ -102,6 +105,7 @@ impl AppState {
             auth_throttle,
             started: Instant::now(),
             counters: Counters::default(),
+            images,
             activity: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
         }

@@ -294,6 +294,23 @@ pub fn guest_path(p: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// An image reference as the document describes it
+/// ([`bhatti_api::rules::IMAGE_REF`]);
+/// the registry client parses it again, and accepts at least this.
+pub fn image_ref(r: &str) -> ApiResult<()> {
+    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| regex::Regex::new(bhatti_api::rules::IMAGE_REF).ok());
+    let ok =
+        r.len() <= bhatti_api::rules::IMAGE_REF_MAX && re.as_ref().is_some_and(|re| re.is_match(r));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid image reference {r:?}: want [registry/]repository[:tag][@sha256:<hex>], lower-case repository"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +321,26 @@ mod tests {
         for bad in ["", "-x", "a b", "a/b", &"x".repeat(64)] {
             assert!(name("sandbox", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn image_refs_follow_the_documented_grammar() {
+        for ok in [
+            "python:3.12",
+            "127.0.0.1:5000/team/py:t",
+            "localhost/x",
+            "ghcr.io/o/i:v1",
+        ] {
+            assert!(image_ref(ok).is_ok(), "{ok}");
+            assert!(
+                bhatti_image::Registry::normalize(ok).is_ok(),
+                "the client accepts {ok}"
+            );
+        }
+        for bad in ["gmVyhF", "Not A Reference", "x:", "a..b", "x@sha256:abc"] {
+            assert!(image_ref(bad).is_err(), "{bad}");
+        }
+        assert!(image_ref(&"a".repeat(256)).is_err());
     }
 
     #[test]

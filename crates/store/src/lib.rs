@@ -35,6 +35,7 @@ mod publish;
 mod sandboxes;
 mod secrets;
 mod snapshots;
+mod tasks;
 mod templates;
 pub mod time;
 mod users;
@@ -58,6 +59,7 @@ pub use sandboxes::{
 };
 pub use secrets::SecretMeta;
 pub use snapshots::{NewSnapshot, Snapshot};
+pub use tasks::Task;
 pub use templates::Template;
 pub use users::{NewUser, Quotas, User, UserRemoval};
 pub use volumes::{Attachment, NewVolume, Volume, VolumeStatus};

@@ -204,6 +204,23 @@ CREATE INDEX events_type_ts ON events(type, ts);
 CREATE INDEX events_user_ts ON events(user_id, ts);
 "#,
     },
+    Migration {
+        name: "background tasks",
+        sql: r#"
+CREATE TABLE tasks (
+    id           TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL,
+    type         TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    progress     TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(progress)),
+    result       TEXT,
+    error        TEXT,
+    created_at   TEXT NOT NULL,
+    completed_at TEXT
+);
+CREATE INDEX tasks_status ON tasks(status);
+"#,
+    },
 ];
 
 /// The schema version this binary writes.

@@ -1346,3 +1346,53 @@ fn reopen_after_drop_sees_everything() {
     assert_eq!(s.publish_rule_by_alias("web-a").unwrap().sandbox_id, sid);
     assert_eq!(s.events(&EventQuery::default()).unwrap().len(), 1);
 }
+
+#[test]
+fn tasks_end_once_belong_to_their_user_and_fail_after_a_restart() {
+    let (dir, path) = db();
+    let s = Store::open(&path).unwrap();
+    let (a, b) = (user(&s, "a"), user(&s, "b"));
+    let t = s.create_task(&a.id, "image_pull").unwrap();
+    assert_eq!(
+        (t.status.as_str(), t.kind.as_str()),
+        ("running", "image_pull")
+    );
+    assert_eq!(t.id.len(), 16);
+    s.set_task_progress(&t.id, &serde_json::json!({"phase": "downloading"}))
+        .unwrap();
+    assert_eq!(
+        s.task(&a.id, &t.id).unwrap().progress["phase"],
+        "downloading"
+    );
+    assert!(matches!(s.task(&b.id, &t.id), Err(StoreError::NotFound)));
+
+    s.complete_task(&t.id, Some("{\"name\":\"x\"}".into()))
+        .unwrap();
+    let done = s.task(&a.id, &t.id).unwrap();
+    assert_eq!(done.status, "completed");
+    assert!(done.completed_at.is_some() && done.result.is_some());
+    // Ended once: neither a late failure nor progress changes it.
+    assert!(matches!(
+        s.fail_task(&t.id, "late"),
+        Err(StoreError::Conflict(_))
+    ));
+    s.set_task_progress(&t.id, &serde_json::json!({"phase": "late"}))
+        .unwrap();
+    assert_eq!(
+        s.task(&a.id, &t.id).unwrap().progress["phase"],
+        "downloading"
+    );
+
+    // A task running when the store is reopened (a daemon killed mid-pull).
+    let cut = s.create_task(&a.id, "image_pull").unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.fail_running_tasks("restarted").unwrap(), 1);
+    let t = s.task(&a.id, &cut.id).unwrap();
+    assert_eq!(
+        (t.status.as_str(), t.error.as_deref()),
+        ("failed", Some("restarted"))
+    );
+    assert_eq!(s.fail_running_tasks("again").unwrap(), 0);
+    drop(dir);
+}

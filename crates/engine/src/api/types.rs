@@ -91,6 +91,14 @@ pub struct SandboxSpec {
     pub egress: EgressPolicy,
     /// Run guest commands as root instead of uid 1000.
     pub run_as_root: bool,
+    /// The image's own user when it is not root (name, uid or `uid:gid`);
+    /// empty: `lohar` (uid 1000).
+    #[serde(default)]
+    pub user: String,
+    /// Working directory for execs and shells that name none (the image's
+    /// `WorkingDir`); empty: the agent's default.
+    #[serde(default)]
+    pub cwd: String,
 }
 
 /// What a new sandbox resumed from a checkpoint is called and who owns it.

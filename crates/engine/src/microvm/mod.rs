@@ -573,7 +573,14 @@ impl MicroVmEngine {
                 })
                 .collect(),
             init: spec.init.clone(),
-            user: if spec.run_as_root { "root" } else { "lohar" }.into(),
+            user: if spec.run_as_root {
+                "root".into()
+            } else if !spec.user.is_empty() {
+                spec.user.clone()
+            } else {
+                "lohar".into()
+            },
+            cwd: spec.cwd.clone(),
             ..Default::default()
         }
     }

@@ -105,28 +105,43 @@ impl Timing {
 
 /// The agent's configuration for a guest with this config drive.
 pub fn agent_config(cfg: &GuestConfig) -> AgentConfig {
-    let root = cfg.user == "root";
-    if !root && !cfg.user.is_empty() && cfg.user != "lohar" {
-        tracing::warn!(user = %cfg.user, "unknown config user; running children as lohar");
-    }
+    let run_as = match cfg.user.as_str() {
+        "root" => None,
+        "" | "lohar" => Some(RunAs::lohar()),
+        // An image's own user (its config's `User`).
+        other => Some(
+            std::fs::read_to_string("/etc/passwd")
+                .ok()
+                .and_then(|p| RunAs::lookup(other, &p))
+                .unwrap_or_else(|| {
+                    tracing::warn!(user = %other, "unknown config user; running children as lohar");
+                    RunAs::lohar()
+                }),
+        ),
+    };
+    // An image's WorkingDir: made if the image lacks it, as Docker does.
+    let cwd = Some(PathBuf::from(&cfg.cwd))
+        .filter(|p| p.is_absolute())
+        .filter(|p| p.is_dir() || std::fs::create_dir_all(p).is_ok());
     AgentConfig {
         token: Some(cfg.token.clone()).filter(|t| !t.is_empty()),
         env: cfg.env.clone(),
-        run_as: if root { None } else { Some(RunAs::lohar()) },
-        home: if root {
-            "/root".into()
-        } else {
-            RunAs::lohar().home
-        },
+        home: run_as
+            .as_ref()
+            .map_or_else(|| "/root".into(), |r| r.home.clone()),
         sync_after_exec: true,
         // File operations act as the user children run as (none to switch to
         // when that is root).
-        file_user: (!root).then_some((1000, 1000)),
-        init_cwd: if Path::new(INIT_CWD).is_dir() {
-            PathBuf::from(INIT_CWD)
-        } else {
-            PathBuf::from("/")
-        },
+        file_user: run_as.as_ref().map(|r| (r.uid, r.gid)),
+        run_as,
+        init_cwd: cwd.clone().unwrap_or_else(|| {
+            if Path::new(INIT_CWD).is_dir() {
+                PathBuf::from(INIT_CWD)
+            } else {
+                PathBuf::from("/")
+            }
+        }),
+        default_cwd: cwd,
     }
 }
 

@@ -12,6 +12,7 @@
 mod body;
 mod exec;
 mod files;
+pub(crate) mod images;
 pub(crate) mod openapi;
 mod proxy;
 mod resources;
@@ -132,6 +133,14 @@ pub fn router(state: Shared) -> Router {
             "/templates/{id}",
             get(resources::get_template).delete(resources::delete_template),
         )
+        .route("/images", get(images::list))
+        .route("/images/pull", post(images::pull))
+        .route("/images/import", post(images::import))
+        .route(
+            "/images/{name}",
+            get(images::get_one).delete(images::delete),
+        )
+        .route("/tasks/{id}", get(images::task))
         .route("/volumes", get(volumes::list).post(volumes::create))
         .route(
             "/volumes/{name}",

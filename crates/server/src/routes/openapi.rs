@@ -390,6 +390,27 @@ pub fn routes() -> Vec<RouteDoc> {
         op("delete", "/templates/{id}", "Delete a template.")
             .ok(200, "`deleted`.", Content::Json(s::<api::StatusBody>))
             .errors(&[404]),
+        op("get", "/images", "Images you can use: your own and the admin ones.")
+            .ok(200, "The images.", Content::Json(list::<api::Image>)),
+        op("post", "/images/pull", "Pull an OCI image from a registry as a background task.")
+            .json(s::<api::PullImage>)
+            .ok(202, "The pull started; follow `GET /tasks/{task_id}`.", Content::Json(s::<api::PullStarted>))
+            .ok(200, "The image of that name already has the digest the reference points at.", Content::Json(s::<api::PullStarted>))
+            .errors(&[403, 404, 409, 502]),
+        op("post", "/images/import", "Import a `docker save` or OCI-layout tarball (the raw body, at most 10 GiB).")
+            .query("name", true, "The new image's name.", json!({"type": "string", "pattern": api::rules::NAME}))
+            .bytes()
+            .ok(201, "The image.", Content::Json(s::<api::Imported>))
+            .errors(&[400, 403, 409, 413]),
+        op("get", "/images/{name}", "One image (yours, else the admin one of that name).")
+            .ok(200, "The image.", Content::Json(s::<api::Image>))
+            .errors(&[404]),
+        op("delete", "/images/{name}", "Delete one of your images (sandboxes made from it keep their disks).")
+            .ok(200, "`deleted`.", Content::Json(s::<api::StatusBody>))
+            .errors(&[403, 404]),
+        op("get", "/tasks/{id}", "A background task (an image pull) with its progress.")
+            .ok(200, "The task.", Content::Json(s::<api::Task>))
+            .errors(&[404]),
         op("get", "/volumes", "Your persistent volumes.")
             .ok(200, "Your volumes.", Content::Json(list::<api::Volume>)),
         op("post", "/volumes", "Create a volume.")

@@ -338,7 +338,14 @@ pub async fn create(
     // With the secrets in, the whole environment must still fit.
     validate::env(&env)?;
 
-    let (image_name, image_path) = resolve_image(&st, &user, req.image.as_deref()).await?;
+    let image = resolve_image(&st, &user, req.image.as_deref()).await?;
+    // The image's Env under the request's (and the secrets').
+    if let Some(d) = &image.defaults {
+        for (k, v) in &d.env {
+            env.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        validate::env(&env)?;
+    }
 
     let source = match req.from.as_deref().filter(|f| !f.is_empty()) {
         Some(f) => Some(st.sandbox(&user, f).await?),
@@ -357,7 +364,9 @@ pub async fn create(
         cpus: source.as_ref().map_or(cpus, |s| s.cpus),
         memory_mb: source.as_ref().map_or(memory_mb, |s| s.memory_mb),
         disk_size_mb,
-        image: source.as_ref().map_or(image_name, |s| s.image.clone()),
+        image: source
+            .as_ref()
+            .map_or(image.name.clone(), |s| s.image.clone()),
         labels: req.labels.clone(),
         keep_hot: req.keep_hot,
         vm_state: None,
@@ -402,7 +411,7 @@ pub async fn create(
             id: Some(id.clone()),
             name: name.clone(),
             owner_index: user.subnet_index,
-            image: image_path,
+            image: image.path.clone(),
             cpus,
             memory_mb,
             disk_size_mb,
@@ -411,7 +420,18 @@ pub async fn create(
             init: req.init.clone().unwrap_or_default(),
             volumes: vols,
             egress: egress.unwrap_or_default(),
-            run_as_root: false,
+            run_as_root: image.defaults.as_ref().is_some_and(|d| d.runs_as_root()),
+            user: image
+                .defaults
+                .as_ref()
+                .filter(|d| !d.runs_as_root())
+                .map(|d| d.user.clone())
+                .unwrap_or_default(),
+            cwd: image
+                .defaults
+                .as_ref()
+                .map(|d| d.working_dir.clone())
+                .unwrap_or_default(),
         };
         Ok(st.engine.create(spec).await?)
     }
@@ -437,22 +457,34 @@ pub async fn create(
     }
 }
 
+/// A sandbox's image: its stored name, its root filesystem (`None`: the
+/// engine's default) and the defaults its config gives exec and shell.
+struct ResolvedImage {
+    name: String,
+    path: Option<PathBuf>,
+    defaults: Option<bhatti_image::ImageDefaults>,
+}
+
 /// `image` through the store (own, then admin); `None`/`minimal` = the
 /// engine's default.
-async fn resolve_image(
-    st: &Shared,
-    user: &User,
-    image: Option<&str>,
-) -> ApiResult<(String, Option<PathBuf>)> {
+async fn resolve_image(st: &Shared, user: &User, image: Option<&str>) -> ApiResult<ResolvedImage> {
     let Some(name) = image.filter(|i| !i.is_empty() && *i != "minimal") else {
-        return Ok(("minimal".into(), None));
+        return Ok(ResolvedImage {
+            name: "minimal".into(),
+            path: None,
+            defaults: None,
+        });
     };
     let (uid, n) = (user.id.clone(), name.to_string());
     match st.db(move |s| s.image(&uid, &n)).await {
-        Ok(img) => Ok((img.name, Some(PathBuf::from(img.file_path)))),
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            Err(ApiError::not_found(format!("image {name:?} not found")))
-        }
+        Ok(img) => Ok(ResolvedImage {
+            defaults: crate::images::defaults_of(&img),
+            path: Some(PathBuf::from(img.file_path)),
+            name: img.name,
+        }),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Err(ApiError::not_found(format!(
+            "image {name:?} not found; `bhatti image pull <ref> --name {name}` or `bhatti image list`"
+        ))),
         Err(e) => Err(e),
     }
 }

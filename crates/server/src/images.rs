@@ -1,0 +1,303 @@
+//! Images on this daemon: where their files live, the pull and import jobs,
+//! and what a sandbox created from one inherits.
+//!
+//! Layout under `<data_dir>/images/`:
+//! - `rootfs-<tier>.ext4`: built-in images (the setup script's);
+//! - `<user id>/<name>.ext4`: a user's pulled, imported or saved image;
+//! - `blobs/`: the digest-keyed layer cache, shared by every user's pulls
+//!   (content-addressed, so sharing reveals nothing a digest does not);
+//! - `staging/<job>/`: trees being converted; cleared at start-up;
+//! - `lohar`: the guest agent injected into every image, taken from the
+//!   default root filesystem when not configured.
+//!
+//! The conversion itself is `bhatti-image`'s; this module adds the daemon's
+//! rules (names, quotas, one owner), the background task with progress, the
+//! events, and clean-up so that a failed or interrupted job leaves no image
+//! row, no file and no temp behind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bhatti_image::{BlobCache, Credentials, ImageDefaults, ImageError, Progress, Registry};
+use bhatti_store::{Image, NewImage};
+use tokio::sync::Semaphore;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::Shared;
+
+/// A pull that has not finished in this long is failed (04-api.md).
+const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How often a running task's progress is written to the store.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// Conversions at once: each is disk- and CPU-bound (decompression,
+/// mke2fs), and the sandboxes come first.
+const CONVERSIONS: usize = 2;
+
+/// The daemon's image machinery.
+pub struct Images {
+    dir: PathBuf,
+    pub registry: Registry,
+    pub cache: BlobCache,
+    lohar: Option<PathBuf>,
+    default_rootfs: PathBuf,
+    conversions: Semaphore,
+}
+
+/// An image problem as the API answers it: what the caller supplied is 400,
+/// the registry's refusals keep their meaning, the rest is the host's.
+pub fn api_error(e: ImageError) -> ApiError {
+    match e {
+        ImageError::NotFound(_) => ApiError::not_found(e.to_string()),
+        ImageError::Unauthorized(_) => ApiError::forbidden(e.to_string()),
+        ImageError::Registry(_) => {
+            ApiError::new(axum::http::StatusCode::BAD_GATEWAY, e.to_string())
+        }
+        e if e.is_bad_input() => ApiError::bad_request(e.to_string()),
+        e => ApiError::internal(e),
+    }
+}
+
+impl Images {
+    /// Opens the image directory; clears what an interrupted job left.
+    pub fn open(cfg: &crate::config::Config) -> std::io::Result<Images> {
+        let data_dir = &cfg.data_dir;
+        let dir = data_dir.join("images");
+        std::fs::create_dir_all(&dir)?;
+        let cache = BlobCache::open(dir.join("blobs")).map_err(std::io::Error::other)?;
+        cache.remove_stale_temp();
+        let staging = dir.join("staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)?;
+        // Half-written image files (`.<name>.ext4.tmp-*`) of killed jobs.
+        if let Ok(users) = std::fs::read_dir(&dir) {
+            for u in users.flatten().filter(|u| u.path().is_dir()) {
+                if let Ok(files) = std::fs::read_dir(u.path()) {
+                    for f in files.flatten() {
+                        let n = f.file_name();
+                        let n = n.to_string_lossy();
+                        if n.starts_with('.') && n.contains(".tmp-") {
+                            let _ = std::fs::remove_file(f.path());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Images {
+            dir,
+            registry: Registry::new(
+                cfg.insecure_registries.clone(),
+                Duration::from_secs(cfg.registry_timeout_secs.max(1)),
+            ),
+            cache,
+            lohar: cfg.lohar.clone(),
+            default_rootfs: cfg.rootfs_path(),
+            conversions: Semaphore::new(CONVERSIONS),
+        })
+    }
+
+    /// `<images>/<user>/<name>.ext4`.
+    pub fn file_for(&self, user_id: &str, name: &str) -> PathBuf {
+        self.dir.join(user_id).join(format!("{name}.ext4"))
+    }
+
+    fn staging_for(&self, job: &str) -> PathBuf {
+        self.dir.join("staging").join(job)
+    }
+
+    /// The lohar binary to inject: configured, `$BHATTI_LOHAR_STATIC`, or
+    /// the one inside the default root filesystem (so images always carry
+    /// the agent this daemon's guests speak to), extracted with debugfs.
+    async fn lohar(&self) -> ApiResult<PathBuf> {
+        if let Some(p) = self
+            .lohar
+            .clone()
+            .or_else(|| std::env::var_os("BHATTI_LOHAR_STATIC").map(PathBuf::from))
+        {
+            return Ok(p);
+        }
+        let out = self.dir.join("lohar");
+        let tmp = self
+            .dir
+            .join(format!(".lohar.tmp-{:08x}", rand::random::<u32>()));
+        let o = tokio::process::Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /usr/local/bin/lohar {}", tmp.display()))
+            .arg(&self.default_rootfs)
+            .output()
+            .await
+            .map_err(|e| ApiError::internal(format!("debugfs (e2fsprogs): {e}")))?;
+        let ok = o.status.success() && tmp.metadata().map(|m| m.len() > 0).unwrap_or(false);
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ApiError::internal(format!(
+                "no lohar to put in the image: set `lohar:` in the config (a static lohar), \
+                 or make {} hold /usr/local/bin/lohar",
+                self.default_rootfs.display()
+            )));
+        }
+        std::fs::rename(&tmp, &out).map_err(ApiError::internal)?;
+        Ok(out)
+    }
+
+    /// Layers → `<user>/<name>.ext4`: staged, converted, renamed in place.
+    /// Returns the size in MiB.
+    pub async fn convert(
+        &self,
+        job: &str,
+        layers: Vec<bhatti_image::Layer>,
+        out: PathBuf,
+        progress: Option<Arc<Progress>>,
+    ) -> ApiResult<u64> {
+        let _slot = self
+            .conversions
+            .acquire()
+            .await
+            .map_err(ApiError::internal)?;
+        let lohar = self.lohar().await?;
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(ApiError::internal)?;
+        }
+        let staging = self.staging_for(job);
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || {
+            bhatti_image::rootfs::build(
+                &layers,
+                &cache,
+                &staging,
+                &lohar,
+                &out,
+                progress.as_deref(),
+            )
+        })
+        .await?
+        .map_err(api_error)
+    }
+}
+
+/// The defaults an image record carries for exec and shell.
+pub fn defaults_of(img: &Image) -> Option<ImageDefaults> {
+    if img.oci_config.is_null() || img.oci_config.as_object().is_some_and(|o| o.is_empty()) {
+        return None;
+    }
+    serde_json::from_value(img.oci_config.clone()).ok()
+}
+
+/// What `POST /images/pull` starts.
+pub struct PullJob {
+    pub user_id: String,
+    pub name: String,
+    pub reference: String,
+    pub creds: Option<Credentials>,
+    /// An image of this name from the same reference, replaced on success.
+    pub replaces: bool,
+}
+
+/// Runs a pull as the task `task_id`: progress into the task, the image row
+/// and file on success, nothing on failure; the task ends either way.
+pub async fn run_pull(st: Shared, task_id: String, job: PullJob) {
+    let progress = Arc::new(Progress::default());
+    let reporter = {
+        let (st, id, p) = (st.clone(), task_id.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let snap = p.snapshot();
+                if last.as_ref() != Some(&snap) {
+                    let v = serde_json::to_value(&snap).unwrap_or_default();
+                    let id = id.clone();
+                    let _ = st.db(move |s| s.set_task_progress(&id, &v)).await;
+                    last = Some(snap);
+                }
+            }
+        })
+    };
+    let res = tokio::time::timeout(PULL_TIMEOUT, pull(&st, &task_id, &job, progress.clone())).await;
+    reporter.abort();
+    let res = match res {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::internal(format!(
+            "pull did not finish within {} minutes",
+            PULL_TIMEOUT.as_secs() / 60
+        ))),
+    };
+    let (uid, id) = (job.user_id.clone(), task_id.clone());
+    let mut snap = progress.snapshot();
+    match res {
+        Ok(img) => {
+            snap.phase = "done".into();
+            let v = serde_json::to_value(&snap).unwrap_or_default();
+            let result = serde_json::to_string(&crate::routes::images::to_api(&img)).ok();
+            let _ = st
+                .db(move |s| {
+                    s.set_task_progress(&id, &v)?;
+                    s.complete_task(&id, result)
+                })
+                .await;
+            st.events.emit(
+                &uid,
+                "",
+                "image.pulled",
+                serde_json::json!({"name": img.name, "ref": job.reference, "digest": img.oci_digest, "size_mb": img.size_mb}),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(task = task_id, image = job.name, error = %e.message, "image pull failed");
+            let msg = e.message.clone();
+            let v = serde_json::to_value(&snap).unwrap_or_default();
+            let _ = st
+                .db(move |s| {
+                    s.set_task_progress(&id, &v)?;
+                    s.fail_task(&id, &msg)
+                })
+                .await;
+            st.events.emit(
+                &uid,
+                "",
+                "image.pull_failed",
+                serde_json::json!({"name": job.name, "ref": job.reference, "error": e.message}),
+            );
+        }
+    }
+}
+
+async fn pull(
+    st: &Shared,
+    task_id: &str,
+    job: &PullJob,
+    progress: Arc<Progress>,
+) -> ApiResult<Image> {
+    let im = &st.images;
+    let pulled = im
+        .registry
+        .pull(&job.reference, job.creds.as_ref(), &im.cache, &progress)
+        .await
+        .map_err(api_error)?;
+    let out = im.file_for(&job.user_id, &job.name);
+    let size_mb = im
+        .convert(task_id, pulled.layers, out.clone(), Some(progress))
+        .await?;
+    let new = NewImage {
+        user_id: job.user_id.clone(),
+        name: job.name.clone(),
+        source: format!("oci:{}", pulled.reference),
+        file_path: out.to_string_lossy().into_owned(),
+        size_mb,
+        oci_digest: pulled.digest,
+        oci_config: serde_json::to_value(&pulled.defaults).map_err(ApiError::internal)?,
+    };
+    let replaces = job.replaces;
+    let res = st
+        .db(move |s| {
+            if replaces {
+                let _ = s.delete_image(&new.user_id, &new.name);
+            }
+            s.create_image(&new)
+        })
+        .await;
+    if res.is_err() && !replaces {
+        let _ = std::fs::remove_file(&out);
+    }
+    res
+}
