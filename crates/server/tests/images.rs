@@ -449,6 +449,67 @@ async fn pulled_and_imported_images_boot_with_their_env_and_workdir_vm() {
     let (_, out, _) = d.sh(&key, "py1", "cat /root/note").await;
     assert_eq!(out, "kept\n");
 
+    // save-image of the changed sandbox (it keeps running); a sandbox from
+    // the saved image has the change and the image's defaults.
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes/py1/save-image",
+            Some(&key),
+            Some(json!({"name": "py-saved"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["source"],
+        format!("saved:{}", sb["id"].as_str().unwrap())
+    );
+    let (code, out, _) = d.sh(&key, "py1", "echo still running").await;
+    assert_eq!((code, out.as_str()), (0, "still running\n"));
+    d.create(&key, json!({"name": "saved1", "image": "py-saved"}))
+        .await;
+    let (_, out, _) = d
+        .sh(&key, "saved1", "cat /root/note; pwd; echo $GREETING")
+        .await;
+    assert_eq!(out, "kept\n/app\nhello-from-image\n");
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes/py1/save-image",
+            Some(&key),
+            Some(json!({"name": "py-saved"})),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    // A checkpoint and a fork record the real image.
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes/py1/checkpoint",
+            Some(&key),
+            Some(json!({"name": "py-cp"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = d
+        .req(
+            "POST",
+            "/snapshots/py-cp/resume",
+            Some(&key),
+            Some(json!({"name": "py-resumed"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["image"], "py");
+    for sb in ["saved1", "py-resumed"] {
+        assert_eq!(
+            d.req("DELETE", &format!("/sandboxes/{sb}"), Some(&key), None)
+                .await
+                .status,
+            200
+        );
+    }
+
     // The same image as a `docker save` tarball (skopeo's docker-archive).
     let archive = work.path().join("py.tar");
     run(Command::new("skopeo")

@@ -221,6 +221,12 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_status ON tasks(status);
 "#,
     },
+    Migration {
+        name: "the image a snapshot was taken from",
+        sql: r#"
+ALTER TABLE snapshots ADD COLUMN image TEXT NOT NULL DEFAULT 'minimal';
+"#,
+    },
 ];
 
 /// The schema version this binary writes.

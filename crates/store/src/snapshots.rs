@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub manifest: serde_json::Value,
     pub size_mb: u64,
     pub created_at: String,
+    /// The image of the sandbox it was taken from; what a sandbox resumed
+    /// from it records.
+    pub image: String,
 }
 
 impl Snapshot {
@@ -42,9 +45,11 @@ pub struct NewSnapshot {
     pub dir: String,
     pub manifest: serde_json::Value,
     pub size_mb: u64,
+    /// The source sandbox's image (empty: `minimal`).
+    pub image: String,
 }
 
-const COLS: &str = "id, user_id, name, source_sandbox, dir, manifest, size_mb, created_at";
+const COLS: &str = "id, user_id, name, source_sandbox, dir, manifest, size_mb, created_at, image";
 
 fn map_snapshot(r: &Row<'_>) -> Result<Snapshot> {
     Ok(Snapshot {
@@ -56,6 +61,7 @@ fn map_snapshot(r: &Row<'_>) -> Result<Snapshot> {
         manifest: get_json(r, "manifest")?,
         size_mb: get_int(r, "size_mb")?,
         created_at: r.get("created_at")?,
+        image: r.get("image")?,
     })
 }
 
@@ -98,7 +104,7 @@ impl Store {
                 )));
             }
             tx.execute(
-                &format!("INSERT INTO snapshots ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+                &format!("INSERT INTO snapshots ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
                 params![
                     ids::row_id(),
                     s.user_id,
@@ -107,7 +113,12 @@ impl Store {
                     s.dir,
                     manifest,
                     to_sql_int(s.size_mb, "size_mb")?,
-                    time::now()
+                    time::now(),
+                    if s.image.is_empty() {
+                        "minimal"
+                    } else {
+                        s.image.as_str()
+                    }
                 ],
             )
             .map_err(|e| insert_err(e, |_| format!("snapshot {:?} already exists", s.name)))?;

@@ -856,10 +856,12 @@ fn snapshots_unique_per_user_and_counted() {
             dir: format!("/data/snapshots/{}/{name}", u.id),
             manifest: json!({"format_version": 1.0, "cpus": 2.0, "memory_mb": 2048.0}),
             size_mb: 300,
+            image: "py".into(),
         })
     };
     let cp = snap(&a, "cp").unwrap();
     assert_eq!(cp.manifest["cpus"], json!(2));
+    assert_eq!(cp.image, "py");
     #[derive(Deserialize)]
     struct M {
         format_version: u32,

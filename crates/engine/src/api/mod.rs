@@ -70,6 +70,18 @@ pub trait Engine: Send + Sync {
     /// atomically; the sandbox keeps running (it is resumed if it was hot).
     async fn checkpoint(&self, id: &str, dest: &Path) -> Result<CheckpointManifest>;
 
+    /// The sandbox's root disk copied to `dest` (a new file; written under a
+    /// temporary name and renamed), for saving as an image. A running guest
+    /// is synced and paused for the copy and resumed after; the sandbox
+    /// keeps running. `Unsupported` where the engine has no disk file.
+    async fn save_disk(&self, id: &str, dest: &Path) -> Result<()> {
+        let _ = (id, dest);
+        Err(EngineError::Unsupported {
+            engine: "this",
+            what: "saving a sandbox's disk as an image".into(),
+        })
+    }
+
     /// A new sandbox from a checkpoint directory; the source may still run.
     async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo>;
 

@@ -955,6 +955,40 @@ impl Engine for MicroVmEngine {
         res
     }
 
+    async fn save_disk(&self, id: &str, dest: &Path) -> Result<()> {
+        let sb = self.get(id)?;
+        let tmp = dest.with_file_name(format!(
+            ".{}.tmp-{:08x}",
+            dest.file_name().and_then(|n| n.to_str()).unwrap_or("disk"),
+            rand::random::<u32>()
+        ));
+        // The lifecycle lock keeps a stop, start or thermal move out while
+        // the disk is copied.
+        let slot = sb.lifecycle.lock().await;
+        let res = match slot.as_ref() {
+            Some(vm) => {
+                let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
+                let r = disk::cow_copy(&sb.detail.dir.join("rootfs.ext4"), &tmp).await;
+                self.unquiesce(&sb, vm.as_ref(), was_hot).await;
+                r
+            }
+            // Stopped or cold: no VMM holds the disk; it is as the guest
+            // left it when it was synced and snapshotted.
+            None => disk::cow_copy(&sb.detail.dir.join("rootfs.ext4"), &tmp).await,
+        };
+        drop(slot);
+        let res = match res {
+            Ok(()) => tokio::fs::rename(&tmp, dest)
+                .await
+                .map_err(EngineError::other),
+            Err(e) => Err(e),
+        };
+        if res.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        res
+    }
+
     async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo> {
         let d = dir.to_path_buf();
         let m: CheckpointManifest = blocking(move || {

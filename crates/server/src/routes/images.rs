@@ -232,6 +232,69 @@ pub async fn task(
     }))
 }
 
+/// `POST /sandboxes/:id/save-image`: the sandbox's disk as a new image of
+/// the caller's, carrying the exec defaults of the image it came from. The
+/// sandbox keeps running (paused for the copy).
+pub async fn save(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::NameBody>,
+) -> ApiResult<(StatusCode, Json<api::Image>)> {
+    validate::name("image", &req.name)?;
+    let sb = st.sandbox(&user, &id).await?;
+    let name = req.name;
+    let (uid, n) = (user.id.clone(), name.clone());
+    if st.db(move |s| s.image_exact(&uid, &n)).await.is_ok() {
+        return Err(ApiError::conflict(format!("image {name:?} already exists")));
+    }
+    room_for_one_more(&st, &user).await?;
+    let (uid, from) = (user.id.clone(), sb.image.clone());
+    let config = st
+        .db(move |s| s.image(&uid, &from))
+        .await
+        .map(|i| i.oci_config)
+        .unwrap_or(serde_json::Value::Null);
+    let out = st.images.file_for(&user.id, &name);
+    if let Some(p) = out.parent() {
+        tokio::fs::create_dir_all(p)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    st.engine.save_disk(&sb.id, &out).await?;
+    let size_mb = tokio::fs::metadata(&out)
+        .await
+        .map(|m| m.len().div_ceil(1 << 20))
+        .map_err(ApiError::internal)?;
+    let new = NewImage {
+        user_id: user.id.clone(),
+        name: name.clone(),
+        source: format!("saved:{}", sb.id),
+        file_path: out.to_string_lossy().into_owned(),
+        size_mb,
+        oci_digest: String::new(),
+        oci_config: config,
+    };
+    let img = match st
+        .db(move |s| s.create_image(&new))
+        .await
+        .map_err(quota_403)
+    {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&out).await;
+            return Err(e);
+        }
+    };
+    st.events.emit(
+        &user.id,
+        &sb.id,
+        "image.saved",
+        serde_json::json!({"name": img.name, "size_mb": img.size_mb}),
+    );
+    Ok((StatusCode::CREATED, Json(to_api(&img))))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {

@@ -111,6 +111,7 @@ pub fn router(state: Shared) -> Router {
             on(PROXY_METHODS, proxy::proxy),
         )
         .route("/sandboxes/{id}/checkpoint", post(snapshots::checkpoint))
+        .route("/sandboxes/{id}/save-image", post(images::save))
         .route("/snapshots", get(snapshots::list))
         .route(
             "/snapshots/{name}",

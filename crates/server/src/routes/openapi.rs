@@ -408,6 +408,11 @@ pub fn routes() -> Vec<RouteDoc> {
         op("delete", "/images/{name}", "Delete one of your images (sandboxes made from it keep their disks).")
             .ok(200, "`deleted`.", Content::Json(s::<api::StatusBody>))
             .errors(&[403, 404]),
+        op("post", "/sandboxes/{id}/save-image", "Save the sandbox's disk as a new image of yours (the sandbox keeps running).")
+            .json(s::<api::NameBody>)
+            .creates("/images/{name}", "name")
+            .ok(201, "The image.", Content::Json(s::<api::Image>))
+            .errors(&[403, 404, 409, 501]),
         op("get", "/tasks/{id}", "A background task (an image pull) with its progress.")
             .ok(200, "The task.", Content::Json(s::<api::Task>))
             .errors(&[404]),

@@ -96,6 +96,7 @@ pub async fn checkpoint(
         dir: dir.to_string_lossy().into_owned(),
         manifest: serde_json::to_value(&manifest).map_err(ApiError::internal)?,
         size_mb,
+        image: sb.image.clone(),
     };
     let saved = match st.db(move |s| s.create_snapshot(&ns)).await {
         Ok(s) => s,
@@ -198,6 +199,7 @@ pub async fn resume(
         // The sandbox's real shape, from the checkpoint (DECISIONS §7.10).
         cpus: manifest.cpus,
         memory_mb: manifest.memory_mb,
+        image: snap.image.clone(),
         ..NewSandbox::default()
     };
     st.db(move |s| s.insert_sandbox(&new)).await?;
