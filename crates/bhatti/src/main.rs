@@ -19,7 +19,7 @@ use bhatti_client::{ClientError, Overrides};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cmd::{
-    admin, exec, files, sandbox, secret, setup, shell, snapshot, user, version, volume, Ctx,
+    admin, exec, files, image, sandbox, secret, setup, shell, snapshot, user, version, volume, Ctx,
 };
 
 #[derive(Debug, Parser)]
@@ -94,6 +94,12 @@ enum Command {
     /// Manage named snapshots.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Pull, import, save and manage root filesystem images.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Background tasks (image pulls).
+    #[command(subcommand)]
+    Task(image::TaskCmd),
     /// Manage users (on the server: opens state.db directly).
     #[command(subcommand)]
     User(user::UserCmd),
@@ -147,6 +153,8 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
         Command::Secret(c) => secret::run(ctx, c).await,
         Command::Volume(c) => volume::run(ctx, c).await,
         Command::Snapshot(c) => snapshot::run(ctx, c).await,
+        Command::Image(c) => image::run(ctx, c).await,
+        Command::Task(c) => image::task(ctx, c).await,
         Command::User(c) => user::run(ctx, c),
         Command::Admin(c) => admin::run(ctx, c),
         Command::Version => version::run(ctx).await,

@@ -256,6 +256,61 @@ fn cli_egress_flags() {
     }
 }
 
+/// `bhatti image`: a local Docker image imported through `docker save`
+/// (streamed to the daemon), listed, inspected and deleted; a pull from a
+/// registry that is not there and an unknown task are errors (exit 1)
+/// with the daemon's reason.
+#[test]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+fn cli_images() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("docker");
+    let key = d.user("ivy");
+    let docker_image =
+        std::env::var("BHATTI_DOCKER_IMAGE").unwrap_or_else(|_| "bhatti/minimal:latest".into());
+    let o = ok(d.run(&key, &["image", "import", &docker_image, "--name", "mini"]));
+    assert!(
+        text(&o.stdout).contains("image/mini imported"),
+        "{}",
+        text(&o.stdout)
+    );
+    let list = json(&ok(d.run(&key, &["--json", "image", "list"])));
+    let mine: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] == "mini")
+        .collect();
+    assert_eq!(mine.len(), 1, "{list}");
+    assert_eq!(mine[0]["source"], "import:mini");
+    let o = ok(d.run(&key, &["image", "inspect", "mini"]));
+    assert!(
+        text(&o.stdout).contains("import:mini"),
+        "{}",
+        text(&o.stdout)
+    );
+    // The same name again: the daemon's 409, said.
+    let o = d.run(&key, &["image", "import", &docker_image, "--name", "mini"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("already exists"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = d.run(&key, &["image", "pull", "127.0.0.1:1/nothing:t"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("registry"), "{}", text(&o.stderr));
+    let o = d.run(&key, &["task", "get", "0123456789abcdef"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
+    ok(d.run(&key, &["image", "delete", "mini", "--yes"]));
+    let o = d.run(&key, &["image", "inspect", "mini"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
 #[test]
 #[cfg_attr(
     not(bhatti_docker),

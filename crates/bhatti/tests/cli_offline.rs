@@ -49,6 +49,8 @@ fn help_lists_the_commands() {
         "secret",
         "volume",
         "snapshot",
+        "image",
+        "task",
         "user",
         "version",
         "completion",

@@ -37,7 +37,8 @@ use std::sync::{Arc, Mutex};
 
 use bhatti_api as api;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response};
@@ -56,6 +57,9 @@ pub use ws::{
 };
 
 use transport::{encode_query_path, Target};
+
+/// A request body: bytes in memory or a file streamed from disk.
+type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("bhatti-client/", env!("CARGO_PKG_VERSION"));
@@ -280,9 +284,37 @@ impl Client {
         extra: &[(header::HeaderName, HeaderValue)],
         body: Option<(Bytes, &'static str)>,
     ) -> Result<Response<Incoming>> {
+        match body {
+            Some((bytes, ctype)) => {
+                let len = bytes.len() as u64;
+                let b = Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                self.send_body(method, path_and_query, extra, b, Some((ctype, len)))
+                    .await
+            }
+            None => {
+                let b = Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                self.send_body(method, path_and_query, extra, b, None).await
+            }
+        }
+    }
+
+    /// One request on a new connection; `content` is the body's type and
+    /// length (none: an empty body). The body may be a stream.
+    async fn send_body(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        extra: &[(header::HeaderName, HeaderValue)],
+        body: ReqBody,
+        content: Option<(&'static str, u64)>,
+    ) -> Result<Response<Incoming>> {
         let conn = self.inner.target.dial(&self.inner.endpoint).await?;
         let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(conn)).await?;
+            hyper::client::conn::http1::handshake::<_, ReqBody>(TokioIo::new(conn)).await?;
         tokio::spawn(async move {
             // Errors surface on the request/response side too.
             let _ = connection.await;
@@ -300,22 +332,20 @@ impl Client {
         for (k, v) in extra {
             b = b.header(k, v.clone());
         }
-        let payload = match body {
-            Some((bytes, ctype)) => {
+        match content {
+            Some((ctype, len)) => {
                 b = b
                     .header(header::CONTENT_TYPE, ctype)
-                    .header(header::CONTENT_LENGTH, bytes.len());
-                bytes
+                    .header(header::CONTENT_LENGTH, len);
             }
             None => {
                 if method == Method::POST || method == Method::PUT || method == Method::PATCH {
                     b = b.header(header::CONTENT_LENGTH, 0);
                 }
-                Bytes::new()
             }
-        };
+        }
         let req = b
-            .body(Full::new(payload))
+            .body(body)
             .map_err(|e| ClientError::Request(format!("{method} {uri}: {e}")))?;
         let resp = sender.send_request(req).await?;
         self.note_headers(resp.headers());
@@ -723,6 +753,74 @@ impl Client {
                 name: new_name.into(),
             }),
             "volume",
+        )
+        .await
+    }
+
+    // ----- images and tasks -----------------------------------------------
+
+    pub async fn list_images(&self) -> Result<Vec<api::Image>> {
+        self.get("/images", "image list").await
+    }
+
+    pub async fn get_image(&self, name: &str) -> Result<api::Image> {
+        self.get(&format!("/images/{}", encode_component(name)), "image")
+            .await
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Result<api::StatusBody> {
+        self.delete_status(&format!("/images/{}", encode_component(name)))
+            .await
+    }
+
+    /// `POST /images/pull`: `running` with a task to follow, or `exists`
+    /// when the image is already at the reference's digest.
+    pub async fn pull_image(&self, req: &api::PullImage) -> Result<api::PullStarted> {
+        self.call(Method::POST, "/images/pull", Some(req), "pull")
+            .await
+    }
+
+    /// `GET /tasks/:id`.
+    pub async fn task(&self, id: &str) -> Result<api::Task> {
+        self.get(&format!("/tasks/{}", encode_component(id)), "task")
+            .await
+    }
+
+    /// `POST /images/import?name=`: the tarball at `path` (a `docker save`
+    /// or an OCI layout), streamed from disk, never read whole.
+    pub async fn import_image(&self, name: &str, path: &std::path::Path) -> Result<api::Imported> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Request(format!("open {}: {e}", path.display())))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| ClientError::Request(format!("stat {}: {e}", path.display())))?
+            .len();
+        let frames = futures_util::TryStreamExt::map_ok(
+            tokio_util::io::ReaderStream::new(file),
+            hyper::body::Frame::data,
+        );
+        let body = StreamBody::new(frames).boxed_unsync();
+        let resp = self
+            .send_body(
+                Method::POST,
+                &format!("/images/import?name={}", encode_component(name)),
+                &[],
+                body,
+                Some(("application/x-tar", len)),
+            )
+            .await?;
+        Self::decode(resp, "import result").await
+    }
+
+    /// `POST /sandboxes/:id/save-image`.
+    pub async fn save_image(&self, sandbox: &str, name: &str) -> Result<api::Image> {
+        self.call(
+            Method::POST,
+            &format!("{}/save-image", Self::sb(sandbox)),
+            Some(&api::NameBody { name: name.into() }),
+            "image",
         )
         .await
     }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod exec;
 pub mod files;
+pub mod image;
 pub mod sandbox;
 pub mod secret;
 pub mod setup;

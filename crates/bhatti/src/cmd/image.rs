@@ -1,0 +1,307 @@
+//! `bhatti image pull|import|save|list|inspect|delete` and `bhatti task get`:
+//! root filesystem images. A pull runs as a task on the daemon; the CLI
+//! follows it with a progress bar per layer, and Ctrl+C leaves it running.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use bhatti_api as api;
+use clap::Subcommand;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::{aborted, Ctx};
+use crate::output::{mb, or_dash, print_json, Fields, Table};
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Pull an OCI image from a registry (`python:3.12`, `ghcr.io/org/img:tag`).
+    Pull {
+        /// The image reference.
+        reference: String,
+        /// The image's name here (default: the repository's last segment).
+        #[arg(long)]
+        name: Option<String>,
+        /// Registry credentials, `user:token`.
+        #[arg(long, env = "BHATTI_REGISTRY_AUTH", hide_env_values = true)]
+        auth: Option<String>,
+    },
+    /// Import a `docker save` or OCI-layout tarball, or a local Docker image.
+    Import {
+        /// A Docker image to export with `docker save` (instead of --tar).
+        docker_ref: Option<String>,
+        /// The tarball to upload.
+        #[arg(long, conflicts_with = "docker_ref")]
+        tar: Option<std::path::PathBuf>,
+        /// The image's name here.
+        #[arg(long)]
+        name: String,
+    },
+    /// Save a sandbox's disk as an image (the sandbox keeps running).
+    Save {
+        sandbox: String,
+        /// The image's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List the images you can use (yours and the admin ones).
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one image.
+    #[command(visible_alias = "info")]
+    Inspect { name: String },
+    /// Delete one of your images (sandboxes made from it keep their disks).
+    #[command(visible_alias = "rm")]
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// Show a background task (an image pull) and its progress.
+    Get { id: String },
+}
+
+fn owner(user_id: &str) -> &str {
+    if user_id.is_empty() {
+        "admin"
+    } else {
+        "you"
+    }
+}
+
+pub async fn run(ctx: &Ctx, c: ImageCmd) -> anyhow::Result<i32> {
+    let client = ctx.client()?;
+    match c {
+        ImageCmd::Pull {
+            reference,
+            name,
+            auth,
+        } => {
+            let started = client
+                .pull_image(&api::PullImage {
+                    reference: reference.clone(),
+                    name,
+                    auth,
+                })
+                .await?;
+            if started.status == "exists" {
+                let image = started.image.clone().unwrap_or_default();
+                if ctx.json {
+                    print_json(&started)?;
+                } else {
+                    outln!(
+                        "image/{image} is up to date ({})",
+                        started.digest.unwrap_or_default()
+                    );
+                }
+                return Ok(0);
+            }
+            let id = started
+                .task_id
+                .context("the daemon answered without a task")?;
+            return follow(ctx, &id).await;
+        }
+        ImageCmd::Import {
+            docker_ref,
+            tar,
+            name,
+        } => {
+            let (path, _tmp) = match (tar, docker_ref) {
+                (Some(p), _) => (p, None),
+                (None, Some(r)) => {
+                    let dir = tempfile::tempdir().context("temp dir for docker save")?;
+                    let p = dir.path().join("image.tar");
+                    let spin = ctx.spinner(format!("docker save {r}"));
+                    let st = tokio::process::Command::new("docker")
+                        .arg("save")
+                        .arg("-o")
+                        .arg(&p)
+                        .arg(&r)
+                        .status()
+                        .await
+                        .context("run docker (is it installed?)")?;
+                    drop(spin);
+                    anyhow::ensure!(st.success(), "docker save {r} failed ({st})");
+                    (p, Some(dir))
+                }
+                (None, None) => {
+                    anyhow::bail!("give a tarball (--tar FILE) or a Docker image reference")
+                }
+            };
+            let spin = ctx.spinner(format!("Importing image/{name}"));
+            let r = client.import_image(&name, &path).await?;
+            drop(spin);
+            if ctx.json {
+                print_json(&r)?;
+            } else {
+                outln!("image/{} imported ({})", r.name, mb(r.size_mb));
+            }
+        }
+        ImageCmd::Save { sandbox, name } => {
+            let spin = ctx.spinner(format!("Saving {sandbox} as image/{name}"));
+            let img = client.save_image(&sandbox, &name).await?;
+            drop(spin);
+            if ctx.json {
+                print_json(&img)?;
+            } else {
+                outln!(
+                    "image/{} saved from {sandbox} ({})",
+                    img.name,
+                    mb(img.size_mb)
+                );
+            }
+        }
+        ImageCmd::List => {
+            let list = client.list_images().await?;
+            if ctx.json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let mut t = Table::new(&["NAME", "OWNER", "SOURCE", "SIZE", "CREATED"]);
+            for i in &list {
+                t.row([
+                    i.name.clone(),
+                    owner(&i.user_id).to_string(),
+                    i.source.clone(),
+                    mb(i.size_mb),
+                    i.created_at.clone(),
+                ]);
+            }
+            if t.is_empty() {
+                eprintln!("No images. Pull one: bhatti image pull python:3.12");
+            } else {
+                t.print();
+            }
+        }
+        ImageCmd::Inspect { name } => {
+            let i = client.get_image(&name).await?;
+            if ctx.json {
+                print_json(&i)?;
+                return Ok(0);
+            }
+            let mut f = Fields::new();
+            f.add("Name", &i.name)
+                .add("ID", &i.id)
+                .add("Owner", owner(&i.user_id))
+                .add("Source", &i.source)
+                .add("Size", mb(i.size_mb))
+                .add("Digest", or_dash(i.oci_digest.as_deref().unwrap_or("")))
+                .add("Created", &i.created_at);
+            f.print();
+        }
+        ImageCmd::Delete { name, yes } => {
+            if !ctx.confirm(yes, &format!("Delete image/{name}?"))? {
+                return aborted();
+            }
+            let st = client.delete_image(&name).await?;
+            if ctx.json {
+                print_json(&st)?;
+            } else {
+                outln!("image/{name} deleted");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn task(ctx: &Ctx, c: TaskCmd) -> anyhow::Result<i32> {
+    let TaskCmd::Get { id } = c;
+    let t = ctx.client()?.task(&id).await?;
+    if ctx.json {
+        print_json(&t)?;
+        return Ok(0);
+    }
+    let mut f = Fields::new();
+    f.add("ID", &t.id)
+        .add("Type", &t.kind)
+        .add("Status", &t.status)
+        .add("Phase", or_dash(&t.progress.phase))
+        .add("Created", &t.created_at)
+        .add(
+            "Completed",
+            or_dash(t.completed_at.as_deref().unwrap_or("")),
+        );
+    if let Some(e) = &t.error {
+        f.add("Error", e);
+    }
+    f.print();
+    Ok(if t.status == "failed" { 1 } else { 0 })
+}
+
+/// Follows a pull task to its end: a bar per layer on a terminal, the
+/// result or the error after. Ctrl+C stops following, not the pull.
+async fn follow(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
+    let client = ctx.client()?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ctx.json;
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {msg}")
+        .map(|s| s.progress_chars("=> "))
+        .ok();
+    let phase = tty.then(|| multi.add(ProgressBar::new_spinner()));
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    let task = loop {
+        let t = tokio::select! {
+            t = client.task(id) => t?,
+            _ = tokio::signal::ctrl_c() => {
+                let _ = multi.clear();
+                eprintln!("Stopped following; the pull continues on the daemon. Follow it with: bhatti task get {id}");
+                return Ok(130);
+            }
+        };
+        if tty {
+            if let Some(p) = &phase {
+                p.set_message(format!("{} ({})", t.progress.phase, t.status));
+                p.tick();
+            }
+            for l in &t.progress.layers {
+                let bar = bars.entry(l.digest.clone()).or_insert_with(|| {
+                    let b = multi.add(ProgressBar::new(l.size));
+                    if let Some(s) = &style {
+                        b.set_style(s.clone());
+                    }
+                    b.set_prefix(l.digest.get(7..19).unwrap_or(&l.digest).to_string());
+                    b
+                });
+                bar.set_position(l.done.min(l.size));
+            }
+        }
+        if t.status != "running" {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for b in bars.values() {
+        b.finish();
+    }
+    if let Some(p) = &phase {
+        p.finish_and_clear();
+    }
+    if ctx.json {
+        print_json(&task)?;
+        return Ok(if task.status == "completed" { 0 } else { 1 });
+    }
+    if task.status == "completed" {
+        let img: Option<api::Image> = task
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok());
+        match img {
+            Some(i) => outln!(
+                "image/{} pulled ({}, {})",
+                i.name,
+                mb(i.size_mb),
+                i.oci_digest.unwrap_or_default()
+            ),
+            None => outln!("pulled"),
+        }
+        Ok(0)
+    } else {
+        eprintln!("Error: pull failed: {}", task.error.unwrap_or_default());
+        Ok(1)
+    }
+}
