@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # From a fresh Debian 12 machine to a command running in a sandbox:
-# installs packages, builds everything, builds the guest kernel (cached) and the
-# minimal image, starts the daemon (`bhatti serve`, default engine for this
+# installs packages, builds everything, builds the guest kernel (cached), the
+# minimal image and the `base` image (Debian with python3, git, a compiler;
+# the default for new sandboxes), starts the daemon (`bhatti serve`, default engine for this
 # host) with a first user, creates a sandbox, runs a command in it, and prints
 # what to try next. Run as root. Re-running it reuses what is already there.
 #
-#   bash scripts/quickstart.sh [command…]  (as root)     (default: uname -a; id)
+#   bash scripts/quickstart.sh [command…]  (as root)     (default: uname -a; id; python3 -c 'print(1)')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -24,6 +25,15 @@ echo "==> guest kernel (about 8 minutes the first time, then cached) and image"
 scripts/guest/build-kernel.sh
 cache=${BHATTI_GUEST_CACHE:-/var/cache/bhatti/guest}
 scripts/guest/build-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-minimal.ext4"
+echo "==> base image (Debian 12 + python3, git, build-essential; about a minute the first time)"
+scripts/guest/build-debian-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-base.ext4"
+# Installed in the data dir, it is the admin image `base` and the default.
+mkdir -p "$DATA/images"
+if ! cmp -s "$cache/rootfs-base.ext4.stamp" "$DATA/images/rootfs-base.ext4.stamp" 2>/dev/null; then
+    cp --reflink=auto --sparse=always "$cache/rootfs-base.ext4" "$DATA/images/.rootfs-base.ext4.tmp"
+    mv -f "$DATA/images/.rootfs-base.ext4.tmp" "$DATA/images/rootfs-base.ext4"
+    cp "$cache/rootfs-base.ext4.stamp" "$DATA/images/rootfs-base.ext4.stamp"
+fi
 install -m 0755 "$BHATTI" /usr/local/bin/bhatti
 
 health() { curl -sf --unix-socket "$SOCK" http://localhost/health >/dev/null 2>&1; }
@@ -54,7 +64,7 @@ echo "==> creating a sandbox and running a command in it"
 if [[ $# -gt 0 ]]; then
     "$BHATTI" exec quickstart -- "$@"
 else
-    "$BHATTI" exec quickstart -- sh -c 'uname -a; id'
+    "$BHATTI" exec quickstart -- sh -c "uname -a; id; python3 -c 'print(1)'"
 fi
 
 cat <<'NEXT'
@@ -62,6 +72,8 @@ cat <<'NEXT'
 It works. Try next:
   bhatti ls                                   # your sandboxes
   bhatti exec quickstart -- ls -la /workspace
+  bhatti exec quickstart -- sh -c 'sudo apt-get update && sudo apt-get install -y jq'   # a real Debian
+  bhatti image pull python:3.12 --name py && bhatti create --name py --image py   # any OCI image
   bhatti shell quickstart                     # interactive; Ctrl+\ detaches, run again to reattach
   echo hi | bhatti file write quickstart /workspace/hi.txt && bhatti file read quickstart /workspace/hi.txt
   bhatti stop quickstart && bhatti start quickstart    # snapshot to disk and back

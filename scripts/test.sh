@@ -30,6 +30,9 @@ if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_VM:-} ]]; then
     scripts/guest/build-rootfs.sh --lohar "$LOHAR_STATIC" --out "$cache/rootfs-minimal.ext4"
     export BHATTI_GUEST_KERNEL="$cache/vmlinux"
     export BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.ext4"
+    step "base image (Debian + python3, git, build-essential; cached)"
+    scripts/guest/build-debian-rootfs.sh --lohar "$LOHAR_STATIC" --out "$cache/rootfs-base.ext4"
+    export BHATTI_GUEST_BASE_ROOTFS="$cache/rootfs-base.ext4"
 else
     echo "not root or BHATTI_SKIP_VM set: VM tests will be reported as ignored"
 fi

@@ -3,7 +3,8 @@
 //! suites alike. Plus the server's own: `bhatti_schemathesis` when
 //! `BHATTI_SCHEMATHESIS` names the `st` binary of a schemathesis install
 //! (scripts/test.sh makes one in a venv), for the API contract suite; and
-//! `bhatti_registry` for the image suite (a real registry and skopeo).
+//! `bhatti_registry` for the image suite (a real registry and skopeo);
+//! `bhatti_base_image` when the `base` image is built.
 
 #[path = "../engine/build.rs"]
 mod gates;
@@ -26,6 +27,17 @@ fn registry_tools() -> bool {
 fn main() {
     gates::main();
     println!("cargo:rustc-check-cfg=cfg(bhatti_registry)");
+    // The `base` image (scripts/guest/build-debian-rootfs.sh): its suite
+    // boots it.
+    println!("cargo:rustc-check-cfg=cfg(bhatti_base_image)");
+    println!("cargo:rerun-if-env-changed=BHATTI_GUEST_BASE_ROOTFS");
+    let base = std::env::var("BHATTI_GUEST_BASE_ROOTFS")
+        .unwrap_or_else(|_| "/var/cache/bhatti/guest/rootfs-base.ext4".into());
+    println!("cargo:rerun-if-changed={base}");
+    if std::path::Path::new(&base).is_file() {
+        println!("cargo:rustc-cfg=bhatti_base_image");
+        println!("cargo:rustc-env=BHATTI_BASE_ROOTFS_AT_BUILD={base}");
+    }
     println!("cargo:rerun-if-changed=/usr/bin/docker-registry");
     println!("cargo:rerun-if-changed=/usr/bin/skopeo");
     if registry_tools() {

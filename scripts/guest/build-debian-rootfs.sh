@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the Debian guest root filesystem (the image users work in):
-# debootstrap minbase + a few everyday tools, user lohar (uid 1000) with
-# passwordless sudo, /workspace, lohar as /usr/local/bin/lohar, packed into
-# ext4 with `mke2fs -d` (no loop mount).
+# Build the `base` image, the daemon's default root filesystem where it is
+# installed: Debian 12 from debootstrap (minbase) plus what agents and CI
+# jobs expect (ca-certificates, curl, git, python3 with pip and venv,
+# build-essential, iproute2, procps, locales, sudo …), user lohar (uid 1000)
+# with passwordless sudo, /workspace, systemd pinned out (lohar is init),
+# lohar as /usr/local/bin/lohar, packed into ext4 with `mke2fs -d` (no loop
+# mount). docs/decisions.md ("Images: base and minimal") says what is in it.
 #
-# On demand only (downloads ~100 MB from the Debian mirror); not part of CI.
+# Downloads ~250 MB from the Debian mirror the first time; cached after.
 #
 # Caching:
 #   $CACHE/staging/debian-<suite>-<key>/  the debootstrapped + customised tree,
@@ -17,21 +20,21 @@ BHATTI_LOG_TAG=build-debian-rootfs
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 GUEST_UID=1000
 GUEST_GID=1000
 GUEST_USER=lohar
 GUEST_HOSTNAME=bhatti
-INCLUDE=iproute2,ca-certificates,sudo,curl,procps,bash,less,nano,python3
+INCLUDE=iproute2,ca-certificates,sudo,curl,procps,bash,less,nano,locales,git,openssh-client,xz-utils,unzip,python3,python3-pip,python3-venv,build-essential
 
 usage() {
     cat <<USAGE
 usage: $(basename "$0") --lohar <path-to-static-lohar> [--out <file>] [--suite bookworm] [--size-mb 2048] [--force]
 
   --lohar PATH   static lohar binary (becomes /usr/local/bin/lohar)
-  --out FILE     image path (default \$BHATTI_GUEST_CACHE/rootfs-debian-<suite>.ext4)
+  --out FILE     image path (default \$BHATTI_GUEST_CACHE/rootfs-base.ext4)
   --suite NAME   Debian suite for debootstrap (default bookworm)
-  --size-mb N    image size in MiB, sparse (default 2048)
+  --size-mb N    image size in MiB, sparse (default 4096)
   --force        re-run debootstrap and rebuild the image
 
 environment:
@@ -43,7 +46,7 @@ USAGE
 LOHAR=""
 OUT=""
 SUITE=bookworm
-SIZE_MB=2048
+SIZE_MB=4096
 FORCE=0
 MIRROR="${BHATTI_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 parse_args() {
@@ -63,7 +66,7 @@ parse_args() {
     [[ -f "$LOHAR" && -x "$LOHAR" ]] || die "--lohar: not an executable file: $LOHAR"
     [[ "$SIZE_MB" =~ ^[0-9]+$ && "$SIZE_MB" -ge 256 ]] || die "--size-mb must be an integer >= 256"
     [[ "$SUITE" =~ ^[a-z]+$ ]] || die "--suite: unexpected name: $SUITE"
-    OUT="${OUT:-$BHATTI_GUEST_CACHE/rootfs-debian-$SUITE.ext4}"
+    OUT="${OUT:-$BHATTI_GUEST_CACHE/rootfs-base.ext4}"
 }
 
 check_tools() {
@@ -92,6 +95,21 @@ customise() {
     echo "$GUEST_USER ALL=(ALL) NOPASSWD:ALL" >"$ROOT/etc/sudoers.d/90-$GUEST_USER"
     chmod 0440 "$ROOT/etc/sudoers.d/90-$GUEST_USER"
     echo user_allow_other >"$ROOT/etc/fuse.conf"
+
+    # One UTF-8 locale, the one lohar exports (LANG=en_US.UTF-8).
+    echo "en_US.UTF-8 UTF-8" >"$ROOT/etc/locale.gen"
+    in_root locale-gen >/dev/null
+    echo "LANG=en_US.UTF-8" >"$ROOT/etc/default/locale"
+    # pip installs work without --break-system-packages: a sandbox is
+    # disposable, and agents run `pip install` as they would anywhere
+    # (python3 -m venv stays the tidy way).
+    printf '[global]\nbreak-system-packages = true\n' >"$ROOT/etc/pip.conf"
+    # apt with updates and security, like a stock install.
+    cat >"$ROOT/etc/apt/sources.list" <<SOURCES
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb http://security.debian.org/debian-security $SUITE-security main
+SOURCES
 
     mkdir -p "$ROOT/workspace"
     chown "$GUEST_UID:$GUEST_GID" "$ROOT/workspace"
@@ -148,7 +166,7 @@ main() {
         local tmp="$tree.tmp"
         rm -rf "$tmp" "$tree.complete"
         mkdir -p "$tmp"
-        log "debootstrap --variant=minbase $SUITE from $MIRROR (~100 MB download)"
+        log "debootstrap --variant=minbase $SUITE from $MIRROR (~250 MB download)"
         local t0=$SECONDS
         debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$tmp" "$MIRROR" ||
             die "debootstrap failed (see $tmp/debootstrap/debootstrap.log)"

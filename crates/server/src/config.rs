@@ -179,6 +179,10 @@ pub struct Config {
     /// Seconds a registry may take to accept a connection or send the next
     /// bytes before the pull fails (default 60).
     pub registry_timeout_secs: u64,
+    /// The image of a sandbox created without one. Unset: `base` when that
+    /// image is installed (`<data_dir>/images/rootfs-base.ext4`, what the
+    /// quickstart does), else `minimal`.
+    pub default_image: Option<String>,
 }
 
 impl Default for Config {
@@ -213,6 +217,7 @@ impl Default for Config {
             insecure_registries: Vec::new(),
             allowed_registries: Vec::new(),
             registry_timeout_secs: 60,
+            default_image: None,
         }
     }
 }

@@ -852,3 +852,48 @@ async fn pulls_are_limited_to_allowed_registries() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("docker.io"), "{}", r.text());
 }
+
+/// The `base` image as the quickstart installs it (`images/rootfs-base.ext4`
+/// in the data dir) is the default: a sandbox created without an image is
+/// Debian with python3, git, a C compiler and apt, and its user has sudo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(bhatti_vm_tests, bhatti_base_image)),
+    ignore = "needs root, the guest artifacts and the base image (scripts/guest/build-debian-rootfs.sh)"
+)]
+async fn base_image_is_the_default_with_python_git_and_a_compiler_vm() {
+    let _serial = SERIAL.lock().await;
+    let base = std::env::var("BHATTI_GUEST_BASE_ROOTFS")
+        .ok()
+        .or(option_env!("BHATTI_BASE_ROOTFS_AT_BUILD").map(str::to_string))
+        .expect("base image path");
+    let dir = tempfile::Builder::new()
+        .prefix("bhatti-base-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("images")).unwrap();
+    std::os::unix::fs::symlink(&base, dir.path().join("images/rootfs-base.ext4")).unwrap();
+    let data = dir.path().to_path_buf();
+    let d = TestDaemon::start("qemu", |c| c.data_dir = data).await;
+    let key = d.user("alice", Default::default());
+    let sb = d.create(&key, json!({"name": "b1"})).await;
+    assert_eq!(sb["image"], "base");
+    let (code, out, err) = d
+        .sh(
+            &key,
+            "b1",
+            "python3 -c 'print(1)'; git --version | cut -d' ' -f1-2; cc --version >/dev/null && echo cc; \
+             apt-get --version | head -1 | cut -d' ' -f1; sudo -n id -u; id -un",
+        )
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["1", "git version", "cc"], "{out}");
+    assert_eq!(lines[3], "apt", "{out}");
+    assert_eq!(lines[4..], ["0", "lohar"], "{out}");
+    // `minimal` is still there when asked for.
+    let m = d
+        .create(&key, json!({"name": "m1", "image": "minimal"}))
+        .await;
+    assert_eq!(m["image"], "minimal");
+}

@@ -465,10 +465,27 @@ struct ResolvedImage {
     defaults: Option<bhatti_image::ImageDefaults>,
 }
 
-/// `image` through the store (own, then admin); `None`/`minimal` = the
-/// engine's default.
+/// The image name a create without one gets: `default_image`, else `base`
+/// when it is installed, else `minimal`.
+async fn default_image(st: &Shared) -> String {
+    if let Some(d) = st.cfg.default_image.clone().filter(|d| !d.is_empty()) {
+        return d;
+    }
+    let base = st
+        .db(|s| s.image_exact(bhatti_store::ADMIN_USER, "base"))
+        .await
+        .is_ok();
+    if base { "base" } else { "minimal" }.to_string()
+}
+
+/// `image` through the store (own, then admin); `minimal` = the engine's
+/// default root filesystem; none = [`default_image`].
 async fn resolve_image(st: &Shared, user: &User, image: Option<&str>) -> ApiResult<ResolvedImage> {
-    let Some(name) = image.filter(|i| !i.is_empty() && *i != "minimal") else {
+    let image = match image.filter(|i| !i.is_empty()) {
+        Some(i) => i.to_string(),
+        None => default_image(st).await,
+    };
+    let Some(name) = Some(image.as_str()).filter(|i| *i != "minimal") else {
         return Ok(ResolvedImage {
             name: "minimal".into(),
             path: None,
