@@ -15,12 +15,15 @@ if [[ $(id -u) -eq 0 ]]; then
     scripts/guest/build-kernel.sh
     cache=${BHATTI_GUEST_CACHE:-/var/cache/bhatti/guest}
     scripts/guest/build-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-minimal.ext4"
+    scripts/guest/build-debian-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-base.ext4"
+    export BHATTI_LOHAR_STATIC="$LOHAR"
     scripts/start-dockerd.sh && scripts/docker-image.sh --lohar "$LOHAR" || echo "!! no dockerd: Docker benchmarks will skip"
 fi
 cargo bench -p lohar --bench agent
 cargo bench -p bhatti-engine --bench microvm
 cargo bench -p bhatti-engine --bench docker
 cargo bench -p bhatti-server --bench api
+cargo bench -p bhatti-server --bench images
 fi
 {
     echo "# Performance"
@@ -28,7 +31,7 @@ fi
     echo "Collected by \`scripts/bench.sh\` from \`bench/results/\`; each figure is beside a baseline"
     echo "measured in the same run on the same machine (2 cores; QEMU under TCG here, no KVM for"
     echo "ordinary guests — see DECISIONS §4). Regenerate (as root) with \`bash scripts/bench.sh\`."
-    for s in agent microvm docker api; do
+    for s in agent microvm docker api images; do
         f="bench/results/$s.md"
         [[ -f $f ]] || continue
         echo

@@ -4,6 +4,8 @@
 //! on both).
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
