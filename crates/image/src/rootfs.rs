@@ -284,18 +284,17 @@ pub fn pack_ext4(root: &Path, out: &Path) -> Result<u64> {
     res
 }
 
-/// The whole conversion: each layer re-verified against its digest and
-/// applied in order onto a fresh `staging` directory, lohar added, packed
-/// to `out`. `staging` is removed afterwards, whatever happened; on error
-/// `out` is untouched. Returns the image's size in MiB.
-pub fn build(
+/// Layers → a tree a sandbox can boot: each layer re-verified against its
+/// digest and applied in order onto a fresh `staging` directory, then
+/// lohar and the rest added ([`prepare_tree`]). On error `staging` is
+/// removed; on success it is the caller's (to pack, import, remove).
+pub fn build_tree(
     layers: &[crate::Layer],
     cache: &crate::BlobCache,
     staging: &Path,
     lohar: &Path,
-    out: &Path,
     progress: Option<&crate::Progress>,
-) -> Result<u64> {
+) -> Result<()> {
     let _ = fs::remove_dir_all(staging);
     fs::create_dir_all(staging).map_err(io_err(format!("create {}", staging.display())))?;
     let res = (|| {
@@ -306,16 +305,46 @@ pub fn build(
             cache.verify(&l.digest)?;
             crate::layers::apply_layer(staging, &l.path, &l.digest)?;
         }
-        if let Some(p) = progress {
-            p.phase("building");
-        }
-        prepare_tree(staging, lohar)?;
-        pack_ext4(staging, out)
+        prepare_tree(staging, lohar)
     })();
-    if let Err(e) = fs::remove_dir_all(staging) {
-        tracing::warn!(dir = %staging.display(), error = %e, "could not remove an image staging tree");
+    if res.is_err() {
+        remove_staging(staging);
     }
     res
+}
+
+/// Removes a staging tree (a failure is logged: it is only disk space).
+pub fn remove_staging(staging: &Path) {
+    if let Err(e) = fs::remove_dir_all(staging) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(dir = %staging.display(), error = %e, "could not remove an image staging tree");
+        }
+    }
+}
+
+/// The whole conversion to an ext4 file: [`build_tree`], then
+/// [`pack_ext4`] to `out`; `staging` is removed whatever happened, and on
+/// error `out` is untouched. Returns the image's size in MiB.
+pub fn build(
+    layers: &[crate::Layer],
+    cache: &crate::BlobCache,
+    staging: &Path,
+    lohar: &Path,
+    out: &Path,
+    progress: Option<&crate::Progress>,
+) -> Result<u64> {
+    build_tree(layers, cache, staging, lohar, progress)?;
+    if let Some(p) = progress {
+        p.phase("building");
+    }
+    let res = pack_ext4(staging, out);
+    remove_staging(staging);
+    res
+}
+
+/// MiB a tree takes on disk (allocated blocks, symlinks not followed).
+pub fn tree_size_mb(root: &Path) -> Result<u64> {
+    Ok(tree_usage(root)?.0.div_ceil(1 << 20))
 }
 
 #[cfg(test)]

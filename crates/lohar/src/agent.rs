@@ -101,6 +101,53 @@ pub struct AgentConfig {
     pub default_cwd: Option<PathBuf>,
 }
 
+impl AgentConfig {
+    /// The sandbox's user and working directory as guest and container
+    /// mode share them: `user` is `root`, `lohar`/empty (uid 1000), or an
+    /// image's own user looked up in `/etc/passwd` (unknown: `lohar`, with
+    /// a warning); `cwd` is an image's WorkingDir (made if missing, as
+    /// Docker does; empty: `/workspace` for init, the agent's own for
+    /// execs). Token, env and the rest keep their defaults.
+    pub fn for_sandbox(user: &str, cwd: &str) -> AgentConfig {
+        let run_as = match user {
+            "root" => None,
+            "" | "lohar" => Some(RunAs::lohar()),
+            other => Some(
+                std::fs::read_to_string("/etc/passwd")
+                    .ok()
+                    .and_then(|p| RunAs::lookup(other, &p))
+                    .unwrap_or_else(|| {
+                        tracing::warn!(user = %other, "unknown user; running children as lohar");
+                        RunAs::lohar()
+                    }),
+            ),
+        };
+        let cwd = Some(PathBuf::from(cwd))
+            .filter(|p| p.is_absolute())
+            .filter(|p| p.is_dir() || std::fs::create_dir_all(p).is_ok());
+        AgentConfig {
+            home: run_as
+                .as_ref()
+                .map_or_else(|| "/root".into(), |r| r.home.clone()),
+            sync_after_exec: true,
+            // File operations act as the user children run as (none to
+            // switch to when that is root).
+            file_user: run_as.as_ref().map(|r| (r.uid, r.gid)),
+            run_as,
+            init_cwd: cwd.clone().unwrap_or_else(|| {
+                let w = PathBuf::from("/workspace");
+                if w.is_dir() {
+                    w
+                } else {
+                    PathBuf::from("/")
+                }
+            }),
+            default_cwd: cwd,
+            ..AgentConfig::default()
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> AgentConfig {
         AgentConfig {

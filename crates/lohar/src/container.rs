@@ -12,7 +12,8 @@
 //! | `LOHAR_ENV_FILE`  | optional `KEY=VALUE` lines: environment for children (see [`parse_env_file`]) |
 //! | `LOHAR_INIT_FILE` | optional file with the `init` script (run as the `init` session) |
 //! | `LOHAR_INIT`      | the `init` script inline, when there is no `LOHAR_INIT_FILE` |
-//! | `LOHAR_USER`      | `root` runs children as root; anything else as `lohar` (uid 1000) |
+//! | `LOHAR_USER`      | `root`, `lohar` (uid 1000, the default), or an image's user (name, uid, `uid:gid` in `/etc/passwd`) |
+//! | `LOHAR_CWD`       | an image's WorkingDir: the default cwd of execs and shells |
 //!
 //! The file paths may be relative; they are taken relative to `LOHAR_SOCK_DIR`.
 //!
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::guest::{power, reaper, READY_LINE};
-use crate::{Agent, AgentConfig, RunAs};
+use crate::{Agent, AgentConfig};
 
 /// Default bind-mount point of the per-sandbox host directory.
 pub const DEFAULT_SOCK_DIR: &str = "/run/bhatti";
@@ -35,7 +36,6 @@ pub const DEFAULT_SOCK_DIR: &str = "/run/bhatti";
 pub const CONTROL_SOCK: &str = "agent.sock";
 /// Forward socket name inside the directory.
 pub const FORWARD_SOCK: &str = "forward.sock";
-const INIT_CWD: &str = "/workspace";
 
 /// Container-mode settings, read from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,10 @@ pub struct Settings {
     pub env_file: Option<PathBuf>,
     pub init_file: Option<PathBuf>,
     pub init: Option<String>,
-    pub root: bool,
+    /// `root`, `lohar` (the default) or an image's own user.
+    pub user: String,
+    /// An image's WorkingDir (empty: none).
+    pub cwd: String,
 }
 
 impl Settings {
@@ -73,7 +76,8 @@ impl Settings {
             env_file: path("LOHAR_ENV_FILE"),
             init_file: path("LOHAR_INIT_FILE"),
             init: get("LOHAR_INIT").filter(|s| !s.is_empty()),
-            root: get("LOHAR_USER").as_deref() == Some("root"),
+            user: get("LOHAR_USER").unwrap_or_default(),
+            cwd: get("LOHAR_CWD").unwrap_or_default(),
             dir,
         }
     }
@@ -172,22 +176,7 @@ pub fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), String> {
     let cfg = AgentConfig {
         token,
         env,
-        run_as: if s.root { None } else { Some(RunAs::lohar()) },
-        home: if s.root {
-            "/root".into()
-        } else {
-            RunAs::lohar().home
-        },
-        sync_after_exec: true,
-        // File operations act as the user children run as (none to switch to
-        // when that is root).
-        file_user: (!s.root).then_some((1000, 1000)),
-        init_cwd: if Path::new(INIT_CWD).is_dir() {
-            PathBuf::from(INIT_CWD)
-        } else {
-            PathBuf::from("/")
-        },
-        default_cwd: None,
+        ..AgentConfig::for_sandbox(&s.user, &s.cwd)
     };
     Ok((cfg, init))
 }
@@ -268,6 +257,7 @@ async fn serve(s: Settings) -> Result<&'static str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RunAs;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: BTreeMap<String, String> = vars
@@ -284,7 +274,7 @@ mod tests {
         assert_eq!(s.token_file, Some(PathBuf::from("/run/bhatti/token")));
         assert_eq!(s.control_sock(), PathBuf::from("/run/bhatti/agent.sock"));
         assert_eq!(s.forward_sock(), PathBuf::from("/run/bhatti/forward.sock"));
-        assert!(!s.root);
+        assert_eq!(s.user, "");
         let s = Settings::from_lookup(lookup(&[
             ("LOHAR_SOCK_DIR", "/x"),
             ("LOHAR_ENV_FILE", "/abs/env"),
@@ -292,7 +282,7 @@ mod tests {
         ]));
         assert_eq!(s.env_file, Some(PathBuf::from("/abs/env")));
         assert_eq!(s.token_file, None);
-        assert!(s.root);
+        assert_eq!(s.user, "root");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         "engine selected"
     );
 
-    let images = crate::images::Images::open(&cfg).map_err(dir_err)?;
+    let images = crate::images::Images::open(&cfg, engine_name == "docker").map_err(dir_err)?;
     // Pulls and imports a killed daemon left running can never finish.
     let failed = store.fail_running_tasks("the daemon restarted while the task ran")?;
     if failed > 0 {

@@ -41,6 +41,9 @@ pub struct Images {
     pub cache: BlobCache,
     lohar: Option<PathBuf>,
     default_rootfs: PathBuf,
+    /// The Docker engine runs images from dockerd, not ext4 files: images
+    /// are imported there (`docker import`) and their row names the tag.
+    docker: bool,
     conversions: Semaphore,
 }
 
@@ -60,7 +63,7 @@ pub fn api_error(e: ImageError) -> ApiError {
 
 impl Images {
     /// Opens the image directory; clears what an interrupted job left.
-    pub fn open(cfg: &crate::config::Config) -> std::io::Result<Images> {
+    pub fn open(cfg: &crate::config::Config, docker: bool) -> std::io::Result<Images> {
         let data_dir = &cfg.data_dir;
         let dir = data_dir.join("images");
         std::fs::create_dir_all(&dir)?;
@@ -92,6 +95,7 @@ impl Images {
             cache,
             lohar: cfg.lohar.clone(),
             default_rootfs: cfg.rootfs_path(),
+            docker,
             conversions: Semaphore::new(CONVERSIONS),
         })
     }
@@ -140,38 +144,109 @@ impl Images {
         Ok(out)
     }
 
-    /// Layers → `<user>/<name>.ext4`: staged, converted, renamed in place.
-    /// Returns the size in MiB.
+    /// Layers → what the engine boots: `<user>/<name>.ext4` (staged,
+    /// converted, renamed in place), or on the Docker engine an image in
+    /// dockerd with lohar as its entrypoint. Returns where it is (the row's
+    /// `file_path`) and its size in MiB.
     pub async fn convert(
         &self,
         job: &str,
         layers: Vec<bhatti_image::Layer>,
-        out: PathBuf,
+        user_id: &str,
+        name: &str,
         progress: Option<Arc<Progress>>,
-    ) -> ApiResult<u64> {
+    ) -> ApiResult<(String, u64)> {
         let _slot = self
             .conversions
             .acquire()
             .await
             .map_err(ApiError::internal)?;
         let lohar = self.lohar().await?;
+        let staging = self.staging_for(job);
+        let cache = self.cache.clone();
+        if self.docker {
+            let tag = format!(
+                "bhatti-image/{}/{}:{}",
+                user_id.to_ascii_lowercase(),
+                name.to_ascii_lowercase(),
+                bhatti_store::ids::random_hex(4)
+            );
+            let tree = staging.clone();
+            let size_mb = tokio::task::spawn_blocking(move || {
+                bhatti_image::rootfs::build_tree(
+                    &layers,
+                    &cache,
+                    &tree,
+                    &lohar,
+                    progress.as_deref(),
+                )?;
+                bhatti_image::rootfs::tree_size_mb(&tree)
+            })
+            .await?
+            .map_err(api_error)?;
+            let res = docker_import(&staging, &tag).await;
+            bhatti_image::rootfs::remove_staging(&staging);
+            res?;
+            return Ok((tag, size_mb));
+        }
+        let out = self.file_for(user_id, name);
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent).map_err(ApiError::internal)?;
         }
-        let staging = self.staging_for(job);
-        let cache = self.cache.clone();
-        tokio::task::spawn_blocking(move || {
+        let file = out.clone();
+        let size_mb = tokio::task::spawn_blocking(move || {
             bhatti_image::rootfs::build(
                 &layers,
                 &cache,
                 &staging,
                 &lohar,
-                &out,
+                &file,
                 progress.as_deref(),
             )
         })
         .await?
-        .map_err(api_error)
+        .map_err(api_error)?;
+        Ok((out.to_string_lossy().into_owned(), size_mb))
+    }
+
+    /// Removes what a deleted image's row named (a file, or a dockerd image).
+    pub async fn remove(&self, file_path: &str) {
+        if self.docker && file_path.starts_with("bhatti-image/") {
+            let _ = tokio::process::Command::new("docker")
+                .args(["image", "rm", "-f", file_path])
+                .output()
+                .await;
+            return;
+        }
+        if let Err(e) = tokio::fs::remove_file(file_path).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = file_path, error = %e, "could not remove an image file");
+            }
+        }
+    }
+}
+
+/// `tar | docker import` of a prepared tree, lohar its entrypoint (as the
+/// Docker engine's own image has it).
+async fn docker_import(tree: &std::path::Path, tag: &str) -> ApiResult<()> {
+    let cmd = format!(
+        "tar --numeric-owner -C '{}' -c . | docker import \
+         --change 'ENTRYPOINT [\"/usr/local/bin/lohar\",\"container\"]' \
+         --change 'LABEL bhatti.image=imported' - '{tag}'",
+        tree.display()
+    );
+    let o = tokio::process::Command::new("bash")
+        .args(["-o", "pipefail", "-c", &cmd])
+        .output()
+        .await
+        .map_err(|e| ApiError::internal(format!("docker import: {e}")))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(ApiError::internal(format!(
+            "docker import: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )))
     }
 }
 
@@ -274,15 +349,20 @@ async fn pull(
         .pull(&job.reference, job.creds.as_ref(), &im.cache, &progress)
         .await
         .map_err(api_error)?;
-    let out = im.file_for(&job.user_id, &job.name);
-    let size_mb = im
-        .convert(task_id, pulled.layers, out.clone(), Some(progress))
+    let (file_path, size_mb) = im
+        .convert(
+            task_id,
+            pulled.layers,
+            &job.user_id,
+            &job.name,
+            Some(progress),
+        )
         .await?;
     let new = NewImage {
         user_id: job.user_id.clone(),
         name: job.name.clone(),
         source: format!("oci:{}", pulled.reference),
-        file_path: out.to_string_lossy().into_owned(),
+        file_path: file_path.clone(),
         size_mb,
         oci_digest: pulled.digest,
         oci_config: serde_json::to_value(&pulled.defaults).map_err(ApiError::internal)?,
@@ -297,7 +377,7 @@ async fn pull(
         })
         .await;
     if res.is_err() && !replaces {
-        let _ = std::fs::remove_file(&out);
+        im.remove(&file_path).await;
     }
     res
 }

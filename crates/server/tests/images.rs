@@ -730,3 +730,71 @@ async fn base_image_is_the_default_with_python_git_and_a_compiler_vm() {
         .await;
     assert_eq!(m["image"], "minimal");
 }
+
+/// The Docker engine takes the same images: a `docker save`-format tarball
+/// imported into a Docker-engine daemon becomes an image in dockerd with
+/// lohar as its entrypoint, and a sandbox from it runs the image's python3
+/// with its Env and WorkingDir; deleting the image removes it from dockerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(bhatti_docker, bhatti_registry)),
+    ignore = "needs dockerd (scripts/start-dockerd.sh), root and skopeo"
+)]
+async fn imported_image_runs_on_the_docker_engine() {
+    let _serial = SERIAL.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    oci_layout(
+        &layout,
+        &[
+            busybox_layer(work.path()),
+            python_layer(work.path()),
+            extras_layer(),
+        ],
+        json!({"config": {"Env": ["GREETING=hello-from-image"], "WorkingDir": "/app"}}),
+    );
+    let archive = work.path().join("py.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker-archive:{}:team/py:t", archive.display())));
+
+    let d = TestDaemon::start("docker", |_| {}).await;
+    let key = d.user("alice", Default::default());
+    let r = upload(&d, &key, "py", std::fs::read(&archive).unwrap()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let tag = d
+        .store()
+        .image_exact(&d.store().user_by_name("alice").unwrap().id, "py")
+        .unwrap()
+        .file_path;
+    assert!(tag.starts_with("bhatti-image/"), "{tag}");
+    d.create(&key, json!({"name": "dpy", "image": "py"})).await;
+    let (code, out, err) = d
+        .sh(
+            &key,
+            "dpy",
+            "python3 -c 'import os; print(os.getcwd(), os.environ[\"GREETING\"])'; id -u",
+        )
+        .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "/app hello-from-image\n0\n"),
+        "{err}"
+    );
+    assert_eq!(
+        d.req("DELETE", "/sandboxes/dpy", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        d.req("DELETE", "/images/py", Some(&key), None).await.status,
+        200
+    );
+    let gone = Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "{tag} still in dockerd");
+}

@@ -558,6 +558,11 @@ impl DockerEngine {
         ];
         if spec.run_as_root {
             env.push("LOHAR_USER=root".into());
+        } else if !spec.user.is_empty() {
+            env.push(format!("LOHAR_USER={}", spec.user));
+        }
+        if !spec.cwd.is_empty() {
+            env.push(format!("LOHAR_CWD={}", spec.cwd));
         }
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),

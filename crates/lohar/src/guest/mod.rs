@@ -27,19 +27,18 @@ pub mod reaper;
 pub mod vsock;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bhatti_protocol::config::GuestConfig;
 use bhatti_protocol::{PORT_CONTROL, PORT_FORWARD};
 
-use crate::{Agent, AgentConfig, RunAs};
+use crate::{Agent, AgentConfig};
 
 /// Where the boot phases are recorded (ms since the kernel started).
 pub const BOOT_TIMING: &str = "/run/bhatti/boot-timing.txt";
 /// The console line hosts and tests wait for.
 pub const READY_LINE: &str = "lohar: ready";
-const INIT_CWD: &str = "/workspace";
 
 /// Everything that can go wrong while setting up the guest.
 #[derive(Debug, thiserror::Error)]
@@ -105,43 +104,10 @@ impl Timing {
 
 /// The agent's configuration for a guest with this config drive.
 pub fn agent_config(cfg: &GuestConfig) -> AgentConfig {
-    let run_as = match cfg.user.as_str() {
-        "root" => None,
-        "" | "lohar" => Some(RunAs::lohar()),
-        // An image's own user (its config's `User`).
-        other => Some(
-            std::fs::read_to_string("/etc/passwd")
-                .ok()
-                .and_then(|p| RunAs::lookup(other, &p))
-                .unwrap_or_else(|| {
-                    tracing::warn!(user = %other, "unknown config user; running children as lohar");
-                    RunAs::lohar()
-                }),
-        ),
-    };
-    // An image's WorkingDir: made if the image lacks it, as Docker does.
-    let cwd = Some(PathBuf::from(&cfg.cwd))
-        .filter(|p| p.is_absolute())
-        .filter(|p| p.is_dir() || std::fs::create_dir_all(p).is_ok());
     AgentConfig {
         token: Some(cfg.token.clone()).filter(|t| !t.is_empty()),
         env: cfg.env.clone(),
-        home: run_as
-            .as_ref()
-            .map_or_else(|| "/root".into(), |r| r.home.clone()),
-        sync_after_exec: true,
-        // File operations act as the user children run as (none to switch to
-        // when that is root).
-        file_user: run_as.as_ref().map(|r| (r.uid, r.gid)),
-        run_as,
-        init_cwd: cwd.clone().unwrap_or_else(|| {
-            if Path::new(INIT_CWD).is_dir() {
-                PathBuf::from(INIT_CWD)
-            } else {
-                PathBuf::from("/")
-            }
-        }),
-        default_cwd: cwd,
+        ..AgentConfig::for_sandbox(&cfg.user, &cfg.cwd)
     }
 }
 
@@ -291,6 +257,7 @@ async fn serve(cfg: GuestConfig, mut timing: Timing) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RunAs;
 
     #[test]
     fn agent_config_for_lohar_and_root() {

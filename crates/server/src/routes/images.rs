@@ -101,11 +101,7 @@ pub async fn delete(
         Err(e) => return Err(e),
     };
     // Sandboxes made from it have their own copy of the disk.
-    if let Err(e) = tokio::fs::remove_file(&img.file_path).await {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = img.file_path, error = %e, "could not remove an image file");
-        }
-    }
+    st.images.remove(&img.file_path).await;
     st.events.emit(
         &user.id,
         "",
@@ -357,16 +353,15 @@ pub async fn import(
                 .await?
                 .map_err(api_error)?;
         let _ = tokio::fs::remove_file(&upload).await;
-        let out = st.images.file_for(&user.id, &name);
-        let size_mb = st
+        let (file_path, size_mb) = st
             .images
-            .convert(&job, unpacked.layers, out.clone(), None)
+            .convert(&job, unpacked.layers, &user.id, &name, None)
             .await?;
         let new = NewImage {
             user_id: user.id.clone(),
             name: name.clone(),
             source: format!("import:{name}"),
-            file_path: out.to_string_lossy().into_owned(),
+            file_path: file_path.clone(),
             size_mb,
             oci_digest: String::new(),
             oci_config: serde_json::to_value(&unpacked.defaults).map_err(ApiError::internal)?,
@@ -378,7 +373,7 @@ pub async fn import(
         {
             Ok(img) => Ok(img),
             Err(e) => {
-                let _ = tokio::fs::remove_file(&out).await;
+                st.images.remove(&file_path).await;
                 Err(e)
             }
         }
