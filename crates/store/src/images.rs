@@ -78,7 +78,8 @@ fn count_of(c: &Connection, user_id: &str) -> Result<u64> {
 }
 
 impl Store {
-    /// Inserts an image. For a user's image, `max_images` is checked in the
+    /// Inserts an image. For a user's image, `max_images` and the storage
+    /// quota (shared with volumes and grown disks) are checked in the
     /// same transaction (`Quota`, text `image limit reached (n/max)`;
     /// DECISIONS §7.12). A name the owner already uses is `Conflict`.
     pub fn create_image(&self, i: &NewImage) -> Result<Image> {
@@ -99,6 +100,8 @@ impl Store {
                         "image limit reached ({n}/{max})"
                     )));
                 }
+                // Images share the storage quota with volumes and disks.
+                crate::volumes::check_quota(tx, &i.user_id, i.size_mb)?;
             }
             tx.execute(
                 &format!("INSERT INTO images ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),

@@ -129,15 +129,17 @@ fn by_id(c: &Connection, id: &str) -> Result<Volume> {
     )
 }
 
-/// The user's storage in use: every volume's size plus the root disk size of
-/// every active sandbox that asked for one (`disk_size_mb`). Root disks at
-/// the image's own size are not counted: they cannot grow past the image.
+/// The user's storage in use: every volume's size, the root disk size of
+/// every active sandbox that asked for one (`disk_size_mb`), and the user's
+/// own images (pulled, imported, saved). Root disks at the image's own size
+/// are not counted: they cannot grow past the image.
 pub(crate) fn storage_used_mb(c: &Connection, user_id: &str) -> Result<u64> {
     count(
         c,
         "SELECT (SELECT COALESCE(SUM(size_mb), 0) FROM volumes WHERE user_id = ?1) + \
                 (SELECT COALESCE(SUM(disk_size_mb), 0) FROM sandboxes \
-                 WHERE user_id = ?1 AND status != 'destroyed')",
+                 WHERE user_id = ?1 AND status != 'destroyed') + \
+                (SELECT COALESCE(SUM(size_mb), 0) FROM images WHERE user_id = ?1)",
         [user_id],
     )
 }
@@ -248,7 +250,7 @@ impl Store {
         })
     }
 
-    /// The user's storage in use in MiB: volumes plus grown root disks.
+    /// The user's storage in use in MiB: volumes, grown root disks, images.
     pub fn storage_used_mb(&self, user_id: &str) -> Result<u64> {
         self.read(|c| storage_used_mb(c, user_id))
     }

@@ -839,6 +839,23 @@ fn grown_root_disks_share_the_storage_quota() {
     // A destroyed sandbox gives its room back.
     s.delete_sandbox(&first.id).unwrap();
     disk("three", 10_000).unwrap();
+    // Images count too: none fits now; after a volume is gone one does,
+    // and it takes the room.
+    let image = |name: &str, mb: u64| {
+        s.create_image(&bhatti_store::NewImage {
+            user_id: a.id.clone(),
+            name: name.into(),
+            source: "import:x".into(),
+            file_path: "/x".into(),
+            size_mb: mb,
+            ..Default::default()
+        })
+    };
+    assert!(matches!(image("big", 481), Err(StoreError::Quota(_))));
+    s.delete_volume(&a.id, "data").unwrap();
+    image("fits", 9_000).unwrap();
+    assert_eq!(s.storage_used_mb(&a.id).unwrap(), 19_000);
+    assert!(matches!(image("over", 1_481), Err(StoreError::Quota(_))));
 }
 
 // ------------------------------------------------ snapshots, images, publish
