@@ -235,19 +235,7 @@ async fn docker_import(tree: &std::path::Path, tag: &str) -> ApiResult<()> {
          --change 'LABEL bhatti.image=imported' - '{tag}'",
         tree.display()
     );
-    let o = tokio::process::Command::new("bash")
-        .args(["-o", "pipefail", "-c", &cmd])
-        .output()
-        .await
-        .map_err(|e| ApiError::internal(format!("docker import: {e}")))?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(ApiError::internal(format!(
-            "docker import: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )))
-    }
+    crate::routes::volumes::run("bash", &["-o", "pipefail", "-c", &cmd]).await
 }
 
 /// The defaults an image record carries for exec and shell.

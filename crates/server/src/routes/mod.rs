@@ -19,7 +19,7 @@ mod resources;
 mod sandboxes;
 mod snapshots;
 pub(crate) mod system;
-mod volumes;
+pub(crate) mod volumes;
 mod ws;
 
 use std::time::Instant;

@@ -59,7 +59,8 @@ fn backing_path(st: &Shared, user: &str, name: &str) -> PathBuf {
     }
 }
 
-async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
+/// Runs a host command; a failure is a 500 with its stderr (for the log).
+pub(crate) async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
     let out = tokio::process::Command::new(cmd)
         .args(args)
         .stdin(std::process::Stdio::null())
