@@ -306,6 +306,32 @@ fn cli_images() {
     let o = d.run(&key, &["task", "get", "0123456789abcdef"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
+    // Shared (on the server, DB-direct) with one user, then taken back.
+    let jay = d.user("jay");
+    let admin = |args: &[&str]| {
+        ok(bhatti(d.home.path())
+            .args(["--data-dir", d.dir(), "image"])
+            .args(args)
+            .output()
+            .expect("image share"))
+    };
+    let has_mini = |k: &str| {
+        json(&ok(d.run(k, &["--json", "image", "list"])))
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "mini")
+    };
+    assert!(!has_mini(&jay));
+    let o = admin(&["share", "mini", "--owner", "ivy", "--user", "jay"]);
+    assert!(
+        text(&o.stdout).contains("shared with: jay"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(has_mini(&jay));
+    admin(&["unshare", "mini", "--owner", "ivy"]);
+    assert!(!has_mini(&jay));
     ok(d.run(&key, &["image", "delete", "mini", "--yes"]));
     let o = d.run(&key, &["image", "inspect", "mini"]);
     assert_eq!(o.status.code(), Some(1));

@@ -123,13 +123,77 @@ impl Store {
     }
 
     /// Resolves an image name for a user: the user's own image first, then
-    /// an admin image of that name.
+    /// one shared with them (the oldest, if several), then an admin image
+    /// of that name.
     pub fn image(&self, user_id: &str, name: &str) -> Result<Image> {
         self.read(|c| {
             if let Some(i) = exact(c, user_id, name)? {
                 return Ok(i);
             }
+            let shared = query_opt(
+                c,
+                &format!(
+                    "SELECT {COLS} FROM images WHERE name = ?2 AND user_id NOT IN (?1, '') AND id IN \
+                     (SELECT image_id FROM image_shares WHERE user_id IN (?1, '*')) \
+                     ORDER BY created_at LIMIT 1"
+                ),
+                [user_id, name],
+                map_image,
+            )?;
+            if let Some(i) = shared {
+                return Ok(i);
+            }
             exact(c, ADMIN, name)?.ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// Shares the owner's image with these users (their IDs), or with every
+    /// user when `with` is empty. Sharing twice is a no-op.
+    pub fn share_image(&self, owner_id: &str, name: &str, with: &[String]) -> Result<Image> {
+        self.write(|tx| {
+            let i = exact(tx, owner_id, name)?.ok_or(StoreError::NotFound)?;
+            if i.user_id == ADMIN {
+                return Err(StoreError::Invalid(
+                    "admin images are every user's already".into(),
+                ));
+            }
+            let everyone = [String::from("*")];
+            for u in if with.is_empty() { &everyone[..] } else { with } {
+                tx.execute(
+                    "INSERT OR IGNORE INTO image_shares (image_id, user_id) VALUES (?1, ?2)",
+                    params![i.id, u],
+                )?;
+            }
+            Ok(i)
+        })
+    }
+
+    /// Takes shares back: from these users, or every share when `with` is
+    /// empty.
+    pub fn unshare_image(&self, owner_id: &str, name: &str, with: &[String]) -> Result<Image> {
+        self.write(|tx| {
+            let i = exact(tx, owner_id, name)?.ok_or(StoreError::NotFound)?;
+            if with.is_empty() {
+                tx.execute("DELETE FROM image_shares WHERE image_id = ?1", [&i.id])?;
+            }
+            for u in with {
+                tx.execute(
+                    "DELETE FROM image_shares WHERE image_id = ?1 AND user_id = ?2",
+                    params![i.id, u],
+                )?;
+            }
+            Ok(i)
+        })
+    }
+
+    /// Whom the owner's image is shared with (user IDs; `*` = everyone).
+    pub fn image_shares(&self, owner_id: &str, name: &str) -> Result<Vec<String>> {
+        self.read(|c| {
+            let i = exact(c, owner_id, name)?.ok_or(StoreError::NotFound)?;
+            let mut st =
+                c.prepare("SELECT user_id FROM image_shares WHERE image_id = ?1 ORDER BY user_id")?;
+            let rows = st.query_map([&i.id], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
     }
 
@@ -139,14 +203,16 @@ impl Store {
         self.read(|c| exact(c, user_id, name)?.ok_or(StoreError::NotFound))
     }
 
-    /// The images a user can use: own ones, then admin ones, each by name.
+    /// The images a user can use: own ones, then those shared with them,
+    /// then admin ones, each by name.
     pub fn list_images(&self, user_id: &str) -> Result<Vec<Image>> {
         self.read(|c| {
             query_all(
                 c,
                 &format!(
-                    "SELECT {COLS} FROM images WHERE user_id = ?1 OR user_id = '' \
-                     ORDER BY user_id = '', name"
+                    "SELECT {COLS} FROM images WHERE user_id = ?1 OR user_id = '' OR id IN \
+                     (SELECT image_id FROM image_shares WHERE user_id IN (?1, '*')) \
+                     ORDER BY CASE WHEN user_id = ?1 THEN 0 WHEN user_id = '' THEN 2 ELSE 1 END, name"
                 ),
                 [user_id],
                 map_image,
@@ -164,6 +230,7 @@ impl Store {
     pub fn delete_image(&self, user_id: &str, name: &str) -> Result<Image> {
         self.write(|tx| {
             let i = exact(tx, user_id, name)?.ok_or(StoreError::NotFound)?;
+            tx.execute("DELETE FROM image_shares WHERE image_id = ?1", [&i.id])?;
             tx.execute("DELETE FROM images WHERE id = ?1", [&i.id])?;
             Ok(i)
         })

@@ -227,6 +227,18 @@ CREATE INDEX tasks_status ON tasks(status);
 ALTER TABLE snapshots ADD COLUMN image TEXT NOT NULL DEFAULT 'minimal';
 "#,
     },
+    Migration {
+        name: "image shares",
+        sql: r#"
+-- user_id '*' = every user.
+CREATE TABLE image_shares (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    user_id  TEXT NOT NULL,
+    PRIMARY KEY (image_id, user_id)
+);
+CREATE INDEX image_shares_user ON image_shares(user_id);
+"#,
+    },
 ];
 
 /// The schema version this binary writes.

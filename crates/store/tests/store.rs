@@ -1415,3 +1415,52 @@ fn tasks_end_once_belong_to_their_user_and_fail_after_a_restart() {
     assert_eq!(s.fail_running_tasks("again").unwrap(), 0);
     drop(dir);
 }
+
+#[test]
+fn shared_images_are_seen_by_whom_they_are_shared_with() {
+    let (_d, s) = open();
+    let (a, b, c) = (user(&s, "a"), user(&s, "b"), user(&s, "c"));
+    let img = |u: &User, name: &str| {
+        s.create_image(&bhatti_store::NewImage {
+            user_id: u.id.clone(),
+            name: name.into(),
+            source: "import:x".into(),
+            file_path: format!("/img/{}/{name}", u.id),
+            size_mb: 1,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    img(&a, "py");
+    img(&c, "py");
+    let names = |u: &User| -> Vec<String> {
+        s.list_images(&u.id)
+            .unwrap()
+            .into_iter()
+            .map(|i| format!("{}:{}", i.name, i.user_id == u.id))
+            .collect()
+    };
+    assert!(matches!(s.image(&b.id, "py"), Err(StoreError::NotFound)));
+    s.share_image(&a.id, "py", std::slice::from_ref(&b.id))
+        .unwrap();
+    assert_eq!(s.image(&b.id, "py").unwrap().user_id, a.id);
+    assert_eq!(names(&b), ["py:false"]);
+    // c keeps its own; its own wins over a share.
+    s.share_image(&a.id, "py", &[]).unwrap();
+    assert_eq!(s.image(&c.id, "py").unwrap().user_id, c.id);
+    assert_eq!(
+        s.image_shares(&a.id, "py").unwrap(),
+        vec!["*".to_string(), b.id.clone()]
+    );
+    s.unshare_image(&a.id, "py", &[]).unwrap();
+    assert!(matches!(s.image(&b.id, "py"), Err(StoreError::NotFound)));
+    // Deleting the image takes its shares with it.
+    s.share_image(&a.id, "py", std::slice::from_ref(&b.id))
+        .unwrap();
+    s.delete_image(&a.id, "py").unwrap();
+    assert!(s.list_images(&b.id).unwrap().is_empty());
+    assert!(matches!(
+        s.share_image(&b.id, "py", &[]),
+        Err(StoreError::NotFound)
+    ));
+}

@@ -1,4 +1,5 @@
-//! `bhatti image pull|import|save|list|inspect|delete` and `bhatti task get`:
+//! `bhatti image pull|import|save|list|inspect|delete|share|unshare` and
+//! `bhatti task get`:
 //! root filesystem images. A pull runs as a task on the daemon; the CLI
 //! follows it with a progress bar per layer, and Ctrl+C leaves it running.
 
@@ -50,6 +51,30 @@ pub enum ImageCmd {
     /// Show one image.
     #[command(visible_alias = "info")]
     Inspect { name: String },
+    /// Share a user's image with other users, or with everyone (on the
+    /// server: opens state.db directly). `--list` shows whom it is shared with.
+    Share {
+        name: String,
+        /// The image's owner (a user name).
+        #[arg(long)]
+        owner: String,
+        /// A user to share with (repeatable); none: every user.
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// Only list the current shares.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Take shares back (on the server: opens state.db directly).
+    Unshare {
+        name: String,
+        /// The image's owner (a user name).
+        #[arg(long)]
+        owner: String,
+        /// A user to unshare from (repeatable); none: every share.
+        #[arg(long = "user")]
+        users: Vec<String>,
+    },
     /// Delete one of your images (sandboxes made from it keep their disks).
     #[command(visible_alias = "rm")]
     Delete {
@@ -74,9 +99,82 @@ fn owner(user_id: &str) -> &str {
     }
 }
 
+/// `share`/`unshare`, DB-direct like `bhatti user`: user names → IDs.
+fn shares(
+    ctx: &Ctx,
+    name: &str,
+    owner: &str,
+    users: &[String],
+    share: Option<bool>,
+) -> anyhow::Result<i32> {
+    let store = super::user::open(&ctx.data_dir(), false)?;
+    let id_of = |n: &str| {
+        store
+            .user_by_name(n)
+            .map(|u| u.id)
+            .with_context(|| format!("user {n:?}"))
+    };
+    let owner_id = id_of(owner)?;
+    let ids = users
+        .iter()
+        .map(|u| id_of(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match share {
+        Some(true) => {
+            store.share_image(&owner_id, name, &ids)?;
+        }
+        Some(false) => {
+            store.unshare_image(&owner_id, name, &ids)?;
+        }
+        None => {}
+    }
+    let with = store.image_shares(&owner_id, name)?;
+    let names: Vec<String> = with
+        .iter()
+        .map(|id| {
+            if id == "*" {
+                "every user".to_string()
+            } else {
+                store
+                    .user(id)
+                    .map(|u| u.name)
+                    .unwrap_or_else(|_| id.clone())
+            }
+        })
+        .collect();
+    if ctx.json {
+        print_json(&names)?;
+    } else if names.is_empty() {
+        outln!("image/{name} of {owner} is not shared");
+    } else {
+        outln!(
+            "image/{name} of {owner} is shared with: {}",
+            names.join(", ")
+        );
+    }
+    Ok(0)
+}
+
 pub async fn run(ctx: &Ctx, c: ImageCmd) -> anyhow::Result<i32> {
+    match c {
+        ImageCmd::Share {
+            name,
+            owner,
+            users,
+            list,
+        } => shares(ctx, &name, &owner, &users, (!list).then_some(true)),
+        ImageCmd::Unshare { name, owner, users } => shares(ctx, &name, &owner, &users, Some(false)),
+        other => through_api(ctx, other).await,
+    }
+}
+
+/// Everything but sharing goes through the daemon's API.
+async fn through_api(ctx: &Ctx, c: ImageCmd) -> anyhow::Result<i32> {
     let client = ctx.client()?;
     match c {
+        ImageCmd::Share { .. } | ImageCmd::Unshare { .. } => {
+            anyhow::bail!("image share and unshare run on the server, against its database")
+        }
         ImageCmd::Pull {
             reference,
             name,
