@@ -28,6 +28,12 @@ if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_VM:-} ]]; then
     scripts/guest/build-kernel.sh
     cache=${BHATTI_GUEST_CACHE:-/var/cache/bhatti/guest}
     scripts/guest/build-rootfs.sh --lohar "$LOHAR_STATIC" --out "$cache/rootfs-minimal.ext4"
+    # Every guest the suites boot gets tsc_early_khz (a TCG guest on a loaded
+    # host can hang calibrating its TSC): looked up once here, where the
+    # kernel log and /proc/cpuinfo fallbacks are all tried.
+    if [[ -z ${BHATTI_TSC_KHZ:-} ]] && tsc=$(source scripts/guest/lib.sh && host_tsc_khz 2>/dev/null); then
+        export BHATTI_TSC_KHZ="$tsc"
+    fi
     export BHATTI_GUEST_KERNEL="$cache/vmlinux"
     export BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.ext4"
     step "base image (Debian + python3, git, build-essential; cached)"

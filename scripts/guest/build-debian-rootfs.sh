@@ -70,7 +70,7 @@ parse_args() {
 }
 
 check_tools() {
-    require_cmds debootstrap:debootstrap mke2fs:e2fsprogs chroot:coreutils \
+    require_cmds debootstrap:debootstrap mke2fs:e2fsprogs chroot:coreutils umount:mount \
         sha256sum:coreutils flock:util-linux du:coreutils
     [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]] ||
         die "missing Debian archive keyring (apt-get install debian-archive-keyring)"
@@ -148,6 +148,19 @@ HOSTS
         "$ROOT"/var/cache/debconf/*-old
 }
 
+# A debootstrap killed hard (no exit trap) leaves proc/sys mounted inside
+# its target: unmount whatever is under a tree before deleting it, and never
+# let rm cross into another file system.
+remove_tree() {
+    local t="$1" m
+    [[ -e "$t" ]] || return 0
+    t="$(realpath "$t")"
+    while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done < <(awk -v p="$t/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
+    rm -rf --one-file-system "$t"
+}
+
 main() {
     parse_args "$@"
     check_tools
@@ -164,20 +177,21 @@ main() {
     # in the image); the tree is built under .tmp and renamed.
     if ((FORCE)) || [[ ! -f "$tree.complete" || ! -d "$tree" ]]; then
         local tmp="$tree.tmp"
-        rm -rf "$tmp" "$tree.complete"
+        remove_tree "$tmp"
+        rm -f "$tree.complete"
         mkdir -p "$tmp"
         log "debootstrap --variant=minbase $SUITE from $MIRROR (~250 MB download)"
         local t0=$SECONDS
         debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$tmp" "$MIRROR" ||
             die "debootstrap failed (see $tmp/debootstrap/debootstrap.log)"
         customise "$tmp"
-        rm -rf "$tree"
+        remove_tree "$tree"
         mv "$tmp" "$tree"
         touch "$tree.complete"
         log "tree ready in $((SECONDS - t0)) s: $tree"
         local d
         for d in "$cache"/staging/debian-"$SUITE"-*; do
-            [[ "$d" == "$tree" || "$d" == "$tree.complete" ]] || rm -rf "$d"
+            [[ "$d" == "$tree" || "$d" == "$tree.complete" ]] || remove_tree "$d"
         done
     fi
 

@@ -1402,6 +1402,21 @@ fn tasks_end_once_belong_to_their_user_and_fail_after_a_restart() {
         "downloading"
     );
 
+    // Failing ends it too, once; the progress so far stays.
+    let f = s.create_task(&a.id, "image_pull").unwrap();
+    assert_eq!(f.progress, serde_json::json!({}));
+    s.fail_task(&f.id, "manifest unknown").unwrap();
+    let failed = s.task(&a.id, &f.id).unwrap();
+    assert_eq!(
+        (failed.status.as_str(), failed.error.as_deref()),
+        ("failed", Some("manifest unknown"))
+    );
+    assert!(failed.completed_at.is_some() && failed.result.is_none());
+    assert!(matches!(
+        s.complete_task(&f.id, None),
+        Err(StoreError::Conflict(_))
+    ));
+
     // A task running when the store is reopened (a daemon killed mid-pull).
     let cut = s.create_task(&a.id, "image_pull").unwrap();
     drop(s);

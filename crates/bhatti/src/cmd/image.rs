@@ -49,7 +49,7 @@ pub enum ImageCmd {
     #[command(visible_alias = "ls")]
     List,
     /// Show one image.
-    #[command(visible_alias = "info")]
+    #[command(visible_aliases = ["info", "get"])]
     Inspect { name: String },
     /// Share a user's image with other users, or with everyone (on the
     /// server: opens state.db directly). `--list` shows whom it is shared with.
@@ -222,7 +222,13 @@ async fn through_api(ctx: &Ctx, c: ImageCmd) -> anyhow::Result<i32> {
                         .arg(&r)
                         .status()
                         .await
-                        .context("run docker (is it installed?)")?;
+                        .map_err(|e| match e.kind() {
+                            std::io::ErrorKind::NotFound => anyhow::anyhow!(
+                                "docker is not installed (or not on PATH); export the image with \
+                                 `docker save -o FILE {r}` where Docker is and pass --tar FILE"
+                            ),
+                            _ => anyhow::Error::new(e).context("run docker save"),
+                        })?;
                     drop(spin);
                     anyhow::ensure!(st.success(), "docker save {r} failed ({st})");
                     (p, Some(dir))
@@ -342,14 +348,23 @@ async fn follow(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
         .ok();
     let phase = tty.then(|| multi.add(ProgressBar::new_spinner()));
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    // One listener for the whole follow, made before the first request: a
+    // fresh `ctrl_c()` per poll would miss a Ctrl+C pressed during the
+    // sleep between polls (tokio keeps SIGINT once it has listened, so the
+    // key would do nothing).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listen for Ctrl+C")?;
+    let stopped = |multi: &MultiProgress| {
+        let _ = multi.clear();
+        eprintln!(
+            "Stopped following; the pull continues on the daemon. Follow it with: bhatti task get {id}"
+        );
+        Ok(130)
+    };
     let task = loop {
         let t = tokio::select! {
             t = client.task(id) => t?,
-            _ = tokio::signal::ctrl_c() => {
-                let _ = multi.clear();
-                eprintln!("Stopped following; the pull continues on the daemon. Follow it with: bhatti task get {id}");
-                return Ok(130);
-            }
+            _ = interrupt.recv() => return stopped(&multi),
         };
         if tty {
             if let Some(p) = &phase {
@@ -371,7 +386,10 @@ async fn follow(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
         if t.status != "running" {
             break t;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = interrupt.recv() => return stopped(&multi),
+        }
     };
     for b in bars.values() {
         b.finish();
