@@ -304,14 +304,37 @@ pub async fn import(
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
 ) -> ApiResult<(StatusCode, Json<api::Imported>)> {
-    let Query(q) = q?;
-    validate::name("image", &q.name)?;
-    let name = q.name;
-    let (uid, n) = (user.id.clone(), name.clone());
-    if st.db(move |s| s.image_exact(&uid, &n)).await.is_ok() {
-        return Err(ApiError::conflict(format!("image {name:?} already exists")));
+    let checked = async {
+        let Query(q) = q?;
+        validate::name("image", &q.name)?;
+        let (uid, n) = (user.id.clone(), q.name.clone());
+        if st.db(move |s| s.image_exact(&uid, &n)).await.is_ok() {
+            return Err(ApiError::conflict(format!(
+                "image {:?} already exists",
+                q.name
+            )));
+        }
+        room_for_one_more(&st, &user).await?;
+        Ok(q.name)
     }
-    room_for_one_more(&st, &user).await?;
+    .await;
+    let name = match checked {
+        Ok(n) => n,
+        Err(e) => {
+            // Read what the client is sending before refusing: closing on
+            // unread bytes resets the connection, and the client would see
+            // a broken pipe instead of this answer.
+            let mut body = req.into_body().into_data_stream();
+            let mut seen: u64 = 0;
+            while let Ok(Some(chunk)) = body.try_next().await {
+                seen = seen.saturating_add(chunk.len() as u64);
+                if seen > MAX_IMPORT {
+                    break;
+                }
+            }
+            return Err(e);
+        }
+    };
 
     let job = format!("import-{}", bhatti_store::ids::random_hex(8));
     let upload = st
