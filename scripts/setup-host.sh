@@ -10,12 +10,13 @@
 #   docker.io, curl (the Docker engine; dockerd is started by scripts/start-dockerd.sh)
 #   python3-venv (schemathesis for the API contract suite, in a venv scripts/test.sh makes)
 #   docker-registry, skopeo (the image suite: a registry on loopback, images pushed to it)
+#   protobuf-compiler (protoc: crates/e2b generates the envd services at build time)
 set -euo pipefail
 
 PACKAGES=(
     build-essential bc bison flex libelf-dev libssl-dev dwarves linux-source-6.1
     busybox-static bash-static e2fsprogs iproute2 iptables debootstrap tmux file
-    docker.io curl python3-venv docker-registry skopeo
+    docker.io curl python3-venv docker-registry skopeo protobuf-compiler
 )
 BACKPORTS_PACKAGES=(qemu-system-x86)
 BACKPORTS_SOURCE=/etc/apt/sources.list.d/bookworm-backports.sources

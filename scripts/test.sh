@@ -55,6 +55,18 @@ else
     export BHATTI_DOCKER_TESTS=0
 fi
 
+# A venv at $1 holding exactly the pins of $2 (every package pinned, no
+# resolver), rebuilt when the pins change; a failed install fails the run.
+pinned_venv() {
+    local venv=$1 pins=$2
+    if ! cmp -s "$pins" "$venv/requirements.txt"; then
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$pins"
+        cp "$pins" "$venv/requirements.txt"
+    fi
+}
+
 if [[ $BHATTI_DOCKER_TESTS == 1 ]]; then
     # The API contract suite (crates/server/tests/contract.rs) runs
     # schemathesis against a daemon on the Docker engine. From PyPI, every
@@ -62,16 +74,18 @@ if [[ $BHATTI_DOCKER_TESTS == 1 ]]; then
     # failed install fails the run rather than skipping the suite.
     step "schemathesis for the API contract suite"
     venv="$REPO/target/venv-schemathesis"
-    pins="$REPO/scripts/schemathesis-requirements.txt"
-    if ! cmp -s "$pins" "$venv/requirements.txt"; then
-        rm -rf "$venv"
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$pins"
-        cp "$pins" "$venv/requirements.txt"
-    fi
+    pinned_venv "$venv" "$REPO/scripts/schemathesis-requirements.txt"
     "$venv/bin/st" --version
     export BHATTI_SCHEMATHESIS="$venv/bin/st"
 fi
+
+# The E2B compatibility suite (crates/server/tests/e2b.rs) drives the daemon
+# with E2B's official Python SDK: from PyPI, pinned, in its own venv.
+step "E2B's Python SDK for the E2B suite"
+venv="$REPO/target/venv-e2b"
+pinned_venv "$venv" "$REPO/scripts/e2b-requirements.txt"
+"$venv/bin/python" -c 'import e2b, importlib.metadata as m; print("e2b", m.version("e2b"))'
+export BHATTI_E2B_PYTHON="$venv/bin/python"
 
 if [[ -z ${BHATTI_SKIP_FUZZ:-} ]]; then
     step "fuzz the parsers (${FUZZ_SECONDS:-30} s per target)"

@@ -48,4 +48,11 @@ fn main() {
     if std::env::var_os("BHATTI_SCHEMATHESIS").is_some_and(|p| std::path::Path::new(&p).is_file()) {
         println!("cargo:rustc-cfg=bhatti_schemathesis");
     }
+    // E2B's Python SDK (scripts/test.sh makes a venv with it):
+    // `BHATTI_E2B_PYTHON` is that venv's python.
+    println!("cargo:rustc-check-cfg=cfg(bhatti_e2b_sdk)");
+    println!("cargo:rerun-if-env-changed=BHATTI_E2B_PYTHON");
+    if std::env::var_os("BHATTI_E2B_PYTHON").is_some_and(|p| std::path::Path::new(&p).is_file()) {
+        println!("cargo:rustc-cfg=bhatti_e2b_sdk");
+    }
 }

@@ -91,6 +91,14 @@ pub struct Sandbox {
     /// `hot`, `warm` or `cold`; only while running (list only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thermal: Option<String>,
+    /// When the lifetime ends; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// `kill` or `pause`: what the end of the lifetime does.
+    #[serde(default)]
+    pub on_expiry: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// A persistent volume to attach at create.
@@ -198,6 +206,40 @@ pub struct CreateSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "rules::optional_egress")]
     pub egress: Option<Egress>,
+    /// Lifetime in seconds from now; when it ends the sandbox is killed
+    /// (or stopped, with `on_expiry: "pause"`). None: no limit.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(range(max = 2592000))]
+    pub timeout_secs: Option<u64>,
+    /// `kill` (default) or `pause`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(kill|pause)?$"))]
+    pub on_expiry: Option<String>,
+    /// Free-form caller metadata, returned as given (at most 64 keys of 1
+    /// to 256 characters, values of at most 1024).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "rules::metadata")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `POST /sandboxes/{id}/timeout`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SetTimeout {
+    /// Seconds from now; 0 or absent removes the limit.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(range(max = 2592000))]
+    pub timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(kill|pause)?$"))]
+    pub on_expiry: Option<String>,
 }
 
 /// Per-sandbox egress policy in requests.

@@ -188,6 +188,15 @@ pub fn labels(_: &mut SchemaGenerator) -> Schema {
         "additionalProperties": {"type": "string", "pattern": LABEL_VALUE},
     })
 }
+/// Free-form sandbox metadata (lengths in characters).
+pub fn metadata(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "propertyNames": {"type": "string", "minLength": 1, "maxLength": 256},
+        "additionalProperties": {"type": "string", "maxLength": 1024},
+    })
+}
 pub fn label_keys(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "array", "items": label_key()})
 }

@@ -57,7 +57,7 @@ enum Command {
     /// Save the API URL and key to ~/.bhatti/config.yaml and test them.
     Setup(setup::SetupArgs),
     /// Create a sandbox (or fork one with --from).
-    Create(sandbox::CreateArgs),
+    Create(Box<sandbox::CreateArgs>),
     /// List sandboxes.
     #[command(visible_alias = "ls")]
     List(sandbox::ListArgs),
@@ -138,7 +138,7 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
     match command {
         Command::Serve(a) => serve::run(a, data_dir).await,
         Command::Setup(a) => setup::run(ctx, a).await,
-        Command::Create(a) => sandbox::create(ctx, a).await,
+        Command::Create(a) => sandbox::create(ctx, *a).await,
         Command::List(a) => sandbox::list(ctx, a).await,
         Command::Inspect(a) => sandbox::inspect(ctx, a).await,
         Command::Edit(a) => sandbox::edit(ctx, a).await,

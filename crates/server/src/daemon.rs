@@ -137,6 +137,11 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         timeouts,
         stop_rx.clone(),
     )));
+    // Lifetimes end whether or not the thermal manager runs.
+    tasks.push(tokio::spawn(crate::service::sandboxes::reap_loop(
+        state.clone(),
+        stop_rx.clone(),
+    )));
     if cfg.thermal.enabled {
         let t = Thermostat::new(state.clone());
         tasks.push(tokio::spawn(t.run(stop_rx.clone())));

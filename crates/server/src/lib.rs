@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod recovery;
 pub mod routes;
 pub mod secrets;
+pub mod service;
 pub mod state;
 pub mod thermal;
 pub mod validate;

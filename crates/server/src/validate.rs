@@ -89,6 +89,22 @@ pub fn label_key(k: &str) -> ApiResult<()> {
     }
 }
 
+/// Free-form metadata: bounded, not shaped.
+pub fn metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
+    if m.len() > 64 {
+        return Err(ApiError::bad_request("metadata: at most 64 keys"));
+    }
+    for (k, v) in m {
+        // Characters, as the schema's maxLength counts them.
+        if k.is_empty() || k.chars().count() > 256 || v.chars().count() > 1024 {
+            return Err(ApiError::bad_request(format!(
+                "metadata {k:?}: keys are 1 to 256 characters and values at most 1024"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn labels(l: &BTreeMap<String, String>) -> ApiResult<()> {
     if l.len() > MAX_LABELS {
         return Err(ApiError::bad_request(format!(

@@ -48,14 +48,7 @@ async fn schemathesis_finds_nothing() {
     // The daemon's warnings and errors (a 500's cause under its request ID)
     // go into the test's output, shown when it fails.
     // RUST_LOG=info adds the request log.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_ansi(false)
-        .with_test_writer()
-        .try_init();
+    common::daemon_logs_in_test_output();
     let _serial = SERIAL.lock().await;
     // Pulls only from a closed loopback port: whatever reference
     // schemathesis makes up is refused (403) or fails to connect (502),

@@ -29,6 +29,7 @@ docker_test!(proxy_routing, common::proxy);
 docker_test!(secrets_templates_volumes_crud, common::resources);
 docker_test!(tenant_isolation, common::isolation);
 docker_test!(quotas_and_bad_input, common::limits_and_bad_input);
+docker_test!(lifetimes_kill_and_pause, common::lifetimes);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(

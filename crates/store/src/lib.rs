@@ -55,7 +55,8 @@ pub use images::ADMIN as ADMIN_USER;
 pub use images::{Image, NewImage};
 pub use publish::PublishRule;
 pub use sandboxes::{
-    NewSandbox, RecoveryRow, RuntimeUpdate, Sandbox, SandboxRemoval, SandboxStatus, MAX_LABELS,
+    ExpiryAction, NewSandbox, RecoveryRow, RuntimeUpdate, Sandbox, SandboxRemoval, SandboxStatus,
+    MAX_LABELS,
 };
 pub use secrets::SecretMeta;
 pub use snapshots::{NewSnapshot, Snapshot};

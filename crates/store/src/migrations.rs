@@ -239,6 +239,15 @@ CREATE TABLE image_shares (
 CREATE INDEX image_shares_user ON image_shares(user_id);
 "#,
     },
+    Migration {
+        name: "sandbox lifetimes and metadata",
+        sql: r#"
+ALTER TABLE sandboxes ADD COLUMN expires_at TEXT;
+ALTER TABLE sandboxes ADD COLUMN on_expiry TEXT NOT NULL DEFAULT 'kill';
+ALTER TABLE sandboxes ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+CREATE INDEX sandboxes_expiry ON sandboxes(expires_at) WHERE expires_at IS NOT NULL;
+"#,
+    },
 ];
 
 /// The schema version this binary writes.

@@ -37,6 +37,39 @@ impl SandboxStatus {
     }
 }
 
+/// What happens to a sandbox when its lifetime runs out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiryAction {
+    /// Destroyed, as if `DELETE` had been called.
+    #[default]
+    Kill,
+    /// Paused to disk (cold), to be woken by the next request.
+    Pause,
+}
+
+impl ExpiryAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpiryAction::Kill => "kill",
+            ExpiryAction::Pause => "pause",
+        }
+    }
+}
+
+impl FromStr for ExpiryAction {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "kill" => Ok(ExpiryAction::Kill),
+            "pause" => Ok(ExpiryAction::Pause),
+            other => Err(StoreError::Invalid(format!(
+                "on_expiry: {other:?} is not \"kill\" or \"pause\""
+            ))),
+        }
+    }
+}
+
 impl fmt::Display for SandboxStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -89,6 +122,12 @@ pub struct Sandbox {
     pub generation: u64,
     pub created_at: String,
     pub stopped_at: Option<String>,
+    /// When the sandbox's lifetime ends (`None`: it lives until destroyed).
+    pub expires_at: Option<String>,
+    pub on_expiry: ExpiryAction,
+    /// Free-form caller metadata (E2B's `metadata`), unlike labels not
+    /// restricted to selector syntax.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Sandbox {
@@ -122,6 +161,9 @@ pub struct NewSandbox {
     pub keep_hot: bool,
     pub vm_state: Option<serde_json::Value>,
     pub generation: u64,
+    pub expires_at: Option<String>,
+    pub on_expiry: ExpiryAction,
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Default for NewSandbox {
@@ -142,6 +184,9 @@ impl Default for NewSandbox {
             keep_hot: false,
             vm_state: None,
             generation: 0,
+            expires_at: None,
+            on_expiry: ExpiryAction::Kill,
+            metadata: BTreeMap::new(),
         }
     }
 }
@@ -183,7 +228,7 @@ pub struct SandboxRemoval {
 
 pub(crate) const COLS: &str = "id, user_id, name, status, status_reason, ip, engine, template_id, \
     cpus, memory_mb, disk_size_mb, image, labels, keep_hot, shell_token_hash, vm_state, \
-    generation, created_at, stopped_at";
+    generation, created_at, stopped_at, expires_at, on_expiry, metadata";
 
 fn map_sandbox(r: &Row<'_>) -> Result<Sandbox> {
     Ok(Sandbox {
@@ -206,6 +251,9 @@ fn map_sandbox(r: &Row<'_>) -> Result<Sandbox> {
         generation: get_int(r, "generation")?,
         created_at: r.get("created_at")?,
         stopped_at: r.get("stopped_at")?,
+        expires_at: r.get("expires_at")?,
+        on_expiry: r.get::<_, String>("on_expiry")?.parse()?,
+        metadata: get_json(r, "metadata")?,
     })
 }
 
@@ -245,6 +293,7 @@ impl Store {
             return Err(StoreError::Invalid(format!("at most {MAX_LABELS} labels")));
         }
         let labels = to_json(&s.labels, "labels")?;
+        let metadata = to_json(&s.metadata, "metadata")?;
         let vm_state = s
             .vm_state
             .as_ref()
@@ -270,7 +319,7 @@ impl Store {
             tx.execute(
                 &format!(
                     "INSERT INTO sandboxes ({COLS}) VALUES \
-                    (?1,?2,?3,?4,'',?5,?6,?7,?8,?9,?10,?11,?12,?13,NULL,?14,?15,?16,?17)"
+                    (?1,?2,?3,?4,'',?5,?6,?7,?8,?9,?10,?11,?12,?13,NULL,?14,?15,?16,?17,?18,?19,?20)"
                 ),
                 params![
                     s.id,
@@ -290,6 +339,9 @@ impl Store {
                     to_sql_int(s.generation, "generation")?,
                     now,
                     (s.status == SandboxStatus::Stopped).then(|| now.clone()),
+                    s.expires_at,
+                    s.on_expiry.as_str(),
+                    metadata,
                 ],
             )
             .map_err(|e| insert_err(e, name_conflict(&s.name)))?;
@@ -375,6 +427,42 @@ impl Store {
                         sandbox: map_sandbox(r),
                     })
                 },
+            )
+        })
+    }
+
+    /// Sets (or with `None` clears) when the sandbox's lifetime ends and
+    /// what happens then; returns the new row.
+    pub fn set_expiry(
+        &self,
+        id: &str,
+        expires_at: Option<&str>,
+        action: ExpiryAction,
+    ) -> Result<Sandbox> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE sandboxes SET expires_at = ?2, on_expiry = ?3 WHERE id = ?1",
+                params![id, expires_at, action.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            by_id(tx, id)
+        })
+    }
+
+    /// Sandboxes whose lifetime ended at or before `now` (a timestamp in
+    /// [`time::now`]'s format, which sorts as text).
+    pub fn expired_sandboxes(&self, now: &str) -> Result<Vec<Sandbox>> {
+        self.read(|c| {
+            query_all(
+                c,
+                &format!(
+                    "SELECT {COLS} FROM sandboxes WHERE expires_at IS NOT NULL \
+                     AND expires_at <= ?1 ORDER BY expires_at"
+                ),
+                [now],
+                map_sandbox,
             )
         })
     }

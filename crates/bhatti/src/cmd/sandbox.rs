@@ -48,6 +48,13 @@ pub struct CreateArgs {
     /// Never pause or snapshot this sandbox when idle.
     #[arg(long)]
     pub keep_hot: bool,
+    /// Lifetime in seconds; when it ends the sandbox is destroyed (or, with
+    /// --on-expiry pause, stopped to disk).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// What the end of --timeout does: kill or pause.
+    #[arg(long, value_name = "ACTION", requires = "timeout", value_parser = ["kill", "pause"])]
+    pub on_expiry: Option<String>,
     /// Ask for huge pages (accepted for compatibility).
     #[arg(long)]
     pub hugepages: bool,
@@ -308,6 +315,9 @@ pub fn build_create(a: &CreateArgs) -> anyhow::Result<api::CreateSandbox> {
         labels: parse_labels(&a.label)?,
         from: a.from.clone(),
         egress: a.egress.as_deref().map(parse_egress).transpose()?,
+        timeout_secs: a.timeout,
+        on_expiry: a.on_expiry.clone(),
+        metadata: BTreeMap::new(),
     })
 }
 
@@ -665,6 +675,8 @@ mod tests {
             env: vec!["A=1,B=2".into()],
             init: None,
             keep_hot: true,
+            timeout: Some(60),
+            on_expiry: None,
             hugepages: false,
             template: None,
             volume: vec!["data:/data:ro".into()],

@@ -132,6 +132,7 @@ pub fn run(ctx: &Ctx, c: UserCmd) -> anyhow::Result<i32> {
             if ctx.json {
                 let mut v = serde_json::to_value(&user)?;
                 if let Some(o) = v.as_object_mut() {
+                    o.insert("e2b_api_key".into(), e2b_key(&key).into());
                     o.insert("api_key".into(), key.into());
                 }
                 print_json(&v)?;
@@ -141,7 +142,8 @@ pub fn run(ctx: &Ctx, c: UserCmd) -> anyhow::Result<i32> {
             let mut f = Fields::new();
             f.add("  ID", &user.id)
                 .add("  Subnet", user.subnet_index.to_string())
-                .add("  API key", &key);
+                .add("  API key", &key)
+                .add("  E2B key", e2b_key(&key));
             f.print();
             outln!("The API key is shown only once; store it now.");
             outln!("Use it with: bhatti setup --url http://<host>:8080 --token {key}");
@@ -221,15 +223,24 @@ pub fn run(ctx: &Ctx, c: UserCmd) -> anyhow::Result<i32> {
             let user = by_name(&store, &name)?;
             let key = store.rotate_api_key(&user.id)?;
             if ctx.json {
-                print_json(&serde_json::json!({"id": user.id, "name": user.name, "api_key": key}))?;
+                print_json(
+                    &serde_json::json!({"id": user.id, "name": user.name, "api_key": key, "e2b_api_key": e2b_key(&key)}),
+                )?;
                 return Ok(0);
             }
             outln!("user/{name} key rotated; the old key no longer works");
             outln!("  API key: {key}");
+            outln!("  E2B key: {}", e2b_key(&key));
             outln!("The API key is shown only once; store it now.");
         }
     }
     Ok(0)
+}
+
+/// The same key in the form E2B's SDKs accept (`e2b_<hex>`; they refuse
+/// any other prefix before sending a request).
+fn e2b_key(key: &str) -> String {
+    format!("e2b_{}", key.strip_prefix("bht_").unwrap_or(key))
 }
 
 #[cfg(test)]

@@ -9,14 +9,15 @@
 //! [`resources`] (secrets, templates) and [`system`] (health, metrics,
 //! the `/openapi.json` handler).
 
-mod body;
+pub(crate) mod body;
+pub(crate) mod e2b;
 mod exec;
 mod files;
 pub(crate) mod images;
 pub(crate) mod openapi;
 mod proxy;
 mod resources;
-mod sandboxes;
+pub(crate) mod sandboxes;
 mod snapshots;
 pub(crate) mod system;
 pub(crate) mod volumes;
@@ -84,6 +85,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/sandboxes/{id}/stop", post(sandboxes::stop))
         .route("/sandboxes/{id}/start", post(sandboxes::start))
+        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/exec", post(exec::exec))
         .route("/sandboxes/{id}/sessions", get(exec::sessions))
         .route(
@@ -149,6 +151,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/volumes/{name}/resize", post(volumes::resize))
         .route("/volumes/{name}/snapshot", post(volumes::clone))
+        .nest("/e2b", e2b::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -203,6 +206,15 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// A refusal in the shape of the API the path belongs to.
+fn reject(path: &str, e: ApiError) -> Response {
+    if e2b::is_e2b(path) {
+        e2b::E2bError(e).into_response()
+    } else {
+        e.into_response()
+    }
+}
+
 async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     let request_id = format!("req_{}", bhatti_store::ids::random_hex(8));
@@ -212,48 +224,53 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
     let mut user_name = String::new();
     let mut user_id = String::new();
 
-    let resp = 'resp: {
-        if path == "/health" {
-            break 'resp next.run(req).await;
-        }
-        let source = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map_or_else(|| "unix".to_string(), |c| c.0.ip().to_string());
-        let Some(token) = bearer(&req).map(str::to_string) else {
-            Counters::inc(&st.counters.auth_failures);
-            break 'resp ApiError::unauthorized("authorization required").into_response();
-        };
-        let user = match st.lookup(|s| s.user_by_api_key(&token)) {
-            Ok(u) => u,
-            Err(e) if e.status == StatusCode::NOT_FOUND => {
-                Counters::inc(&st.counters.auth_failures);
-                // A source past its failure budget gets 429 and leaves no
-                // event row; a valid key from the same address (a shared
-                // NAT) still works, as the lookup above comes first.
-                if !st.auth_throttle.permits(&source) {
-                    Counters::inc(&st.counters.rate_limited);
-                    break 'resp ApiError::too_many(
-                        "too many failed authentications from this address; retry later",
-                    )
-                    .into_response();
-                }
-                st.auth_throttle.failed(&source);
-                st.events
-                    .emit("", "", "auth.failed", serde_json::json!({"ip": source}));
-                break 'resp ApiError::unauthorized("invalid api key").into_response();
+    let resp =
+        'resp: {
+            if path == "/health" {
+                break 'resp next.run(req).await;
             }
-            Err(e) => break 'resp e.into_response(),
+            let source = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map_or_else(|| "unix".to_string(), |c| c.0.ip().to_string());
+            // E2B's SDKs send their key as `X-API-Key` (see `e2b`).
+            let token = bearer(&req)
+                .map(str::to_string)
+                .or_else(|| e2b::api_key(req.headers()));
+            let Some(token) = token else {
+                Counters::inc(&st.counters.auth_failures);
+                break 'resp reject(&path, ApiError::unauthorized("authorization required"));
+            };
+            let user =
+                match st.lookup(|s| s.user_by_api_key(&token)) {
+                    Ok(u) => u,
+                    Err(e) if e.status == StatusCode::NOT_FOUND => {
+                        Counters::inc(&st.counters.auth_failures);
+                        // A source past its failure budget gets 429 and leaves no
+                        // event row; a valid key from the same address (a shared
+                        // NAT) still works, as the lookup above comes first.
+                        if !st.auth_throttle.permits(&source) {
+                            Counters::inc(&st.counters.rate_limited);
+                            break 'resp reject(&path, ApiError::too_many(
+                        "too many failed authentications from this address; retry later",
+                    ));
+                        }
+                        st.auth_throttle.failed(&source);
+                        st.events
+                            .emit("", "", "auth.failed", serde_json::json!({"ip": source}));
+                        break 'resp reject(&path, ApiError::unauthorized("invalid api key"));
+                    }
+                    Err(e) => break 'resp reject(&path, e),
+                };
+            user_name = user.name.clone();
+            user_id = user.id.clone();
+            if !st.limiter.allow(&user.id, classify(&method, &path)) {
+                Counters::inc(&st.counters.rate_limited);
+                break 'resp reject(&path, ApiError::too_many("rate limit exceeded"));
+            }
+            req.extensions_mut().insert(user);
+            next.run(req).await
         };
-        user_name = user.name.clone();
-        user_id = user.id.clone();
-        if !st.limiter.allow(&user.id, classify(&method, &path)) {
-            Counters::inc(&st.counters.rate_limited);
-            break 'resp ApiError::too_many("rate limit exceeded").into_response();
-        }
-        req.extensions_mut().insert(user);
-        next.run(req).await
-    };
 
     let mut resp = resp;
     if let Some(InternalCause(cause)) = resp.extensions_mut().remove::<InternalCause>() {
@@ -261,19 +278,32 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
             // The request raced a DELETE of its sandbox (which removes the
             // row before the sandbox): what it addressed is gone.
             tracing::info!(request_id, %method, path, error = %cause, "sandbox destroyed during the request");
-            resp = ApiError::not_found(format!("sandbox {id:?} not found (destroyed)"))
-                .into_response();
+            resp = reject(
+                &path,
+                ApiError::not_found(format!("sandbox {id:?} not found (destroyed)")),
+            );
         } else {
             Counters::inc(&st.counters.errors);
             tracing::error!(request_id, %method, path, error = %cause, "internal error");
-            resp = (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(ErrorBody {
-                    error: "internal error".into(),
-                    request_id: Some(request_id.clone()),
-                }),
-            )
-                .into_response();
+            resp = if e2b::is_e2b(&path) {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(serde_json::json!({
+                        "code": 500,
+                        "message": format!("internal error (request {request_id})"),
+                    })),
+                )
+                    .into_response()
+            } else {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(ErrorBody {
+                        error: "internal error".into(),
+                        request_id: Some(request_id.clone()),
+                    }),
+                )
+                    .into_response()
+            };
         }
     }
     let status = resp.status();

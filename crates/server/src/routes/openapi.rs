@@ -300,6 +300,10 @@ pub fn routes() -> Vec<RouteDoc> {
             .optional_json(s::<api::StartSandbox>)
             .ok(200, "The running sandbox.", Content::Json(s::<api::Sandbox>))
             .errors(&[404, 409, 501, 503]),
+        op("post", "/sandboxes/{id}/timeout", "Set the lifetime from now (0: no limit) and what its end does (kill or pause).")
+            .json(s::<api::SetTimeout>)
+            .ok(200, "The sandbox with its new lifetime.", Content::Json(s::<api::Sandbox>))
+            .errors(&[404]),
         op("post", "/sandboxes/{id}/exec", "Run a command: buffered JSON, NDJSON stream (Accept: application/x-ndjson, lines are ExecEvent), or detached.")
             .json(s::<api::ExecRequest>)
             .ok(200, "Buffered: the exit code and output; detached: the process.", Content::Json(exec_answer))

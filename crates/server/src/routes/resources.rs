@@ -128,7 +128,7 @@ pub async fn create_template(
     validate::distinct_mounts(t.persistent_volumes.iter().map(|v| v.mount.as_str()))?;
     // As a create would check them, so a template cannot hold files no
     // sandbox could be made with.
-    super::sandboxes::decode_files(&t.files)?;
+    crate::service::sandboxes::decode_files(&t.files)?;
     for s in &t.secrets {
         validate::secret_name(s)?;
     }

@@ -1,29 +1,20 @@
-//! Sandbox lifecycle routes: list, create (direct, from a template, or a
-//! fork with `from`), get, patch, destroy, stop, start.
-//!
-//! Create writes the store row *before* the engine boots anything, under a
-//! server-chosen ID: the quota and the name's uniqueness are decided in that
-//! insert (so two racing creates never both boot), volume attachments can be
-//! taken before the VM sees the disk, and a daemon that dies mid-create
-//! leaves a row that recovery marks with a reason instead of an unknown VM.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+//! Sandbox lifecycle routes: list, create, get, patch, destroy, stop,
+//! start, timeout. Thin: the rules live in [`crate::service::sandboxes`].
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
 use bhatti_api as api;
-use bhatti_engine::api::{GuestFile, ResumeSpec, SandboxSpec, Thermal, VolumeAttach};
+use bhatti_engine::api::Thermal;
 use bhatti_engine::net::EgressPolicy;
-use bhatti_store::{NewSandbox, Sandbox, SandboxStatus, User};
+use bhatti_store::{Sandbox, SandboxStatus};
 use serde::Deserialize;
 
 use super::body::{JsonBody, OptionalJsonBody};
-use super::{volumes, Caller};
+use super::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::service::sandboxes as service;
 use crate::state::Shared;
 use crate::validate;
 
@@ -47,6 +38,9 @@ pub fn to_api(sb: &Sandbox, thermal: Option<Thermal>) -> api::Sandbox {
         created_at: sb.created_at.clone(),
         stopped_at: sb.stopped_at.clone(),
         thermal: thermal.map(|t| t.to_string()),
+        expires_at: sb.expires_at.clone(),
+        on_expiry: sb.on_expiry.as_str().to_string(),
+        metadata: sb.metadata.clone(),
     }
 }
 
@@ -128,27 +122,6 @@ pub async fn get_one(
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 
-/// The request's egress policy; `None` when it names none.
-fn egress(e: Option<&api::Egress>) -> ApiResult<Option<EgressPolicy>> {
-    let Some(e) = e else { return Ok(None) };
-    match e {
-        api::Egress::Mode(m) if m == "public" => Ok(EgressPolicy::Public),
-        api::Egress::Mode(m) if m == "deny" => Ok(EgressPolicy::Deny),
-        api::Egress::Mode(m) => Err(ApiError::bad_request(format!(
-            "egress {m:?}: expected \"public\", \"deny\" or a list of CIDRs"
-        ))),
-        api::Egress::Allow(list) if list.len() > 256 => {
-            Err(ApiError::bad_request("egress: at most 256 CIDRs"))
-        }
-        api::Egress::Allow(list) => list
-            .iter()
-            .map(|c| validate::cidr(c))
-            .collect::<ApiResult<Vec<_>>>()
-            .map(EgressPolicy::Allow),
-    }
-    .map(Some)
-}
-
 /// An engine policy as the API shows it (the shape requests use).
 pub fn egress_to_api(p: &EgressPolicy) -> api::Egress {
     match p {
@@ -169,25 +142,6 @@ fn egress_of(sb: &Sandbox) -> Option<api::Egress> {
     p.egress.as_ref().map(egress_to_api)
 }
 
-pub(super) fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, GuestFile>> {
-    let mut out = BTreeMap::new();
-    for f in files {
-        if f.guest_path.is_empty() {
-            return Err(ApiError::bad_request("files: guest_path required"));
-        }
-        validate::guest_path(&f.guest_path)?;
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(f.content.as_bytes())
-            .map_err(|e| {
-                ApiError::bad_request(format!("files: {}: bad base64: {e}", f.guest_path))
-            })?;
-        let mode = f.mode.clone().unwrap_or_else(|| "0644".into());
-        validate::file_mode(&mode).map_err(|e| e.context(&format!("files: {}", f.guest_path)))?;
-        out.insert(f.guest_path.clone(), GuestFile { content, mode });
-    }
-    Ok(out)
-}
-
 fn existing(sb: &Sandbox, st: &Shared) -> Response {
     let mut r = (StatusCode::OK, Json(to_api(sb, thermal_of(st, sb)))).into_response();
     r.headers_mut()
@@ -195,355 +149,17 @@ fn existing(sb: &Sandbox, st: &Shared) -> Response {
     r
 }
 
-/// Template defaults merged under the request (the request wins).
-fn apply_template(req: &mut api::CreateSandbox, t: &bhatti_store::Template) -> ApiResult<()> {
-    if req.name.is_none() {
-        // The template's name, cut so that `-<6 hex>` still fits a name.
-        let stem = &t.name[..t.name.len().min(56)];
-        req.name = Some(format!("{stem}-{}", bhatti_store::ids::random_hex(3)));
-    }
-    if req.image.is_none() && !t.image.is_empty() {
-        req.image = Some(t.image.clone());
-    }
-    if req.cpus.is_none() {
-        req.cpus = Some(f64::from(t.cpus));
-    }
-    if req.memory_mb.is_none() {
-        req.memory_mb = Some(u64::from(t.memory_mb));
-    }
-    if req.disk_size_mb.is_none() && t.disk_size_mb > 0 {
-        req.disk_size_mb = Some(t.disk_size_mb);
-    }
-    for (k, v) in &t.env {
-        req.env.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    for s in &t.secrets {
-        if !req.secrets.contains(s) {
-            req.secrets.push(s.clone());
-        }
-    }
-    if req.init.is_none() && !t.init.is_empty() {
-        req.init = Some(t.init.clone());
-    }
-    for (k, v) in &t.labels {
-        req.labels.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    let files: Vec<api::CreateFile> = serde_json::from_value(t.files.clone()).unwrap_or_default();
-    for f in files {
-        if !req.files.iter().any(|x| x.guest_path == f.guest_path) {
-            req.files.push(f);
-        }
-    }
-    let vols: Vec<api::VolumeMount> = serde_json::from_value(t.volumes.clone()).unwrap_or_default();
-    for v in vols {
-        if !req.persistent_volumes.iter().any(|x| x.name == v.name) {
-            req.persistent_volumes.push(v);
-        }
-    }
-    Ok(())
-}
-
 pub async fn create(
     State(st): State<Shared>,
     Caller(user): Caller,
-    JsonBody(mut req): JsonBody<api::CreateSandbox>,
+    JsonBody(req): JsonBody<api::CreateSandbox>,
 ) -> ApiResult<Response> {
-    if let Some(tid) = req.template_id.clone().filter(|t| !t.is_empty()) {
-        let uid = user.id.clone();
-        let t = st.db(move |s| s.template(&uid, &tid)).await.map_err(|e| {
-            if e.status == StatusCode::NOT_FOUND {
-                ApiError::not_found("template not found")
-            } else {
-                e
-            }
-        })?;
-        apply_template(&mut req, &t)?;
+    let c = service::create(&st, &user, req).await?;
+    if c.existing {
+        return Ok(existing(&c.sandbox, &st));
     }
-    let q = user.quotas;
-    let cpus = validate::cpus(req.cpus, 1)?;
-    let disk_size_mb = req.disk_size_mb.unwrap_or(0);
-    validate::disk_size_mb(disk_size_mb)?;
-    validate::env(&req.env)?;
-    let memory_mb = match req.memory_mb {
-        None | Some(0) => st
-            .cfg
-            .default_memory_mb
-            .min(q.max_memory_mb_per_sandbox.max(128)),
-        Some(m) if m < 128 => {
-            return Err(ApiError::bad_request(format!(
-                "memory_mb must be at least 128, got {m}"
-            )))
-        }
-        Some(m) => u32::try_from(m).map_err(|_| ApiError::bad_request("memory_mb is too large"))?,
-    };
-    if cpus > q.max_cpus_per_sandbox {
-        return Err(ApiError::forbidden(format!(
-            "cpus {cpus} exceeds your limit of {} per sandbox",
-            q.max_cpus_per_sandbox
-        )));
-    }
-    if memory_mb > q.max_memory_mb_per_sandbox {
-        return Err(ApiError::forbidden(format!(
-            "memory_mb {memory_mb} exceeds your limit of {} per sandbox",
-            q.max_memory_mb_per_sandbox
-        )));
-    }
-    let name = req
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("sandbox-{}", bhatti_store::ids::random_hex(3)));
-    validate::name("sandbox", &name)?;
-    validate::labels(&req.labels)?;
-    for v in &req.persistent_volumes {
-        validate::name("volume", &v.name)?;
-        validate::mount_path(&v.mount)?;
-    }
-    validate::distinct_mounts(req.persistent_volumes.iter().map(|v| v.mount.as_str()))?;
-    for s in &req.secrets {
-        validate::secret_name(s)?;
-    }
-    let egress = egress(req.egress.as_ref())?;
-    let files = decode_files(&req.files)?;
-
-    // Idempotent by name: an active sandbox with that name is the answer.
-    {
-        let (uid, n) = (user.id.clone(), name.clone());
-        match st.db(move |s| s.sandbox(&uid, &n)).await {
-            Ok(sb) if sb.name == name => return Ok(existing(&sb, &st)),
-            _ => {}
-        }
-    }
-
-    // Secrets become env vars named after the secret.
-    let mut env = req.env.clone();
-    for s in &req.secrets {
-        let (uid, n) = (user.id.clone(), s.clone());
-        let ct = st
-            .db(move |db| db.secret_value(&uid, &n))
-            .await
-            .map_err(|e| {
-                if e.status == StatusCode::NOT_FOUND {
-                    ApiError::not_found(format!("secret {s:?} not found"))
-                } else {
-                    e
-                }
-            })?;
-        let pt = st.secrets.decrypt(&ct).map_err(ApiError::internal)?;
-        env.insert(
-            s.clone(),
-            String::from_utf8(pt).map_err(|_| ApiError::internal("secret is not UTF-8"))?,
-        );
-    }
-    // With the secrets in, the whole environment must still fit.
-    validate::env(&env)?;
-
-    let image = resolve_image(&st, &user, req.image.as_deref()).await?;
-    // The image's Env under the request's (and the secrets').
-    if let Some(d) = &image.defaults {
-        for (k, v) in &d.env {
-            env.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        validate::env(&env)?;
-    }
-
-    let source = match req.from.as_deref().filter(|f| !f.is_empty()) {
-        Some(f) => Some(st.sandbox(&user, f).await?),
-        None => None,
-    };
-
-    let id = bhatti_store::ids::sandbox_id();
-    let new = NewSandbox {
-        id: id.clone(),
-        user_id: user.id.clone(),
-        name: name.clone(),
-        status: SandboxStatus::Unknown,
-        ip: String::new(),
-        engine: st.engine_name.to_string(),
-        template_id: req.template_id.clone().unwrap_or_default(),
-        cpus: source.as_ref().map_or(cpus, |s| s.cpus),
-        memory_mb: source.as_ref().map_or(memory_mb, |s| s.memory_mb),
-        disk_size_mb,
-        image: source
-            .as_ref()
-            .map_or(image.name.clone(), |s| s.image.clone()),
-        labels: req.labels.clone(),
-        keep_hot: req.keep_hot,
-        vm_state: None,
-        generation: 0,
-    };
-    match st.db(move |s| s.insert_sandbox(&new)).await {
-        Ok(_) => {}
-        Err(e) if e.status == StatusCode::CONFLICT => {
-            let (uid, n) = (user.id.clone(), name.clone());
-            let winner = st.db(move |s| s.sandbox(&uid, &n)).await?;
-            return Ok(existing(&winner, &st));
-        }
-        Err(e) => return Err(e),
-    }
-
-    let booted = async {
-        if let Some(src) = &source {
-            st.ensure_hot(src).await?;
-            let info = st
-                .engine
-                .fork(
-                    &src.id,
-                    ResumeSpec {
-                        id: Some(id.clone()),
-                        name: name.clone(),
-                        owner_index: user.subnet_index,
-                        // None: the fork keeps the source's policy.
-                        egress: egress.clone(),
-                    },
-                )
-                .await?;
-            st.events.emit(
-                &user.id,
-                &id,
-                "snapshot.forked",
-                serde_json::json!({"from": src.id}),
-            );
-            return Ok::<_, ApiError>(info);
-        }
-        let vols = attach_volumes(&st, &user, &id, &req.persistent_volumes).await?;
-        let spec = SandboxSpec {
-            id: Some(id.clone()),
-            name: name.clone(),
-            owner_index: user.subnet_index,
-            image: image.path.clone(),
-            cpus,
-            memory_mb,
-            disk_size_mb,
-            env,
-            files,
-            init: req.init.clone().unwrap_or_default(),
-            volumes: vols,
-            egress: egress.unwrap_or_default(),
-            run_as_root: image.defaults.as_ref().is_some_and(|d| d.runs_as_root()),
-            user: image
-                .defaults
-                .as_ref()
-                .filter(|d| !d.runs_as_root())
-                .map(|d| d.user.clone())
-                .unwrap_or_default(),
-            cwd: image
-                .defaults
-                .as_ref()
-                .map(|d| d.working_dir.clone())
-                .unwrap_or_default(),
-        };
-        Ok(st.engine.create(spec).await?)
-    }
-    .await;
-    match booted {
-        Ok(_) => {
-            st.touch(&id);
-            let sb = st.persist(&id).await?;
-            st.events.emit(
-                &user.id,
-                &id,
-                "sandbox.created",
-                serde_json::json!({"name": sb.name, "cpus": sb.cpus, "memory_mb": sb.memory_mb}),
-            );
-            Ok((StatusCode::CREATED, Json(to_api(&sb, thermal_of(&st, &sb)))).into_response())
-        }
-        Err(e) => {
-            let _ = st.engine.destroy(&id).await;
-            let rid = id.clone();
-            let _ = st.db(move |s| s.delete_sandbox(&rid)).await;
-            Err(e)
-        }
-    }
-}
-
-/// A sandbox's image: its stored name, its root filesystem (`None`: the
-/// engine's default) and the defaults its config gives exec and shell.
-struct ResolvedImage {
-    name: String,
-    path: Option<PathBuf>,
-    defaults: Option<bhatti_image::ImageDefaults>,
-}
-
-/// The image name a create without one gets: `default_image`, else `base`
-/// when it is installed, else `minimal`.
-async fn default_image(st: &Shared) -> String {
-    if let Some(d) = st.cfg.default_image.clone().filter(|d| !d.is_empty()) {
-        return d;
-    }
-    let base = st
-        .db(|s| s.image_exact(bhatti_store::ADMIN_USER, "base"))
-        .await
-        .is_ok();
-    if base { "base" } else { "minimal" }.to_string()
-}
-
-/// `image` through the store (own, then admin); `minimal` = the engine's
-/// default root filesystem; none = [`default_image`].
-async fn resolve_image(st: &Shared, user: &User, image: Option<&str>) -> ApiResult<ResolvedImage> {
-    let image = match image.filter(|i| !i.is_empty()) {
-        Some(i) => i.to_string(),
-        None => default_image(st).await,
-    };
-    let Some(name) = Some(image.as_str()).filter(|i| *i != "minimal") else {
-        return Ok(ResolvedImage {
-            name: "minimal".into(),
-            path: None,
-            defaults: None,
-        });
-    };
-    let (uid, n) = (user.id.clone(), name.to_string());
-    match st.db(move |s| s.image(&uid, &n)).await {
-        Ok(img) => Ok(ResolvedImage {
-            defaults: crate::images::defaults_of(&img),
-            path: Some(PathBuf::from(img.file_path)),
-            name: img.name,
-        }),
-        Err(e) if e.status == StatusCode::NOT_FOUND => Err(ApiError::not_found(format!(
-            "image {name:?} not found; `bhatti image pull <ref> --name {name}` or `bhatti image list`"
-        ))),
-        Err(e) => Err(e),
-    }
-}
-
-/// Attaches (auto-creating where asked) the requested persistent volumes;
-/// on any failure the attachments already taken are released.
-async fn attach_volumes(
-    st: &Shared,
-    user: &User,
-    sandbox_id: &str,
-    reqs: &[api::VolumeMount],
-) -> ApiResult<Vec<VolumeAttach>> {
-    let mut out = Vec::new();
-    for v in reqs {
-        let r = async {
-            let vol = volumes::find_or_create(st, user, v).await?;
-            let (vid, sid, mount, ro) = (
-                vol.id.clone(),
-                sandbox_id.to_string(),
-                v.mount.clone(),
-                v.read_only,
-            );
-            st.db(move |s| s.attach_volume(&vid, &sid, &mount, ro))
-                .await?;
-            Ok::<_, ApiError>(VolumeAttach {
-                name: vol.name.clone(),
-                file: PathBuf::from(&vol.file_path),
-                mount: v.mount.clone(),
-                read_only: v.read_only,
-            })
-        }
-        .await;
-        match r {
-            Ok(a) => out.push(a),
-            Err(e) => {
-                let sid = sandbox_id.to_string();
-                let _ = st.db(move |s| s.detach_all(&sid)).await;
-                return Err(e);
-            }
-        }
-    }
-    Ok(out)
+    let sb = c.sandbox;
+    Ok((StatusCode::CREATED, Json(to_api(&sb, thermal_of(&st, &sb)))).into_response())
 }
 
 pub async fn patch(
@@ -562,7 +178,7 @@ pub async fn patch(
     }
     // Egress first: it is the change the engine may refuse, and then
     // nothing else should have happened.
-    if let Some(policy) = egress(req.egress.as_ref())? {
+    if let Some(policy) = service::egress(req.egress.as_ref())? {
         if st.engine.vm_state(&sb.id).is_none() {
             return Err(ApiError::conflict(format!(
                 "sandbox {:?} is {}: its egress cannot be changed",
@@ -609,56 +225,7 @@ pub async fn destroy(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::StatusBody>> {
-    let sb = st.sandbox(&user, &id).await?;
-    // The row goes first: a request on this sandbox that fails while the
-    // engine tears it down then finds it gone (404, not 500), and a daemon
-    // that dies in between leaves an orphan that recovery sweeps.
-    let sid = sb.id.clone();
-    match st.db(move |s| s.delete_sandbox(&sid)).await {
-        Ok(_)
-        | Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            ..
-        }) => {}
-        Err(e) => return Err(e),
-    }
-    let engine_failed = match st.engine.destroy(&sb.id).await {
-        Ok(()) => false,
-        Err(e) => {
-            // The row is gone regardless: a sandbox the engine no longer
-            // knows (`unknown` after recovery) must still be removable.
-            tracing::warn!(sandbox = sb.id, error = %e, "engine destroy failed");
-            true
-        }
-    };
-    if engine_failed {
-        // Its host leftovers (a stray VMM, the netns, the directory) go
-        // now rather than at the next restart; every other row is kept.
-        if let Ok(rows) = st.db(|s| s.list_all_sandboxes()).await {
-            let keep: Vec<String> = rows.into_iter().map(|r| r.id).collect();
-            match st.engine.cleanup_orphans(&keep).await {
-                Ok(removed) if !removed.is_empty() => {
-                    tracing::info!(
-                        sandbox = sb.id,
-                        ?removed,
-                        "removed the leftovers of a destroyed sandbox"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(sandbox = sb.id, error = %e, "leftover clean-up failed"),
-            }
-        }
-    }
-    st.forget(&sb.id);
-    let lifetime = bhatti_store::time::parse_ts(&sb.created_at)
-        .and_then(|t| t.elapsed().ok())
-        .map_or(0, |d| d.as_secs());
-    st.events.emit(
-        &user.id,
-        &sb.id,
-        "sandbox.destroyed",
-        serde_json::json!({"lifetime_s": lifetime}),
-    );
+    service::destroy(&st, &user, &id).await?;
     Ok(Json(api::StatusBody {
         status: "destroyed".into(),
     }))
@@ -669,21 +236,7 @@ pub async fn stop(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Sandbox>> {
-    let sb = st.sandbox(&user, &id).await?;
-    if st.engine.vm_state(&sb.id).is_none() {
-        return Err(ApiError::conflict(format!(
-            "sandbox {:?} is {}: {}",
-            sb.name, sb.status, sb.status_reason
-        )));
-    }
-    st.engine.stop(&sb.id).await?;
-    let sb = st.persist(&sb.id).await?;
-    st.events.emit(
-        &user.id,
-        &sb.id,
-        "sandbox.stopped",
-        serde_json::json!({"reason": "api"}),
-    );
+    let sb = service::stop(&st, &user, &id, "api").await?;
     Ok(Json(to_api(&sb, None)))
 }
 
@@ -693,31 +246,24 @@ pub async fn start(
     Path(id): Path<String>,
     OptionalJsonBody(req): OptionalJsonBody<api::StartSandbox>,
 ) -> ApiResult<Json<api::Sandbox>> {
-    let sb = st.sandbox(&user, &id).await?;
-    if st.engine.vm_state(&sb.id).is_none() {
-        return Err(ApiError::conflict(format!(
-            "sandbox {:?} cannot be started: {}",
-            sb.name,
-            if sb.status_reason.is_empty() {
-                "its state is unknown"
-            } else {
-                &sb.status_reason
-            }
-        )));
-    }
-    let r = st.engine.start(&sb.id, req.force).await;
-    // Persist either way: a failed restore trips the breaker, and the
-    // store must say so.
-    let saved = st.persist(&sb.id).await;
-    r?;
-    let sb = saved?;
-    st.touch(&sb.id);
-    st.events.emit(
-        &user.id,
-        &sb.id,
-        "sandbox.started",
-        serde_json::json!({"force": req.force}),
-    );
+    let sb = service::start(&st, &user, &id, req.force).await?;
+    Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
+}
+
+/// `POST /sandboxes/{id}/timeout`: the lifetime from now (0 or none: no
+/// limit), and optionally what happens when it ends.
+pub async fn set_timeout(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::SetTimeout>,
+) -> ApiResult<Json<api::Sandbox>> {
+    let action = match req.on_expiry.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(a.parse().map_err(ApiError::from)?),
+    };
+    let secs = req.timeout_secs.filter(|s| *s > 0);
+    let sb = service::set_timeout(&st, &user, &id, secs, action).await?;
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 

@@ -1,0 +1,5 @@
+//! The service layer: the daemon's operations as functions over typed
+//! inputs, shared by the native API and the E2B API so that no rule is
+//! implemented twice. Handlers parse and render; they decide nothing.
+
+pub mod sandboxes;

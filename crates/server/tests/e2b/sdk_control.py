@@ -1,0 +1,135 @@
+"""E2B's official Python SDK against a bhatti daemon: the control API.
+
+Run by crates/server/tests/e2b.rs with E2B_API_URL pointing at the
+daemon's /e2b, E2B_API_KEY (alice, e2b_ form), E2B_TEST_OTHER_KEY (bob) and
+E2B_TEST_TEMPLATE. Every check raises on failure; the last line printed is
+"ok" when all passed.
+"""
+
+import asyncio
+import datetime
+import os
+import time
+import uuid
+
+from e2b import AsyncSandbox, Sandbox, SandboxQuery, SandboxState
+from e2b.exceptions import (
+    AuthenticationException,
+    NotFoundException,
+    SandboxException,
+)
+
+TEMPLATE = os.environ["E2B_TEST_TEMPLATE"]
+OTHER_KEY = os.environ["E2B_TEST_OTHER_KEY"]
+RUN = uuid.uuid4().hex[:8]
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print("pass:", what, flush=True)
+
+
+def raises(exc, f, what):
+    try:
+        f()
+    except exc as e:
+        print("pass:", what, "->", type(e).__name__, e, flush=True)
+        return e
+    except Exception as e:  # noqa: BLE001 - the wrong exception is the failure
+        raise AssertionError(f"{what}: raised {type(e).__name__}: {e}, wanted {exc.__name__}")
+    raise AssertionError(f"{what}: nothing raised, wanted {exc.__name__}")
+
+
+def seconds_left(info):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (info.end_at - now).total_seconds()
+
+
+def lifecycle():
+    sbx = Sandbox.create(
+        TEMPLATE, timeout=120, metadata={"suite": "e2b", "run": RUN}, envs={"A": "1"}
+    )
+    info = sbx.get_info()
+    check(info.sandbox_id == sbx.sandbox_id, "get_info names the sandbox")
+    check(info.metadata == {"suite": "e2b", "run": RUN}, "metadata comes back as given")
+    check(info.state == SandboxState.RUNNING, "a new sandbox is running")
+    check(60 < seconds_left(info) <= 121, f"create's timeout is the lifetime ({seconds_left(info):.0f}s)")
+    check(info.cpu_count >= 1 and info.memory_mb >= 128, "cpu and memory are reported")
+
+    sbx.set_timeout(600)
+    check(500 < seconds_left(sbx.get_info()) <= 601, "set_timeout moves the end")
+
+    other = Sandbox.create(TEMPLATE, timeout=120, metadata={"run": RUN, "n": "2"})
+    found = Sandbox.list(query=SandboxQuery(metadata={"run": RUN})).next_items()
+    check({s.sandbox_id for s in found} == {sbx.sandbox_id, other.sandbox_id}, "list filters by metadata")
+    found = Sandbox.list(query=SandboxQuery(metadata={"run": RUN, "n": "2"})).next_items()
+    check([s.sandbox_id for s in found] == [other.sandbox_id], "every metadata pair must match")
+    pages = Sandbox.list(query=SandboxQuery(metadata={"run": RUN}), limit=1)
+    first = pages.next_items()
+    check(len(first) == 1 and pages.has_next, "limit=1 gives a page and a next token")
+    second = pages.next_items()
+    check(len(second) == 1 and second[0].sandbox_id != first[0].sandbox_id, "the next page is the other one")
+    check(not pages.has_next, "and then no more")
+
+    # Another tenant sees none of it.
+    raises(NotFoundException, lambda: Sandbox.get_info(sbx.sandbox_id, api_key=OTHER_KEY), "another user's sandbox is not found")
+    check(not Sandbox.kill(sbx.sandbox_id, api_key=OTHER_KEY), "another user cannot kill it")
+    theirs = Sandbox.list(query=SandboxQuery(metadata={"run": RUN}), api_key=OTHER_KEY).next_items()
+    check(theirs == [], "another user's list is empty")
+
+    # Pause and connect: paused, then running again, its lifetime restarted.
+    sbx.pause()
+    check(Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED, "pause leaves it paused")
+    paused = Sandbox.list(query=SandboxQuery(metadata={"run": RUN}, state=[SandboxState.PAUSED])).next_items()
+    check([s.sandbox_id for s in paused] == [sbx.sandbox_id], "list filters by state")
+    again = Sandbox.connect(sbx.sandbox_id, timeout=300)
+    info = again.get_info()
+    check(info.state == SandboxState.RUNNING, "connect wakes a paused sandbox")
+    check(200 < seconds_left(info) <= 301, "connect sets the lifetime")
+
+    check(other.kill(), "kill answers true")
+    check(not Sandbox.kill(other.sandbox_id), "a second kill answers false")
+    raises(NotFoundException, lambda: Sandbox.get_info(other.sandbox_id), "a killed sandbox is gone")
+    return sbx
+
+
+def expiry():
+    short = Sandbox.create(TEMPLATE, timeout=2, metadata={"run": RUN, "short": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            Sandbox.get_info(short.sandbox_id)
+        except NotFoundException:
+            print("pass: a sandbox is killed when its lifetime ends", flush=True)
+            return
+        time.sleep(1)
+    raise AssertionError("a 2 s sandbox was still there after 60 s")
+
+
+def bad_input():
+    raises(AuthenticationException, lambda: Sandbox.create(TEMPLATE, api_key="e2b_" + "0" * 64), "a wrong key is refused")
+    # E2B's SDK raises its base SandboxException for a create's 404, as it
+    # does against E2B itself.
+    e = raises(SandboxException, lambda: Sandbox.create("no-such-template-" + RUN), "an unknown template is refused")
+    check(getattr(e, "status_code", None) == 404 and "no-such-template" in str(e), "with 404 and the name")
+    raises(SandboxException, lambda: Sandbox.create(TEMPLATE, timeout=10**9), "an absurd timeout is refused")
+
+
+async def async_subset():
+    sbx = await AsyncSandbox.create(TEMPLATE, timeout=60, metadata={"run": RUN, "async": "1"})
+    info = await sbx.get_info()
+    check(info.metadata.get("async") == "1", "async: create and get_info")
+    await sbx.set_timeout(90)
+    check(60 < seconds_left(await sbx.get_info()) <= 91, "async: set_timeout")
+    check(await sbx.kill(), "async: kill")
+
+
+keep = lifecycle()
+expiry()
+bad_input()
+asyncio.run(async_subset())
+keep.kill()
+left = Sandbox.list(query=SandboxQuery(metadata={"run": RUN})).next_items()
+check(left == [], "nothing is left behind")
+print("ok", flush=True)
