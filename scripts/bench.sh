@@ -24,6 +24,12 @@ cargo bench -p bhatti-engine --bench microvm
 cargo bench -p bhatti-engine --bench docker
 cargo bench -p bhatti-server --bench api
 cargo bench -p bhatti-server --bench images
+# E2B's SDK, pinned, in the venv the tests use.
+source scripts/venv.sh
+pinned_venv "$REPO/target/venv-e2b" "$REPO/scripts/e2b-requirements.txt"
+BHATTI_E2B_PYTHON="$REPO/target/venv-e2b/bin/python" cargo bench -p bhatti-server --bench e2b
+BHATTI_E2B_PYTHON="$REPO/target/venv-e2b/bin/python" BHATTI_BENCH_ENGINE=qemu BHATTI_BENCH_N=50 \
+    cargo bench -p bhatti-server --bench e2b
 fi
 {
     echo "# Performance"
@@ -31,7 +37,7 @@ fi
     echo "Collected by \`scripts/bench.sh\` from \`bench/results/\`; each figure is beside a baseline"
     echo "measured in the same run on the same machine (2 cores; QEMU under TCG here, no KVM for"
     echo "ordinary guests — see DECISIONS §4). Regenerate (as root) with \`bash scripts/bench.sh\`."
-    for s in agent microvm docker api images; do
+    for s in agent microvm docker api images e2b e2b-qemu; do
         f="bench/results/$s.md"
         [[ -f $f ]] || continue
         echo

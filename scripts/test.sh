@@ -55,17 +55,8 @@ else
     export BHATTI_DOCKER_TESTS=0
 fi
 
-# A venv at $1 holding exactly the pins of $2 (every package pinned, no
-# resolver), rebuilt when the pins change; a failed install fails the run.
-pinned_venv() {
-    local venv=$1 pins=$2
-    if ! cmp -s "$pins" "$venv/requirements.txt"; then
-        rm -rf "$venv"
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$pins"
-        cp "$pins" "$venv/requirements.txt"
-    fi
-}
+# pinned_venv: a venv holding exactly a pins file's packages.
+source scripts/venv.sh
 
 if [[ $BHATTI_DOCKER_TESTS == 1 ]]; then
     # The API contract suite (crates/server/tests/contract.rs) runs

@@ -3,7 +3,10 @@
 use bhatti_protocol::messages::{DetachedInfo, ExecRequest};
 use bhatti_protocol::{decode_exit, MsgType, MAX_EXEC_OUTPUT, TRUNCATION_MARKER};
 
-use crate::transport::Conn;
+use bhatti_protocol::r#async::{read_frame, write_frame};
+use tokio::io::{BufReader, ReadHalf, WriteHalf};
+
+use crate::transport::BoxStream;
 use crate::{agent_error, AgentClient, ClientError, Result};
 
 /// Outcome of a buffered exec.
@@ -36,19 +39,32 @@ pub enum StreamEvent {
 
 /// A running exec whose output arrives as events. Dropping it cancels the exec.
 pub struct ExecStream {
-    conn: Conn,
+    events: ExecEvents,
+    input: ExecInput,
+}
+
+/// The read half of an [`ExecStream`]: its events.
+pub struct ExecEvents {
+    rd: BufReader<ReadHalf<BoxStream>>,
     done: bool,
 }
 
-impl ExecStream {
+/// The write half of an [`ExecStream`]: stdin and kill. Dropping either
+/// half closes the connection, which kills the exec.
+pub struct ExecInput {
+    wr: WriteHalf<BoxStream>,
+}
+
+impl ExecEvents {
     /// The next event; `None` after EXIT or ERROR. Unknown frame types are skipped
-    /// (forward compatibility).
+    /// (forward compatibility). Not cancel-safe: a frame read cut off halfway
+    /// loses the stream, so poll it to completion (or in a task of its own).
     pub async fn next(&mut self) -> Result<Option<StreamEvent>> {
         if self.done {
             return Ok(None);
         }
         loop {
-            let Some(f) = self.conn.recv().await? else {
+            let Some(f) = read_frame(&mut self.rd).await? else {
                 self.done = true;
                 return Err(ClientError::Closed);
             };
@@ -71,26 +87,54 @@ impl ExecStream {
             return Ok(Some(ev));
         }
     }
+}
 
+impl ExecInput {
     /// Feeds the child's stdin.
     pub async fn write_stdin(&mut self, data: &[u8]) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
         for chunk in data.chunks(bhatti_protocol::FILE_CHUNK) {
-            self.conn.send(MsgType::Stdin, chunk).await?;
+            write_frame(&mut self.wr, MsgType::Stdin as u8, chunk).await?;
         }
         Ok(())
     }
 
     /// Closes the child's stdin (an empty STDIN frame).
     pub async fn close_stdin(&mut self) -> Result<()> {
-        self.conn.send(MsgType::Stdin, &[]).await
+        write_frame(&mut self.wr, MsgType::Stdin as u8, &[]).await?;
+        Ok(())
     }
 
     /// SIGKILL to the exec's process group.
     pub async fn kill(&mut self) -> Result<()> {
-        self.conn.send(MsgType::Kill, &[]).await
+        write_frame(&mut self.wr, MsgType::Kill as u8, &[]).await?;
+        Ok(())
+    }
+}
+
+impl ExecStream {
+    /// The next event; `None` after EXIT or ERROR.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>> {
+        self.events.next().await
+    }
+
+    /// Feeds the child's stdin.
+    pub async fn write_stdin(&mut self, data: &[u8]) -> Result<()> {
+        self.input.write_stdin(data).await
+    }
+
+    /// Closes the child's stdin (an empty STDIN frame).
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        self.input.close_stdin().await
+    }
+
+    /// SIGKILL to the exec's process group.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.input.kill().await
+    }
+
+    /// The two halves, to read events and write input concurrently.
+    pub fn into_split(self) -> (ExecEvents, ExecInput) {
+        (self.events, self.input)
     }
 }
 
@@ -150,8 +194,11 @@ impl AgentClient {
         req.detach = false;
         req.session_id.clear();
         let p = serde_json::to_vec(&req)?;
-        let conn = self.request(MsgType::ExecReq, &p).await?;
-        Ok(ExecStream { conn, done: false })
+        let (rd, wr) = self.request(MsgType::ExecReq, &p).await?.split();
+        Ok(ExecStream {
+            events: ExecEvents { rd, done: false },
+            input: ExecInput { wr },
+        })
     }
 
     /// Starts `argv` detached (new session, output to a file) and returns at once.

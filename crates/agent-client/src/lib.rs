@@ -22,7 +22,7 @@ use bhatti_protocol::messages::{
 use bhatti_protocol::{Frame, MsgType, PORT_CONTROL, PORT_FORWARD, PROTOCOL_VERSION};
 
 pub use error::ClientError;
-pub use exec::{ExecResult, ExecStream, StreamEvent};
+pub use exec::{ExecEvents, ExecInput, ExecResult, ExecStream, StreamEvent};
 pub use files::{FileDownload, ReadOptions};
 pub use session::{ShellOptions, Terminal, TerminalReader, TerminalWriter};
 pub use transport::{Conn, Stream, Transport, Tunnel};

@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Object-safe stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-type BoxStream = Box<dyn Stream>;
+pub(crate) type BoxStream = Box<dyn Stream>;
 
 /// How to reach an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use bhatti_agent_client::{ExecRequest, ReadOptions, StreamEvent};
 use bhatti_benchkit::Report;
 use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
-use bhatti_engine::net::{NetConfig, NetManager};
+use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
 use bhatti_engine::vmm::{Disk, SnapshotKind, Vm, VmSpec, VmmDriver};
 
@@ -118,7 +118,8 @@ async fn main() {
         .expect("tempdir");
     let qemu = QemuDriver::new(QemuConfig::default()).expect("qemu");
     let driver: Arc<dyn VmmDriver> = Arc::new(qemu.clone());
-    let net = Arc::new(NetManager::new(NetConfig::default()).expect("net"));
+    // A scratch pool: never the host daemon's.
+    let net = Arc::new(NetManager::scratch(tmp.path().join("net")).expect("net"));
     let engine = MicroVmEngine::new(
         MicroVmConfig::new(tmp.path().join("data"), kernel.clone(), rootfs.clone()),
         driver.clone(),

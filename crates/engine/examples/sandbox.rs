@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
-use bhatti_engine::net::{NetConfig, NetManager};
+use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
 
 fn env_path(var: &str, default: &str) -> PathBuf {
@@ -36,6 +36,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ];
     }
     let data = env_path("BHATTI_DATA_DIR", "/var/lib/bhatti");
+    // A pool of its own, so it never clashes with a daemon on this host.
+    let net = Arc::new(NetManager::scratch(data.join("net-example"))?);
     let cfg = MicroVmConfig::new(
         data,
         env_path("BHATTI_GUEST_KERNEL", "/var/cache/bhatti/guest/vmlinux"),
@@ -45,7 +47,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     );
     let driver = Arc::new(QemuDriver::new(QemuConfig::default())?);
-    let net = Arc::new(NetManager::new(NetConfig::default())?);
     let engine = MicroVmEngine::new(cfg, driver, net)?;
     let t = Instant::now();
     let info = engine

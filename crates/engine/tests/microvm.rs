@@ -73,6 +73,8 @@ fn driver_for(kind: Kind) -> Arc<dyn VmmDriver> {
 
 struct Env {
     engine: Arc<MicroVmEngine>,
+    /// The engine's network: a scratch pool (never the host daemon's).
+    net: Arc<NetManager>,
     _dir: tempfile::TempDir,
     data: PathBuf,
 }
@@ -85,7 +87,7 @@ impl Env {
             .expect("tempdir");
         let data = dir.path().to_path_buf();
         let driver = driver_for(kind);
-        let net = Arc::new(NetManager::new(NetConfig::default()).expect("net manager"));
+        let net = Arc::new(NetManager::scratch(data.join("net")).expect("net manager"));
         let mut cfg = MicroVmConfig::new(
             data.clone(),
             artifact("BHATTI_GUEST_KERNEL", "/var/cache/bhatti/guest/vmlinux"),
@@ -98,12 +100,26 @@ impl Env {
         // Where the VMM has them, the suite runs with diff snapshots on, so
         // stop_start_cycles is the full → diff → diff check (DECISIONS §6).
         cfg.diff_snapshots = driver.supports_diff_snapshots();
-        let engine = Arc::new(MicroVmEngine::new(cfg, driver, net).expect("engine"));
+        let engine = Arc::new(MicroVmEngine::new(cfg, driver, net.clone()).expect("engine"));
         Env {
             engine,
+            net,
             _dir: dir,
             data,
         }
+    }
+
+    /// The network manager of a "restarted daemon": the same pool and
+    /// ledger (this process holds the claim through `net`).
+    fn restarted_net(&self) -> Arc<NetManager> {
+        Arc::new(
+            NetManager::new(NetConfig {
+                pool: self.net.config().pool,
+                ledger_dir: Some(self.data.join("net")),
+                ..NetConfig::default()
+            })
+            .expect("net manager"),
+        )
     }
 
     fn spec(&self, name: &str, owner: u16) -> SandboxSpec {
@@ -635,7 +651,7 @@ async fn egress_follows_forks_and_checkpoints(kind: Kind) {
             ),
         ),
         driver_for(kind),
-        Arc::new(NetManager::new(NetConfig::default()).unwrap()),
+        env.restarted_net(),
     )
     .unwrap();
     // (A "restarted daemon": a second engine recovers the stopped fork.)
@@ -670,8 +686,7 @@ async fn corrupt_snapshot_and_recovery(kind: Kind) {
         ),
     );
     cfg.boot_timeout = Duration::from_secs(90);
-    let net = Arc::new(NetManager::new(NetConfig::default()).unwrap());
-    let e2 = MicroVmEngine::new(cfg, driver_for(kind), net).unwrap();
+    let e2 = MicroVmEngine::new(cfg, driver_for(kind), env.restarted_net()).unwrap();
     let rec = e2.recover(state.clone()).await.unwrap();
     assert_eq!((rec.status, rec.thermal), (Status::Stopped, Thermal::Cold));
     // Start-up cleanup removes what no known sandbox owns, and only that.

@@ -44,9 +44,26 @@ macro_rules! require_root {
     };
 }
 
+/// The suite's manager: a scratch pool of its own (never the host daemon's),
+/// its own chain and veth names, its own ledger. Everything below touches
+/// only what it made.
 fn mgr() -> &'static NetManager {
     static M: OnceLock<NetManager> = OnceLock::new();
-    M.get_or_init(|| NetManager::new(NetConfig::default()).expect("manager"))
+    M.get_or_init(|| NetManager::scratch(ledger()).expect("manager"))
+}
+
+fn ledger() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("bhatti-net-test-{}", std::process::id()))
+}
+
+/// Another manager on the suite's pool and ledger (a "previous daemon run").
+fn peer(cfg: NetConfig) -> NetManager {
+    NetManager::new(NetConfig {
+        pool: mgr().config().pool,
+        ledger_dir: Some(ledger()),
+        ..cfg
+    })
+    .expect("peer manager")
 }
 
 static EXCLUSIVE: RwLock<()> = RwLock::new(());
@@ -369,12 +386,16 @@ fn assert_blocked(r: io::Result<String>, what: &str) {
 /// The host rules of the manager's chains (not, say, the Docker engine's
 /// `BHATTI-DKR-*` chains of a daemon running on this host).
 fn bhatti_rules() -> String {
-    let ours = ["BHATTI-FWD", "BHATTI-IN", "BHATTI-OWN", "BHATTI-POST"];
+    let ours = mgr().host_chain_names();
     let mut s = String::new();
     for table in ["filter", "nat"] {
         let (ok, out, err) = run("iptables", &["-w", "-t", table, "-S"]);
         assert!(ok, "iptables -S: {err}");
-        for l in out.lines().filter(|l| ours.iter().any(|c| l.contains(c))) {
+        // Whole names: the host daemon's `BHATTI-FWD` is not ours.
+        for l in out
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| ours.iter().any(|c| c == w)))
+        {
             s.push_str(l);
             s.push('\n');
         }
@@ -383,7 +404,13 @@ fn bhatti_rules() -> String {
 }
 
 fn pool_route() -> String {
-    ip(&["-4", "route", "show", "exact", "10.200.0.0/13"])
+    ip(&[
+        "-4",
+        "route",
+        "show",
+        "exact",
+        &mgr().config().pool.to_string(),
+    ])
 }
 
 // ------------------------------------------------------------------ tests
@@ -401,10 +428,11 @@ fn host_firewall_is_idempotent() {
         "second ensure changed something"
     );
     assert_eq!(bhatti_rules(), before);
+    let [fwd, _, input, post] = mgr().host_chain_names();
     for (table, chain, jump) in [
-        ("filter", "FORWARD", "BHATTI-FWD"),
-        ("filter", "INPUT", "BHATTI-IN"),
-        ("nat", "POSTROUTING", "BHATTI-POST"),
+        ("filter", "FORWARD", fwd),
+        ("filter", "INPUT", input),
+        ("nat", "POSTROUTING", post),
     ] {
         let (_, out, _) = run("iptables", &["-w", "-t", table, "-S", chain]);
         let first = out.lines().find(|l| l.starts_with("-A "));
@@ -582,7 +610,7 @@ fn setup_rolls_back_on_failure() {
     require_root!();
     let _h = host(false);
     let id = new_id();
-    let veth = format!("bhv-{}", &id[..11]);
+    let veth = mgr().host_veth_name(&id).unwrap();
     ip(&["tuntap", "add", "dev", &veth, "mode", "tap"]);
     struct DelLink(String);
     impl Drop for DelLink {
@@ -612,7 +640,8 @@ fn setup_rolls_back_on_failure() {
         )
         .unwrap();
     let _g = Down(mgr(), ok.clone());
-    assert_eq!(ok.ext_ip, Ipv4Addr::new(10, 200, 17, 2));
+    let first = Ipv4Addr::from(u32::from(mgr().owner_subnet(17).unwrap().addr()) + 2);
+    assert_eq!(ok.ext_ip, first);
 }
 
 /// Restore claims the exact old address; a fork gets a new external address
@@ -1008,11 +1037,10 @@ fn public_egress_refuses_metadata_and_private_ranges() {
     // A manager without blocked networks: `public` is everything again.
     // (Its own address, outside what the shared manager hands out; the
     // sandbox is torn down by name like every `Sbx`.)
-    let open = NetManager::new(NetConfig {
+    let open = peer(NetConfig {
         egress_blocked: Vec::new(),
         ..NetConfig::default()
-    })
-    .unwrap();
+    });
     let ext = Ipv4Addr::from(u32::from(mgr().owner_subnet(25).unwrap().addr()) + 200);
     let b = Sbx::try_with(&open, &new_id(), 25, &EgressPolicy::Public, Some(ext)).unwrap();
     dst.route_from(&b.net.host_veth);
@@ -1026,15 +1054,16 @@ fn public_egress_refuses_metadata_and_private_ranges() {
     let _ = eh.join();
 }
 
-/// Orphan cleanup removes only `bhatti-<16 hex>` namespaces and
-/// `bhv-<11 hex>` links that are neither kept nor tracked.
+/// Orphan cleanup removes only the namespaces and links of sandboxes in its
+/// own ledger that are neither kept nor tracked: exact look-alikes of its
+/// own names that another daemon made are left alone.
 #[test]
 #[cfg_attr(not(bhatti_root), ignore = "needs root (network namespaces, iptables)")]
 fn cleanup_orphans_only_touches_ours() {
     require_root!();
     let _h = host(true);
     // A sandbox from a "previous daemon run" (another manager).
-    let old = NetManager::new(NetConfig::default()).unwrap();
+    let old = peer(NetConfig::default());
     let orphan = old
         .setup_sandbox(
             &new_id(),
@@ -1056,12 +1085,16 @@ fn cleanup_orphans_only_touches_ours() {
         .unwrap();
     let _g2 = Down(&old, kept_by_arg.clone());
     let tracked = Sbx::new(22, &EgressPolicy::Public);
-    // Look-alikes that are not ours.
-    let decoy_ns = TestNs::new(format!("bhatti-test-decoy-{}", std::process::id()));
-    ip(&["tuntap", "add", "dev", "bhv-notoursxyzw", "mode", "tap"]);
+    // Look-alikes that are not ours: named exactly like a sandbox of this
+    // manager's, as another daemon's would be, but not in its ledger.
+    let foreign = new_id();
+    let decoy_ns = TestNs::new(format!("bhatti-{foreign}"));
+    let decoy_link = mgr().host_veth_name(&foreign).unwrap();
+    ip(&["tuntap", "add", "dev", &decoy_link, "mode", "tap"]);
 
     let removed = mgr().cleanup_orphans(&[kept_by_arg.sandbox_id.as_str()]);
-    let _ = run("ip", &["link", "del", "dev", "bhv-notoursxyzw"]);
+    let decoy_link_left = ip_ok(&["link", "show", "dev", &decoy_link]);
+    let _ = run("ip", &["link", "del", "dev", &decoy_link]);
     let removed = removed.unwrap();
     eprintln!("removed: {removed:?}");
     assert!(removed.contains(&orphan.netns), "{removed:?}");
@@ -1072,12 +1105,16 @@ fn cleanup_orphans_only_touches_ours() {
         assert!(netns_listed(&keep.netns), "{} removed", keep.netns);
         assert!(ip_ok(&["link", "show", "dev", &keep.host_veth]));
     }
-    assert!(netns_listed(&decoy_ns.0), "decoy netns removed");
+    assert!(netns_listed(&decoy_ns.0), "another daemon's netns removed");
+    assert!(decoy_link_left, "another daemon's link removed");
     // The orphan's owner rule went with it; the tracked owner's stayed.
     let rules = bhatti_rules();
-    assert!(!rules.contains("10.200.20.0/24"), "{rules}");
+    let s20 = mgr().owner_subnet(20).unwrap();
+    let s22 = mgr().owner_subnet(22).unwrap();
+    let own = &mgr().host_chain_names()[1];
+    assert!(!rules.contains(&format!("{s20}")), "{rules}");
     assert!(
-        rules.contains("-A BHATTI-OWN -s 10.200.22.0/24 -d 10.200.22.0/24 -j ACCEPT"),
+        rules.contains(&format!("-A {own} -s {s22} -d {s22} -j ACCEPT")),
         "{rules}"
     );
 
@@ -1093,7 +1130,7 @@ fn cleanup_orphans_only_touches_ours() {
 fn adopt_after_restart() {
     require_root!();
     let _h = host(false);
-    let before = NetManager::new(NetConfig::default()).unwrap();
+    let before = peer(NetConfig::default());
     let net = before
         .setup_sandbox(
             &new_id(),

@@ -26,7 +26,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bhatti_engine::net::{kernel_ip_arg, EgressPolicy, NetConfig, NetManager, SandboxNet};
+use bhatti_engine::net::{kernel_ip_arg, EgressPolicy, NetManager, SandboxNet};
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
 use bhatti_engine::vmm::{
     Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmState, VmmDriver, VmmError,
@@ -687,9 +687,10 @@ async fn boot_in_network_namespace() {
     let _serial = SERIAL.lock().await;
     let mut sb = sandbox(env, 256);
     let console = sb.spec.console_log.clone();
-    let mgr = NetManager::new(NetConfig::default()).expect("net manager");
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let mgr = NetManager::scratch(ledger.path().to_path_buf()).expect("net manager");
     let fw_existed = Command::new("iptables")
-        .args(["-S", "BHATTI-FWD"])
+        .args(["-S", &mgr.host_chain_names()[0]])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);

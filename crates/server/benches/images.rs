@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bhatti_benchkit::Report;
 use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
-use bhatti_engine::net::{NetConfig, NetManager};
+use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
 use bhatti_engine::vmm::VmmDriver;
 use bhatti_image::{BlobCache, Progress, Registry};
@@ -248,8 +248,9 @@ fn main() {
             .map_err(|e| e.to_string())
             .and_then(|q| {
                 let driver: Arc<dyn VmmDriver> = Arc::new(q);
+                // A scratch pool: never the host daemon's.
                 let net =
-                    Arc::new(NetManager::new(NetConfig::default()).map_err(|e| e.to_string())?);
+                    Arc::new(NetManager::scratch(data.join("net")).map_err(|e| e.to_string())?);
                 MicroVmEngine::new(
                     MicroVmConfig::new(data, kernel.into(), minimal.into()),
                     driver,

@@ -167,6 +167,11 @@ pub struct Config {
     /// Default: link-local (cloud metadata) and the private ranges
     /// (10/8, 100.64/10, 172.16/12, 192.168/16); `[]` turns it off.
     pub egress_blocked_cidrs: Vec<Ipv4Cidr>,
+    /// The microVM engine's sandbox address pool (one /24 per owner).
+    /// Unset: the pool this data directory used before, else the first one
+    /// no other daemon on the host has claimed (`10.200.0.0/13`, then /16s
+    /// from `10.208.0.0`). Remembered in `<data_dir>/net-pool`.
+    pub sandbox_pool: Option<Ipv4Cidr>,
     /// Users who see the whole daemon in `/metrics` (others see only their
     /// own sandboxes). Default: `admin`, the user the quickstart creates.
     pub admin_users: Vec<String>,
@@ -213,6 +218,7 @@ impl Default for Config {
             boot_timeout_secs: None,
             default_memory_mb: 1024,
             egress_blocked_cidrs: DEFAULT_EGRESS_BLOCKED.to_vec(),
+            sandbox_pool: None,
             admin_users: vec!["admin".into()],
             insecure_registries: Vec::new(),
             allowed_registries: Vec::new(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bhatti_engine::docker::{DockerConfig, DockerEngine};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
-use bhatti_engine::net::{NetConfig, NetManager};
+use bhatti_engine::net::{NetConfig, NetManager, PoolClaim};
 use bhatti_engine::select::{choose, EngineKind, HostProbe};
 use bhatti_engine::vmm::firecracker::{FirecrackerConfig, FirecrackerDriver, JailerConfig};
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
@@ -108,10 +108,18 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
                     .map_err(|e| unusable("firecracker")(e.to_string()))?;
                 Arc::new(d.map_err(|e| unusable("firecracker")(e.to_string()))?)
             };
-            let net = NetManager::new(NetConfig {
-                egress_blocked: cfg.egress_blocked_cidrs.clone(),
-                ..NetConfig::default()
-            })
+            // The pool is this daemon's alone: claimed for its life, so a
+            // second daemon on the host takes another (net::scope).
+            let claim = PoolClaim::for_daemon(&cfg.data_dir.join("net-pool"), cfg.sandbox_pool)
+                .map_err(|e| unusable(name)(e.to_string()))?;
+            let net = NetManager::claimed(
+                NetConfig {
+                    egress_blocked: cfg.egress_blocked_cidrs.clone(),
+                    ledger_dir: Some(cfg.data_dir.join("net")),
+                    ..NetConfig::default()
+                },
+                claim,
+            )
             .map_err(|e| unusable(name)(e.to_string()))?;
             Arc::new(
                 MicroVmEngine::new(mc, driver, Arc::new(net))

@@ -50,6 +50,14 @@ pub struct AppState {
     pub counters: Counters,
     /// Image files, the blob cache and the pull/import jobs.
     pub images: crate::images::Images,
+    /// Processes started for later requests to address (E2B's envd).
+    pub processes: Arc<crate::service::processes::Processes>,
+    /// Polled directory watches (E2B's CreateWatcher).
+    pub watchers: crate::service::watch::Watchers,
+    /// Each sandbox user's home, for relative paths.
+    pub homes: crate::service::guest_fs::Homes,
+    /// The key envd access tokens are derived with.
+    pub envd_key: crate::routes::e2b::token::EnvdKey,
     /// Sandbox ID → last API touch (the thermal manager's fast path).
     activity: Mutex<HashMap<String, Instant>>,
     /// Sandbox ID → interactive clients attached through this daemon; a
@@ -92,6 +100,7 @@ impl AppState {
         images: crate::images::Images,
     ) -> AppState {
         let secrets = SecretBox::new(cfg.data_dir.join("age.key"));
+        let cfg_data_dir = cfg.data_dir.clone();
         let limiter = RateLimiter::new(cfg.rate_limits.clone());
         let auth_throttle = FailureThrottle::new(&cfg.rate_limits);
         AppState {
@@ -106,6 +115,10 @@ impl AppState {
             started: Instant::now(),
             counters: Counters::default(),
             images,
+            processes: Arc::new(crate::service::processes::Processes::new()),
+            watchers: Default::default(),
+            homes: Default::default(),
+            envd_key: crate::routes::e2b::token::EnvdKey::new(cfg_data_dir.join("envd.key")),
             activity: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
         }
@@ -141,6 +154,8 @@ impl AppState {
     pub fn forget(&self, id: &str) {
         lock(&self.activity).remove(id);
         lock(&self.pins).remove(id);
+        self.homes.forget(id);
+        self.watchers.forget(id);
     }
 
     pub fn pin(self: &Arc<Self>, id: &str) -> Pin {

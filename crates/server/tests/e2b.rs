@@ -1,11 +1,18 @@
 //! E2B compatibility: E2B's official Python SDK (from PyPI, pinned in
 //! scripts/e2b-requirements.txt, in the venv scripts/test.sh makes) drives a
-//! real daemon through `/e2b`, unmodified, with `E2B_API_URL` and an
-//! `e2b_<hex>` key. The script (tests/e2b/sdk_control.py) checks the control
-//! API: create with template, metadata, env and timeout; get_info; list
-//! with metadata and state filters and pages; set_timeout and expiry;
-//! pause and connect; kill; another tenant's view; wrong key, unknown
-//! template, bad timeout; and the async client.
+//! real daemon through `/e2b` and `/e2b/envd`, unmodified, with
+//! `E2B_API_URL`, `E2B_SANDBOX_URL` and an `e2b_<hex>` key.
+//! tests/e2b/sdk_control.py checks the control API: create with template,
+//! metadata, env and timeout; get_info; list with metadata and state
+//! filters and pages; set_timeout and expiry; pause and connect; kill;
+//! another tenant's view; wrong key, unknown template, bad timeout; and the
+//! async client. tests/e2b/sdk_envd.py checks envd: commands (output,
+//! callbacks, exit codes, env, cwd, background, stdin, list, connect,
+//! kill), PTYs (input, resize, reconnect, kill), files (text, bytes,
+//! streams, 50 MB each way, list with depth, exists, make_dir, rename,
+//! remove, get_info, watch events), a wrong access token, a malformed
+//! Connect envelope, pause and resume with files and a process surviving,
+//! and the async client.
 //!
 //! Without the SDK the tests are reported as ignored, never as passed.
 //! Traffic goes to the daemon on loopback only.
@@ -25,20 +32,22 @@ fn e2b_key(bht: &str) -> String {
     format!("e2b_{}", bht.strip_prefix("bht_").expect("a bht_ key"))
 }
 
-async fn run_sdk(engine: &str) {
+async fn run_sdk(engine: &str, script: &str) {
     common::daemon_logs_in_test_output();
     let python = option_env!("BHATTI_E2B_PYTHON").unwrap_or("python3");
     let _serial = SERIAL.lock().await;
     let d = TestDaemon::start(engine, |_| {}).await;
     let alice = d.user("alice", Quotas::default());
     let bob = d.user("bob", Quotas::default());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2b/sdk_control.py");
+    let script = format!("{}/tests/e2b/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(script)
         .env("E2B_API_URL", format!("http://{}/e2b", d.addr))
+        .env("E2B_SANDBOX_URL", format!("http://{}/e2b/envd", d.addr))
         .env("E2B_API_KEY", e2b_key(&alice))
         .env("E2B_TEST_OTHER_KEY", e2b_key(&bob))
         .env("E2B_TEST_TEMPLATE", "base")
+        .env("E2B_TEST_ENGINE", engine)
         .env_remove("E2B_DOMAIN")
         .env_remove("E2B_ACCESS_TOKEN")
         .env("NO_PROXY", "*")
@@ -68,7 +77,16 @@ async fn run_sdk(engine: &str) {
     ignore = "needs dockerd and BHATTI_E2B_PYTHON=<venv>/bin/python with the e2b SDK (scripts/test.sh makes it)"
 )]
 async fn e2b_sdk_control_docker() {
-    run_sdk("docker").await;
+    run_sdk("docker", "sdk_control.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(bhatti_docker, bhatti_e2b_sdk)),
+    ignore = "needs dockerd and BHATTI_E2B_PYTHON=<venv>/bin/python with the e2b SDK (scripts/test.sh makes it)"
+)]
+async fn e2b_sdk_envd_docker() {
+    run_sdk("docker", "sdk_envd.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,5 +95,14 @@ async fn e2b_sdk_control_docker() {
     ignore = "needs root, the guest artifacts and BHATTI_E2B_PYTHON=<venv>/bin/python with the e2b SDK (scripts/test.sh makes it)"
 )]
 async fn e2b_sdk_control_vm() {
-    run_sdk("qemu").await;
+    run_sdk("qemu", "sdk_control.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(bhatti_vm_tests, bhatti_e2b_sdk)),
+    ignore = "needs root, the guest artifacts and BHATTI_E2B_PYTHON=<venv>/bin/python with the e2b SDK (scripts/test.sh makes it)"
+)]
+async fn e2b_sdk_envd_vm() {
+    run_sdk("qemu", "sdk_envd.py").await;
 }

@@ -438,3 +438,59 @@ fn floatify(v: &mut Value) {
         _ => {}
     }
 }
+
+/// Two daemons on one host, each with its own data directory (as a second
+/// `bhatti serve`, or a test run beside a live daemon): they claim different
+/// address pools, name their chains and veths apart, and creating,
+/// destroying and restarting either one never disturbs the other's
+/// sandboxes. Start-up and destroy clean-up used to remove every
+/// `bhatti-<id>` namespace the cleaning daemon's store did not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn two_daemons_side_by_side_vm() {
+    let _serial = SERIAL.lock().await;
+    let mut a = TestDaemon::start("qemu", |_| {}).await;
+    let mut b = TestDaemon::start("qemu", |_| {}).await;
+    let pool = |d: &TestDaemon| {
+        std::fs::read_to_string(d.data().join("net-pool"))
+            .expect("net-pool")
+            .trim()
+            .to_string()
+    };
+    let (pa, pb) = (pool(&a), pool(&b));
+    assert_ne!(pa, pb, "two daemons share an address pool");
+    let ka = a.user("side-a", Default::default());
+    let kb = b.user("side-b", Default::default());
+    let id = |v: Value| v["id"].as_str().expect("id").to_string();
+    let a1 = id(a.create(&ka, json!({"name": "a1"})).await);
+    let b1 = id(b.create(&kb, json!({"name": "b1"})).await);
+    works(&a, &ka, &a1, "a1 at first").await;
+    works(&b, &kb, &b1, "b1 at first").await;
+
+    // Create and destroy on b while a serves.
+    let b2 = id(b.create(&kb, json!({"name": "b2"})).await);
+    assert_eq!(
+        b.code("DELETE", &format!("/sandboxes/{b2}"), Some(&kb), None)
+            .await,
+        200
+    );
+    works(&a, &ka, &a1, "a1 after b destroyed a sandbox").await;
+
+    // Restart each (start-up clean-up runs) while the other serves.
+    b.restart().await;
+    works(&a, &ka, &a1, "a1 after b restarted").await;
+    works(&b, &kb, &b1, "b1 after its daemon restarted").await;
+    a.restart().await;
+    works(&b, &kb, &b1, "b1 after a restarted").await;
+    works(&a, &ka, &a1, "a1 after its daemon restarted").await;
+    assert_eq!(pool(&a), pa, "a restart keeps the pool");
+    assert_eq!(pool(&b), pb, "b restart keeps the pool");
+}
+
+async fn works(d: &TestDaemon, key: &str, sb: &str, what: &str) {
+    let (code, out, err) = d.sh(key, sb, "echo alive").await;
+    assert_eq!((code, out.trim()), (0, "alive"), "{what}: {err}");
+}

@@ -8,7 +8,8 @@ use super::{Ipv4Cidr, NetError};
 
 /// Prefix of every sandbox network namespace: `bhatti-<sandbox id>`.
 pub const NETNS_PREFIX: &str = "bhatti-";
-/// Prefix of every host-side veth: `bhv-<first 11 chars of the id>`.
+/// Prefix of the host-side veths of the default pool's daemon,
+/// `bhv-<first 11 chars of the id>` (other pools tag theirs: see `scope`).
 pub const HOST_VETH_PREFIX: &str = "bhv-";
 /// Where `ip netns` bind-mounts named namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -84,15 +85,6 @@ pub fn netns_name(sandbox_id: &str) -> Result<String, NetError> {
     Ok(format!("{NETNS_PREFIX}{sandbox_id}"))
 }
 
-/// The host-side veth of a sandbox: `bhv-<first 11 chars of the id>`.
-pub fn host_veth_name(sandbox_id: &str) -> Result<String, NetError> {
-    validate_sandbox_id(sandbox_id)?;
-    Ok(format!(
-        "{HOST_VETH_PREFIX}{}",
-        &sandbox_id[..VETH_ID_CHARS]
-    ))
-}
-
 /// The bind-mounted namespace file of a sandbox, `/var/run/netns/bhatti-<id>`:
 /// open it and `setns(CLONE_NEWNET)` to enter the sandbox's network (see
 /// [`enter_netns_on_spawn`](super::enter_netns_on_spawn)).
@@ -111,21 +103,6 @@ pub fn kernel_ip_arg() -> String {
     format!("{GUEST_IP}::{GATEWAY_IP}:{GUEST_NETMASK}::eth0:off")
 }
 
-/// Whether `name` is a namespace we own: `bhatti-<16 hex>`; returns the id.
-pub(crate) fn sandbox_id_of_netns(name: &str) -> Option<&str> {
-    let id = name.strip_prefix(NETNS_PREFIX)?;
-    validate_sandbox_id(id).ok().map(|()| id)
-}
-
-/// Whether `name` is a host veth we own: `bhv-<11 hex>`; returns the id part.
-pub(crate) fn id_prefix_of_veth(name: &str) -> Option<&str> {
-    let p = name.strip_prefix(HOST_VETH_PREFIX)?;
-    let ok = p.len() == VETH_ID_CHARS
-        && p.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    ok.then_some(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,8 +111,6 @@ mod tests {
     fn names() {
         let id = "0123456789abcdef";
         assert_eq!(netns_name(id).unwrap(), "bhatti-0123456789abcdef");
-        assert_eq!(host_veth_name(id).unwrap(), "bhv-0123456789a");
-        assert!(host_veth_name(id).unwrap().len() <= 15);
         assert_eq!(
             netns_path(id).unwrap(),
             PathBuf::from("/var/run/netns/bhatti-0123456789abcdef")
@@ -149,11 +124,6 @@ mod tests {
         ] {
             assert!(netns_name(bad).is_err(), "{bad}");
         }
-        assert_eq!(sandbox_id_of_netns("bhatti-0123456789abcdef"), Some(id));
-        assert_eq!(sandbox_id_of_netns("bhatti-test-guest-1"), None);
-        assert_eq!(id_prefix_of_veth("bhv-0123456789a"), Some("0123456789a"));
-        assert_eq!(id_prefix_of_veth("bhv-x"), None);
-        assert_eq!(id_prefix_of_veth("eth0"), None);
     }
 
     #[test]

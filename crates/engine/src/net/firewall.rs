@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use super::cidr::Ipv4Cidr;
 use super::cmd::{Cmd, Program};
 use super::consts::{
-    CHAIN_EGRESS, CHAIN_FWD, CHAIN_IN, CHAIN_OWN, CHAIN_POST, GUEST_IP, HOST_VETH_IP,
-    HOST_VETH_PREFIX, NETNS_ETH, TAP_NAME,
+    CHAIN_EGRESS, CHAIN_FWD, CHAIN_IN, CHAIN_OWN, CHAIN_POST, GUEST_IP, HOST_VETH_IP, NETNS_ETH,
+    TAP_NAME,
 };
 use super::NetError;
 
@@ -46,38 +46,60 @@ fn ctstate(state: &str) -> String {
     format!("-m conntrack --ctstate {state}")
 }
 
+/// One daemon's host chains and veth prefix (see [`super::scope`]): the
+/// default pool's are the historical `BHATTI-FWD`, … and `bhv-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostChains {
+    pub(crate) fwd: String,
+    pub(crate) own: String,
+    pub(crate) input: String,
+    pub(crate) post: String,
+    pub(crate) veth_prefix: String,
+}
+
+impl HostChains {
+    pub(crate) fn of(scope: &super::scope::Scope) -> HostChains {
+        HostChains {
+            fwd: scope.chain(CHAIN_FWD),
+            own: scope.chain(CHAIN_OWN),
+            input: scope.chain(CHAIN_IN),
+            post: scope.chain(CHAIN_POST),
+            veth_prefix: scope.veth_prefix(),
+        }
+    }
+}
+
 /// The fixed rules of the host chains, as `iptables -S` prints them.
-pub(crate) fn host_filter_rules(pool: Ipv4Cidr) -> (Vec<String>, Vec<String>) {
-    let bhv = format!("{HOST_VETH_PREFIX}+");
+pub(crate) fn host_filter_rules(pool: Ipv4Cidr, c: &HostChains) -> (Vec<String>, Vec<String>) {
+    let bhv = format!("{}+", c.veth_prefix);
+    let (chain_fwd, chain_own, chain_in) = (&c.fwd, &c.own, &c.input);
     let est = ctstate("RELATED,ESTABLISHED");
     let fwd = vec![
         // Replies to anything a sandbox (or the host) started.
-        format!("-A {CHAIN_FWD} -d {pool} {est} -j ACCEPT"),
+        format!("-A {chain_fwd} -d {pool} {est} -j ACCEPT"),
         // Siblings of one owner: one rule per owner /24 with live sandboxes.
-        format!("-A {CHAIN_FWD} -j {CHAIN_OWN}"),
+        format!("-A {chain_fwd} -j {chain_own}"),
         // Any other sandbox-to-sandbox traffic crosses owners.
-        format!("-A {CHAIN_FWD} -s {pool} -d {pool} -j DROP"),
+        format!("-A {chain_fwd} -s {pool} -d {pool} -j DROP"),
         // Egress; the per-sandbox policy was already applied in its netns.
-        format!("-A {CHAIN_FWD} -s {pool} -i {bhv} -j ACCEPT"),
+        format!("-A {chain_fwd} -s {pool} -i {bhv} -j ACCEPT"),
         // Nobody outside the pool may open connections to a sandbox.
-        format!("-A {CHAIN_FWD} -d {pool} -j DROP"),
+        format!("-A {chain_fwd} -d {pool} -j DROP"),
         // Anything else from a sandbox veth has a forged source.
-        format!("-A {CHAIN_FWD} -i {bhv} -j DROP"),
+        format!("-A {chain_fwd} -i {bhv} -j DROP"),
     ];
     let input = vec![
         // Replies to the daemon's own connections (agent, forwards).
-        format!("-A {CHAIN_IN} -i {bhv} {est} -j ACCEPT"),
+        format!("-A {chain_in} -i {bhv} {est} -j ACCEPT"),
         // Guests never open connections to the host (API, SSH, …).
-        format!("-A {CHAIN_IN} -i {bhv} -j DROP"),
-        format!("-A {CHAIN_IN} -s {pool} {} -j DROP", ctstate("NEW")),
+        format!("-A {chain_in} -i {bhv} -j DROP"),
+        format!("-A {chain_in} -s {pool} {} -j DROP", ctstate("NEW")),
     ];
     (fwd, input)
 }
 
-pub(crate) fn host_nat_rules(pool: Ipv4Cidr) -> Vec<String> {
-    vec![format!(
-        "-A {CHAIN_POST} -s {pool} ! -d {pool} -j MASQUERADE"
-    )]
+pub(crate) fn host_nat_rules(pool: Ipv4Cidr, c: &HostChains) -> Vec<String> {
+    vec![format!("-A {} -s {pool} ! -d {pool} -j MASQUERADE", c.post)]
 }
 
 fn owner_rule(subnet: Ipv4Cidr) -> Vec<String> {
@@ -143,13 +165,13 @@ fn ensure_jump(table: &str, parent: &str, target: &str) -> Result<bool, NetError
 /// Installs or repairs the host chains and jumps. Returns whether anything
 /// changed. Chains whose content differs are replaced atomically with
 /// `iptables-restore --noflush`; `BHATTI-OWN` is created but never flushed.
-pub(crate) fn ensure_host_chains(pool: Ipv4Cidr) -> Result<bool, NetError> {
-    let (fwd, input) = host_filter_rules(pool);
-    let nat = host_nat_rules(pool);
-    let mut changed = ensure_chain("filter", CHAIN_OWN)?;
+pub(crate) fn ensure_host_chains(pool: Ipv4Cidr, c: &HostChains) -> Result<bool, NetError> {
+    let (fwd, input) = host_filter_rules(pool, c);
+    let nat = host_nat_rules(pool, c);
+    let mut changed = ensure_chain("filter", &c.own)?;
 
     let mut filter = String::new();
-    for (chain, rules) in [(CHAIN_FWD, &fwd), (CHAIN_IN, &input)] {
+    for (chain, rules) in [(&c.fwd, &fwd), (&c.input, &input)] {
         if chain_rules("filter", chain)?.as_ref() != Some(rules) {
             filter.push_str(&format!(":{chain} - [0:0]\n"));
             for r in rules {
@@ -162,8 +184,8 @@ pub(crate) fn ensure_host_chains(pool: Ipv4Cidr) -> Result<bool, NetError> {
     if !filter.is_empty() {
         restore.push_str(&format!("*filter\n{filter}COMMIT\n"));
     }
-    if chain_rules("nat", CHAIN_POST)?.as_ref() != Some(&nat) {
-        restore.push_str(&format!("*nat\n:{CHAIN_POST} - [0:0]\n"));
+    if chain_rules("nat", &c.post)?.as_ref() != Some(&nat) {
+        restore.push_str(&format!("*nat\n:{} - [0:0]\n", c.post));
         for r in &nat {
             restore.push_str(r);
             restore.push('\n');
@@ -178,18 +200,18 @@ pub(crate) fn ensure_host_chains(pool: Ipv4Cidr) -> Result<bool, NetError> {
             .run()?;
         changed = true;
     }
-    changed |= ensure_jump("filter", "FORWARD", CHAIN_FWD)?;
-    changed |= ensure_jump("filter", "INPUT", CHAIN_IN)?;
-    changed |= ensure_jump("nat", "POSTROUTING", CHAIN_POST)?;
+    changed |= ensure_jump("filter", "FORWARD", &c.fwd)?;
+    changed |= ensure_jump("filter", "INPUT", &c.input)?;
+    changed |= ensure_jump("nat", "POSTROUTING", &c.post)?;
     Ok(changed)
 }
 
 /// Removes the jumps and the `BHATTI-*` chains. Missing pieces are fine.
-pub(crate) fn remove_host_chains() -> Result<(), NetError> {
+pub(crate) fn remove_host_chains(c: &HostChains) -> Result<(), NetError> {
     for (table, parent, chain) in [
-        ("filter", "FORWARD", CHAIN_FWD),
-        ("filter", "INPUT", CHAIN_IN),
-        ("nat", "POSTROUTING", CHAIN_POST),
+        ("filter", "FORWARD", c.fwd.as_str()),
+        ("filter", "INPUT", c.input.as_str()),
+        ("nat", "POSTROUTING", c.post.as_str()),
     ] {
         // A jump could have been inserted twice by hand; remove them all.
         while Cmd::iptables()
@@ -202,20 +224,20 @@ pub(crate) fn remove_host_chains() -> Result<(), NetError> {
         }
     }
     for (table, chain) in [
-        ("filter", CHAIN_FWD),
-        ("filter", CHAIN_IN),
-        ("filter", CHAIN_OWN),
-        ("nat", CHAIN_POST),
+        ("filter", c.fwd.as_str()),
+        ("filter", c.input.as_str()),
+        ("filter", c.own.as_str()),
+        ("nat", c.post.as_str()),
     ] {
         if chain_exists(table, chain)? {
             Cmd::iptables().args(["-t", table, "-F", chain]).run()?;
         }
     }
     for (table, chain) in [
-        ("filter", CHAIN_FWD),
-        ("filter", CHAIN_IN),
-        ("filter", CHAIN_OWN),
-        ("nat", CHAIN_POST),
+        ("filter", c.fwd.as_str()),
+        ("filter", c.input.as_str()),
+        ("filter", c.own.as_str()),
+        ("nat", c.post.as_str()),
     ] {
         if chain_exists(table, chain)? {
             Cmd::iptables().args(["-t", table, "-X", chain]).run()?;
@@ -225,27 +247,30 @@ pub(crate) fn remove_host_chains() -> Result<(), NetError> {
 }
 
 /// Lets the sandboxes of one owner reach each other.
-pub(crate) fn ensure_owner_rule(subnet: Ipv4Cidr) -> Result<(), NetError> {
+pub(crate) fn ensure_owner_rule(c: &HostChains, subnet: Ipv4Cidr) -> Result<(), NetError> {
     let rule = owner_rule(subnet);
     if !Cmd::iptables()
-        .args(["-C", CHAIN_OWN])
-        .args(rule.clone())
-        .succeeds()?
-    {
-        Cmd::iptables().args(["-A", CHAIN_OWN]).args(rule).run()?;
-    }
-    Ok(())
-}
-
-pub(crate) fn remove_owner_rule(subnet: Ipv4Cidr) -> Result<(), NetError> {
-    let rule = owner_rule(subnet);
-    while Cmd::iptables()
-        .args(["-C", CHAIN_OWN])
+        .args(["-C", c.own.as_str()])
         .args(rule.clone())
         .succeeds()?
     {
         Cmd::iptables()
-            .args(["-D", CHAIN_OWN])
+            .args(["-A", c.own.as_str()])
+            .args(rule)
+            .run()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_owner_rule(c: &HostChains, subnet: Ipv4Cidr) -> Result<(), NetError> {
+    let rule = owner_rule(subnet);
+    while Cmd::iptables()
+        .args(["-C", c.own.as_str()])
+        .args(rule.clone())
+        .succeeds()?
+    {
+        Cmd::iptables()
+            .args(["-D", c.own.as_str()])
             .args(rule.clone())
             .run()?;
     }
@@ -253,9 +278,9 @@ pub(crate) fn remove_owner_rule(subnet: Ipv4Cidr) -> Result<(), NetError> {
 }
 
 /// The owner subnets that currently have a sibling rule.
-pub(crate) fn owner_rule_subnets() -> Result<Vec<Ipv4Cidr>, NetError> {
-    let prefix = format!("-A {CHAIN_OWN} -s ");
-    Ok(chain_rules("filter", CHAIN_OWN)?
+pub(crate) fn owner_rule_subnets(c: &HostChains) -> Result<Vec<Ipv4Cidr>, NetError> {
+    let prefix = format!("-A {} -s ", c.own);
+    Ok(chain_rules("filter", &c.own)?
         .unwrap_or_default()
         .iter()
         .filter_map(|l| l.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())

@@ -14,14 +14,13 @@ use tracing::{info, warn};
 use super::cidr::Ipv4Cidr;
 use super::cmd::Cmd;
 use super::consts::{
-    host_veth_name, id_prefix_of_veth, named_netns_path, netns_name, sandbox_id_of_netns,
-    validate_sandbox_id, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL, GATEWAY_IP, GUEST_IP,
-    GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX, NETNS_DIR, NETNS_ETH, TAP_NAME,
-    VETH_ID_CHARS,
+    named_netns_path, netns_name, validate_sandbox_id, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL,
+    GATEWAY_IP, GUEST_IP, GUEST_PREFIX_LEN, HOST_VETH_IP, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
 };
-use super::firewall::{self, EgressPolicy};
+use super::firewall::{self, EgressPolicy, HostChains};
 use super::netns::write_sysctl;
 use super::pool::AddressPool;
+use super::scope::{PoolClaim, Scope};
 use super::NetError;
 
 /// Configuration of sandbox networking.
@@ -42,6 +41,10 @@ pub struct NetConfig {
     /// affected. Default [`DEFAULT_EGRESS_BLOCKED`]: link-local (cloud
     /// metadata), RFC 1918 and CGNAT. Empty: `public` means everything.
     pub egress_blocked: Vec<Ipv4Cidr>,
+    /// The ledger of the sandbox IDs this manager set networks up for (one
+    /// empty file each). Orphan clean-up removes only what is recorded
+    /// there; without a ledger it removes nothing it does not track.
+    pub ledger_dir: Option<PathBuf>,
 }
 
 impl Default for NetConfig {
@@ -51,6 +54,7 @@ impl Default for NetConfig {
             tap_user: None,
             tap_group: None,
             egress_blocked: DEFAULT_EGRESS_BLOCKED.to_vec(),
+            ledger_dir: None,
         }
     }
 }
@@ -101,6 +105,11 @@ struct State {
 #[derive(Debug)]
 pub struct NetManager {
     config: NetConfig,
+    /// This manager's names and ledger (see [`super::scope`]).
+    scope: Scope,
+    chains: HostChains,
+    /// The pool claim, held for the manager's life.
+    _claim: Option<PoolClaim>,
     state: Mutex<State>,
     /// Serialises host firewall changes, including per-owner rules, so that
     /// "last sandbox of an owner gone -> remove its rule" cannot race with
@@ -187,7 +196,7 @@ struct Created {
 /// address, a route other than the default one (and our own), or a DNS server
 /// from /etc/resolv.conf. The pool's `unreachable` route would otherwise cut the
 /// host off from, say, a resolver that is reached through the default route.
-fn check_pool_is_free(pool: Ipv4Cidr) -> Result<(), NetError> {
+pub(crate) fn check_pool_is_free(pool: Ipv4Cidr, veth_prefix: &str) -> Result<(), NetError> {
     let clash = |what: String| {
         Err(NetError::InvalidConfig(format!(
             "the sandbox address pool {pool} overlaps {what}; choose another pool in the network config"
@@ -223,7 +232,7 @@ fn check_pool_is_free(pool: Ipv4Cidr) -> Result<(), NetError> {
         if dest == "unreachable" || dest == "blackhole" || dest == "prohibit" {
             dest = words.next().unwrap_or_default();
         }
-        let ours = line.contains(&format!("dev {HOST_VETH_PREFIX}")) || dest == pool.to_string();
+        let ours = line.contains(&format!("dev {veth_prefix}")) || dest == pool.to_string();
         if dest == "default" || ours {
             continue;
         }
@@ -261,8 +270,13 @@ impl NetManager {
                 }
             }
         }
+        let scope = Scope::new(config.pool, config.ledger_dir.clone());
+        let chains = HostChains::of(&scope);
         Ok(NetManager {
             config,
+            scope,
+            chains,
+            _claim: None,
             state: Mutex::new(State {
                 pool,
                 sandboxes: HashMap::new(),
@@ -272,8 +286,54 @@ impl NetManager {
         })
     }
 
+    /// A manager on a claimed pool (`config.pool` is replaced by the
+    /// claim's), holding the claim for its life.
+    pub fn claimed(mut config: NetConfig, claim: PoolClaim) -> Result<Self, NetError> {
+        config.pool = claim.pool();
+        let mut m = NetManager::new(config)?;
+        m._claim = Some(claim);
+        Ok(m)
+    }
+
+    /// For tests and benchmarks: a manager on a scratch pool that neither
+    /// the host's daemon nor a concurrent run uses, with its own names, and
+    /// its ledger in `ledger_dir`. What it creates and cleans up can never
+    /// be a live daemon's.
+    pub fn scratch(ledger_dir: PathBuf) -> Result<Self, NetError> {
+        let claim = PoolClaim::scratch()?;
+        NetManager::claimed(
+            NetConfig {
+                ledger_dir: Some(ledger_dir),
+                ..NetConfig::default()
+            },
+            claim,
+        )
+    }
+
     pub fn config(&self) -> &NetConfig {
         &self.config
+    }
+
+    /// The host veth of a sandbox: this pool's prefix and the first 11
+    /// characters of the id.
+    pub fn host_veth_name(&self, sandbox_id: &str) -> Result<String, NetError> {
+        validate_sandbox_id(sandbox_id)?;
+        Ok(format!(
+            "{}{}",
+            self.chains.veth_prefix,
+            &sandbox_id[..VETH_ID_CHARS]
+        ))
+    }
+
+    /// The host chains' names (`BHATTI-FWD`, or `BHATTI-FWD-<tag>`, …), in
+    /// the order forward, owners, input, nat postrouting.
+    pub fn host_chain_names(&self) -> [String; 4] {
+        [
+            self.chains.fwd.clone(),
+            self.chains.own.clone(),
+            self.chains.input.clone(),
+            self.chains.post.clone(),
+        ]
     }
 
     /// The /24 of an owner subnet index.
@@ -299,7 +359,7 @@ impl NetManager {
             changed = true;
         }
         let pool = self.config.pool.to_string();
-        check_pool_is_free(self.config.pool)?;
+        check_pool_is_free(self.config.pool, &self.chains.veth_prefix)?;
         let routes = Cmd::ip()
             .args(["-4", "route", "show", "table", "main", "exact", &pool])
             .run()?;
@@ -313,9 +373,9 @@ impl NetManager {
         } else if !routes.trim_start().starts_with("unreachable") {
             warn!(%pool, routes = routes.trim(), "the sandbox pool is routed elsewhere on this host");
         }
-        changed |= firewall::ensure_host_chains(self.config.pool)?;
+        changed |= firewall::ensure_host_chains(self.config.pool, &self.chains)?;
         for subnet in self.live_owner_subnets() {
-            firewall::ensure_owner_rule(subnet)?;
+            firewall::ensure_owner_rule(&self.chains, subnet)?;
         }
         self.firewall_ready.store(true, Ordering::SeqCst);
         Ok(changed)
@@ -327,7 +387,7 @@ impl NetManager {
     pub fn remove_host_firewall(&self) -> Result<(), NetError> {
         let _fw = lock(&self.firewall);
         self.firewall_ready.store(false, Ordering::SeqCst);
-        firewall::remove_host_chains()?;
+        firewall::remove_host_chains(&self.chains)?;
         let pool = self.config.pool.to_string();
         let routes = Cmd::ip()
             .args(["-4", "route", "show", "table", "main", "exact", &pool])
@@ -363,8 +423,11 @@ impl NetManager {
         ext_ip: Option<Ipv4Addr>,
     ) -> Result<SandboxNet, NetError> {
         let netns = netns_name(sandbox_id)?;
-        let host_veth = host_veth_name(sandbox_id)?;
+        let host_veth = self.host_veth_name(sandbox_id)?;
         let guest_mac = normalize_mac(guest_mac)?;
+        // Ours before anything exists, so a crash halfway leaves an orphan
+        // that clean-up knows to remove.
+        self.scope.record(sandbox_id)?;
         let owner_subnet = self.owner_subnet(owner_index)?;
         if !self.firewall_ready.load(Ordering::SeqCst) {
             self.ensure_host_firewall()?;
@@ -403,17 +466,25 @@ impl NetManager {
             }
             Err(e) => {
                 warn!(sandbox = sandbox_id, error = %e, "sandbox network setup failed; rolling back");
+                let mut rolled_back = true;
                 if created.veth {
                     if let Err(e) = delete_link(&net.host_veth) {
                         warn!(error = %e, "rollback: deleting host veth");
+                        rolled_back = false;
                     }
                 }
                 if created.netns {
                     if let Err(e) = delete_netns(&net.netns) {
                         warn!(error = %e, "rollback: deleting netns");
+                        rolled_back = false;
                     }
                 }
                 self.forget(&net);
+                // Nothing of ours is left (what was in the way, like a
+                // taken veth name, was never ours to remove).
+                if rolled_back {
+                    self.scope.forget(sandbox_id);
+                }
                 Err(e)
             }
         }
@@ -518,7 +589,7 @@ impl NetManager {
         )?;
 
         let _fw = lock(&self.firewall);
-        firewall::ensure_owner_rule(owner_subnet)
+        firewall::ensure_owner_rule(&self.chains, owner_subnet)
     }
 
     /// Drops a sandbox from the pool and, if it was its owner's last,
@@ -543,7 +614,7 @@ impl NetManager {
             }
         };
         if let Some(Some(subnet)) = owner_left {
-            if let Err(e) = firewall::remove_owner_rule(subnet) {
+            if let Err(e) = firewall::remove_owner_rule(&self.chains, subnet) {
                 warn!(error = %e, %subnet, "removing owner rule");
                 return Some(e);
             }
@@ -559,7 +630,7 @@ impl NetManager {
     pub fn teardown_sandbox(&self, net: &SandboxNet) -> Result<(), NetError> {
         // Names are re-derived from the id rather than trusted from `net`.
         let ns = netns_name(&net.sandbox_id)?;
-        let veth = host_veth_name(&net.sandbox_id)?;
+        let veth = self.host_veth_name(&net.sandbox_id)?;
         let mut first_err = None;
         if let Err(e) = delete_link(&veth) {
             first_err.get_or_insert(e);
@@ -569,6 +640,9 @@ impl NetManager {
         }
         if let Some(e) = self.forget(net) {
             first_err.get_or_insert(e);
+        }
+        if first_err.is_none() {
+            self.scope.forget(&net.sandbox_id);
         }
         info!(sandbox = %net.sandbox_id, "sandbox network removed");
         first_err.map_or(Ok(()), Err)
@@ -641,84 +715,70 @@ impl NetManager {
                 }
             }
         }
+        // Recorded as ours: a daemon upgraded from before the ledger
+        // learns its sandboxes here.
+        self.scope.record(&net.sandbox_id)?;
         if !self.firewall_ready.load(Ordering::SeqCst) {
             return self.ensure_host_firewall().map(drop);
         }
         let _fw = lock(&self.firewall);
-        firewall::ensure_owner_rule(subnet)
+        firewall::ensure_owner_rule(&self.chains, subnet)
     }
 
-    /// Deletes every `bhatti-<16 hex>` namespace and `bhv-<11 hex>` link
-    /// that belongs neither to `keep` nor to a sandbox this manager tracks,
-    /// and every sibling rule of an owner without tracked sandboxes. Nothing
-    /// else is touched. Returns the names removed. Run after recovery
-    /// ([`adopt`](Self::adopt)): sibling rules survive only for owners of
-    /// tracked sandboxes, since `keep` carries no owner.
+    /// Deletes the namespace and host veth of every sandbox in this
+    /// manager's ledger that belongs neither to `keep` nor to a sandbox it
+    /// tracks, and every sibling rule of an owner without tracked
+    /// sandboxes in its own owners' chain. Nothing another manager (another
+    /// daemon, a test run) recorded is touched, whatever its name. Returns
+    /// the names removed. Run after recovery ([`adopt`](Self::adopt)):
+    /// sibling rules survive only for owners of tracked sandboxes, since
+    /// `keep` carries no owner.
     pub fn cleanup_orphans<S: AsRef<str>>(&self, keep: &[S]) -> Result<Vec<String>, NetError> {
         let mut keep_ids: HashSet<String> = keep.iter().map(|s| s.as_ref().to_string()).collect();
         keep_ids.extend(lock(&self.state).sandboxes.keys().cloned());
-        let keep_prefixes: HashSet<&str> = keep_ids
-            .iter()
-            .filter(|id| validate_sandbox_id(id).is_ok())
-            .map(|id| &id[..VETH_ID_CHARS])
+        let orphans: Vec<String> = self
+            .scope
+            .recorded()
+            .into_iter()
+            .filter(|id| validate_sandbox_id(id).is_ok() && !keep_ids.contains(id))
             .collect();
 
         let mut removed = Vec::new();
         let mut first_err = None;
-
-        // Host veths first: deleting one removes its peer at once, whereas a
-        // namespace's interfaces disappear asynchronously after `netns del`.
-        let links = Cmd::ip().args(["-o", "link", "show"]).run()?;
-        for line in links.lines() {
-            // "7: bhv-0123456789a@if2: <BROADCAST,…"
-            let Some(name) = line.split(": ").nth(1) else {
-                continue;
-            };
-            let name = name.split('@').next().unwrap_or(name);
-            let Some(prefix) = id_prefix_of_veth(name) else {
-                continue;
-            };
-            if keep_prefixes.contains(prefix) {
-                continue;
-            }
-            match delete_link(name) {
-                Ok(true) => removed.push(name.to_string()),
+        for id in &orphans {
+            let mut clean = true;
+            // The host veth first: deleting it removes its peer at once,
+            // whereas a namespace's interfaces go asynchronously after
+            // `netns del`.
+            let veth = self.host_veth_name(id)?;
+            match delete_link(&veth) {
+                Ok(true) => removed.push(veth),
                 Ok(false) => {}
                 Err(e) => {
+                    clean = false;
                     first_err.get_or_insert(e);
                 }
             }
-        }
-
-        let names: Vec<String> = match std::fs::read_dir(NETNS_DIR) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(NetError::io(format!("read {NETNS_DIR}"), e)),
-        };
-        for name in names {
-            let Some(id) = sandbox_id_of_netns(&name) else {
-                continue;
-            };
-            if keep_ids.contains(id) {
-                continue;
-            }
-            match delete_netns(&name) {
-                Ok(true) => removed.push(name),
+            let ns = netns_name(id)?;
+            match delete_netns(&ns) {
+                Ok(true) => removed.push(ns),
                 Ok(false) => {}
                 Err(e) => {
+                    clean = false;
                     first_err.get_or_insert(e);
                 }
+            }
+            if clean {
+                self.scope.forget(id);
             }
         }
 
         {
             let _fw = lock(&self.firewall);
             let live = self.live_owner_subnets();
-            for subnet in firewall::owner_rule_subnets()? {
+            for subnet in firewall::owner_rule_subnets(&self.chains)? {
                 if !live.contains(&subnet) {
-                    if let Err(e) = firewall::remove_owner_rule(subnet) {
+                    if let Err(e) = firewall::remove_owner_rule(&self.chains, subnet) {
                         first_err.get_or_insert(e);
                     }
                 }

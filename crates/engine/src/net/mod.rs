@@ -70,9 +70,12 @@
 //!
 //! # Ownership of host objects
 //!
-//! Orphan cleanup only ever touches network namespaces named
-//! `bhatti-<16 hex>` and links named `bhv-<11 hex>`; nothing else on the host
-//! is considered ours.
+//! Several daemons (and test runs) share a host, so nothing is ours by its
+//! name alone ([`scope`]): each manager works in an address pool it has
+//! claimed, names its host chains and veths after that pool, and keeps a
+//! ledger of the sandboxes it set up. Orphan clean-up removes only the
+//! namespaces and veths of sandboxes in its own ledger, and owner rules
+//! only in its own chain.
 
 mod cidr;
 mod cmd;
@@ -81,14 +84,15 @@ mod firewall;
 mod manager;
 mod netns;
 mod pool;
+mod scope;
 
 use std::net::Ipv4Addr;
 
 pub use cidr::Ipv4Cidr;
 pub use consts::{
-    host_veth_name, kernel_ip_arg, netns_name, netns_path, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL,
-    GATEWAY_IP, GUEST_IP, GUEST_NETMASK, GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX,
-    NETNS_DIR, NETNS_ETH, NETNS_PREFIX, TAP_NAME,
+    kernel_ip_arg, netns_name, netns_path, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL, GATEWAY_IP,
+    GUEST_IP, GUEST_NETMASK, GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX, NETNS_DIR,
+    NETNS_ETH, NETNS_PREFIX, TAP_NAME,
 };
 pub use firewall::EgressPolicy;
 pub(crate) use firewall::{
@@ -97,6 +101,7 @@ pub(crate) use firewall::{
 };
 pub use manager::{NetConfig, NetManager, SandboxNet};
 pub use netns::{enter_netns_on_spawn, run_in_netns, setns_hook};
+pub use scope::{PoolClaim, CLAIM_DIR};
 
 /// Everything that can go wrong while managing sandbox networking.
 #[derive(Debug, thiserror::Error)]

@@ -72,6 +72,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 pub fn router(state: Shared) -> Router {
+    // E2B's `<port>-<id>.<domain>` hosts are rewritten onto the routes
+    // below before routing (e2b::host).
+    Router::new()
+        .fallback_service(api(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            e2b::host::route,
+        ))
+        .with_state(state)
+}
+
+fn api(state: Shared) -> Router {
     Router::new()
         .route("/health", get(system::health))
         .route("/openapi.json", get(system::openapi_handler))
@@ -151,7 +163,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/volumes/{name}/resize", post(volumes::resize))
         .route("/volumes/{name}/snapshot", post(volumes::clone))
-        .nest("/e2b", e2b::router())
+        .nest("/e2b", e2b::router(state.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -226,13 +238,22 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
 
     let resp =
         'resp: {
-            if path == "/health" {
+            // envd checks the sandbox's own access token (e2b::envd).
+            if path == "/health" || e2b::is_envd(&path) {
                 break 'resp next.run(req).await;
             }
             let source = req
                 .extensions()
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map_or_else(|| "unix".to_string(), |c| c.0.ip().to_string());
+            // A host-addressed proxy request already shown the sandbox's
+            // access token (e2b::host).
+            if let Some(e2b::host::TokenCaller(user)) = req.extensions().get().cloned() {
+                user_name = user.name.clone();
+                user_id = user.id.clone();
+                req.extensions_mut().insert(user);
+                break 'resp next.run(req).await;
+            }
             // E2B's SDKs send their key as `X-API-Key` (see `e2b`).
             let token = bearer(&req)
                 .map(str::to_string)

@@ -2,4 +2,8 @@
 //! inputs, shared by the native API and the E2B API so that no rule is
 //! implemented twice. Handlers parse and render; they decide nothing.
 
+pub mod guest_fs;
+pub mod metrics;
+pub mod processes;
 pub mod sandboxes;
+pub mod watch;

@@ -6,6 +6,9 @@
 //! other prefix before it sends a request).
 
 mod control;
+mod envd;
+pub mod host;
+pub mod token;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +23,10 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The envd version reported for every sandbox: the SDKs gate features on
 /// it, and bhatti's envd API is served by the daemon, not a guest binary.
-pub const ENVD_VERSION: &str = "0.4.0";
+/// 0.5.7 is the newest whose features bhatti has all of (closing stdin,
+/// raw uploads); 0.6.2 adds file metadata in extended attributes, which it
+/// has not (docs/e2b.md).
+pub const ENVD_VERSION: &str = "0.5.7";
 
 /// The bhatti key an `X-API-Key` header names (`e2b_<hex>` read as
 /// `bht_<hex>`; a `bht_` key is accepted as is).
@@ -35,6 +41,12 @@ pub fn api_key(headers: &HeaderMap) -> Option<String> {
 /// Whether a (cleaned) request path is E2B's.
 pub fn is_e2b(path: &str) -> bool {
     path == "/e2b" || path.starts_with("/e2b/")
+}
+
+/// Whether a (cleaned) request path is envd's, which authenticates by the
+/// sandbox's access token rather than an API key.
+pub fn is_envd(path: &str) -> bool {
+    path == "/e2b/envd" || path.starts_with("/e2b/envd/")
 }
 
 /// An error in E2B's shape: `{"code": <status>, "message": …}`.
@@ -66,8 +78,9 @@ impl IntoResponse for E2bError {
 
 pub type E2bResult<T> = Result<T, E2bError>;
 
-pub fn router() -> Router<Shared> {
+pub fn router(st: Shared) -> Router<Shared> {
     Router::new()
+        .nest("/envd", envd::router(st))
         .route("/sandboxes", get(control::list_v1).post(control::create))
         .route("/v2/sandboxes", get(control::list_v2).post(control::create))
         .route("/v2/sandboxes/{id}/connect", post(control::connect))
@@ -76,6 +89,7 @@ pub fn router() -> Router<Shared> {
             get(control::get_one).delete(control::kill),
         )
         .route("/sandboxes/{id}/timeout", post(control::timeout))
+        .route("/sandboxes/{id}/metrics", get(control::metrics))
         .route("/sandboxes/{id}/refreshes", post(control::refresh))
         .route("/sandboxes/{id}/pause", post(control::pause))
         .route("/sandboxes/{id}/resume", post(control::resume))
