@@ -494,3 +494,90 @@ async fn works(d: &TestDaemon, key: &str, sb: &str, what: &str) {
     let (code, out, err) = d.sh(key, sb, "echo alive").await;
     assert_eq!((code, out.trim()), (0, "alive"), "{what}: {err}");
 }
+
+/// A client that goes away 0.5 s into a create, while the VM is still
+/// booting, leaves all or nothing: the create either finishes into a
+/// running, usable sandbox (the daemon runs it to its end whatever the
+/// connection does) or leaves no trace, never an `unknown` row; and once
+/// removed, no row, quota use, sandbox directory or network is left (the
+/// ledger of this daemon's networks ends empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn abandoned_create_is_all_or_nothing_vm() {
+    use tokio::io::AsyncWriteExt;
+    common::daemon_logs_in_test_output();
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("qemu", |_| {}).await;
+    let key = d.user(
+        "abandon",
+        bhatti_store::Quotas {
+            max_sandboxes: 1,
+            ..Default::default()
+        },
+    );
+    let body = r#"{"name":"abandoned"}"#;
+    let req = format!(
+        "POST /sandboxes HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    s.write_all(req.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(s);
+
+    // Settles as running (the create finished) or as nothing.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let left = loop {
+        let listed = d.req("GET", "/sandboxes", Some(&key), None).await.json();
+        let rows = listed.as_array().cloned().unwrap_or_default();
+        // (While the create runs, its row is there without a state yet.)
+        if let Some(sb) = rows.first() {
+            if sb["status"] == "running" {
+                break Some(sb["id"].as_str().expect("id").to_string());
+            }
+        } else if Instant::now() > deadline - Duration::from_secs(100) {
+            break None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned create never settled: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    if let Some(id) = left {
+        works(&d, &key, &id, "the finished create").await;
+        assert_eq!(
+            d.code("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
+                .await,
+            200
+        );
+    }
+    let empty = |dir: std::path::PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.count() == 0)
+            .unwrap_or(true)
+    };
+    assert!(
+        empty(d.data().join("net")),
+        "a network is left in the ledger"
+    );
+    assert!(
+        empty(d.data().join("sandboxes")),
+        "a sandbox directory is left"
+    );
+    // The quota is free again: a create now succeeds.
+    let id = d.create(&key, json!({"name": "after"})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(
+        d.code("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
+            .await,
+        200
+    );
+}

@@ -154,7 +154,7 @@ pub async fn create(
     Caller(user): Caller,
     JsonBody(req): JsonBody<api::CreateSandbox>,
 ) -> ApiResult<Response> {
-    let c = service::create(&st, &user, req).await?;
+    let c = service::create_for_caller(&st, &user, req).await?;
     if c.existing {
         return Ok(existing(&c.sandbox, &st));
     }

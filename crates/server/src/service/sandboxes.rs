@@ -223,6 +223,61 @@ fn apply_template(req: &mut api::CreateSandbox, t: &bhatti_store::Template) -> A
     Ok(())
 }
 
+/// [`create`] for a caller that may go away: the create runs to its end in
+/// a task of its own (a create cut off halfway, between the row and the
+/// engine, is what used to leave `unknown` rows, namespaces and addresses
+/// behind), and if the caller is gone by then, what it made is destroyed:
+/// all or nothing, and "nothing" when nobody is there to be told.
+pub async fn create_for_caller(
+    st: &Shared,
+    user: &User,
+    req: api::CreateSandbox,
+) -> ApiResult<Created> {
+    let (st2, user2) = (st.clone(), user.clone());
+    let task = tokio::spawn(async move { create(&st2, &user2, req).await });
+    let mut guard = Abandoned {
+        st: st.clone(),
+        task: Some(task),
+    };
+    let r = match guard.task.as_mut() {
+        Some(t) => t.await.map_err(ApiError::from)?,
+        None => return Err(ApiError::internal("create task missing")),
+    };
+    guard.task = None;
+    r
+}
+
+/// Destroys what a create made for a caller that went away before it
+/// finished (its future was dropped while the task ran).
+struct Abandoned {
+    st: Shared,
+    task: Option<tokio::task::JoinHandle<ApiResult<Created>>>,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        let st = self.st.clone();
+        tokio::spawn(async move {
+            match task.await {
+                Ok(Ok(c)) if !c.existing => {
+                    let id = c.sandbox.id.clone();
+                    tracing::info!(
+                        sandbox = id,
+                        "the client left during create; destroying what it made"
+                    );
+                    if let Err(e) = destroy_row(&st, c.sandbox).await {
+                        tracing::warn!(sandbox = id, error = %e.message, "destroying an abandoned create failed");
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::info!(error = %e.message, "an abandoned create failed"),
+                Err(e) => tracing::warn!(error = %e, "an abandoned create's task failed"),
+            }
+        });
+    }
+}
+
 pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> ApiResult<Created> {
     if let Some(tid) = req.template_id.clone().filter(|t| !t.is_empty()) {
         let uid = user.id.clone();

@@ -192,7 +192,7 @@ pub async fn create(
         .labels
         .insert(TEMPLATE_LABEL.into(), label_value(&req.template_id));
     resolve_template(&st, &user, &req.template_id, &mut native).await;
-    let created = service::create(&st, &user, native)
+    let created = service::create_for_caller(&st, &user, native)
         .await
         .map_err(|e| match e.status {
             // An unknown template is E2B's 404 with the name it was given.
