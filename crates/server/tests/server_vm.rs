@@ -581,3 +581,55 @@ async fn abandoned_create_is_all_or_nothing_vm() {
         200
     );
 }
+
+/// A stopped sandbox whose network namespace was deleted behind the
+/// daemon's back starts again: the network is rebuilt with the same
+/// address (it used to answer 500 "already exists" until a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn lost_namespace_is_rebuilt_on_start_vm() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("qemu", |_| {}).await;
+    let key = d.user("lost-netns", Default::default());
+    let sb = d.create(&key, json!({"name": "netns"})).await;
+    let id = sb["id"].as_str().expect("id").to_string();
+    let ip = sb["ip"].clone();
+    assert_eq!(d.sh(&key, &id, "echo kept > /workspace/k").await.0, 0);
+    assert_eq!(
+        d.code("POST", &format!("/sandboxes/{id}/stop"), Some(&key), None)
+            .await,
+        200
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", &format!("bhatti-{id}")])
+        .output()
+        .expect("ip netns del");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = d
+        .req("POST", &format!("/sandboxes/{id}/start"), Some(&key), None)
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "start after the namespace was lost: {}",
+        r.text()
+    );
+    let (code, out, _) = d.sh(&key, &id, "cat /workspace/k").await;
+    assert_eq!((code, out.trim()), (0, "kept"));
+    let now = d
+        .req("GET", &format!("/sandboxes/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(now.json()["ip"], ip, "the address is kept");
+    assert_eq!(
+        d.code("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
+            .await,
+        200
+    );
+}

@@ -442,9 +442,17 @@ impl MicroVmEngine {
             }
             Err(e) => return Err(self.mark_failed(sb, e.to_string())),
         };
-        // The namespace survives stop/start; after a host reboot it is rebuilt
-        // with the same external address.
+        // The namespace survives stop/start; after a host reboot, or when
+        // it was deleted behind the daemon's back, it is rebuilt with the
+        // same external address. Whatever is left of it (the host veth and
+        // route, this manager's claim on the address) goes first, or the
+        // rebuild would collide with it.
         if !sb.detail.net.netns_path().exists() {
+            tracing::info!(
+                sandbox = sb.id,
+                "the sandbox's network namespace is gone; rebuilding it"
+            );
+            self.teardown_net(&sb.detail.net).await;
             let egress = lock(&sb.fast).egress.clone();
             self.setup_net(
                 &sb.id,
