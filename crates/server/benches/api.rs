@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bhatti_benchkit::Report;
 use bhatti_engine::EngineExt;
 use bhatti_store::{NewSandbox, NewUser, SandboxStatus};
@@ -93,7 +95,6 @@ async fn call_timed(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let engine = std::env::var("BHATTI_BENCH_ENGINE").unwrap_or_else(|_| "docker".into());
     let n: usize = std::env::var("BHATTI_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -102,26 +103,10 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let dir = tempfile::Builder::new()
-        .prefix("bhatti-bench-api-")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
-    let mut cfg = bhatti_server::Config {
-        engine: Some(engine.clone()),
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
+    let Some(bench) = common::start("api").await else {
+        return;
     };
-    cfg.rate_limits.enabled = false;
-    cfg.thermal.enabled = false;
-    cfg.default_memory_mb = 256;
-    let d = match bhatti_server::start(cfg).await {
-        Ok(d) => d,
-        Err(e) => {
-            println!("api bench skipped: cannot start a daemon on the {engine} engine: {e}");
-            return;
-        }
-    };
+    let (d, engine) = (bench.daemon, bench.engine);
     let st = d.state.clone();
     let (user, key) = st
         .store

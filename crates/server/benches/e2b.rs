@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use bhatti_benchkit::Report;
 use bhatti_store::NewUser;
 
@@ -37,28 +39,11 @@ async fn main() {
         println!("e2b bench skipped: BHATTI_E2B_PYTHON (the SDK venv's python) is not set");
         return;
     };
-    let engine = std::env::var("BHATTI_BENCH_ENGINE").unwrap_or_else(|_| "docker".into());
     let n = std::env::var("BHATTI_BENCH_N").unwrap_or_else(|_| "100".into());
-    let dir = tempfile::Builder::new()
-        .prefix("bhatti-bench-e2b-")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
-    let mut cfg = bhatti_server::Config {
-        engine: Some(engine.clone()),
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
+    let Some(bench) = common::start("e2b").await else {
+        return;
     };
-    cfg.rate_limits.enabled = false;
-    cfg.thermal.enabled = false;
-    cfg.default_memory_mb = 256;
-    let d = match bhatti_server::start(cfg).await {
-        Ok(d) => d,
-        Err(e) => {
-            println!("e2b bench skipped: cannot start a daemon on the {engine} engine: {e}");
-            return;
-        }
-    };
+    let (d, engine) = (bench.daemon, bench.engine);
     let (_, key) = d
         .state
         .store

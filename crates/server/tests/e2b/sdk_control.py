@@ -19,26 +19,12 @@ from e2b.exceptions import (
     SandboxException,
 )
 
+from checks import check, raises  # beside this script
+
 TEMPLATE = os.environ["E2B_TEST_TEMPLATE"]
 OTHER_KEY = os.environ["E2B_TEST_OTHER_KEY"]
 RUN = uuid.uuid4().hex[:8]
 
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print("pass:", what, flush=True)
-
-
-def raises(exc, f, what):
-    try:
-        f()
-    except exc as e:
-        print("pass:", what, "->", type(e).__name__, e, flush=True)
-        return e
-    except Exception as e:  # noqa: BLE001 - the wrong exception is the failure
-        raise AssertionError(f"{what}: raised {type(e).__name__}: {e}, wanted {exc.__name__}")
-    raise AssertionError(f"{what}: nothing raised, wanted {exc.__name__}")
 
 
 def seconds_left(info):

@@ -30,26 +30,12 @@ from e2b.exceptions import (
     NotFoundException,
 )
 
+from checks import check, raises  # beside this script
+
 TEMPLATE = os.environ["E2B_TEST_TEMPLATE"]
 SANDBOX_URL = os.environ["E2B_SANDBOX_URL"]
 ENGINE = os.environ["E2B_TEST_ENGINE"]
 
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print("pass:", what, flush=True)
-
-
-def raises(exc, f, what):
-    try:
-        f()
-    except exc as e:
-        print("pass:", what, "->", type(e).__name__, e, flush=True)
-        return e
-    except Exception as e:  # noqa: BLE001 - the wrong exception is the failure
-        raise AssertionError(f"{what}: raised {type(e).__name__}: {e}, wanted {exc.__name__}")
-    raise AssertionError(f"{what}: nothing raised, wanted {exc.__name__}")
 
 
 def wait_for(f, what, timeout=30.0):
