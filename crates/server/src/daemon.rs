@@ -183,6 +183,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     })
 }
 
+/// How long shutdown waits for creates in flight (a boot takes seconds;
+/// an image conversion on first use can take longer).
+const CREATE_GRACE: Duration = Duration::from_secs(120);
+
 impl Daemon {
     /// Graceful shutdown: stop accepting, drain, snapshot every running
     /// sandbox (when the engine keeps memory), stop the engine.
@@ -192,6 +196,16 @@ impl Daemon {
         let drain = Duration::from_secs(st.cfg.drain_secs);
         for t in self.tasks {
             let _ = tokio::time::timeout(drain, t).await;
+        }
+        // A create in flight finishes (or its abandoned result is removed)
+        // before the engine goes: cut off, it would leave a VM and a
+        // network nobody records.
+        st.creates.close();
+        if tokio::time::timeout(CREATE_GRACE, st.creates.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("creates still running at shutdown after {CREATE_GRACE:?}");
         }
         if st.engine.capabilities().memory_snapshots {
             snapshot_all(&st).await;

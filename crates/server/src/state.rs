@@ -58,6 +58,9 @@ pub struct AppState {
     pub homes: crate::service::guest_fs::Homes,
     /// The key envd access tokens are derived with.
     pub envd_key: crate::routes::e2b::token::EnvdKey,
+    /// Creates in flight (and the clean-up of abandoned ones): shutdown
+    /// waits for them, so none is cut off between the row and the engine.
+    pub creates: tokio_util::task::TaskTracker,
     /// Sandbox ID → last API touch (the thermal manager's fast path).
     activity: Mutex<HashMap<String, Instant>>,
     /// Sandbox ID → interactive clients attached through this daemon; a
@@ -119,6 +122,7 @@ impl AppState {
             watchers: Default::default(),
             homes: Default::default(),
             envd_key: crate::routes::e2b::token::EnvdKey::new(cfg_data_dir.join("envd.key")),
+            creates: tokio_util::task::TaskTracker::new(),
             activity: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
         }

@@ -234,7 +234,9 @@ pub async fn create_for_caller(
     req: api::CreateSandbox,
 ) -> ApiResult<Created> {
     let (st2, user2) = (st.clone(), user.clone());
-    let task = tokio::spawn(async move { create(&st2, &user2, req).await });
+    let task = st
+        .creates
+        .spawn(async move { create(&st2, &user2, req).await });
     let mut guard = Abandoned {
         st: st.clone(),
         task: Some(task),
@@ -258,7 +260,8 @@ impl Drop for Abandoned {
     fn drop(&mut self) {
         let Some(task) = self.task.take() else { return };
         let st = self.st.clone();
-        tokio::spawn(async move {
+        let tracker = st.creates.clone();
+        tracker.spawn(async move {
             match task.await {
                 Ok(Ok(c)) if !c.existing => {
                     let id = c.sandbox.id.clone();
