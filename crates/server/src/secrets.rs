@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
 
@@ -19,6 +19,28 @@ pub enum SecretError {
     Encrypt(String),
     #[error("decrypt: {0}")]
     Decrypt(String),
+}
+
+/// Writes a key file whole or not at all: 0600, to a temp file beside it,
+/// synced, renamed into place, and the directory synced. The daemon's keys
+/// (secrets, envd tokens) are all written this way.
+pub(crate) fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("key.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 pub struct SecretBox {
@@ -53,26 +75,13 @@ impl SecretBox {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let id = Identity::generate();
-                // Written atomically: a half-written key would make every
-                // stored secret unreadable.
-                let tmp = self.path.with_extension("key.tmp");
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| key_err(e.to_string()))?;
-                writeln!(f, "# bhatti secrets key; losing it loses every secret")
-                    .and_then(|_| writeln!(f, "{}", id.to_string().expose_secret()))
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| key_err(e.to_string()))?;
-                std::fs::rename(&tmp, &self.path).map_err(|e| key_err(e.to_string()))?;
-                if let Some(dir) = self.path.parent() {
-                    if let Ok(d) = std::fs::File::open(dir) {
-                        let _ = d.sync_all();
-                    }
-                }
+                // A half-written key would make every stored secret
+                // unreadable.
+                let text = format!(
+                    "# bhatti secrets key; losing it loses every secret\n{}\n",
+                    id.to_string().expose_secret()
+                );
+                write_key_file(&self.path, &text).map_err(|e| key_err(e.to_string()))?;
                 id
             }
             Err(e) => return Err(key_err(e.to_string())),

@@ -68,7 +68,9 @@ pub struct AppState {
     pins: Mutex<HashMap<String, usize>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A poisoned lock still guards consistent data here (every critical
+/// section is a plain map update), so poisoning is ignored.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bhatti_agent_client::ReadOptions;
+use bhatti_agent_client::{FileDownload, ReadOptions};
 use bhatti_api as api;
 use bhatti_engine::EngineExt;
 use futures_util::TryStreamExt;
@@ -77,6 +77,27 @@ fn nonneg(v: Option<i64>, what: &str) -> ApiResult<i64> {
     }
 }
 
+/// A read the agent answered, as a response body, with the size it
+/// announced. The agent streams into one end of a pipe and the body reads
+/// the other, so a large file never sits in memory. A whole-file read is
+/// never more than the announced size: a file that grew while it was read
+/// is cut there (a truncated read's length is whatever the agent sends).
+pub(crate) fn download_body(dl: FileDownload, truncating: bool) -> (Body, u64) {
+    let size = u64::try_from(dl.head.size).unwrap_or(0);
+    let (mut w, r) = tokio::io::duplex(256 << 10);
+    tokio::spawn(async move {
+        if let Err(e) = dl.copy_to(&mut w).await {
+            tracing::debug!(error = %e, "file read ended early");
+        }
+    });
+    let body = if truncating {
+        Body::from_stream(ReaderStream::new(r))
+    } else {
+        Body::from_stream(ReaderStream::new(r.take(size)))
+    };
+    (body, size)
+}
+
 pub async fn read(
     State(st): State<Shared>,
     Caller(user): Caller,
@@ -103,22 +124,7 @@ pub async fn read(
     // size the agent will send — also for /proc files, whose stat says 0.
     let agent = st.engine.agent(&sb.id)?;
     let dl = agent.file_open(&q.path, opts).await?;
-    let size = u64::try_from(dl.head.size).unwrap_or(0);
-    // The agent streams into one end of a pipe; the response body reads the
-    // other, so a large file never sits in memory.
-    let (mut w, r) = tokio::io::duplex(256 << 10);
-    tokio::spawn(async move {
-        if let Err(e) = dl.copy_to(&mut w).await {
-            tracing::debug!(error = %e, "file read ended early");
-        }
-    });
-    let body = if truncating {
-        Body::from_stream(ReaderStream::new(r))
-    } else {
-        // Never more than the promised length: a file that grew while it
-        // was read is cut at the size announced.
-        Body::from_stream(ReaderStream::new(r.take(size)))
-    };
+    let (body, size) = download_body(dl, truncating);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(

@@ -12,7 +12,7 @@ use bhatti_protocol::messages::{ExecRequest, FileInfo};
 use bhatti_store::Sandbox;
 
 use crate::error::{ApiError, ApiResult};
-use crate::state::Shared;
+use crate::state::{lock, Shared};
 
 /// The deepest listing one request may ask for.
 pub const MAX_DEPTH: u32 = 32;
@@ -35,21 +35,14 @@ pub struct Homes(Mutex<HashMap<String, String>>);
 
 impl Homes {
     fn cached(&self, id: &str) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        lock(&self.0).get(id).cloned()
     }
     fn remember(&self, id: &str, home: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), home.to_string());
+        lock(&self.0).insert(id.to_string(), home.to_string());
     }
     /// Forgets a destroyed sandbox.
     pub fn forget(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        lock(&self.0).remove(id);
     }
 }
 

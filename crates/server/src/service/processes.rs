@@ -24,7 +24,7 @@ use bhatti_store::Sandbox;
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
-use crate::state::Shared;
+use crate::state::{lock, Shared};
 
 /// Processes one sandbox may run at once through this table.
 pub const MAX_PER_SANDBOX: usize = 256;
@@ -93,20 +93,21 @@ pub enum Selector {
 }
 
 /// Every process started through this daemon, by sandbox.
-#[derive(Default)]
 pub struct Processes {
     by_sandbox: Mutex<HashMap<String, HashMap<u32, Arc<Proc>>>>,
     next_pid: AtomicU32,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The agent side a driver owns.
 enum Io {
     Pipe(ExecEvents, ExecInput),
     Pty { session_id: String, term: Terminal },
+}
+
+impl Default for Processes {
+    fn default() -> Processes {
+        Processes::new()
+    }
 }
 
 impl Processes {

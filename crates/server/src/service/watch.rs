@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
 use crate::service::guest_fs::{self, Entry};
-use crate::state::Shared;
+use crate::state::{lock, Shared};
 
 /// How often a watched directory is listed.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -146,10 +146,6 @@ struct Watcher {
 /// Watches whose events a client collects by polling (E2B's CreateWatcher).
 #[derive(Default)]
 pub struct Watchers(Mutex<HashMap<String, Watcher>>);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Watchers {
     pub async fn create(

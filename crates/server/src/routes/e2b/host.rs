@@ -112,15 +112,7 @@ async fn token_caller(
     let Some(token) = token else {
         return Ok(None);
     };
-    let ok = st
-        .envd_key
-        .verify(sandbox_id, &token)
-        .map_err(|e| ApiError::internal(format!("envd key: {e}")))?;
-    if !ok {
-        return Err(ApiError::unauthorized("invalid X-Access-Token"));
-    }
-    let id = sandbox_id.to_string();
-    let sb = st.db(move |s| s.sandbox_by_id(&id)).await?;
+    let sb = super::envd::sandbox_for_token(st, sandbox_id, &token).await?;
     let uid = sb.user_id.clone();
     Ok(Some(st.db(move |s| s.user(&uid)).await?))
 }

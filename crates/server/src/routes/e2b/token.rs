@@ -5,7 +5,6 @@
 //! use), so a token is checked without a store lookup, belongs to exactly
 //! one sandbox, and is nothing an ID alone lets anyone compute.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -79,21 +78,8 @@ fn load_or_create(path: &Path) -> std::io::Result<[u8; KEY_LEN]> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = [0u8; KEY_LEN];
             rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
-            // Written whole and synced before it is renamed into place: a
-            // torn key would invalidate every token handed out.
-            let tmp = path.with_extension("key.tmp");
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                writeln!(f, "{}", hex::encode(key))?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, path)?;
+            // A torn key would invalidate every token handed out.
+            crate::secrets::write_key_file(path, &format!("{}\n", hex::encode(key)))?;
             Ok(key)
         }
         Err(e) => Err(e),

@@ -8,7 +8,6 @@
 //! has no size until it ends, so it is spooled to an unnamed temporary file
 //! in the data directory first (never memory: uploads go to 100 MiB).
 
-use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -19,11 +18,11 @@ use bhatti_store::Sandbox;
 use futures_util::{Stream, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::{ReaderStream, StreamReader};
+use tokio_util::io::StreamReader;
 
 use crate::error::ApiError;
 use crate::routes::e2b::{E2bError, E2bResult};
-use crate::routes::files::MAX_FILE;
+use crate::routes::files::{download_body, MAX_FILE};
 use crate::service::guest_fs;
 use crate::state::Shared;
 
@@ -54,6 +53,16 @@ fn write_info(path: &str) -> WriteInfo {
     }
 }
 
+/// envd answers a path that is a directory with 400 where the native API
+/// says 409.
+fn as_envd(e: ApiError) -> ApiError {
+    if e.status == axum::http::StatusCode::CONFLICT {
+        ApiError::bad_request(e.message)
+    } else {
+        e
+    }
+}
+
 fn too_large() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,19 +85,9 @@ pub async fn download(
     let dl = agent
         .file_open(&path, ReadOptions::default())
         .await
-        .map_err(|e| match ApiError::from(e) {
-            // envd's answer for a directory is 400.
-            e if e.status == axum::http::StatusCode::CONFLICT => ApiError::bad_request(e.message),
-            e => e,
-        })?;
-    let size = u64::try_from(dl.head.size).unwrap_or(0);
-    let (mut w, r) = tokio::io::duplex(256 << 10);
-    tokio::spawn(async move {
-        if let Err(e) = dl.copy_to(&mut w).await {
-            tracing::debug!(error = %e, "envd file download ended early");
-        }
-    });
-    let mut resp = Response::new(Body::from_stream(ReaderStream::new(r.take(size))));
+        .map_err(|e| as_envd(e.into()))?;
+    let (body, size) = download_body(dl, false);
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -162,10 +161,7 @@ async fn write_one<R: AsyncRead + Unpin + Send>(
     st.engine
         .file_write(&sb.id, path, "0644", size, src)
         .await
-        .map_err(|e| match ApiError::from(e) {
-            e if e.status == axum::http::StatusCode::CONFLICT => ApiError::bad_request(e.message),
-            e => e,
-        })?;
+        .map_err(|e| as_envd(e.into()))?;
     st.touch(&sb.id);
     Ok(())
 }

@@ -80,20 +80,7 @@ async fn authorize(State(st): State<Shared>, mut req: Request, next: Next) -> Re
         ))
         .into_response();
     };
-    let token = token.unwrap_or_default();
-    match st.envd_key.verify(&id, &token) {
-        Ok(true) => {}
-        Ok(false) => {
-            return E2bError(ApiError::unauthorized("invalid or missing X-Access-Token"))
-                .into_response()
-        }
-        Err(e) => return E2bError(ApiError::internal(format!("envd key: {e}"))).into_response(),
-    }
-    let sb = {
-        let id = id.clone();
-        st.db(move |s| s.sandbox_by_id(&id)).await
-    };
-    let sb: Sandbox = match sb {
+    let sb = match sandbox_for_token(&st, &id, &token.unwrap_or_default()).await {
         Ok(sb) => sb,
         Err(e) if e.status == StatusCode::NOT_FOUND => {
             return E2bError(not_running(&id, "it does not exist")).into_response()
@@ -105,6 +92,26 @@ async fn authorize(State(st): State<Shared>, mut req: Request, next: Next) -> Re
     }
     req.extensions_mut().insert(sb);
     next.run(req).await
+}
+
+/// The sandbox `id` names, when `token` is its access token: 401 for a
+/// wrong or missing token (checked before the store is asked, so an
+/// unauthenticated caller learns nothing of which IDs exist), the store's
+/// 404 when there is no such sandbox.
+pub(super) async fn sandbox_for_token(
+    st: &Shared,
+    id: &str,
+    token: &str,
+) -> Result<Sandbox, ApiError> {
+    let ok = st
+        .envd_key
+        .verify(id, token)
+        .map_err(|e| ApiError::internal(format!("envd key: {e}")))?;
+    if !ok {
+        return Err(ApiError::unauthorized("invalid or missing X-Access-Token"));
+    }
+    let id = id.to_string();
+    st.db(move |s| s.sandbox_by_id(&id)).await
 }
 
 /// 204 while the sandbox runs (the SDKs' `is_running`).
