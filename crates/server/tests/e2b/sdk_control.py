@@ -19,7 +19,7 @@ from e2b.exceptions import (
     SandboxException,
 )
 
-from checks import check, raises  # beside this script
+from checks import check, finish, raises  # beside this script
 
 TEMPLATE = os.environ["E2B_TEST_TEMPLATE"]
 OTHER_KEY = os.environ["E2B_TEST_OTHER_KEY"]
@@ -118,4 +118,4 @@ asyncio.run(async_subset())
 keep.kill()
 left = Sandbox.list(query=SandboxQuery(metadata={"run": RUN})).next_items()
 check(left == [], "nothing is left behind")
-print("ok", flush=True)
+finish()

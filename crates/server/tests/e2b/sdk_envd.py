@@ -30,7 +30,7 @@ from e2b.exceptions import (
     NotFoundException,
 )
 
-from checks import check, raises  # beside this script
+from checks import check, finish, raises  # beside this script
 
 TEMPLATE = os.environ["E2B_TEST_TEMPLATE"]
 SANDBOX_URL = os.environ["E2B_SANDBOX_URL"]
@@ -321,7 +321,7 @@ def main():
     finally:
         sbx.kill()
     asyncio.run(async_subset())
-    print("ok", flush=True)
+    finish()
 
 
 if __name__ == "__main__":
