@@ -214,7 +214,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A graceful stop leaves sandboxes running for the next daemon;
+        // there is none, so what this test's daemon left goes too.
         self.stop();
+        for pid in vmms_under(self.data.path()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -723,30 +731,182 @@ fn vmms_under(dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// A daemon SIGKILLed in the middle of a 20-client exec load, then
+/// restarted: every running sandbox is re-adopted (its VMM never stopped),
+/// a process started before the kill still runs, every acknowledged write
+/// is on disk, and every client whose exec was cut off got an error, never
+/// a wrong answer. A stopped sandbox comes back cold with its files; one
+/// the daemon died creating is removed or clearly marked, and its VMM is
+/// gone.
 #[test]
 #[cfg_attr(
     not(bhatti_vm_tests),
     ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
 )]
 fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut d = Daemon::start("qemu");
     let key = d.user("alice");
 
-    // cold: stopped with a snapshot → must come back stopped, data intact.
+    // cold: stopped with a snapshot → comes back stopped, data intact.
     ok(d.run(&key, &["create", "--name", "cold"]));
     ok(d.run(&key, &["exec", "cold", "echo kept > /workspace/f; sync"]));
     ok(d.run(&key, &["stop", "cold"]));
-    // live: running, never snapshotted → unknown, with the reason.
+    // live: running, with a process of its own and the load below.
     ok(d.run(&key, &["create", "--name", "live"]));
-    // woken: stopped, then started again (generation advanced past its
-    // snapshot) → the stale snapshot must be refused, not restored.
+    let o = ok(d.run(&key, &["exec", "--detach", "live", "--", "sleep", "1000"]));
+    let pid = text(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(pid.parse::<u32>().is_ok(), "detach printed {pid:?}");
+    // woken: stopped, then started again (a later generation than its
+    // snapshot) → adopted as it runs, never rolled back to the snapshot.
     ok(d.run(&key, &["create", "--name", "woken"]));
     ok(d.run(&key, &["stop", "woken"]));
     ok(d.run(&key, &["start", "woken"]));
-    ok(d.run(&key, &["exec", "woken", "echo after-wake > /workspace/g"]));
+    ok(d.run(
+        &key,
+        &["exec", "woken", "echo after-wake > /workspace/g; sync"],
+    ));
 
-    // half: the daemon dies in the middle of creating it.
+    // 20 clients exec in a loop through the kill and the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, home) = (d.url(), d.home.path().to_path_buf());
+    let clients: Vec<_> = (0..20)
+        .map(|c| {
+            let (stop, key, url, home) = (stop.clone(), key.clone(), url.clone(), home.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut cut = 0usize;
+                let mut round = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    round += 1;
+                    let tag = format!("v-{c}-{round}");
+                    let o = bhatti(&home)
+                        .args(["--url", &url, "--token", &key, "exec", "live", "--", "sh", "-c"])
+                        .arg(format!("echo {tag} > /workspace/w-{c}-{round} && sync && cat /workspace/w-{c}-{round}"))
+                        .output()
+                        .expect("run the CLI");
+                    match (o.status.success(), text(&o.stdout)) {
+                        (true, out) if out == format!("{tag}\n") => acked.push(round),
+                        (true, out) => panic!("client {c} round {round}: a wrong answer {out:?}"),
+                        (false, _) => {
+                            cut += 1;
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
+                }
+                (c, acked, cut)
+            })
+        })
+        .collect();
+
+    // Let the load run, then kill the daemon with execs in flight.
+    std::thread::sleep(Duration::from_secs(8));
+    let before = vmms_under(&d.data.path().join("sandboxes"));
+    assert_eq!(before.len(), 2, "live and woken run: {before:?}");
+    d.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
+    d.spawn();
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<_> = clients
+        .into_iter()
+        .map(|h| h.join().expect("a client saw a wrong answer"))
+        .collect();
+    eprintln!("restart to serving after SIGKILL: {took:?}");
+
+    // The same VMMs run: nothing was restarted, nothing was killed.
+    let after = vmms_under(&d.data.path().join("sandboxes"));
+    assert_eq!(sorted(after), sorted(before), "the VMMs were replaced");
+    for name in ["live", "woken"] {
+        let g = json(&ok(d.run(&key, &["--json", "inspect", name])));
+        assert_eq!(g["status"], "running", "{g}");
+    }
+    let (st, why) = status_of(&d, &key, "cold");
+    assert_eq!(st, "stopped", "{why}");
+    let o = ok(d.run(
+        &key,
+        &[
+            "exec",
+            "live",
+            "--",
+            "sh",
+            "-c",
+            &format!("kill -0 {pid} && echo alive"),
+        ],
+    ));
+    assert_eq!(
+        text(&o.stdout),
+        "alive\n",
+        "the process started before the kill"
+    );
+    let o = ok(d.run(&key, &["exec", "woken", "cat", "/workspace/g"]));
+    assert_eq!(text(&o.stdout), "after-wake\n");
+
+    // Every acknowledged write is there; some execs were cut off, and
+    // those got errors (checked in the clients).
+    let mut expect = String::new();
+    let (mut acked_total, mut cut_total) = (0, 0);
+    for (c, acked, cut) in &results {
+        acked_total += acked.len();
+        cut_total += cut;
+        for r in acked {
+            expect.push_str(&format!("v-{c}-{r}\n"));
+        }
+    }
+    assert!(acked_total > 0, "no exec was acknowledged");
+    eprintln!("load: {acked_total} acknowledged, {cut_total} cut off");
+    let script = results
+        .iter()
+        .flat_map(|(c, acked, _)| {
+            acked
+                .iter()
+                .map(move |r| format!("cat /workspace/w-{c}-{r}"))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let o = ok(d.run(&key, &["exec", "live", "--", "sh", "-c", &script]));
+    assert_eq!(text(&o.stdout), expect, "an acknowledged write is missing");
+
+    let o = ok(d.run(&key, &["exec", "cold", "cat", "/workspace/f"]));
+    assert_eq!(text(&o.stdout), "kept\n");
+    for name in ["live", "woken", "cold"] {
+        ok(d.run(&key, &["destroy", name, "--yes"]));
+    }
+    let all = json(&ok(d.run(&key, &["--json", "list"])));
+    assert_eq!(all.as_array().map(Vec::len), Some(0), "{all}");
+    d.stop();
+    assert!(
+        vmms_under(d.data.path()).is_empty(),
+        "VMMs left after destroy"
+    );
+}
+
+fn sorted(mut v: Vec<i32>) -> Vec<i32> {
+    v.sort_unstable();
+    v
+}
+
+/// A daemon SIGKILLed while it creates a sandbox: after the restart the
+/// half-made sandbox is gone or clearly marked, and no VMM of it runs.
+#[test]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+fn sigkill_during_create_leaves_nothing_running() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut d = Daemon::start("qemu");
+    let key = d.user("alice");
     let mut half = d
         .cli(&key)
         .args(["create", "--name", "half"])
@@ -756,23 +916,13 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
         .expect("create half");
     poll(30, || {
         match vmms_under(&d.data.path().join("sandboxes")).len() {
-            n if n >= 3 => Ok(()),
-            _ => Err("half's VMM never started".to_string()),
+            0 => Err("half's VMM never started".to_string()),
+            _ => Ok(()),
         }
     });
     d.kill9();
     let _ = half.wait();
-
     d.spawn();
-    let (st, why) = status_of(&d, &key, "cold");
-    assert_eq!(st, "stopped", "{why}");
-    let (st, why) = status_of(&d, &key, "live");
-    assert_eq!(st, "unknown");
-    assert!(why.contains("snapshot"), "{why}");
-    let (st, why) = status_of(&d, &key, "woken");
-    assert_eq!(st, "unknown");
-    assert!(why.contains("generation"), "{why}");
-    // half: either never recorded, or recorded and clearly marked.
     let o = d.run(&key, &["--json", "inspect", "half"]);
     if o.status.success() {
         let g = json(&o);
@@ -787,30 +937,11 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
     } else {
         assert!(text(&o.stderr).contains("404"), "{}", text(&o.stderr));
     }
-
-    // No VMM survives the crash except what recovery adopted (none: every
-    // recovered sandbox is cold).
     poll(20, || match vmms_under(&d.data.path().join("sandboxes")) {
         left if left.is_empty() => Ok(()),
         left => Err(format!("stray VMMs after recovery: {left:?}")),
     });
-
-    // The recovered one wakes with its files; unknown ones refuse to start
-    // with the reason and can be destroyed.
-    let o = ok(d.run(&key, &["exec", "cold", "cat", "/workspace/f"]));
-    assert_eq!(text(&o.stdout), "kept\n");
-    let o = d.run(&key, &["start", "live"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("409"), "{}", text(&o.stderr));
-    for name in ["live", "woken", "cold"] {
-        ok(d.run(&key, &["destroy", name, "--yes"]));
-    }
     let _ = d.run(&key, &["destroy", "half", "--yes"]);
     let all = json(&ok(d.run(&key, &["--json", "list"])));
     assert_eq!(all.as_array().map(Vec::len), Some(0), "{all}");
-    d.stop();
-    assert!(
-        vmms_under(d.data.path()).is_empty(),
-        "VMMs left after destroy"
-    );
 }

@@ -271,7 +271,7 @@ fn main() {
                     Some(("create → first exec, minimal", &m)),
                     "QEMU under TCG; the disk is a reflink/sparse copy of the image",
                 );
-                engine.shutdown().await;
+                engine.shutdown(false).await;
             }
             Err(e) => println!("create → first exec skipped: {e}"),
         }

@@ -149,6 +149,12 @@ pub struct Config {
     pub lohar: Option<PathBuf>,
     /// Sandboxes snapshotted at once during graceful shutdown (default 10).
     pub shutdown_parallelism: usize,
+    /// Snapshot every running sandbox to disk at a graceful shutdown
+    /// (default false: VMMs keep running and the next daemon adopts them,
+    /// so an upgrade costs no downtime). Set it on hosts about to reboot,
+    /// or with a VMM that cannot be adopted (Firecracker), where it is
+    /// always done.
+    pub snapshot_on_shutdown: bool,
     /// Seconds to drain HTTP connections at shutdown (default 30).
     pub drain_secs: u64,
     /// Seconds a client has to send a request's headers (default 10).
@@ -211,6 +217,7 @@ impl Default for Config {
             docker_image: None,
             lohar: None,
             shutdown_parallelism: 10,
+            snapshot_on_shutdown: false,
             drain_secs: 30,
             header_timeout_secs: 10.0,
             idle_timeout_secs: 120.0,

@@ -98,7 +98,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let report = recovery::recover(&state).await;
     tracing::info!(
         recovered = report.recovered.len(),
+        adopted = report.adopted.len(),
+        crashed = report.crashed.len(),
         unknown = report.unknown.len(),
+        took_ms = report.took_ms,
         orphans = report.orphans_removed.len(),
         "recovery done"
     );
@@ -139,6 +142,12 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     )));
     // Lifetimes end whether or not the thermal manager runs.
     tasks.push(tokio::spawn(crate::service::sandboxes::reap_loop(
+        state.clone(),
+        stop_rx.clone(),
+    )));
+    // Crashed sandboxes reach the store and the event log within a tick,
+    // whether or not the thermal manager runs.
+    tasks.push(tokio::spawn(crate::health::run(
         state.clone(),
         stop_rx.clone(),
     )));
@@ -188,8 +197,9 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
 const CREATE_GRACE: Duration = Duration::from_secs(120);
 
 impl Daemon {
-    /// Graceful shutdown: stop accepting, drain, snapshot every running
-    /// sandbox (when the engine keeps memory), stop the engine.
+    /// Graceful shutdown: stop accepting, drain, then either leave every
+    /// sandbox running for the next daemon to adopt or (snapshot_on_shutdown,
+    /// or an engine that cannot adopt) snapshot each to disk; stop the engine.
     pub async fn shutdown(self) {
         let st = self.state.clone();
         let _ = self.stop.send(true);
@@ -207,12 +217,21 @@ impl Daemon {
         {
             tracing::warn!("creates still running at shutdown after {CREATE_GRACE:?}");
         }
-        if st.engine.capabilities().memory_snapshots {
+        // Sandboxes keep running through the restart where the engine
+        // lets the next daemon adopt them; otherwise (or when asked to, for
+        // a host that reboots) their memory goes to disk first.
+        let caps = st.engine.capabilities();
+        let keep_running = caps.survives_restart && !st.cfg.snapshot_on_shutdown;
+        if caps.memory_snapshots && !keep_running {
             snapshot_all(&st).await;
         }
-        st.events
-            .emit("", "", "daemon.shutdown", serde_json::json!({}));
-        st.engine.shutdown().await;
+        st.events.emit(
+            "",
+            "",
+            "daemon.shutdown",
+            serde_json::json!({"sandboxes_left_running": keep_running}),
+        );
+        st.engine.shutdown(keep_running).await;
         let _ = std::fs::remove_file(&self.socket);
         // The recorder flushes and ends once the last handle is gone; give
         // it a moment (the state holds one until the process exits).

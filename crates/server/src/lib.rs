@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod engines;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod images;
 pub mod listener;
 pub mod ratelimit;

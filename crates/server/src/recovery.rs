@@ -15,12 +15,26 @@ use crate::state::Shared;
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Report {
     pub recovered: Vec<String>,
+    /// Recovered sandboxes whose VM kept running and was taken back.
+    pub adopted: Vec<String>,
+    /// Recovered sandboxes whose VM was gone with no current snapshot:
+    /// `crashed`, to be booted afresh from their disks.
+    pub crashed: Vec<String>,
+    /// How long recovery took, in milliseconds.
+    pub took_ms: u64,
     /// Sandbox ID → why it is `unknown`.
     pub unknown: Vec<(String, String)>,
     pub orphans_removed: Vec<String>,
 }
 
 pub async fn recover(st: &Shared) -> Report {
+    let t0 = std::time::Instant::now();
+    let mut report = recover_rows(st).await;
+    report.took_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report
+}
+
+async fn recover_rows(st: &Shared) -> Report {
     let mut report = Report::default();
     let rows = match st.db(|s| s.recovery_rows()).await {
         Ok(r) => r,
@@ -94,11 +108,12 @@ pub async fn recover(st: &Shared) -> Report {
         state.generation = state.generation.max(sb.generation);
         match st.engine.recover(state).await {
             Ok(info) => {
-                let status = match info.status {
-                    Status::Running => SandboxStatus::Running,
-                    Status::Stopped => SandboxStatus::Stopped,
-                    Status::Unknown => SandboxStatus::Unknown,
-                };
+                let status = crate::state::store_status(info.status);
+                match info.status {
+                    Status::Running => report.adopted.push(sb.id.clone()),
+                    Status::Crashed => report.crashed.push(sb.id.clone()),
+                    Status::Stopped | Status::Unknown => {}
+                }
                 let upd = RuntimeUpdate {
                     status: Some(status),
                     status_reason: info.reason.clone(),

@@ -197,11 +197,7 @@ impl AppState {
             return self.db(move |s| s.sandbox_by_id(&id)).await;
         };
         let info = self.engine.status(id).await.ok();
-        let status = match vm.status {
-            bhatti_engine::api::Status::Running => SandboxStatus::Running,
-            bhatti_engine::api::Status::Stopped => SandboxStatus::Stopped,
-            bhatti_engine::api::Status::Unknown => SandboxStatus::Unknown,
-        };
+        let status = store_status(vm.status);
         let upd = RuntimeUpdate {
             status: Some(status),
             status_reason: info.as_ref().and_then(|i| i.reason.clone()),
@@ -217,6 +213,9 @@ impl AppState {
     /// list/get), recording the wake.
     pub async fn ensure_hot(&self, sb: &Sandbox) -> ApiResult<()> {
         self.touch(&sb.id);
+        // A VM that died since the last health sweep is recorded now, so
+        // the answer and the store agree (the engine refuses the wake).
+        crate::health::note_crash(self, sb).await;
         if sb.status == SandboxStatus::Unknown && self.engine.vm_state(&sb.id).is_none() {
             return Err(ApiError::conflict(format!(
                 "sandbox {:?} cannot be woken: {}",
@@ -249,5 +248,16 @@ impl AppState {
             );
         }
         Ok(())
+    }
+}
+
+/// The store's word for an engine status.
+pub fn store_status(s: bhatti_engine::api::Status) -> SandboxStatus {
+    use bhatti_engine::api::Status;
+    match s {
+        Status::Running => SandboxStatus::Running,
+        Status::Stopped => SandboxStatus::Stopped,
+        Status::Crashed => SandboxStatus::Crashed,
+        Status::Unknown => SandboxStatus::Unknown,
     }
 }

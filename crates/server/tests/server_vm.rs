@@ -349,11 +349,14 @@ async fn recovery_after_restart() {
         )
         .unwrap();
 
-    // Graceful shutdown snapshots C; then B loses its snapshot.
+    // A graceful shutdown leaves C running (the next daemon adopts it);
+    // then B loses its snapshot.
     d.daemon.take().unwrap().shutdown().await;
     let snap = d.data().join("sandboxes").join(&b).join("snapshot");
     assert!(snap.is_dir(), "{} missing", snap.display());
     std::fs::remove_dir_all(&snap).unwrap();
+    // This daemon's own shutdown (below) is the snapshotting kind.
+    d.cfg.snapshot_on_shutdown = true;
     d.start_again().await;
 
     let get = |id: String| {
@@ -368,13 +371,17 @@ async fn recovery_after_restart() {
     let ga = get(a.clone()).await;
     assert_eq!(ga["status"], "stopped", "{ga}");
     let gb = get(b.clone()).await;
-    assert_eq!(gb["status"], "unknown", "{gb}");
+    assert_eq!(gb["status"], "crashed", "{gb}");
     assert!(
         gb["status_reason"].as_str().unwrap().contains("snapshot"),
         "{gb}"
     );
     let gc = get(c.clone()).await;
-    assert_eq!(gc["status"], "stopped", "{gc}");
+    assert_eq!(
+        (&gc["status"], &gc["thermal"]),
+        (&json!("running"), &json!("hot")),
+        "{gc}"
+    );
     assert_eq!(
         d.code("GET", &format!("/sandboxes/{gone}"), Some(&key), None)
             .await,
@@ -387,8 +394,9 @@ async fn recovery_after_restart() {
         "{ge}"
     );
 
-    // Recovered sandboxes wake on the next request with their data (and C
-    // with its process); the unknown one says why instead of booting.
+    // Recovered sandboxes wake on the next request with their data (C was
+    // never down: its process runs on); the crashed one says why instead
+    // of waking, and boots afresh from its disk on start.
     assert_eq!(
         d.sh(&key, &a, "cat /workspace/d").await.1,
         format!("data-{a}\n")
@@ -410,24 +418,135 @@ async fn recovery_after_restart() {
         )
         .await;
     assert_eq!(r.status, 409, "{}", r.text());
-    assert!(
-        r.json()["error"].as_str().unwrap().contains("snapshot"),
-        "{}",
-        r.text()
+    let e = r.json()["error"].as_str().unwrap().to_string();
+    assert!(e.contains("crashed") && e.contains("snapshot"), "{e}");
+    assert_eq!(
+        d.code("POST", &format!("/sandboxes/{b}/start"), Some(&key), None)
+            .await,
+        200
     );
-    // B's disk was kept for the operator.
-    assert!(d
-        .data()
-        .join("sandboxes")
-        .join(&b)
-        .join("rootfs.ext4")
-        .is_file());
-    // And it can still be destroyed.
+    assert_eq!(
+        d.sh(&key, &b, "cat /workspace/d").await.1,
+        format!("data-{b}\n"),
+        "the crashed sandbox's disk came back"
+    );
+
+    // With snapshot_on_shutdown (a host about to reboot), a graceful
+    // shutdown puts C to disk instead; it wakes with its process.
+    d.restart().await;
+    let gc = d
+        .req("GET", &format!("/sandboxes/{c}"), Some(&key), None)
+        .await
+        .json();
+    assert_eq!(gc["status"], "stopped", "{gc}");
+    let (_, out, _) = d
+        .sh(&key, &c, "kill -0 $(cat /workspace/pid) && echo alive")
+        .await;
+    assert_eq!(out, "alive\n");
     assert_eq!(
         d.code("DELETE", &format!("/sandboxes/{b}"), Some(&key), None)
             .await,
         200
     );
+}
+
+/// A VM killed under its sandbox (`kill -9` of its QEMU) is noticed at
+/// once: the sandbox is `crashed` with the reason within a health tick,
+/// never `running`, and an event records it. Requests get 409 with the
+/// reason; `start` boots it afresh from its kept disk, so a file written
+/// and synced before the kill is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn killed_vmm_is_crashed_then_boots_from_disk_vm() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("qemu", |c| c.thermal.tick_secs = 0.5).await;
+    let key = d.user("crash", Default::default());
+    let id = d.create(&key, json!({"name": "victim"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = d
+        .sh(&key, &id, "echo before-crash > /workspace/kept; sync")
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let dir = d.data().join("sandboxes").join(&id);
+    let pids = qemu_pids(&dir);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    // SAFETY: plain kill(2) of the QEMU this test's daemon started.
+    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
+
+    let path = format!("/sandboxes/{id}");
+    let mut g = Value::Null;
+    for _ in 0..100 {
+        g = d.req("GET", &path, Some(&key), None).await.json();
+        if g["status"] == "crashed" {
+            break;
+        }
+        assert_eq!(g["status"], "running", "{g}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(g["status"], "crashed", "{g}");
+    let why = g["status_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("signal 9") || why.contains("unexpectedly"),
+        "{g}"
+    );
+    let r = d
+        .req(
+            "POST",
+            &format!("{path}/exec"),
+            Some(&key),
+            Some(json!({"cmd": ["true"]})),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("crashed"), "{}", r.text());
+    // The recorder writes events in batches.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let crashed = d
+        .store()
+        .events(&bhatti_store::EventQuery::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.sandbox_id == id && e.event_type == "sandbox.crashed")
+        .count();
+    assert_eq!(crashed, 1, "one sandbox.crashed event");
+
+    assert_eq!(
+        d.code("POST", &format!("{path}/start"), Some(&key), None)
+            .await,
+        200
+    );
+    let g = d.req("GET", &path, Some(&key), None).await.json();
+    assert_eq!(g["status"], "running", "{g}");
+    assert_eq!(
+        d.sh(&key, &id, "cat /workspace/kept").await.1,
+        "before-crash\n"
+    );
+    assert_eq!(qemu_pids(&dir).len(), 1, "one VMM after the start");
+    assert_eq!(d.code("DELETE", &path, Some(&key), None).await, 200);
+    assert!(qemu_pids(&dir).is_empty(), "a VMM outlived destroy");
+}
+
+/// Pids of QEMU processes whose command line mentions `dir`.
+fn qemu_pids(dir: &std::path::Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains("qemu-system") && cmd.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
 }
 
 fn floatify(v: &mut Value) {

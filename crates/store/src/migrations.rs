@@ -43,12 +43,18 @@ pub struct Migration {
     pub name: &'static str,
     /// SQL run as one batch inside the step's transaction.
     pub sql: &'static str,
+    /// Runs with foreign-key enforcement off (SQLite's documented way to
+    /// rebuild a table that other tables reference: a CHECK constraint
+    /// cannot be altered in place). The step's transaction still fails
+    /// unless `PRAGMA foreign_key_check` finds nothing afterwards.
+    pub rebuilds: bool,
 }
 
 /// The schema history. Index `i` brings `user_version` from `i` to `i + 1`.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "users, sandboxes, secrets",
+        rebuilds: false,
         sql: r#"
 CREATE TABLE users (
     id                        TEXT PRIMARY KEY,
@@ -103,6 +109,7 @@ CREATE TABLE secrets (
     },
     Migration {
         name: "templates",
+        rebuilds: false,
         sql: r#"
 CREATE TABLE templates (
     id           TEXT PRIMARY KEY,
@@ -125,6 +132,7 @@ CREATE TABLE templates (
     },
     Migration {
         name: "persistent volumes and attachments",
+        rebuilds: false,
         sql: r#"
 CREATE TABLE volumes (
     id         TEXT PRIMARY KEY,
@@ -150,6 +158,7 @@ CREATE INDEX volume_attachments_sandbox ON volume_attachments(sandbox_id);
     },
     Migration {
         name: "snapshots, images, publish rules",
+        rebuilds: false,
         sql: r#"
 CREATE TABLE snapshots (
     id             TEXT PRIMARY KEY,
@@ -190,6 +199,7 @@ CREATE TABLE publish_rules (
     },
     Migration {
         name: "events",
+        rebuilds: false,
         sql: r#"
 CREATE TABLE events (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -206,6 +216,7 @@ CREATE INDEX events_user_ts ON events(user_id, ts);
     },
     Migration {
         name: "background tasks",
+        rebuilds: false,
         sql: r#"
 CREATE TABLE tasks (
     id           TEXT PRIMARY KEY,
@@ -223,12 +234,14 @@ CREATE INDEX tasks_status ON tasks(status);
     },
     Migration {
         name: "the image a snapshot was taken from",
+        rebuilds: false,
         sql: r#"
 ALTER TABLE snapshots ADD COLUMN image TEXT NOT NULL DEFAULT 'minimal';
 "#,
     },
     Migration {
         name: "image shares",
+        rebuilds: false,
         sql: r#"
 -- user_id '*' = every user.
 CREATE TABLE image_shares (
@@ -241,6 +254,7 @@ CREATE INDEX image_shares_user ON image_shares(user_id);
     },
     Migration {
         name: "sandbox lifetimes and metadata",
+        rebuilds: false,
         sql: r#"
 ALTER TABLE sandboxes ADD COLUMN expires_at TEXT;
 ALTER TABLE sandboxes ADD COLUMN on_expiry TEXT NOT NULL DEFAULT 'kill';
@@ -248,7 +262,75 @@ ALTER TABLE sandboxes ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
 CREATE INDEX sandboxes_expiry ON sandboxes(expires_at) WHERE expires_at IS NOT NULL;
 "#,
     },
+    Migration {
+        name: "a crashed sandbox status",
+        rebuilds: true,
+        sql: r#"
+CREATE TABLE sandboxes_new (
+    id               TEXT PRIMARY KEY,
+    user_id          TEXT NOT NULL REFERENCES users(id),
+    name             TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'unknown'
+                     CHECK (status IN ('running', 'stopped', 'crashed', 'unknown')),
+    status_reason    TEXT NOT NULL DEFAULT '',
+    ip               TEXT NOT NULL DEFAULT '',
+    engine           TEXT NOT NULL DEFAULT '',
+    template_id      TEXT NOT NULL DEFAULT '',
+    cpus             INTEGER NOT NULL DEFAULT 1,
+    memory_mb        INTEGER NOT NULL DEFAULT 1024,
+    disk_size_mb     INTEGER NOT NULL DEFAULT 0,
+    image            TEXT NOT NULL DEFAULT 'minimal',
+    labels           TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(labels)),
+    keep_hot         INTEGER NOT NULL DEFAULT 0,
+    shell_token_hash TEXT,
+    vm_state         TEXT CHECK (vm_state IS NULL OR json_valid(vm_state)),
+    generation       INTEGER NOT NULL DEFAULT 0,
+    created_at       TEXT NOT NULL,
+    stopped_at       TEXT,
+    expires_at       TEXT,
+    on_expiry        TEXT NOT NULL DEFAULT 'kill',
+    metadata         TEXT NOT NULL DEFAULT '{}'
+);
+INSERT INTO sandboxes_new
+    SELECT id, user_id, name, status, status_reason, ip, engine, template_id,
+           cpus, memory_mb, disk_size_mb, image, labels, keep_hot,
+           shell_token_hash, vm_state, generation, created_at, stopped_at,
+           expires_at, on_expiry, metadata
+    FROM sandboxes;
+DROP TABLE sandboxes;
+ALTER TABLE sandboxes_new RENAME TO sandboxes;
+CREATE UNIQUE INDEX sandboxes_user_name ON sandboxes(user_id, name)
+    WHERE status != 'destroyed';
+CREATE INDEX sandboxes_expiry ON sandboxes(expires_at) WHERE expires_at IS NOT NULL;
+"#,
+    },
 ];
+
+/// Runs one step in its own transaction; false when another process
+/// applied it first.
+fn apply(conn: &mut Connection, step: &Migration, next: u32) -> Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Another process may have migrated between our read and the lock.
+    if version(&tx)? >= next {
+        return Ok(false);
+    }
+    let failed = |e: &dyn std::fmt::Display| {
+        StoreError::Invalid(format!("migration {next} ({}) failed: {e}", step.name))
+    };
+    tx.execute_batch(step.sql).map_err(|e| failed(&e))?;
+    if step.rebuilds {
+        let broken: i64 =
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })?;
+        if broken != 0 {
+            return Err(failed(&format!("{broken} rows break a foreign key")));
+        }
+    }
+    tx.pragma_update(None, "user_version", next)?;
+    tx.commit()?;
+    Ok(true)
+}
 
 /// The schema version this binary writes.
 pub fn latest() -> u32 {
@@ -287,17 +369,17 @@ pub fn run_to(conn: &mut Connection, steps: &[Migration], target: u32) -> Result
         .skip(have as usize)
     {
         let next = i as u32 + 1;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Another process may have migrated between our read and the lock.
-        if version(&tx)? >= next {
-            continue;
+        // Only outside a transaction does this pragma take effect.
+        if step.rebuilds {
+            conn.pragma_update(None, "foreign_keys", "OFF")?;
         }
-        tx.execute_batch(step.sql).map_err(|e| {
-            StoreError::Invalid(format!("migration {next} ({}) failed: {e}", step.name))
-        })?;
-        tx.pragma_update(None, "user_version", next)?;
-        tx.commit()?;
-        applied += 1;
+        let res = apply(conn, step, next);
+        if step.rebuilds {
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+        }
+        if res? {
+            applied += 1;
+        }
     }
     Ok(applied)
 }

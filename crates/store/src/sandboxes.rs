@@ -24,6 +24,10 @@ pub const MAX_LABELS: usize = 16;
 pub enum SandboxStatus {
     Running,
     Stopped,
+    /// The VM died under the sandbox (killed, out of memory, the host went
+    /// down with no snapshot); `status_reason` says how. Its disk is kept,
+    /// and `start` boots it afresh from that disk.
+    Crashed,
     Unknown,
 }
 
@@ -32,6 +36,7 @@ impl SandboxStatus {
         match self {
             SandboxStatus::Running => "running",
             SandboxStatus::Stopped => "stopped",
+            SandboxStatus::Crashed => "crashed",
             SandboxStatus::Unknown => "unknown",
         }
     }
@@ -82,6 +87,7 @@ impl FromStr for SandboxStatus {
         match s {
             "running" => Ok(SandboxStatus::Running),
             "stopped" => Ok(SandboxStatus::Stopped),
+            "crashed" => Ok(SandboxStatus::Crashed),
             "unknown" => Ok(SandboxStatus::Unknown),
             other => Err(StoreError::Invalid(format!(
                 "status: {other:?} is not a sandbox status"
@@ -509,7 +515,7 @@ impl Store {
             if let Some(st) = u.status {
                 let reason = u.status_reason.clone().unwrap_or_default();
                 let stopped_at = match st {
-                    SandboxStatus::Stopped => Some(time::now()),
+                    SandboxStatus::Stopped | SandboxStatus::Crashed => Some(time::now()),
                     SandboxStatus::Running => None,
                     SandboxStatus::Unknown => cur.stopped_at.clone(),
                 };

@@ -122,6 +122,64 @@ fn old_database_is_upgraded_keeping_data() {
     s.record_event(&NewEvent::new("daemon.started")).unwrap();
 }
 
+/// The step that rebuilds `sandboxes` (to allow `crashed`) keeps every
+/// row, and the publish rules that reference them, intact.
+#[test]
+fn sandboxes_rebuild_keeps_rows_and_references() {
+    let (_d, path) = db();
+    let before = migrations::MIGRATIONS
+        .iter()
+        .position(|m| m.rebuilds)
+        .expect("a rebuilding step") as u32;
+    {
+        let mut c = raw(&path);
+        migrations::run_to(&mut c, migrations::MIGRATIONS, before).unwrap();
+        c.execute_batch(
+            "INSERT INTO users (id, name, api_key_hash, subnet_index, created_at) \
+               VALUES ('usr_0000abcd', 'old', 'h', 1, '2024-01-01T00:00:00.000Z');
+             INSERT INTO sandboxes (id, user_id, name, status, status_reason, created_at, metadata) \
+               VALUES ('00000000000000aa', 'usr_0000abcd', 'keep', 'stopped', 'why', \
+                       '2024-01-01T00:00:00.000Z', '{\"k\":\"v\"}');
+             INSERT INTO publish_rules (id, sandbox_id, user_id, port, alias, created_at) \
+               VALUES ('pub_1', '00000000000000aa', 'usr_0000abcd', 8080, 'keep-app', \
+                       '2024-01-01T00:00:00.000Z');",
+        )
+        .unwrap();
+        assert!(
+            c.execute("UPDATE sandboxes SET status = 'crashed'", [])
+                .is_err(),
+            "the old schema refuses the new status"
+        );
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), migrations::latest());
+    let sb = s.sandbox_by_id("00000000000000aa").unwrap();
+    assert_eq!(
+        (sb.name.as_str(), sb.status),
+        ("keep", SandboxStatus::Stopped)
+    );
+    assert_eq!(sb.status_reason, "why");
+    s.set_status(&sb.id, SandboxStatus::Crashed, "the VMM was killed")
+        .unwrap();
+    let sb = s.sandbox_by_id(&sb.id).unwrap();
+    assert_eq!(sb.status, SandboxStatus::Crashed);
+    let c = raw(&path);
+    let rules: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM publish_rules WHERE sandbox_id = '00000000000000aa'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rules, 1, "the rule still references its sandbox");
+    let broken: i64 = c
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(broken, 0);
+}
+
 #[test]
 fn failed_migration_leaves_previous_version() {
     let (_d, path) = db();
@@ -129,10 +187,12 @@ fn failed_migration_leaves_previous_version() {
     let steps = [
         Migration {
             name: "good",
+            rebuilds: false,
             sql: "CREATE TABLE a (x INTEGER);",
         },
         Migration {
             name: "bad",
+            rebuilds: false,
             sql: "CREATE TABLE b (x INTEGER); INSERT INTO missing VALUES (1);",
         },
     ];

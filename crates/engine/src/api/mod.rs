@@ -109,6 +109,9 @@ pub trait Engine: Send + Sync {
     /// engine could not recover them: their disks are kept for the operator).
     async fn cleanup_orphans(&self, also_keep: &[String]) -> Result<Vec<String>>;
 
-    /// Kills every VMM (snapshots are the caller's job before this).
-    async fn shutdown(&self);
+    /// Lets go of every sandbox. With `keep_running` (honoured where
+    /// [`Capabilities::survives_restart`]), VMMs and containers keep
+    /// running for the next daemon to adopt; otherwise every VMM is killed
+    /// (snapshots are the caller's job before this).
+    async fn shutdown(&self, keep_running: bool);
 }

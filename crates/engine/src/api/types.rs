@@ -15,6 +15,9 @@ use crate::net::EgressPolicy;
 pub enum Status {
     Running,
     Stopped,
+    /// The VM died under the sandbox; its disk is kept and the next start
+    /// boots it afresh from that disk (`SandboxInfo::reason` says how).
+    Crashed,
     Unknown,
 }
 
@@ -23,6 +26,7 @@ impl fmt::Display for Status {
         f.write_str(match self {
             Status::Running => "running",
             Status::Stopped => "stopped",
+            Status::Crashed => "crashed",
             Status::Unknown => "unknown",
         })
     }
@@ -147,6 +151,9 @@ pub struct Capabilities {
     /// Named checkpoints and forks.
     pub checkpoints: bool,
     pub egress_policy: bool,
+    /// Sandboxes keep running while the daemon is down, and the next daemon
+    /// adopts them: a stop for an upgrade needs no snapshot.
+    pub survives_restart: bool,
 }
 
 /// `manifest.json` of a named checkpoint.

@@ -703,6 +703,7 @@ impl Engine for DockerEngine {
             diff_snapshots: false,
             checkpoints: false,
             egress_policy: false,
+            survives_restart: true,
         }
     }
 
@@ -1208,9 +1209,9 @@ impl Engine for DockerEngine {
         Ok(removed)
     }
 
-    async fn shutdown(&self) {
+    async fn shutdown(&self, _keep_running: bool) {
         // Containers keep running across a daemon restart (recover() finds
-        // them); nothing is killed here. Agents are dropped.
+        // them) either way; nothing is killed here. Agents are dropped.
         let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
         for sb in all {
             lock(&sb.fast).agent = None;

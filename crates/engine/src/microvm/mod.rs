@@ -12,6 +12,17 @@
 //! interleave, and a *fast* lock (sync, never held across an await) for the
 //! state that `agent()`, `status()` and `list()` read. Lookups never wait for a
 //! transition.
+//!
+//! Health: every VMM a sandbox runs on is watched ([`watch_vmm`]); one that
+//! exits while it is still the sandbox's (no stop or destroy took it out
+//! first) makes the sandbox `crashed` at once, with how it ended. `start`
+//! then boots it afresh from its kept disk.
+//!
+//! Restarts: with a driver that can adopt ([`VmmDriver::adopt`]), a daemon
+//! that stops leaves its VMMs running, and recovery hands each back to its
+//! sandbox (control socket reconnected, agent reached, thermal state read).
+//! A VMM that is gone leaves the sandbox cold (a current snapshot) or
+//! crashed (its disk only).
 
 mod disk;
 mod persist;
@@ -34,7 +45,10 @@ use crate::api::{
     SandboxInfo, SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
 };
 use crate::net::{EgressPolicy, NetManager, SandboxNet};
-use crate::vmm::{Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmmDriver};
+use crate::vmm::{
+    Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmExit, VmSpec, VmState as VmmState,
+    VmmDriver,
+};
 
 pub use persist::{SnapshotManifest, MANIFEST};
 
@@ -43,6 +57,8 @@ const GUEST_INIT: &str = "/usr/local/bin/lohar";
 /// How long a boot or restore may take to answer on the agent port.
 const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long recovery waits for the agent of a VM it adopts.
+const ADOPT_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cold snapshot directory inside a sandbox's directory.
 const SNAPSHOT_DIR: &str = "snapshot";
 /// Format of named checkpoint manifests.
@@ -95,6 +111,9 @@ struct Detail {
     egress: EgressPolicy,
     #[serde(default)]
     restore_failed: Option<String>,
+    /// Why the VM died under the sandbox (it is `crashed` until started).
+    #[serde(default)]
+    crashed: Option<String>,
 }
 
 struct Fast {
@@ -102,6 +121,7 @@ struct Fast {
     thermal: Thermal,
     generation: u64,
     restore_failed: Option<String>,
+    crashed: Option<String>,
     agent: Option<AgentClient>,
     last_touch: Instant,
     /// While the VMM runs from the cold snapshot of this generation and
@@ -134,7 +154,7 @@ impl Sandbox {
             ip: self.detail.net.ext_ip.to_string(),
             cpus: self.detail.cpus,
             memory_mb: self.detail.memory_mb,
-            reason: f.restore_failed.clone(),
+            reason: f.crashed.clone().or_else(|| f.restore_failed.clone()),
         }
     }
 
@@ -354,6 +374,7 @@ impl MicroVmEngine {
         detail: Detail,
         vm: Box<dyn Vm>,
     ) -> SandboxInfo {
+        let exit = vm.exit_watch();
         let sb = Sandbox {
             id,
             name,
@@ -363,6 +384,7 @@ impl MicroVmEngine {
                 thermal: Thermal::Hot,
                 generation: 1,
                 restore_failed: None,
+                crashed: None,
                 agent: None,
                 last_touch: Instant::now(),
                 diff_base: None,
@@ -371,7 +393,9 @@ impl MicroVmEngine {
             detail,
         };
         lock(&sb.fast).agent = Some(sb.client());
-        self.insert(sb).info()
+        let sb = self.insert(sb);
+        watch_vmm(&sb, exit);
+        sb.info()
     }
 
     /// Guest sync (best effort), then pause; returns whether it was hot.
@@ -403,7 +427,7 @@ impl MicroVmEngine {
 
     async fn start_locked(
         &self,
-        sb: &Sandbox,
+        sb: &Arc<Sandbox>,
         slot: &mut Option<Box<dyn Vm>>,
         force: bool,
     ) -> Result<()> {
@@ -414,6 +438,9 @@ impl MicroVmEngine {
                 wake(sb, vm.as_ref()).await?;
             }
             return Ok(());
+        }
+        if lock(&sb.fast).crashed.is_some() {
+            return self.boot_from_disk(sb, slot).await;
         }
         {
             let mut f = lock(&sb.fast);
@@ -442,11 +469,58 @@ impl MicroVmEngine {
             }
             Err(e) => return Err(self.mark_failed(sb, e.to_string())),
         };
-        // The namespace survives stop/start; after a host reboot, or when
-        // it was deleted behind the daemon's back, it is rebuilt with the
-        // same external address. Whatever is left of it (the host veth and
-        // route, this manager's claim on the address) goes first, or the
-        // rebuild would collide with it.
+        self.repair_net(sb).await?;
+        match self.launch(&sb.id, &sb.detail, Some(&manifest.vmm)).await {
+            Ok(vm) => {
+                let exit = vm.exit_watch();
+                *slot = Some(vm);
+                watch_vmm(sb, exit);
+                let mut f = lock(&sb.fast);
+                f.generation = manifest.generation + 1;
+                f.diff_base = (self.cfg.diff_snapshots && self.driver.supports_diff_snapshots())
+                    .then_some(manifest.generation);
+                f.status = Status::Running;
+                f.thermal = Thermal::Hot;
+                f.agent = Some(sb.client());
+                f.last_touch = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(self.mark_failed(sb, e.to_string())),
+        }
+    }
+
+    /// A crashed sandbox's start: a fresh boot from its kept disk (its
+    /// memory died with the VMM), in a new generation so no older snapshot
+    /// is ever restored over what the disk now holds.
+    async fn boot_from_disk(
+        &self,
+        sb: &Arc<Sandbox>,
+        slot: &mut Option<Box<dyn Vm>>,
+    ) -> Result<()> {
+        self.repair_net(sb).await?;
+        let vm = self.launch(&sb.id, &sb.detail, None).await?;
+        let exit = vm.exit_watch();
+        *slot = Some(vm);
+        watch_vmm(sb, exit);
+        let mut f = lock(&sb.fast);
+        f.generation = f.generation.saturating_add(1);
+        f.diff_base = None;
+        f.crashed = None;
+        f.restore_failed = None;
+        f.status = Status::Running;
+        f.thermal = Thermal::Hot;
+        f.agent = Some(sb.client());
+        f.last_touch = Instant::now();
+        tracing::info!(sandbox = sb.id, "booted afresh from its disk after a crash");
+        Ok(())
+    }
+
+    /// The namespace survives stop/start; after a host reboot, or when it
+    /// was deleted behind the daemon's back, it is rebuilt with the same
+    /// external address. Whatever is left of it (the host veth and route,
+    /// this manager's claim on the address) goes first, or the rebuild
+    /// would collide with it.
+    async fn repair_net(&self, sb: &Sandbox) -> Result<()> {
         if !sb.detail.net.netns_path().exists() {
             tracing::info!(
                 sandbox = sb.id,
@@ -463,21 +537,7 @@ impl MicroVmEngine {
             )
             .await?;
         }
-        match self.launch(&sb.id, &sb.detail, Some(&manifest.vmm)).await {
-            Ok(vm) => {
-                *slot = Some(vm);
-                let mut f = lock(&sb.fast);
-                f.generation = manifest.generation + 1;
-                f.diff_base = (self.cfg.diff_snapshots && self.driver.supports_diff_snapshots())
-                    .then_some(manifest.generation);
-                f.status = Status::Running;
-                f.thermal = Thermal::Hot;
-                f.agent = Some(sb.client());
-                f.last_touch = Instant::now();
-                Ok(())
-            }
-            Err(e) => Err(self.mark_failed(sb, e.to_string())),
-        }
+        Ok(())
     }
 
     /// Writes the cold snapshot of a paused VM into `fin` atomically (a
@@ -665,6 +725,7 @@ impl Engine for MicroVmEngine {
             diff_snapshots: false,
             checkpoints: true,
             egress_policy: true,
+            survives_restart: self.driver.supports_adopt(),
         }
     }
 
@@ -719,6 +780,7 @@ impl Engine for MicroVmEngine {
                 volumes: spec.volumes.clone(),
                 egress: spec.egress.clone(),
                 restore_failed: None,
+                crashed: None,
             };
             let vm = self.launch(&id, &detail, None).await?;
             Ok::<_, EngineError>((detail, vm))
@@ -843,6 +905,15 @@ impl Engine for MicroVmEngine {
     async fn ensure_hot(&self, id: &str) -> Result<Wake> {
         let sb = self.get(id)?;
         let t0 = Instant::now();
+        if let Some(why) = lock(&sb.fast).crashed.clone() {
+            // Waking it would hide that its processes are gone: only an
+            // explicit start boots it again.
+            return Err(EngineError::BadState {
+                id: id.into(),
+                state: "crashed".into(),
+                what: why,
+            });
+        }
         let from = lock(&sb.fast).thermal;
         if from == Thermal::Hot {
             return Ok(Wake {
@@ -1057,6 +1128,7 @@ impl Engine for MicroVmEngine {
                 volumes,
                 egress: egress.clone(),
                 restore_failed: None,
+                crashed: None,
             };
             let vm = self.launch(&id, &detail, Some(&vmm)).await?;
             Ok::<_, EngineError>((detail, vm))
@@ -1103,6 +1175,7 @@ impl Engine for MicroVmEngine {
         let f = lock(&sb.fast);
         let mut detail = sb.detail.clone();
         detail.restore_failed = f.restore_failed.clone();
+        detail.crashed = f.crashed.clone();
         detail.egress = f.egress.clone();
         Some(VmState {
             engine: self.driver.name().into(),
@@ -1127,18 +1200,6 @@ impl Engine for MicroVmEngine {
         if !detail.dir.join("rootfs.ext4").is_file() {
             return Err(EngineError::Invalid("root disk is missing".into()));
         }
-        // A VMM left over from before the restart would hold the disks: stop it.
-        kill_stray_vmms(&detail.dir);
-        let snap_dir = detail.dir.join(SNAPSHOT_DIR);
-        let manifest = blocking(move || persist::load_snapshot(&snap_dir))
-            .await
-            .map_err(|e| EngineError::Invalid(format!("no usable snapshot: {e}")))?;
-        if manifest.generation < state.generation {
-            return Err(EngineError::Invalid(format!(
-                "the newest snapshot (generation {}) predates the last boot (generation {}): it would roll the sandbox back",
-                manifest.generation, state.generation
-            )));
-        }
         if detail.net.netns_path().exists() {
             let (net, n) = (self.net.clone(), detail.net.clone());
             blocking(move || Ok(net.adopt(&n)?)).await?;
@@ -1149,15 +1210,63 @@ impl Engine for MicroVmEngine {
                 tracing::warn!(id = %state.id, error = %e, "re-installing the namespace's rules failed");
             }
         }
+        // The VMM kept running while no daemon did: take it back.
+        let live = vmm_pids(&detail.dir);
+        if let [pid] = live[..] {
+            match self.adopt(&state, &detail, pid).await {
+                Ok(info) => return Ok(info),
+                Err(e) => {
+                    tracing::warn!(id = %state.id, pid, error = %e, "could not adopt the running VMM; stopping it");
+                }
+            }
+        }
+        // Anything else (several, or one that would not answer) holds the
+        // disks with no way to drive it: stop it.
+        kill_stray_vmms(&detail.dir);
+        let snap_dir = detail.dir.join(SNAPSHOT_DIR);
+        let manifest = blocking(move || persist::load_snapshot(&snap_dir)).await;
+        let (status, thermal, generation, crashed) = match manifest {
+            Ok(m) if m.generation >= state.generation && state.status != Status::Crashed => {
+                (Status::Stopped, Thermal::Cold, m.generation, None)
+            }
+            // Memory is lost; the disk holds everything the guest synced.
+            other => {
+                let why = match other {
+                    Ok(m) if state.status == Status::Crashed => format!(
+                        "{} (snapshot generation {} is kept but not used)",
+                        detail.crashed.clone().unwrap_or_else(|| "the VM had crashed".into()),
+                        m.generation
+                    ),
+                    Ok(m) => format!(
+                        "the VM was gone when the daemon started again, and its newest snapshot (generation {}) predates its last boot (generation {})",
+                        m.generation, state.generation
+                    ),
+                    Err(_) if state.status == Status::Crashed => detail
+                        .crashed
+                        .clone()
+                        .unwrap_or_else(|| "the VM had crashed".into()),
+                    Err(e) => format!(
+                        "the VM was gone when the daemon started again, with no snapshot of its memory ({e})"
+                    ),
+                };
+                let why = if why.contains("start boots it afresh") {
+                    why
+                } else {
+                    format!("{why}; start boots it afresh from its disk")
+                };
+                (Status::Crashed, Thermal::Cold, state.generation, Some(why))
+            }
+        };
         let sb = Sandbox {
             id: state.id.clone(),
             name: state.name.clone(),
             lifecycle: tokio::sync::Mutex::new(None),
             fast: Mutex::new(Fast {
-                status: Status::Stopped,
-                thermal: Thermal::Cold,
-                generation: manifest.generation,
+                status,
+                thermal,
+                generation,
                 restore_failed: detail.restore_failed.clone(),
+                crashed,
                 agent: None,
                 last_touch: Instant::now(),
                 diff_base: None,
@@ -1191,16 +1300,118 @@ impl Engine for MicroVmEngine {
         Ok(removed)
     }
 
-    async fn shutdown(&self) {
+    async fn shutdown(&self, keep_running: bool) {
+        let keep_running = keep_running && self.driver.supports_adopt();
         let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
         for sb in all {
             let mut slot = sb.lifecycle.lock().await;
             if let Some(vm) = slot.take() {
+                if keep_running {
+                    // The next daemon adopts it (recover).
+                    vm.release();
+                    continue;
+                }
                 let _ = vm.kill().await;
             }
             sb.set(Status::Stopped, Thermal::Cold);
         }
     }
+}
+
+impl MicroVmEngine {
+    /// Recovery's adoption of the VMM `pid` left running for `state`: the
+    /// driver reconnects its control socket, its run state gives the
+    /// thermal state, and a running guest's agent must answer (a guest
+    /// that does not is stopped by the caller and treated as gone).
+    async fn adopt(&self, state: &VmState, detail: &Detail, pid: i32) -> Result<SandboxInfo> {
+        let pid = u32::try_from(pid).map_err(|_| EngineError::Other(format!("pid {pid}")))?;
+        let spec = self.vm_spec(&state.id, detail);
+        let vm = self
+            .driver
+            .adopt(&spec, pid)
+            .await
+            .map_err(|e| EngineError::Other(e.to_string()))?;
+        let thermal = match vm.state().await {
+            Ok(VmmState::Running) => Thermal::Hot,
+            Ok(VmmState::Paused) => Thermal::Warm,
+            Ok(other) => {
+                vm.release();
+                return Err(EngineError::Other(format!("the adopted VM is {other:?}")));
+            }
+            Err(e) => {
+                vm.release();
+                return Err(EngineError::Other(e.to_string()));
+            }
+        };
+        let client = AgentClient::new(
+            Transport::Tcp {
+                addr: std::net::IpAddr::V4(detail.net.ext_ip),
+            },
+            Some(detail.token.clone()),
+        );
+        if thermal == Thermal::Hot {
+            if let Err(e) = client.wait_ready(ADOPT_AGENT_TIMEOUT).await {
+                vm.release();
+                return Err(EngineError::Other(format!(
+                    "its agent does not answer: {e}"
+                )));
+            }
+        }
+        let exit = vm.exit_watch();
+        let sb = Sandbox {
+            id: state.id.clone(),
+            name: state.name.clone(),
+            lifecycle: tokio::sync::Mutex::new(Some(vm)),
+            fast: Mutex::new(Fast {
+                status: Status::Running,
+                thermal,
+                generation: state.generation,
+                restore_failed: detail.restore_failed.clone(),
+                crashed: None,
+                agent: Some(client),
+                last_touch: Instant::now(),
+                // Its dirty-page log is not known: the next stop writes a
+                // Full snapshot.
+                diff_base: None,
+                egress: detail.egress.clone(),
+            }),
+            detail: detail.clone(),
+        };
+        let sb = self.insert(sb);
+        watch_vmm(&sb, exit);
+        tracing::info!(sandbox = %state.id, pid, %thermal, "re-adopted a running sandbox");
+        Ok(sb.info())
+    }
+}
+
+/// Watches the VMM a sandbox now runs on. Should it exit while it is still
+/// the sandbox's (no stop, destroy or shutdown took it out of the slot
+/// first, under the lifecycle lock), the sandbox is marked crashed at once,
+/// with how the VMM ended.
+fn watch_vmm(sb: &Arc<Sandbox>, mut exit: tokio::sync::watch::Receiver<Option<VmExit>>) {
+    let weak = Arc::downgrade(sb);
+    tokio::spawn(async move {
+        let ended = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| *e);
+        let Some(sb) = weak.upgrade() else {
+            return;
+        };
+        let mut slot = sb.lifecycle.lock().await;
+        // Still alive, or no longer the sandbox's VMM: nothing crashed.
+        if slot.as_ref().is_none_or(|vm| vm.pid().is_some()) {
+            return;
+        }
+        let how = ended.map_or_else(|| "unknown exit status".to_string(), |e| e.to_string());
+        let reason =
+            format!("the VM stopped unexpectedly ({how}); start boots it afresh from its disk");
+        tracing::warn!(sandbox = sb.id, reason, "sandbox crashed");
+        drop(slot.take());
+        let mut f = lock(&sb.fast);
+        f.status = Status::Crashed;
+        f.thermal = Thermal::Cold;
+        f.agent = None;
+        f.diff_base = None;
+        f.crashed = Some(reason);
+    });
 }
 
 /// Hot → warm: vCPUs stop, then the balloon takes half the guest's memory back
@@ -1234,13 +1445,14 @@ async fn balloon(sb: &Sandbox, vm: &dyn Vm, mib: u32) {
     }
 }
 
-/// SIGKILLs VMM processes whose command line references `dir` (left over from a
-/// daemon that died without stopping them).
-fn kill_stray_vmms(dir: &Path) {
-    let needle = dir.to_string_lossy().into_owned();
+/// VMM processes whose command line references `dir` (the sandbox
+/// directory holds their disks and sockets).
+fn vmm_pids(dir: &Path) -> Vec<i32> {
+    let needle = format!("{}/", dir.to_string_lossy());
     let Ok(rd) = std::fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
+    let mut pids = Vec::new();
     for e in rd.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -1252,10 +1464,19 @@ fn kill_stray_vmms(dir: &Path) {
         let is_vmm = cmd.starts_with("qemu-system")
             || cmd.contains("/qemu-system")
             || cmd.contains("firecracker");
-        if is_vmm && cmd.contains(&format!("{needle}/")) {
-            tracing::warn!(pid, dir = %needle, "killing a stray VMM");
-            let _ = nix_kill(pid);
+        if is_vmm && cmd.contains(&needle) {
+            pids.push(pid);
         }
+    }
+    pids
+}
+
+/// SIGKILLs VMM processes of `dir` (left over from a daemon that died
+/// without stopping them, and not adopted).
+fn kill_stray_vmms(dir: &Path) {
+    for pid in vmm_pids(dir) {
+        tracing::warn!(pid, dir = %dir.display(), "killing a stray VMM");
+        let _ = nix_kill(pid);
     }
 }
 

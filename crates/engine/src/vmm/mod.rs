@@ -37,7 +37,9 @@
 //!   guest and copies the disks. `restore` needs the disks exactly as they
 //!   were at snapshot time and returns a *running* VM.
 //! - Dropping a [`Vm`] without [`Vm::kill`] SIGKILLs its VMM process, so a
-//!   leaked handle never leaks a VM.
+//!   leaked handle never leaks a VM, unless [`Vm::release`] was called:
+//!   then the VMM outlives the daemon and the next one
+//!   [adopts](VmmDriver::adopt) it.
 
 mod consts;
 mod error;
@@ -82,6 +84,21 @@ pub trait VmmDriver: Send + Sync {
     }
     /// Starts a VM from scratch.
     async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError>;
+    /// Whether [`VmmDriver::adopt`] works: only then may a daemon leave its
+    /// VMMs running when it stops.
+    fn supports_adopt(&self) -> bool {
+        false
+    }
+    /// Takes over the VMM `pid` that an earlier daemon process started for
+    /// `spec` and left running: reconnects its control socket. The VM keeps
+    /// its state (running or paused).
+    async fn adopt(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
+        let _ = (spec, pid);
+        Err(VmmError::Unsupported {
+            driver: self.name(),
+            what: "adopting a running VMM".into(),
+        })
+    }
     /// Starts a VM from a snapshot and resumes it. `spec` must describe the
     /// same machine (memory, vCPUs, disk count and order) as at snapshot
     /// time; paths, the network namespace and the console log may differ.
@@ -108,6 +125,12 @@ pub trait Vm: Send + Sync {
     async fn kill(&self) -> Result<(), VmmError>;
     /// Waits until the VMM process has exited (for any reason).
     async fn wait_exit(&self) -> VmExit;
+    /// Turns `Some` once the VMM process has exited: the engine watches it
+    /// to notice a VM that dies under a sandbox.
+    fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<VmExit>>;
+    /// Leaves the VMM running when this handle is dropped (the daemon stops
+    /// for an upgrade; the next one adopts it).
+    fn release(&self);
     /// The last `bytes` bytes of the guest console log (lossy UTF-8).
     fn console_tail(&self, bytes: usize) -> String;
     /// The last `bytes` bytes the VMM wrote to stderr since this process

@@ -1,6 +1,8 @@
 //! A VMM child process: spawning it (with its output appended to a log
 //! file), signalling it race-free through a pidfd, reaping it on a
-//! background task, and reading the tail of its log.
+//! background task, and reading the tail of its log. A VMM that an earlier
+//! daemon process started is *adopted*: it is not our child, so its end is
+//! seen through its pidfd turning readable, without an exit status.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -8,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -16,7 +19,8 @@ use tracing::{debug, warn};
 use super::consts::{MAX_TAIL_BYTES, REAP_TIMEOUT};
 use super::{VmExit, VmmError};
 
-/// A spawned VMM. Dropping it SIGKILLs the process if it still runs; the
+/// A spawned (or adopted) VMM. Dropping it SIGKILLs the process if it
+/// still runs, unless it was [released](VmmProcess::release); the
 /// background task reaps it.
 #[derive(Debug)]
 pub(crate) struct VmmProcess {
@@ -28,6 +32,8 @@ pub(crate) struct VmmProcess {
     log_path: PathBuf,
     /// Size of the log when this process started: its tail starts here.
     log_offset: u64,
+    /// Set when the daemon leaves the VMM running on purpose.
+    released: AtomicBool,
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -109,7 +115,66 @@ impl VmmProcess {
             exit: rx,
             log_path: log_path.to_path_buf(),
             log_offset,
+            released: AtomicBool::new(false),
         })
+    }
+
+    /// Takes over a running VMM that is not our child (started by an
+    /// earlier daemon process). Its exit is noticed through its pidfd; the
+    /// exit status is not ours to read, so it is reported as unknown.
+    /// Must run inside a tokio runtime.
+    pub(crate) fn adopt(pid: u32, binary: &str, log_path: &Path) -> Result<Self, VmmError> {
+        let pidfd = pidfd_open(pid).ok_or_else(|| {
+            VmmError::io(
+                format!("pidfd_open({pid}) of {binary}"),
+                std::io::Error::last_os_error(),
+            )
+        })?;
+        let watch_fd = pidfd
+            .try_clone()
+            .map_err(|e| VmmError::io(format!("dup pidfd of {binary}"), e))?;
+        // SAFETY: `watch_fd` is an OwnedFd moved into the AsyncFd, which
+        // owns it (open, the same descriptor) for its whole lifetime.
+        let ready = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                watch_fd,
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(|e| VmmError::io(format!("watch pidfd of {binary}"), e.into_parts().1))?;
+        let (tx, rx) = watch::channel(None);
+        let name = binary.to_string();
+        tokio::spawn(async move {
+            // A pidfd becomes readable once its process has terminated.
+            let _ = ready.readable().await;
+            let exit = VmExit {
+                code: None,
+                signal: None,
+            };
+            debug!(binary = %name, pid, "adopted VMM process exited");
+            let _ = tx.send(Some(exit));
+        });
+        let log_offset = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
+        Ok(VmmProcess {
+            binary: binary.to_string(),
+            pid,
+            pidfd: Some(pidfd),
+            exit: rx,
+            log_path: log_path.to_path_buf(),
+            log_offset,
+            released: AtomicBool::new(false),
+        })
+    }
+
+    /// Leaves the process running when this handle drops (a daemon that
+    /// exits for an upgrade; its successor adopts the VMM).
+    pub(crate) fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
+
+    /// Turns `Some` once the process has exited.
+    pub(crate) fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
+        self.exit.clone()
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -205,7 +270,7 @@ impl VmmProcess {
 
 impl Drop for VmmProcess {
     fn drop(&mut self) {
-        if self.exited().is_none() {
+        if self.exited().is_none() && !self.released.load(Ordering::SeqCst) {
             if let Err(e) = self.signal(libc::SIGKILL) {
                 warn!(error = %e, "killing VMM on drop");
             }
@@ -272,6 +337,35 @@ mod tests {
         // Idempotent.
         p.terminate(Duration::from_millis(10)).await.unwrap();
         p.signal(libc::SIGTERM).unwrap();
+    }
+
+    /// A process that is not our child is watched through its pidfd, and
+    /// a released handle leaves its process running.
+    #[tokio::test]
+    async fn adopt_watches_and_release_keeps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        let own = VmmProcess::spawn(cmd, "sleep", &log).unwrap();
+        let adopted = VmmProcess::adopt(own.pid(), "sleep", &log).unwrap();
+        assert_eq!(adopted.pid(), own.pid());
+        assert!(adopted.exited().is_none());
+        adopted.release();
+        drop(adopted);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(own.exited().is_none(), "a released handle killed its VMM");
+        let again = VmmProcess::adopt(own.pid(), "sleep", &log).unwrap();
+        let mut rx = again.exit_watch();
+        own.signal(libc::SIGKILL).unwrap();
+        own.wait().await;
+        let e = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|e| e.is_some()))
+            .await
+            .expect("the pidfd reported the exit")
+            .map(|e| *e)
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.code, e.signal), (None, None), "not ours to read");
     }
 
     #[tokio::test]

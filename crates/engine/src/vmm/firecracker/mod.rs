@@ -1225,6 +1225,14 @@ impl Vm for FirecrackerVm {
         self.proc.wait().await
     }
 
+    fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<VmExit>> {
+        self.proc.exit_watch()
+    }
+
+    fn release(&self) {
+        self.proc.release();
+    }
+
     fn console_tail(&self, bytes: usize) -> String {
         file_tail(&self.console_log, bytes, 0)
     }

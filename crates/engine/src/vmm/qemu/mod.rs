@@ -294,6 +294,42 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Reconnects to the QMP socket of a QEMU that an earlier daemon
+    /// process started (QEMU's QMP server takes a new client once the old
+    /// one is gone) and checks that it answers.
+    pub async fn adopt_vm(&self, spec: &VmSpec, pid: u32) -> Result<QemuVm, VmmError> {
+        let sh = &self.shared;
+        let qmp_path = qmp_socket_path(&spec.dir)?;
+        let stream = UnixStream::connect(&qmp_path)
+            .await
+            .map_err(|e| VmmError::io(format!("connect {}", qmp_path.display()), e))?;
+        let qmp = Qmp::handshake(stream, ms(sh.config.qmp_timeout_ms)).await?;
+        let proc = VmmProcess::adopt(pid, &sh.config.binary, &spec.dir.join(QEMU_LOG))?;
+        let vm = QemuVm {
+            id: spec.id.clone(),
+            console_log: spec.console_log.clone(),
+            dir: spec.dir.clone(),
+            shape: Shape::of(spec),
+            shared: self.shared.clone(),
+            proc,
+            qmp,
+            op: tokio::sync::Mutex::new(()),
+        };
+        let status = vm.raw_status().await;
+        match status {
+            Ok(s) => {
+                info!(vm = %spec.id, pid, status = %s, "adopted a running QEMU");
+                Ok(vm)
+            }
+            Err(e) => {
+                // Not a VM we can drive: leave the decision (kill it) to
+                // the caller, who knows what else to try.
+                vm.release();
+                Err(e)
+            }
+        }
+    }
+
     async fn launch(&self, spec: &VmSpec, phase: Phase) -> Result<QemuVm, VmmError> {
         spec.validate()?;
         let sh = &self.shared;
@@ -484,6 +520,14 @@ impl VmmDriver for QemuDriver {
 
     async fn boot(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
         Ok(Box::new(self.boot_vm(spec).await?))
+    }
+
+    fn supports_adopt(&self) -> bool {
+        true
+    }
+
+    async fn adopt(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn Vm>, VmmError> {
+        Ok(Box::new(self.adopt_vm(spec, pid).await?))
     }
 
     async fn restore(&self, spec: &VmSpec, snap: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError> {
@@ -805,6 +849,14 @@ impl Vm for QemuVm {
 
     async fn wait_exit(&self) -> VmExit {
         self.proc.wait().await
+    }
+
+    fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<VmExit>> {
+        self.proc.exit_watch()
+    }
+
+    fn release(&self) {
+        self.proc.release();
     }
 
     fn console_tail(&self, bytes: usize) -> String {

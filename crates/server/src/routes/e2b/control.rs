@@ -112,7 +112,7 @@ fn state_of(sb: &Sandbox) -> &'static str {
         SandboxStatus::Running => "running",
         // Stopped is snapshotted with memory: E2B's paused. Unknown cannot
         // run, and shows as paused so that a connect reports why.
-        SandboxStatus::Stopped | SandboxStatus::Unknown => "paused",
+        SandboxStatus::Stopped | SandboxStatus::Crashed | SandboxStatus::Unknown => "paused",
     }
 }
 
