@@ -34,6 +34,9 @@ pub async fn sweep(st: &AppState) {
         }
     };
     for sb in rows.iter().filter(|s| s.status == SandboxStatus::Running) {
+        if let Err(e) = st.engine.probe(&sb.id).await {
+            tracing::debug!(sandbox = sb.id, error = %e, "health: probe failed");
+        }
         note_crash(st, sb).await;
     }
 }

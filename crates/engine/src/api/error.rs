@@ -22,6 +22,10 @@ pub enum EngineError {
     Unsupported { engine: &'static str, what: String },
     #[error("boot failed: {0}")]
     Boot(String),
+    /// What the VMM driver said, kept typed: the restore breaker trips on
+    /// snapshot faults only ([`EngineError::is_snapshot_fault`]).
+    #[error(transparent)]
+    Vmm(#[from] crate::vmm::VmmError),
     #[error("agent: {0}")]
     Agent(#[from] bhatti_agent_client::ClientError),
     #[error("network: {0}")]
@@ -35,5 +39,17 @@ pub enum EngineError {
 impl EngineError {
     pub fn other(e: impl std::fmt::Display) -> EngineError {
         EngineError::Other(e.to_string())
+    }
+
+    /// A fault of the snapshot itself (the VMM refused or failed to load
+    /// it), as opposed to the host (no space, a VMM that would not start)
+    /// or the guest (an agent that did not answer in time): only these
+    /// make a sandbox's start refused until `--force`.
+    pub fn is_snapshot_fault(&self) -> bool {
+        use crate::vmm::VmmError;
+        matches!(
+            self,
+            EngineError::Vmm(VmmError::Restore { .. } | VmmError::InvalidSnapshot(_))
+        )
     }
 }

@@ -109,6 +109,14 @@ pub trait Engine: Send + Sync {
     /// engine could not recover them: their disks are kept for the operator).
     async fn cleanup_orphans(&self, also_keep: &[String]) -> Result<Vec<String>>;
 
+    /// Looks for a sandbox whose VM or container died without the engine
+    /// noticing; one found dead becomes [`Status::Crashed`]. Engines that
+    /// watch their VMMs as they run (the microVM engine) need nothing here.
+    async fn probe(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
+
     /// Lets go of every sandbox. With `keep_running` (honoured where
     /// [`Capabilities::survives_restart`]), VMMs and containers keep
     /// running for the next daemon to adopt; otherwise every VMM is killed

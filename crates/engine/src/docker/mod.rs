@@ -158,6 +158,8 @@ struct Fast {
     generation: u64,
     ip: String,
     agent: Option<AgentClient>,
+    /// Why the container died under the sandbox (`crashed` until started).
+    crashed: Option<String>,
 }
 
 struct Sandbox {
@@ -180,7 +182,7 @@ impl Sandbox {
             ip: f.ip.clone(),
             cpus: self.detail.cpus,
             memory_mb: self.detail.memory_mb,
-            reason: None,
+            reason: f.crashed.clone(),
         }
     }
 
@@ -687,6 +689,7 @@ impl DockerEngine {
         f.generation += 1;
         f.ip = ip;
         f.agent = Some(sb.client());
+        f.crashed = None;
         Ok(())
     }
 }
@@ -836,6 +839,7 @@ impl Engine for DockerEngine {
                 generation: 1,
                 ip,
                 agent: None,
+                crashed: None,
             }),
             detail,
         };
@@ -957,6 +961,14 @@ impl Engine for DockerEngine {
     async fn ensure_hot(&self, id: &str) -> Result<Wake> {
         let sb = self.get(id)?;
         let t0 = Instant::now();
+        if let Some(why) = lock(&sb.fast).crashed.clone() {
+            // As with a VM: only an explicit start runs it again.
+            return Err(EngineError::BadState {
+                id: id.into(),
+                state: "crashed".into(),
+                what: why,
+            });
+        }
         let from = lock(&sb.fast).thermal;
         if from == Thermal::Hot {
             return Ok(Wake {
@@ -1007,6 +1019,40 @@ impl Engine for DockerEngine {
             engine: ENGINE,
             what: "forks (processes cannot be snapshotted)".into(),
         })
+    }
+
+    /// A container that died (killed, out of memory, dockerd restarted)
+    /// while the sandbox was running: the sandbox becomes `crashed`, with
+    /// its exit. Skipped while a transition holds the sandbox.
+    async fn probe(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let Ok(_l) = sb.lifecycle.try_lock() else {
+            return Ok(());
+        };
+        if lock(&sb.fast).status != Status::Running {
+            return Ok(());
+        }
+        let st = self.inspect(&sb.detail.container).await?.state;
+        let alive = matches!(
+            st.as_ref().and_then(|s| s.status),
+            Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED)
+        );
+        if alive {
+            return Ok(());
+        }
+        let code = st.as_ref().and_then(|s| s.exit_code).unwrap_or_default();
+        let oom = st.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let reason = format!(
+            "the container stopped unexpectedly (exit code {code}{}); start runs it again",
+            if oom { ", out of memory" } else { "" }
+        );
+        tracing::warn!(sandbox = id, reason, "sandbox crashed");
+        let mut f = lock(&sb.fast);
+        f.status = Status::Crashed;
+        f.thermal = Thermal::Cold;
+        f.agent = None;
+        f.crashed = Some(reason);
+        Ok(())
     }
 
     fn vm_state(&self, id: &str) -> Option<VmState> {
@@ -1076,8 +1122,13 @@ impl Engine for DockerEngine {
         let (status, thermal) = match st {
             Some(ContainerStateStatusEnum::RUNNING) => (Status::Running, Thermal::Hot),
             Some(ContainerStateStatusEnum::PAUSED) => (Status::Running, Thermal::Warm),
+            // It crashed before the restart and nobody started it since.
+            _ if state.status == Status::Crashed => (Status::Crashed, Thermal::Cold),
             _ => (Status::Stopped, Thermal::Cold),
         };
+        let crashed = (status == Status::Crashed).then(|| {
+            "the container had died before the daemon restarted; start runs it again".to_string()
+        });
         if let Err(e) = self
             .ensure_egress_block(&detail.network, &detail.egress)
             .await
@@ -1095,6 +1146,7 @@ impl Engine for DockerEngine {
                 generation: state.generation,
                 ip,
                 agent: None,
+                crashed,
             }),
             detail,
         };

@@ -24,8 +24,14 @@
 //! A VMM that is gone leaves the sandbox cold (a current snapshot) or
 //! crashed (its disk only).
 
+mod checkpoint;
 mod disk;
 mod persist;
+mod recovery;
+mod sandbox;
+
+use recovery::watch_vmm;
+use sandbox::{Detail, Fast, Sandbox};
 
 use crate::lock;
 use std::collections::HashMap;
@@ -38,17 +44,13 @@ use base64::Engine as _;
 use bhatti_agent_client::{AgentClient, Transport};
 use bhatti_protocol::config::{ConfigFile, ConfigVolume, GuestConfig};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    Capabilities, CheckpointManifest, CheckpointVolume, Engine, EngineError, Result, ResumeSpec,
-    SandboxInfo, SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
+    Capabilities, CheckpointManifest, Engine, EngineError, Result, ResumeSpec, SandboxInfo,
+    SandboxSpec, Status, Thermal, VmState, Wake,
 };
 use crate::net::{EgressPolicy, NetManager, SandboxNet};
-use crate::vmm::{
-    Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmExit, VmSpec, VmState as VmmState,
-    VmmDriver,
-};
+use crate::vmm::{Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmmDriver};
 
 pub use persist::{SnapshotManifest, MANIFEST};
 
@@ -94,87 +96,6 @@ impl MicroVmConfig {
             extra_cmdline: String::new(),
             diff_snapshots: false,
         }
-    }
-}
-
-/// What is persisted about a sandbox besides its generation (VmState.detail).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Detail {
-    dir: PathBuf,
-    owner_index: u16,
-    cpus: u32,
-    memory_mb: u32,
-    mac: String,
-    token: String,
-    net: SandboxNet,
-    volumes: Vec<VolumeAttach>,
-    egress: EgressPolicy,
-    #[serde(default)]
-    restore_failed: Option<String>,
-    /// Why the VM died under the sandbox (it is `crashed` until started).
-    #[serde(default)]
-    crashed: Option<String>,
-}
-
-struct Fast {
-    status: Status,
-    thermal: Thermal,
-    generation: u64,
-    restore_failed: Option<String>,
-    crashed: Option<String>,
-    agent: Option<AgentClient>,
-    last_touch: Instant,
-    /// While the VMM runs from the cold snapshot of this generation and
-    /// has taken no snapshot since (which would reset its dirty-page log):
-    /// its next stop may write a Diff onto that snapshot.
-    diff_base: Option<u64>,
-    /// The egress policy in force (changeable live; `detail.egress` is the
-    /// one the sandbox was created with and is rewritten from this one by
-    /// `vm_state`).
-    egress: EgressPolicy,
-}
-
-struct Sandbox {
-    id: String,
-    name: String,
-    detail: Detail,
-    /// Held across slow transitions; owns the VMM handle.
-    lifecycle: tokio::sync::Mutex<Option<Box<dyn Vm>>>,
-    fast: Mutex<Fast>,
-}
-
-impl Sandbox {
-    fn info(&self) -> SandboxInfo {
-        let f = lock(&self.fast);
-        SandboxInfo {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            status: f.status,
-            thermal: f.thermal,
-            ip: self.detail.net.ext_ip.to_string(),
-            cpus: self.detail.cpus,
-            memory_mb: self.detail.memory_mb,
-            reason: f.crashed.clone().or_else(|| f.restore_failed.clone()),
-        }
-    }
-
-    fn set(&self, status: Status, thermal: Thermal) {
-        let mut f = lock(&self.fast);
-        f.status = status;
-        f.thermal = thermal;
-    }
-
-    fn client(&self) -> AgentClient {
-        AgentClient::new(
-            Transport::Tcp {
-                addr: std::net::IpAddr::V4(self.detail.net.ext_ip),
-            },
-            Some(self.detail.token.clone()),
-        )
-    }
-
-    fn snapshot_dir(&self) -> PathBuf {
-        self.detail.dir.join(SNAPSHOT_DIR)
     }
 }
 
@@ -344,7 +265,7 @@ impl MicroVmEngine {
             None => self.driver.boot(&spec).await,
             Some(s) => self.driver.restore(&spec, s).await,
         }
-        .map_err(|e| EngineError::Boot(e.to_string()))?;
+        .map_err(EngineError::Vmm)?;
         let client = AgentClient::new(
             Transport::Tcp {
                 addr: std::net::IpAddr::V4(d.net.ext_ip),
@@ -409,9 +330,7 @@ impl MicroVmEngine {
                 Err(_) => tracing::warn!(id = %sb.id, "guest sync timed out"),
             }
         }
-        vm.pause()
-            .await
-            .map_err(|e| EngineError::Other(e.to_string()))?;
+        vm.pause().await.map_err(EngineError::Vmm)?;
         sb.set(Status::Running, Thermal::Warm);
         Ok(was_hot)
     }
@@ -485,7 +404,11 @@ impl MicroVmEngine {
                 f.last_touch = Instant::now();
                 Ok(())
             }
-            Err(e) => Err(self.mark_failed(sb, e.to_string())),
+            // The breaker is for a snapshot that cannot be restored; a host
+            // or guest failure (no space, an agent that did not answer in
+            // time) is reported as it is and the next start tries again.
+            Err(e) if e.is_snapshot_fault() => Err(self.mark_failed(sb, e.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -560,10 +483,7 @@ impl MicroVmEngine {
         } else {
             SnapshotKind::Full
         };
-        let files = vm
-            .snapshot(&stage, kind)
-            .await
-            .map_err(|e| EngineError::Other(format!("snapshot: {e}")))?;
+        let files = vm.snapshot(&stage, kind).await.map_err(EngineError::Vmm)?;
         let (fin, driver) = (fin.to_path_buf(), self.driver.clone());
         let res = blocking({
             let stage = stage.clone();
@@ -950,209 +870,19 @@ impl Engine for MicroVmEngine {
     }
 
     async fn checkpoint(&self, id: &str, dest: &Path) -> Result<CheckpointManifest> {
-        let sb = self.get(id)?;
-        if dest.exists() {
-            return Err(EngineError::Invalid(format!(
-                "checkpoint {} already exists",
-                dest.display()
-            )));
-        }
-        let slot = sb.lifecycle.lock().await;
-        let Some(vm) = slot.as_ref() else {
-            return Err(EngineError::BadState {
-                id: id.into(),
-                state: "stopped".into(),
-                what: "start it before taking a checkpoint".into(),
-            });
-        };
-        let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
-        // The snapshot below resets the VMM's dirty-page log.
-        lock(&sb.fast).diff_base = None;
-        let stage = persist::staging_dir(dest)?;
-        let res = async {
-            let _ = tokio::fs::remove_dir_all(&stage).await;
-            let files = vm
-                .snapshot(&stage, SnapshotKind::Full)
-                .await
-                .map_err(|e| EngineError::Other(format!("snapshot: {e}")))?;
-            // Disks are copied while the guest is paused, so they match memory.
-            disk::cow_copy(
-                &sb.detail.dir.join("rootfs.ext4"),
-                &stage.join("rootfs.ext4"),
-            )
-            .await?;
-            disk::cow_copy(
-                &sb.detail.dir.join("config.ext4"),
-                &stage.join("config.ext4"),
-            )
-            .await?;
-            let mut vols = Vec::new();
-            for (i, v) in sb.detail.volumes.iter().enumerate() {
-                let file = format!("vol{i}-{}.ext4", v.name);
-                disk::cow_copy(&v.file, &stage.join(&file)).await?;
-                vols.push(CheckpointVolume {
-                    name: v.name.clone(),
-                    file,
-                    mount: v.mount.clone(),
-                    read_only: v.read_only,
-                });
-            }
-            let (stage2, dest2) = (stage.clone(), dest.to_path_buf());
-            let detail = sb.detail.clone();
-            let egress = lock(&sb.fast).egress.clone();
-            let (sid, vmm_version) = (sb.id.clone(), self.driver.version());
-            let engine = self.driver.name().to_string();
-            blocking(move || {
-                let (files_map, checksums) = persist::inventory(&stage2)?;
-                let m = CheckpointManifest {
-                    format_version: CHECKPOINT_VERSION,
-                    engine,
-                    vmm_version,
-                    created_from: sid,
-                    created_at_unix: persist::now_unix(),
-                    cpus: detail.cpus,
-                    memory_mb: detail.memory_mb,
-                    guest_mac: detail.mac.clone(),
-                    agent_token: detail.token.clone(),
-                    volumes: vols,
-                    files: files_map,
-                    checksums,
-                    vmm: serde_json::to_value(&files).map_err(EngineError::other)?,
-                    egress: Some(egress),
-                };
-                persist::seal(&stage2, &m)?;
-                persist::commit(&stage2, &dest2)?;
-                Ok(m)
-            })
-            .await
-        }
-        .await;
-        self.unquiesce(&sb, vm.as_ref(), was_hot).await;
-        if res.is_err() {
-            let _ = tokio::fs::remove_dir_all(&stage).await;
-        }
-        res
+        self.write_checkpoint(id, dest).await
     }
 
     async fn save_disk(&self, id: &str, dest: &Path) -> Result<()> {
-        let sb = self.get(id)?;
-        let tmp = dest.with_file_name(format!(
-            ".{}.tmp-{:08x}",
-            dest.file_name().and_then(|n| n.to_str()).unwrap_or("disk"),
-            rand::random::<u32>()
-        ));
-        // The lifecycle lock keeps a stop, start or thermal move out while
-        // the disk is copied.
-        let slot = sb.lifecycle.lock().await;
-        let res = match slot.as_ref() {
-            Some(vm) => {
-                let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
-                let r = disk::cow_copy(&sb.detail.dir.join("rootfs.ext4"), &tmp).await;
-                self.unquiesce(&sb, vm.as_ref(), was_hot).await;
-                r
-            }
-            // Stopped or cold: no VMM holds the disk; it is as the guest
-            // left it when it was synced and snapshotted.
-            None => disk::cow_copy(&sb.detail.dir.join("rootfs.ext4"), &tmp).await,
-        };
-        drop(slot);
-        let res = match res {
-            Ok(()) => tokio::fs::rename(&tmp, dest)
-                .await
-                .map_err(EngineError::other),
-            Err(e) => Err(e),
-        };
-        if res.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        res
+        self.copy_disk(id, dest).await
     }
 
     async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo> {
-        let d = dir.to_path_buf();
-        let m: CheckpointManifest = blocking(move || {
-            persist::load_checked(&d, |m: &CheckpointManifest| (&m.files, &m.checksums))
-        })
-        .await?;
-        if m.format_version != CHECKPOINT_VERSION || m.engine != self.driver.name() {
-            return Err(EngineError::Invalid(format!(
-                "checkpoint was written by {} (format {}); this engine is {} (format {CHECKPOINT_VERSION})",
-                m.engine,
-                m.format_version,
-                self.driver.name()
-            )));
-        }
-        let mut vmm: crate::vmm::SnapshotFiles =
-            serde_json::from_value(m.vmm.clone()).map_err(EngineError::other)?;
-        vmm.dir = dir.to_path_buf();
-        let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
-        // The request's policy, else the one the checkpoint recorded.
-        let egress = spec
-            .egress
-            .clone()
-            .or_else(|| m.egress.clone())
-            .unwrap_or_default();
-        let sdir = self.cfg.data_dir.join("sandboxes").join(&id);
-        tokio::fs::create_dir_all(&sdir).await?;
-        let mut rb = Rollback {
-            engine: self,
-            dir: Some(sdir.clone()),
-            net: None,
-        };
-        let res = async {
-            disk::cow_copy(&dir.join("rootfs.ext4"), &sdir.join("rootfs.ext4")).await?;
-            disk::cow_copy(&dir.join("config.ext4"), &sdir.join("config.ext4")).await?;
-            let mut volumes = Vec::new();
-            for v in &m.volumes {
-                let file = sdir.join(&v.file);
-                disk::cow_copy(&dir.join(&v.file), &file).await?;
-                volumes.push(VolumeAttach {
-                    name: v.name.clone(),
-                    file,
-                    mount: v.mount.clone(),
-                    read_only: v.read_only,
-                });
-            }
-            let net = self
-                .setup_net(&id, spec.owner_index, &m.guest_mac, &egress, None)
-                .await?;
-            rb.net = Some(net.clone());
-            let detail = Detail {
-                dir: sdir.clone(),
-                owner_index: spec.owner_index,
-                cpus: m.cpus,
-                memory_mb: m.memory_mb,
-                mac: m.guest_mac.clone(),
-                token: m.agent_token.clone(),
-                net,
-                volumes,
-                egress: egress.clone(),
-                restore_failed: None,
-                crashed: None,
-            };
-            let vm = self.launch(&id, &detail, Some(&vmm)).await?;
-            Ok::<_, EngineError>((detail, vm))
-        }
-        .await;
-        match res {
-            Ok((detail, vm)) => Ok(self.register_hot(id, spec.name.clone(), detail, vm)),
-            Err(e) => {
-                rb.run().await;
-                Err(e)
-            }
-        }
+        self.boot_checkpoint(dir, spec).await
     }
 
     async fn fork(&self, id: &str, spec: ResumeSpec) -> Result<SandboxInfo> {
-        let scratch = self.cfg.data_dir.join("forks");
-        tokio::fs::create_dir_all(&scratch).await?;
-        let dir = scratch.join(random_hex(8));
-        self.checkpoint(id, &dir).await?;
-        let res = self.resume_checkpoint(&dir, spec).await;
-        // The restored VM has its memory loaded and its own disk copies: the
-        // checkpoint is no longer needed either way.
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        res
+        self.fork_sandbox(id, spec).await
     }
 
     async fn set_egress(&self, id: &str, policy: EgressPolicy) -> Result<()> {
@@ -1189,237 +919,22 @@ impl Engine for MicroVmEngine {
     }
 
     async fn recover(&self, state: VmState) -> Result<SandboxInfo> {
-        if state.engine != self.driver.name() {
-            return Err(EngineError::Invalid(format!(
-                "sandbox belongs to the {} engine",
-                state.engine
-            )));
-        }
-        let detail: Detail = serde_json::from_value(state.detail.clone())
-            .map_err(|e| EngineError::Invalid(format!("unreadable engine state: {e}")))?;
-        if !detail.dir.join("rootfs.ext4").is_file() {
-            return Err(EngineError::Invalid("root disk is missing".into()));
-        }
-        if detail.net.netns_path().exists() {
-            let (net, n) = (self.net.clone(), detail.net.clone());
-            blocking(move || Ok(net.adopt(&n)?)).await?;
-            // Current rules: the namespace may have been written by an older
-            // daemon, or the blocked networks changed since.
-            let (net, n, p) = (self.net.clone(), detail.net.clone(), detail.egress.clone());
-            if let Err(e) = blocking(move || Ok(net.reinstall_rules(&n, &p)?)).await {
-                tracing::warn!(id = %state.id, error = %e, "re-installing the namespace's rules failed");
-            }
-        }
-        // The VMM kept running while no daemon did: take it back.
-        let live = vmm_pids(&detail.dir);
-        if let [pid] = live[..] {
-            match self.adopt(&state, &detail, pid).await {
-                Ok(info) => return Ok(info),
-                Err(e) => {
-                    tracing::warn!(id = %state.id, pid, error = %e, "could not adopt the running VMM; stopping it");
-                }
-            }
-        }
-        // Anything else (several, or one that would not answer) holds the
-        // disks with no way to drive it: stop it.
-        kill_stray_vmms(&detail.dir);
-        let snap_dir = detail.dir.join(SNAPSHOT_DIR);
-        let manifest = blocking(move || persist::load_snapshot(&snap_dir)).await;
-        let (status, thermal, generation, crashed) = match manifest {
-            Ok(m) if m.generation >= state.generation && state.status != Status::Crashed => {
-                (Status::Stopped, Thermal::Cold, m.generation, None)
-            }
-            // Memory is lost; the disk holds everything the guest synced.
-            other => {
-                let why = match other {
-                    Ok(m) if state.status == Status::Crashed => format!(
-                        "{} (snapshot generation {} is kept but not used)",
-                        detail.crashed.clone().unwrap_or_else(|| "the VM had crashed".into()),
-                        m.generation
-                    ),
-                    Ok(m) => format!(
-                        "the VM was gone when the daemon started again, and its newest snapshot (generation {}) predates its last boot (generation {})",
-                        m.generation, state.generation
-                    ),
-                    Err(_) if state.status == Status::Crashed => detail
-                        .crashed
-                        .clone()
-                        .unwrap_or_else(|| "the VM had crashed".into()),
-                    Err(e) => format!(
-                        "the VM was gone when the daemon started again, with no snapshot of its memory ({e})"
-                    ),
-                };
-                let why = if why.contains("start boots it afresh") {
-                    why
-                } else {
-                    format!("{why}; start boots it afresh from its disk")
-                };
-                (Status::Crashed, Thermal::Cold, state.generation, Some(why))
-            }
-        };
-        let sb = Sandbox {
-            id: state.id.clone(),
-            name: state.name.clone(),
-            lifecycle: tokio::sync::Mutex::new(None),
-            fast: Mutex::new(Fast {
-                status,
-                thermal,
-                generation,
-                restore_failed: detail.restore_failed.clone(),
-                crashed,
-                agent: None,
-                last_touch: Instant::now(),
-                diff_base: None,
-                egress: detail.egress.clone(),
-            }),
-            detail,
-        };
-        Ok(self.insert(sb).info())
+        self.recover_sandbox(state).await
     }
 
     async fn cleanup_orphans(&self, also_keep: &[String]) -> Result<Vec<String>> {
-        let mut keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
-        keep.extend(also_keep.iter().cloned());
-        let net = self.net.clone();
-        let keep2 = keep.clone();
-        let mut removed = blocking(move || Ok(net.cleanup_orphans(&keep2)?)).await?;
-        // Sandbox directories nobody knows about.
-        let root = self.cfg.data_dir.join("sandboxes");
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let ours = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
-                if ours && !keep.contains(&name) {
-                    kill_stray_vmms(&e.path());
-                    if std::fs::remove_dir_all(e.path()).is_ok() {
-                        removed.push(format!("dir {name}"));
-                    }
-                }
-            }
-        }
-        Ok(removed)
+        self.sweep_orphans(also_keep).await
     }
 
     async fn shutdown(&self, keep_running: bool) {
-        let keep_running = keep_running && self.driver.supports_adopt();
-        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
-        for sb in all {
-            let mut slot = sb.lifecycle.lock().await;
-            if let Some(vm) = slot.take() {
-                if keep_running {
-                    // The next daemon adopts it (recover).
-                    vm.release();
-                    continue;
-                }
-                let _ = vm.kill().await;
-            }
-            sb.set(Status::Stopped, Thermal::Cold);
-        }
+        self.let_go(keep_running).await
     }
-}
-
-impl MicroVmEngine {
-    /// Recovery's adoption of the VMM `pid` left running for `state`: the
-    /// driver reconnects its control socket, its run state gives the
-    /// thermal state, and a running guest's agent must answer (a guest
-    /// that does not is stopped by the caller and treated as gone).
-    async fn adopt(&self, state: &VmState, detail: &Detail, pid: i32) -> Result<SandboxInfo> {
-        let pid = u32::try_from(pid).map_err(|_| EngineError::Other(format!("pid {pid}")))?;
-        let spec = self.vm_spec(&state.id, detail);
-        let vm = self
-            .driver
-            .adopt(&spec, pid)
-            .await
-            .map_err(|e| EngineError::Other(e.to_string()))?;
-        let thermal = match vm.state().await {
-            Ok(VmmState::Running) => Thermal::Hot,
-            Ok(VmmState::Paused) => Thermal::Warm,
-            Ok(other) => {
-                vm.release();
-                return Err(EngineError::Other(format!("the adopted VM is {other:?}")));
-            }
-            Err(e) => {
-                vm.release();
-                return Err(EngineError::Other(e.to_string()));
-            }
-        };
-        let client = AgentClient::new(
-            Transport::Tcp {
-                addr: std::net::IpAddr::V4(detail.net.ext_ip),
-            },
-            Some(detail.token.clone()),
-        );
-        if thermal == Thermal::Hot {
-            if let Err(e) = client.wait_ready(ADOPT_AGENT_TIMEOUT).await {
-                vm.release();
-                return Err(EngineError::Other(format!(
-                    "its agent does not answer: {e}"
-                )));
-            }
-        }
-        let exit = vm.exit_watch();
-        let sb = Sandbox {
-            id: state.id.clone(),
-            name: state.name.clone(),
-            lifecycle: tokio::sync::Mutex::new(Some(vm)),
-            fast: Mutex::new(Fast {
-                status: Status::Running,
-                thermal,
-                generation: state.generation,
-                restore_failed: detail.restore_failed.clone(),
-                crashed: None,
-                agent: Some(client),
-                last_touch: Instant::now(),
-                // Its dirty-page log is not known: the next stop writes a
-                // Full snapshot.
-                diff_base: None,
-                egress: detail.egress.clone(),
-            }),
-            detail: detail.clone(),
-        };
-        let sb = self.insert(sb);
-        watch_vmm(&sb, exit);
-        tracing::info!(sandbox = %state.id, pid, %thermal, "re-adopted a running sandbox");
-        Ok(sb.info())
-    }
-}
-
-/// Watches the VMM a sandbox now runs on. Should it exit while it is still
-/// the sandbox's (no stop, destroy or shutdown took it out of the slot
-/// first, under the lifecycle lock), the sandbox is marked crashed at once,
-/// with how the VMM ended.
-fn watch_vmm(sb: &Arc<Sandbox>, mut exit: tokio::sync::watch::Receiver<Option<VmExit>>) {
-    let weak = Arc::downgrade(sb);
-    tokio::spawn(async move {
-        let ended = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| *e);
-        let Some(sb) = weak.upgrade() else {
-            return;
-        };
-        let mut slot = sb.lifecycle.lock().await;
-        // Still alive, or no longer the sandbox's VMM: nothing crashed.
-        if slot.as_ref().is_none_or(|vm| vm.pid().is_some()) {
-            return;
-        }
-        let how = ended.map_or_else(|| "unknown exit status".to_string(), |e| e.to_string());
-        let reason =
-            format!("the VM stopped unexpectedly ({how}); start boots it afresh from its disk");
-        tracing::warn!(sandbox = sb.id, reason, "sandbox crashed");
-        drop(slot.take());
-        let mut f = lock(&sb.fast);
-        f.status = Status::Crashed;
-        f.thermal = Thermal::Cold;
-        f.agent = None;
-        f.diff_base = None;
-        f.crashed = Some(reason);
-    });
 }
 
 /// Hot → warm: vCPUs stop, then the balloon takes half the guest's memory back
 /// for the host (where the VMM has one; QEMU here has none).
 async fn park(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
-    vm.pause()
-        .await
-        .map_err(|e| EngineError::Other(e.to_string()))?;
+    vm.pause().await.map_err(EngineError::Vmm)?;
     sb.set(Status::Running, Thermal::Warm);
     balloon(sb, vm, sb.detail.memory_mb / 2).await;
     Ok(())
@@ -1429,9 +944,7 @@ async fn park(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
 /// it inflated and relied on deflate-on-OOM), then the vCPUs run again.
 async fn wake(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
     balloon(sb, vm, 0).await;
-    vm.resume()
-        .await
-        .map_err(|e| EngineError::Other(e.to_string()))?;
+    vm.resume().await.map_err(EngineError::Vmm)?;
     sb.set(Status::Running, Thermal::Hot);
     Ok(())
 }
@@ -1443,50 +956,6 @@ async fn balloon(sb: &Sandbox, vm: &dyn Vm, mib: u32) {
         Ok(()) | Err(crate::vmm::VmmError::Unsupported { .. }) => {}
         Err(e) => tracing::warn!(id = %sb.id, mib, error = %e, "balloon target not set"),
     }
-}
-
-/// VMM processes whose command line references `dir` (the sandbox
-/// directory holds their disks and sockets).
-fn vmm_pids(dir: &Path) -> Vec<i32> {
-    let needle = format!("{}/", dir.to_string_lossy());
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids = Vec::new();
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        let is_vmm = cmd.starts_with("qemu-system")
-            || cmd.contains("/qemu-system")
-            || cmd.contains("firecracker");
-        if is_vmm && cmd.contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// SIGKILLs VMM processes of `dir` (left over from a daemon that died
-/// without stopping them, and not adopted).
-fn kill_stray_vmms(dir: &Path) {
-    for pid in vmm_pids(dir) {
-        tracing::warn!(pid, dir = %dir.display(), "killing a stray VMM");
-        let _ = nix_kill(pid);
-    }
-}
-
-fn nix_kill(pid: i32) -> std::io::Result<()> {
-    // SAFETY: plain kill(2) on a pid we found in /proc.
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
