@@ -1,5 +1,6 @@
 //! The client's error type.
 
+use bhatti_protocol::messages::ErrorCode;
 use bhatti_protocol::ProtocolError;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +19,14 @@ pub enum ClientError {
     /// declared size: the caller's fault, not the agent's.
     #[error("upload source: {0}")]
     Source(std::io::Error),
-    /// The agent answered with an ERROR frame.
-    #[error("agent error: {0}")]
-    Agent(String),
+    /// The agent answered with an ERROR frame (or an error status). `code`
+    /// says what kind of failure it is; `None` from agents that send text
+    /// only (v1, or before this client's HELLO announced `error_codes`).
+    #[error("agent error: {message}")]
+    Agent {
+        code: Option<ErrorCode>,
+        message: String,
+    },
     /// The agent sent a frame that makes no sense at this point.
     #[error("unexpected frame type 0x{0:02x} from agent")]
     UnexpectedFrame(u8),
@@ -39,4 +45,14 @@ pub enum ClientError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// An agent's error status (`StatusResponse`) as an error.
+    pub(crate) fn status(st: bhatti_protocol::messages::StatusResponse) -> ClientError {
+        ClientError::Agent {
+            code: st.code,
+            message: st.message.unwrap_or(st.status),
+        }
+    }
 }

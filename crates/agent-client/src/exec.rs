@@ -1,6 +1,6 @@
 //! Exec: buffered, streaming and detached.
 
-use bhatti_protocol::messages::{DetachedInfo, ExecRequest};
+use bhatti_protocol::messages::{DetachedInfo, ErrorCode, ExecRequest};
 use bhatti_protocol::{decode_exit, MsgType, MAX_EXEC_OUTPUT, TRUNCATION_MARKER};
 
 use bhatti_protocol::r#async::{read_frame, write_frame};
@@ -34,7 +34,11 @@ pub enum StreamEvent {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Exit(i32),
-    Error(String),
+    /// The agent's ERROR: `code` as in [`ClientError::Agent`].
+    Error {
+        code: Option<ErrorCode>,
+        message: String,
+    },
 }
 
 /// A running exec whose output arrives as events. Dropping it cancels the exec.
@@ -77,10 +81,12 @@ impl ExecEvents {
                 }
                 Some(MsgType::Error) => {
                     self.done = true;
-                    if let ClientError::Auth = agent_error(&f) {
-                        return Err(ClientError::Auth);
+                    match agent_error(&f) {
+                        ClientError::Agent { code, message } => {
+                            StreamEvent::Error { code, message }
+                        }
+                        other => return Err(other),
                     }
-                    StreamEvent::Error(f.text())
                 }
                 _ => continue,
             };
@@ -174,7 +180,9 @@ impl AgentClient {
                     }
                     return Ok(r);
                 }
-                StreamEvent::Error(m) => return Err(ClientError::Agent(m)),
+                StreamEvent::Error { code, message } => {
+                    return Err(ClientError::Agent { code, message })
+                }
             };
             let room = MAX_EXEC_OUTPUT.saturating_sub(total);
             let take = data.len().min(room);

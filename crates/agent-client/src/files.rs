@@ -101,7 +101,7 @@ impl AgentClient {
         }
         let st: StatusResponse = conn.expect(MsgType::FileWriteResp).await?.parse_json()?;
         if !st.is_ok() {
-            return Err(ClientError::Agent(st.message.unwrap_or(st.status)));
+            return Err(ClientError::status(st));
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ mod transport;
 use std::time::Duration;
 
 use bhatti_protocol::messages::{
-    ActivityInfo, ExecKillRequest, FwdRequest, Hello, HelloResponse, SessionInfo, StatusResponse,
+    ActivityInfo, ErrorBody, ExecKillRequest, FwdRequest, Hello, HelloResponse, SessionInfo,
+    StatusResponse, FEATURE_ERROR_CODES,
 };
 use bhatti_protocol::{Frame, MsgType, PORT_CONTROL, PORT_FORWARD, PROTOCOL_VERSION};
 
@@ -98,11 +99,16 @@ impl AgentClient {
         let hello = Hello {
             version: PROTOCOL_VERSION,
             client: format!("bhatti-agent-client {}", env!("CARGO_PKG_VERSION")),
+            features: vec![FEATURE_ERROR_CODES.to_string()],
         };
         let p = serde_json::to_vec(&hello)?;
         match self.call(MsgType::Hello, &p, MsgType::HelloResp).await {
             Ok(h) => Ok(Some(h)),
-            Err(ClientError::Agent(m)) if m.starts_with("unexpected frame type") => Ok(None),
+            // v1's words for a frame type it does not know.
+            Err(ClientError::Agent {
+                code: None,
+                message,
+            }) if message.starts_with("unexpected frame type") => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -135,14 +141,25 @@ impl AgentClient {
         let f = conn.expect(MsgType::FwdResp).await?;
         let st: StatusResponse = f.parse_json()?;
         if !st.is_ok() {
-            return Err(ClientError::Agent(st.message.unwrap_or(st.status)));
+            return Err(ClientError::status(st));
         }
         Ok(conn.into_tunnel())
     }
 
     /// Polls the agent with `exec true` under the escalating per-attempt schedule
-    /// until it answers or `overall` runs out.
+    /// until it answers or `overall` runs out. A ready agent is then sent
+    /// this client's HELLO, so that from then on it codes its errors (a v1
+    /// agent ignores it; a failed HELLO leaves errors as text, which every
+    /// caller still understands).
     pub async fn wait_ready(&self, overall: Duration) -> Result<u32> {
+        let attempts = self.probe_ready(overall).await?;
+        if let Err(e) = self.hello().await {
+            tracing::debug!(error = %e, "HELLO after ready failed");
+        }
+        Ok(attempts)
+    }
+
+    async fn probe_ready(&self, overall: Duration) -> Result<u32> {
         let deadline = tokio::time::Instant::now() + overall;
         let mut attempts = 0u32;
         let mut last = String::from("no attempt made");
@@ -173,13 +190,24 @@ impl AgentClient {
 
 /// Maps an ERROR frame to the right error.
 pub(crate) fn agent_error(f: &Frame) -> ClientError {
+    // A coded body (the agent read our HELLO's `error_codes`).
+    if let Some(b) = ErrorBody::parse(&f.payload) {
+        return ClientError::Agent {
+            code: Some(b.code),
+            message: b.message,
+        };
+    }
     let msg = f.text();
     // The agent's two connection-level refusals are fixed strings of the
-    // protocol (the same in v1); everything else is a request's own error.
+    // protocol (the same in v1, and never coded); everything else is a
+    // request's own error.
     match msg.as_str() {
         "auth required" => ClientError::Auth,
         CONNECTION_LIMIT => ClientError::Busy,
-        _ => ClientError::Agent(msg),
+        _ => ClientError::Agent {
+            code: None,
+            message: msg,
+        },
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -177,6 +177,9 @@ pub struct Agent {
     pub(crate) lingering: AtomicUsize,
     fs_user: FsUser,
     conn_ids: AtomicU64,
+    /// A host announced `error_codes` in its HELLO: connections from then on
+    /// send coded ERROR payloads. A v1 host never says so and keeps text.
+    coded_errors: AtomicBool,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -187,6 +190,15 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 impl Agent {
+    /// Whether ERROR payloads are coded (see `coded_errors`).
+    pub(crate) fn coded_errors(&self) -> bool {
+        self.coded_errors.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_coded_errors(&self) {
+        self.coded_errors.store(true, Ordering::Relaxed);
+    }
+
     pub fn new(config: AgentConfig) -> Arc<Agent> {
         let fs_user = FsUser::resolve(config.file_user);
         Arc::new(Agent {
@@ -197,6 +209,7 @@ impl Agent {
             lingering: AtomicUsize::new(0),
             fs_user,
             conn_ids: AtomicU64::new(1),
+            coded_errors: AtomicBool::new(false),
         })
     }
 

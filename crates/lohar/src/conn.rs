@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bhatti_protocol::messages::{ActivityInfo, ExecRequest, Hello, HelloResponse};
+use bhatti_protocol::messages::{
+    ActivityInfo, ErrorBody, ExecRequest, Hello, HelloResponse, FEATURE_ERROR_CODES,
+};
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{encode_exit, encode_frame, Frame, MsgType, PROTOCOL_VERSION};
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
@@ -15,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::admission::{Port, Refused, Slot, Source};
 use crate::agent::{Agent, AgentStream};
+use crate::fail::Fail;
 
 pub type Stream = Box<dyn AgentStreamObj>;
 pub trait AgentStreamObj: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -36,6 +39,9 @@ const WRITE_QUEUE: usize = 64;
 #[derive(Clone)]
 pub struct FrameTx {
     tx: mpsc::Sender<Vec<u8>>,
+    /// The host announced `error_codes` before this connection began:
+    /// ERROR payloads are coded JSON.
+    coded: bool,
 }
 
 impl FrameTx {
@@ -73,7 +79,23 @@ impl FrameTx {
         }
     }
 
-    pub async fn error(&self, msg: impl AsRef<str>) -> bool {
+    /// The request failed: an ERROR frame, coded for hosts that read codes.
+    pub async fn error(&self, fail: impl Into<Fail>) -> bool {
+        let fail = fail.into();
+        if self.coded {
+            let body = ErrorBody {
+                code: fail.code,
+                message: fail.message,
+            };
+            self.send_json(MsgType::Error, &body).await
+        } else {
+            self.send(MsgType::Error, fail.message.as_bytes()).await
+        }
+    }
+
+    /// A connection-level refusal ("auth required", the connection limit):
+    /// fixed v1 strings, always sent as text.
+    pub async fn refuse(&self, msg: impl AsRef<str>) -> bool {
         self.send(MsgType::Error, msg.as_ref().as_bytes()).await
     }
 
@@ -86,7 +108,8 @@ impl FrameTx {
 /// half back, still open) or at the first write error (`None`).
 pub type Writer = JoinHandle<Option<WriteHalf<Stream>>>;
 
-pub fn writer(mut w: WriteHalf<Stream>) -> (FrameTx, Writer) {
+/// `coded`: whether this connection's ERROR payloads are coded JSON.
+pub fn writer(mut w: WriteHalf<Stream>, coded: bool) -> (FrameTx, Writer) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let task = tokio::spawn(async move {
         while let Some(buf) = rx.recv().await {
@@ -96,7 +119,7 @@ pub fn writer(mut w: WriteHalf<Stream>) -> (FrameTx, Writer) {
         }
         Some(w)
     });
-    (FrameTx { tx }, task)
+    (FrameTx { tx, coded }, task)
 }
 
 /// Drops the last sender, waits for queued frames to go out, then closes.
@@ -147,24 +170,24 @@ async fn first_request(
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
-            tx.error(format!("read request: {e}")).await;
+            tx.refuse(format!("read request: {e}")).await;
             return None;
         }
         Err(_) => {
             if agent.config.token.is_some() {
-                tx.error("auth required").await;
+                tx.refuse("auth required").await;
             }
             return None;
         }
     };
     match &agent.config.token {
         Some(token) if !first.is(MsgType::Auth) || !ct_eq(&first.payload, token.as_bytes()) => {
-            tx.error("auth required").await;
+            tx.refuse("auth required").await;
             return None;
         }
         Some(_) => {
             if let Err(refused) = slot.authenticated() {
-                tx.error(refused.to_string()).await;
+                tx.refuse(refused.to_string()).await;
                 return None;
             }
         }
@@ -193,7 +216,7 @@ async fn admit<'a>(
         .admit(source, port, agent.config.token.is_some());
     if let Err(refused) = &res {
         tracing::debug!(?source, ?port, "connection refused: {refused}");
-        tx.error(refused.to_string()).await;
+        tx.refuse(refused.to_string()).await;
     }
     res
 }
@@ -201,7 +224,7 @@ async fn admit<'a>(
 pub async fn handle_control(agent: Arc<Agent>, stream: Stream, source: Source) {
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
-    let (tx, writer_task) = writer(wr);
+    let (tx, writer_task) = writer(wr, agent.coded_errors());
     // The slot is held until the operation is over.
     let mut slot = admit(&agent, source, Port::Control, &tx).await.ok();
     let req = match slot.as_mut() {
@@ -262,7 +285,8 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
             let er: ExecRequest = match req.parse_json() {
                 Ok(r) => r,
                 Err(e) => {
-                    tx.error(format!("invalid exec request: {e}")).await;
+                    tx.error(Fail::invalid(format!("invalid exec request: {e}")))
+                        .await;
                     return;
                 }
             };
@@ -294,7 +318,10 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
         MsgType::FileLsReq => crate::files::ls(agent, &req, tx).await,
         MsgType::Hello => {
             // Accept any well-formed hello; the version is informational today.
-            let _peer: Option<Hello> = req.parse_json().ok();
+            let peer: Option<Hello> = req.parse_json().ok();
+            if peer.is_some_and(|h| h.features.iter().any(|f| f == FEATURE_ERROR_CODES)) {
+                agent.set_coded_errors();
+            }
             let resp = HelloResponse {
                 version: PROTOCOL_VERSION,
                 agent: format!("lohar {}", env!("CARGO_PKG_VERSION")),
@@ -321,6 +348,7 @@ const FEATURES: &[&str] = &[
     "files.ls_total",
     "forward",
     "activity",
+    FEATURE_ERROR_CODES,
 ];
 
 async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {
@@ -328,7 +356,7 @@ async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Fra
         return crate::session::attach(agent, er, rd, tx).await;
     }
     if er.argv.is_empty() || er.argv[0].is_empty() {
-        tx.error("empty argv").await;
+        tx.error(Fail::invalid("empty argv")).await;
         return;
     }
     if er.detach {
@@ -343,7 +371,7 @@ async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Fra
 pub async fn handle_forward(agent: Arc<Agent>, stream: Stream, source: Source) {
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
-    let (tx, writer_task) = writer(wr);
+    let (tx, writer_task) = writer(wr, agent.coded_errors());
     // Held for the tunnel's lifetime (an authenticated tunnel counts nowhere).
     let mut slot = admit(&agent, source, Port::Forward, &tx).await.ok();
     let req = match slot.as_mut() {

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::Agent;
 use crate::conn::{reader_task, FrameTx, Reader};
+use crate::fail::Fail;
 use crate::spawn::{command, default_run_as, exit_code, signal_group, spawn, wait, Leader};
 
 const PIPE_CHUNK: usize = 8 * 1024;
@@ -56,7 +57,7 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
     let mut child = match spawn(std_cmd) {
         Ok(c) => c,
         Err(e) => {
-            tx.error(format!("start: {e}")).await;
+            tx.error(Fail::io("start", &e)).await;
             return;
         }
     };

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bhatti_protocol::messages::{
-    FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest, StatusResponse,
+    ErrorCode, FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest,
+    StatusResponse,
 };
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{Frame, MsgType, FILE_CHUNK, MAX_FILE_WRITE, MAX_LINE_LEN, MAX_LS_ENTRIES};
@@ -35,6 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::Agent;
 use crate::conn::{FrameTx, Reader};
+use crate::fail::Fail;
 
 /// Marks the temporary file a write goes to before the atomic rename.
 const TMP_MARK: &str = ".bhatti-tmp-";
@@ -78,20 +80,20 @@ fn base_name(p: &Path) -> String {
         .unwrap_or_else(|| p.to_string_lossy().into_owned())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(req: &Frame, what: &str) -> Result<T, String> {
+fn parse<T: serde::de::DeserializeOwned>(req: &Frame, what: &str) -> Result<T, Fail> {
     req.parse_json()
-        .map_err(|e| format!("invalid {what} request: {e}"))
+        .map_err(|e| Fail::invalid(format!("invalid {what} request: {e}")))
 }
 
-fn check_path(p: &str) -> Result<PathBuf, String> {
+fn check_path(p: &str) -> Result<PathBuf, Fail> {
     if p.is_empty() {
-        return Err("path required".into());
+        return Err(Fail::invalid("path required"));
     }
     if p.contains('\0') {
-        return Err("path contains a NUL byte".into());
+        return Err(Fail::invalid("path contains a NUL byte"));
     }
     if !p.starts_with('/') {
-        return Err(format!("path must be absolute: {p}"));
+        return Err(Fail::invalid(format!("path must be absolute: {p}")));
     }
     Ok(PathBuf::from(p))
 }
@@ -121,7 +123,7 @@ pub async fn read(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
 }
 
 enum ReadError {
-    Fail(String),
+    Fail(Fail),
     /// The host closed the connection (its way of cancelling).
     HostGone,
 }
@@ -144,11 +146,14 @@ fn read_buffered(f: fs::File, shown: &str) -> Result<Vec<u8>, ReadError> {
     let mut buf = Vec::new();
     f.take(MAX_BUFFERED_READ as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| ReadError::Fail(format!("read {shown}: {e}")))?;
+        .map_err(|e| ReadError::Fail(Fail::io(format!("read {shown}"), &e)))?;
     if buf.len() > MAX_BUFFERED_READ {
-        return Err(ReadError::Fail(format!(
-            "{shown} is too large to read: it does not report its size and has more than {} MiB",
-            MAX_BUFFERED_READ >> 20
+        return Err(ReadError::Fail(Fail::new(
+            ErrorCode::TooLarge,
+            format!(
+                "{shown} is too large to read: it does not report its size and has more than {} MiB",
+                MAX_BUFFERED_READ >> 20
+            ),
         )));
     }
     Ok(buf)
@@ -162,18 +167,21 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(&path)
-        .map_err(|e| ReadError::Fail(format!("open {}: {e}", rr.path)))?;
+        .map_err(|e| ReadError::Fail(Fail::io(format!("open {}", rr.path), &e)))?;
     let md = f
         .metadata()
-        .map_err(|e| ReadError::Fail(format!("stat {}: {e}", rr.path)))?;
+        .map_err(|e| ReadError::Fail(Fail::io(format!("stat {}", rr.path), &e)))?;
     if md.is_dir() {
-        return Err(ReadError::Fail(format!("{} is a directory", rr.path)));
+        return Err(ReadError::Fail(Fail::new(
+            ErrorCode::IsADirectory,
+            format!("{} is a directory", rr.path),
+        )));
     }
     if !md.is_file() {
-        return Err(ReadError::Fail(format!(
+        return Err(ReadError::Fail(Fail::invalid(format!(
             "{} is not a regular file",
             rr.path
-        )));
+        ))));
     }
     let (size, body): (u64, Box<dyn Read>) = if size_is_real(&f, &md) {
         (md.len(), Box::new(f))
@@ -185,9 +193,9 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
         size: i64::try_from(size).unwrap_or(i64::MAX),
         mode: perm_string(md.mode()),
     };
-    let head = serde_json::to_vec(&head).map_err(|e| ReadError::Fail(e.to_string()))?;
+    let head = serde_json::to_vec(&head).map_err(|e| ReadError::Fail(Fail::from(e.to_string())))?;
     send(tx, MsgType::FileReadResp, &head)?;
-    let fail = |e: io::Error| ReadError::Fail(format!("read {}: {e}", rr.path));
+    let fail = |e: io::Error| ReadError::Fail(Fail::io(format!("read {}", rr.path), &e));
     if !rr.is_truncated() {
         let mut body = body;
         let mut buf = vec![0u8; FILE_CHUNK];
@@ -289,19 +297,19 @@ enum Feed {
     Done,
 }
 
-async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> Result<(), String> {
+async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> Result<(), Fail> {
     if wr.size < 0 {
-        return Err("file size must be >= 0".into());
+        return Err(Fail::invalid("file size must be >= 0"));
     }
     if wr.size > MAX_FILE_WRITE {
-        return Err(format!(
-            "file too large: {} bytes (max {MAX_FILE_WRITE})",
-            wr.size
+        return Err(Fail::new(
+            ErrorCode::TooLarge,
+            format!("file too large: {} bytes (max {MAX_FILE_WRITE})", wr.size),
         ));
     }
     let path = check_path(&wr.path)?;
     if path.file_name().is_none() {
-        return Err(format!("{} is not a file path", wr.path));
+        return Err(Fail::invalid(format!("{} is not a file path", wr.path)));
     }
     let mode = parse_mode(&wr.mode);
     // The disk side runs as the user on its own thread, fed through a small
@@ -332,27 +340,30 @@ async fn receive_content(
     size: u64,
     rd: &mut Reader,
     feed: &mpsc::Sender<Feed>,
-) -> Result<(), String> {
+) -> Result<(), Fail> {
     let mut got: u64 = 0;
     while got < size {
         let frame = match read_frame(rd).await {
             Ok(Some(f)) => f,
-            Ok(None) => return Err(format!("connection closed after {got} of {size} bytes")),
-            Err(e) => return Err(format!("read content: {e}")),
+            Ok(None) => return Err(format!("connection closed after {got} of {size} bytes").into()),
+            Err(e) => return Err(format!("read content: {e}").into()),
         };
         match frame.msg_type() {
             Some(MsgType::Stdin) => {}
             Some(MsgType::Kill) => return Err("write cancelled".into()),
             _ => {
-                return Err(format!(
+                return Err(Fail::invalid(format!(
                     "unexpected frame type 0x{:02x} during file write",
                     frame.kind
-                ))
+                )))
             }
         }
         got += frame.payload.len() as u64;
         if got > size {
-            return Err(format!("received more than the declared {size} bytes"));
+            return Err(Fail::new(
+                ErrorCode::TooLarge,
+                format!("received more than the declared {size} bytes"),
+            ));
         }
         if feed.send(Feed::Data(frame.payload)).await.is_err() {
             // The writer failed; its error is reported by the caller.
@@ -369,20 +380,23 @@ fn write_file(
     shown: &str,
     mode: u32,
     mut rx: mpsc::Receiver<Feed>,
-) -> Result<(), String> {
+) -> Result<(), Fail> {
     if let Some(parent) = path.parent() {
-        mkdir_p(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+        mkdir_p(parent).map_err(|e| Fail::io(format!("mkdir {}", parent.display()), &e))?;
     }
     if fs::metadata(path).is_ok_and(|md| md.is_dir()) {
-        return Err(format!("{shown} is a directory"));
+        return Err(Fail::new(
+            ErrorCode::IsADirectory,
+            format!("{shown} is a directory"),
+        ));
     }
-    let mut tmp = TempFile::create(path).map_err(|e| format!("create {shown}: {e}"))?;
+    let mut tmp = TempFile::create(path).map_err(|e| Fail::io(format!("create {shown}"), &e))?;
     loop {
         match rx.blocking_recv() {
             Some(Feed::Data(chunk)) => tmp
                 .file
                 .write_all(&chunk)
-                .map_err(|e| format!("write {shown}: {e}"))?,
+                .map_err(|e| Fail::io(format!("write {shown}"), &e))?,
             Some(Feed::Done) => break,
             // The receiving side gave up; it reports why.
             None => return Err("write cancelled".into()),
@@ -427,16 +441,16 @@ impl TempFile {
     }
 
     /// Sets the mode, makes the content durable and renames the file into place.
-    fn commit(mut self, target: &Path, shown: &str, mode: u32) -> Result<(), String> {
+    fn commit(mut self, target: &Path, shown: &str, mode: u32) -> Result<(), Fail> {
         // On the descriptor, never by path; and after the content, because a
         // write by a process without CAP_FSETID clears setuid/setgid bits.
         self.file
             .set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("chmod {shown}: {e}"))?;
+            .map_err(|e| Fail::io(format!("chmod {shown}"), &e))?;
         self.file
             .sync_all()
-            .map_err(|e| format!("fsync {shown}: {e}"))?;
-        fs::rename(&self.path, target).map_err(|e| format!("rename to {shown}: {e}"))?;
+            .map_err(|e| Fail::io(format!("fsync {shown}"), &e))?;
+        fs::rename(&self.path, target).map_err(|e| Fail::io(format!("rename to {shown}"), &e))?;
         self.committed = true;
         // Make the rename itself durable before acknowledging.
         if let Some(parent) = target.parent() {
@@ -506,11 +520,11 @@ pub async fn stat(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
             .fs_user()
             .run(move || {
                 let p = check_path(&pr.path)?;
-                let md = fs::metadata(&p).map_err(|e| format!("stat {}: {e}", pr.path))?;
+                let md = fs::metadata(&p).map_err(|e| Fail::io(format!("stat {}", pr.path), &e))?;
                 Ok(file_info(base_name(&p), &md))
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string())),
+            .unwrap_or_else(|e| Err(Fail::from(e.to_string()))),
         Err(e) => Err(e),
     };
     match res {
@@ -529,7 +543,7 @@ pub async fn ls(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
             .fs_user()
             .run(move || list_dir(&pr.path))
             .await
-            .unwrap_or_else(|e| Err(e.to_string())),
+            .unwrap_or_else(|e| Err(Fail::from(e.to_string()))),
         Err(e) => Err(e),
     };
     match res {
@@ -542,14 +556,17 @@ pub async fn ls(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
     }
 }
 
-fn list_dir(path: &str) -> Result<Vec<FileInfo>, String> {
+fn list_dir(path: &str) -> Result<Vec<FileInfo>, Fail> {
     let p = check_path(path)?;
-    let md = fs::metadata(&p).map_err(|e| format!("stat {path}: {e}"))?;
+    let md = fs::metadata(&p).map_err(|e| Fail::io(format!("stat {path}"), &e))?;
     if !md.is_dir() {
-        return Err(format!("{path} is not a directory"));
+        return Err(Fail::new(
+            ErrorCode::NotADirectory,
+            format!("{path} is not a directory"),
+        ));
     }
     let mut names: Vec<std::ffi::OsString> = fs::read_dir(&p)
-        .map_err(|e| format!("read {path}: {e}"))?
+        .map_err(|e| Fail::io(format!("read {path}"), &e))?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
     names.sort();

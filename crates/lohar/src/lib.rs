@@ -16,6 +16,7 @@ pub mod agent;
 mod conn;
 pub mod container;
 mod exec;
+mod fail;
 mod files;
 mod forward;
 mod fsuser;

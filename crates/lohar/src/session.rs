@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bhatti_protocol::messages::{ExecKillRequest, ExecRequest, SessionInfo};
+use bhatti_protocol::messages::{ErrorCode, ExecKillRequest, ExecRequest, SessionInfo};
 use bhatti_protocol::{
     decode_resize, encode_exit, Frame, MsgType, INIT_SESSION_ID, MAX_SESSIONS, SCROLLBACK_BYTES,
 };
@@ -36,6 +36,7 @@ use tokio::task::AbortHandle;
 
 use crate::agent::{unix_now, Agent, RunAs};
 use crate::conn::{reader_task, FrameTx, Reader};
+use crate::fail::Fail;
 use crate::ring::Ring;
 use crate::spawn::{command, default_run_as, exit_code, signal_group, spawn, wait, Leader};
 
@@ -99,7 +100,7 @@ impl Registry {
 
     /// Makes room for one more session if the registry is full (see the module
     /// docs for who is reaped).
-    fn make_room(&self) -> Result<(), String> {
+    fn make_room(&self) -> Result<(), Fail> {
         make_room_locked(&mut lock(&self.map))
     }
 
@@ -109,10 +110,13 @@ impl Registry {
         &self,
         fixed_id: Option<&str>,
         make: impl FnOnce(String) -> Arc<Session>,
-    ) -> Result<Arc<Session>, String> {
+    ) -> Result<Arc<Session>, Fail> {
         let mut map = lock(&self.map);
         if fixed_id.is_some_and(|id| map.contains_key(id)) {
-            return Err("session already exists".into());
+            return Err(Fail::new(
+                ErrorCode::AlreadyExists,
+                "session already exists",
+            ));
         }
         // Another new session may have taken the room made before spawning.
         make_room_locked(&mut map)?;
@@ -128,7 +132,7 @@ impl Registry {
 
 /// Reaps sessions until one more fits: exited ones first (oldest first), then
 /// running detached ones with an idle timeout, longest detached first.
-fn make_room_locked(map: &mut BTreeMap<String, Arc<Session>>) -> Result<(), String> {
+fn make_room_locked(map: &mut BTreeMap<String, Arc<Session>>) -> Result<(), Fail> {
     while map.len() >= MAX_SESSIONS {
         let victim = map
             .values()
@@ -144,8 +148,9 @@ fn make_room_locked(map: &mut BTreeMap<String, Arc<Session>>) -> Result<(), Stri
             .min_by_key(|(rank, since, _)| (*rank, *since))
             .map(|(_, _, s)| s);
         let Some(v) = victim else {
-            return Err(format!(
-                "session limit exceeded: {MAX_SESSIONS} sessions, none of them detached"
+            return Err(Fail::new(
+                ErrorCode::Busy,
+                format!("session limit exceeded: {MAX_SESSIONS} sessions, none of them detached"),
             ));
         };
         map.remove(&v.id);
@@ -334,7 +339,7 @@ struct Spec {
 }
 
 /// Spawns the process and registers the session (not yet attached).
-fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, String> {
+fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, Fail> {
     agent.sessions.make_room()?;
     let leader = if spec.tty {
         Leader::SessionWithTty
@@ -350,33 +355,33 @@ fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, String>
         leader,
     );
     let (input, output, child) = if spec.tty {
-        let pty = crate::pty::open(spec.rows, spec.cols).map_err(|e| format!("start: pty: {e}"))?;
+        let pty = crate::pty::open(spec.rows, spec.cols).map_err(|e| Fail::io("start: pty", &e))?;
         if let Some(r) = &spec.run_as {
             // The user's shell should own its terminal, as login would arrange.
             let _ = std::os::unix::fs::fchown(&pty.slave, Some(r.uid), Some(r.gid));
         }
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("start: {e}"));
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Fail::io("start", &e));
         std_cmd
             .stdin(Stdio::from(dup(&pty.slave)?))
             .stdout(Stdio::from(dup(&pty.slave)?))
             .stderr(Stdio::from(dup(&pty.slave)?));
-        let child = spawn(std_cmd).map_err(|e| format!("start: {e}"))?;
+        let child = spawn(std_cmd).map_err(|e| Fail::io("start", &e))?;
         // Drop our slave handles (the Command held copies): the master then reads
         // EIO once the child and its descendants close the terminal.
         drop(pty.slave);
-        let master = Arc::new(crate::pty::async_fd(pty.master).map_err(|e| format!("start: {e}"))?);
+        let master = Arc::new(crate::pty::async_fd(pty.master).map_err(|e| Fail::io("start", &e))?);
         (Input::Pty(master.clone()), master, child)
     } else {
-        let (r, w) = std::io::pipe().map_err(|e| format!("start: {e}"))?;
-        let w2 = w.try_clone().map_err(|e| format!("start: {e}"))?;
+        let (r, w) = std::io::pipe().map_err(|e| Fail::io("start", &e))?;
+        let w2 = w.try_clone().map_err(|e| Fail::io("start", &e))?;
         std_cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::from(w))
             .stderr(Stdio::from(w2));
-        let mut child = spawn(std_cmd).map_err(|e| format!("start: {e}"))?;
+        let mut child = spawn(std_cmd).map_err(|e| Fail::io("start", &e))?;
         let stdin = child.stdin.take();
         let rfd: OwnedFd = r.into();
-        let out = Arc::new(crate::pty::async_fd(rfd).map_err(|e| format!("start: {e}"))?);
+        let out = Arc::new(crate::pty::async_fd(rfd).map_err(|e| Fail::io("start", &e))?);
         (Input::Pipe(tokio::sync::Mutex::new(stdin)), out, child)
     };
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -482,7 +487,8 @@ pub async fn attach(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameT
     match agent.sessions.get(&er.session_id) {
         Some(session) => attach_and_relay(agent, &session, er.if_detached, rd, tx).await,
         None => {
-            tx.error("session not found").await;
+            tx.error(Fail::new(ErrorCode::NotFound, "session not found"))
+                .await;
         }
     }
 }
@@ -514,7 +520,8 @@ async fn attach_and_relay(
     };
     match outcome {
         Outcome::Busy => {
-            tx.error("session is attached").await;
+            tx.error(Fail::new(ErrorCode::Busy, "session is attached"))
+                .await;
         }
         Outcome::Finished => agent.sessions.remove(session),
         Outcome::Attached => relay(agent, session, conn_id, rd, kick_rx).await,
@@ -613,7 +620,8 @@ pub async fn kill_request(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
     let kr: ExecKillRequest = match req.parse_json() {
         Ok(k) => k,
         Err(e) => {
-            tx.error(format!("invalid kill request: {e}")).await;
+            tx.error(Fail::invalid(format!("invalid kill request: {e}")))
+                .await;
             return;
         }
     };
@@ -623,13 +631,14 @@ pub async fn kill_request(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
             tx.exit(0).await;
         }
         None => {
-            tx.error("session not found").await;
+            tx.error(Fail::new(ErrorCode::NotFound, "session not found"))
+                .await;
         }
     }
 }
 
 /// The config drive's `init`: `sh -c <script>` as TTY session `init` in the init cwd.
-pub fn start_init(agent: &Arc<Agent>, script: &str, run_as: Option<RunAs>) -> Result<(), String> {
+pub fn start_init(agent: &Arc<Agent>, script: &str, run_as: Option<RunAs>) -> Result<(), Fail> {
     let cwd = agent.config().init_cwd.to_string_lossy().into_owned();
     let spec = Spec {
         argv: vec!["sh".into(), "-c".into(), script.into()],

@@ -28,7 +28,7 @@ async fn command_not_found_is_a_start_error() {
     let l = Lohar::start();
     let err = l.client().exec(["/definitely/not/here"]).await.unwrap_err();
     match err {
-        ClientError::Agent(m) => assert!(m.starts_with("start:"), "{m}"),
+        ClientError::Agent { message: m, .. } => assert!(m.starts_with("start:"), "{m}"),
         e => panic!("unexpected {e:?}"),
     }
 }
@@ -70,7 +70,7 @@ async fn stderr_env_and_cwd() {
     req.cwd = "/no/such/dir".into();
     assert!(matches!(
         c.exec_request(req, None).await,
-        Err(ClientError::Agent(_))
+        Err(ClientError::Agent { .. })
     ));
 }
 
@@ -331,4 +331,39 @@ async fn hello_from_the_client() {
     let l = Lohar::start();
     let h = l.client().hello().await.unwrap().expect("v2 agent");
     assert_eq!(h.version, bhatti_protocol::PROTOCOL_VERSION);
+}
+
+/// Errors are text until the host's HELLO announces `error_codes`; from
+/// then on every connection's ERROR carries its code, so the host answers
+/// without reading the words (which stay the same).
+#[tokio::test]
+async fn errors_are_coded_after_hello() {
+    use bhatti_agent_client::ReadOptions;
+    use bhatti_protocol::messages::ErrorCode;
+    let l = Lohar::start();
+    let c = l.client();
+    let missing = s(&l.path("nope"));
+    let code_of = |r: Result<Vec<u8>, ClientError>| match r {
+        Err(ClientError::Agent { code, message }) => (code, message),
+        other => panic!("unexpected {other:?}"),
+    };
+    let (code, before) = code_of(c.file_read_to_vec(&missing, ReadOptions::default()).await);
+    assert_eq!(code, None, "a v1-speaking host gets words only");
+    c.hello().await.unwrap().expect("v2 agent");
+    let (code, after) = code_of(c.file_read_to_vec(&missing, ReadOptions::default()).await);
+    assert_eq!(code, Some(ErrorCode::NotFound));
+    assert_eq!(after, before, "the words do not change");
+    let dir = s(&l.path(""));
+    let (code, _) = code_of(c.file_read_to_vec(&dir, ReadOptions::default()).await);
+    assert_eq!(code, Some(ErrorCode::IsADirectory));
+    let (code, _) = code_of(c.file_read_to_vec("relative", ReadOptions::default()).await);
+    assert_eq!(code, Some(ErrorCode::InvalidInput));
+    match c.session_kill("s999").await {
+        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NotFound)),
+        other => panic!("unexpected {other:?}"),
+    }
+    match c.exec(["/no/such/command"]).await {
+        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NotFound)),
+        other => panic!("unexpected {other:?}"),
+    }
 }

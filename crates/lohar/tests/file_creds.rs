@@ -128,7 +128,7 @@ impl World {
 
 fn agent_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
     match r {
-        Err(ClientError::Agent(m)) => m,
+        Err(ClientError::Agent { message: m, .. }) => m,
         other => panic!("expected an agent error, got {other:?}"),
     }
 }

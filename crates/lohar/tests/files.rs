@@ -22,7 +22,7 @@ fn temp_files(dir: &std::path::Path) -> Vec<String> {
 
 fn agent_err(e: ClientError) -> String {
     match e {
-        ClientError::Agent(m) => m,
+        ClientError::Agent { message: m, .. } => m,
         e => panic!("expected an agent error, got {e:?}"),
     }
 }

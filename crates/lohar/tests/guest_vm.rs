@@ -705,7 +705,7 @@ fn guest_root_poweroff_vm() {
 /// The agent's error text, or a panic naming what was expected.
 fn agent_refusal<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>) -> String {
     match r {
-        Err(ClientError::Agent(m)) => m,
+        Err(ClientError::Agent { message: m, .. }) => m,
         other => panic!("{what}: expected the agent to refuse, got {other:?}"),
     }
 }

@@ -213,7 +213,7 @@ async fn if_detached_refuses_and_forced_attach_steals() {
     let c = l.client();
     let (info, mut first) = c.shell(sh()).await.unwrap();
     match c.attach(&info.session_id, true).await {
-        Err(ClientError::Agent(m)) => assert_eq!(m, "session is attached"),
+        Err(ClientError::Agent { message: m, .. }) => assert_eq!(m, "session is attached"),
         other => panic!("unexpected {:?}", other.map(|x| x.0)),
     }
     let (_, mut second) = c.attach(&info.session_id, false).await.unwrap();
@@ -224,7 +224,7 @@ async fn if_detached_refuses_and_forced_attach_steals() {
     read_until(&mut second, "still-here").await;
     assert!(matches!(
         c.attach("s9999", false).await.map(|x| x.0),
-        Err(ClientError::Agent(m)) if m == "session not found"
+        Err(ClientError::Agent { message: m, .. }) if m == "session not found"
     ));
 }
 
@@ -320,7 +320,7 @@ async fn session_list_and_kill() {
     assert_eq!(wait_ended(&c, &a.session_id).await, Some(137));
     assert!(matches!(
         c.session_kill("s404").await,
-        Err(ClientError::Agent(m)) if m == "session not found"
+        Err(ClientError::Agent { message: m, .. }) if m == "session not found"
     ));
 }
 
@@ -448,7 +448,7 @@ async fn session_limit_is_enforced() {
     }
     // All of them attached: nothing may be reaped, so the new one is refused.
     match c.shell(sh()).await.map(|x| x.0) {
-        Err(ClientError::Agent(m)) => assert!(
+        Err(ClientError::Agent { message: m, .. }) => assert!(
             m.starts_with("session limit exceeded") && m.contains("none of them detached"),
             "{m}"
         ),

@@ -179,6 +179,9 @@ pub struct StatusResponse {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// This implementation's addition (v1 hosts ignore unknown fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
 }
 
 impl StatusResponse {
@@ -186,12 +189,14 @@ impl StatusResponse {
         StatusResponse {
             status: "ok".into(),
             message: None,
+            code: None,
         }
     }
     pub fn error(msg: impl Into<String>) -> StatusResponse {
         StatusResponse {
             status: "error".into(),
             message: Some(msg.into()),
+            code: None,
         }
     }
     pub fn is_ok(&self) -> bool {
@@ -225,6 +230,79 @@ pub struct Hello {
     pub version: u32,
     #[serde(default)]
     pub client: String,
+    /// What the host understands beyond v1 (e.g. [`FEATURE_ERROR_CODES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// A host's HELLO feature: from then on the agent's ERROR payloads are
+/// JSON [`ErrorBody`]s instead of bare text. Without it (a v1 host, which
+/// never sends HELLO) errors stay text, as v1 defines them.
+pub const FEATURE_ERROR_CODES: &str = "error_codes";
+
+/// What kind of failure an agent error is: the host picks its answer (404,
+/// 403, 409 …) from this, never from the message's wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No such file, directory, session or command.
+    NotFound,
+    PermissionDenied,
+    /// A path runs through something that is not a directory.
+    NotADirectory,
+    /// A file operation named a directory.
+    IsADirectory,
+    AlreadyExists,
+    /// A path component or the whole path is longer than the guest allows.
+    NameTooLong,
+    /// The request itself is malformed (bad path, bad JSON, empty argv).
+    InvalidInput,
+    /// More data than the request declared or the guest accepts.
+    TooLarge,
+    /// The guest's disk or quota is full.
+    NoSpace,
+    /// The target is in use (an attached session).
+    Busy,
+    /// Anything else, and any code of a newer agent this host does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorCode {
+    /// The code of an I/O failure in the guest.
+    pub fn of_io(e: &std::io::Error) -> ErrorCode {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::NotFound => ErrorCode::NotFound,
+            K::PermissionDenied => ErrorCode::PermissionDenied,
+            K::NotADirectory => ErrorCode::NotADirectory,
+            K::IsADirectory => ErrorCode::IsADirectory,
+            K::AlreadyExists => ErrorCode::AlreadyExists,
+            K::InvalidFilename => ErrorCode::NameTooLong,
+            K::InvalidInput => ErrorCode::InvalidInput,
+            K::FileTooLarge => ErrorCode::TooLarge,
+            K::StorageFull | K::QuotaExceeded => ErrorCode::NoSpace,
+            K::ResourceBusy => ErrorCode::Busy,
+            _ => ErrorCode::Other,
+        }
+    }
+}
+
+/// A coded ERROR payload (once the host announced [`FEATURE_ERROR_CODES`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Reads a coded payload; `None` for v1's bare text.
+    pub fn parse(payload: &[u8]) -> Option<ErrorBody> {
+        if payload.first() != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(payload).ok()
+    }
 }
 
 /// HELLO_RESP.
@@ -240,6 +318,31 @@ pub struct HelloResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies() {
+        let b = ErrorBody {
+            code: ErrorCode::NotFound,
+            message: "open /x: No such file or directory".into(),
+        };
+        let wire = serde_json::to_vec(&b).unwrap();
+        assert_eq!(ErrorBody::parse(&wire), Some(b));
+        // v1 text is not a coded body, and a newer agent's code is Other.
+        assert_eq!(ErrorBody::parse(b"session not found"), None);
+        let newer = br#"{"code":"quantum_flux","message":"m"}"#;
+        assert_eq!(ErrorBody::parse(newer).unwrap().code, ErrorCode::Other);
+        let e = std::io::Error::from(std::io::ErrorKind::NotADirectory);
+        assert_eq!(ErrorCode::of_io(&e), ErrorCode::NotADirectory);
+        // HELLO without features is v1-shaped on the wire.
+        let h = Hello {
+            version: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"{"version":2,"client":""}"#
+        );
+    }
 
     #[test]
     fn exec_request_omits_empty_fields() {

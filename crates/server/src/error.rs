@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bhatti_agent_client::ClientError;
 use bhatti_api::ErrorBody;
 use bhatti_engine::EngineError;
+use bhatti_protocol::messages::ErrorCode;
 use bhatti_store::StoreError;
 
 /// An error on its way to the client.
@@ -125,7 +126,16 @@ impl From<ClientError> for ApiError {
             // said in the agent's words, with the status of the guest's
             // reason, so a well-formed request that the guest's state
             // refuses is not a 400.
-            ClientError::Agent(m) => {
+            ClientError::Agent {
+                code: Some(code),
+                message,
+            } => ApiError::new(agent_status(code), message),
+            // An agent that sends words only (v1, or a guest from before
+            // error codes): its words are all there is to go by.
+            ClientError::Agent {
+                code: None,
+                message: m,
+            } => {
                 let lower = m.to_ascii_lowercase();
                 let has = |s: &[&str]| s.iter().any(|s| lower.contains(s));
                 if has(&[
@@ -170,5 +180,24 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> ApiError {
         ApiError::internal(format!("task failed: {e}"))
+    }
+}
+
+/// The HTTP status for a coded agent failure: the guest's state refused a
+/// well-formed request, so only a malformed one is a 400.
+fn agent_status(code: ErrorCode) -> StatusCode {
+    match code {
+        // Nothing by that name (a path through a file, or one longer than
+        // any name, names nothing either).
+        ErrorCode::NotFound | ErrorCode::NotADirectory | ErrorCode::NameTooLong => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::IsADirectory | ErrorCode::AlreadyExists | ErrorCode::Busy => {
+            StatusCode::CONFLICT
+        }
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::InvalidInput | ErrorCode::Other => StatusCode::BAD_REQUEST,
     }
 }

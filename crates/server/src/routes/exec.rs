@@ -116,7 +116,9 @@ pub async fn exec(
                         data: String::from_utf8_lossy(&d).into_owned(),
                     },
                     Ok(Some(StreamEvent::Exit(c))) => api::ExecEvent::Exit { exit_code: c },
-                    Ok(Some(StreamEvent::Error(m))) => api::ExecEvent::Error { data: m },
+                    Ok(Some(StreamEvent::Error { message, .. })) => {
+                        api::ExecEvent::Error { data: message }
+                    }
                     Ok(None) => break,
                     Err(e) => api::ExecEvent::Error {
                         data: e.to_string(),

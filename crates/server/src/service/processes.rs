@@ -333,7 +333,7 @@ async fn drive(
                         Ok(Some(StreamEvent::Stdout(d))) => Output::Stdout(d),
                         Ok(Some(StreamEvent::Stderr(d))) => Output::Stderr(d),
                         Ok(Some(StreamEvent::Exit(code))) => return exited(code),
-                        Ok(Some(StreamEvent::Error(m))) => return lost(m),
+                        Ok(Some(StreamEvent::Error { message, .. })) => return lost(message),
                         Ok(None) => return lost("the agent closed the stream".into()),
                         Err(e) => return lost(format!("agent: {e}")),
                     };
