@@ -128,21 +128,7 @@ fn health(sock: &Path) -> bool {
 }
 
 fn vmms_under(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("qemu-system") && cmd.contains(&needle) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids.sort_unstable();
-    pids
+    bhatti_engine::microvm::vmm_pids(dir)
 }
 
 fn main() {

@@ -713,22 +713,9 @@ fn status_of(d: &Daemon, key: &str, name: &str) -> (String, String) {
     )
 }
 
-/// Pids of QEMU processes whose command line mentions `dir`.
+/// Pids of the VMMs whose command line mentions `dir` (or below).
 fn vmms_under(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("qemu-system") && cmd.contains(&needle) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
+    bhatti_engine::microvm::vmm_pids(dir)
 }
 
 /// A daemon SIGKILLed in the middle of a 20-client exec load, then
@@ -826,7 +813,7 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
 
     // The same VMMs run: nothing was restarted, nothing was killed.
     let after = vmms_under(&d.data.path().join("sandboxes"));
-    assert_eq!(sorted(after), sorted(before), "the VMMs were replaced");
+    assert_eq!(after, before, "the VMMs were replaced");
     for name in ["live", "woken"] {
         let g = json(&ok(d.run(&key, &["--json", "inspect", name])));
         assert_eq!(g["status"], "running", "{g}");
@@ -889,11 +876,6 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
         vmms_under(d.data.path()).is_empty(),
         "VMMs left after destroy"
     );
-}
-
-fn sorted(mut v: Vec<i32>) -> Vec<i32> {
-    v.sort_unstable();
-    v
 }
 
 /// A daemon SIGKILLed while it creates a sandbox: after the restart the

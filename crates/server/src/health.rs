@@ -10,16 +10,9 @@ use bhatti_store::{Sandbox, SandboxStatus};
 
 use crate::state::{AppState, Shared};
 
-pub async fn run(st: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let tick = st.cfg.thermal.tick();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+pub async fn run(st: Shared, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = crate::ticker::Ticker::new(st.cfg.thermal.tick(), stop);
+    while ticker.tick().await {
         sweep(&st).await;
     }
 }

@@ -22,6 +22,7 @@ pub mod secrets;
 pub mod service;
 pub mod state;
 pub mod thermal;
+pub mod ticker;
 pub mod validate;
 
 pub use config::Config;

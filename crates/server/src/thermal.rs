@@ -45,16 +45,9 @@ impl Thermostat {
         }
     }
 
-    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let tick = self.st.cfg.thermal.tick();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = stop.changed() => return,
-            }
-            if *stop.borrow() {
-                return;
-            }
+    pub async fn run(mut self, stop: tokio::sync::watch::Receiver<bool>) {
+        let mut ticker = crate::ticker::Ticker::new(self.st.cfg.thermal.tick(), stop);
+        while ticker.tick().await {
             self.tick().await;
         }
     }

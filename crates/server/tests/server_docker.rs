@@ -166,64 +166,31 @@ async fn restart_recovers_containers_and_keeps_the_store() {
     ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
 )]
 async fn killed_container_is_crashed_then_starts() {
-    use serde_json::json;
     let _serial = SERIAL.lock().await;
     let d = TestDaemon::start("docker", |c| c.thermal.tick_secs = 0.5).await;
-    let key = d.user("crash", Default::default());
-    let id = d.create(&key, json!({"name": "victim"})).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(d.sh(&key, &id, "echo kept > /workspace/k; sync").await.0, 0);
-    let ps = std::process::Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label=bhatti.id={id}")])
-        .output()
-        .expect("docker ps");
-    let container = String::from_utf8_lossy(&ps.stdout).trim().to_string();
-    assert!(!container.is_empty(), "no container labelled {id}");
-    let kill = std::process::Command::new("docker")
-        .args(["kill", &container])
-        .output()
-        .expect("docker kill");
-    assert!(
-        kill.status.success(),
-        "{}",
-        String::from_utf8_lossy(&kill.stderr)
-    );
-
-    let path = format!("/sandboxes/{id}");
-    let mut g = serde_json::Value::Null;
-    for _ in 0..100 {
-        g = d.req("GET", &path, Some(&key), None).await.json();
-        if g["status"] == "crashed" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(g["status"], "crashed", "{g}");
-    assert!(
-        g["status_reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("exit code"),
-        "{g}"
-    );
-    let r = d
-        .req(
-            "POST",
-            &format!("{path}/exec"),
-            Some(&key),
-            Some(json!({"cmd": ["true"]})),
-        )
-        .await;
-    assert_eq!(r.status, 409, "{}", r.text());
+    let kill = |_: &TestDaemon, id: &str| {
+        let ps = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter", &format!("label=bhatti.id={id}")])
+            .output()
+            .expect("docker ps");
+        let container = String::from_utf8_lossy(&ps.stdout).trim().to_string();
+        assert!(!container.is_empty(), "no container labelled {id}");
+        let kill = std::process::Command::new("docker")
+            .args(["kill", &container])
+            .output()
+            .expect("docker kill");
+        assert!(
+            kill.status.success(),
+            "{}",
+            String::from_utf8_lossy(&kill.stderr)
+        );
+    };
+    let (key, id) = common::crash_and_start(&d, kill, "exit code").await;
     assert_eq!(
-        d.code("POST", &format!("{path}/start"), Some(&key), None)
+        d.code("DELETE", &format!("/sandboxes/{id}"), Some(&key), None)
             .await,
         200
     );
-    assert_eq!(d.sh(&key, &id, "cat /workspace/k").await.1, "kept\n");
-    assert_eq!(d.code("DELETE", &path, Some(&key), None).await, 200);
 }
 
 /// PATCH `egress`: the answer shows the policy in force; a value the API

@@ -463,90 +463,25 @@ async fn recovery_after_restart() {
 async fn killed_vmm_is_crashed_then_boots_from_disk_vm() {
     let _serial = SERIAL.lock().await;
     let d = TestDaemon::start("qemu", |c| c.thermal.tick_secs = 0.5).await;
-    let key = d.user("crash", Default::default());
-    let id = d.create(&key, json!({"name": "victim"})).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (code, _, err) = d
-        .sh(&key, &id, "echo before-crash > /workspace/kept; sync")
-        .await;
-    assert_eq!(code, 0, "{err}");
+    let kill = |d: &TestDaemon, id: &str| {
+        let pids = bhatti_engine::microvm::vmm_pids(&d.data().join("sandboxes").join(id));
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        // SAFETY: plain kill(2) of the QEMU this test's daemon started.
+        assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
+    };
+    let (key, id) = common::crash_and_start(&d, kill, "signal 9").await;
     let dir = d.data().join("sandboxes").join(&id);
-    let pids = qemu_pids(&dir);
-    assert_eq!(pids.len(), 1, "{pids:?}");
-    // SAFETY: plain kill(2) of the QEMU this test's daemon started.
-    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
-
+    assert_eq!(
+        bhatti_engine::microvm::vmm_pids(&dir).len(),
+        1,
+        "one VMM after the start"
+    );
     let path = format!("/sandboxes/{id}");
-    let mut g = Value::Null;
-    for _ in 0..100 {
-        g = d.req("GET", &path, Some(&key), None).await.json();
-        if g["status"] == "crashed" {
-            break;
-        }
-        assert_eq!(g["status"], "running", "{g}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(g["status"], "crashed", "{g}");
-    let why = g["status_reason"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("signal 9") || why.contains("unexpectedly"),
-        "{g}"
-    );
-    let r = d
-        .req(
-            "POST",
-            &format!("{path}/exec"),
-            Some(&key),
-            Some(json!({"cmd": ["true"]})),
-        )
-        .await;
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert!(r.text().contains("crashed"), "{}", r.text());
-    // The recorder writes events in batches.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let crashed = d
-        .store()
-        .events(&bhatti_store::EventQuery::default())
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.sandbox_id == id && e.event_type == "sandbox.crashed")
-        .count();
-    assert_eq!(crashed, 1, "one sandbox.crashed event");
-
-    assert_eq!(
-        d.code("POST", &format!("{path}/start"), Some(&key), None)
-            .await,
-        200
-    );
-    let g = d.req("GET", &path, Some(&key), None).await.json();
-    assert_eq!(g["status"], "running", "{g}");
-    assert_eq!(
-        d.sh(&key, &id, "cat /workspace/kept").await.1,
-        "before-crash\n"
-    );
-    assert_eq!(qemu_pids(&dir).len(), 1, "one VMM after the start");
     assert_eq!(d.code("DELETE", &path, Some(&key), None).await, 200);
-    assert!(qemu_pids(&dir).is_empty(), "a VMM outlived destroy");
-}
-
-/// Pids of QEMU processes whose command line mentions `dir`.
-fn qemu_pids(dir: &std::path::Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("qemu-system") && cmd.contains(&needle) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
+    assert!(
+        bhatti_engine::microvm::vmm_pids(&dir).is_empty(),
+        "a VMM outlived destroy"
+    );
 }
 
 fn floatify(v: &mut Value) {

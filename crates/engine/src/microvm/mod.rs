@@ -53,6 +53,7 @@ use crate::net::{EgressPolicy, NetManager, SandboxNet};
 use crate::vmm::{Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmmDriver};
 
 pub use persist::{SnapshotManifest, MANIFEST};
+pub use recovery::vmm_pids;
 
 /// Where lohar lives in every image.
 const GUEST_INIT: &str = "/usr/local/bin/lohar";

@@ -245,9 +245,11 @@ pub(super) fn watch_vmm(sb: &Arc<Sandbox>, mut exit: tokio::sync::watch::Receive
     });
 }
 
-/// VMM processes whose command line references `dir` (the sandbox
-/// directory holds their disks and sockets).
-fn vmm_pids(dir: &Path) -> Vec<i32> {
+/// VMM processes (QEMU, Firecracker) whose command line references `dir`
+/// or a path below it (a sandbox directory holds their disks and sockets),
+/// in ascending order. Recovery adopts by it; tests and benchmarks find
+/// the VMMs of their own data directory by it.
+pub fn vmm_pids(dir: &Path) -> Vec<i32> {
     let needle = format!("{}/", dir.to_string_lossy());
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -268,6 +270,7 @@ fn vmm_pids(dir: &Path) -> Vec<i32> {
             pids.push(pid);
         }
     }
+    pids.sort_unstable();
     pids
 }
 

@@ -76,15 +76,9 @@ pub async fn set_timeout(
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs [`reap_expired`] every [`REAP_EVERY`] until `stop` turns true.
-pub async fn reap_loop(st: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(REAP_EVERY) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+pub async fn reap_loop(st: Shared, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = crate::ticker::Ticker::new(REAP_EVERY, stop);
+    while ticker.tick().await {
         reap_expired(&st).await;
     }
 }

@@ -286,6 +286,75 @@ impl Drop for TestDaemon {
     }
 }
 
+/// Honest health, on either engine: a sandbox whose VM or container
+/// `kill` ends under it (given the sandbox ID) is `crashed` within a health
+/// tick (the daemon must run with a short `thermal.tick_secs`), with a
+/// reason naming `reason_has` and one `sandbox.crashed` event; requests
+/// answer 409; `start` brings it back with a file written and synced
+/// before the kill. Returns the sandbox ID (still running) for more checks.
+pub async fn crash_and_start(
+    d: &TestDaemon,
+    kill: impl FnOnce(&TestDaemon, &str),
+    reason_has: &str,
+) -> (String, String) {
+    let key = d.user("crash", Quotas::default());
+    let id = d.create(&key, json!({"name": "victim"})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (code, _, err) = d.sh(&key, &id, "echo kept > /workspace/k; sync").await;
+    assert_eq!(code, 0, "{err}");
+    kill(d, &id);
+    let g = wait_status(d, &key, &id, "crashed").await;
+    assert_eq!(g["status"], "crashed", "{g}");
+    let why = g["status_reason"].as_str().unwrap_or_default();
+    assert!(why.contains(reason_has), "{g}");
+    let path = format!("/sandboxes/{id}");
+    let r = d
+        .req(
+            "POST",
+            &format!("{path}/exec"),
+            Some(&key),
+            Some(json!({"cmd": ["true"]})),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("crashed"), "{}", r.text());
+    // The recorder writes events in batches.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let events = d
+        .store()
+        .events(&bhatti_store::EventQuery::default())
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.sandbox_id == id && e.event_type == "sandbox.crashed")
+        .count();
+    assert_eq!(events, 1, "one sandbox.crashed event");
+    assert_eq!(
+        d.code("POST", &format!("{path}/start"), Some(&key), None)
+            .await,
+        200
+    );
+    let g = d.req("GET", &path, Some(&key), None).await.json();
+    assert_eq!(g["status"], "running", "{g}");
+    assert_eq!(d.sh(&key, &id, "cat /workspace/k").await.1, "kept\n");
+    (key, id)
+}
+
+/// Polls `GET /sandboxes/{id}` until its status is `want`, for at most
+/// 10 s; returns the last answer (the caller asserts on it).
+pub async fn wait_status(d: &TestDaemon, key: &str, id: &str, want: &str) -> Value {
+    let path = format!("/sandboxes/{id}");
+    let t0 = std::time::Instant::now();
+    loop {
+        let g = d.req("GET", &path, Some(key), None).await.json();
+        if g["status"] == want || t0.elapsed() > std::time::Duration::from_secs(10) {
+            return g;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads WebSocket messages until the accumulated text contains `want`.
 pub async fn ws_until<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, want: &str) -> String
 where

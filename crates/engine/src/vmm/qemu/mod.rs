@@ -294,6 +294,20 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// The handle on a QEMU process of `spec`, its QMP session open.
+    fn vm(&self, spec: &VmSpec, proc: VmmProcess, qmp: Qmp) -> QemuVm {
+        QemuVm {
+            id: spec.id.clone(),
+            console_log: spec.console_log.clone(),
+            dir: spec.dir.clone(),
+            shape: Shape::of(spec),
+            shared: self.shared.clone(),
+            proc,
+            qmp,
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Reconnects to the QMP socket of a QEMU that an earlier daemon
     /// process started (QEMU's QMP server takes a new client once the old
     /// one is gone) and checks that it answers.
@@ -305,16 +319,7 @@ impl QemuDriver {
             .map_err(|e| VmmError::io(format!("connect {}", qmp_path.display()), e))?;
         let qmp = Qmp::handshake(stream, ms(sh.config.qmp_timeout_ms)).await?;
         let proc = VmmProcess::adopt(pid, &sh.config.binary, &spec.dir.join(QEMU_LOG))?;
-        let vm = QemuVm {
-            id: spec.id.clone(),
-            console_log: spec.console_log.clone(),
-            dir: spec.dir.clone(),
-            shape: Shape::of(spec),
-            shared: self.shared.clone(),
-            proc,
-            qmp,
-            op: tokio::sync::Mutex::new(()),
-        };
+        let vm = self.vm(spec, proc, qmp);
         let status = vm.raw_status().await;
         match status {
             Ok(s) => {
@@ -402,16 +407,7 @@ impl QemuDriver {
                 return Err(launch_failure(&proc, &spec.console_log, phase, reason).await)
             }
         };
-        let vm = QemuVm {
-            id: spec.id.clone(),
-            console_log: spec.console_log.clone(),
-            dir: spec.dir.clone(),
-            shape: Shape::of(spec),
-            shared: self.shared.clone(),
-            proc,
-            qmp,
-            op: tokio::sync::Mutex::new(()),
-        };
+        let vm = self.vm(spec, proc, qmp);
         if phase == Phase::Boot {
             match vm.raw_status().await {
                 Ok(s) if s == "running" => {}
