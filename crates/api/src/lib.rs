@@ -61,9 +61,12 @@ pub struct Health {
 pub struct Sandbox {
     pub id: String,
     pub name: String,
-    /// `running`, `stopped` or `unknown`.
+    /// `running`, `stopped`, `crashed` (its VM or container died under it;
+    /// `start` boots it afresh from its kept disk) or `unknown` (its disk
+    /// is gone, or it is another engine's: only `destroy` is left).
     pub status: String,
-    /// Why the status is `unknown` (failed restore, stale snapshot …).
+    /// Why the status is `crashed` or `unknown` (how the VM ended, a failed
+    /// restore, a missing disk …).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub status_reason: String,
     pub ip: String,

@@ -64,6 +64,9 @@ impl ApiError {
         let has = |s: &str| m.contains(s);
 
         // Wording first: the same status means different things per route.
+        if has("is crashed") {
+            return Some(format!("Boot it again from its disk: bhatti start {name}"));
+        }
         if has("restore failed")
             || has("corrupt")
             || has("cannot be woken")
@@ -277,6 +280,15 @@ mod tests {
                 .hint_for(Some("web"))
                 .as_deref(),
             Some("Retry with: bhatti start --force web")
+        );
+        assert_eq!(
+            e(
+                409,
+                "wake sandbox: sandbox \"web\" is crashed: the VM stopped unexpectedly (killed by signal 9); start boots it afresh from its disk"
+            )
+            .hint_for(Some("web"))
+            .as_deref(),
+            Some("Boot it again from its disk: bhatti start web")
         );
         assert_eq!(
             e(409, "snapshot is corrupt").hint().as_deref(),
