@@ -32,13 +32,54 @@ pub enum DaemonError {
     Engine(#[from] engines::EngineSetupError),
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("listen on {addr}: {source}")]
+    #[error("data dir {path} is in use by another bhatti daemon (one daemon per data directory: stop that one, or give this one another --data-dir)")]
+    DataDirInUse { path: std::path::PathBuf },
+    #[error("listen on {addr}: {source}{}", listen_hint(.source))]
     Listen {
         addr: String,
         source: std::io::Error,
     },
     #[error("serve: {0}")]
     Serve(std::io::Error),
+}
+
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (something else listens there: pick another address with `bhatti serve --listen <addr:port>` or the config key `listen`)"
+    } else {
+        ""
+    }
+}
+
+/// One daemon per data directory: an exclusive `flock` on
+/// `<data_dir>/daemon.lock`, held for the daemon's life. The kernel drops it
+/// with the process, so a crashed daemon never leaves it stale; a second
+/// daemon on the same directory would otherwise remove the first one's
+/// socket and run recovery over sandboxes that are in use.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor this function owns; no memory involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(f);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(DaemonError::DataDirInUse {
+            path: dir.to_path_buf(),
+        });
+    }
+    Err(DaemonError::DataDir { path, source: e })
 }
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,6 +94,8 @@ pub struct Daemon {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     events_task: tokio::task::JoinHandle<()>,
+    /// The data directory's lock, released when the daemon is dropped.
+    _lock: std::fs::File,
 }
 
 /// Opens everything and starts serving; returns once the listeners are up.
@@ -66,6 +109,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(dir_err)?;
+    let lock = lock_data_dir(&cfg.data_dir)?;
     let store = Arc::new(Store::open(cfg.data_dir.join("state.db"))?);
     let chosen = engines::build(&cfg).await?;
     let engine_name = engines::kind_name(chosen.kind);
@@ -189,6 +233,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         stop: stop_tx,
         tasks,
         events_task,
+        _lock: lock,
     })
 }
 

@@ -61,6 +61,11 @@ pub struct AppState {
     /// Creates in flight (and the clean-up of abandoned ones): shutdown
     /// waits for them, so none is cut off between the row and the engine.
     pub creates: tokio_util::task::TaskTracker,
+    /// Sandboxes whose create is in flight: their row exists, and their
+    /// engine resources are being made. Neither the lifetime reaper nor a
+    /// destroy's leftover sweep may touch those resources; the create
+    /// itself removes what it made if its row is gone when it finishes.
+    creating: Mutex<std::collections::HashSet<String>>,
     /// Sandbox ID → last API touch (the thermal manager's fast path).
     activity: Mutex<HashMap<String, Instant>>,
     /// Sandbox ID → interactive clients attached through this daemon; a
@@ -91,6 +96,18 @@ impl Drop for Pin {
         }
         drop(p);
         self.state.touch(&self.id);
+    }
+}
+
+/// A create in flight (see `AppState::creating`).
+pub struct Creating {
+    state: Shared,
+    id: String,
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        lock(&self.state.creating).remove(&self.id);
     }
 }
 
@@ -125,6 +142,7 @@ impl AppState {
             homes: Default::default(),
             envd_key: crate::routes::e2b::token::EnvdKey::new(cfg_data_dir.join("envd.key")),
             creates: tokio_util::task::TaskTracker::new(),
+            creating: Mutex::new(Default::default()),
             activity: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
         }
@@ -171,6 +189,19 @@ impl AppState {
             state: self.clone(),
             id: id.to_string(),
         }
+    }
+
+    /// Marks `id` as being created until the guard drops.
+    pub fn creating(self: &Arc<Self>, id: &str) -> Creating {
+        lock(&self.creating).insert(id.to_string());
+        Creating {
+            state: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn is_creating(&self, id: &str) -> bool {
+        lock(&self.creating).contains(id)
     }
 
     pub fn pinned(&self, id: &str) -> bool {

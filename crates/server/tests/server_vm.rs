@@ -516,6 +516,15 @@ async fn two_daemons_side_by_side_vm() {
     };
     let (pa, pb) = (pool(&a), pool(&b));
     assert_ne!(pa, pb, "two daemons share an address pool");
+    // A second daemon on a's data directory refuses to start (it would
+    // take a's socket and run recovery over a's live sandboxes).
+    match bhatti_server::start(a.cfg.clone()).await {
+        Err(bhatti_server::daemon::DaemonError::DataDirInUse { path }) => {
+            assert_eq!(path, a.data())
+        }
+        Err(e) => panic!("wrong refusal: {e}"),
+        Ok(_) => panic!("a second daemon started on a's data directory"),
+    }
     let ka = a.user("side-a", Default::default());
     let kb = b.user("side-b", Default::default());
     let id = |v: Value| v["id"].as_str().expect("id").to_string();
@@ -686,4 +695,97 @@ async fn lost_namespace_is_rebuilt_on_start_vm() {
             .await,
         200
     );
+}
+
+/// A DELETE that lands while its sandbox is still being created (as the
+/// lifetime reaper's destroy can): the create answers 409 rather than a
+/// 500 from having its VM killed under it, and once both are done nothing
+/// is left: no row, VMM, network or directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn delete_during_create_leaves_nothing_vm() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("qemu", |_| {}).await;
+    let key = d.user("racer", Default::default());
+    let create = tokio::spawn(post_create(d.addr, key.clone(), "racing"));
+    // The row appears before the VM is up: delete it by name then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let deleted = loop {
+        let code = d
+            .code("DELETE", "/sandboxes/racing", Some(&key), None)
+            .await;
+        if code == 200 {
+            break true;
+        }
+        assert_eq!(code, 404);
+        if create.is_finished() || Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(deleted, "the create's row never appeared while it ran");
+    let (status, body) = create.await.expect("create task");
+    assert!(
+        status == 409 || status == 201,
+        "create answered {status}: {body}"
+    );
+    if status == 201 {
+        // It finished before the DELETE reached the engine: the DELETE
+        // removed the whole sandbox.
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            d.code(
+                "GET",
+                &format!("/sandboxes/{}", v["id"].as_str().unwrap()),
+                Some(&key),
+                None
+            )
+            .await,
+            404
+        );
+    }
+    let listed = d.req("GET", "/sandboxes", Some(&key), None).await.json();
+    assert_eq!(listed, json!([]), "a row is left");
+    let empty = |dir: std::path::PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.count() == 0)
+            .unwrap_or(true)
+    };
+    assert!(
+        empty(d.data().join("net")),
+        "a network is left in the ledger"
+    );
+    assert!(
+        empty(d.data().join("sandboxes")),
+        "a sandbox directory is left"
+    );
+    assert!(
+        bhatti_engine::microvm::vmm_pids(&d.data()).is_empty(),
+        "a VMM is left"
+    );
+}
+
+/// `POST /sandboxes {"name": <name>}` on a connection of its own, so it can
+/// run beside the test's other requests: (status, body).
+async fn post_create(addr: std::net::SocketAddr, key: String, name: &str) -> (u16, String) {
+    let body = json!({ "name": name }).to_string();
+    let req = format!(
+        "POST /sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
 }

@@ -94,7 +94,8 @@ pub async fn reap_expired(st: &Shared) {
             return;
         }
     };
-    for sb in rows {
+    // A lifetime that ran out during its create ends once it is made.
+    for sb in rows.into_iter().filter(|r| !st.is_creating(&r.id)) {
         let (id, action) = (sb.id.clone(), sb.on_expiry);
         tracing::info!(sandbox = id, action = action.as_str(), "lifetime over");
         let r = match action {
@@ -411,6 +412,7 @@ pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> Ap
         on_expiry,
         metadata: req.metadata.clone(),
     };
+    let _creating = st.creating(&id);
     match st.db(move |s| s.insert_sandbox(&new)).await {
         Ok(_) => {}
         Err(e) if e.status == StatusCode::CONFLICT => {
@@ -481,7 +483,24 @@ pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> Ap
     match booted {
         Ok(_) => {
             st.touch(&id);
-            let sb = st.persist(&id).await?;
+            let sb = match st.persist(&id).await {
+                Ok(sb) => sb,
+                // The row went while the engine worked (a DELETE, or the
+                // lifetime ran out): what was made goes too. All or nothing.
+                Err(e) => {
+                    tracing::info!(sandbox = id, error = %e.message, "the row is gone at the end of its create; destroying what it made");
+                    let _ = st.engine.destroy(&id).await;
+                    let rid = id.clone();
+                    let _ = st.db(move |s| s.delete_sandbox(&rid)).await;
+                    return Err(if e.status == StatusCode::NOT_FOUND {
+                        ApiError::conflict(format!(
+                            "sandbox {name:?} was destroyed while it was being created"
+                        ))
+                    } else {
+                        e
+                    });
+                }
+            };
             st.events.emit(
                 &user.id,
                 &id,
@@ -620,7 +639,14 @@ pub async fn destroy_row(st: &Shared, sb: Sandbox) -> ApiResult<Sandbox> {
             true
         }
     };
-    if engine_failed {
+    if engine_failed && st.is_creating(&sb.id) {
+        // Its create is still making it: that create sees the row gone
+        // when it finishes and removes what it made.
+        tracing::info!(
+            sandbox = sb.id,
+            "destroyed while being created; the create removes its resources"
+        );
+    } else if engine_failed {
         // Its host leftovers (a stray VMM, the netns, the directory) go
         // now rather than at the next restart; every other row is kept.
         if let Ok(rows) = st.db(|s| s.list_all_sandboxes()).await {
