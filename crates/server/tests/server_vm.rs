@@ -707,6 +707,7 @@ async fn lost_namespace_is_rebuilt_on_start_vm() {
     ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
 )]
 async fn delete_during_create_leaves_nothing_vm() {
+    common::daemon_logs_in_test_output();
     let _serial = SERIAL.lock().await;
     let d = TestDaemon::start("qemu", |_| {}).await;
     let key = d.user("racer", Default::default());
