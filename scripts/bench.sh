@@ -24,6 +24,7 @@ cargo bench -p bhatti-engine --bench microvm
 cargo bench -p bhatti-engine --bench docker
 cargo bench -p bhatti-server --bench api
 cargo bench -p bhatti-server --bench images
+cargo bench -p bhatti --bench restart
 # E2B's SDK, pinned, in the venv the tests use.
 source scripts/venv.sh
 pinned_venv "$REPO/target/venv-e2b" "$REPO/scripts/e2b-requirements.txt"
@@ -37,7 +38,7 @@ fi
     echo "Collected by \`scripts/bench.sh\` from \`bench/results/\`; each figure is beside a baseline"
     echo "measured in the same run on the same machine (2 cores; QEMU under TCG here, no KVM for"
     echo "ordinary guests — see DECISIONS §4). Regenerate (as root) with \`bash scripts/bench.sh\`."
-    for s in agent microvm docker api images e2b e2b-qemu; do
+    for s in agent microvm docker api images restart e2b e2b-qemu; do
         f="bench/results/$s.md"
         [[ -f $f ]] || continue
         echo

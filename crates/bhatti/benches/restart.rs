@@ -23,6 +23,9 @@ struct Daemon {
     data: tempfile::TempDir,
     home: tempfile::TempDir,
     child: Option<Child>,
+    /// The benchmark's key, once made: what it created is destroyed with
+    /// it even when the benchmark fails half-way.
+    key: Option<String>,
 }
 
 fn bhatti(home: &Path) -> Command {
@@ -103,6 +106,22 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let (Some(key), true) = (self.key.clone(), self.child.is_some()) {
+            let url = format!("unix://{}", self.sock().display());
+            for i in 0..SANDBOXES {
+                let _ = bhatti(self.home.path())
+                    .args([
+                        "--url",
+                        &url,
+                        "--token",
+                        &key,
+                        "destroy",
+                        &format!("r{i}"),
+                        "--yes",
+                    ])
+                    .output();
+            }
+        }
         self.kill9();
         // Whatever still runs of this benchmark's sandboxes.
         for pid in vmms_under(self.data.path()) {
@@ -156,6 +175,7 @@ fn main() {
         data,
         home: tempfile::tempdir().expect("home"),
         child: None,
+        key: None,
     };
     d.spawn();
     let o = bhatti(d.home.path())
@@ -167,6 +187,8 @@ fn main() {
             "create",
             "--name",
             "bench",
+            "--max-sandboxes",
+            &SANDBOXES.to_string(),
         ])
         .output()
         .expect("user create");
@@ -174,6 +196,7 @@ fn main() {
         .as_str()
         .expect("api_key")
         .to_string();
+    d.key = Some(key.clone());
 
     let mut empty = Vec::new();
     for _ in 0..rounds {
