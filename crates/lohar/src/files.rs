@@ -309,7 +309,11 @@ async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> R
     }
     let path = check_path(&wr.path)?;
     if path.file_name().is_none() {
-        return Err(Fail::invalid(format!("{} is not a file path", wr.path)));
+        // `/`, or a path ending in `..`: it names a directory.
+        return Err(Fail::new(
+            ErrorCode::IsADirectory,
+            format!("{} is not a file path", wr.path),
+        ));
     }
     let mode = parse_mode(&wr.mode);
     // The disk side runs as the user on its own thread, fed through a small

@@ -358,6 +358,12 @@ async fn errors_are_coded_after_hello() {
     assert_eq!(code, Some(ErrorCode::IsADirectory));
     let (code, _) = code_of(c.file_read_to_vec("relative", ReadOptions::default()).await);
     assert_eq!(code, Some(ErrorCode::InvalidInput));
+    // A write to a path that names a directory conflicts with it (the
+    // request itself is well-formed).
+    match c.file_write_bytes("/", "0644", b"x").await {
+        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::IsADirectory)),
+        other => panic!("unexpected {other:?}"),
+    }
     match c.session_kill("s999").await {
         Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NotFound)),
         other => panic!("unexpected {other:?}"),
