@@ -620,19 +620,7 @@ async fn abandoned_create_is_all_or_nothing_vm() {
             200
         );
     }
-    let empty = |dir: std::path::PathBuf| {
-        std::fs::read_dir(dir)
-            .map(|rd| rd.count() == 0)
-            .unwrap_or(true)
-    };
-    assert!(
-        empty(d.data().join("net")),
-        "a network is left in the ledger"
-    );
-    assert!(
-        empty(d.data().join("sandboxes")),
-        "a sandbox directory is left"
-    );
+    assert_nothing_left(&d);
     // The quota is free again: a create now succeeds.
     let id = d.create(&key, json!({"name": "after"})).await["id"]
         .as_str()
@@ -750,6 +738,11 @@ async fn delete_during_create_leaves_nothing_vm() {
     }
     let listed = d.req("GET", "/sandboxes", Some(&key), None).await.json();
     assert_eq!(listed, json!([]), "a row is left");
+    assert_nothing_left(&d);
+}
+
+/// No network in this daemon's ledger, no sandbox directory, no VMM.
+fn assert_nothing_left(d: &TestDaemon) {
     let empty = |dir: std::path::PathBuf| {
         std::fs::read_dir(dir)
             .map(|rd| rd.count() == 0)
