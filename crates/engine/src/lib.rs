@@ -16,6 +16,7 @@
 pub mod api;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod lockfile;
 pub mod microvm;
 pub mod net;
 pub mod select;

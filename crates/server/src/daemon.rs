@@ -57,29 +57,14 @@ fn listen_hint(e: &std::io::Error) -> &'static str {
 /// daemon on the same directory would otherwise remove the first one's
 /// socket and run recovery over sandboxes that are in use.
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, DaemonError> {
-    use std::os::fd::AsRawFd;
     let path = dir.join("daemon.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| DaemonError::DataDir {
-            path: path.clone(),
-            source,
-        })?;
-    // SAFETY: flock on a descriptor this function owns; no memory involved.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(f);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Err(DaemonError::DataDirInUse {
+    match bhatti_engine::lockfile::try_exclusive(&path) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(DaemonError::DataDirInUse {
             path: dir.to_path_buf(),
-        });
+        }),
+        Err(source) => Err(DaemonError::DataDir { path, source }),
     }
-    Err(DaemonError::DataDir { path, source: e })
 }
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);

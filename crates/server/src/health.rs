@@ -41,7 +41,7 @@ pub async fn note_crash(st: &AppState, sb: &Sandbox) -> Option<Sandbox> {
     if sb.status != SandboxStatus::Running {
         return None;
     }
-    if st.engine.vm_state(&sb.id)?.status != Status::Crashed {
+    if st.engine.status(&sb.id).await.ok()?.status != Status::Crashed {
         return None;
     }
     let row = match st.persist(&sb.id).await {

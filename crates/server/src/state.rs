@@ -244,9 +244,6 @@ impl AppState {
     /// list/get), recording the wake.
     pub async fn ensure_hot(&self, sb: &Sandbox) -> ApiResult<()> {
         self.touch(&sb.id);
-        // A VM that died since the last health sweep is recorded now, so
-        // the answer and the store agree (the engine refuses the wake).
-        crate::health::note_crash(self, sb).await;
         if sb.status == SandboxStatus::Unknown && self.engine.vm_state(&sb.id).is_none() {
             return Err(ApiError::conflict(format!(
                 "sandbox {:?} cannot be woken: {}",
@@ -258,10 +255,15 @@ impl AppState {
                 }
             )));
         }
+        // A crashed sandbox is never hot (the engine marks both at once),
+        // so this fast path needs no health check.
         let hot_already = matches!(self.engine.thermal(&sb.id), Ok(Thermal::Hot));
         if hot_already && sb.status == SandboxStatus::Running {
             return Ok(());
         }
+        // A VM that died since the last health sweep is recorded now, so
+        // the answer and the store agree (the engine refuses the wake).
+        crate::health::note_crash(self, sb).await;
         let wake: Wake = self
             .engine
             .ensure_hot(&sb.id)

@@ -15,6 +15,9 @@ use crate::api::{EngineError, Result, SandboxInfo, Status, Thermal, VmState};
 use crate::lock;
 use crate::vmm::{VmExit, VmState as VmmState};
 
+/// What every crashed sandbox's reason ends with.
+const BOOTS_AFRESH: &str = "start boots it afresh from its disk";
+
 impl MicroVmEngine {
     /// Hands a sandbox of the store back to the engine (see the module
     /// doc): adopted, cold, crashed, or an error (`unknown`).
@@ -53,38 +56,35 @@ impl MicroVmEngine {
         // Anything else (several, or one that would not answer) holds the
         // disks with no way to drive it: stop it.
         kill_stray_vmms(&detail.dir);
-        let snap_dir = detail.dir.join(SNAPSHOT_DIR);
-        let manifest = blocking(move || persist::load_snapshot(&snap_dir)).await;
-        let (status, thermal, generation, crashed) = match manifest {
-            Ok(m) if m.generation >= state.generation && state.status != Status::Crashed => {
-                (Status::Stopped, Thermal::Cold, m.generation, None)
-            }
-            // Memory is lost; the disk holds everything the guest synced.
-            other => {
-                let why = match other {
-                    Ok(m) if state.status == Status::Crashed => format!(
-                        "{} (snapshot generation {} is kept but not used)",
-                        detail.crashed.clone().unwrap_or_else(|| "the VM had crashed".into()),
-                        m.generation
-                    ),
-                    Ok(m) => format!(
-                        "the VM was gone when the daemon started again, and its newest snapshot (generation {}) predates its last boot (generation {})",
-                        m.generation, state.generation
-                    ),
-                    Err(_) if state.status == Status::Crashed => detail
-                        .crashed
-                        .clone()
-                        .unwrap_or_else(|| "the VM had crashed".into()),
-                    Err(e) => format!(
-                        "the VM was gone when the daemon started again, with no snapshot of its memory ({e})"
-                    ),
-                };
-                let why = if why.contains("start boots it afresh") {
-                    why
-                } else {
-                    format!("{why}; start boots it afresh from its disk")
-                };
-                (Status::Crashed, Thermal::Cold, state.generation, Some(why))
+        // Memory is lost either way but for a current snapshot; the disk
+        // holds everything the guest synced.
+        let crashed = |why: String| {
+            (
+                Status::Crashed,
+                Thermal::Cold,
+                state.generation,
+                Some(format!("{why}; {BOOTS_AFRESH}")),
+            )
+        };
+        let (status, thermal, generation, crashed) = if state.status == Status::Crashed {
+            // Still crashed, for the reason it had.
+            let why = detail.crashed.clone().unwrap_or_else(|| {
+                format!("the VM had crashed before the daemon restarted; {BOOTS_AFRESH}")
+            });
+            (Status::Crashed, Thermal::Cold, state.generation, Some(why))
+        } else {
+            let snap_dir = detail.dir.join(SNAPSHOT_DIR);
+            match blocking(move || persist::load_snapshot(&snap_dir)).await {
+                Ok(m) if m.generation >= state.generation => {
+                    (Status::Stopped, Thermal::Cold, m.generation, None)
+                }
+                Ok(m) => crashed(format!(
+                    "the VM was gone when the daemon started again, and its newest snapshot (generation {}) predates its last boot (generation {})",
+                    m.generation, state.generation
+                )),
+                Err(e) => crashed(format!(
+                    "the VM was gone when the daemon started again, with no snapshot of its memory ({e})"
+                )),
             }
         };
         let sb = Sandbox {
@@ -232,8 +232,7 @@ pub(super) fn watch_vmm(sb: &Arc<Sandbox>, mut exit: tokio::sync::watch::Receive
             return;
         }
         let how = ended.map_or_else(|| "unknown exit status".to_string(), |e| e.to_string());
-        let reason =
-            format!("the VM stopped unexpectedly ({how}); start boots it afresh from its disk");
+        let reason = format!("the VM stopped unexpectedly ({how}); {BOOTS_AFRESH}");
         tracing::warn!(sandbox = sb.id, reason, "sandbox crashed");
         drop(slot.take());
         let mut f = lock(&sb.fast);

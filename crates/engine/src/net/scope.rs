@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -97,22 +96,11 @@ impl PoolClaim {
         std::fs::create_dir_all(CLAIM_DIR)
             .map_err(|e| NetError::io(format!("create {CLAIM_DIR}"), e))?;
         let path = Self::lock_path(pool);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| NetError::io(format!("open {}", path.display()), e))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is
-        // passed.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Ok(None);
-            }
-            return Err(NetError::io(format!("lock {}", path.display()), e));
-        }
+        let Some(f) = crate::lockfile::try_exclusive(&path)
+            .map_err(|e| NetError::io(format!("lock {}", path.display()), e))?
+        else {
+            return Ok(None);
+        };
         let f = Arc::new(f);
         remember_held(pool, &f);
         Ok(Some(PoolClaim { pool, _lock: f }))
