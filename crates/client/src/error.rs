@@ -15,6 +15,9 @@ use std::path::PathBuf;
 #[error("{status}: {message}")]
 pub struct ApiError {
     pub status: u16,
+    /// What went wrong, for programs to branch on (absent from servers
+    /// older than error codes, and from bodies that are not the API's).
+    pub code: Option<bhatti_api::ErrorCode>,
     pub message: String,
     pub request_id: Option<String>,
 }
@@ -27,6 +30,7 @@ impl ApiError {
         match serde_json::from_slice::<bhatti_api::ErrorBody>(body) {
             Ok(b) => ApiError {
                 status,
+                code: b.code,
                 message: b.error,
                 request_id: b.request_id,
             },
@@ -44,6 +48,7 @@ impl ApiError {
                 };
                 ApiError {
                     status,
+                    code: None,
                     message,
                     request_id: None,
                 }
@@ -229,6 +234,7 @@ mod tests {
     fn e(status: u16, msg: &str) -> ApiError {
         ApiError {
             status,
+            code: None,
             message: msg.into(),
             request_id: None,
         }
@@ -325,6 +331,7 @@ mod tests {
         );
         assert!(ApiError {
             status: 500,
+            code: Some(bhatti_api::ErrorCode::Internal),
             message: "internal error".into(),
             request_id: Some("req_1".into())
         }

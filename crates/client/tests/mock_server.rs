@@ -73,6 +73,7 @@ async fn create(
             StatusCode::NOT_FOUND,
             Json(api::ErrorBody {
                 error: "sandbox \"missing\" not found".into(),
+                code: Some(api::ErrorCode::NotFound),
                 request_id: None,
             }),
         )
@@ -87,6 +88,7 @@ async fn get_one(Path(id): Path<String>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(api::ErrorBody {
                 error: "internal error".into(),
+                code: Some(api::ErrorCode::Internal),
                 request_id: Some("req_00000000000000aa".into()),
             }),
         )
@@ -99,6 +101,7 @@ async fn get_one(Path(id): Path<String>) -> Response {
         StatusCode::NOT_FOUND,
         Json(api::ErrorBody {
             error: "not found".into(),
+            code: None,
             request_id: None,
         }),
     )
@@ -374,6 +377,7 @@ async fn http_calls_over_tcp() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(404));
+    assert_eq!(e.api().and_then(|a| a.code), Some(api::ErrorCode::NotFound));
     assert_eq!(
         e.hint_for(None).as_deref(),
         Some("Check sandbox name: bhatti ls")

@@ -1,59 +1,40 @@
-//! API errors: one type every handler returns, rendered as
-//! `{"error": …}` with the right status.
+//! The native API's rendering of a [`ServiceError`]: the one place an
+//! [`ErrorCode`] becomes an HTTP status, with the body
+//! `{"error": …, "code": …}`.
 //!
 //! 500s never show their cause to the client: the body carries the request
 //! ID, and the cause is logged under the same ID (04-api.md §5.2).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bhatti_agent_client::ClientError;
 use bhatti_api::ErrorBody;
-use bhatti_engine::EngineError;
-use bhatti_protocol::messages::ErrorCode;
-use bhatti_store::StoreError;
 
-/// An error on its way to the client.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
+pub use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
+
+/// The HTTP status of each code.
+pub fn status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidInput | ErrorCode::Unknown => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+    }
 }
 
-pub type ApiResult<T> = Result<T, ApiError>;
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, m)
-    }
-    pub fn not_found(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, m)
-    }
-    pub fn conflict(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, m)
-    }
-    pub fn forbidden(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, m)
-    }
-    pub fn too_many(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, m)
-    }
-    pub fn unauthorized(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, m)
-    }
-    /// A failure whose cause stays in the log.
-    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, cause.to_string())
-    }
-    /// Prefixes the message (e.g. `wake sandbox: …`), keeping the status.
-    pub fn context(mut self, what: &str) -> ApiError {
-        self.message = format!("{what}: {}", self.message);
-        self
+impl ServiceError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        status(self.code)
     }
 }
 
@@ -62,13 +43,14 @@ impl ApiError {
 #[derive(Debug, Clone)]
 pub struct InternalCause(pub String);
 
-impl IntoResponse for ApiError {
+impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+        if self.code == ErrorCode::Internal {
             let mut r = (
-                self.status,
+                self.status(),
                 axum::Json(ErrorBody {
                     error: "internal error".into(),
+                    code: Some(ErrorCode::Internal),
                     request_id: None,
                 }),
             )
@@ -77,9 +59,10 @@ impl IntoResponse for ApiError {
             return r;
         }
         (
-            self.status,
+            self.status(),
             axum::Json(ErrorBody {
                 error: self.message,
+                code: Some(self.code),
                 request_id: None,
             }),
         )
@@ -87,117 +70,48 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> ApiError {
-        match e {
-            StoreError::NotFound => ApiError::not_found("not found"),
-            StoreError::Conflict(m) => ApiError::conflict(m),
-            // Per-resource statuses (403 vs 429) are decided by the caller
-            // where the spec distinguishes them; the default is 429.
-            StoreError::Quota(m) => ApiError::too_many(m),
-            StoreError::Invalid(m) => ApiError::bad_request(m),
-            other => ApiError::internal(other),
-        }
+impl From<axum::extract::rejection::QueryRejection> for ServiceError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> ServiceError {
+        ServiceError::bad_request(r.body_text())
     }
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> ApiError {
-        match e {
-            EngineError::NotFound(_) => ApiError::not_found("not found"),
-            EngineError::Invalid(m) => ApiError::bad_request(m),
-            EngineError::Unsupported { .. } => {
-                ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string())
-            }
-            EngineError::RestoreFailed { .. } | EngineError::BadState { .. } => {
-                ApiError::conflict(e.to_string())
-            }
-            EngineError::NotHot { .. } => ApiError::conflict(e.to_string()),
-            EngineError::Agent(c) => ApiError::from(c),
-            other => ApiError::internal(other),
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<ClientError> for ApiError {
-    fn from(e: ClientError) -> ApiError {
-        match e {
-            // The agent refused the request (bad path, command not found …):
-            // said in the agent's words, with the status of the guest's
-            // reason, so a well-formed request that the guest's state
-            // refuses is not a 400.
-            ClientError::Agent {
-                code: Some(code),
-                message,
-            } => ApiError::new(agent_status(code), message),
-            // An agent that sends words only (v1, or a guest from before
-            // error codes): its words are all there is to go by.
-            ClientError::Agent {
+    #[test]
+    fn every_code_has_its_own_status_and_wire_name() {
+        let codes = [
+            ErrorCode::InvalidInput,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::TooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::RateLimited,
+            ErrorCode::Internal,
+            ErrorCode::NotImplemented,
+            ErrorCode::BadGateway,
+            ErrorCode::Unavailable,
+            ErrorCode::GatewayTimeout,
+            ErrorCode::InsufficientStorage,
+        ];
+        let statuses: std::collections::BTreeSet<u16> =
+            codes.iter().map(|c| status(*c).as_u16()).collect();
+        assert_eq!(statuses.len(), codes.len());
+        for c in codes {
+            let wire = serde_json::to_value(c).unwrap_or_default();
+            assert_eq!(wire, serde_json::Value::from(c.as_str()));
+        }
+        // A code from a newer server reads as unknown, not as a failure.
+        let body: ErrorBody = serde_json::from_str(r#"{"error":"x","code":"from_the_future"}"#)
+            .unwrap_or(ErrorBody {
+                error: String::new(),
                 code: None,
-                message: m,
-            } => {
-                let lower = m.to_ascii_lowercase();
-                let has = |s: &[&str]| s.iter().any(|s| lower.contains(s));
-                if has(&[
-                    "no such file",
-                    "not found",
-                    "not a directory",
-                    "file name too long",
-                ]) {
-                    // Nothing by that name (a path through a file, or one
-                    // longer than any name, names nothing either).
-                    ApiError::not_found(m)
-                } else if has(&["permission denied", "operation not permitted"]) {
-                    ApiError::forbidden(m)
-                } else if has(&["is a directory", "not a file path", "file exists"]) {
-                    ApiError::conflict(m)
-                } else if has(&["too large"]) {
-                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)
-                } else {
-                    ApiError::bad_request(m)
-                }
-            }
-            // The agent is at its connection limit: try again shortly.
-            ClientError::Busy => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the sandbox's agent is busy (connection limit reached); retry shortly",
-            ),
-            // The client's own upload stopped short of its Content-Length.
-            ClientError::Source(e) => {
-                ApiError::bad_request(format!("request body ended early: {e}"))
-            }
-            other => ApiError::internal(format!("agent: {other}")),
-        }
-    }
-}
-
-impl From<axum::extract::rejection::QueryRejection> for ApiError {
-    fn from(r: axum::extract::rejection::QueryRejection) -> ApiError {
-        ApiError::bad_request(r.body_text())
-    }
-}
-
-impl From<tokio::task::JoinError> for ApiError {
-    fn from(e: tokio::task::JoinError) -> ApiError {
-        ApiError::internal(format!("task failed: {e}"))
-    }
-}
-
-/// The HTTP status for a coded agent failure: the guest's state refused a
-/// well-formed request, so only a malformed one is a 400.
-fn agent_status(code: ErrorCode) -> StatusCode {
-    match code {
-        // Nothing by that name (a path through a file, or one longer than
-        // any name, names nothing either).
-        ErrorCode::NotFound | ErrorCode::NotADirectory | ErrorCode::NameTooLong => {
-            StatusCode::NOT_FOUND
-        }
-        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
-        ErrorCode::IsADirectory | ErrorCode::AlreadyExists | ErrorCode::Busy => {
-            StatusCode::CONFLICT
-        }
-        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
-        ErrorCode::InvalidInput | ErrorCode::Other => StatusCode::BAD_REQUEST,
+                request_id: None,
+            });
+        assert_eq!(body.code, Some(ErrorCode::Unknown));
     }
 }

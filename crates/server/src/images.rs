@@ -23,7 +23,7 @@ use bhatti_image::{BlobCache, Credentials, ImageDefaults, ImageError, Progress, 
 use bhatti_store::{Image, NewImage};
 use tokio::sync::Semaphore;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::Shared;
 
 /// A pull that has not finished in this long is failed (04-api.md).
@@ -49,15 +49,13 @@ pub struct Images {
 
 /// An image problem as the API answers it: what the caller supplied is 400,
 /// the registry's refusals keep their meaning, the rest is the host's.
-pub fn api_error(e: ImageError) -> ApiError {
+pub fn api_error(e: ImageError) -> ServiceError {
     match e {
-        ImageError::NotFound(_) => ApiError::not_found(e.to_string()),
-        ImageError::Unauthorized(_) => ApiError::forbidden(e.to_string()),
-        ImageError::Registry(_) => {
-            ApiError::new(axum::http::StatusCode::BAD_GATEWAY, e.to_string())
-        }
-        e if e.is_bad_input() => ApiError::bad_request(e.to_string()),
-        e => ApiError::internal(e),
+        ImageError::NotFound(_) => ServiceError::not_found(e.to_string()),
+        ImageError::Unauthorized(_) => ServiceError::forbidden(e.to_string()),
+        ImageError::Registry(_) => ServiceError::new(ErrorCode::BadGateway, e.to_string()),
+        e if e.is_bad_input() => ServiceError::bad_request(e.to_string()),
+        e => ServiceError::internal(e),
     }
 }
 
@@ -112,7 +110,7 @@ impl Images {
     /// The lohar binary to inject: configured, `$BHATTI_LOHAR_STATIC`, or
     /// the one inside the default root filesystem (so images always carry
     /// the agent this daemon's guests speak to), extracted with debugfs.
-    async fn lohar(&self) -> ApiResult<PathBuf> {
+    async fn lohar(&self) -> ServiceResult<PathBuf> {
         if let Some(p) = self
             .lohar
             .clone()
@@ -130,17 +128,17 @@ impl Images {
             .arg(&self.default_rootfs)
             .output()
             .await
-            .map_err(|e| ApiError::internal(format!("debugfs (e2fsprogs): {e}")))?;
+            .map_err(|e| ServiceError::internal(format!("debugfs (e2fsprogs): {e}")))?;
         let ok = o.status.success() && tmp.metadata().map(|m| m.len() > 0).unwrap_or(false);
         if !ok {
             let _ = std::fs::remove_file(&tmp);
-            return Err(ApiError::internal(format!(
+            return Err(ServiceError::internal(format!(
                 "no lohar to put in the image: set `lohar:` in the config (a static lohar), \
                  or make {} hold /usr/local/bin/lohar",
                 self.default_rootfs.display()
             )));
         }
-        std::fs::rename(&tmp, &out).map_err(ApiError::internal)?;
+        std::fs::rename(&tmp, &out).map_err(ServiceError::internal)?;
         Ok(out)
     }
 
@@ -155,12 +153,12 @@ impl Images {
         user_id: &str,
         name: &str,
         progress: Option<Arc<Progress>>,
-    ) -> ApiResult<(String, u64)> {
+    ) -> ServiceResult<(String, u64)> {
         let _slot = self
             .conversions
             .acquire()
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ServiceError::internal)?;
         let lohar = self.lohar().await?;
         let staging = self.staging_for(job);
         let cache = self.cache.clone();
@@ -191,7 +189,7 @@ impl Images {
         }
         let out = self.file_for(user_id, name);
         if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent).map_err(ApiError::internal)?;
+            std::fs::create_dir_all(parent).map_err(ServiceError::internal)?;
         }
         let file = out.clone();
         let size_mb = tokio::task::spawn_blocking(move || {
@@ -228,14 +226,14 @@ impl Images {
 
 /// `tar | docker import` of a prepared tree, lohar its entrypoint (as the
 /// Docker engine's own image has it).
-async fn docker_import(tree: &std::path::Path, tag: &str) -> ApiResult<()> {
+async fn docker_import(tree: &std::path::Path, tag: &str) -> ServiceResult<()> {
     let cmd = format!(
         "tar --numeric-owner -C '{}' -c . | docker import \
          --change 'ENTRYPOINT [\"/usr/local/bin/lohar\",\"container\"]' \
          --change 'LABEL bhatti.image=imported' - '{tag}'",
         tree.display()
     );
-    crate::routes::volumes::run("bash", &["-o", "pipefail", "-c", &cmd]).await
+    crate::service::volumes::run("bash", &["-o", "pipefail", "-c", &cmd]).await
 }
 
 /// The defaults an image record carries for exec and shell.
@@ -280,7 +278,7 @@ pub async fn run_pull(st: Shared, task_id: String, job: PullJob) {
     reporter.abort();
     let res = match res {
         Ok(r) => r,
-        Err(_) => Err(ApiError::internal(format!(
+        Err(_) => Err(ServiceError::internal(format!(
             "pull did not finish within {} minutes",
             PULL_TIMEOUT.as_secs() / 60
         ))),
@@ -330,7 +328,7 @@ async fn pull(
     task_id: &str,
     job: &PullJob,
     progress: Arc<Progress>,
-) -> ApiResult<Image> {
+) -> ServiceResult<Image> {
     let im = &st.images;
     let pulled = im
         .registry
@@ -353,7 +351,7 @@ async fn pull(
         file_path: file_path.clone(),
         size_mb,
         oci_digest: pulled.digest,
-        oci_config: serde_json::to_value(&pulled.defaults).map_err(ApiError::internal)?,
+        oci_config: serde_json::to_value(&pulled.defaults).map_err(ServiceError::internal)?,
     };
     let replaces = job.replaces;
     let res = st

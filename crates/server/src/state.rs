@@ -11,7 +11,7 @@ use bhatti_engine::Engine;
 use bhatti_store::{RuntimeUpdate, Sandbox, SandboxStatus, Store, StoreError, User};
 
 use crate::config::Config;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use crate::events::Events;
 use crate::ratelimit::{FailureThrottle, RateLimiter};
 use crate::secrets::SecretBox;
@@ -152,7 +152,7 @@ impl AppState {
     pub async fn db<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
-    ) -> ApiResult<R> {
+    ) -> ServiceResult<R> {
         let store = self.store.clone();
         Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
     }
@@ -163,7 +163,7 @@ impl AppState {
     /// pool and back. Anything that scans or writes goes through [`db`].
     ///
     /// [`db`]: Self::db
-    pub fn lookup<R>(&self, f: impl FnOnce(&Store) -> Result<R, StoreError>) -> ApiResult<R> {
+    pub fn lookup<R>(&self, f: impl FnOnce(&Store) -> Result<R, StoreError>) -> ServiceResult<R> {
         Ok(f(&self.store)?)
     }
 
@@ -209,20 +209,14 @@ impl AppState {
     }
 
     /// The user's sandbox by ID or name; another user's is `404`.
-    pub async fn sandbox(&self, user: &User, id_or_name: &str) -> ApiResult<Sandbox> {
+    pub async fn sandbox(&self, user: &User, id_or_name: &str) -> ServiceResult<Sandbox> {
         self.lookup(|s| s.sandbox(&user.id, id_or_name))
-            .map_err(|e| {
-                if e.status == axum::http::StatusCode::NOT_FOUND {
-                    ApiError::not_found(format!("sandbox {id_or_name:?} not found"))
-                } else {
-                    e
-                }
-            })
+            .map_err(|e| e.or_not_found(|| format!("sandbox {id_or_name:?} not found")))
     }
 
     /// Saves the engine's view of a sandbox (status, IP, VM state with its
     /// generation) into the store.
-    pub async fn persist(&self, id: &str) -> ApiResult<Sandbox> {
+    pub async fn persist(&self, id: &str) -> ServiceResult<Sandbox> {
         let Some(vm) = self.engine.vm_state(id) else {
             let id = id.to_string();
             return self.db(move |s| s.sandbox_by_id(&id)).await;
@@ -242,10 +236,10 @@ impl AppState {
 
     /// Makes a sandbox hot before an operation (every sandbox route but
     /// list/get), recording the wake.
-    pub async fn ensure_hot(&self, sb: &Sandbox) -> ApiResult<()> {
+    pub async fn ensure_hot(&self, sb: &Sandbox) -> ServiceResult<()> {
         self.touch(&sb.id);
         if sb.status == SandboxStatus::Unknown && self.engine.vm_state(&sb.id).is_none() {
-            return Err(ApiError::conflict(format!(
+            return Err(ServiceError::conflict(format!(
                 "sandbox {:?} cannot be woken: {}",
                 sb.name,
                 if sb.status_reason.is_empty() {
@@ -268,7 +262,7 @@ impl AppState {
             .engine
             .ensure_hot(&sb.id)
             .await
-            .map_err(|e| ApiError::from(e).context("wake sandbox"))?;
+            .map_err(|e| ServiceError::from(e).context("wake sandbox"))?;
         self.touch(&sb.id);
         Counters::inc(&self.counters.wakes);
         if wake.from != Thermal::Hot || sb.status != SandboxStatus::Running {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 
 pub const RESERVED_LABEL_PREFIX: &str = "bhatti.sh/";
 pub const MAX_LABELS: usize = 16;
@@ -41,7 +41,7 @@ const FORBIDDEN_MOUNTS: &[&str] = &[
 ];
 
 /// `^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$` — sandboxes, volumes, images, snapshots.
-pub fn name(kind: &str, n: &str) -> ApiResult<()> {
+pub fn name(kind: &str, n: &str) -> ServiceResult<()> {
     let b = n.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 63
@@ -51,7 +51,7 @@ pub fn name(kind: &str, n: &str) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(ServiceError::bad_request(format!(
             "invalid {kind} name {n:?}: 1-63 characters of [a-zA-Z0-9._-], starting with a letter or digit"
         )))
     }
@@ -67,9 +67,9 @@ fn segment_ok(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
-pub fn label_key(k: &str) -> ApiResult<()> {
+pub fn label_key(k: &str) -> ServiceResult<()> {
     if k.starts_with(RESERVED_LABEL_PREFIX) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "label key {k:?}: the prefix {RESERVED_LABEL_PREFIX} is reserved"
         )));
     }
@@ -85,19 +85,21 @@ pub fn label_key(k: &str) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("invalid label key {k:?}")))
+        Err(ServiceError::bad_request(format!(
+            "invalid label key {k:?}"
+        )))
     }
 }
 
 /// Free-form metadata: bounded, not shaped.
-pub fn metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
+pub fn metadata(m: &BTreeMap<String, String>) -> ServiceResult<()> {
     if m.len() > 64 {
-        return Err(ApiError::bad_request("metadata: at most 64 keys"));
+        return Err(ServiceError::bad_request("metadata: at most 64 keys"));
     }
     for (k, v) in m {
         // Characters, as the schema's maxLength counts them.
         if k.is_empty() || k.chars().count() > 256 || v.chars().count() > 1024 {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "metadata {k:?}: keys are 1 to 256 characters and values at most 1024"
             )));
         }
@@ -105,9 +107,9 @@ pub fn metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn labels(l: &BTreeMap<String, String>) -> ApiResult<()> {
+pub fn labels(l: &BTreeMap<String, String>) -> ServiceResult<()> {
     if l.len() > MAX_LABELS {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "at most {MAX_LABELS} labels"
         )));
     }
@@ -118,7 +120,7 @@ pub fn labels(l: &BTreeMap<String, String>) -> ApiResult<()> {
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
         {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "invalid label value {v:?} for {k:?}: up to 256 characters of [a-zA-Z0-9._-]"
             )));
         }
@@ -127,11 +129,11 @@ pub fn labels(l: &BTreeMap<String, String>) -> ApiResult<()> {
 }
 
 /// `cpus` as a whole number of vCPUs in 1..=256 (`None` = `default`).
-pub fn cpus(c: Option<f64>, default: u32) -> ApiResult<u32> {
+pub fn cpus(c: Option<f64>, default: u32) -> ServiceResult<u32> {
     match c {
         None => Ok(default),
         Some(c) if c.fract() != 0.0 || !(1.0..=MAX_CPUS).contains(&c) => {
-            Err(ApiError::bad_request(format!(
+            Err(ServiceError::bad_request(format!(
                 "cpus must be a whole number of vCPUs from 1 to {MAX_CPUS}, got {c}"
             )))
         }
@@ -141,9 +143,9 @@ pub fn cpus(c: Option<f64>, default: u32) -> ApiResult<u32> {
 }
 
 /// A requested root disk size: 0 (the image's own size) up to [`MAX_DISK_MB`].
-pub fn disk_size_mb(mb: u64) -> ApiResult<()> {
+pub fn disk_size_mb(mb: u64) -> ServiceResult<()> {
     if mb > MAX_DISK_MB {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "disk_size_mb {mb} is out of range (0 for the image's size, at most {MAX_DISK_MB})"
         )));
     }
@@ -152,28 +154,28 @@ pub fn disk_size_mb(mb: u64) -> ApiResult<()> {
 
 /// Environment variables: names without `=` or NUL, values without NUL,
 /// and the sizes above.
-pub fn env(e: &BTreeMap<String, String>) -> ApiResult<()> {
+pub fn env(e: &BTreeMap<String, String>) -> ServiceResult<()> {
     if e.len() > MAX_ENV_VARS {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "at most {MAX_ENV_VARS} environment variables"
         )));
     }
     let mut total = 0usize;
     for (k, v) in e {
         if k.is_empty() || k.len() > MAX_ENV_KEY || k.contains(['=', '\0']) {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "invalid environment variable name {k:?}: 1-{MAX_ENV_KEY} bytes without '=' or NUL"
             )));
         }
         if v.len() > MAX_ENV_VALUE || v.contains('\0') {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "environment variable {k}: the value must be at most {MAX_ENV_VALUE} bytes, without NUL"
             )));
         }
         total = total.saturating_add(k.len()).saturating_add(v.len());
     }
     if total > MAX_ENV_TOTAL {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "environment of {total} bytes is over the {MAX_ENV_TOTAL}-byte limit"
         )));
     }
@@ -181,11 +183,11 @@ pub fn env(e: &BTreeMap<String, String>) -> ApiResult<()> {
 }
 
 /// A `key=value` list from query strings (`label=k=v`).
-pub fn label_filter(pairs: &[String]) -> ApiResult<BTreeMap<String, String>> {
+pub fn label_filter(pairs: &[String]) -> ServiceResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for p in pairs {
         let (k, v) = p.split_once('=').ok_or_else(|| {
-            ApiError::bad_request(format!("label filter {p:?}: expected key=value"))
+            ServiceError::bad_request(format!("label filter {p:?}: expected key=value"))
         })?;
         label_key(k)?;
         out.insert(k.to_string(), v.to_string());
@@ -197,19 +199,19 @@ pub fn label_filter(pairs: &[String]) -> ApiResult<BTreeMap<String, String>> {
 /// `.` or `..`, no `:` or NUL), at most one trailing `/`, and not a system
 /// directory. The strict shape is what makes the system-directory check
 /// hold: `//etc` or `/./etc` would otherwise name `/etc` past it.
-pub fn mount_path(m: &str) -> ApiResult<()> {
+pub fn mount_path(m: &str) -> ServiceResult<()> {
     let t = m.strip_suffix('/').unwrap_or(m);
     let shape = t.strip_prefix('/').is_some_and(|rest| {
         rest.split('/')
             .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains([':', '\0']))
     });
     if !shape {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "mount path {m:?} must be absolute, with no empty, '.' or '..' segment and no ':' or NUL"
         )));
     }
     if FORBIDDEN_MOUNTS.contains(&t) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "mount path {m:?} is a system directory"
         )));
     }
@@ -217,7 +219,7 @@ pub fn mount_path(m: &str) -> ApiResult<()> {
 }
 
 /// Secret names become environment variable names.
-pub fn secret_name(n: &str) -> ApiResult<()> {
+pub fn secret_name(n: &str) -> ServiceResult<()> {
     let b = n.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 128
@@ -226,7 +228,7 @@ pub fn secret_name(n: &str) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(ServiceError::bad_request(format!(
             "invalid secret name {n:?}: it becomes an environment variable, so [A-Za-z_][A-Za-z0-9_]*"
         )))
     }
@@ -234,12 +236,12 @@ pub fn secret_name(n: &str) -> ApiResult<()> {
 
 /// Each mount path once (a trailing `/` aside). Two volumes at one place
 /// conflict with each other: 409, as the same volume twice is.
-pub fn distinct_mounts<'a>(mounts: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
+pub fn distinct_mounts<'a>(mounts: impl IntoIterator<Item = &'a str>) -> ServiceResult<()> {
     let mut seen = std::collections::BTreeSet::new();
     for m in mounts {
         let t = m.strip_suffix('/').unwrap_or(m);
         if !seen.insert(t) {
-            return Err(ApiError::conflict(format!(
+            return Err(ServiceError::conflict(format!(
                 "two volumes would mount at {t:?}"
             )));
         }
@@ -248,20 +250,20 @@ pub fn distinct_mounts<'a>(mounts: impl IntoIterator<Item = &'a str>) -> ApiResu
 }
 
 /// A file mode: one to four octal digits (`644`, `0755`).
-pub fn file_mode(m: &str) -> ApiResult<()> {
+pub fn file_mode(m: &str) -> ServiceResult<()> {
     if (1..=4).contains(&m.len()) && m.bytes().all(|c| (b'0'..=b'7').contains(&c)) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(ServiceError::bad_request(format!(
             "mode {m:?}: expected 1-4 octal digits"
         )))
     }
 }
 
 /// Text that becomes a C string in the guest (argv, environment): no NUL.
-pub fn no_nul(what: &str, s: &str) -> ApiResult<()> {
+pub fn no_nul(what: &str, s: &str) -> ServiceResult<()> {
     if s.contains('\0') {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "{what} must not contain NUL"
         )));
     }
@@ -270,8 +272,8 @@ pub fn no_nul(what: &str, s: &str) -> ApiResult<()> {
 
 /// An egress CIDR, `a.b.c.d` or `a.b.c.d/n` (decimal, no leading zeros,
 /// n ≤ 32); host bits are cleared (`10.1.2.3/8` is `10.0.0.0/8`).
-pub fn cidr(c: &str) -> ApiResult<bhatti_engine::net::Ipv4Cidr> {
-    let bad = || ApiError::bad_request(format!("egress: {c:?} is not an IPv4 CIDR"));
+pub fn cidr(c: &str) -> ServiceResult<bhatti_engine::net::Ipv4Cidr> {
+    let bad = || ServiceError::bad_request(format!("egress: {c:?} is not an IPv4 CIDR"));
     let (addr, prefix) = match c.split_once('/') {
         Some((a, p)) => {
             let canonical = !p.is_empty()
@@ -293,17 +295,17 @@ pub fn cidr(c: &str) -> ApiResult<bhatti_engine::net::Ipv4Cidr> {
 }
 
 /// A file path inside the guest: absolute, no `..`, no NUL.
-pub fn guest_path(p: &str) -> ApiResult<()> {
+pub fn guest_path(p: &str) -> ServiceResult<()> {
     if p.is_empty() {
-        return Err(ApiError::bad_request("path required"));
+        return Err(ServiceError::bad_request("path required"));
     }
     if !p.starts_with('/') {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "path {p:?} must be absolute"
         )));
     }
     if p.split('/').any(|s| s == "..") || p.contains('\0') {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "path {p:?} must not contain '..' or NUL"
         )));
     }
@@ -313,7 +315,7 @@ pub fn guest_path(p: &str) -> ApiResult<()> {
 /// An image reference as the document describes it
 /// ([`bhatti_api::rules::IMAGE_REF`]);
 /// the registry client parses it again, and accepts at least this.
-pub fn image_ref(r: &str) -> ApiResult<()> {
+pub fn image_ref(r: &str) -> ServiceResult<()> {
     static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let re = RE.get_or_init(|| regex::Regex::new(bhatti_api::rules::IMAGE_REF).ok());
     let ok =
@@ -321,7 +323,7 @@ pub fn image_ref(r: &str) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(ServiceError::bad_request(format!(
             "invalid image reference {r:?}: want [registry/]repository[:tag][@sha256:<hex>], lower-case repository"
         )))
     }

@@ -54,6 +54,11 @@ async fn rate_limits_answer_429() {
     assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
     let r = d.req("GET", "/sandboxes", Some(&a), None).await;
     assert_eq!(r.json()["error"], "rate limit exceeded");
+    assert_eq!(
+        r.json()["code"],
+        "rate_limited",
+        "a machine-readable code beside the words"
+    );
     // Per user: another key is unaffected; /health is never limited.
     assert_eq!(d.code("GET", "/sandboxes", Some(&b), None).await, 200);
     assert_eq!(d.code("GET", "/health", None, None).await, 200);
@@ -76,7 +81,14 @@ async fn failed_auth_is_throttled_per_address() {
     let mut codes = Vec::new();
     for i in 0..7 {
         let bad = format!("bht_{i:032x}");
-        codes.push(d.code("GET", "/sandboxes", Some(&bad), None).await);
+        let r = d.req("GET", "/sandboxes", Some(&bad), None).await;
+        let want = if r.status == 401 {
+            "unauthorized"
+        } else {
+            "rate_limited"
+        };
+        assert_eq!(r.json()["code"], want, "{}", r.text());
+        codes.push(r.status);
     }
     assert_eq!(codes, [401, 401, 401, 401, 429, 429, 429]);
     // Only the failures within the budget left an event row (events are

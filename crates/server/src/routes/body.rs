@@ -12,7 +12,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ErrorCode, ServiceError};
 
 /// A required JSON object body.
 pub struct JsonBody<T>(pub T);
@@ -32,41 +32,41 @@ fn is_json(headers: &HeaderMap) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
-async fn bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+async fn bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ServiceError> {
     Bytes::from_request(req, state).await.map_err(|r| {
-        let status = match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
+        let code = match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+            _ => ErrorCode::InvalidInput,
         };
-        ApiError::new(status, r.body_text())
+        ServiceError::new(code, r.body_text())
     })
 }
 
 /// Parses a body that must be one JSON object.
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
     let first = body
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(&b'{') {
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::bad_request(
             "the request body must be a JSON object",
         ));
     }
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+        .map_err(|e| ServiceError::bad_request(format!("invalid request body: {e}")))
 }
 
-fn unsupported() -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+fn unsupported() -> ServiceError {
+    ServiceError::new(
+        ErrorCode::UnsupportedMediaType,
         "expected Content-Type: application/json",
     )
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = ServiceError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ServiceError> {
         if !is_json(req.headers()) {
             return Err(unsupported());
         }
@@ -76,9 +76,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 }
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = ServiceError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ServiceError> {
         let json = is_json(req.headers());
         let body = bytes(req, state).await?;
         if body.is_empty() {
@@ -119,8 +119,8 @@ mod tests {
         ] {
             let e = parse::<T>(bad).unwrap_err();
             assert_eq!(
-                e.status,
-                StatusCode::BAD_REQUEST,
+                e.code,
+                ErrorCode::InvalidInput,
                 "{}",
                 String::from_utf8_lossy(bad)
             );

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bhatti_agent_client::StreamEvent;
@@ -18,7 +18,7 @@ use bhatti_protocol::messages::ExecRequest as AgentExec;
 
 use super::body::JsonBody;
 use super::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::Shared;
 use crate::validate;
 
@@ -48,12 +48,14 @@ pub async fn exec(
     Path(id): Path<String>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<api::ExecRequest>,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     if req.cmd.is_empty() {
-        return Err(ApiError::bad_request("cmd required"));
+        return Err(ServiceError::bad_request("cmd required"));
     }
     if req.cmd[0].is_empty() {
-        return Err(ApiError::bad_request("cmd: the program must not be empty"));
+        return Err(ServiceError::bad_request(
+            "cmd: the program must not be empty",
+        ));
     }
     for a in &req.cmd {
         validate::no_nul("cmd", a)?;
@@ -73,8 +75,8 @@ pub async fn exec(
         )
         .await
         .map_err(|_| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
+            ServiceError::new(
+                ErrorCode::GatewayTimeout,
                 "detached exec did not start in 30 s",
             )
         })??;
@@ -156,8 +158,8 @@ pub async fn exec(
     )
     .await
     .map_err(|_| {
-        ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
+        ServiceError::new(
+            ErrorCode::GatewayTimeout,
             format!(
                 "command timed out after {} s and was killed",
                 timeout.as_secs()
@@ -183,8 +185,8 @@ pub async fn exec(
 
 /// A command that cannot start says why in the agent's words, with the
 /// status of the reason: 404 no such program, 403 not executable.
-fn start_error(e: bhatti_engine::EngineError) -> ApiError {
-    ApiError::from(e)
+fn start_error(e: bhatti_engine::EngineError) -> ServiceError {
+    ServiceError::from(e)
 }
 
 fn line(ev: &api::ExecEvent) -> bytes::Bytes {
@@ -216,7 +218,7 @@ pub async fn sessions(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Vec<api::Session>>> {
+) -> ServiceResult<Json<Vec<api::Session>>> {
     let sb = st.sandbox(&user, &id).await?;
     st.ensure_hot(&sb).await?;
     let list = st.engine.session_list(&sb.id).await?;
@@ -227,7 +229,7 @@ pub async fn kill_session(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path((id, session)): Path<(String, String)>,
-) -> ApiResult<Json<api::StatusBody>> {
+) -> ServiceResult<Json<api::StatusBody>> {
     let sb = st.sandbox(&user, &id).await?;
     st.ensure_hot(&sb).await?;
     st.engine.session_kill(&sb.id, &session).await?;

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::Shared;
 use crate::validate;
 
@@ -67,9 +67,9 @@ fn info_to_api(f: bhatti_protocol::messages::FileInfo) -> api::FileInfo {
     }
 }
 
-fn nonneg(v: Option<i64>, what: &str) -> ApiResult<i64> {
+fn nonneg(v: Option<i64>, what: &str) -> ServiceResult<i64> {
     match v {
-        Some(n) if n < 0 => Err(ApiError::bad_request(format!(
+        Some(n) if n < 0 => Err(ServiceError::bad_request(format!(
             "{what} must not be negative"
         ))),
         Some(n) => Ok(n),
@@ -103,7 +103,7 @@ pub async fn read(
     Caller(user): Caller,
     Path(id): Path<String>,
     q: Q<ReadQuery>,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     let Query(q) = q?;
     validate::guest_path(&q.path)?;
     let opts = ReadOptions {
@@ -145,7 +145,7 @@ pub async fn write(
     q: Q<WriteQuery>,
     headers: HeaderMap,
     req: Request,
-) -> ApiResult<Json<api::StatusBody>> {
+) -> ServiceResult<Json<api::StatusBody>> {
     let Query(q) = q?;
     validate::guest_path(&q.path)?;
     let mode = q.mode.clone().unwrap_or_else(|| "0644".into());
@@ -154,10 +154,12 @@ pub async fn write(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::bad_request("Content-Length header required for file upload"))?;
+        .ok_or_else(|| {
+            ServiceError::bad_request("Content-Length header required for file upload")
+        })?;
     if size > MAX_FILE {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        return Err(ServiceError::new(
+            ErrorCode::TooLarge,
             format!("file of {size} bytes is over the 100 MiB limit"),
         ));
     }
@@ -182,7 +184,7 @@ pub async fn stat(
     Caller(user): Caller,
     Path(id): Path<String>,
     q: Q<StatQuery>,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     let Query(q) = q?;
     validate::guest_path(&q.path)?;
     let sb = st.sandbox(&user, &id).await?;
@@ -190,11 +192,11 @@ pub async fn stat(
     let info = match st.engine.file_stat(&sb.id, &q.path).await {
         Ok(i) => i,
         Err(e) => {
-            let e = ApiError::from(e);
-            return Err(if e.status.is_server_error() {
+            let e = ServiceError::from(e);
+            return Err(if e.status().is_server_error() {
                 e
             } else {
-                ApiError::not_found(e.message)
+                ServiceError::not_found(e.message)
             });
         }
     };

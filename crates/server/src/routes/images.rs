@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::body::JsonBody;
 use super::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::images::{api_error, run_pull, PullJob};
 use crate::state::Shared;
 use crate::validate;
@@ -35,23 +35,14 @@ pub fn to_api(i: &Image) -> api::Image {
     }
 }
 
-/// Image quota: 403, as for volumes (DECISIONS §7.8).
-fn quota_403(e: ApiError) -> ApiError {
-    if e.status == StatusCode::TOO_MANY_REQUESTS {
-        ApiError::forbidden(e.message)
-    } else {
-        e
-    }
-}
-
 /// `max_images` checked before any download or upload starts (the insert
 /// checks it again, in its transaction).
-async fn room_for_one_more(st: &Shared, user: &User) -> ApiResult<()> {
+async fn room_for_one_more(st: &Shared, user: &User) -> ServiceResult<()> {
     let uid = user.id.clone();
     let n = st.db(move |s| s.count_images(&uid)).await?;
     let max = user.quotas.max_images;
     if n >= u64::from(max) {
-        return Err(ApiError::forbidden(format!(
+        return Err(ServiceError::forbidden(format!(
             "image limit reached ({n}/{max})"
         )));
     }
@@ -61,7 +52,7 @@ async fn room_for_one_more(st: &Shared, user: &User) -> ApiResult<()> {
 pub async fn list(
     State(st): State<Shared>,
     Caller(user): Caller,
-) -> ApiResult<Json<Vec<api::Image>>> {
+) -> ServiceResult<Json<Vec<api::Image>>> {
     let rows = st.db(move |s| s.list_images(&user.id)).await?;
     Ok(Json(rows.iter().map(to_api).collect()))
 }
@@ -70,12 +61,12 @@ pub async fn get_one(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<api::Image>> {
+) -> ServiceResult<Json<api::Image>> {
     let n = name.clone();
     match st.db(move |s| s.image(&user.id, &n)).await {
         Ok(i) => Ok(Json(to_api(&i))),
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            Err(ApiError::not_found(format!("image {name:?} not found")))
+        Err(e) if e.code == ErrorCode::NotFound => {
+            Err(ServiceError::not_found(format!("image {name:?} not found")))
         }
         Err(e) => Err(e),
     }
@@ -85,17 +76,17 @@ pub async fn delete(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<api::StatusBody>> {
+) -> ServiceResult<Json<api::StatusBody>> {
     let (uid, n) = (user.id.clone(), name.clone());
     let img = match st.db(move |s| s.delete_image(&uid, &n)).await {
         Ok(i) => i,
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
+        Err(e) if e.code == ErrorCode::NotFound => {
             let n = name.clone();
             let admin = st.db(move |s| s.image_exact("", &n)).await.is_ok();
             return Err(if admin {
-                ApiError::forbidden(format!("image {name:?} is an admin image"))
+                ServiceError::forbidden(format!("image {name:?} is an admin image"))
             } else {
-                ApiError::not_found(format!("image {name:?} not found"))
+                ServiceError::not_found(format!("image {name:?} not found"))
             });
         }
         Err(e) => return Err(e),
@@ -125,13 +116,13 @@ pub async fn pull(
     State(st): State<Shared>,
     Caller(user): Caller,
     JsonBody(req): JsonBody<api::PullImage>,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     validate::image_ref(&req.reference)?;
     let reference = Registry::normalize(&req.reference).map_err(api_error)?;
     let allowed = &st.cfg.allowed_registries;
     let registry = Registry::registry_of(&reference).map_err(api_error)?;
     if !allowed.is_empty() && !allowed.contains(&registry) {
-        return Err(ApiError::forbidden(format!(
+        return Err(ServiceError::forbidden(format!(
             "pulls from {registry} are not allowed here (allowed_registries: {})",
             allowed.join(", ")
         )));
@@ -149,7 +140,7 @@ pub async fn pull(
     let (uid, n) = (user.id.clone(), name.clone());
     let existing = st.db(move |s| s.image_exact(&uid, &n)).await.ok();
     if let Some(img) = existing.as_ref().filter(|i| i.source != source) {
-        return Err(ApiError::conflict(format!(
+        return Err(ServiceError::conflict(format!(
             "image {name:?} already exists (from {}); delete it or pull under another name",
             img.source
         )));
@@ -206,12 +197,12 @@ pub async fn task(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<api::Task>> {
+) -> ServiceResult<Json<api::Task>> {
     let i = id.clone();
     let t = match st.db(move |s| s.task(&user.id, &i)).await {
         Ok(t) => t,
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            return Err(ApiError::not_found(format!("task {id:?} not found")))
+        Err(e) if e.code == ErrorCode::NotFound => {
+            return Err(ServiceError::not_found(format!("task {id:?} not found")))
         }
         Err(e) => return Err(e),
     };
@@ -236,13 +227,15 @@ pub async fn save(
     Caller(user): Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::NameBody>,
-) -> ApiResult<(StatusCode, Json<api::Image>)> {
+) -> ServiceResult<(StatusCode, Json<api::Image>)> {
     validate::name("image", &req.name)?;
     let sb = st.sandbox(&user, &id).await?;
     let name = req.name;
     let (uid, n) = (user.id.clone(), name.clone());
     if st.db(move |s| s.image_exact(&uid, &n)).await.is_ok() {
-        return Err(ApiError::conflict(format!("image {name:?} already exists")));
+        return Err(ServiceError::conflict(format!(
+            "image {name:?} already exists"
+        )));
     }
     room_for_one_more(&st, &user).await?;
     let (uid, from) = (user.id.clone(), sb.image.clone());
@@ -255,13 +248,13 @@ pub async fn save(
     if let Some(p) = out.parent() {
         tokio::fs::create_dir_all(p)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ServiceError::internal)?;
     }
     st.engine.save_disk(&sb.id, &out).await?;
     let size_mb = tokio::fs::metadata(&out)
         .await
         .map(|m| m.len().div_ceil(1 << 20))
-        .map_err(ApiError::internal)?;
+        .map_err(ServiceError::internal)?;
     let new = NewImage {
         user_id: user.id.clone(),
         name: name.clone(),
@@ -274,7 +267,7 @@ pub async fn save(
     let img = match st
         .db(move |s| s.create_image(&new))
         .await
-        .map_err(quota_403)
+        .map_err(ServiceError::quota_as_forbidden)
     {
         Ok(i) => i,
         Err(e) => {
@@ -303,13 +296,13 @@ pub async fn import(
     Caller(user): Caller,
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
-) -> ApiResult<(StatusCode, Json<api::Imported>)> {
+) -> ServiceResult<(StatusCode, Json<api::Imported>)> {
     let checked = async {
         let Query(q) = q?;
         validate::name("image", &q.name)?;
         let (uid, n) = (user.id.clone(), q.name.clone());
         if st.db(move |s| s.image_exact(&uid, &n)).await.is_ok() {
-            return Err(ApiError::conflict(format!(
+            return Err(ServiceError::conflict(format!(
                 "image {:?} already exists",
                 q.name
             )));
@@ -344,31 +337,33 @@ pub async fn import(
         if let Some(p) = upload.parent() {
             tokio::fs::create_dir_all(p)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ServiceError::internal)?;
         }
         let mut f = tokio::fs::File::create(&upload)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ServiceError::internal)?;
         let mut stream = req.into_body().into_data_stream();
         let mut total: u64 = 0;
         while let Some(chunk) = stream
             .try_next()
             .await
-            .map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?
+            .map_err(|e| ServiceError::bad_request(format!("upload interrupted: {e}")))?
         {
             total = total.saturating_add(chunk.len() as u64);
             if total > MAX_IMPORT {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                return Err(ServiceError::new(
+                    ErrorCode::TooLarge,
                     "image tarball is over the 10 GiB limit",
                 ));
             }
-            f.write_all(&chunk).await.map_err(ApiError::internal)?;
+            f.write_all(&chunk).await.map_err(ServiceError::internal)?;
         }
         if total == 0 {
-            return Err(ApiError::bad_request("image archive: the tarball is empty"));
+            return Err(ServiceError::bad_request(
+                "image archive: the tarball is empty",
+            ));
         }
-        f.sync_all().await.map_err(ApiError::internal)?;
+        f.sync_all().await.map_err(ServiceError::internal)?;
         drop(f);
         let (cache, tar) = (st.images.cache.clone(), upload.clone());
         let unpacked =
@@ -387,12 +382,12 @@ pub async fn import(
             file_path: file_path.clone(),
             size_mb,
             oci_digest: String::new(),
-            oci_config: serde_json::to_value(&unpacked.defaults).map_err(ApiError::internal)?,
+            oci_config: serde_json::to_value(&unpacked.defaults).map_err(ServiceError::internal)?,
         };
         match st
             .db(move |s| s.create_image(&new))
             .await
-            .map_err(quota_403)
+            .map_err(ServiceError::quota_as_forbidden)
         {
             Ok(img) => Ok(img),
             Err(e) => {

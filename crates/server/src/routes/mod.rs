@@ -35,7 +35,7 @@ use axum::Router;
 use bhatti_api::{ErrorBody, VERSION_HEADER};
 use bhatti_store::User;
 
-use crate::error::{ApiError, InternalCause};
+use crate::error::{ErrorCode, InternalCause, ServiceError};
 use crate::ratelimit::classify;
 use crate::state::{Counters, Shared};
 
@@ -60,14 +60,14 @@ const PROXY_METHODS: MethodFilter = MethodFilter::GET
 pub struct Caller(pub User);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    type Rejection = ServiceError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ServiceError> {
         parts
             .extensions
             .get::<User>()
             .cloned()
             .map(Caller)
-            .ok_or_else(|| ApiError::unauthorized("authorization required"))
+            .ok_or_else(|| ServiceError::unauthorized("authorization required"))
     }
 }
 
@@ -164,7 +164,7 @@ fn api(state: Shared) -> Router {
         .route("/volumes/{name}/resize", post(volumes::resize))
         .route("/volumes/{name}/snapshot", post(volumes::clone))
         .nest("/e2b", e2b::router(state.clone()))
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .fallback(|| async { ServiceError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -199,7 +199,7 @@ fn destroyed_meanwhile(st: &Shared, user_id: &str, path: &str) -> Option<String>
     }
     let id = sandboxes::percent_decode(&raw.replace('+', "%2B"));
     match st.lookup(|s| s.sandbox(user_id, &id)) {
-        Err(e) if e.status == StatusCode::NOT_FOUND => Some(id),
+        Err(e) if e.code == ErrorCode::NotFound => Some(id),
         _ => None,
     }
 }
@@ -219,7 +219,7 @@ fn bearer(req: &Request) -> Option<&str> {
 }
 
 /// A refusal in the shape of the API the path belongs to.
-fn reject(path: &str, e: ApiError) -> Response {
+fn reject(path: &str, e: ServiceError) -> Response {
     if e2b::is_e2b(path) {
         e2b::E2bError(e).into_response()
     } else {
@@ -260,26 +260,26 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
                 .or_else(|| e2b::api_key(req.headers()));
             let Some(token) = token else {
                 Counters::inc(&st.counters.auth_failures);
-                break 'resp reject(&path, ApiError::unauthorized("authorization required"));
+                break 'resp reject(&path, ServiceError::unauthorized("authorization required"));
             };
             let user =
                 match st.lookup(|s| s.user_by_api_key(&token)) {
                     Ok(u) => u,
-                    Err(e) if e.status == StatusCode::NOT_FOUND => {
+                    Err(e) if e.code == ErrorCode::NotFound => {
                         Counters::inc(&st.counters.auth_failures);
                         // A source past its failure budget gets 429 and leaves no
                         // event row; a valid key from the same address (a shared
                         // NAT) still works, as the lookup above comes first.
                         if !st.auth_throttle.permits(&source) {
                             Counters::inc(&st.counters.rate_limited);
-                            break 'resp reject(&path, ApiError::too_many(
+                            break 'resp reject(&path, ServiceError::too_many(
                         "too many failed authentications from this address; retry later",
                     ));
                         }
                         st.auth_throttle.failed(&source);
                         st.events
                             .emit("", "", "auth.failed", serde_json::json!({"ip": source}));
-                        break 'resp reject(&path, ApiError::unauthorized("invalid api key"));
+                        break 'resp reject(&path, ServiceError::unauthorized("invalid api key"));
                     }
                     Err(e) => break 'resp reject(&path, e),
                 };
@@ -287,7 +287,7 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
             user_id = user.id.clone();
             if !st.limiter.allow(&user.id, classify(&method, &path)) {
                 Counters::inc(&st.counters.rate_limited);
-                break 'resp reject(&path, ApiError::too_many("rate limit exceeded"));
+                break 'resp reject(&path, ServiceError::too_many("rate limit exceeded"));
             }
             req.extensions_mut().insert(user);
             next.run(req).await
@@ -301,7 +301,7 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
             tracing::info!(request_id, %method, path, error = %cause, "sandbox destroyed during the request");
             resp = reject(
                 &path,
-                ApiError::not_found(format!("sandbox {id:?} not found (destroyed)")),
+                ServiceError::not_found(format!("sandbox {id:?} not found (destroyed)")),
             );
         } else {
             Counters::inc(&st.counters.errors);
@@ -320,6 +320,7 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
                     StatusCode::INTERNAL_SERVER_ERROR,
                     axum::Json(ErrorBody {
                         error: "internal error".into(),
+                        code: Some(bhatti_api::ErrorCode::Internal),
                         request_id: Some(request_id.clone()),
                     }),
                 )

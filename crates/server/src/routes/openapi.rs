@@ -682,8 +682,9 @@ pub fn api_markdown() -> String {
         "# API reference\n\nGenerated from the server's OpenAPI document (`GET /openapi.json`) by \
          `BHATTI_UPDATE_DOCS=1 cargo test -p bhatti-server --lib api_reference`; do not edit by hand.\n\n\
          Every route but `/health` needs `Authorization: Bearer bht_<64 hex>`. Errors are \
-         `{\"error\": \"…\"}` (500s add `request_id`); every authenticated route can answer \
-         401, 429 and 500, and every route with a JSON body 400, 413 and 415. Request bodies \
+         `{\"error\": \"…\", \"code\": \"not_found\"}`: the words are for people, the `code` \
+         (one per status, see `ErrorCode`) for programs; 500s add `request_id`. Every \
+         authenticated route can answer 401, 429 and 500, and every route with a JSON body 400, 413 and 415. Request bodies \
          are JSON objects; unknown fields are refused. Sandbox arguments take an ID or a name.\n\n\
          | method | path | success | errors | request | response | what |\n|---|---|---|---|---|---|---|\n",
     );

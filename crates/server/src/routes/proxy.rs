@@ -16,7 +16,7 @@ use bhatti_store::SandboxStatus;
 use hyper_util::rt::TokioIo;
 
 use super::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::{Counters, Shared};
 
 const WS_IDLE: Duration = Duration::from_secs(600);
@@ -26,7 +26,7 @@ pub async fn ports(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Vec<api::Port>>> {
+) -> ServiceResult<Json<Vec<api::Port>>> {
     let sb = st.sandbox(&user, &id).await?;
     st.ensure_hot(&sb).await?;
     let ports = st.engine.listening_ports(&sb.id).await?;
@@ -47,7 +47,7 @@ pub async fn ports(
 pub async fn all_ports(
     State(st): State<Shared>,
     Caller(user): Caller,
-) -> ApiResult<Json<Vec<api::Port>>> {
+) -> ServiceResult<Json<Vec<api::Port>>> {
     let uid = user.id.clone();
     let rows = st
         .db(move |s| s.list_sandboxes(&uid, &Default::default()))
@@ -89,8 +89,8 @@ fn rest_after_port(raw: &str) -> &str {
     }
 }
 
-fn bad_gateway(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::BAD_GATEWAY, format!("bad gateway: {e}"))
+fn bad_gateway(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::new(ErrorCode::BadGateway, format!("bad gateway: {e}"))
 }
 
 pub async fn proxy(
@@ -98,13 +98,13 @@ pub async fn proxy(
     Caller(user): Caller,
     Path(params): Path<Vec<(String, String)>>,
     mut req: Request,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let id = get("id").unwrap_or_default();
     let port: u16 = get("port")
         .and_then(|p| p.parse().ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| ApiError::bad_request("port must be 1-65535"))?;
+        .ok_or_else(|| ServiceError::bad_request("port must be 1-65535"))?;
     let sb = st.sandbox(&user, &id).await?;
     st.ensure_hot(&sb).await?;
     Counters::inc(&st.counters.proxy_requests);
@@ -135,12 +135,12 @@ pub async fn proxy(
     let (mut parts, body) = req.into_parts();
     parts.uri = pq
         .parse::<Uri>()
-        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
+        .map_err(|e| ServiceError::bad_request(format!("bad path: {e}")))?;
     let h = &mut parts.headers;
     h.remove(header::AUTHORIZATION);
     h.insert(
         header::HOST,
-        HeaderValue::from_str(&format!("localhost:{port}")).map_err(ApiError::internal)?,
+        HeaderValue::from_str(&format!("localhost:{port}")).map_err(ServiceError::internal)?,
     );
     if let Ok(v) = HeaderValue::from_str(&client_ip) {
         h.insert("x-forwarded-for", v);

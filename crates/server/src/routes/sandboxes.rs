@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::body::{JsonBody, OptionalJsonBody};
 use super::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use crate::service::sandboxes as service;
 use crate::state::Shared;
 use crate::validate;
@@ -62,7 +62,7 @@ pub async fn list(
     State(st): State<Shared>,
     Caller(user): Caller,
     axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> ApiResult<Json<Vec<api::Sandbox>>> {
+) -> ServiceResult<Json<Vec<api::Sandbox>>> {
     // `label=a=b&label=c=d`: repeated keys, parsed by hand since serde's
     // urlencoded reader takes only the last value of a key. Any other
     // parameter is refused, as the document lists only `label`.
@@ -72,7 +72,7 @@ pub async fn list(
             Some((k, v)) if percent_decode(k) == "label" => label.push(percent_decode(v)),
             _ if kv.is_empty() => {}
             _ => {
-                return Err(ApiError::bad_request(format!(
+                return Err(ServiceError::bad_request(format!(
                     "unknown query parameter {:?} (only label=key=value)",
                     percent_decode(kv.split('=').next().unwrap_or(kv))
                 )))
@@ -117,7 +117,7 @@ pub async fn get_one(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<api::Sandbox>> {
+) -> ServiceResult<Json<api::Sandbox>> {
     let sb = st.sandbox(&user, &id).await?;
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
@@ -153,7 +153,7 @@ pub async fn create(
     State(st): State<Shared>,
     Caller(user): Caller,
     JsonBody(req): JsonBody<api::CreateSandbox>,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     let c = service::create_for_caller(&st, &user, req).await?;
     if c.existing {
         return Ok(existing(&c.sandbox, &st));
@@ -167,7 +167,7 @@ pub async fn patch(
     Caller(user): Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::PatchSandbox>,
-) -> ApiResult<Json<api::Sandbox>> {
+) -> ServiceResult<Json<api::Sandbox>> {
     let mut sb = st.sandbox(&user, &id).await?;
     if let Some(n) = &req.name {
         validate::name("sandbox", n)?;
@@ -180,7 +180,7 @@ pub async fn patch(
     // nothing else should have happened.
     if let Some(policy) = service::egress(req.egress.as_ref())? {
         if st.engine.vm_state(&sb.id).is_none() {
-            return Err(ApiError::conflict(format!(
+            return Err(ServiceError::conflict(format!(
                 "sandbox {:?} is {}: its egress cannot be changed",
                 sb.name, sb.status
             )));
@@ -224,7 +224,7 @@ pub async fn destroy(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<api::StatusBody>> {
+) -> ServiceResult<Json<api::StatusBody>> {
     service::destroy(&st, &user, &id).await?;
     Ok(Json(api::StatusBody {
         status: "destroyed".into(),
@@ -235,7 +235,7 @@ pub async fn stop(
     State(st): State<Shared>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<api::Sandbox>> {
+) -> ServiceResult<Json<api::Sandbox>> {
     let sb = service::stop(&st, &user, &id, "api").await?;
     Ok(Json(to_api(&sb, None)))
 }
@@ -245,7 +245,7 @@ pub async fn start(
     Caller(user): Caller,
     Path(id): Path<String>,
     OptionalJsonBody(req): OptionalJsonBody<api::StartSandbox>,
-) -> ApiResult<Json<api::Sandbox>> {
+) -> ServiceResult<Json<api::Sandbox>> {
     let sb = service::start(&st, &user, &id, req.force).await?;
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
@@ -257,10 +257,10 @@ pub async fn set_timeout(
     Caller(user): Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::SetTimeout>,
-) -> ApiResult<Json<api::Sandbox>> {
+) -> ServiceResult<Json<api::Sandbox>> {
     let action = match req.on_expiry.as_deref() {
         None | Some("") => None,
-        Some(a) => Some(a.parse().map_err(ApiError::from)?),
+        Some(a) => Some(a.parse().map_err(ServiceError::from)?),
     };
     let secs = req.timeout_secs.filter(|s| *s > 0);
     let sb = service::set_timeout(&st, &user, &id, secs, action).await?;

@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
 use super::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use crate::state::Shared;
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -48,9 +48,10 @@ pub struct ShellQuery {
 type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
 
 /// A request that is not a WebSocket handshake gets a JSON error like
-/// every other refusal (axum's is plain text).
-fn upgrade(ws: Upgrade) -> ApiResult<WebSocketUpgrade> {
-    ws.map_err(|r| ApiError::new(r.status(), r.body_text()))
+/// every other refusal (axum's is plain text), as invalid input (axum says
+/// 426 or 400 for what is wrong with the handshake's headers).
+fn upgrade(ws: Upgrade) -> ServiceResult<WebSocketUpgrade> {
+    ws.map_err(|r| ServiceError::bad_request(r.body_text()))
 }
 
 pub async fn shell(
@@ -59,7 +60,7 @@ pub async fn shell(
     Path(id): Path<String>,
     q: Result<Query<ShellQuery>, axum::extract::rejection::QueryRejection>,
     ws: Upgrade,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     let ws = upgrade(ws)?;
     let Query(q) = q?;
     let sb = st.sandbox(&user, &id).await?;
@@ -267,7 +268,7 @@ pub async fn piped(
     Path(id): Path<String>,
     q: Result<Query<PipedQuery>, axum::extract::rejection::QueryRejection>,
     ws: Upgrade,
-) -> ApiResult<Response> {
+) -> ServiceResult<Response> {
     let ws = upgrade(ws)?;
     let Query(q) = q?;
     let sb = st.sandbox(&user, &id).await?;
@@ -277,6 +278,7 @@ pub async fn piped(
 async fn setup_error(socket: &mut WebSocket, msg: String) {
     let body = serde_json::to_string(&api::ErrorBody {
         error: msg,
+        code: None,
         request_id: None,
     })
     .unwrap_or_default();

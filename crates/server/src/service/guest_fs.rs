@@ -11,7 +11,7 @@ use bhatti_engine::EngineExt;
 use bhatti_protocol::messages::{ExecRequest, FileInfo};
 use bhatti_store::Sandbox;
 
-use crate::error::{ApiError, ApiResult};
+use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::{lock, Shared};
 
 /// The deepest listing one request may ask for.
@@ -48,7 +48,7 @@ impl Homes {
 
 /// Runs `argv` as the sandbox user; a non-zero exit is an error carrying
 /// its stderr.
-async fn run(st: &Shared, sb: &Sandbox, argv: &[&str]) -> ApiResult<String> {
+async fn run(st: &Shared, sb: &Sandbox, argv: &[&str]) -> ServiceResult<String> {
     let r = st
         .engine
         .exec_request(&sb.id, ExecRequest::new(argv.iter().copied()), None)
@@ -56,7 +56,7 @@ async fn run(st: &Shared, sb: &Sandbox, argv: &[&str]) -> ApiResult<String> {
     if r.exit_code != 0 {
         let msg = r.stderr_str();
         let msg = msg.trim();
-        return Err(ApiError::bad_request(if msg.is_empty() {
+        return Err(ServiceError::bad_request(if msg.is_empty() {
             format!("{} exited with {}", argv[0], r.exit_code)
         } else {
             msg.to_string()
@@ -66,7 +66,7 @@ async fn run(st: &Shared, sb: &Sandbox, argv: &[&str]) -> ApiResult<String> {
 }
 
 /// The sandbox user's home directory.
-pub async fn home(st: &Shared, sb: &Sandbox) -> ApiResult<String> {
+pub async fn home(st: &Shared, sb: &Sandbox) -> ServiceResult<String> {
     if let Some(h) = st.homes.cached(&sb.id) {
         return Ok(h);
     }
@@ -83,7 +83,7 @@ pub async fn home(st: &Shared, sb: &Sandbox) -> ApiResult<String> {
 /// An absolute path: as given, or under the user's home (`~` and `~/…`
 /// too). Relative paths are E2B's convention; the native API takes
 /// absolute ones only.
-pub async fn resolve(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<String> {
+pub async fn resolve(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<String> {
     crate::validate::no_nul("path", path)?;
     if path.starts_with('/') {
         return Ok(normalize(path));
@@ -114,7 +114,7 @@ pub(crate) fn join(dir: &str, name: &str) -> String {
     }
 }
 
-pub async fn stat(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<Entry> {
+pub async fn stat(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<Entry> {
     st.ensure_hot(sb).await?;
     let path = resolve(st, sb, path).await?;
     let info = st.engine.file_stat(&sb.id, &path).await?;
@@ -123,12 +123,12 @@ pub async fn stat(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<Entry> {
 
 /// Whether anything is at `path` (a stat refused for another reason, such
 /// as permissions, is that error).
-async fn exists(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<bool> {
+async fn exists(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<bool> {
     match st.engine.file_stat(&sb.id, path).await {
         Ok(_) => Ok(true),
         Err(e) => {
-            let e = ApiError::from(e);
-            if e.status == axum::http::StatusCode::NOT_FOUND {
+            let e = ServiceError::from(e);
+            if e.code == ErrorCode::NotFound {
                 Ok(false)
             } else {
                 Err(e)
@@ -147,7 +147,7 @@ pub(crate) async fn walk(
     root: &str,
     depth: u32,
     limit: usize,
-) -> ApiResult<Vec<(String, Entry)>> {
+) -> ServiceResult<Vec<(String, Entry)>> {
     let mut out = Vec::new();
     let mut level = vec![(root.to_string(), String::new())];
     for _ in 0..depth.max(1) {
@@ -183,9 +183,9 @@ pub(crate) async fn walk(
 }
 
 /// The entries under `path`, `depth` levels down (see [`walk`]).
-pub async fn list(st: &Shared, sb: &Sandbox, path: &str, depth: u32) -> ApiResult<Vec<Entry>> {
+pub async fn list(st: &Shared, sb: &Sandbox, path: &str, depth: u32) -> ServiceResult<Vec<Entry>> {
     if depth > MAX_DEPTH {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "depth must be at most {MAX_DEPTH}"
         )));
     }
@@ -197,7 +197,7 @@ pub async fn list(st: &Shared, sb: &Sandbox, path: &str, depth: u32) -> ApiResul
 
 /// Creates `path` and its missing parents; `None` when something is
 /// already there (not an error: callers ask "make sure it exists").
-pub async fn make_dir(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<Option<Entry>> {
+pub async fn make_dir(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<Option<Entry>> {
     st.ensure_hot(sb).await?;
     let path = resolve(st, sb, path).await?;
     if exists(st, sb, &path).await? {
@@ -208,26 +208,26 @@ pub async fn make_dir(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<Option
 }
 
 /// Moves `from` to `to` (a rename; `to`'s parent must exist).
-pub async fn rename(st: &Shared, sb: &Sandbox, from: &str, to: &str) -> ApiResult<Entry> {
+pub async fn rename(st: &Shared, sb: &Sandbox, from: &str, to: &str) -> ServiceResult<Entry> {
     st.ensure_hot(sb).await?;
     let from = resolve(st, sb, from).await?;
     let to = resolve(st, sb, to).await?;
     if !exists(st, sb, &from).await? {
-        return Err(ApiError::not_found(format!("{from} does not exist")));
+        return Err(ServiceError::not_found(format!("{from} does not exist")));
     }
     run(st, sb, &["mv", "-f", "--", &from, &to]).await?;
     stat(st, sb, &to).await
 }
 
 /// Removes a file, or a directory with everything in it.
-pub async fn remove(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<()> {
+pub async fn remove(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<()> {
     st.ensure_hot(sb).await?;
     let path = resolve(st, sb, path).await?;
     if path == "/" {
-        return Err(ApiError::bad_request("refusing to remove /"));
+        return Err(ServiceError::bad_request("refusing to remove /"));
     }
     if !exists(st, sb, &path).await? {
-        return Err(ApiError::not_found(format!("{path} does not exist")));
+        return Err(ServiceError::not_found(format!("{path} does not exist")));
     }
     run(st, sb, &["rm", "-rf", "--", &path]).await?;
     Ok(())

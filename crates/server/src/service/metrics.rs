@@ -10,7 +10,7 @@ use bhatti_engine::EngineExt;
 use bhatti_protocol::messages::ExecRequest;
 use bhatti_store::Sandbox;
 
-use crate::error::{ApiError, ApiResult};
+use crate::service::error::{ServiceError, ServiceResult};
 use crate::state::Shared;
 
 /// Between the two CPU readings.
@@ -83,20 +83,20 @@ fn disk(df: &str) -> Option<(u64, u64)> {
     Some((used.saturating_mul(1024), total.saturating_mul(1024)))
 }
 
-async fn read(st: &Shared, sb: &Sandbox, path: &str) -> ApiResult<String> {
-    let agent = st.engine.agent(&sb.id).map_err(ApiError::from)?;
+async fn read(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<String> {
+    let agent = st.engine.agent(&sb.id).map_err(ServiceError::from)?;
     let v = agent
         .file_read_to_vec(path, Default::default())
         .await
-        .map_err(ApiError::from)?;
+        .map_err(ServiceError::from)?;
     Ok(String::from_utf8_lossy(&v).into_owned())
 }
 
 /// Reads the sandbox's metrics now (waking it: a paused sandbox has
 /// nothing to measure).
-pub async fn sample(st: &Shared, sb: &Sandbox) -> ApiResult<Metrics> {
+pub async fn sample(st: &Shared, sb: &Sandbox) -> ServiceResult<Metrics> {
     st.ensure_hot(sb).await?;
-    let unreadable = |what: &str| ApiError::internal(format!("guest {what} is unreadable"));
+    let unreadable = |what: &str| ServiceError::internal(format!("guest {what} is unreadable"));
     let first =
         cpu_times(&read(st, sb, "/proc/stat").await?).ok_or_else(|| unreadable("/proc/stat"))?;
     tokio::time::sleep(CPU_WINDOW).await;

@@ -23,7 +23,7 @@ use bhatti_protocol::messages::ExecRequest;
 use bhatti_store::Sandbox;
 use tokio::sync::mpsc;
 
-use crate::error::{ApiError, ApiResult};
+use crate::service::error::{ServiceError, ServiceResult};
 use crate::state::{lock, Shared};
 
 /// Processes one sandbox may run at once through this table.
@@ -125,12 +125,12 @@ impl Processes {
         st: &Shared,
         sb: &Sandbox,
         spec: Spec,
-    ) -> ApiResult<(Arc<Proc>, mpsc::Receiver<Output>)> {
+    ) -> ServiceResult<(Arc<Proc>, mpsc::Receiver<Output>)> {
         if spec.cmd.is_empty() {
-            return Err(ApiError::bad_request("process.cmd is required"));
+            return Err(ServiceError::bad_request("process.cmd is required"));
         }
         if self.list(&sb.id).len() >= MAX_PER_SANDBOX {
-            return Err(ApiError::too_many(format!(
+            return Err(ServiceError::too_many(format!(
                 "{MAX_PER_SANDBOX} processes already run in this sandbox"
             )));
         }
@@ -223,7 +223,7 @@ impl Processes {
     }
 
     /// The running process a selector names.
-    pub fn get(&self, sandbox_id: &str, sel: &Selector) -> ApiResult<Arc<Proc>> {
+    pub fn get(&self, sandbox_id: &str, sel: &Selector) -> ServiceResult<Arc<Proc>> {
         let all = lock(&self.by_sandbox);
         let found = all.get(sandbox_id).and_then(|procs| match sel {
             Selector::Pid(pid) => procs.get(pid).cloned(),
@@ -233,9 +233,11 @@ impl Processes {
                 .cloned(),
         });
         found.ok_or_else(|| match sel {
-            Selector::Pid(pid) => ApiError::not_found(format!("process with pid {pid} not found")),
+            Selector::Pid(pid) => {
+                ServiceError::not_found(format!("process with pid {pid} not found"))
+            }
             Selector::Tag(tag) => {
-                ApiError::not_found(format!("process with tag {tag:?} not found"))
+                ServiceError::not_found(format!("process with tag {tag:?} not found"))
             }
         })
     }
@@ -249,20 +251,20 @@ impl Proc {
         rx
     }
 
-    async fn control(&self, c: Control) -> ApiResult<()> {
+    async fn control(&self, c: Control) -> ServiceResult<()> {
         self.control
             .send(c)
             .await
-            .map_err(|_| ApiError::not_found(format!("process with pid {} ended", self.pid)))
+            .map_err(|_| ServiceError::not_found(format!("process with pid {} ended", self.pid)))
     }
 
     /// Bytes to its stdin (or its terminal).
-    pub async fn input(&self, data: Vec<u8>) -> ApiResult<()> {
+    pub async fn input(&self, data: Vec<u8>) -> ServiceResult<()> {
         if data.is_empty() {
             return Ok(());
         }
         if self.spec.pty.is_none() && !self.spec.stdin {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "process with pid {} was started without stdin",
                 self.pid
             )));
@@ -271,25 +273,25 @@ impl Proc {
     }
 
     /// EOF on a piped process's stdin.
-    pub async fn close_stdin(&self) -> ApiResult<()> {
+    pub async fn close_stdin(&self) -> ServiceResult<()> {
         self.control(Control::CloseStdin).await
     }
 
     /// SIGKILL to its process group.
-    pub async fn kill(&self) -> ApiResult<()> {
+    pub async fn kill(&self) -> ServiceResult<()> {
         self.control(Control::Kill).await
     }
 
     /// A new terminal size (only a terminal has one).
-    pub async fn resize(&self, rows: u16, cols: u16) -> ApiResult<()> {
+    pub async fn resize(&self, rows: u16, cols: u16) -> ServiceResult<()> {
         if self.spec.pty.is_none() {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "process with pid {} has no terminal",
                 self.pid
             )));
         }
         if rows == 0 || cols == 0 {
-            return Err(ApiError::bad_request("pty size must be at least 1x1"));
+            return Err(ServiceError::bad_request("pty size must be at least 1x1"));
         }
         self.control(Control::Resize { rows, cols }).await
     }
@@ -380,9 +382,9 @@ async fn drive(
             let controls = async {
                 while let Some(c) = control.recv().await {
                     let r = match c {
-                        Control::Input(d) => wr.write(&d).await.map_err(ApiError::from),
+                        Control::Input(d) => wr.write(&d).await.map_err(ServiceError::from),
                         // A terminal takes Ctrl+D for EOF.
-                        Control::CloseStdin => wr.write(&[4]).await.map_err(ApiError::from),
+                        Control::CloseStdin => wr.write(&[4]).await.map_err(ServiceError::from),
                         // The session's whole group, SIGKILL (the terminal's
                         // own kill is SIGTERM, which an interactive shell
                         // ignores).
@@ -390,9 +392,9 @@ async fn drive(
                             .engine
                             .session_kill(sandbox_id, &session_id)
                             .await
-                            .map_err(ApiError::from),
+                            .map_err(ServiceError::from),
                         Control::Resize { rows, cols } => {
-                            wr.resize(rows, cols).await.map_err(ApiError::from)
+                            wr.resize(rows, cols).await.map_err(ServiceError::from)
                         }
                     };
                     if let Err(e) = r {
@@ -437,13 +439,13 @@ mod tests {
     #[test]
     fn an_unknown_selector_is_not_found() {
         let t = Processes::new();
-        let e = t.get("sb", &Selector::Pid(7)).err().map(|e| e.status);
-        assert_eq!(e, Some(axum::http::StatusCode::NOT_FOUND));
+        let e = t.get("sb", &Selector::Pid(7)).err().map(|e| e.code);
+        assert_eq!(e, Some(crate::service::error::ErrorCode::NotFound));
         let e = t
             .get("sb", &Selector::Tag("x".into()))
             .err()
-            .map(|e| e.status);
-        assert_eq!(e, Some(axum::http::StatusCode::NOT_FOUND));
+            .map(|e| e.code);
+        assert_eq!(e, Some(crate::service::error::ErrorCode::NotFound));
         assert!(t.list("sb").is_empty());
     }
 }

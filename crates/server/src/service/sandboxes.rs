@@ -12,15 +12,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use axum::http::StatusCode;
 use base64::Engine as _;
 use bhatti_api as api;
 use bhatti_engine::api::{GuestFile, ResumeSpec, SandboxSpec, VolumeAttach};
 use bhatti_engine::net::EgressPolicy;
 use bhatti_store::{ExpiryAction, NewSandbox, Sandbox, SandboxStatus, User};
 
-use crate::error::{ApiError, ApiResult};
-use crate::routes::volumes;
+use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
+use crate::service::volumes;
 use crate::state::Shared;
 use crate::validate;
 
@@ -36,22 +35,22 @@ pub struct Created {
 }
 
 /// `timeout_secs` from now, in storage format.
-pub fn expiry_from_now(timeout_secs: u64) -> ApiResult<String> {
+pub fn expiry_from_now(timeout_secs: u64) -> ServiceResult<String> {
     if timeout_secs > MAX_TIMEOUT_SECS {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "timeout {timeout_secs}s is longer than the {MAX_TIMEOUT_SECS}s limit"
         )));
     }
     let at = SystemTime::now()
         .checked_add(Duration::from_secs(timeout_secs))
-        .ok_or_else(|| ApiError::bad_request("timeout is out of range"))?;
+        .ok_or_else(|| ServiceError::bad_request("timeout is out of range"))?;
     Ok(bhatti_store::time::format_ts(at))
 }
 
-fn expiry_action(a: Option<&str>) -> ApiResult<ExpiryAction> {
+fn expiry_action(a: Option<&str>) -> ServiceResult<ExpiryAction> {
     match a {
         None | Some("") => Ok(ExpiryAction::Kill),
-        Some(a) => a.parse().map_err(ApiError::from),
+        Some(a) => a.parse().map_err(ServiceError::from),
     }
 }
 
@@ -63,7 +62,7 @@ pub async fn set_timeout(
     id: &str,
     timeout_secs: Option<u64>,
     action: Option<ExpiryAction>,
-) -> ApiResult<Sandbox> {
+) -> ServiceResult<Sandbox> {
     let sb = st.sandbox(user, id).await?;
     let at = timeout_secs.map(expiry_from_now).transpose()?;
     let action = action.unwrap_or(sb.on_expiry);
@@ -104,7 +103,7 @@ pub async fn reap_expired(st: &Shared) {
                 let r = if sb.status == SandboxStatus::Running
                     && st.engine.vm_state(&sb.id).is_some()
                 {
-                    st.engine.stop(&sb.id).await.map_err(ApiError::from)
+                    st.engine.stop(&sb.id).await.map_err(ServiceError::from)
                 } else {
                     Ok(())
                 };
@@ -131,37 +130,37 @@ pub async fn reap_expired(st: &Shared) {
 }
 
 /// The request's egress policy; `None` when it names none.
-pub fn egress(e: Option<&api::Egress>) -> ApiResult<Option<EgressPolicy>> {
+pub fn egress(e: Option<&api::Egress>) -> ServiceResult<Option<EgressPolicy>> {
     let Some(e) = e else { return Ok(None) };
     match e {
         api::Egress::Mode(m) if m == "public" => Ok(EgressPolicy::Public),
         api::Egress::Mode(m) if m == "deny" => Ok(EgressPolicy::Deny),
-        api::Egress::Mode(m) => Err(ApiError::bad_request(format!(
+        api::Egress::Mode(m) => Err(ServiceError::bad_request(format!(
             "egress {m:?}: expected \"public\", \"deny\" or a list of CIDRs"
         ))),
         api::Egress::Allow(list) if list.len() > 256 => {
-            Err(ApiError::bad_request("egress: at most 256 CIDRs"))
+            Err(ServiceError::bad_request("egress: at most 256 CIDRs"))
         }
         api::Egress::Allow(list) => list
             .iter()
             .map(|c| validate::cidr(c))
-            .collect::<ApiResult<Vec<_>>>()
+            .collect::<ServiceResult<Vec<_>>>()
             .map(EgressPolicy::Allow),
     }
     .map(Some)
 }
 
-pub fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, GuestFile>> {
+pub fn decode_files(files: &[api::CreateFile]) -> ServiceResult<BTreeMap<String, GuestFile>> {
     let mut out = BTreeMap::new();
     for f in files {
         if f.guest_path.is_empty() {
-            return Err(ApiError::bad_request("files: guest_path required"));
+            return Err(ServiceError::bad_request("files: guest_path required"));
         }
         validate::guest_path(&f.guest_path)?;
         let content = base64::engine::general_purpose::STANDARD
             .decode(f.content.as_bytes())
             .map_err(|e| {
-                ApiError::bad_request(format!("files: {}: bad base64: {e}", f.guest_path))
+                ServiceError::bad_request(format!("files: {}: bad base64: {e}", f.guest_path))
             })?;
         let mode = f.mode.clone().unwrap_or_else(|| "0644".into());
         validate::file_mode(&mode).map_err(|e| e.context(&format!("files: {}", f.guest_path)))?;
@@ -171,7 +170,7 @@ pub fn decode_files(files: &[api::CreateFile]) -> ApiResult<BTreeMap<String, Gue
 }
 
 /// Template defaults merged under the request (the request wins).
-fn apply_template(req: &mut api::CreateSandbox, t: &bhatti_store::Template) -> ApiResult<()> {
+fn apply_template(req: &mut api::CreateSandbox, t: &bhatti_store::Template) -> ServiceResult<()> {
     if req.name.is_none() {
         // The template's name, cut so that `-<6 hex>` still fits a name.
         let stem = &t.name[..t.name.len().min(56)];
@@ -227,7 +226,7 @@ pub async fn create_for_caller(
     st: &Shared,
     user: &User,
     req: api::CreateSandbox,
-) -> ApiResult<Created> {
+) -> ServiceResult<Created> {
     let (st2, user2) = (st.clone(), user.clone());
     let task = st
         .creates
@@ -237,8 +236,8 @@ pub async fn create_for_caller(
         task: Some(task),
     };
     let r = match guard.task.as_mut() {
-        Some(t) => t.await.map_err(ApiError::from)?,
-        None => return Err(ApiError::internal("create task missing")),
+        Some(t) => t.await.map_err(ServiceError::from)?,
+        None => return Err(ServiceError::internal("create task missing")),
     };
     guard.task = None;
     r
@@ -248,7 +247,7 @@ pub async fn create_for_caller(
 /// finished (its future was dropped while the task ran).
 struct Abandoned {
     st: Shared,
-    task: Option<tokio::task::JoinHandle<ApiResult<Created>>>,
+    task: Option<tokio::task::JoinHandle<ServiceResult<Created>>>,
 }
 
 impl Drop for Abandoned {
@@ -276,16 +275,17 @@ impl Drop for Abandoned {
     }
 }
 
-pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> ApiResult<Created> {
+pub async fn create(
+    st: &Shared,
+    user: &User,
+    mut req: api::CreateSandbox,
+) -> ServiceResult<Created> {
     if let Some(tid) = req.template_id.clone().filter(|t| !t.is_empty()) {
         let uid = user.id.clone();
-        let t = st.db(move |s| s.template(&uid, &tid)).await.map_err(|e| {
-            if e.status == StatusCode::NOT_FOUND {
-                ApiError::not_found("template not found")
-            } else {
-                e
-            }
-        })?;
+        let t = st
+            .db(move |s| s.template(&uid, &tid))
+            .await
+            .map_err(|e| e.or_not_found(|| "template not found".into()))?;
         apply_template(&mut req, &t)?;
     }
     let q = user.quotas;
@@ -299,20 +299,22 @@ pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> Ap
             .default_memory_mb
             .min(q.max_memory_mb_per_sandbox.max(128)),
         Some(m) if m < 128 => {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "memory_mb must be at least 128, got {m}"
             )))
         }
-        Some(m) => u32::try_from(m).map_err(|_| ApiError::bad_request("memory_mb is too large"))?,
+        Some(m) => {
+            u32::try_from(m).map_err(|_| ServiceError::bad_request("memory_mb is too large"))?
+        }
     };
     if cpus > q.max_cpus_per_sandbox {
-        return Err(ApiError::forbidden(format!(
+        return Err(ServiceError::forbidden(format!(
             "cpus {cpus} exceeds your limit of {} per sandbox",
             q.max_cpus_per_sandbox
         )));
     }
     if memory_mb > q.max_memory_mb_per_sandbox {
-        return Err(ApiError::forbidden(format!(
+        return Err(ServiceError::forbidden(format!(
             "memory_mb {memory_mb} exceeds your limit of {} per sandbox",
             q.max_memory_mb_per_sandbox
         )));
@@ -359,17 +361,11 @@ pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> Ap
         let ct = st
             .db(move |db| db.secret_value(&uid, &n))
             .await
-            .map_err(|e| {
-                if e.status == StatusCode::NOT_FOUND {
-                    ApiError::not_found(format!("secret {s:?} not found"))
-                } else {
-                    e
-                }
-            })?;
-        let pt = st.secrets.decrypt(&ct).map_err(ApiError::internal)?;
+            .map_err(|e| e.or_not_found(|| format!("secret {s:?} not found")))?;
+        let pt = st.secrets.decrypt(&ct).map_err(ServiceError::internal)?;
         env.insert(
             s.clone(),
-            String::from_utf8(pt).map_err(|_| ApiError::internal("secret is not UTF-8"))?,
+            String::from_utf8(pt).map_err(|_| ServiceError::internal("secret is not UTF-8"))?,
         );
     }
     // With the secrets in, the whole environment must still fit.
@@ -415,7 +411,7 @@ pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> Ap
     let _creating = st.creating(&id);
     match st.db(move |s| s.insert_sandbox(&new)).await {
         Ok(_) => {}
-        Err(e) if e.status == StatusCode::CONFLICT => {
+        Err(e) if e.code == ErrorCode::Conflict => {
             let (uid, n) = (user.id.clone(), name.clone());
             let winner = st.db(move |s| s.sandbox(&uid, &n)).await?;
             return Ok(Created {
@@ -448,7 +444,7 @@ pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> Ap
                 "snapshot.forked",
                 serde_json::json!({"from": src.id}),
             );
-            return Ok::<_, ApiError>(info);
+            return Ok::<_, ServiceError>(info);
         }
         let vols = attach_volumes(st, user, &id, &req.persistent_volumes).await?;
         let spec = SandboxSpec {
@@ -492,8 +488,8 @@ pub async fn create(st: &Shared, user: &User, mut req: api::CreateSandbox) -> Ap
                     let _ = st.engine.destroy(&id).await;
                     let rid = id.clone();
                     let _ = st.db(move |s| s.delete_sandbox(&rid)).await;
-                    return Err(if e.status == StatusCode::NOT_FOUND {
-                        ApiError::conflict(format!(
+                    return Err(if e.code == ErrorCode::NotFound {
+                        ServiceError::conflict(format!(
                             "sandbox {name:?} was destroyed while it was being created"
                         ))
                     } else {
@@ -544,7 +540,11 @@ async fn default_image(st: &Shared) -> String {
 
 /// `image` through the store (own, then admin); `minimal` = the engine's
 /// default root filesystem; none = [`default_image`].
-async fn resolve_image(st: &Shared, user: &User, image: Option<&str>) -> ApiResult<ResolvedImage> {
+async fn resolve_image(
+    st: &Shared,
+    user: &User,
+    image: Option<&str>,
+) -> ServiceResult<ResolvedImage> {
     let image = match image.filter(|i| !i.is_empty()) {
         Some(i) => i.to_string(),
         None => default_image(st).await,
@@ -563,7 +563,7 @@ async fn resolve_image(st: &Shared, user: &User, image: Option<&str>) -> ApiResu
             path: Some(PathBuf::from(img.file_path)),
             name: img.name,
         }),
-        Err(e) if e.status == StatusCode::NOT_FOUND => Err(ApiError::not_found(format!(
+        Err(e) if e.code == ErrorCode::NotFound => Err(ServiceError::not_found(format!(
             "image {name:?} not found; `bhatti image pull <ref> --name {name}` or `bhatti image list`"
         ))),
         Err(e) => Err(e),
@@ -577,7 +577,7 @@ async fn attach_volumes(
     user: &User,
     sandbox_id: &str,
     reqs: &[api::VolumeMount],
-) -> ApiResult<Vec<VolumeAttach>> {
+) -> ServiceResult<Vec<VolumeAttach>> {
     let mut out = Vec::new();
     for v in reqs {
         let r = async {
@@ -590,7 +590,7 @@ async fn attach_volumes(
             );
             st.db(move |s| s.attach_volume(&vid, &sid, &mount, ro))
                 .await?;
-            Ok::<_, ApiError>(VolumeAttach {
+            Ok::<_, ServiceError>(VolumeAttach {
                 name: vol.name.clone(),
                 file: PathBuf::from(&vol.file_path),
                 mount: v.mount.clone(),
@@ -611,21 +611,21 @@ async fn attach_volumes(
 }
 
 /// Destroys a sandbox: the row first, then the engine's resources.
-pub async fn destroy(st: &Shared, user: &User, id: &str) -> ApiResult<Sandbox> {
+pub async fn destroy(st: &Shared, user: &User, id: &str) -> ServiceResult<Sandbox> {
     let sb = st.sandbox(user, id).await?;
     destroy_row(st, sb).await
 }
 
 /// [`destroy`] for a sandbox already looked up (the expiry reaper's path).
-pub async fn destroy_row(st: &Shared, sb: Sandbox) -> ApiResult<Sandbox> {
+pub async fn destroy_row(st: &Shared, sb: Sandbox) -> ServiceResult<Sandbox> {
     // The row goes first: a request on this sandbox that fails while the
     // engine tears it down then finds it gone (404, not 500), and a daemon
     // that dies in between leaves an orphan that recovery sweeps.
     let sid = sb.id.clone();
     match st.db(move |s| s.delete_sandbox(&sid)).await {
         Ok(_)
-        | Err(ApiError {
-            status: StatusCode::NOT_FOUND,
+        | Err(ServiceError {
+            code: ErrorCode::NotFound,
             ..
         }) => {}
         Err(e) => return Err(e),
@@ -679,10 +679,10 @@ pub async fn destroy_row(st: &Shared, sb: Sandbox) -> ApiResult<Sandbox> {
 
 /// Stops a sandbox to disk (its memory with it, so a start resumes its
 /// processes).
-pub async fn stop(st: &Shared, user: &User, id: &str, reason: &str) -> ApiResult<Sandbox> {
+pub async fn stop(st: &Shared, user: &User, id: &str, reason: &str) -> ServiceResult<Sandbox> {
     let sb = st.sandbox(user, id).await?;
     if st.engine.vm_state(&sb.id).is_none() {
-        return Err(ApiError::conflict(format!(
+        return Err(ServiceError::conflict(format!(
             "sandbox {:?} is {}: {}",
             sb.name, sb.status, sb.status_reason
         )));
@@ -699,10 +699,10 @@ pub async fn stop(st: &Shared, user: &User, id: &str, reason: &str) -> ApiResult
 }
 
 /// Starts (restores) a stopped sandbox.
-pub async fn start(st: &Shared, user: &User, id: &str, force: bool) -> ApiResult<Sandbox> {
+pub async fn start(st: &Shared, user: &User, id: &str, force: bool) -> ServiceResult<Sandbox> {
     let sb = st.sandbox(user, id).await?;
     if st.engine.vm_state(&sb.id).is_none() {
-        return Err(ApiError::conflict(format!(
+        return Err(ServiceError::conflict(format!(
             "sandbox {:?} cannot be started: {}",
             sb.name,
             if sb.status_reason.is_empty() {

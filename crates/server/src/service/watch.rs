@@ -14,7 +14,7 @@ use bhatti_engine::EngineExt;
 use bhatti_store::Sandbox;
 use tokio::sync::mpsc;
 
-use crate::error::{ApiError, ApiResult};
+use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::service::guest_fs::{self, Entry};
 use crate::state::{lock, Shared};
 
@@ -49,7 +49,7 @@ pub struct FsEvent {
 type Listing = BTreeMap<String, Entry>;
 
 /// The directory's entries by name relative to it, without waking it.
-async fn listing(st: &Shared, sandbox_id: &str, root: &str, depth: u32) -> ApiResult<Listing> {
+async fn listing(st: &Shared, sandbox_id: &str, root: &str, depth: u32) -> ServiceResult<Listing> {
     Ok(guest_fs::walk(st, sandbox_id, root, depth, MAX_ENTRIES)
         .await?
         .into_iter()
@@ -98,12 +98,14 @@ pub async fn watch(
     sb: &Sandbox,
     path: &str,
     recursive: bool,
-) -> ApiResult<mpsc::Receiver<FsEvent>> {
+) -> ServiceResult<mpsc::Receiver<FsEvent>> {
     st.ensure_hot(sb).await?;
     let root = guest_fs::resolve(st, sb, path).await?;
     let info = st.engine.file_stat(&sb.id, &root).await?;
     if !info.is_dir {
-        return Err(ApiError::bad_request(format!("{root} is not a directory")));
+        return Err(ServiceError::bad_request(format!(
+            "{root} is not a directory"
+        )));
     }
     let depth = if recursive { MAX_DEPTH } else { 1 };
     let mut last = listing(st, &sb.id, &root, depth).await?;
@@ -122,7 +124,7 @@ pub async fn watch(
             }
             let now = match listing(&st, &id, &root, depth).await {
                 Ok(l) => l,
-                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => return,
+                Err(e) if e.code == ErrorCode::NotFound => return,
                 // Paused or busy meanwhile: try again next tick.
                 Err(_) => continue,
             };
@@ -154,13 +156,13 @@ impl Watchers {
         sb: &Sandbox,
         path: &str,
         recursive: bool,
-    ) -> ApiResult<String> {
+    ) -> ServiceResult<String> {
         let n = lock(&self.0)
             .values()
             .filter(|w| w.sandbox_id == sb.id)
             .count();
         if n >= MAX_WATCHERS {
-            return Err(ApiError::too_many(format!(
+            return Err(ServiceError::too_many(format!(
                 "{MAX_WATCHERS} watchers already exist for this sandbox"
             )));
         }
@@ -190,17 +192,17 @@ impl Watchers {
     }
 
     /// The events since the last call.
-    pub fn take(&self, sandbox_id: &str, id: &str) -> ApiResult<Vec<FsEvent>> {
+    pub fn take(&self, sandbox_id: &str, id: &str) -> ServiceResult<Vec<FsEvent>> {
         let all = lock(&self.0);
         let w = all
             .get(id)
             .filter(|w| w.sandbox_id == sandbox_id)
-            .ok_or_else(|| ApiError::not_found(format!("watcher {id:?} not found")))?;
+            .ok_or_else(|| ServiceError::not_found(format!("watcher {id:?} not found")))?;
         let events = std::mem::take(&mut *lock(&w.events));
         Ok(events)
     }
 
-    pub fn remove(&self, sandbox_id: &str, id: &str) -> ApiResult<()> {
+    pub fn remove(&self, sandbox_id: &str, id: &str) -> ServiceResult<()> {
         let mut all = lock(&self.0);
         match all.get(id) {
             Some(w) if w.sandbox_id == sandbox_id => {
@@ -208,7 +210,7 @@ impl Watchers {
                 all.remove(id);
                 Ok(())
             }
-            _ => Err(ApiError::not_found(format!("watcher {id:?} not found"))),
+            _ => Err(ServiceError::not_found(format!("watcher {id:?} not found"))),
         }
     }
 

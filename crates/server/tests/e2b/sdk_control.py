@@ -23,9 +23,8 @@ from checks import check, finish, raises  # beside this script
 
 TEMPLATE = os.environ["E2B_TEST_TEMPLATE"]
 OTHER_KEY = os.environ["E2B_TEST_OTHER_KEY"]
+ENGINE = os.environ["E2B_TEST_ENGINE"]
 RUN = uuid.uuid4().hex[:8]
-
-
 
 def seconds_left(info):
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -102,6 +101,60 @@ def bad_input():
     raises(SandboxException, lambda: Sandbox.create(TEMPLATE, timeout=10**9), "an absurd timeout is refused")
 
 
+def forks_and_snapshots():
+    src = Sandbox.create(TEMPLATE, timeout=300, metadata={"run": RUN, "role": "src"})
+    if ENGINE == "docker":
+        # Containers cannot be checkpointed: the API says so (501), and the
+        # SDK raises its base exception.
+        raises(SandboxException, lambda: src.fork(count=1), "docker: fork is refused")
+        raises(SandboxException, lambda: src.create_snapshot(), "docker: create_snapshot is refused")
+        src.kill()
+        return
+    # State in memory and on disk, to find again in the forks.
+    h = src.commands.run("sleep 600", background=True)
+    src.files.write("/tmp/fork-marker", "before the fork")
+    forks = src.fork(count=2, timeout=120)
+    check(len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks), f"fork(count=2) gives two sandboxes: {forks}")
+    ids = {f.sandbox_id for f in forks}
+    check(len(ids) == 2 and src.sandbox_id not in ids, "each fork is a new sandbox")
+    for f in forks:
+        check(f.files.read("/tmp/fork-marker") == "before the fork", "a fork has the source's files")
+        procs = f.commands.run("cat /proc/[0-9]*/comm 2>/dev/null; true").stdout.split()
+        check("sleep" in procs, "a fork has the source's processes")
+        info = f.get_info()
+        check(info.metadata.get("role") == "src", "a fork keeps the source's metadata")
+        check(60 < seconds_left(info) <= 121, f"a fork has the timeout it was given ({seconds_left(info):.0f}s, ends {info.end_at})")
+    forks[0].files.write("/tmp/fork-marker", "changed in a fork")
+    check(src.files.read("/tmp/fork-marker") == "before the fork", "a fork's writes stay in the fork")
+    check(src.get_info().state == SandboxState.RUNNING, "the source keeps running")
+    h.kill()
+
+    name = "snap-" + RUN
+    snap = src.create_snapshot(name=name)
+    check(snap.snapshot_id == name and snap.names == [name], "create_snapshot names the snapshot")
+    unnamed = Sandbox.create_snapshot(src.sandbox_id)
+    check(unnamed.snapshot_id.startswith("snap-"), "an unnamed snapshot gets a name")
+    listed = [s.snapshot_id for s in src.list_snapshots().next_items()]
+    check(set(listed) == {name, unnamed.snapshot_id}, f"list_snapshots filters by sandbox: {listed}")
+    by_name = [s.snapshot_id for s in Sandbox.list_snapshots(name="team/" + name + ":default").next_items()]
+    check(by_name == [name], "list_snapshots filters by a qualified name")
+    check(list(Sandbox.list_snapshots(api_key=OTHER_KEY).next_items()) == [], "another user sees no snapshots")
+    raises(SandboxException, lambda: src.create_snapshot(name=name), "a taken snapshot name is refused")
+
+    restored = Sandbox.create(name, timeout=120, metadata={"run": RUN, "role": "restored"})
+    check(restored.files.read("/tmp/fork-marker") == "before the fork", "create from a snapshot has its files")
+    info = restored.get_info()
+    check(info.metadata.get("role") == "restored" and info.template_id == name, "create from a snapshot takes metadata and reports the snapshot")
+    check(60 < seconds_left(info) <= 121, "and the lifetime it was given")
+
+    check(Sandbox.delete_snapshot(unnamed.snapshot_id), "delete_snapshot answers true")
+    check(not Sandbox.delete_snapshot(unnamed.snapshot_id), "a second delete answers false")
+    check(not Sandbox.delete_snapshot(name, api_key=OTHER_KEY), "another user cannot delete it")
+    check(Sandbox.delete_snapshot(name), "delete the named one")
+    for s in [src, restored, *forks]:
+        s.kill()
+
+
 async def async_subset():
     sbx = await AsyncSandbox.create(TEMPLATE, timeout=60, metadata={"run": RUN, "async": "1"})
     info = await sbx.get_info()
@@ -114,6 +167,7 @@ async def async_subset():
 keep = lifecycle()
 expiry()
 bad_input()
+forks_and_snapshots()
 asyncio.run(async_subset())
 keep.kill()
 left = Sandbox.list(query=SandboxQuery(metadata={"run": RUN})).next_items()

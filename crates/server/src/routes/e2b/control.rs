@@ -17,16 +17,17 @@ use bhatti_store::{ExpiryAction, Sandbox, SandboxStatus, User};
 use serde::{Deserialize, Serialize};
 
 use super::{E2bError, E2bResult, ENVD_VERSION};
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use crate::routes::body::parse;
 use crate::routes::sandboxes::percent_decode;
 use crate::routes::Caller;
 use crate::service::sandboxes as service;
+use crate::service::snapshots;
 use crate::state::Shared;
 
 /// The SDKs' default lifetime when a request gives none (E2B's API says 15 s;
 /// its SDKs always send one).
-const DEFAULT_TIMEOUT_SECS: u64 = 15;
+pub(super) const DEFAULT_TIMEOUT_SECS: u64 = 15;
 /// `endAt` for a sandbox without a lifetime (bhatti-native ones).
 const NO_END: &str = "9999-12-31T23:59:59.000Z";
 /// Largest page of a v2 list.
@@ -57,7 +58,7 @@ struct NewSandbox {
 /// E2B's `Sandbox` (create, resume, connect).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct E2bSandbox {
+pub(super) struct E2bSandbox {
     #[serde(rename = "templateID")]
     template_id: String,
     #[serde(rename = "sandboxID")]
@@ -96,7 +97,7 @@ pub struct Detail {
 
 /// The template an E2B sandbox reports: what it was asked for by, else its
 /// image.
-fn template_of(sb: &Sandbox) -> String {
+pub(super) fn template_of(sb: &Sandbox) -> String {
     sb.labels
         .get(TEMPLATE_LABEL)
         .cloned()
@@ -105,7 +106,7 @@ fn template_of(sb: &Sandbox) -> String {
 
 /// Label recording the `templateID` a sandbox was created with (as E2B's
 /// responses echo it).
-const TEMPLATE_LABEL: &str = "e2b.dev/template";
+pub(super) const TEMPLATE_LABEL: &str = "e2b.dev/template";
 
 fn state_of(sb: &Sandbox) -> &'static str {
     match sb.status {
@@ -117,13 +118,13 @@ fn state_of(sb: &Sandbox) -> &'static str {
 }
 
 /// The sandbox's envd access token (see `super::token`).
-fn access_token(st: &Shared, sb: &Sandbox) -> Result<String, ApiError> {
+fn access_token(st: &Shared, sb: &Sandbox) -> Result<String, ServiceError> {
     st.envd_key
         .token(&sb.id)
-        .map_err(|e| ApiError::internal(format!("envd key: {e}")))
+        .map_err(|e| ServiceError::internal(format!("envd key: {e}")))
 }
 
-fn e2b_sandbox(st: &Shared, sb: &Sandbox) -> Result<E2bSandbox, ApiError> {
+pub(super) fn e2b_sandbox(st: &Shared, sb: &Sandbox) -> Result<E2bSandbox, ServiceError> {
     Ok(E2bSandbox {
         template_id: template_of(sb),
         sandbox_id: sb.id.clone(),
@@ -153,18 +154,36 @@ fn detail(sb: &Sandbox) -> Detail {
     }
 }
 
-/// `templateID` → the native create: a bhatti template by ID or name, else
-/// an image by name; `base` (E2B's default) is the default image.
-async fn resolve_template(st: &Shared, user: &User, t: &str, req: &mut api::CreateSandbox) {
+/// What an E2B `templateID` names.
+enum Source {
+    /// A bhatti template (by ID or name), or an image by name; `base`
+    /// (E2B's default) is the default image.
+    Boot,
+    /// One of the caller's snapshots (what `create_snapshot` answered):
+    /// the sandbox is restored from it, memory and all.
+    Snapshot,
+}
+
+/// `templateID` → the native create: a bhatti template by ID or name, then
+/// a snapshot by name, else an image by name.
+async fn resolve_template(
+    st: &Shared,
+    user: &User,
+    t: &str,
+    req: &mut api::CreateSandbox,
+) -> Source {
     if t.is_empty() || t == "base" {
-        return;
+        return Source::Boot;
     }
-    let (uid, tid) = (user.id.clone(), t.to_string());
-    if st.db(move |s| s.template(&uid, &tid)).await.is_ok() {
+    if crate::service::templates::get(st, user, t).await.is_ok() {
         req.template_id = Some(t.to_string());
-    } else {
-        req.image = Some(t.to_string());
+        return Source::Boot;
     }
+    if crate::service::snapshots::get(st, user, t).await.is_ok() {
+        return Source::Snapshot;
+    }
+    req.image = Some(t.to_string());
+    Source::Boot
 }
 
 pub async fn create(
@@ -174,14 +193,14 @@ pub async fn create(
 ) -> E2bResult<Response> {
     let req: NewSandbox = parse(&body)?;
     if req.template_id.is_empty() {
-        return Err(ApiError::bad_request("templateID is required").into());
+        return Err(ServiceError::bad_request("templateID is required").into());
     }
     let mut native = api::CreateSandbox {
         name: Some(format!("e2b-{}", bhatti_store::ids::random_hex(4))),
         env: req.env_vars.unwrap_or_default(),
         metadata: req.metadata.unwrap_or_default(),
         timeout_secs: Some(req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)),
-        on_expiry: Some(if req.auto_pause { "pause" } else { "kill" }.into()),
+        on_expiry: Some(expiry_action(req.auto_pause).as_str().into()),
         egress: match req.allow_internet_access {
             Some(false) => Some(api::Egress::Mode("deny".into())),
             _ => None,
@@ -191,25 +210,43 @@ pub async fn create(
     native
         .labels
         .insert(TEMPLATE_LABEL.into(), label_value(&req.template_id));
-    resolve_template(&st, &user, &req.template_id, &mut native).await;
-    let created = service::create_for_caller(&st, &user, native)
-        .await
-        .map_err(|e| match e.status {
-            // An unknown template is E2B's 404 with the name it was given.
-            StatusCode::NOT_FOUND => {
-                ApiError::not_found(format!("template {:?} not found", req.template_id))
-            }
-            _ => e,
-        })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(e2b_sandbox(&st, &created.sandbox)?),
-    )
-        .into_response())
+    let sb = match resolve_template(&st, &user, &req.template_id, &mut native).await {
+        Source::Boot => {
+            service::create_for_caller(&st, &user, native)
+                .await
+                // An unknown template is E2B's 404 with the name it was given.
+                .map_err(|e| {
+                    e.or_not_found(|| format!("template {:?} not found", req.template_id))
+                })?
+                .sandbox
+        }
+        // Its processes and environment are the snapshot's: `envVars`
+        // cannot reach into a restored memory, as in E2B.
+        Source::Snapshot => {
+            let r = snapshots::Resume {
+                name: native.name.unwrap_or_default(),
+                labels: native.labels,
+                metadata: native.metadata,
+                timeout_secs: native.timeout_secs,
+                on_expiry: expiry_action(req.auto_pause),
+            };
+            snapshots::resume(&st, &user, &req.template_id, r).await?
+        }
+    };
+    Ok((StatusCode::CREATED, Json(e2b_sandbox(&st, &sb)?)).into_response())
+}
+
+/// E2B's `autoPause` as what happens at the end of a lifetime.
+pub(super) fn expiry_action(auto_pause: bool) -> ExpiryAction {
+    if auto_pause {
+        ExpiryAction::Pause
+    } else {
+        ExpiryAction::Kill
+    }
 }
 
 /// A template name as a label value (label values are `[A-Za-z0-9._-]`).
-fn label_value(t: &str) -> String {
+pub(super) fn label_value(t: &str) -> String {
     t.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
@@ -231,20 +268,20 @@ fn metadata_filter(raw: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-struct ListQuery {
+/// A list's query: sandbox filters (`metadata`, `state`), snapshot
+/// filters (`sandboxID`, `name`), and paging.
+#[derive(Default)]
+pub(super) struct ListQuery {
     metadata: BTreeMap<String, String>,
     states: Vec<String>,
+    pub(super) sandbox_id: Option<String>,
+    pub(super) name: Option<String>,
     limit: Option<usize>,
     next_token: Option<usize>,
 }
 
-fn list_query(q: Option<&str>) -> Result<ListQuery, ApiError> {
-    let mut out = ListQuery {
-        metadata: BTreeMap::new(),
-        states: Vec::new(),
-        limit: None,
-        next_token: None,
-    };
+pub(super) fn list_query(q: Option<&str>) -> Result<ListQuery, ServiceError> {
+    let mut out = ListQuery::default();
     for kv in q.unwrap_or_default().split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
@@ -261,7 +298,7 @@ fn list_query(q: Option<&str>) -> Result<ListQuery, ApiError> {
                         .ok()
                         .filter(|n| (1..=MAX_PAGE).contains(n))
                         .ok_or_else(|| {
-                            ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}"))
+                            ServiceError::bad_request(format!("limit must be 1 to {MAX_PAGE}"))
                         })?,
                 )
             }
@@ -269,16 +306,18 @@ fn list_query(q: Option<&str>) -> Result<ListQuery, ApiError> {
                 out.next_token = Some(
                     percent_decode(v)
                         .parse()
-                        .map_err(|_| ApiError::bad_request("invalid nextToken"))?,
+                        .map_err(|_| ServiceError::bad_request("invalid nextToken"))?,
                 )
             }
+            "sandboxID" => out.sandbox_id = Some(percent_decode(v)),
+            "name" => out.name = Some(percent_decode(v)),
             // Sorting and the remaining filters are accepted and ignored.
             _ => {}
         }
     }
     for s in &out.states {
         if s != "running" && s != "paused" {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "state {s:?}: expected running or paused"
             )));
         }
@@ -286,7 +325,7 @@ fn list_query(q: Option<&str>) -> Result<ListQuery, ApiError> {
     Ok(out)
 }
 
-async fn listed(st: &Shared, user: &User, q: &ListQuery) -> Result<Vec<Sandbox>, ApiError> {
+async fn listed(st: &Shared, user: &User, q: &ListQuery) -> Result<Vec<Sandbox>, ServiceError> {
     let uid = user.id.clone();
     let rows = st
         .db(move |s| s.list_sandboxes(&uid, &BTreeMap::new()))
@@ -323,17 +362,23 @@ pub async fn list_v2(
 ) -> E2bResult<Response> {
     let q = list_query(q.as_deref())?;
     let rows = listed(&st, &user, &q).await?;
+    Ok(page(&q, &rows, detail))
+}
+
+/// One page of `rows` as `limit` and `nextToken` (an offset) ask, with
+/// `X-Next-Token` naming the next page when there is one.
+pub(super) fn page<T, U: Serialize>(q: &ListQuery, rows: &[T], f: impl Fn(&T) -> U) -> Response {
     let from = q.next_token.unwrap_or(0).min(rows.len());
     let limit = q.limit.unwrap_or(MAX_PAGE);
     let end = from.saturating_add(limit).min(rows.len());
-    let page: Vec<Detail> = rows[from..end].iter().map(detail).collect();
+    let page: Vec<U> = rows[from..end].iter().map(f).collect();
     let mut resp = Json(page).into_response();
     if end < rows.len() {
         if let Ok(v) = HeaderValue::from_str(&end.to_string()) {
             resp.headers_mut().insert("x-next-token", v);
         }
     }
-    Ok(resp)
+    resp
 }
 
 pub async fn get_one(
@@ -395,7 +440,9 @@ pub async fn kill(
 }
 
 /// A JSON body the SDK may leave out (then the type's default).
-fn optional<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn optional<T: Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, ServiceError> {
     if body.is_empty() {
         Ok(T::default())
     } else {
@@ -437,7 +484,7 @@ pub async fn refresh(
     let r: Refresh = optional(&body)?;
     let secs = r.duration.unwrap_or(DEFAULT_TIMEOUT_SECS);
     if secs > 3600 {
-        return Err(ApiError::bad_request("duration is at most 3600 seconds").into());
+        return Err(ServiceError::bad_request("duration is at most 3600 seconds").into());
     }
     let sb = st.sandbox(&user, &id).await?;
     let new_end = service::expiry_from_now(secs)?;
@@ -461,7 +508,7 @@ pub async fn pause(
 ) -> E2bResult<StatusCode> {
     let sb = st.sandbox(&user, &id).await?;
     if sb.status != SandboxStatus::Running {
-        return Err(ApiError::conflict(format!("sandbox {id:?} is already paused")).into());
+        return Err(ServiceError::conflict(format!("sandbox {id:?} is already paused")).into());
     }
     service::stop(&st, &user, &id, "e2b pause").await?;
     // A paused sandbox has no lifetime running; resume sets a new one.
@@ -482,17 +529,16 @@ struct Resume {
 
 /// Wakes a sandbox and starts its lifetime again; `true` when it was
 /// paused.
-async fn wake(st: &Shared, user: &User, id: &str, r: &Resume) -> Result<(Sandbox, bool), ApiError> {
+async fn wake(
+    st: &Shared,
+    user: &User,
+    id: &str,
+    r: &Resume,
+) -> Result<(Sandbox, bool), ServiceError> {
     let sb = st.sandbox(user, id).await?;
     let was_paused = sb.status != SandboxStatus::Running;
     st.ensure_hot(&sb).await?;
-    let action = r.auto_pause.map(|p| {
-        if p {
-            ExpiryAction::Pause
-        } else {
-            ExpiryAction::Kill
-        }
-    });
+    let action = r.auto_pause.map(expiry_action);
     let timeout = r.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
     // Connect only extends: a longer lifetime already set is kept.
     let new_end = service::expiry_from_now(timeout)?;
@@ -519,7 +565,7 @@ pub async fn resume(
     let r: Resume = optional(&body)?;
     let sb = st.sandbox(&user, &id).await?;
     if sb.status == SandboxStatus::Running {
-        return Err(E2bError(ApiError::conflict(format!(
+        return Err(E2bError(ServiceError::conflict(format!(
             "sandbox {id:?} is already running"
         ))));
     }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::envd::{ACCESS_TOKEN_HEADER, ENVD_PORT, SANDBOX_ID_HEADER};
 use super::E2bError;
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use crate::state::Shared;
 
 /// A request addressed by host: the sandbox and the port in it.
@@ -50,7 +50,7 @@ pub fn parse(host: &str) -> Option<HostTarget> {
     })
 }
 
-fn rewrite(req: &mut Request, prefix: &str) -> Result<(), ApiError> {
+fn rewrite(req: &mut Request, prefix: &str) -> Result<(), ServiceError> {
     let pq = req
         .uri()
         .path_and_query()
@@ -58,7 +58,7 @@ fn rewrite(req: &mut Request, prefix: &str) -> Result<(), ApiError> {
         .to_string();
     *req.uri_mut() = format!("{prefix}{pq}")
         .parse::<Uri>()
-        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
+        .map_err(|e| ServiceError::bad_request(format!("bad path: {e}")))?;
     Ok(())
 }
 
@@ -108,7 +108,7 @@ async fn token_caller(
     st: &Shared,
     token: Option<String>,
     sandbox_id: &str,
-) -> Result<Option<bhatti_store::User>, ApiError> {
+) -> Result<Option<bhatti_store::User>, ServiceError> {
     let Some(token) = token else {
         return Ok(None);
     };

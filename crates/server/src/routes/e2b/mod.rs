@@ -8,6 +8,7 @@
 mod control;
 mod envd;
 pub mod host;
+mod snapshots;
 pub mod token;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::error::ApiError;
+use crate::error::ServiceError;
 use crate::state::Shared;
 
 /// The header E2B's SDKs carry the API key in.
@@ -50,17 +51,17 @@ pub fn is_envd(path: &str) -> bool {
 }
 
 /// An error in E2B's shape: `{"code": <status>, "message": …}`.
-pub struct E2bError(pub ApiError);
+pub struct E2bError(pub ServiceError);
 
-impl From<ApiError> for E2bError {
-    fn from(e: ApiError) -> E2bError {
+impl From<ServiceError> for E2bError {
+    fn from(e: ServiceError) -> E2bError {
         E2bError(e)
     }
 }
 
 impl IntoResponse for E2bError {
     fn into_response(self) -> Response {
-        let status = self.0.status;
+        let status = self.0.status();
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             // The request log keeps the cause (the middleware reads it).
             return self.0.into_response();
@@ -94,5 +95,9 @@ pub fn router(st: Shared) -> Router<Shared> {
         .route("/sandboxes/{id}/pause", post(control::pause))
         .route("/sandboxes/{id}/resume", post(control::resume))
         .route("/sandboxes/{id}/connect", post(control::connect))
-        .fallback(|| async { E2bError(ApiError::not_found("no such route")) })
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/snapshots", get(snapshots::list))
+        .route("/templates/{id}", axum::routing::delete(snapshots::delete))
+        .fallback(|| async { E2bError(ServiceError::not_found("no such route")) })
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::StreamReader;
 
-use crate::error::ApiError;
+use crate::error::{ErrorCode, ServiceError};
 use crate::routes::e2b::{E2bError, E2bResult};
 use crate::routes::files::{download_body, MAX_FILE};
 use crate::service::guest_fs;
@@ -55,17 +55,17 @@ fn write_info(path: &str) -> WriteInfo {
 
 /// envd answers a path that is a directory with 400 where the native API
 /// says 409.
-fn as_envd(e: ApiError) -> ApiError {
-    if e.status == axum::http::StatusCode::CONFLICT {
-        ApiError::bad_request(e.message)
+fn as_envd(e: ServiceError) -> ServiceError {
+    if e.code == ErrorCode::Conflict {
+        ServiceError::bad_request(e.message)
     } else {
         e
     }
 }
 
-fn too_large() -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+fn too_large() -> ServiceError {
+    ServiceError::new(
+        ErrorCode::TooLarge,
         format!("file is over the {} MiB limit", MAX_FILE >> 20),
     )
 }
@@ -78,10 +78,10 @@ pub async fn download(
     let path = q
         .path
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| ApiError::bad_request("path is required"))?;
+        .ok_or_else(|| ServiceError::bad_request("path is required"))?;
     st.ensure_hot(&sb).await?;
     let path = guest_fs::resolve(&st, &sb, &path).await?;
-    let agent = st.engine.agent(&sb.id).map_err(ApiError::from)?;
+    let agent = st.engine.agent(&sb.id).map_err(ServiceError::from)?;
     let dl = agent
         .file_open(&path, ReadOptions::default())
         .await
@@ -103,21 +103,21 @@ pub async fn download(
 async fn spool<R: AsyncRead + Unpin>(
     st: &Shared,
     mut src: R,
-) -> Result<(tokio::fs::File, u64), ApiError> {
+) -> Result<(tokio::fs::File, u64), ServiceError> {
     let dir = st.cfg.data_dir.clone();
     let f = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
         .await?
-        .map_err(ApiError::internal)?;
+        .map_err(ServiceError::internal)?;
     let mut f = tokio::fs::File::from_std(f);
     let mut limited = (&mut src).take(MAX_FILE + 1);
     let n = tokio::io::copy(&mut limited, &mut f)
         .await
-        .map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        .map_err(|e| ServiceError::bad_request(format!("reading the upload: {e}")))?;
     if n > MAX_FILE {
         return Err(too_large());
     }
-    f.flush().await.map_err(ApiError::internal)?;
-    f.rewind().await.map_err(ApiError::internal)?;
+    f.flush().await.map_err(ServiceError::internal)?;
+    f.rewind().await.map_err(ServiceError::internal)?;
     Ok((f, n))
 }
 
@@ -131,20 +131,20 @@ where
 
 /// A spooled gzip body, decompressed into another unnamed file (on a
 /// blocking thread: flate2 is synchronous), at most the upload limit.
-async fn gunzip(st: &Shared, f: tokio::fs::File) -> Result<(tokio::fs::File, u64), ApiError> {
+async fn gunzip(st: &Shared, f: tokio::fs::File) -> Result<(tokio::fs::File, u64), ServiceError> {
     let dir = st.cfg.data_dir.clone();
     let src = f.into_std().await;
-    let out = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, u64), ApiError> {
+    let out = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, u64), ServiceError> {
         use std::io::{Read, Seek};
-        let mut out = tempfile::tempfile_in(dir).map_err(ApiError::internal)?;
+        let mut out = tempfile::tempfile_in(dir).map_err(ServiceError::internal)?;
         let mut dec = flate2::read::GzDecoder::new(src).take(MAX_FILE + 1);
         let n = std::io::copy(&mut dec, &mut out).map_err(|e| {
-            ApiError::bad_request(format!("the gzip body does not decompress: {e}"))
+            ServiceError::bad_request(format!("the gzip body does not decompress: {e}"))
         })?;
         if n > MAX_FILE {
             return Err(too_large());
         }
-        out.rewind().map_err(ApiError::internal)?;
+        out.rewind().map_err(ServiceError::internal)?;
         Ok((out, n))
     })
     .await??;
@@ -157,7 +157,7 @@ async fn write_one<R: AsyncRead + Unpin + Send>(
     path: &str,
     size: u64,
     src: &mut R,
-) -> Result<(), ApiError> {
+) -> Result<(), ServiceError> {
     st.engine
         .file_write(&sb.id, path, "0644", size, src)
         .await
@@ -189,12 +189,12 @@ pub async fn upload(
     if multipart {
         let mut form = Multipart::from_request(req, &st)
             .await
-            .map_err(|e| E2bError(ApiError::bad_request(e.body_text())))?;
+            .map_err(|e| E2bError(ServiceError::bad_request(e.body_text())))?;
         let mut parts = Vec::new();
         while let Some(field) = form
             .next_field()
             .await
-            .map_err(|e| E2bError(ApiError::bad_request(e.body_text())))?
+            .map_err(|e| E2bError(ServiceError::bad_request(e.body_text())))?
         {
             let name = field.file_name().map(str::to_string);
             let body = field.map_err(std::io::Error::other);
@@ -202,7 +202,7 @@ pub async fn upload(
             parts.push((name, spooled));
         }
         if parts.is_empty() {
-            return Err(ApiError::bad_request("no file in the upload").into());
+            return Err(ServiceError::bad_request("no file in the upload").into());
         }
         let single = parts.len() == 1;
         for (name, (mut f, size)) in parts {
@@ -213,7 +213,7 @@ pub async fn upload(
                 (_, Some(n)) if !n.is_empty() => n,
                 _ => {
                     return Err(
-                        ApiError::bad_request("each part needs a file name (its path)").into(),
+                        ServiceError::bad_request("each part needs a file name (its path)").into(),
                     )
                 }
             };
@@ -222,7 +222,7 @@ pub async fn upload(
             written.push(write_info(&path));
         }
     } else {
-        let want = query_path.ok_or_else(|| ApiError::bad_request("path is required"))?;
+        let want = query_path.ok_or_else(|| ServiceError::bad_request("path is required"))?;
         let path = guest_fs::resolve(&st, &sb, &want).await?;
         let gzip = is_gzip(&headers);
         let length: Option<u64> = headers

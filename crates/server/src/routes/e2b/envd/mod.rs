@@ -26,7 +26,7 @@ use bhatti_e2b::proto::process::ProcessExt;
 use bhatti_store::{Sandbox, SandboxStatus};
 
 use super::E2bError;
-use crate::error::ApiError;
+use crate::error::{ErrorCode, ServiceError};
 use crate::state::Shared;
 
 /// The header naming the sandbox.
@@ -55,9 +55,9 @@ pub fn router(st: Shared) -> Router<Shared> {
 }
 
 /// `E2B's "sandbox not running"`: the SDKs look for "was not found".
-fn not_running(id: &str, why: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
+fn not_running(id: &str, why: &str) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::BadGateway,
         format!("The sandbox {id} was not found ({why})"),
     )
 }
@@ -75,14 +75,14 @@ async fn authorize(State(st): State<Shared>, mut req: Request, next: Next) -> Re
         (header(SANDBOX_ID_HEADER), header(ACCESS_TOKEN_HEADER))
     };
     let Some(id) = id.filter(|s| !s.is_empty()) else {
-        return E2bError(ApiError::bad_request(
+        return E2bError(ServiceError::bad_request(
             "the E2b-Sandbox-Id header is required",
         ))
         .into_response();
     };
     let sb = match sandbox_for_token(&st, &id, &token.unwrap_or_default()).await {
         Ok(sb) => sb,
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
+        Err(e) if e.code == ErrorCode::NotFound => {
             return E2bError(not_running(&id, "it does not exist")).into_response()
         }
         Err(e) => return E2bError(e).into_response(),
@@ -102,13 +102,15 @@ pub(super) async fn sandbox_for_token(
     st: &Shared,
     id: &str,
     token: &str,
-) -> Result<Sandbox, ApiError> {
+) -> Result<Sandbox, ServiceError> {
     let ok = st
         .envd_key
         .verify(id, token)
-        .map_err(|e| ApiError::internal(format!("envd key: {e}")))?;
+        .map_err(|e| ServiceError::internal(format!("envd key: {e}")))?;
     if !ok {
-        return Err(ApiError::unauthorized("invalid or missing X-Access-Token"));
+        return Err(ServiceError::unauthorized(
+            "invalid or missing X-Access-Token",
+        ));
     }
     let id = id.to_string();
     st.db(move |s| s.sandbox_by_id(&id)).await
@@ -129,24 +131,26 @@ fn target(ctx: &RequestContext) -> Result<Sandbox, ConnectError> {
 
 /// A service-layer error as the Connect code E2B's SDKs map to the same
 /// exception the HTTP status would give.
-fn connect_error(e: ApiError) -> ConnectError {
+fn connect_error(e: ServiceError) -> ConnectError {
     let m = e.message;
-    match e.status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+    match e.code {
+        ErrorCode::InvalidInput | ErrorCode::TooLarge | ErrorCode::UnsupportedMediaType => {
             ConnectError::invalid_argument(m)
         }
-        StatusCode::UNAUTHORIZED => ConnectError::unauthenticated(m),
-        StatusCode::FORBIDDEN => ConnectError::permission_denied(m),
-        StatusCode::NOT_FOUND => ConnectError::not_found(m),
-        StatusCode::CONFLICT => ConnectError::failed_precondition(m),
-        StatusCode::TOO_MANY_REQUESTS => ConnectError::resource_exhausted(m),
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => ConnectError::unavailable(m),
-        StatusCode::GATEWAY_TIMEOUT => ConnectError::deadline_exceeded(m),
-        StatusCode::NOT_IMPLEMENTED => ConnectError::unimplemented(m),
-        s if s.is_server_error() => {
+        ErrorCode::Unauthorized => ConnectError::unauthenticated(m),
+        ErrorCode::Forbidden => ConnectError::permission_denied(m),
+        ErrorCode::NotFound => ConnectError::not_found(m),
+        ErrorCode::Conflict => ConnectError::failed_precondition(m),
+        ErrorCode::RateLimited | ErrorCode::InsufficientStorage => {
+            ConnectError::resource_exhausted(m)
+        }
+        ErrorCode::BadGateway | ErrorCode::Unavailable => ConnectError::unavailable(m),
+        ErrorCode::GatewayTimeout => ConnectError::deadline_exceeded(m),
+        ErrorCode::NotImplemented => ConnectError::unimplemented(m),
+        ErrorCode::Internal => {
             tracing::error!(error = %m, "envd request failed");
             ConnectError::internal("internal error")
         }
-        _ => ConnectError::unknown(m),
+        ErrorCode::Unknown => ConnectError::unknown(m),
     }
 }
