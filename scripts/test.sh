@@ -78,6 +78,22 @@ pinned_venv "$venv" "$REPO/scripts/e2b-requirements.txt"
 "$venv/bin/python" -c 'import e2b, importlib.metadata as m; print("e2b", m.version("e2b"))'
 export BHATTI_E2B_PYTHON="$venv/bin/python"
 
+# And its JavaScript SDK, from npm, pinned by scripts/e2b-js's lock file;
+# it needs Node.js 20.18 or newer (without it the JS test is reported as
+# ignored, with the reason).
+step "E2B's JavaScript SDK for the E2B suite"
+js="$REPO/target/js-e2b"
+if node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=18)?0:1)' 2>/dev/null; then
+    if ! cmp -s scripts/e2b-js/package-lock.json "$js/package-lock.json"; then
+        rm -rf "$js" && mkdir -p "$js"
+        cp scripts/e2b-js/package.json scripts/e2b-js/package-lock.json "$js/"
+        (cd "$js" && npm ci --no-audit --no-fund)
+    fi
+    export BHATTI_E2B_JS="$js"
+else
+    echo "no Node.js 20.18+: the E2B JavaScript SDK test will be reported as ignored"
+fi
+
 if [[ -z ${BHATTI_SKIP_FUZZ:-} ]]; then
     step "fuzz the parsers (${FUZZ_SECONDS:-30} s per target)"
     bash scripts/fuzz.sh

@@ -55,4 +55,13 @@ fn main() {
     if std::env::var_os("BHATTI_E2B_PYTHON").is_some_and(|p| std::path::Path::new(&p).is_file()) {
         println!("cargo:rustc-cfg=bhatti_e2b_sdk");
     }
+    // E2B's JavaScript SDK (scripts/test.sh installs it with npm ci):
+    // `BHATTI_E2B_JS` is the directory whose node_modules holds it.
+    println!("cargo:rustc-check-cfg=cfg(bhatti_e2b_js)");
+    println!("cargo:rerun-if-env-changed=BHATTI_E2B_JS");
+    if std::env::var_os("BHATTI_E2B_JS")
+        .is_some_and(|d| std::path::Path::new(&d).join("node_modules/e2b").is_dir())
+    {
+        println!("cargo:rustc-cfg=bhatti_e2b_js");
+    }
 }

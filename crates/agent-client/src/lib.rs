@@ -13,6 +13,7 @@ mod exec;
 mod files;
 mod session;
 mod transport;
+mod watch;
 
 use std::time::Duration;
 
@@ -27,8 +28,11 @@ pub use exec::{ExecEvents, ExecInput, ExecResult, ExecStream, StreamEvent};
 pub use files::{FileDownload, ReadOptions};
 pub use session::{ShellOptions, Terminal, TerminalReader, TerminalWriter};
 pub use transport::{Conn, Stream, Transport, Tunnel};
+pub use watch::Watch;
 
-pub use bhatti_protocol::messages::{DetachedInfo, ExecRequest, FileInfo, FileReadResponse};
+pub use bhatti_protocol::messages::{
+    DetachedInfo, ExecRequest, FileInfo, FileReadResponse, WatchEvent, WatchOp,
+};
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bhatti_protocol::messages::{
     ActivityInfo, ErrorBody, ExecRequest, Hello, HelloResponse, FEATURE_ERROR_CODES,
+    FEATURE_FILES_WATCH,
 };
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{encode_exit, encode_frame, Frame, MsgType, PROTOCOL_VERSION};
@@ -316,6 +317,7 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
         }
         MsgType::FileStatReq => crate::files::stat(agent, &req, tx).await,
         MsgType::FileLsReq => crate::files::ls(agent, &req, tx).await,
+        MsgType::WatchReq => crate::watch::watch(agent, &req, rd, tx).await,
         MsgType::Hello => {
             // Accept any well-formed hello; the version is informational today.
             let peer: Option<Hello> = req.parse_json().ok();
@@ -349,6 +351,7 @@ const FEATURES: &[&str] = &[
     "forward",
     "activity",
     FEATURE_ERROR_CODES,
+    FEATURE_FILES_WATCH,
 ];
 
 async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {

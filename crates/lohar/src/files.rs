@@ -40,6 +40,14 @@ use crate::fail::Fail;
 
 /// Marks the temporary file a write goes to before the atomic rename.
 const TMP_MARK: &str = ".bhatti-tmp-";
+
+/// Whether a file name is one of this agent's write temp files (which
+/// watchers are not told about: a write lands as its target's change).
+pub(crate) fn is_temp_name(name: &std::ffi::OsStr) -> bool {
+    name.as_bytes()
+        .windows(TMP_MARK.len())
+        .any(|w| w == TMP_MARK.as_bytes())
+}
 /// Attempts at a free temp name (only a planted or colliding name needs a second).
 const TMP_ATTEMPTS: usize = 8;
 /// Longest file name the kernel accepts.
@@ -80,12 +88,12 @@ fn base_name(p: &Path) -> String {
         .unwrap_or_else(|| p.to_string_lossy().into_owned())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(req: &Frame, what: &str) -> Result<T, Fail> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(req: &Frame, what: &str) -> Result<T, Fail> {
     req.parse_json()
         .map_err(|e| Fail::invalid(format!("invalid {what} request: {e}")))
 }
 
-fn check_path(p: &str) -> Result<PathBuf, Fail> {
+pub(crate) fn check_path(p: &str) -> Result<PathBuf, Fail> {
     if p.is_empty() {
         return Err(Fail::invalid("path required"));
     }

@@ -25,6 +25,7 @@ mod pty;
 pub mod ring;
 mod session;
 mod spawn;
+mod watch;
 
 pub use admission::Source;
 pub use agent::{Agent, AgentConfig, RunAs};

@@ -173,6 +173,47 @@ pub struct PathRequest {
     pub path: String,
 }
 
+/// WATCH_REQ (addition): watch a directory, and with `recursive` every
+/// directory under it, for as long as the connection stays open.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    pub path: String,
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// What happened to a watched name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchOp {
+    /// Created, or moved in.
+    Create,
+    /// Its content changed.
+    Write,
+    /// Deleted.
+    Remove,
+    /// Moved away (its new name, if still watched, comes as a create).
+    Rename,
+    /// Its mode, owner or times changed.
+    Chmod,
+    /// The kernel's queue overflowed: events were lost since the last one.
+    Overflow,
+    /// An op this host does not know yet.
+    #[serde(other)]
+    Unknown,
+}
+
+/// WATCH_EVENT (addition): one change; `name` is relative to the watched
+/// directory (`sub/file` under a recursive watch; empty for an overflow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    pub name: String,
+    pub op: WatchOp,
+}
+
+/// An agent's HELLO feature: it serves WATCH_REQ.
+pub const FEATURE_FILES_WATCH: &str = "files.watch";
+
 /// FILE_WRITE_RESP and FWD_RESP: `{"status":"ok"}` or `{"status":"error","message":…}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusResponse {

@@ -59,6 +59,14 @@ pub enum MsgType {
     FileLsReq = 0x56,
     /// guest→host: JSON `[FileInfo]`.
     FileLsResp = 0x57,
+    /// host→guest (this implementation): JSON `WatchRequest`; the connection
+    /// then carries the watch until the host closes it.
+    WatchReq = 0x58,
+    /// guest→host (this implementation): JSON `{"status":"ok"}` once the
+    /// watch is in place (every later change is reported).
+    WatchResp = 0x59,
+    /// guest→host (this implementation): JSON `WatchEvent`.
+    WatchEvent = 0x5a,
     /// in-guest systemctl IPC request.
     SystemctlReq = 0x60,
     /// in-guest systemctl IPC response.
@@ -101,6 +109,9 @@ impl MsgType {
             0x55 => FileStatResp,
             0x56 => FileLsReq,
             0x57 => FileLsResp,
+            0x58 => WatchReq,
+            0x59 => WatchResp,
+            0x5a => WatchEvent,
             0x60 => SystemctlReq,
             0x61 => SystemctlResp,
             0x70 => Hello,

@@ -102,6 +102,8 @@ mod tests {
             codes.iter().map(|c| status(*c).as_u16()).collect();
         assert_eq!(statuses.len(), codes.len());
         for c in codes {
+            let e = ServiceError::new(c, "x");
+            assert_eq!(e.is_server_side(), e.status().is_server_error(), "{c}");
             let wire = serde_json::to_value(c).unwrap_or_default();
             assert_eq!(wire, serde_json::Value::from(c.as_str()));
         }

@@ -289,7 +289,7 @@ pub async fn run_pull(st: Shared, task_id: String, job: PullJob) {
         Ok(img) => {
             snap.phase = "done".into();
             let v = serde_json::to_value(&snap).unwrap_or_default();
-            let result = serde_json::to_string(&crate::routes::images::to_api(&img)).ok();
+            let result = serde_json::to_string(&api_image(&img)).ok();
             let _ = st
                 .db(move |s| {
                     s.set_task_progress(&id, &v)?;
@@ -366,4 +366,18 @@ async fn pull(
         im.remove(&file_path).await;
     }
     res
+}
+
+/// An image as the API shows it: what a finished pull task records as its
+/// result, and what the image routes answer.
+pub fn api_image(i: &bhatti_store::Image) -> bhatti_api::Image {
+    bhatti_api::Image {
+        id: i.id.clone(),
+        user_id: i.user_id.clone(),
+        name: i.name.clone(),
+        source: i.source.clone(),
+        size_mb: i.size_mb,
+        oci_digest: Some(i.oci_digest.clone()).filter(|d| !d.is_empty()),
+        created_at: i.created_at.clone(),
+    }
 }

@@ -14,6 +14,10 @@
 //! Connect envelope, pause and resume with files and a process surviving,
 //! and the async client.
 //!
+//! tests/e2b/sdk_js.mjs runs E2B's JavaScript SDK (from npm, pinned in
+//! scripts/e2b-js) through the same daemon: create, list, commands, files,
+//! watches, lifetimes and errors.
+//!
 //! Without the SDK the tests are reported as ignored, never as passed.
 //! Traffic goes to the daemon on loopback only.
 
@@ -32,17 +36,34 @@ fn e2b_key(bht: &str) -> String {
     format!("e2b_{}", bht.strip_prefix("bht_").expect("a bht_ key"))
 }
 
+/// The command that runs one SDK script: Python scripts with the venv's
+/// python; JavaScript ones with node, from a copy beside the SDK's
+/// node_modules (ES modules find packages only from where they are).
+fn sdk_command(script: &str) -> tokio::process::Command {
+    let path = format!("{}/tests/e2b/{script}", env!("CARGO_MANIFEST_DIR"));
+    if script.ends_with(".mjs") {
+        let dir = std::path::PathBuf::from(option_env!("BHATTI_E2B_JS").unwrap_or("."));
+        let copy = dir.join(format!("bhatti-test-{script}"));
+        std::fs::copy(&path, &copy).expect("copy the script beside the JS SDK");
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(copy).current_dir(dir);
+        cmd
+    } else {
+        let python = option_env!("BHATTI_E2B_PYTHON").unwrap_or("python3");
+        let mut cmd = tokio::process::Command::new(python);
+        cmd.arg(path);
+        cmd
+    }
+}
+
 async fn run_sdk(engine: &str, script: &str) {
     common::daemon_logs_in_test_output();
-    let python = option_env!("BHATTI_E2B_PYTHON").unwrap_or("python3");
     let _serial = SERIAL.lock().await;
     let d = TestDaemon::start(engine, |_| {}).await;
     let alice = d.user("alice", Quotas::default());
     let bob = d.user("bob", Quotas::default());
-    let script = format!("{}/tests/e2b/{script}", env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(script)
-        .env("E2B_API_URL", format!("http://{}/e2b", d.addr))
+    let mut cmd = sdk_command(script);
+    cmd.env("E2B_API_URL", format!("http://{}/e2b", d.addr))
         .env("E2B_SANDBOX_URL", format!("http://{}/e2b/envd", d.addr))
         .env("E2B_API_KEY", e2b_key(&alice))
         .env("E2B_TEST_OTHER_KEY", e2b_key(&bob))
@@ -105,4 +126,15 @@ async fn e2b_sdk_control_vm() {
 )]
 async fn e2b_sdk_envd_vm() {
     run_sdk("qemu", "sdk_envd.py").await;
+}
+
+/// E2B's JavaScript SDK, unmodified, on the same daemon: sandboxes,
+/// commands, files and watches, errors (tests/e2b/sdk_js.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(bhatti_docker, bhatti_e2b_js)),
+    ignore = "needs dockerd, Node.js 20.18+ and BHATTI_E2B_JS=<dir> with the e2b npm package (scripts/test.sh installs it)"
+)]
+async fn e2b_js_sdk_docker() {
+    run_sdk("docker", "sdk_js.mjs").await;
 }

@@ -1,26 +1,26 @@
 //! Files in a sandbox: read (streamed, with server-side truncation), list,
 //! write (streamed, `Content-Length` required, atomic in the guest), stat.
+//! Thin over [`crate::service::files`]; the streamed bodies are built here.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bhatti_agent_client::{FileDownload, ReadOptions};
+use bhatti_agent_client::FileDownload;
 use bhatti_api as api;
-use bhatti_engine::EngineExt;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::Caller;
-use crate::error::{ErrorCode, ServiceError, ServiceResult};
+use crate::error::ServiceResult;
+use crate::service::files::{self as service, Contents};
 use crate::state::Shared;
-use crate::validate;
 
-/// Largest file a write accepts (the agent enforces the same).
-pub const MAX_FILE: u64 = 100 << 20;
+/// E2B's upload takes its limit from here.
+pub use crate::service::guest_fs::MAX_FILE;
 
 /// Each route's query: exactly the parameters the document lists (an
 /// unknown one is a 400, as an unknown body field is).
@@ -67,16 +67,6 @@ fn info_to_api(f: bhatti_protocol::messages::FileInfo) -> api::FileInfo {
     }
 }
 
-fn nonneg(v: Option<i64>, what: &str) -> ServiceResult<i64> {
-    match v {
-        Some(n) if n < 0 => Err(ServiceError::bad_request(format!(
-            "{what} must not be negative"
-        ))),
-        Some(n) => Ok(n),
-        None => Ok(0),
-    }
-}
-
 /// A read the agent answered, as a response body, with the size it
 /// announced. The agent streams into one end of a pipe and the body reads
 /// the other, so a large file never sits in memory. A whole-file read is
@@ -105,26 +95,25 @@ pub async fn read(
     q: Q<ReadQuery>,
 ) -> ServiceResult<Response> {
     let Query(q) = q?;
-    validate::guest_path(&q.path)?;
-    let opts = ReadOptions {
-        offset: nonneg(q.offset, "offset")?,
-        limit: nonneg(q.limit, "limit")?,
-        max_bytes: nonneg(q.max_bytes, "max_bytes")?,
+    let r = service::Read {
+        path: q.path,
+        ls: q.ls == Some(true),
+        offset: q.offset,
+        limit: q.limit,
+        max_bytes: q.max_bytes,
     };
-    let sb = st.sandbox(&user, &id).await?;
-    st.ensure_hot(&sb).await?;
-    if q.ls == Some(true) {
-        let list = st.engine.file_ls(&sb.id, &q.path).await?;
-        return Ok(Json(list.into_iter().map(info_to_api).collect::<Vec<_>>()).into_response());
-    }
-    let truncating = opts.offset > 0 || opts.limit > 0 || opts.max_bytes > 0;
-    // The agent's answer (size and mode, or a refusal such as "is a
-    // directory") comes before the response is built, so a refusal is an
-    // error status rather than an empty 200, and `Content-Length` is the
-    // size the agent will send — also for /proc files, whose stat says 0.
-    let agent = st.engine.agent(&sb.id)?;
-    let dl = agent.file_open(&q.path, opts).await?;
-    let (body, size) = download_body(dl, truncating);
+    let (download, truncating) = match service::read(&st, &user, &id, &r).await? {
+        Contents::Listing(list) => {
+            return Ok(Json(list.into_iter().map(info_to_api).collect::<Vec<_>>()).into_response())
+        }
+        Contents::File {
+            download,
+            truncating,
+        } => (download, truncating),
+    };
+    // `Content-Length` is the size the agent will send — also for /proc
+    // files, whose stat says 0.
+    let (body, size) = download_body(download, truncating);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -147,33 +136,17 @@ pub async fn write(
     req: Request,
 ) -> ServiceResult<Json<api::StatusBody>> {
     let Query(q) = q?;
-    validate::guest_path(&q.path)?;
-    let mode = q.mode.clone().unwrap_or_else(|| "0644".into());
-    validate::file_mode(&mode)?;
-    let size: u64 = headers
+    let size: Option<u64> = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            ServiceError::bad_request("Content-Length header required for file upload")
-        })?;
-    if size > MAX_FILE {
-        return Err(ServiceError::new(
-            ErrorCode::TooLarge,
-            format!("file of {size} bytes is over the 100 MiB limit"),
-        ));
-    }
-    let sb = st.sandbox(&user, &id).await?;
-    st.ensure_hot(&sb).await?;
+        .and_then(|v| v.parse().ok());
     let stream = req
         .into_body()
         .into_data_stream()
         .map_err(|e| std::io::Error::other(e.to_string()));
-    let mut reader = StreamReader::new(stream);
-    st.engine
-        .file_write(&sb.id, &q.path, &mode, size, &mut reader)
-        .await?;
-    st.touch(&sb.id);
+    let mut body = StreamReader::new(stream);
+    let mode = q.mode.as_deref();
+    service::write(&st, &user, &id, &q.path, mode, size, &mut body).await?;
     Ok(Json(api::StatusBody {
         status: "ok".into(),
     }))
@@ -186,20 +159,7 @@ pub async fn stat(
     q: Q<StatQuery>,
 ) -> ServiceResult<Response> {
     let Query(q) = q?;
-    validate::guest_path(&q.path)?;
-    let sb = st.sandbox(&user, &id).await?;
-    st.ensure_hot(&sb).await?;
-    let info = match st.engine.file_stat(&sb.id, &q.path).await {
-        Ok(i) => i,
-        Err(e) => {
-            let e = ServiceError::from(e);
-            return Err(if e.status().is_server_error() {
-                e
-            } else {
-                ServiceError::not_found(e.message)
-            });
-        }
-    };
+    let info = service::stat(&st, &user, &id, &q.path).await?;
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
     h.insert(

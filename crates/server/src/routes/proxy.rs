@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bhatti_api as api;
 use bhatti_engine::EngineExt;
-use bhatti_store::SandboxStatus;
 use hyper_util::rt::TokioIo;
 
 use super::Caller;
 use crate::error::{ErrorCode, ServiceError, ServiceResult};
+use crate::service::ports;
 use crate::state::{Counters, Shared};
 
 const WS_IDLE: Duration = Duration::from_secs(600);
@@ -27,13 +27,10 @@ pub async fn ports(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> ServiceResult<Json<Vec<api::Port>>> {
-    let sb = st.sandbox(&user, &id).await?;
-    st.ensure_hot(&sb).await?;
-    let ports = st.engine.listening_ports(&sb.id).await?;
+    let ports = ports::of_sandbox(&st, &user, &id).await?;
     Ok(Json(
         ports
             .into_iter()
-            .filter(|p| *p != 1024 && *p != 1025)
             .map(|p| api::Port {
                 sandbox_id: None,
                 container_port: p,
@@ -48,32 +45,17 @@ pub async fn all_ports(
     State(st): State<Shared>,
     Caller(user): Caller,
 ) -> ServiceResult<Json<Vec<api::Port>>> {
-    let uid = user.id.clone();
-    let rows = st
-        .db(move |s| s.list_sandboxes(&uid, &Default::default()))
-        .await?;
-    let mut out = Vec::new();
-    for sb in rows.iter().filter(|s| s.status == SandboxStatus::Running) {
-        if !matches!(
-            st.engine.thermal(&sb.id),
-            Ok(bhatti_engine::api::Thermal::Hot)
-        ) {
-            continue;
-        }
-        if let Ok(ports) = st.engine.listening_ports(&sb.id).await {
-            out.extend(
-                ports
-                    .into_iter()
-                    .filter(|p| *p != 1024 && *p != 1025)
-                    .map(|p| api::Port {
-                        sandbox_id: Some(sb.id.clone()),
-                        container_port: p,
-                        proxy_url: format!("/sandboxes/{}/proxy/{p}/", sb.id),
-                    }),
-            );
-        }
-    }
-    Ok(Json(out))
+    let ports = ports::of_hot_sandboxes(&st, &user).await?;
+    Ok(Json(
+        ports
+            .into_iter()
+            .map(|(sid, p)| api::Port {
+                proxy_url: format!("/sandboxes/{sid}/proxy/{p}/"),
+                sandbox_id: Some(sid),
+                container_port: p,
+            })
+            .collect(),
+    ))
 }
 
 /// The raw (still percent-encoded) path after `/sandboxes/<id>/proxy/<port>`,

@@ -16,7 +16,6 @@ use super::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::service::sandboxes as service;
 use crate::state::Shared;
-use crate::validate;
 
 pub fn to_api(sb: &Sandbox, thermal: Option<Thermal>) -> api::Sandbox {
     api::Sandbox {
@@ -52,22 +51,12 @@ fn thermal_of(st: &Shared, sb: &Sandbox) -> Option<Thermal> {
     }
 }
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    #[serde(default)]
-    label: Vec<String>,
-}
-
-pub async fn list(
-    State(st): State<Shared>,
-    Caller(user): Caller,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> ServiceResult<Json<Vec<api::Sandbox>>> {
-    // `label=a=b&label=c=d`: repeated keys, parsed by hand since serde's
-    // urlencoded reader takes only the last value of a key. Any other
-    // parameter is refused, as the document lists only `label`.
+/// `label=a=b&label=c=d`: repeated keys, parsed by hand since serde's
+/// urlencoded reader takes only the last value of a key. Any other
+/// parameter is refused, as the document lists only `label`.
+fn label_query(q: Option<&str>) -> ServiceResult<Vec<String>> {
     let mut label = Vec::new();
-    for kv in q.as_deref().unwrap_or_default().split('&') {
+    for kv in q.unwrap_or_default().split('&') {
         match kv.split_once('=') {
             Some((k, v)) if percent_decode(k) == "label" => label.push(percent_decode(v)),
             _ if kv.is_empty() => {}
@@ -79,10 +68,16 @@ pub async fn list(
             }
         }
     }
-    let q = ListQuery { label };
-    let filter = validate::label_filter(&q.label)?;
-    let uid = user.id.clone();
-    let rows = st.db(move |s| s.list_sandboxes(&uid, &filter)).await?;
+    Ok(label)
+}
+
+pub async fn list(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ServiceResult<Json<Vec<api::Sandbox>>> {
+    let labels = label_query(q.as_deref())?;
+    let rows = service::list(&st, &user, &labels).await?;
     Ok(Json(
         rows.iter()
             .map(|sb| to_api(sb, thermal_of(&st, sb)))
@@ -168,55 +163,7 @@ pub async fn patch(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::PatchSandbox>,
 ) -> ServiceResult<Json<api::Sandbox>> {
-    let mut sb = st.sandbox(&user, &id).await?;
-    if let Some(n) = &req.name {
-        validate::name("sandbox", n)?;
-    }
-    validate::labels(&req.labels_add)?;
-    for k in &req.labels_remove {
-        validate::label_key(k)?;
-    }
-    // Egress first: it is the change the engine may refuse, and then
-    // nothing else should have happened.
-    if let Some(policy) = service::egress(req.egress.as_ref())? {
-        if st.engine.vm_state(&sb.id).is_none() {
-            return Err(ServiceError::conflict(format!(
-                "sandbox {:?} is {}: its egress cannot be changed",
-                sb.name, sb.status
-            )));
-        }
-        st.engine.set_egress(&sb.id, policy).await?;
-        // The engine state carries the policy: persisted with it, it
-        // survives a daemon restart.
-        sb = st.persist(&sb.id).await?;
-    }
-    if let Some(n) = req.name.clone().filter(|n| *n != sb.name) {
-        let sid = sb.id.clone();
-        sb = st.db(move |s| s.rename_sandbox(&sid, &n)).await?;
-    }
-    if !req.labels_add.is_empty() || !req.labels_remove.is_empty() {
-        let (sid, add, rm) = (
-            sb.id.clone(),
-            req.labels_add.clone(),
-            req.labels_remove.clone(),
-        );
-        sb = st.db(move |s| s.update_labels(&sid, &add, &rm)).await?;
-    }
-    if let Some(k) = req.keep_hot {
-        let sid = sb.id.clone();
-        sb = st.db(move |s| s.set_keep_hot(&sid, k)).await?;
-        if k {
-            st.ensure_hot(&sb).await?;
-            let sid = sb.id.clone();
-            sb = st.db(move |s| s.sandbox_by_id(&sid)).await?;
-        }
-    }
-    st.events.emit(
-        &user.id,
-        &sb.id,
-        "sandbox.updated",
-        serde_json::to_value(&req).unwrap_or_default(),
-    );
+    let sb = service::patch(&st, &user, &id, &req).await?;
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 
@@ -258,12 +205,9 @@ pub async fn set_timeout(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::SetTimeout>,
 ) -> ServiceResult<Json<api::Sandbox>> {
-    let action = match req.on_expiry.as_deref() {
-        None | Some("") => None,
-        Some(a) => Some(a.parse().map_err(ServiceError::from)?),
-    };
-    let secs = req.timeout_secs.filter(|s| *s > 0);
-    let sb = service::set_timeout(&st, &user, &id, secs, action).await?;
+    let sb =
+        service::set_timeout_as_asked(&st, &user, &id, req.timeout_secs, req.on_expiry.as_deref())
+            .await?;
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 

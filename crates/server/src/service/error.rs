@@ -67,6 +67,20 @@ impl ServiceError {
     pub fn is(&self, code: ErrorCode) -> bool {
         self.code == code
     }
+    /// A failure on the daemon's side or behind it (engine, agent, the
+    /// guest's disk) rather than in the request: the codes the native API
+    /// answers with a 5xx, for callers that pass those on unchanged.
+    pub fn is_server_side(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::Internal
+                | ErrorCode::NotImplemented
+                | ErrorCode::BadGateway
+                | ErrorCode::Unavailable
+                | ErrorCode::GatewayTimeout
+                | ErrorCode::InsufficientStorage
+        )
+    }
     /// A not-found said in the caller's terms (`template "x" not found`);
     /// any other error as it was.
     pub fn or_not_found(self, message: impl FnOnce() -> String) -> ServiceError {

@@ -1,19 +1,28 @@
-//! The guest filesystem beyond read and write: stat, recursive listing,
+//! The guest filesystem: streamed read and write, stat, recursive listing,
 //! make-directory, rename and remove, with paths relative to the sandbox
 //! user's home. Stat and listing are the agent's own operations (run with
 //! the user's filesystem credentials); the changes are commands run as the
 //! user, so they can do exactly what the user could and no more.
+//!
+//! The read and write here take absolute paths in a sandbox already made
+//! hot, so that both the E2B API (which resolves home-relative paths first)
+//! and the native API's files ([`crate::service::files`], absolute paths
+//! only) move bytes the same way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use bhatti_agent_client::{FileDownload, ReadOptions};
 use bhatti_engine::EngineExt;
 use bhatti_protocol::messages::{ExecRequest, FileInfo};
 use bhatti_store::Sandbox;
+use tokio::io::AsyncRead;
 
 use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::{lock, Shared};
 
+/// Largest file a write accepts (the agent enforces the same).
+pub const MAX_FILE: u64 = 100 << 20;
 /// The deepest listing one request may ask for.
 pub const MAX_DEPTH: u32 = 32;
 /// Entries one recursive listing returns at most.
@@ -119,6 +128,37 @@ pub async fn stat(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<Entry>
     let path = resolve(st, sb, path).await?;
     let info = st.engine.file_stat(&sb.id, &path).await?;
     Ok(Entry { path, info })
+}
+
+/// Opens `path` (absolute) in a hot sandbox for a streamed read. It returns
+/// once the agent has answered, so a refusal (such as "is a directory") is
+/// an error here rather than a short body, and the size it announces is
+/// known before any byte is sent.
+pub async fn open(
+    st: &Shared,
+    sb: &Sandbox,
+    path: &str,
+    opts: ReadOptions,
+) -> ServiceResult<FileDownload> {
+    let agent = st.engine.agent(&sb.id)?;
+    Ok(agent.file_open(path, opts).await?)
+}
+
+/// Writes `size` bytes from `src` to `path` (absolute) in a hot sandbox,
+/// atomically in the guest (a temp file renamed over the target once every
+/// byte arrived, which is why the size comes first).
+pub async fn write<R: AsyncRead + Unpin + Send>(
+    st: &Shared,
+    sb: &Sandbox,
+    path: &str,
+    mode: &str,
+    size: u64,
+    src: &mut R,
+) -> ServiceResult<()> {
+    st.engine.file_write(&sb.id, path, mode, size, src).await?;
+    // A long upload is activity: the idle clock starts after it.
+    st.touch(&sb.id);
+    Ok(())
 }
 
 /// Whether anything is at `path` (a stat refused for another reason, such

@@ -3,8 +3,12 @@
 //! implemented twice. Handlers parse and render; they decide nothing.
 
 pub mod error;
+pub mod exec;
+pub mod files;
 pub mod guest_fs;
+pub mod images;
 pub mod metrics;
+pub mod ports;
 pub mod processes;
 pub mod sandboxes;
 pub mod secrets;

@@ -54,6 +54,22 @@ fn expiry_action(a: Option<&str>) -> ServiceResult<ExpiryAction> {
     }
 }
 
+/// The native API's lifetime change, in its terms: a timeout of 0 clears
+/// the lifetime as none does, and an empty action keeps the current one.
+pub async fn set_timeout_as_asked(
+    st: &Shared,
+    user: &User,
+    id: &str,
+    timeout_secs: Option<u64>,
+    on_expiry: Option<&str>,
+) -> ServiceResult<Sandbox> {
+    let action = match on_expiry {
+        None | Some("") => None,
+        Some(a) => Some(a.parse().map_err(ServiceError::from)?),
+    };
+    set_timeout(st, user, id, timeout_secs.filter(|s| *s > 0), action).await
+}
+
 /// Sets a sandbox's lifetime to `timeout_secs` from now (`None` clears it:
 /// the sandbox lives until destroyed); `action` defaults to the current one.
 pub async fn set_timeout(
@@ -608,6 +624,74 @@ async fn attach_volumes(
         }
     }
     Ok(out)
+}
+
+/// The caller's sandboxes carrying every label in `labels`
+/// (`key=value` each).
+pub async fn list(st: &Shared, user: &User, labels: &[String]) -> ServiceResult<Vec<Sandbox>> {
+    let filter = validate::label_filter(labels)?;
+    let uid = user.id.clone();
+    st.db(move |s| s.list_sandboxes(&uid, &filter)).await
+}
+
+/// Changes what a patch names: egress, name, labels, keep-hot, in that
+/// order, and says so in one event.
+pub async fn patch(
+    st: &Shared,
+    user: &User,
+    id: &str,
+    req: &api::PatchSandbox,
+) -> ServiceResult<Sandbox> {
+    let mut sb = st.sandbox(user, id).await?;
+    if let Some(n) = &req.name {
+        validate::name("sandbox", n)?;
+    }
+    validate::labels(&req.labels_add)?;
+    for k in &req.labels_remove {
+        validate::label_key(k)?;
+    }
+    // Egress first: it is the change the engine may refuse, and then
+    // nothing else should have happened.
+    if let Some(policy) = egress(req.egress.as_ref())? {
+        if st.engine.vm_state(&sb.id).is_none() {
+            return Err(ServiceError::conflict(format!(
+                "sandbox {:?} is {}: its egress cannot be changed",
+                sb.name, sb.status
+            )));
+        }
+        st.engine.set_egress(&sb.id, policy).await?;
+        // The engine state carries the policy: persisted with it, it
+        // survives a daemon restart.
+        sb = st.persist(&sb.id).await?;
+    }
+    if let Some(n) = req.name.clone().filter(|n| *n != sb.name) {
+        let sid = sb.id.clone();
+        sb = st.db(move |s| s.rename_sandbox(&sid, &n)).await?;
+    }
+    if !req.labels_add.is_empty() || !req.labels_remove.is_empty() {
+        let (sid, add, rm) = (
+            sb.id.clone(),
+            req.labels_add.clone(),
+            req.labels_remove.clone(),
+        );
+        sb = st.db(move |s| s.update_labels(&sid, &add, &rm)).await?;
+    }
+    if let Some(k) = req.keep_hot {
+        let sid = sb.id.clone();
+        sb = st.db(move |s| s.set_keep_hot(&sid, k)).await?;
+        if k {
+            st.ensure_hot(&sb).await?;
+            let sid = sb.id.clone();
+            sb = st.db(move |s| s.sandbox_by_id(&sid)).await?;
+        }
+    }
+    st.events.emit(
+        &user.id,
+        &sb.id,
+        "sandbox.updated",
+        serde_json::to_value(req).unwrap_or_default(),
+    );
+    Ok(sb)
 }
 
 /// Destroys a sandbox: the row first, then the engine's resources.

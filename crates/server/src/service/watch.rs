@@ -1,15 +1,20 @@
-//! Directory watches, by polling: the directory is listed through the agent
-//! every [`POLL`] and each listing compared with the last, giving create,
-//! write, chmod and remove events by name. lohar has no inotify operation
-//! yet; when it has, this module's surface stays and its insides change.
+//! Directory watches. An agent that serves them (`files.watch` in its
+//! HELLO: lohar's inotify operation) reports each change as it happens,
+//! renames and every write included, over one connection per watch. For an
+//! older agent the directory is listed every [`POLL`] instead and each
+//! listing compared with the last, giving create, write, chmod and remove
+//! events by name; the callers cannot tell the two apart.
 //!
-//! A poll never wakes the sandbox: a watch on a paused sandbox sees nothing
-//! happen (nothing can), rather than keeping it awake.
+//! Neither wakes the sandbox: a watch on a paused sandbox sees nothing
+//! happen (nothing can), rather than keeping it awake. A watch through a
+//! sandbox that goes cold (its memory snapshotted to disk) ends, as its
+//! connection does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bhatti_agent_client::{Watch, WatchOp};
 use bhatti_engine::EngineExt;
 use bhatti_store::Sandbox;
 use tokio::sync::mpsc;
@@ -34,6 +39,8 @@ pub enum Change {
     Create,
     Write,
     Remove,
+    /// Moved away (from an agent that watches; polling sees a removal).
+    Rename,
     Chmod,
 }
 
@@ -107,6 +114,11 @@ pub async fn watch(
             "{root} is not a directory"
         )));
     }
+    let agent = st.engine.agent(&sb.id)?;
+    if agent.can_watch().await.unwrap_or(false) {
+        let w = agent.watch(&root, recursive).await?;
+        return Ok(relay(w));
+    }
     let depth = if recursive { MAX_DEPTH } else { 1 };
     let mut last = listing(st, &sb.id, &root, depth).await?;
     let (tx, rx) = mpsc::channel(256);
@@ -137,6 +149,49 @@ pub async fn watch(
         }
     });
     Ok(rx)
+}
+
+/// The agent's events, as long as both the watch and the receiver last.
+fn relay(mut w: Watch) -> mpsc::Receiver<FsEvent> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                ev = w.next() => ev,
+                _ = tx.closed() => return,
+            };
+            let ev = match ev {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "directory watch ended");
+                    return;
+                }
+            };
+            let change = match ev.op {
+                WatchOp::Create => Change::Create,
+                WatchOp::Write => Change::Write,
+                WatchOp::Remove => Change::Remove,
+                WatchOp::Rename => Change::Rename,
+                WatchOp::Chmod => Change::Chmod,
+                // Lost events cannot be told; an op from a newer agent is
+                // not one the callers know.
+                WatchOp::Overflow | WatchOp::Unknown => {
+                    tracing::debug!(op = ?ev.op, "directory watch event skipped");
+                    continue;
+                }
+            };
+            let out = FsEvent {
+                name: ev.name,
+                change,
+                entry: None,
+            };
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 struct Watcher {

@@ -13,7 +13,6 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bhatti_agent_client::ReadOptions;
-use bhatti_engine::EngineExt;
 use bhatti_store::Sandbox;
 use futures_util::{Stream, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -81,11 +80,9 @@ pub async fn download(
         .ok_or_else(|| ServiceError::bad_request("path is required"))?;
     st.ensure_hot(&sb).await?;
     let path = guest_fs::resolve(&st, &sb, &path).await?;
-    let agent = st.engine.agent(&sb.id).map_err(ServiceError::from)?;
-    let dl = agent
-        .file_open(&path, ReadOptions::default())
+    let dl = guest_fs::open(&st, &sb, &path, ReadOptions::default())
         .await
-        .map_err(|e| as_envd(e.into()))?;
+        .map_err(as_envd)?;
     let (body, size) = download_body(dl, false);
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -158,12 +155,9 @@ async fn write_one<R: AsyncRead + Unpin + Send>(
     size: u64,
     src: &mut R,
 ) -> Result<(), ServiceError> {
-    st.engine
-        .file_write(&sb.id, path, "0644", size, src)
+    guest_fs::write(st, sb, path, "0644", size, src)
         .await
-        .map_err(|e| as_envd(e.into()))?;
-    st.touch(&sb.id);
-    Ok(())
+        .map_err(as_envd)
 }
 
 fn is_gzip(h: &HeaderMap) -> bool {

@@ -73,6 +73,7 @@ fn fs_event(ev: FsEvent, include_entry: bool) -> FilesystemEvent {
             Change::Create => EventType::EVENT_TYPE_CREATE,
             Change::Write => EventType::EVENT_TYPE_WRITE,
             Change::Remove => EventType::EVENT_TYPE_REMOVE,
+            Change::Rename => EventType::EVENT_TYPE_RENAME,
             Change::Chmod => EventType::EVENT_TYPE_CHMOD,
         }),
         entry: match ev.entry.filter(|_| include_entry) {
