@@ -215,11 +215,19 @@ impl AgentClient {
         argv: Vec<String>,
         output_file: Option<String>,
     ) -> Result<DetachedInfo> {
-        let req = ExecRequest {
+        self.exec_detached_request(ExecRequest {
             argv,
-            detach: true,
             output_file: output_file.unwrap_or_default(),
             ..Default::default()
+        })
+        .await
+    }
+
+    /// Starts `req` detached (its env, cwd and user as given).
+    pub async fn exec_detached_request(&self, req: ExecRequest) -> Result<DetachedInfo> {
+        let req = ExecRequest {
+            detach: true,
+            ..req
         };
         let p = serde_json::to_vec(&req)?;
         let mut conn = self.request(MsgType::ExecReq, &p).await?;

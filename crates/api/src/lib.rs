@@ -381,6 +381,23 @@ pub struct ExecRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "rules::optional_guest_path_or_empty")]
     pub output_file: Option<String>,
+    /// Variables for this command, over the sandbox's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "rules::env")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute; default the sandbox's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_guest_path_or_empty")]
+    pub cwd: Option<String>,
+    /// Guest user to run as: a name, a uid, or `uid:gid` (default the
+    /// sandbox's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::optional_exec_user")]
+    pub user: Option<String>,
+    /// Text fed to the command's stdin, which is then closed (not with
+    /// `detach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
 }
 
 /// Buffered exec result.
@@ -403,10 +420,22 @@ pub struct DetachedResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ExecEvent {
-    Stdout { data: String },
-    Stderr { data: String },
-    Exit { exit_code: i32 },
-    Error { data: String },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: i32,
+    },
+    Error {
+        data: String,
+        /// Why, for programs (e.g. `not_found`: no such program);
+        /// absent when there is no more to say than the words.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<ErrorCode>,
+    },
 }
 
 /// A session inside a sandbox (`GET /sandboxes/:id/sessions`).
@@ -436,6 +465,23 @@ pub struct FileInfo {
     pub is_dir: bool,
     #[serde(default)]
     pub mtime: i64,
+}
+
+/// `GET /sandboxes/:id/stats`: one reading taken in the guest now (what the
+/// sandbox's own code sees: CPU over a short window, memory, root disk).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SandboxStats {
+    /// RFC 3339.
+    pub at: String,
+    pub cpu_count: u32,
+    /// Busy share of all CPUs over the window, 0 to 100.
+    pub cpu_used_pct: f32,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    /// Page cache and buffers (counted apart from used).
+    pub mem_cache_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
 }
 
 /// A listening port and where the authenticated proxy serves it.

@@ -226,6 +226,20 @@ pub fn argv(_: &mut SchemaGenerator) -> Schema {
         "items": {"type": "string", "pattern": NO_NUL},
     })
 }
+
+/// `user` of an exec: a name or uid, optionally `:group`.
+pub fn optional_exec_user(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": ["string", "null"],
+        "pattern": EXEC_USER_PATTERN,
+        "maxLength": 64
+    })
+}
+
+/// What an exec's `user` may look like (empty: the sandbox's user).
+pub const EXEC_USER_PATTERN: &str =
+    "^([A-Za-z0-9_][A-Za-z0-9._-]*(:[A-Za-z0-9_][A-Za-z0-9._-]*)?)?$";
+
 pub fn optional_i64(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}),

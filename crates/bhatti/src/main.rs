@@ -5,7 +5,7 @@
 //! `bhatti-client`), `output.rs` (tables and `--json`) and `serve.rs`.
 //! Exit codes: 0 on success, 1 on any error (printed as `Error: <status>:
 //! <message>` plus a recovery hint), except `exec`, which exits with the
-//! remote command's code.
+//! remote command's code, and 125 for its own failures (as `docker exec`).
 
 #[macro_use]
 mod output;
@@ -19,7 +19,8 @@ use bhatti_client::{ClientError, Overrides};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cmd::{
-    admin, exec, files, image, sandbox, secret, setup, shell, snapshot, user, version, volume, Ctx,
+    admin, cp, exec, files, image, run, sandbox, secret, setup, shell, snapshot, stats, template,
+    user, version, volume, Ctx,
 };
 
 #[derive(Debug, Parser)]
@@ -75,13 +76,21 @@ enum Command {
     Start(sandbox::StartArgs),
     /// Run a command in a sandbox; exits with its exit code.
     Exec(exec::ExecArgs),
+    /// Create a sandbox from an image and run one command in it (--rm
+    /// destroys it afterwards).
+    Run(Box<run::RunArgs>),
     /// Interactive shell in a sandbox (Ctrl+\ detaches).
     #[command(visible_alias = "sh")]
     Shell(shell::ShellArgs),
     /// List the sessions in a sandbox.
     Ps(sandbox::SandboxArg),
+    /// CPU, memory and disk use, read in the guest now.
+    Stats(stats::StatsArgs),
     /// List listening ports and their proxy URLs.
     Ports(sandbox::PortsArgs),
+    /// Copy files and directories between here and a sandbox
+    /// (SANDBOX:/path on one side).
+    Cp(cp::CpArgs),
     /// Read, write and list files in a sandbox.
     #[command(subcommand)]
     File(files::FileCmd),
@@ -91,6 +100,9 @@ enum Command {
     /// Manage persistent volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCmd),
+    /// Manage templates (saved create defaults).
+    #[command(subcommand)]
+    Template(template::TemplateCmd),
     /// Manage named snapshots.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
@@ -146,9 +158,13 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
         Command::Stop(a) => sandbox::stop(ctx, a).await,
         Command::Start(a) => sandbox::start(ctx, a).await,
         Command::Exec(a) => exec::run(ctx, a).await,
+        Command::Run(a) => run::run(ctx, *a).await,
+        Command::Template(c) => template::run(ctx, c).await,
         Command::Shell(a) => shell::run(ctx, a).await,
         Command::Ps(a) => sandbox::ps(ctx, a).await,
         Command::Ports(a) => sandbox::ports(ctx, a).await,
+        Command::Stats(a) => stats::run(ctx, a).await,
+        Command::Cp(a) => cp::run(ctx, a).await,
         Command::File(c) => files::run(ctx, c).await,
         Command::Secret(c) => secret::run(ctx, c).await,
         Command::Volume(c) => volume::run(ctx, c).await,
@@ -234,6 +250,10 @@ fn main() {
         },
     );
     let sandbox = cli.command.sandbox().map(str::to_string);
+    let own_failure = match cli.command {
+        Command::Exec(_) | Command::Run(_) => exec::OWN_FAILURE,
+        _ => 1,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -249,7 +269,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             report(&e, json, sandbox.as_deref());
-            1
+            own_failure
         }
     };
     warn_min_cli(&ctx);

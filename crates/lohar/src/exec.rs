@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::agent::Agent;
 use crate::conn::{reader_task, FrameTx, Reader};
 use crate::fail::Fail;
-use crate::spawn::{command, default_run_as, exit_code, signal_group, spawn, wait, Leader};
+use crate::spawn::{command, exit_code, run_as_for, signal_group, spawn, wait, Leader};
 
 const PIPE_CHUNK: usize = 8 * 1024;
 
@@ -41,7 +41,13 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, kind: MsgType, tx: FrameTx) {
 }
 
 pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {
-    let run_as = default_run_as(agent);
+    let run_as = match run_as_for(agent, &er.user) {
+        Ok(r) => r,
+        Err(e) => {
+            tx.error(e).await;
+            return;
+        }
+    };
     let mut std_cmd = command(
         agent,
         &er.argv,
@@ -169,7 +175,13 @@ pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
             return;
         }
     };
-    let run_as = default_run_as(agent);
+    let run_as = match run_as_for(agent, &er.user) {
+        Ok(r) => r,
+        Err(e) => {
+            tx.error(e).await;
+            return;
+        }
+    };
     let mut std_cmd = command(
         agent,
         &er.argv,

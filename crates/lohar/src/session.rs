@@ -38,7 +38,7 @@ use crate::agent::{unix_now, Agent, RunAs};
 use crate::conn::{reader_task, FrameTx, Reader};
 use crate::fail::Fail;
 use crate::ring::Ring;
-use crate::spawn::{command, default_run_as, exit_code, signal_group, spawn, wait, Leader};
+use crate::spawn::{command, exit_code, run_as_for, signal_group, spawn, wait, Leader};
 
 /// How long an exited, unattached session stays listable and attachable.
 const EXITED_GRACE: Duration = Duration::from_secs(30);
@@ -451,8 +451,9 @@ fn run_session(
     });
 }
 
-fn spec_from_request(agent: &Agent, er: ExecRequest) -> Spec {
-    Spec {
+fn spec_from_request(agent: &Agent, er: ExecRequest) -> Result<Spec, Fail> {
+    let run_as = run_as_for(agent, &er.user)?;
+    Ok(Spec {
         tty: er.tty,
         rows: er.rows,
         cols: er.cols,
@@ -467,13 +468,19 @@ fn spec_from_request(agent: &Agent, er: ExecRequest) -> Spec {
         cwd: er.cwd,
         fixed_id: None,
         remove_on_exit: false,
-        run_as: default_run_as(agent),
-    }
+        run_as,
+    })
 }
 
 /// EXEC_REQ with `tty` or `session`: create, attach this connection, relay.
 pub async fn create(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {
-    let spec = spec_from_request(agent, er);
+    let spec = match spec_from_request(agent, er) {
+        Ok(s) => s,
+        Err(e) => {
+            tx.error(e).await;
+            return;
+        }
+    };
     match spawn_session(agent, spec) {
         Ok(session) => attach_and_relay(agent, &session, false, rd, tx).await,
         Err(e) => {

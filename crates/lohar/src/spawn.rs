@@ -6,7 +6,10 @@ use std::os::unix::process::CommandExt;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use bhatti_protocol::messages::ErrorCode;
+
 use crate::agent::{Agent, RunAs};
+use crate::fail::Fail;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -78,6 +81,30 @@ pub fn command(
 /// The identity for a request: the agent's configured user.
 pub fn default_run_as(agent: &Agent) -> Option<RunAs> {
     agent.config().run_as.clone()
+}
+
+/// The identity a request asks for: `user` (a name or uid from the guest's
+/// `/etc/passwd`, or `uid[:gid]`) or, when empty, the sandbox's. An agent
+/// that is not root can only be itself.
+pub fn run_as_for(agent: &Agent, user: &str) -> Result<Option<RunAs>, Fail> {
+    if user.is_empty() {
+        return Ok(default_run_as(agent));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let r = RunAs::lookup(user, &passwd)
+        .ok_or_else(|| Fail::invalid(format!("unknown user {user:?}")))?;
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
+        return Ok(Some(r));
+    }
+    if r.uid == me.as_raw() {
+        // Itself: nothing to switch.
+        return Ok(None);
+    }
+    Err(Fail::new(
+        ErrorCode::PermissionDenied,
+        format!("cannot run as {user:?}: the agent is not root"),
+    ))
 }
 
 /// Starts `cmd` under tokio. Every child lohar creates goes through here, so that

@@ -373,3 +373,39 @@ async fn errors_are_coded_after_hello() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_request_can_name_the_user_it_runs_as() {
+    use bhatti_protocol::messages::ErrorCode;
+    let l = Lohar::start();
+    let c = l.client();
+    c.hello().await.unwrap();
+    let as_user = |user: &str| ExecRequest {
+        user: user.into(),
+        ..ExecRequest::new(["id", "-u"])
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    // Itself, by uid, always works (nothing to switch).
+    let r = c
+        .exec_request(as_user(&me.to_string()), None)
+        .await
+        .unwrap();
+    assert_eq!(r.stdout_str().trim(), me.to_string());
+    match c.exec_request(as_user("no-such-user-x"), None).await {
+        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::InvalidInput)),
+        other => panic!("unexpected {other:?}"),
+    }
+    if common::is_root() {
+        let r = c.exec_request(as_user("nobody"), None).await.unwrap();
+        assert_eq!(r.stdout_str().trim(), "65534", "runs as nobody");
+        let r = c.exec_request(as_user("1234:4321"), None).await.unwrap();
+        assert_eq!(r.stdout_str().trim(), "1234");
+    } else {
+        match c.exec_request(as_user("0"), None).await {
+            Err(ClientError::Agent { code, .. }) => {
+                assert_eq!(code, Some(ErrorCode::PermissionDenied))
+            }
+            other => panic!("a non-root agent switched users: {other:?}"),
+        }
+    }
+}

@@ -70,6 +70,14 @@ pub struct ExecRequest {
     pub output_file: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub session: bool,
+    /// Addition: run as this guest user (a name, a uid, or `user:group`)
+    /// instead of the sandbox's; empty is the sandbox's.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub user: String,
 }
 
 impl ExecRequest {

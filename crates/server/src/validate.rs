@@ -294,6 +294,30 @@ pub fn cidr(c: &str) -> ServiceResult<bhatti_engine::net::Ipv4Cidr> {
     bhatti_engine::net::Ipv4Cidr::new((u32::from(addr) & mask).into(), prefix).map_err(|_| bad())
 }
 
+/// An exec's `user`: a name or uid, optionally `:group`
+/// ([`bhatti_api::rules::EXEC_USER_PATTERN`]); the guest decides whether it
+/// exists.
+pub fn exec_user(u: &str) -> ServiceResult<()> {
+    let part = |s: &str| {
+        let mut c = s.chars();
+        c.next()
+            .is_some_and(|f| f.is_ascii_alphanumeric() || f == '_')
+            && c.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    let ok = u.len() <= 64
+        && match u.split_once(':') {
+            Some((a, b)) => part(a) && part(b),
+            None => part(u),
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::bad_request(format!(
+            "user {u:?}: expected a name or uid, optionally :group"
+        )))
+    }
+}
+
 /// A file path inside the guest: absolute, no `..`, no NUL.
 pub fn guest_path(p: &str) -> ServiceResult<()> {
     if p.is_empty() {

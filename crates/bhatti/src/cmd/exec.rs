@@ -1,16 +1,23 @@
 //! `bhatti exec <sandbox> [--] cmd…`: run a command and exit with its exit
-//! code.
+//! code, the way `docker exec` does.
 //!
-//! Three modes, as in the reference: streamed NDJSON (output appears as it
-//! is produced) when stdout is a terminal or `BHATTI_FORCE_STREAM=1`;
-//! buffered (one request, output printed at the end) otherwise and under
-//! `--json`; and `--detach` (start in the background, print the PID and
-//! the output file).
+//! Output is streamed as it is produced (also when piped: a pipeline
+//! reading it sees lines as they come); `--json` gives one buffered
+//! result; `--detach` starts it in the background and prints the PID and
+//! the output file. `-e`, `-w` and `-u` set the environment, working
+//! directory and user of this command; `-i` sends this process's stdin.
+//!
+//! Exit codes, as Docker's: the command's own; 126 when it cannot be run
+//! (not executable), 127 when there is no such program; 125 for bhatti's
+//! own failures (no such sandbox, daemon unreachable, bad flags).
 
-use std::io::{IsTerminal, Write};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use bhatti_api as api;
+use bhatti_api::ErrorCode;
+use bhatti_client::ClientError;
 use clap::Args;
 
 use super::Ctx;
@@ -26,6 +33,19 @@ pub struct ExecArgs {
     /// Start in the background; print the PID and output file.
     #[arg(long)]
     pub detach: bool,
+    /// Set a variable for this command (repeatable; the value may hold
+    /// commas and `=`).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as this guest user (name, uid, or uid:gid).
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Send this process's stdin to the command (read to its end first).
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
     /// The command and its arguments. A single argument containing shell
     /// syntax or spaces runs through `sh -c`.
     #[arg(
@@ -61,10 +81,42 @@ pub fn exit_status(code: i32) -> i32 {
     }
 }
 
-/// Whether to stream: a terminal on stdout or `BHATTI_FORCE_STREAM=1`, and
-/// neither `--json` nor `--detach`.
-pub fn should_stream(stdout_tty: bool, force: Option<&str>, json: bool, detach: bool) -> bool {
-    !json && !detach && (stdout_tty || matches!(force, Some("1" | "true")))
+/// Exit status for bhatti's own failures (Docker's 125).
+pub const OWN_FAILURE: i32 = 125;
+/// The program exists but cannot be run (Docker's and the shell's 126).
+pub const CANNOT_RUN: i32 = 126;
+/// No such program (Docker's and the shell's 127).
+pub const NOT_FOUND: i32 = 127;
+
+/// `-e KEY=VALUE` flags as a map: split at the first `=` only, never at
+/// commas; a bare `KEY` takes this process's value, as Docker does.
+pub fn env_flags(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for f in flags {
+        let (k, v) = match f.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (f.clone(), std::env::var(f).unwrap_or_default()),
+        };
+        if k.is_empty() {
+            bail!("-e {f:?}: expected KEY=VALUE");
+        }
+        env.insert(k, v);
+    }
+    Ok(env)
+}
+
+/// This process's stdin, read to its end (`-i`).
+pub fn read_stdin(interactive: bool) -> anyhow::Result<Option<String>> {
+    if !interactive {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("read stdin")?;
+    Ok(Some(
+        String::from_utf8(buf).context("stdin must be UTF-8 text")?,
+    ))
 }
 
 pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
@@ -73,11 +125,53 @@ pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         timeout_sec: a.timeout,
         detach: a.detach,
         output_file: None,
+        env: env_flags(&a.env)?,
+        cwd: a.workdir,
+        user: a.user,
+        stdin: read_stdin(a.interactive)?,
     };
-    let client = ctx.client()?;
+    run_request(ctx, &a.sandbox, &req).await
+}
 
-    if a.detach {
-        let d = client.exec_detached(&a.sandbox, &req).await?;
+/// Runs `req` in `sandbox` as `exec` does: output to this process's,
+/// the command's exit code back (126/127 when it cannot run).
+pub async fn run_request(ctx: &Ctx, sandbox: &str, req: &api::ExecRequest) -> anyhow::Result<i32> {
+    let client = ctx.client()?;
+    match exec(ctx, client, sandbox, req).await {
+        Ok(code) => Ok(code),
+        Err(e) => cannot_start(client, sandbox, e).await,
+    }
+}
+
+/// A command the sandbox refused to start: 127 or 126 as a shell would
+/// say, when the sandbox is there (a 404 may be the sandbox's own);
+/// anything else is bhatti's failure.
+async fn cannot_start(
+    client: &bhatti_client::Client,
+    sandbox: &str,
+    e: anyhow::Error,
+) -> anyhow::Result<i32> {
+    let code = e
+        .downcast_ref::<ClientError>()
+        .and_then(ClientError::api)
+        .and_then(|a| a.code);
+    let status = match code {
+        Some(ErrorCode::NotFound) if client.get_sandbox(sandbox).await.is_ok() => NOT_FOUND,
+        Some(ErrorCode::Forbidden) => CANNOT_RUN,
+        _ => return Err(e),
+    };
+    eprintln!("bhatti: {e:#}");
+    Ok(status)
+}
+
+async fn exec(
+    ctx: &Ctx,
+    client: &bhatti_client::Client,
+    sandbox: &str,
+    req: &api::ExecRequest,
+) -> anyhow::Result<i32> {
+    if req.detach {
+        let d = client.exec_detached(sandbox, req).await?;
         if ctx.json {
             print_json(&d)?;
         } else {
@@ -87,14 +181,8 @@ pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
 
-    let force = std::env::var("BHATTI_FORCE_STREAM").ok();
-    if !should_stream(
-        std::io::stdout().is_terminal(),
-        force.as_deref(),
-        ctx.json,
-        false,
-    ) {
-        let r = client.exec(&a.sandbox, &req).await?;
+    if ctx.json {
+        let r = client.exec(sandbox, req).await?;
         if ctx.json {
             print_json(&r)?;
         } else {
@@ -108,7 +196,7 @@ pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         return Ok(exit_status(r.exit_code));
     }
 
-    let mut stream = client.exec_stream(&a.sandbox, &req).await?;
+    let mut stream = client.exec_stream(sandbox, req).await?;
     while let Some(ev) = stream.next().await {
         match ev? {
             api::ExecEvent::Stdout { data } => {
@@ -122,7 +210,17 @@ pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 let _ = err.flush();
             }
             api::ExecEvent::Exit { exit_code } => return Ok(exit_status(exit_code)),
-            api::ExecEvent::Error { data } => bail!("{data}"),
+            // The sandbox is there (the stream began): a program that
+            // cannot be found or run is the shell's 127 or 126.
+            api::ExecEvent::Error { data, code } => {
+                let status = match code {
+                    Some(ErrorCode::NotFound) => NOT_FOUND,
+                    Some(ErrorCode::Forbidden) => CANNOT_RUN,
+                    _ => bail!("{data}"),
+                };
+                eprintln!("bhatti: {data}");
+                return Ok(status);
+            }
         }
     }
     bail!("the output stream ended without an exit status (connection lost?)")
@@ -158,10 +256,14 @@ mod tests {
         assert_eq!(exit_status(42), 42);
         assert_eq!(exit_status(-1), 255);
         assert_eq!(exit_status(256), 255);
-        assert!(should_stream(true, None, false, false));
-        assert!(should_stream(false, Some("1"), false, false));
-        assert!(!should_stream(false, None, false, false));
-        assert!(!should_stream(true, None, true, false));
-        assert!(!should_stream(true, Some("1"), false, true));
+    }
+
+    #[test]
+    fn env_flags_split_at_the_first_equals_only() {
+        let e = env_flags(&v(&["A=1,2,3", "B=x=y", "C="])).unwrap_or_default();
+        assert_eq!(e.get("A").map(String::as_str), Some("1,2,3"));
+        assert_eq!(e.get("B").map(String::as_str), Some("x=y"));
+        assert_eq!(e.get("C").map(String::as_str), Some(""));
+        assert!(env_flags(&v(&["=x"])).is_err());
     }
 }

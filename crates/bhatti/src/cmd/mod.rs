@@ -7,14 +7,18 @@
 //! [`bhatti_client::ClientError`], which `main` prints with its hint.
 
 pub mod admin;
+pub mod cp;
 pub mod exec;
 pub mod files;
 pub mod image;
+pub mod run;
 pub mod sandbox;
 pub mod secret;
 pub mod setup;
 pub mod shell;
 pub mod snapshot;
+pub mod stats;
+pub mod template;
 pub mod user;
 pub mod version;
 pub mod volume;

@@ -2,7 +2,7 @@
 //! `inspect`, `edit`, `destroy`, `stop`, `start`, plus `ps` and `ports`.
 //!
 //! They map one-to-one onto `/sandboxes` routes; what lives here is the
-//! flag syntax (`--env K=V,K=V`, `--volume name:mount[:ro]`, `--file
+//! flag syntax (`-e KEY=VALUE`, `-v name:mount[:ro]`, `--file
 //! local:guest`, `--label k=v`), parsed by small tested functions, and the
 //! text layout of 05-cli.md.
 
@@ -39,8 +39,9 @@ pub struct CreateArgs {
     /// Root disk size in MB.
     #[arg(long)]
     pub disk_size: Option<u64>,
-    /// Environment variables: K=V,K=V (repeatable; `\,` for a literal comma).
-    #[arg(long, value_name = "K=V,...")]
+    /// Set a variable (repeatable; the value is kept whole, commas and `=`
+    /// included; a bare KEY takes this shell's value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Script run once at first boot.
     #[arg(long, value_name = "SCRIPT")]
@@ -62,7 +63,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "ID")]
     pub template: Option<String>,
     /// Attach a persistent volume: name:/mount[:ro] (repeatable).
-    #[arg(long, value_name = "NAME:MOUNT[:ro]")]
+    #[arg(short = 'v', long, value_name = "NAME:MOUNT[:ro]")]
     pub volume: Vec<String>,
     /// Inject a secret as an environment variable (repeatable).
     #[arg(long, value_name = "NAME")]
@@ -148,38 +149,6 @@ pub struct PortsArgs {
 }
 
 // ----- flag parsing --------------------------------------------------------
-
-/// `K=V,K2=V2` (values may contain `=`; `\,` is a literal comma) into `out`.
-pub fn parse_env_list(spec: &str, out: &mut BTreeMap<String, String>) -> anyhow::Result<()> {
-    let mut items = Vec::new();
-    let mut cur = String::new();
-    let mut chars = spec.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&',') => {
-                cur.push(',');
-                chars.next();
-            }
-            ',' => items.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    items.push(cur);
-    for item in items {
-        if item.trim().is_empty() {
-            continue;
-        }
-        let Some((k, v)) = item.split_once('=') else {
-            bail!("--env {item:?}: expected K=V");
-        };
-        let k = k.trim();
-        if k.is_empty() {
-            bail!("--env {item:?}: empty variable name");
-        }
-        out.insert(k.to_string(), v.to_string());
-    }
-    Ok(())
-}
 
 /// `k=v` (the value may be empty).
 pub fn parse_label(spec: &str) -> anyhow::Result<(String, String)> {
@@ -281,10 +250,7 @@ pub fn egress_text(e: &api::Egress) -> String {
 
 /// The `POST /sandboxes` body for the create flags.
 pub fn build_create(a: &CreateArgs) -> anyhow::Result<api::CreateSandbox> {
-    let mut env = BTreeMap::new();
-    for e in &a.env {
-        parse_env_list(e, &mut env)?;
-    }
+    let env = super::exec::env_flags(&a.env)?;
     if let Some(c) = a.cpus {
         if !(c > 0.0 && c.is_finite()) {
             bail!("--cpus must be a positive number");
@@ -614,23 +580,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn env_lists() {
-        let mut m = BTreeMap::new();
-        parse_env_list("A=1,B=x=y", &mut m).unwrap();
-        parse_env_list("C=,D=a\\,b", &mut m).unwrap();
-        parse_env_list("A=2", &mut m).unwrap();
-        assert_eq!(m["A"], "2");
-        assert_eq!(m["B"], "x=y");
-        assert_eq!(m["C"], "");
-        assert_eq!(m["D"], "a,b");
-        assert!(parse_env_list("NOVALUE", &mut m).is_err());
-        assert!(parse_env_list("=v", &mut m).is_err());
-        parse_env_list("", &mut m).unwrap();
-        parse_env_list("E=1,", &mut m).unwrap();
-        assert_eq!(m["E"], "1");
-    }
-
-    #[test]
     fn volumes() {
         let v = parse_volume("data:/data").unwrap();
         assert_eq!(v.name, "data");
@@ -672,7 +621,7 @@ mod tests {
             cpus: Some(2.0),
             memory: 0,
             disk_size: Some(0),
-            env: vec!["A=1,B=2".into()],
+            env: vec!["A=1".into(), "B=2,3".into()],
             init: None,
             keep_hot: true,
             timeout: Some(60),
@@ -705,6 +654,7 @@ mod tests {
         assert_eq!(b.disk_size_mb, None);
         assert_eq!(b.cpus, Some(2.0));
         assert_eq!(b.env.len(), 2);
+        assert_eq!(b.env["B"], "2,3", "a value keeps its commas");
         assert_eq!(b.persistent_volumes.len(), 1);
         assert!(b.persistent_volumes[0].read_only);
         assert_eq!(b.secrets, vec!["TOKEN".to_string()]);

@@ -59,6 +59,10 @@ pub trait EngineExt: Engine {
         Ok(self.agent(id)?.exec_detached(argv, output_file).await?)
     }
 
+    async fn exec_detached_request(&self, id: &str, req: ExecRequest) -> Result<DetachedInfo> {
+        Ok(self.agent(id)?.exec_detached_request(req).await?)
+    }
+
     async fn shell(&self, id: &str, opts: ShellOptions) -> Result<(SessionInfo, Terminal)> {
         Ok(self.agent(id)?.shell(opts).await?)
     }

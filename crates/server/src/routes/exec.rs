@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 
 use super::body::JsonBody;
 use super::Caller;
-use crate::error::ServiceResult;
+use crate::error::{ErrorCode, ServiceResult};
 use crate::service::exec::{self as service, Event, Outcome};
 use crate::state::Shared;
 
@@ -30,7 +30,18 @@ fn event_to_api(ev: Event) -> api::ExecEvent {
             data: String::from_utf8_lossy(&d).into_owned(),
         },
         Event::Exit(c) => api::ExecEvent::Exit { exit_code: c },
-        Event::Error(data) => api::ExecEvent::Error { data },
+        // The words are all a 500's cause may show; the log has the rest.
+        Event::Error(e) if e.code == ErrorCode::Internal => {
+            tracing::warn!(error = %e.message, "exec stream failed");
+            api::ExecEvent::Error {
+                data: "internal error".into(),
+                code: Some(ErrorCode::Internal),
+            }
+        }
+        Event::Error(e) => api::ExecEvent::Error {
+            data: e.message,
+            code: Some(e.code),
+        },
     }
 }
 

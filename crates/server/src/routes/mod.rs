@@ -111,6 +111,7 @@ fn api(state: Shared) -> Router {
             get(files::read).put(files::write).head(files::stat),
         )
         .route("/sandboxes/{id}/ports", get(proxy::ports))
+        .route("/sandboxes/{id}/stats", get(sandboxes::stats))
         .route("/ports", get(proxy::all_ports))
         .route(
             "/sandboxes/{id}/proxy/{port}",

@@ -349,6 +349,9 @@ pub fn routes() -> Vec<RouteDoc> {
             .header(api::FILE_MODE_HEADER, "Mode, octal.", true)
             .header(api::FILE_ISDIR_HEADER, "`true` or `false`.", true)
             .errors(&[400, 403, 404, 409, 503]),
+        op("get", "/sandboxes/{id}/stats", "CPU, memory and disk use, read in the guest now (wakes the sandbox).")
+            .ok(200, "One reading.", Content::Json(s::<api::SandboxStats>))
+            .errors(&[404, 409, 503]),
         op("get", "/sandboxes/{id}/ports", "Listening TCP ports and their proxy URLs.")
             .ok(200, "Its ports.", Content::Json(list::<api::Port>))
             .errors(&[404, 409, 503]),

@@ -211,6 +211,26 @@ pub async fn set_timeout(
     Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
 }
 
+/// `GET /sandboxes/:id/stats`: one reading from the guest (the same one
+/// E2B's `get_metrics` answers with).
+pub async fn stats(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<Json<api::SandboxStats>> {
+    let m = crate::service::metrics::for_caller(&st, &user, &id).await?;
+    Ok(Json(api::SandboxStats {
+        at: bhatti_store::time::format_ts(m.at),
+        cpu_count: m.cpu_count,
+        cpu_used_pct: m.cpu_used_pct,
+        mem_used_bytes: m.mem_used,
+        mem_total_bytes: m.mem_total,
+        mem_cache_bytes: m.mem_cache,
+        disk_used_bytes: m.disk_used,
+        disk_total_bytes: m.disk_total,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,9 @@ pub enum Event {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Exit(i32),
-    Error(String),
+    /// The command could not run, or its stream broke; with the code of
+    /// the reason when the agent gave one.
+    Error(ServiceError),
 }
 
 /// What an exec came to.
@@ -88,6 +90,25 @@ pub async fn exec(
     if let Some(f) = req.output_file.as_deref().filter(|f| !f.is_empty()) {
         validate::guest_path(f)?;
     }
+    validate::env(&req.env)?;
+    if let Some(d) = req.cwd.as_deref().filter(|d| !d.is_empty()) {
+        validate::guest_path(d)?;
+    }
+    if let Some(u) = req.user.as_deref().filter(|u| !u.is_empty()) {
+        validate::exec_user(u)?;
+    }
+    if req.detach && req.stdin.is_some() {
+        return Err(ServiceError::bad_request(
+            "stdin cannot be given to a detached command",
+        ));
+    }
+    let agent_req = AgentExec {
+        env: req.env.clone(),
+        cwd: req.cwd.clone().unwrap_or_default(),
+        user: req.user.clone().unwrap_or_default(),
+        ..AgentExec::new(req.cmd.clone())
+    };
+    let stdin = req.stdin.as_deref().map(str::as_bytes);
     let sb = st.sandbox(user, id).await?;
     st.ensure_hot(&sb).await?;
     let timeout = timeout_of(req.timeout_sec);
@@ -95,8 +116,13 @@ pub async fn exec(
     if req.detach {
         let r = tokio::time::timeout(
             DETACH_TIMEOUT,
-            st.engine
-                .exec_detached(&sb.id, req.cmd.clone(), req.output_file.clone()),
+            st.engine.exec_detached_request(
+                &sb.id,
+                AgentExec {
+                    output_file: req.output_file.clone().unwrap_or_default(),
+                    ..agent_req
+                },
+            ),
         )
         .await
         .map_err(|_| {
@@ -111,31 +137,28 @@ pub async fn exec(
     if stream {
         // A command that cannot start says why now, with the status of the
         // reason (404 no such program, 403 not executable), not in a 200.
-        let agent = st
-            .engine
-            .exec_stream(&sb.id, AgentExec::new(req.cmd.clone()))
-            .await?;
+        let mut agent = st.engine.exec_stream(&sb.id, agent_req).await?;
+        if let Some(input) = stdin {
+            agent.write_stdin(input).await?;
+            agent.close_stdin().await?;
+        }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(relay(st.clone(), sb.id.clone(), agent, tx, timeout));
         return Ok(Outcome::Streaming(rx));
     }
 
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        timeout,
-        st.engine
-            .exec_request(&sb.id, AgentExec::new(req.cmd.clone()), None),
-    )
-    .await
-    .map_err(|_| {
-        ServiceError::new(
-            ErrorCode::GatewayTimeout,
-            format!(
-                "command timed out after {} s and was killed",
-                timeout.as_secs()
-            ),
-        )
-    })??;
+    let result = tokio::time::timeout(timeout, st.engine.exec_request(&sb.id, agent_req, stdin))
+        .await
+        .map_err(|_| {
+            ServiceError::new(
+                ErrorCode::GatewayTimeout,
+                format!(
+                    "command timed out after {} s and was killed",
+                    timeout.as_secs()
+                ),
+            )
+        })??;
     let engine = started.elapsed();
     st.touch(&sb.id);
     Ok(Outcome::Finished { result, engine })
@@ -158,7 +181,10 @@ async fn relay(
             ev = stream.next() => ev,
             _ = &mut deadline => {
                 let _ = tx
-                    .send(Event::Error(format!("timed out after {} s", timeout.as_secs())))
+                    .send(Event::Error(ServiceError::new(
+                        ErrorCode::GatewayTimeout,
+                        format!("timed out after {} s", timeout.as_secs()),
+                    )))
                     .await;
                 break;
             }
@@ -168,9 +194,11 @@ async fn relay(
             Ok(Some(StreamEvent::Stdout(d))) => Event::Stdout(d),
             Ok(Some(StreamEvent::Stderr(d))) => Event::Stderr(d),
             Ok(Some(StreamEvent::Exit(c))) => Event::Exit(c),
-            Ok(Some(StreamEvent::Error { message, .. })) => Event::Error(message),
+            Ok(Some(StreamEvent::Error { code, message })) => Event::Error(ServiceError::from(
+                bhatti_agent_client::ClientError::Agent { code, message },
+            )),
             Ok(None) => break,
-            Err(e) => Event::Error(e.to_string()),
+            Err(e) => Event::Error(ServiceError::from(e)),
         };
         let end = matches!(ev, Event::Exit(_) | Event::Error(_));
         if tx.send(ev).await.is_err() {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bhatti_engine::EngineExt;
 use bhatti_protocol::messages::ExecRequest;
-use bhatti_store::Sandbox;
+use bhatti_store::{Sandbox, User};
 
 use crate::service::error::{ServiceError, ServiceResult};
 use crate::state::Shared;
@@ -90,6 +90,12 @@ async fn read(st: &Shared, sb: &Sandbox, path: &str) -> ServiceResult<String> {
         .await
         .map_err(ServiceError::from)?;
     Ok(String::from_utf8_lossy(&v).into_owned())
+}
+
+/// A reading of the caller's sandbox `id` (see [`sample`]).
+pub async fn for_caller(st: &Shared, user: &User, id: &str) -> ServiceResult<Metrics> {
+    let sb = st.sandbox(user, id).await?;
+    sample(st, &sb).await
 }
 
 /// Reads the sandbox's metrics now (waking it: a paused sandbox has
