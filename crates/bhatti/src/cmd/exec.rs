@@ -27,12 +27,26 @@ use crate::output::print_json;
 pub struct ExecArgs {
     /// Sandbox name or ID.
     pub sandbox: String,
-    /// Timeout in seconds (server default 300).
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<i64>,
     /// Start in the background; print the PID and output file.
     #[arg(long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub flags: CommandFlags,
+    /// The command and its arguments. A single argument containing shell
+    /// syntax or spaces runs through `sh -c`.
+    #[arg(
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<String>,
+}
+
+/// How a command runs, for `exec` and `run` alike.
+#[derive(Debug, Args)]
+pub struct CommandFlags {
     /// Set a variable for this command (repeatable; the value may hold
     /// commas and `=`).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -46,16 +60,25 @@ pub struct ExecArgs {
     /// Send this process's stdin to the command (read to its end first).
     #[arg(short = 'i', long = "interactive")]
     pub interactive: bool,
-    /// The command and its arguments. A single argument containing shell
-    /// syntax or spaces runs through `sh -c`.
-    #[arg(
-        required = true,
-        num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    pub cmd: Vec<String>,
+    /// Timeout in seconds (server default 300).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<i64>,
+}
+
+impl CommandFlags {
+    /// The exec request for `cmd` with these flags (reads stdin for `-i`).
+    pub fn request(self, cmd: Vec<String>) -> anyhow::Result<api::ExecRequest> {
+        Ok(api::ExecRequest {
+            cmd: command_argv(cmd),
+            timeout_sec: self.timeout,
+            detach: false,
+            output_file: None,
+            env: env_flags(&self.env)?,
+            cwd: self.workdir,
+            user: self.user,
+            stdin: read_stdin(self.interactive)?,
+        })
+    }
 }
 
 /// The argv to send: a lone argument that needs a shell (`"ls | wc -l"`)
@@ -121,14 +144,8 @@ pub fn read_stdin(interactive: bool) -> anyhow::Result<Option<String>> {
 
 pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     let req = api::ExecRequest {
-        cmd: command_argv(a.cmd),
-        timeout_sec: a.timeout,
         detach: a.detach,
-        output_file: None,
-        env: env_flags(&a.env)?,
-        cwd: a.workdir,
-        user: a.user,
-        stdin: read_stdin(a.interactive)?,
+        ..a.flags.request(a.cmd)?
     };
     run_request(ctx, &a.sandbox, &req).await
 }

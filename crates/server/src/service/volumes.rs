@@ -44,6 +44,22 @@ pub(crate) async fn run(cmd: &str, args: &[&str]) -> ServiceResult<()> {
     }
 }
 
+/// Gives the (sparse) file at `path` its size, creating it when `create`,
+/// and syncs it before a file system is made or grown on it.
+async fn set_size(path: &Path, size_mb: u64, create: bool) -> ServiceResult<()> {
+    let f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .open(path)
+        .await
+        .map_err(ServiceError::internal)?;
+    f.set_len(size_mb << 20)
+        .await
+        .map_err(ServiceError::internal)?;
+    f.sync_all().await.map_err(ServiceError::internal)
+}
+
 async fn make_backing(path: &Path, size_mb: u64, docker: bool) -> ServiceResult<()> {
     if let Some(p) = path.parent() {
         tokio::fs::create_dir_all(p)
@@ -55,13 +71,7 @@ async fn make_backing(path: &Path, size_mb: u64, docker: bool) -> ServiceResult<
             .await
             .map_err(ServiceError::internal);
     }
-    let f = tokio::fs::File::create(path)
-        .await
-        .map_err(ServiceError::internal)?;
-    f.set_len(size_mb << 20)
-        .await
-        .map_err(ServiceError::internal)?;
-    f.sync_all().await.map_err(ServiceError::internal)?;
+    set_size(path, size_mb, true).await?;
     let p = path.to_string_lossy();
     run("mkfs.ext4", &["-q", "-F", "-E", "root_owner=1000:1000", &p]).await
 }
@@ -224,15 +234,7 @@ pub async fn resize(st: &Shared, user: &User, name: &str, size_mb: u64) -> Servi
         let p = v.file_path.clone();
         // Exit codes 1/2 mean "fixed"; resize2fs refuses a dirty fs anyway.
         let _ = run("e2fsck", &["-f", "-y", &p]).await;
-        let f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .await
-            .map_err(ServiceError::internal)?;
-        f.set_len(size_mb << 20)
-            .await
-            .map_err(ServiceError::internal)?;
-        f.sync_all().await.map_err(ServiceError::internal)?;
+        set_size(Path::new(&p), size_mb, false).await?;
         run("resize2fs", &[&p]).await?;
     }
     st.events.emit(
