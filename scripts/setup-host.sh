@@ -17,6 +17,7 @@ PACKAGES=(
     build-essential bc bison flex libelf-dev libssl-dev dwarves linux-source-6.1
     busybox-static bash-static e2fsprogs iproute2 iptables debootstrap tmux file
     docker.io curl python3-venv docker-registry skopeo protobuf-compiler
+    systemd
 )
 BACKPORTS_PACKAGES=(qemu-system-x86)
 BACKPORTS_SOURCE=/etc/apt/sources.list.d/bookworm-backports.sources

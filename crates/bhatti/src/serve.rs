@@ -16,7 +16,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address of the TCP API listener, e.g. 127.0.0.1:8080 or :8080.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "BHATTI_LISTEN")]
     pub listen: Option<String>,
     /// Engine: firecracker, qemu or docker (default: chosen from the host).
     #[arg(long, value_name = "NAME")]

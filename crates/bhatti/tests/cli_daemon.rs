@@ -30,6 +30,9 @@ struct Daemon {
     home: tempfile::TempDir,
     engine: String,
     child: Option<Child>,
+    /// Where the daemon's sd_notify messages arrive (its `NOTIFY_SOCKET`),
+    /// as under a `Type=notify` unit.
+    notify: std::os::unix::net::UnixDatagram,
 }
 
 fn text(b: &[u8]) -> String {
@@ -80,11 +83,17 @@ impl Daemon {
             "rate_limits:\n  enabled: false\nthermal:\n  enabled: false\ndefault_memory_mb: 256\ndrain_secs: 5\n",
         )
         .expect("config");
+        let notify = std::os::unix::net::UnixDatagram::bind(data.path().join("notify.sock"))
+            .expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("timeout");
         let mut d = Daemon {
             data,
             home,
             engine: engine.into(),
             child: None,
+            notify,
         };
         d.spawn();
         d
@@ -109,6 +118,7 @@ impl Daemon {
             .args(["--data-dir", self.dir(), "serve", "--listen", "127.0.0.1:0"])
             .args(["--engine", &self.engine, "--config"])
             .arg(self.data.path().join("config.yaml"))
+            .env("NOTIFY_SOCKET", self.data.path().join("notify.sock"))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -164,6 +174,13 @@ impl Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The next sd_notify message from the daemon.
+    fn notified(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).expect("an sd_notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
     /// Creates a user with the DB-direct command and returns its key.
@@ -345,6 +362,21 @@ fn cli_cp_run_template_and_stats() {
     );
     let o = ok(d.run(&key, &["stats", "box"]));
     assert!(text(&o.stdout).contains("MEM USAGE"), "{}", text(&o.stdout));
+}
+
+/// Under a `Type=notify` unit, systemd hears READY=1 once the daemon
+/// serves, and STOPPING=1 when it is told to stop.
+#[test]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+fn serve_tells_systemd_it_is_ready_and_stopping() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut d = Daemon::start("docker");
+    assert!(d.notified().lines().any(|l| l == "READY=1"));
+    d.stop();
+    assert!(d.notified().lines().any(|l| l == "STOPPING=1"));
 }
 
 /// `create --egress` and `edit --egress` reach the daemon: the policy is

@@ -353,3 +353,38 @@ fn user_commands_work_on_the_database_directly() {
     assert_eq!(users.len(), 1);
     assert_eq!(users[0]["name"], "bob");
 }
+
+/// `setup --system` installs the shipped unit with ExecStart at this
+/// binary, and systemd itself accepts it (`systemd-analyze verify`, which
+/// scripts/setup-host.sh installs with the `systemd` package).
+#[test]
+fn setup_system_installs_a_unit_systemd_accepts() {
+    let home = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let o = run(
+        home.path(),
+        &["setup", "--system", "--root", root.path().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let unit = root.path().join("etc/systemd/system/bhatti.service");
+    let text = std::fs::read_to_string(&unit).expect("the unit was written");
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_bhatti")).unwrap();
+    assert!(
+        text.contains(&format!("ExecStart={} serve", exe.display())),
+        "{text}"
+    );
+    for line in ["Type=notify", "KillMode=process", "Restart=always"] {
+        assert!(text.lines().any(|l| l == line), "{line} missing: {text}");
+    }
+    let v = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (package systemd) runs");
+    assert!(
+        v.status.success() && v.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+}

@@ -341,11 +341,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let d = start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Serve)?;
+    // Under systemd (`Type=notify`), the unit is started once requests are
+    // served, not when the process exists.
+    notify(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
     d.shutdown().await;
     Ok(())
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set) where the daemon is; a
+/// failure to tell it is logged, never fatal.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }

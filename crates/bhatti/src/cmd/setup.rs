@@ -5,6 +5,10 @@
 //! With both flags it never prompts and exits non-zero when the check
 //! fails, so installers can use it; otherwise it asks, masking the key.
 //! Other keys already in the file are kept.
+//!
+//! `bhatti setup --system` installs the daemon as a systemd service
+//! instead: the shipped unit (`packaging/systemd/bhatti.service`) with
+//! `ExecStart` pointing at this binary.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -22,7 +26,67 @@ use crate::output::print_json;
 
 /// The flags are the global `--url` and `--token`.
 #[derive(Debug, Args)]
-pub struct SetupArgs {}
+pub struct SetupArgs {
+    /// Install the daemon as a systemd service (`bhatti.service`) rather
+    /// than configure this CLI.
+    #[arg(long)]
+    pub system: bool,
+    /// With --system: install under this root instead of / (packaging).
+    #[arg(long, value_name = "DIR", requires = "system", default_value = "/")]
+    pub root: PathBuf,
+}
+
+/// The shipped unit.
+const UNIT: &str = include_str!("../../../../packaging/systemd/bhatti.service");
+
+/// The unit with `ExecStart` naming `exe`.
+pub fn unit_for(exe: &Path) -> String {
+    UNIT.lines()
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                format!("ExecStart={} serve", exe.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Writes `<root>/etc/systemd/system/bhatti.service` and, on a running
+/// systemd at `/`, reloads it.
+fn install_service(ctx: &Ctx, root: &Path) -> anyhow::Result<i32> {
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .context("find this binary")?;
+    let dir = root.join("etc/systemd/system");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("bhatti.service");
+    let tmp = dir.join(".bhatti.service.tmp");
+    std::fs::write(&tmp, unit_for(&exe)).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    let live = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    if live {
+        let ok = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            bail!(
+                "wrote {} but `systemctl daemon-reload` failed",
+                path.display()
+            );
+        }
+    }
+    if ctx.json {
+        print_json(&serde_json::json!({"unit": path, "exec": exe}))?;
+    } else {
+        outln!("installed {}", path.display());
+        outln!("start it now and at boot: systemctl enable --now bhatti");
+    }
+    Ok(0)
+}
 
 fn prompt(question: &str) -> anyhow::Result<String> {
     eprint!("{question}");
@@ -103,7 +167,10 @@ fn write_config(path: &Path, url: &str, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(ctx: &Ctx, _a: SetupArgs) -> anyhow::Result<i32> {
+pub async fn run(ctx: &Ctx, a: SetupArgs) -> anyhow::Result<i32> {
+    if a.system {
+        return install_service(ctx, &a.root);
+    }
     let given_url = ctx.overrides.url.clone().filter(|u| !u.is_empty());
     let given_token = ctx.overrides.token.clone().filter(|t| !t.is_empty());
     let (url, token) = match (given_url, given_token) {
