@@ -8,6 +8,7 @@
 //! The Docker suites need dockerd, the crash suite needs root and the
 //! guest artifacts (QEMU engine); without them they are reported as
 //! ignored (build.rs), never as passed.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

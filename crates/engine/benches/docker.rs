@@ -11,6 +11,7 @@
 //! `cargo bench -p bhatti-engine --bench docker` → bench/results/docker.{json,md}.
 //! Prints why and exits 0 if it cannot run. `BHATTI_BENCH_N` sets the number of
 //! create samples (default 10); exec samples are 10× that.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -11,6 +11,7 @@
 //!
 //! Run as root: `cargo bench -p bhatti-engine --bench microvm` →
 //! bench/results/microvm.{json,md}. Prints why and exits 0 if it cannot run.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::path::PathBuf;
 use std::sync::Arc;

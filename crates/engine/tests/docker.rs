@@ -10,6 +10,7 @@
 //! Every test uses its own data directory, name prefix and owner numbers, so
 //! they run in parallel without touching each other's containers or networks.
 //! Network traffic only goes to containers on bridges the test created.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! Needs root (network namespaces, TAP), the guest kernel and a root filesystem
 //! with a guest-mode lohar: `BHATTI_GUEST_KERNEL` / `BHATTI_GUEST_ROOTFS`, or the
 //! defaults in `/var/cache/bhatti/guest` (scripts/test.sh builds them).
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 mod common;
 

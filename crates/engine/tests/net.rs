@@ -16,6 +16,7 @@
 //! lock; the ones that inspect or reset global state take the write lock.
 //! Every object is removed by a Drop guard, also on failure; the host
 //! firewall is removed when the last test using it finishes.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};

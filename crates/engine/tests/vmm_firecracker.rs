@@ -15,6 +15,7 @@
 //! straight out of the memory files, shows which memory a snapshot holds
 //! and that a restored VM continues from it. Nothing here needs a network;
 //! no NIC is configured.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

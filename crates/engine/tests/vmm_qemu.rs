@@ -18,6 +18,7 @@
 //!
 //! Network rule: the only NIC is a TAP inside a namespace this test
 //! creates; the guest sends nothing anywhere else.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;

@@ -5,6 +5,7 @@
 //! - frame codec throughput vs a plain memcpy of the same bytes.
 //!
 //! Run: `cargo bench -p lohar --bench agent` → bench/results/agent.{json,md}.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -1,5 +1,6 @@
 //! lohar at the protocol level: raw frames over its Unix socket, no client crate.
 //! Covers auth, limits, malformed input and the connection model.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 mod common;
 

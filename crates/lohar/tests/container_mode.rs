@@ -2,6 +2,7 @@
 //! the socket directory, the sockets are 0600, SIGTERM ends it cleanly with exit
 //! status 0 and removes the sockets, and a missing token file is fatal.
 //! (`LOHAR_USER=root` keeps children as the current user, so no root is needed.)
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

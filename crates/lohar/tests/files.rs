@@ -1,5 +1,6 @@
 //! File operations and the forward channel through the client against lohar in
 //! test mode (the seed's Agent "Files" tests and the client's file/forward paths).
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 mod common;
 

@@ -16,6 +16,7 @@
 //!
 //! The two boots run one after the other (a shared lock): on a 2-core TCG host
 //! two emulated guests at once only make both slow.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! TTY and piped sessions through the client against lohar in test mode (the
 //! seed's Agent "TTY Sessions" and "Sessions" tests).
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 mod common;
 

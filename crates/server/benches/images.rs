@@ -12,6 +12,7 @@
 //! (scripts/guest/build-debian-rootfs.sh), docker-registry and skopeo:
 //! `cargo bench -p bhatti-server --bench images` → bench/results/images.{json,md}.
 //! Prints why and exits 0 if it cannot run.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 #[path = "../tests/common/registry.rs"]
 mod registry;

@@ -1,4 +1,5 @@
 //! Store tests against real SQLite files in temporary directories.
+#![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
