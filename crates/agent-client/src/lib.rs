@@ -8,6 +8,8 @@
 //! Dropping any in-flight operation closes its connection, which the agent treats
 //! as cancellation (a one-shot exec's process group is killed).
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod exec;
 mod files;

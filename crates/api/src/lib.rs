@@ -12,6 +12,8 @@
 //! so a misspelt option is an error instead of a silent default. The
 //! values each field accepts are the server's rules, in [`rules`].
 
+#![forbid(unsafe_code)]
+
 pub mod rules;
 
 use std::collections::BTreeMap;

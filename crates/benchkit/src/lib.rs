@@ -4,6 +4,8 @@
 //!
 //! Benchmarks report; they never assert on wall-clock numbers.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

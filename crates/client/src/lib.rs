@@ -28,6 +28,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod error;
 mod transport;

@@ -5,6 +5,8 @@
 //! and re-exports the runtime crates the generated code is written against,
 //! so that an implementation uses exactly those versions.
 
+#![forbid(unsafe_code)]
+
 pub use {buffa, buffa_types, connectrpc};
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]

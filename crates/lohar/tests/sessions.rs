@@ -372,7 +372,10 @@ async fn idle_timer_kills_a_detached_session() {
         .unwrap()
         .into_iter()
         .find(|s| s.session_id == info.session_id);
-    assert!(me.map(|s| s.exit_code == Some(137)).unwrap_or(true));
+    // The session stays listed with the kill as its end, so a client that
+    // comes back learns what happened to it.
+    let me = me.expect("an idle-killed session is still listed");
+    assert_eq!(me.exit_code, Some(137), "{me:?}");
 }
 
 #[tokio::test]

@@ -16,6 +16,8 @@
 //! - [`messages`]: the JSON payloads and the message type numbers.
 //! - [`config`]: the guest configuration written by the host onto the config drive.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 mod consts;
 mod error;

@@ -7,6 +7,8 @@
 //! path: the [`thermal`] manager, start-up [`recovery`], the [`events`]
 //! recorder, [`secrets`] encryption, and [`config`].
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod daemon;
 pub mod engines;

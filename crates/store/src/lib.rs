@@ -25,6 +25,8 @@
 //! or serialized as floats (`1.0`, `2048.0`) read as integers; anything that
 //! would need truncating is an [`StoreError::Invalid`] error.
 
+#![forbid(unsafe_code)]
+
 pub mod coerce;
 mod error;
 mod events;

@@ -47,7 +47,15 @@ pub fn parse_ts(s: &str) -> Option<SystemTime> {
     let hh: u64 = tp.next()?.parse().ok()?;
     let mm: u64 = tp.next()?.parse().ok()?;
     let ss: u64 = tp.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    // RFC 3339 years have four digits; a larger one would overflow the
+    // day arithmetic below.
+    if !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+    {
         return None;
     }
     let nanos = match frac {
@@ -94,6 +102,13 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_years_are_refused_not_overflowed() {
+        assert_eq!(parse_ts("99999999999999999-01-01T00:00:00Z"), None);
+        assert_eq!(parse_ts("10000-01-01T00:00:00Z"), None);
+        assert!(parse_ts("9999-12-31T23:59:59Z").is_some());
+    }
 
     #[test]
     fn known_values() {

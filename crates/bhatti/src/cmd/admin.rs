@@ -54,14 +54,16 @@ pub fn since_ts(s: &str, now: SystemTime) -> anyhow::Result<String> {
     let s = s.trim();
     if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {
         if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
-            let secs = match unit {
-                's' => n,
-                'm' => n * 60,
-                'h' => n * 3600,
-                _ => n * 86_400,
+            let per = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                _ => 86_400,
             };
-            let t = now
-                .checked_sub(Duration::from_secs(secs))
+            let t = n
+                .checked_mul(per)
+                .and_then(|secs| now.checked_sub(Duration::from_secs(secs)))
+                .filter(|t| *t >= std::time::UNIX_EPOCH)
                 .context("--since reaches before 1970")?;
             return Ok(time::format_ts(t));
         }
@@ -313,6 +315,9 @@ mod tests {
         );
         assert!(since_ts("yesterday", now).is_err());
         assert!(since_ts("5w", now).is_err());
+        // Too far back is an error, not an overflow.
+        assert!(since_ts("18446744073709551615d", now).is_err());
+        assert!(since_ts("99999999999d", now).is_err());
     }
 
     #[test]

@@ -966,6 +966,63 @@ mod tests {
         );
     }
 
+    /// The router and this table name the same routes: one served but not
+    /// documented, or documented but not served, fails here. The router's
+    /// `.route(…)` calls are read from its source (axum cannot list a
+    /// router's routes); the proxy's catch-all stands for its three paths.
+    #[test]
+    fn router_serves_exactly_the_documented_routes() {
+        use std::collections::BTreeSet;
+        let src = include_str!("mod.rs");
+        let mut served = BTreeSet::new();
+        for call in src.split(".route(").skip(1) {
+            let call = call.split(".route(").next().unwrap_or(call);
+            let call = call.split(".nest(").next().unwrap_or(call);
+            let path = call.split('"').nth(1).unwrap_or_default();
+            if path.starts_with("/sandboxes/{id}/proxy/") {
+                served.insert((
+                    "*".to_string(),
+                    "/sandboxes/{id}/proxy/{port}/{rest}".to_string(),
+                ));
+                continue;
+            }
+            let mut methods = 0;
+            for m in ["get", "post", "put", "patch", "delete", "head"] {
+                // `get(x)`, `.post(y)` or `axum::routing::delete(z)`; not
+                // a name that merely ends in one (`xget(`).
+                let calls = call
+                    .match_indices(&format!("{m}("))
+                    .filter(|(i, _)| {
+                        call[..*i]
+                            .chars()
+                            .last()
+                            .is_none_or(|c| !c.is_alphanumeric() && c != '_')
+                    })
+                    .count();
+                if calls > 0 {
+                    served.insert((m.to_string(), path.to_string()));
+                    methods += 1;
+                }
+            }
+            assert!(methods > 0, "no method read for {path}");
+        }
+        let mut documented = BTreeSet::new();
+        for r in routes() {
+            if r.path.starts_with("/sandboxes/{id}/proxy/") {
+                documented.insert(("*".to_string(), r.path.to_string()));
+            } else {
+                documented.insert((r.method.to_string(), r.path.to_string()));
+            }
+        }
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty(),
+            "served, not documented: {undocumented:?}"
+        );
+        assert!(unserved.is_empty(), "documented, not served: {unserved:?}");
+    }
+
     /// docs/api.md is the rendering of the current document.
     #[test]
     fn api_reference_is_current() {
