@@ -7,6 +7,11 @@
 # what to try next. Run as root. Re-running it reuses what is already there.
 #
 #   bash scripts/quickstart.sh [command…]  (as root)     (default: uname -a; id; python3 -c 'print(1)')
+#
+# The API listens on 127.0.0.1:8080; another port (when 8080 is taken):
+#   BHATTI_LISTEN=127.0.0.1:9090 bash scripts/quickstart.sh
+# Members of the `bhatti` group (the sudo user is added) use the CLI without
+# root through /run/bhatti/api.sock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -14,6 +19,7 @@ DATA=${BHATTI_DATA_DIR:-/var/lib/bhatti}
 SOCK="$DATA/api.sock"
 BHATTI="$REPO/target/release/bhatti"
 LOG=${BHATTI_LOG:-/var/log/bhatti.log}
+LISTEN=${BHATTI_LISTEN:-127.0.0.1:8080}
 
 bash scripts/setup-host.sh
 echo "==> building (release)"
@@ -36,13 +42,22 @@ if ! cmp -s "$cache/rootfs-base.ext4.stamp" "$DATA/images/rootfs-base.ext4.stamp
 fi
 install -m 0755 "$BHATTI" /usr/local/bin/bhatti
 
+# The CLI without root: the daemon serves a group socket for `bhatti`.
+if ! getent group bhatti >/dev/null; then
+    groupadd --system bhatti
+fi
+if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] && ! id -nG "$SUDO_USER" | grep -qw bhatti; then
+    usermod -aG bhatti "$SUDO_USER"
+    echo "==> $SUDO_USER joined the group bhatti (log in again, or run newgrp bhatti, to use bhatti without sudo)"
+fi
+
 health() { curl -sf --unix-socket "$SOCK" http://localhost/health >/dev/null 2>&1; }
 if health; then
     echo "==> a daemon is already serving on $SOCK (restart it to pick up a new build: kill it and re-run)"
 else
-    echo "==> starting the daemon: bhatti serve --data-dir $DATA (log: $LOG)"
+    echo "==> starting the daemon: bhatti serve --data-dir $DATA --listen $LISTEN (log: $LOG)"
     BHATTI_GUEST_KERNEL="$cache/vmlinux" BHATTI_GUEST_ROOTFS="$cache/rootfs-minimal.ext4" \
-        nohup "$BHATTI" serve --data-dir "$DATA" >>"$LOG" 2>&1 &
+        nohup "$BHATTI" serve --data-dir "$DATA" --listen "$LISTEN" >>"$LOG" 2>&1 &
     for _ in $(seq 1 100); do health && break; sleep 0.1; done
     health || { echo "the daemon did not come up; last log lines:" >&2; tail -20 "$LOG" >&2; exit 1; }
 fi
@@ -55,7 +70,11 @@ if ! "$BHATTI" --data-dir "$DATA" list >/dev/null 2>&1; then
     else
         key=$("$BHATTI" --data-dir "$DATA" --json user create --name admin --max-sandboxes 50 | sed -n 's/.*"api_key": *"\([^"]*\)".*/\1/p')
     fi
-    "$BHATTI" setup --url "unix://$SOCK" --token "$key" >/dev/null
+    # The group socket when this is the default data dir, so the sudo
+    # user's saved config works without sudo too.
+    url="unix://$SOCK"
+    [[ $DATA == /var/lib/bhatti && -S /run/bhatti/api.sock ]] && url=unix:///run/bhatti/api.sock
+    "$BHATTI" setup --url "$url" --token "$key" >/dev/null
     echo "==> user admin created; its key is in ~/.bhatti/config.yaml"
 fi
 

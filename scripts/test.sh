@@ -39,6 +39,12 @@ if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_VM:-} ]]; then
     step "base image (Debian + python3, git, build-essential; cached)"
     scripts/guest/build-debian-rootfs.sh --lohar "$LOHAR_STATIC" --out "$cache/rootfs-base.ext4"
     export BHATTI_GUEST_BASE_ROOTFS="$cache/rootfs-base.ext4"
+    # The package test (crates/bhatti/tests/package.rs) installs the .deb in
+    # a clean Debian 12 root; both are made here, where downloads are setup.
+    step "the Debian package (cargo-deb) and a clean Debian 12 root to install it in"
+    BHATTI_DEB=$(scripts/build-deb.sh | tail -1)
+    BHATTI_DIST_ROOT=$(scripts/dist-root.sh | tail -1)
+    export BHATTI_DEB BHATTI_DIST_ROOT
 else
     echo "not root or BHATTI_SKIP_VM set: VM tests will be reported as ignored"
 fi

@@ -18,7 +18,7 @@ use std::path::Path;
 
 const CACHE: &str = "/var/cache/bhatti/guest";
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

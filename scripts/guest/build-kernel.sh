@@ -38,7 +38,8 @@ Builds \$BHATTI_GUEST_CACHE/vmlinux and \$BHATTI_GUEST_CACHE/bzImage.
 environment:
   BHATTI_GUEST_CACHE          cache dir (default /var/cache/bhatti/guest; now: $BHATTI_GUEST_CACHE)
   BHATTI_KERNEL_CONFIG        kernel config (default <repo>/../shared/data/firecracker/microvm-kernel-x86_64-6.1.config)
-  BHATTI_KERNEL_SRC           source tarball (default /usr/src/linux-source-6.1.tar.xz)
+  BHATTI_KERNEL_SRC           source tarball (default /usr/src/linux-source-6.1.tar.xz, else the newest
+                              /usr/src/linux-source-* the distribution installed)
   BHATTI_KERNEL_EXTRA_CONFIG  extra options, space separated, e.g. "CONFIG_OVERLAY_FS=y CONFIG_TUN=y"
                               (every one set to y/m must survive olddefconfig, else the build fails)
   BHATTI_KERNEL_JOBS          make -j value (default: nproc)
@@ -145,9 +146,19 @@ main() {
     check_tools
 
     KCONFIG="${BHATTI_KERNEL_CONFIG:-$BHATTI_REPO/../shared/data/firecracker/microvm-kernel-x86_64-6.1.config}"
-    SRC="${BHATTI_KERNEL_SRC:-/usr/src/linux-source-6.1.tar.xz}"
+    # The distribution's kernel source: Debian 12's 6.1 (what the config
+    # was written for), else the newest one installed (Debian 13's
+    # linux-source, Ubuntu's linux-source-<v>/ directory).
+    SRC="${BHATTI_KERNEL_SRC:-}"
+    if [[ -z $SRC ]]; then
+        SRC=/usr/src/linux-source-6.1.tar.xz
+        if [[ ! -r $SRC ]]; then
+            SRC=$(ls -1 /usr/src/linux-source-*.tar.* /usr/src/linux-source-*/linux-source-*.tar.* 2>/dev/null | sort -V | tail -1)
+            SRC=${SRC:-/usr/src/linux-source-6.1.tar.xz}
+        fi
+    fi
     [[ -r "$KCONFIG" ]] || die "kernel config not found: $KCONFIG (set BHATTI_KERNEL_CONFIG)"
-    [[ -r "$SRC" ]] || die "kernel source not found: $SRC (apt-get install linux-source-6.1, or set BHATTI_KERNEL_SRC)"
+    [[ -r "$SRC" ]] || die "kernel source not found: $SRC (apt-get install linux-source, or set BHATTI_KERNEL_SRC)"
     KCONFIG="$(readlink -f "$KCONFIG")"
 
     local extra_env=()

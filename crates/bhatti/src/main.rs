@@ -19,8 +19,8 @@ use bhatti_client::{ClientError, Overrides};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cmd::{
-    admin, cp, exec, files, image, run, sandbox, secret, setup, shell, snapshot, stats, template,
-    user, version, volume, Ctx,
+    admin, cp, exec, files, image, logs, run, sandbox, secret, setup, shell, snapshot, stats,
+    template, user, version, volume, Ctx,
 };
 
 #[derive(Debug, Parser)]
@@ -29,12 +29,16 @@ use cmd::{
     version,
     about = "Self-hosted sandboxes: microVMs or containers for untrusted code",
     propagate_version = true,
-    after_help = "Config: flags > ~/.bhatti/config.yaml (api_url, auth_token) > BHATTI_URL / BHATTI_TOKEN > the local daemon socket or http://localhost:8080"
+    after_help = "Config: flags > BHATTI_URL / BHATTI_TOKEN / BHATTI_CA_FILE > ~/.bhatti/config.yaml (api_url, auth_token, ca_file) > the local daemon socket or http://localhost:8080"
 )]
 struct Cli {
-    /// API URL (http://HOST:PORT or unix:///path/api.sock).
+    /// API URL (http[s]://HOST:PORT or unix:///path/api.sock).
     #[arg(long, global = true, value_name = "URL")]
     url: Option<String>,
+    /// PEM CA certificates to verify an https:// daemon with, instead of
+    /// the system's trust store.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// API key.
     #[arg(long, global = true, value_name = "KEY")]
     token: Option<String>,
@@ -86,6 +90,8 @@ enum Command {
     Ps(sandbox::SandboxArg),
     /// CPU, memory and disk use, read in the guest now.
     Stats(stats::StatsArgs),
+    /// The guest's console, or a detached command's output (-f follows it).
+    Logs(logs::LogsArgs),
     /// List listening ports and their proxy URLs.
     Ports(sandbox::PortsArgs),
     /// Copy files and directories between here and a sandbox
@@ -138,6 +144,7 @@ impl Command {
             Command::Exec(a) => Some(&a.sandbox),
             Command::Shell(a) => Some(&a.sandbox),
             Command::Ports(a) => a.sandbox.as_deref(),
+            Command::Logs(a) => Some(&a.sandbox),
             Command::File(f) => Some(f.sandbox()),
             Command::Snapshot(s) => s.sandbox(),
             Command::Create(a) => a.name.as_deref(),
@@ -164,6 +171,7 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
         Command::Ps(a) => sandbox::ps(ctx, a).await,
         Command::Ports(a) => sandbox::ports(ctx, a).await,
         Command::Stats(a) => stats::run(ctx, a).await,
+        Command::Logs(a) => logs::run(ctx, a).await,
         Command::Cp(a) => cp::run(ctx, a).await,
         Command::File(c) => files::run(ctx, c).await,
         Command::Secret(c) => secret::run(ctx, c).await,
@@ -247,6 +255,7 @@ fn main() {
             url: cli.url,
             token: cli.token,
             data_dir: cli.data_dir.clone(),
+            ca_file: cli.ca_file,
         },
     );
     let sandbox = cli.command.sandbox().map(str::to_string);

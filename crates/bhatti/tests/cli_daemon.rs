@@ -73,6 +73,11 @@ fn ok(o: Output) -> Output {
 
 impl Daemon {
     fn start(engine: &str) -> Daemon {
+        Daemon::start_with(engine, "")
+    }
+
+    /// A daemon whose config file has `extra` (YAML keys) appended.
+    fn start_with(engine: &str, extra: &str) -> Daemon {
         let data = tempfile::Builder::new()
             .prefix("bhatti-cli-test-")
             .tempdir_in("/var/tmp")
@@ -81,7 +86,7 @@ impl Daemon {
         let cfg = data.path().join("config.yaml");
         std::fs::write(
             &cfg,
-            "rate_limits:\n  enabled: false\nthermal:\n  enabled: false\ndefault_memory_mb: 256\ndrain_secs: 5\n",
+            format!("rate_limits:\n  enabled: false\nthermal:\n  enabled: false\ndefault_memory_mb: 256\ndrain_secs: 5\n{extra}"),
         )
         .expect("config");
         let notify = std::os::unix::net::UnixDatagram::bind(data.path().join("notify.sock"))
@@ -259,6 +264,57 @@ fn cli_cp_run_template_and_stats() {
     let key = d.user("carol");
     ok(d.run(&key, &["create", "--name", "box"]));
 
+    // logs: the container's output (the agent says it is ready), then a
+    // detached command's output, whole and followed as it grows.
+    let o = ok(d.run(&key, &["logs", "box"]));
+    assert!(
+        text(&o.stdout).contains("lohar: ready"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = ok(d.run(&key, &["logs", "box", "--tail", "6"]));
+    assert_eq!(o.stdout.len(), 6, "{:?}", text(&o.stdout));
+    let o = ok(d.run(
+        &key,
+        &[
+            "--json",
+            "exec",
+            "-d",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo one; sleep 2; echo two",
+        ],
+    ));
+    let file = json(&o)["output_file"].as_str().unwrap().to_string();
+    let mut follow = d
+        .cli(&key)
+        .args(["logs", "-f", "box", &file])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("two") {
+            match std::io::Read::read(&mut stdout, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        seen
+    });
+    let seen = reader.join().unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(text(&seen), "one\ntwo\n", "-f prints what is appended");
+    let o = ok(d.run(&key, &["logs", "box", &file]));
+    assert_eq!(text(&o.stdout), "one\ntwo\n");
+    let o = d.run(&key, &["logs", "box", "/tmp/no-such.log"]);
+    assert_eq!(o.status.code(), Some(1));
+
     // cp: a file, then a tree, into the sandbox and back out.
     let here = tempfile::tempdir().expect("tempdir");
     let tree = here.path().join("proj");
@@ -378,6 +434,218 @@ fn serve_tells_systemd_it_is_ready_and_stopping() {
     assert!(d.notified().lines().any(|l| l == "READY=1"));
     d.stop();
     assert!(d.notified().lines().any(|l| l == "STOPPING=1"));
+}
+
+/// A TLS terminator in front of the daemon's socket, the way a daemon sits
+/// behind a reverse proxy: a private CA, a certificate for `localhost`
+/// signed by it, and a listener on loopback that hands each connection's
+/// plaintext to `api.sock`. Returns the port and the CA's PEM file.
+fn tls_front(d: &Daemon) -> (u16, PathBuf) {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let ca_file = d.data.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sock = d.data.path().join("api.sock");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let sock = sock.clone();
+                tokio::spawn(async move {
+                    // A client that rejects the certificate ends here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::UnixStream::connect(&sock).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+    });
+    (port, ca_file)
+}
+
+/// `https://` URLs: the CLI verifies the daemon's certificate against
+/// `--ca-file` (or `BHATTI_CA_FILE`, or the `ca_file` key `setup` saves),
+/// and HTTP, the streamed exec and the WebSocket exec all run over TLS. A
+/// certificate from an unknown CA is refused with a hint naming
+/// `--ca-file`, and nothing is sent.
+#[test]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+fn cli_over_https_with_a_ca_file() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start("docker");
+    let key = d.user("tess");
+    let (port, ca) = tls_front(&d);
+    let url = format!("https://localhost:{port}");
+    let ca = ca.to_str().unwrap();
+    let https = |args: &[&str]| {
+        bhatti(d.home.path())
+            .args(["--url", &url, "--token", &key, "--ca-file", ca])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    ok(https(&["create", "--name", "tls"]));
+    let ls = json(&ok(https(&["--json", "ls"])));
+    assert_eq!(ls[0]["name"], "tls", "{ls}");
+    let o = ok(https(&["exec", "tls", "--", "sh", "-c", "echo over-tls"]));
+    assert_eq!(text(&o.stdout), "over-tls\n");
+    // stdin goes through the WebSocket exec.
+    let o = bhatti(d.home.path())
+        .args(["--url", &url, "--token", &key, "--ca-file", ca])
+        .args(["exec", "-i", "tls", "--", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"12345")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(text(&o.stdout).trim(), "5", "{}", text(&o.stderr));
+
+    // The environment names the CA file as well.
+    let o = bhatti(d.home.path())
+        .args(["--url", &url, "--token", &key, "--json", "ls"])
+        .env("BHATTI_CA_FILE", ca)
+        .output()
+        .unwrap();
+    assert_eq!(json(&ok(o))[0]["name"], "tls");
+
+    // Without it the system store does not know the private CA.
+    let o = bhatti(d.home.path())
+        .args(["--url", &url, "--token", &key, "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("TLS"), "{err}");
+    assert!(err.contains("--ca-file"), "{err}");
+    // exec's own failure is 125, not a remote exit code.
+    let o = bhatti(d.home.path())
+        .args(["--url", &url, "--token", &key, "exec", "tls", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+
+    // A CA file that holds no certificate is a clear error before dialling.
+    let junk = d.data.path().join("junk.pem");
+    std::fs::write(&junk, "not a pem\n").unwrap();
+    let o = bhatti(d.home.path())
+        .args(["--url", &url, "--token", &key, "--ca-file"])
+        .arg(&junk)
+        .arg("ls")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("junk.pem"), "{}", text(&o.stderr));
+
+    ok(https(&["destroy", "tls", "--yes"]));
+}
+
+/// The group socket: a member of the daemon's `socket_group` uses the API
+/// without root, through a 0660 socket outside the 0700 data directory; a
+/// user outside the group is refused by the kernel. The users and the
+/// group are bare numeric IDs (setpriv), so the host's databases are not
+/// touched.
+#[test]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+fn a_group_member_uses_the_group_socket() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // An ID no group and no user of this host has.
+    let taken = std::fs::read_to_string("/etc/group").unwrap()
+        + &std::fs::read_to_string("/etc/passwd").unwrap();
+    let mut free = (61_000..62_000u32).filter(|i| !taken.contains(&format!(":{i}:")));
+    // The group, and the user (with a primary group of its own).
+    let (id, user) = (free.next().unwrap(), free.next().unwrap());
+    let dir = tempfile::Builder::new()
+        .prefix("bhatti-group-sock-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("api.sock");
+    let d = Daemon::start_with(
+        "docker",
+        &format!("socket_group: \"{id}\"\ngroup_socket: {}\n", sock.display()),
+    );
+    let key = d.user("gina");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), id);
+    let data = std::fs::metadata(d.dir()).unwrap();
+    assert_eq!(data.mode() & 0o777, 0o700);
+
+    let as_user = |groups: &str, url: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &user.to_string(), "--regid", &user.to_string()]);
+        if groups.is_empty() {
+            c.arg("--clear-groups");
+        } else {
+            c.args(["--groups", groups]);
+        }
+        c.arg(env!("CARGO_BIN_EXE_bhatti"))
+            .args(["--url", url, "--token", &key, "--json", "ls"])
+            .env_clear()
+            .env("HOME", dir.path())
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let group_url = format!("unix://{}", sock.display());
+    let o = ok(as_user(&id.to_string(), &group_url));
+    assert_eq!(json(&o), serde_json::json!([]));
+    // Out of the group: the socket's mode keeps the user out.
+    let o = as_user("", &group_url);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).to_lowercase().contains("permission denied"),
+        "{}",
+        text(&o.stderr)
+    );
+    // In the group but at the data dir's socket: the directory is root's.
+    let o = as_user(&id.to_string(), &d.url());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
 }
 
 /// `create --egress` and `edit --egress` reach the daemon: the policy is

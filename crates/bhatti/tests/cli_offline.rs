@@ -389,3 +389,121 @@ fn setup_system_installs_a_unit_systemd_accepts() {
         String::from_utf8_lossy(&v.stderr)
     );
 }
+
+/// scripts/setup-host.sh decides per distribution before it changes
+/// anything: its `--plan` is run against os-release files of the
+/// distributions it supports and of ones it refuses, and against a missing
+/// toolchain and an installed Docker (through its BHATTI_CARGO and
+/// BHATTI_DOCKERD overrides), without root and without touching the host.
+#[test]
+fn setup_host_plans_per_distribution_and_refuses_the_rest() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |os_release: &str, env: &[(&str, &str)]| {
+        let f = dir.path().join("os-release");
+        std::fs::write(&f, os_release).unwrap();
+        let mut c = std::process::Command::new("bash");
+        c.arg(repo.join("scripts/setup-host.sh"))
+            .arg("--plan")
+            .env("BHATTI_OS_RELEASE", &f)
+            .env("BHATTI_DOCKERD", "/nonexistent/dockerd");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), all)
+    };
+
+    let (code, out) = plan(
+        "ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("distribution: debian 12 (bookworm)"), "{out}");
+    assert!(
+        out.contains("qemu-system-x86 from bookworm-backports"),
+        "{out}"
+    );
+    assert!(out.contains("kernel source: linux-source-6.1"), "{out}");
+    assert!(out.contains("docker: installing docker.io"), "{out}");
+    assert!(out.contains("rust: present"), "{out}");
+
+    let (code, out) = plan(
+        "ID=debian\nVERSION_ID=\"13\"\nVERSION_CODENAME=trixie\n",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("qemu-system-x86 from trixie"), "{out}");
+    assert!(out.contains("kernel source: linux-source\n"), "{out}");
+    assert!(!out.contains("backports"), "{out}");
+
+    let (code, out) = plan(
+        "ID=ubuntu\nVERSION_ID=\"24.04\"\nVERSION_CODENAME=noble\n",
+        &[
+            ("BHATTI_DOCKERD", "/bin/true"),
+            ("BHATTI_CARGO", "/nonexistent/cargo"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("the QEMU engine is unavailable"), "{out}");
+    // An installed Docker (CE or docker.io) is used, never replaced.
+    assert!(
+        out.contains("docker: using the installed /bin/true"),
+        "{out}"
+    );
+    assert!(!out.contains("docker.io"), "{out}");
+    // No cargo: a toolchain at rust-toolchain.toml's version, by rustup.
+    let want = std::fs::read_to_string(repo.join("rust-toolchain.toml")).unwrap();
+    let want = want
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    assert!(
+        out.contains(&format!("rustup toolchain install {want}")),
+        "{out}"
+    );
+
+    // An older cargo than the toolchain file asks for is replaced too.
+    let old = dir.path().join("old-cargo");
+    std::fs::write(
+        &old,
+        "#!/bin/sh\necho 'cargo 1.63.0 (fd9c4297c 2022-07-01)'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (code, out) = plan(
+        "ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
+        &[("BHATTI_CARGO", old.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("rust: present"), "{out}");
+    assert!(out.contains(&want), "{out}");
+
+    for (release, why) in [
+        (
+            "ID=debian\nVERSION_ID=\"11\"\n",
+            "Debian 11 is not supported",
+        ),
+        (
+            "ID=ubuntu\nVERSION_ID=\"22.04\"\n",
+            "Ubuntu 22.04 is not supported",
+        ),
+        ("ID=fedora\nVERSION_ID=\"40\"\n", "fedora is not supported"),
+    ] {
+        let (code, out) = plan(release, &[]);
+        assert_eq!(code, Some(2), "{release}: {out}");
+        assert!(out.contains(why), "{release}: {out}");
+        assert!(
+            out.contains("supported: Debian 12, Debian 13, Ubuntu 24.04"),
+            "{out}"
+        );
+        assert!(!out.contains("packages:"), "refused before any plan: {out}");
+    }
+}

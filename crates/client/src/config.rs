@@ -5,15 +5,17 @@
 //! Per field, the first of these that is set wins:
 //!
 //! 1. the explicit value (a `--url` / `--token` flag);
-//! 2. the environment: `BHATTI_URL`, `BHATTI_TOKEN` (over the file, the
+//! 2. the environment: `BHATTI_URL`, `BHATTI_TOKEN`, `BHATTI_CA_FILE` (over the file, the
 //!    usual order: a variable set for one command beats what is saved; the
 //!    reference had it the other way round);
 //! 3. the config file: `$BHATTI_CONFIG` alone if that is set, otherwise the
 //!    invoking user's `~/.bhatti/config.yaml` (under `sudo`, `SUDO_USER`'s
-//!    home, so `sudo bhatti …` uses the caller's key), keys `api_url` and
-//!    `auth_token`;
+//!    home, so `sudo bhatti …` uses the caller's key), keys `api_url`,
+//!    `auth_token` and `ca_file`;
 //! 4. the default: the daemon's Unix socket `<data_dir>/api.sock` when it
-//!    exists, otherwise `http://localhost:8080`. The data dir is
+//!    exists (and can be seen: the data dir is root's), else for the
+//!    default data dir the group socket `/run/bhatti/api.sock`, otherwise
+//!    `http://localhost:8080`. The data dir is
 //!    `--data-dir`, else `BHATTI_DATA_DIR`, else the `data_dir` key of the
 //!    daemon's config (`$BHATTI_CONFIG` or `/etc/bhatti/config.yaml`, when
 //!    readable), else `/var/lib/bhatti`.
@@ -33,6 +35,9 @@ use crate::error::ConfigError;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/bhatti";
 /// The URL used when nothing says otherwise and no socket is found.
 pub const DEFAULT_URL: &str = "http://localhost:8080";
+/// The API socket members of the `bhatti` group may use (the default
+/// data directory's daemon serves it when that group exists).
+pub const GROUP_SOCKET: &str = "/run/bhatti/api.sock";
 /// The socket's file name inside the data directory.
 pub const SOCKET_NAME: &str = "api.sock";
 /// The daemon's config file when `$BHATTI_CONFIG` is not set.
@@ -41,17 +46,18 @@ pub const SYSTEM_CONFIG: &str = "/etc/bhatti/config.yaml";
 /// Where the API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// Plain HTTP over TCP: a normalized base URL such as
-    /// `http://127.0.0.1:8080` (an optional path prefix is kept, for a
-    /// daemon behind a reverse proxy at `http://host/bhatti`).
+    /// HTTP over TCP, plain or TLS: a normalized base URL such as
+    /// `http://127.0.0.1:8080` or `https://bhatti.example.com:443` (an
+    /// optional path prefix is kept, for a daemon behind a reverse proxy at
+    /// `https://host/bhatti`).
     Tcp(String),
     /// The daemon's Unix socket (`<data_dir>/api.sock`).
     Unix(PathBuf),
 }
 
 impl Endpoint {
-    /// Parses a URL: `http://host[:port][/prefix]`, `host:port` (HTTP is
-    /// implied), `unix:///path/api.sock`, or an absolute socket path.
+    /// Parses a URL: `http[s]://host[:port][/prefix]`, `host:port` (HTTP
+    /// is implied), `unix:///path/api.sock`, or an absolute socket path.
     pub fn parse(url: &str) -> Result<Endpoint, ConfigError> {
         let bad = |reason: &str| ConfigError::Url {
             url: url.to_string(),
@@ -72,16 +78,11 @@ impl Endpoint {
         if s.starts_with('/') {
             return Ok(Endpoint::Unix(PathBuf::from(s)));
         }
-        if s.starts_with("https://") {
-            return Err(bad(
-                "https is not supported by this client; use the daemon's plain listener \
-                 (e.g. through an SSH tunnel) or its Unix socket",
-            ));
-        }
-        let rest = match s.split_once("://") {
-            Some(("http", rest)) => rest,
+        let (tls, rest) = match s.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
             Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
-            None => s,
+            None => (false, s),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -90,10 +91,11 @@ impl Endpoint {
         if path.contains('?') || path.contains('#') {
             return Err(bad("no query or fragment allowed"));
         }
-        let target = TcpTarget::parse_authority(authority).map_err(|r| bad(&r))?;
+        let target = TcpTarget::parse_authority(authority, tls).map_err(|r| bad(&r))?;
         let prefix = path.trim_end_matches('/');
         Ok(Endpoint::Tcp(format!(
-            "http://{}{}",
+            "{}://{}{}",
+            target.scheme(),
             target.authority(),
             prefix
         )))
@@ -121,6 +123,8 @@ pub(crate) struct TcpTarget {
     pub port: u16,
     /// Path prefix without a trailing slash (`""` or `/bhatti`).
     pub prefix: String,
+    /// `https://`: the stream is wrapped in TLS after the TCP connect.
+    pub tls: bool,
 }
 
 impl TcpTarget {
@@ -129,19 +133,23 @@ impl TcpTarget {
             url: url.to_string(),
             reason,
         };
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("not an http:// URL".into()))?;
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            return Err(bad("not an http:// or https:// URL".into()));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let mut t = TcpTarget::parse_authority(authority).map_err(bad)?;
+        let mut t = TcpTarget::parse_authority(authority, tls).map_err(bad)?;
         t.prefix = path.trim_end_matches('/').to_string();
         Ok(t)
     }
 
-    fn parse_authority(a: &str) -> Result<TcpTarget, String> {
+    fn parse_authority(a: &str, tls: bool) -> Result<TcpTarget, String> {
         if a.is_empty() {
             return Err("no host".into());
         }
@@ -173,6 +181,7 @@ impl TcpTarget {
             host
         };
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
         };
@@ -183,7 +192,16 @@ impl TcpTarget {
             host,
             port,
             prefix: String::new(),
+            tls,
         })
+    }
+
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// `host:port` as it goes into URLs and the `Host` header.
@@ -202,6 +220,9 @@ pub struct Overrides {
     pub url: Option<String>,
     pub token: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// `--ca-file`: the PEM certificates an `https://` daemon is verified
+    /// against, instead of the system's store.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The parts of the process environment that resolution reads.
@@ -210,6 +231,7 @@ pub struct Environment {
     pub bhatti_url: Option<String>,
     pub bhatti_token: Option<String>,
     pub bhatti_data_dir: Option<PathBuf>,
+    pub bhatti_ca_file: Option<PathBuf>,
     /// `BHATTI_CONFIG`: a config file used alone.
     pub bhatti_config: Option<PathBuf>,
     /// The invoking user's home (see [`invoking_home`]).
@@ -238,6 +260,7 @@ impl Environment {
             bhatti_url: var("BHATTI_URL"),
             bhatti_token: var("BHATTI_TOKEN"),
             bhatti_data_dir: var("BHATTI_DATA_DIR").map(PathBuf::from),
+            bhatti_ca_file: var("BHATTI_CA_FILE").map(PathBuf::from),
             bhatti_config,
             home,
             server_data_dir,
@@ -307,6 +330,9 @@ pub struct ClientConfig {
     /// The daemon's data directory (for the socket and DB-direct commands).
     pub data_dir: PathBuf,
     pub url_source: UrlSource,
+    /// PEM CA certificates for an `https://` endpoint; none = the system's
+    /// trust store.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The two keys the CLI reads from a config file; the daemon's keys in the
@@ -319,6 +345,8 @@ struct FileKeys {
     auth_token: Option<String>,
     #[serde(default)]
     data_dir: Option<String>,
+    #[serde(default)]
+    ca_file: Option<String>,
 }
 
 /// Reads `api_url` / `auth_token` from a YAML file; a missing file is empty.
@@ -356,6 +384,7 @@ impl ClientConfig {
             token,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             url_source: UrlSource::Flag,
+            ca_file: None,
         }
     }
 
@@ -377,6 +406,14 @@ impl ClientConfig {
             .or_else(|| nonempty(env.bhatti_token.clone()))
             .or_else(|| nonempty(file.auth_token));
 
+        let ca_file = o
+            .ca_file
+            .clone()
+            .or_else(|| env.bhatti_ca_file.clone())
+            .or_else(|| {
+                nonempty(file.ca_file.clone()).map(|p| expand_home(&p, env.home.as_deref()))
+            });
+
         let (url, source) = if let Some(u) = nonempty(o.url.clone()) {
             (Some(u), UrlSource::Flag)
         } else if let Some(u) = nonempty(env.bhatti_url.clone()) {
@@ -392,8 +429,13 @@ impl ClientConfig {
             Some(u) => (Endpoint::parse(&u)?, source),
             None => {
                 let sock = data_dir.join(SOCKET_NAME);
+                let group = Path::new(GROUP_SOCKET);
                 if sock.exists() {
                     (Endpoint::Unix(sock), UrlSource::Socket)
+                } else if data_dir == Path::new(DEFAULT_DATA_DIR) && group.exists() {
+                    // The data dir is root's alone; a member of the
+                    // daemon's group gets in through this one.
+                    (Endpoint::Unix(group.to_path_buf()), UrlSource::Socket)
                 } else {
                     (Endpoint::Tcp(DEFAULT_URL.to_string()), UrlSource::Default)
                 }
@@ -404,6 +446,7 @@ impl ClientConfig {
             token,
             data_dir,
             url_source,
+            ca_file,
         })
     }
 }
@@ -473,7 +516,8 @@ mod tests {
             Endpoint::parse("/tmp/x.sock").unwrap(),
             Endpoint::Unix("/tmp/x.sock".into())
         );
-        assert!(Endpoint::parse("https://x").is_err());
+        assert_eq!(t("https://x"), "https://x:443");
+        assert_eq!(t("https://x:8443/b/"), "https://x:8443/b");
         assert!(Endpoint::parse("ftp://x").is_err());
         assert!(Endpoint::parse("http://h:notaport").is_err());
         assert!(Endpoint::parse("unix://relative").is_err());
@@ -484,6 +528,10 @@ mod tests {
         assert_eq!(tt.port, 8080);
         assert_eq!(tt.prefix, "/p");
         assert_eq!(tt.authority(), "[::1]:8080");
+        assert!(!tt.tls);
+        let ts = TcpTarget::from_url("https://h.example").unwrap();
+        assert!(ts.tls);
+        assert_eq!(ts.port, 443);
     }
 
     #[test]
@@ -514,6 +562,7 @@ mod tests {
             url: Some("http://flag:3".into()),
             token: Some("flagtok".into()),
             data_dir: None,
+            ca_file: None,
         };
         let c = ClientConfig::resolve_with(&o, &env).unwrap();
         assert_eq!(c.endpoint, Endpoint::Tcp("http://flag:3".into()));
@@ -525,6 +574,25 @@ mod tests {
         let c = ClientConfig::resolve_with(&Overrides::default(), &env).unwrap();
         assert_eq!(c.endpoint, Endpoint::Tcp("http://env:1".into()));
         assert_eq!(c.token.as_deref(), Some("filetok"));
+    }
+
+    #[test]
+    fn ca_file_flag_beats_env_beats_file() {
+        let home = tempfile::tempdir().unwrap();
+        let mut env = env_with_home(home.path());
+        write_cfg(home.path(), "api_url: https://h\nca_file: ~/ca.pem\n");
+        let c = ClientConfig::resolve_with(&Overrides::default(), &env).unwrap();
+        assert_eq!(c.ca_file, Some(home.path().join("ca.pem")));
+        assert_eq!(c.endpoint, Endpoint::Tcp("https://h:443".into()));
+        env.bhatti_ca_file = Some("/env/ca.pem".into());
+        let c = ClientConfig::resolve_with(&Overrides::default(), &env).unwrap();
+        assert_eq!(c.ca_file, Some(PathBuf::from("/env/ca.pem")));
+        let o = Overrides {
+            ca_file: Some("/flag/ca.pem".into()),
+            ..Default::default()
+        };
+        let c = ClientConfig::resolve_with(&o, &env).unwrap();
+        assert_eq!(c.ca_file, Some(PathBuf::from("/flag/ca.pem")));
     }
 
     #[test]

@@ -165,6 +165,13 @@ pub enum ClientError {
         endpoint: String,
         source: std::io::Error,
     },
+    /// The TLS handshake with an `https://` endpoint failed (an unknown
+    /// issuer, a name mismatch, a server that does not speak TLS).
+    #[error("TLS with {endpoint}: {source}")]
+    Tls {
+        endpoint: String,
+        source: std::io::Error,
+    },
     /// The HTTP exchange broke (connection reset, malformed response …).
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
@@ -214,6 +221,10 @@ impl ClientError {
             ClientError::Api(e) => e.hint_for(sandbox),
             ClientError::Connect { .. } => Some(
                 "Is the daemon running (bhatti serve / systemctl status bhatti)? Is the URL right (bhatti setup)?"
+                    .into(),
+            ),
+            ClientError::Tls { .. } => Some(
+                "Is the daemon's certificate signed by a CA this machine trusts? Give its CA with --ca-file (or BHATTI_CA_FILE)"
                     .into(),
             ),
             ClientError::Config(ConfigError::Url { .. }) => {

@@ -50,7 +50,7 @@ use serde::Serialize;
 
 pub use config::{
     invoking_home, sudo_user, user_config_path, ClientConfig, Endpoint, Environment, Overrides,
-    UrlSource, DEFAULT_DATA_DIR, DEFAULT_URL, SOCKET_NAME, SYSTEM_CONFIG,
+    UrlSource, DEFAULT_DATA_DIR, DEFAULT_URL, GROUP_SOCKET, SOCKET_NAME, SYSTEM_CONFIG,
 };
 pub use error::{ApiError, ClientError, ConfigError, Result};
 pub use transport::{encode_component, Conn};
@@ -200,7 +200,7 @@ impl Client {
     /// or token cannot be used at all (bad URL, a token with control
     /// characters).
     pub fn new(cfg: ClientConfig) -> Result<Client> {
-        let target = Target::new(&cfg.endpoint)?;
+        let target = Target::new(&cfg.endpoint, cfg.ca_file.as_deref())?;
         let auth = match cfg.token.as_deref().filter(|t| !t.is_empty()) {
             Some(t) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
@@ -665,6 +665,18 @@ impl Client {
     /// `GET /sandboxes/:id/stats`: CPU, memory and disk, read in the guest.
     pub async fn stats(&self, id: &str) -> Result<api::SandboxStats> {
         self.get(&format!("{}/stats", Self::sb(id)), "stats").await
+    }
+
+    /// `GET /sandboxes/{id}/console`: the newest `bytes` (server default
+    /// when none) of the guest's console, as text. Never wakes it.
+    pub async fn console(&self, id: &str, bytes: Option<u64>) -> Result<String> {
+        let mut path = format!("{}/console", Self::sb(id));
+        if let Some(b) = bytes {
+            path.push_str(&format!("?bytes={b}"));
+        }
+        let resp = self.send_json::<()>(Method::GET, &path, None).await?;
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// `GET /ports`: ports of all the caller's hot sandboxes.

@@ -16,6 +16,14 @@ use serde::Deserialize;
 pub const SYSTEM_CONFIG: &str = "/etc/bhatti/config.yaml";
 /// Where the daemon keeps its state unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/bhatti";
+/// The group whose members may use the API when nothing else is said.
+pub const DEFAULT_SOCKET_GROUP: &str = "bhatti";
+/// The group socket of the default data directory (the CLI looks there
+/// when `<data_dir>/api.sock` cannot be reached).
+pub const DEFAULT_GROUP_SOCKET: &str = "/run/bhatti/api.sock";
+/// Where the Debian package puts the guest kernel and minimal image (the
+/// last place looked, after the data dir and the build cache).
+pub const PACKAGED_GUEST: &str = "/usr/lib/bhatti/guest";
 /// Where `scripts/guest` leaves the kernel and the minimal image.
 pub const GUEST_CACHE: &str = "/var/cache/bhatti/guest";
 
@@ -125,6 +133,15 @@ pub struct Config {
     /// admin until an operator opts in).
     pub listen: String,
     pub data_dir: PathBuf,
+    /// The group (name or numeric ID) whose members may use the API
+    /// through [`Config::group_socket`]. Unset: `bhatti` when that group
+    /// exists. `""` turns the group socket off.
+    pub socket_group: Option<String>,
+    /// A second API socket, mode 0660 and owned by `socket_group`, outside
+    /// the data directory (which stays 0700: it holds the store, keys and
+    /// every sandbox's disks). Unset: `/run/bhatti/api.sock` for the
+    /// default data directory, none for any other.
+    pub group_socket: Option<PathBuf>,
     /// CLI keys, accepted (one file serves both) and ignored by the daemon.
     pub api_url: Option<String>,
     pub auth_token: Option<String>,
@@ -202,6 +219,8 @@ impl Default for Config {
             engine: None,
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            socket_group: None,
+            group_socket: None,
             api_url: None,
             auth_token: None,
             thermal: ThermalConfig::default(),
@@ -275,6 +294,7 @@ impl Config {
             }
         }
         self.listen_addr()?;
+        self.group_socket()?;
         if self.shutdown_parallelism == 0 {
             return Err(ConfigError::Invalid(
                 "shutdown_parallelism must be at least 1".into(),
@@ -323,18 +343,44 @@ impl Config {
         self.data_dir.join("api.sock")
     }
 
+    /// Where the group socket goes and for which group ID, if anywhere:
+    /// see [`Config::socket_group`] and [`Config::group_socket`].
+    pub fn group_socket(&self) -> Result<Option<(PathBuf, u32)>, ConfigError> {
+        let gid = match self.socket_group.as_deref().map(str::trim) {
+            Some("") => return Ok(None),
+            Some(g) => match g.parse::<u32>() {
+                Ok(id) => id,
+                Err(_) => match nix::unistd::Group::from_name(g) {
+                    Ok(Some(grp)) => grp.gid.as_raw(),
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "socket_group {g:?}: no such group (groupadd --system {g})"
+                        )))
+                    }
+                },
+            },
+            None => match nix::unistd::Group::from_name(DEFAULT_SOCKET_GROUP) {
+                Ok(Some(grp)) => grp.gid.as_raw(),
+                _ => return Ok(None),
+            },
+        };
+        let path = match &self.group_socket {
+            Some(p) => p.clone(),
+            None if self.data_dir == Path::new(DEFAULT_DATA_DIR) => {
+                PathBuf::from(DEFAULT_GROUP_SOCKET)
+            }
+            None => return Ok(None),
+        };
+        Ok(Some((path, gid)))
+    }
+
     /// The guest kernel: config, `$BHATTI_GUEST_KERNEL`, the data dir's
-    /// `images/vmlinux`, then the guest-artifact cache.
+    /// `images/vmlinux`, then the guest-artifact cache, then the package's.
     pub fn kernel_path(&self) -> PathBuf {
         self.kernel
             .clone()
             .or_else(|| std::env::var_os("BHATTI_GUEST_KERNEL").map(PathBuf::from))
-            .unwrap_or_else(|| {
-                first_existing(&[
-                    self.data_dir.join("images/vmlinux"),
-                    Path::new(GUEST_CACHE).join("vmlinux"),
-                ])
-            })
+            .unwrap_or_else(|| self.guest_artifact("vmlinux"))
     }
 
     /// The default image, found the same way as the kernel.
@@ -342,20 +388,23 @@ impl Config {
         self.rootfs
             .clone()
             .or_else(|| std::env::var_os("BHATTI_GUEST_ROOTFS").map(PathBuf::from))
-            .unwrap_or_else(|| {
-                first_existing(&[
-                    self.data_dir.join("images/rootfs-minimal.ext4"),
-                    Path::new(GUEST_CACHE).join("rootfs-minimal.ext4"),
-                ])
-            })
+            .unwrap_or_else(|| self.guest_artifact("rootfs-minimal.ext4"))
     }
-}
 
-fn first_existing(c: &[PathBuf]) -> PathBuf {
-    c.iter()
+    /// The first of `images/<name>`, the build cache's and the package's
+    /// that exists; when none does, the build cache's (the path a "not
+    /// found" should name on a source install).
+    fn guest_artifact(&self, name: &str) -> PathBuf {
+        let cache = Path::new(GUEST_CACHE).join(name);
+        [
+            self.data_dir.join("images").join(name),
+            cache.clone(),
+            Path::new(PACKAGED_GUEST).join(name),
+        ]
+        .into_iter()
         .find(|p| p.exists())
-        .unwrap_or(&c[c.len() - 1])
-        .clone()
+        .unwrap_or(cache)
+    }
 }
 
 #[cfg(test)]

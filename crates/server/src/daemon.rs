@@ -51,6 +51,37 @@ fn listen_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// The API socket for a group's members (see `Config::group_socket`):
+/// 0660, owned by root and the group, in a directory anyone may traverse.
+/// A live socket there belongs to another daemon and is left alone (this
+/// one serves only its own); a stale one is replaced.
+fn bind_group_socket(
+    path: &std::path::Path,
+    gid: u32,
+) -> Result<Option<UnixListener>, DaemonError> {
+    let listen_err = |source| DaemonError::Listen {
+        addr: path.display().to_string(),
+        source,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        tracing::warn!(
+            socket = %path.display(),
+            "another daemon serves the group socket; this one does not"
+        );
+        return Ok(None);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(listen_err)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(listen_err)?;
+    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+        .map_err(|e| listen_err(std::io::Error::from(e)))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(listen_err)?;
+    tracing::info!(socket = %path.display(), gid, "group socket serving");
+    Ok(Some(l))
+}
+
 /// One daemon per data directory: an exclusive `flock` on
 /// `<data_dir>/daemon.lock`, held for the daemon's life. The kernel drops it
 /// with the process, so a crashed daemon never leaves it stale; a second
@@ -153,6 +184,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     })?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .map_err(DaemonError::Serve)?;
+    let group = match cfg.group_socket()? {
+        Some((path, gid)) => bind_group_socket(&path, gid)?,
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -163,6 +198,14 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         timeouts,
         stop_rx.clone(),
     )));
+    if let Some(g) = group {
+        tasks.push(tokio::spawn(listener::serve(
+            g,
+            app.clone(),
+            timeouts,
+            stop_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(listener::serve(
         unix,
         app,

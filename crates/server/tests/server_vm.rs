@@ -477,6 +477,31 @@ async fn killed_vmm_is_crashed_then_boots_from_disk_vm() {
         1,
         "one VMM after the start"
     );
+    // The console shows the boot after the crash, and is a bounded tail
+    // on request.
+    let con = d
+        .req("GET", &format!("/sandboxes/{id}/console"), Some(&key), None)
+        .await;
+    assert_eq!(con.status, 200);
+    let text = String::from_utf8_lossy(&con.body);
+    assert!(
+        text.contains("Linux version"),
+        "a boot in the console:\n{text}"
+    );
+    let tail = d
+        .req(
+            "GET",
+            &format!("/sandboxes/{id}/console?bytes=100"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(tail.status, 200);
+    assert_eq!(tail.body.len(), 100);
+    assert!(text.ends_with(&*String::from_utf8_lossy(&tail.body)));
+    let bad = format!("/sandboxes/{id}/console?bytes=0");
+    assert_eq!(d.code("GET", &bad, Some(&key), None).await, 400);
+
     let path = format!("/sandboxes/{id}");
     assert_eq!(d.code("DELETE", &path, Some(&key), None).await, 200);
     assert!(

@@ -27,8 +27,9 @@ use crate::output::print_json;
 pub struct ExecArgs {
     /// Sandbox name or ID.
     pub sandbox: String,
-    /// Start in the background; print the PID and output file.
-    #[arg(long)]
+    /// Start in the background; print the PID and output file (read it
+    /// with `bhatti logs SANDBOX FILE`).
+    #[arg(short, long)]
     pub detach: bool,
     #[command(flatten)]
     pub flags: CommandFlags,
@@ -194,6 +195,7 @@ async fn exec(
         } else {
             outln!("pid {}", d.pid);
             outln!("output: {}", d.output_file);
+            outln!("follow it: bhatti logs -f {sandbox} {}", d.output_file);
         }
         return Ok(0);
     }

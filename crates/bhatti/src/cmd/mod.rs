@@ -11,6 +11,7 @@ pub mod cp;
 pub mod exec;
 pub mod files;
 pub mod image;
+pub mod logs;
 pub mod run;
 pub mod sandbox;
 pub mod secret;

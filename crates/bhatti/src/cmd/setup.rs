@@ -68,6 +68,18 @@ fn install_service(ctx: &Ctx, root: &Path) -> anyhow::Result<i32> {
     std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
     let live = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
     if live {
+        // Members of this group use the CLI without root (the daemon's
+        // group socket, /run/bhatti/api.sock).
+        let has_group = nix::unistd::Group::from_name("bhatti").is_ok_and(|g| g.is_some());
+        if !has_group {
+            let ok = std::process::Command::new("groupadd")
+                .args(["--system", "bhatti"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                bail!("`groupadd --system bhatti` failed");
+            }
+        }
         let ok = std::process::Command::new("systemctl")
             .arg("daemon-reload")
             .status()
@@ -84,6 +96,7 @@ fn install_service(ctx: &Ctx, root: &Path) -> anyhow::Result<i32> {
     } else {
         outln!("installed {}", path.display());
         outln!("start it now and at boot: systemctl enable --now bhatti");
+        outln!("let a user in without root: usermod -aG bhatti USER (then log in again)");
     }
     Ok(0)
 }
@@ -114,8 +127,13 @@ fn prompt_secret(question: &str) -> anyhow::Result<String> {
 }
 
 /// The new file contents: the existing YAML mapping (if any) with
-/// `api_url` and `auth_token` set.
-pub fn merged_config(existing: Option<&str>, url: &str, token: &str) -> anyhow::Result<String> {
+/// `api_url` and `auth_token` set, and `ca_file` when one was given.
+pub fn merged_config(
+    existing: Option<&str>,
+    url: &str,
+    token: &str,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<String> {
     use serde_norway::{Mapping, Value};
     let mut map = match existing.map(str::trim).filter(|s| !s.is_empty()) {
         Some(text) => match serde_norway::from_str::<Value>(text)? {
@@ -127,12 +145,15 @@ pub fn merged_config(existing: Option<&str>, url: &str, token: &str) -> anyhow::
     };
     map.insert("api_url".into(), url.into());
     map.insert("auth_token".into(), token.into());
+    if let Some(ca) = ca_file {
+        map.insert("ca_file".into(), ca.to_string_lossy().as_ref().into());
+    }
     Ok(serde_norway::to_string(&Value::Mapping(map))?)
 }
 
 /// Writes the config atomically with mode 0600 and hands it (and the
 /// directory) to the sudo invoker.
-fn write_config(path: &Path, url: &str, token: &str) -> anyhow::Result<()> {
+fn write_config(path: &Path, url: &str, token: &str, ca_file: Option<&Path>) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -144,7 +165,7 @@ fn write_config(path: &Path, url: &str, token: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
-    let text = merged_config(existing.as_deref(), url, token)
+    let text = merged_config(existing.as_deref(), url, token, ca_file)
         .with_context(|| format!("update {}", path.display()))?;
     let tmp = path.with_extension("yaml.tmp");
     {
@@ -206,12 +227,22 @@ pub async fn run(ctx: &Ctx, a: SetupArgs) -> anyhow::Result<i32> {
     let endpoint = Endpoint::parse(&url).map_err(bhatti_client::ClientError::from)?;
     let home: PathBuf = invoking_home().context("cannot tell your home directory (set HOME)")?;
     let path = user_config_path(&home);
-    write_config(&path, &endpoint.to_string(), &token)?;
+    // Saved absolute, so the file works from any directory.
+    let ca_file = match &ctx.overrides.ca_file {
+        Some(p) => {
+            Some(std::fs::canonicalize(p).with_context(|| format!("CA file {}", p.display()))?)
+        }
+        None => None,
+    };
+    write_config(&path, &endpoint.to_string(), &token, ca_file.as_deref())?;
     if !ctx.json {
         outln!("Saved {}", path.display());
     }
 
-    let client = Client::new(ClientConfig::new(endpoint.clone(), Some(token)))?;
+    let client = Client::new(ClientConfig {
+        ca_file,
+        ..ClientConfig::new(endpoint.clone(), Some(token))
+    })?;
     let list = client
         .list_sandboxes(&[])
         .await
@@ -245,16 +276,21 @@ mod tests {
             Some("listen: \":9000\"\napi_url: http://old:1\n"),
             "http://new:2",
             "bht_k",
+            None,
         )
         .unwrap();
         let v: serde_norway::Value = serde_norway::from_str(&out).unwrap();
         assert_eq!(v["listen"].as_str(), Some(":9000"));
         assert_eq!(v["api_url"].as_str(), Some("http://new:2"));
         assert_eq!(v["auth_token"].as_str(), Some("bht_k"));
-        let fresh = merged_config(None, "http://a:1", "t").unwrap();
+        let fresh = merged_config(None, "http://a:1", "t", None).unwrap();
         assert!(fresh.contains("api_url"));
-        assert!(merged_config(Some("- a\n- b\n"), "u", "t").is_err());
-        assert!(merged_config(Some("\n"), "u", "t").is_ok());
+        assert!(!fresh.contains("ca_file"));
+        let ca = merged_config(None, "https://a", "t", Some(Path::new("/etc/ca.pem"))).unwrap();
+        let v: serde_norway::Value = serde_norway::from_str(&ca).unwrap();
+        assert_eq!(v["ca_file"].as_str(), Some("/etc/ca.pem"));
+        assert!(merged_config(Some("- a\n- b\n"), "u", "t", None).is_err());
+        assert!(merged_config(Some("\n"), "u", "t", None).is_ok());
     }
 
     #[test]
@@ -262,10 +298,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join(".bhatti/config.yaml");
-        write_config(&p, "http://h:1", "tok").unwrap();
+        write_config(&p, "http://h:1", "tok", None).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        write_config(&p, "http://h:2", "tok2").unwrap();
+        write_config(&p, "http://h:2", "tok2", None).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("http://h:2"));
         assert!(!p.with_extension("yaml.tmp").exists());

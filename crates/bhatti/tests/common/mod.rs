@@ -14,6 +14,7 @@ pub fn bhatti(home: &Path) -> Command {
         .env_remove("BHATTI_TOKEN")
         .env_remove("BHATTI_CONFIG")
         .env_remove("BHATTI_DATA_DIR")
+        .env_remove("BHATTI_CA_FILE")
         .env_remove("BHATTI_FORCE_STREAM")
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null());

@@ -117,6 +117,12 @@ pub trait Engine: Send + Sync {
         Ok(())
     }
 
+    /// The last `bytes` of what the guest printed to its console (the
+    /// kernel and lohar's boot log on a microVM; the container's output on
+    /// Docker). Readable in any state: it is the first thing to look at
+    /// when a sandbox will not start.
+    async fn console(&self, id: &str, bytes: usize) -> Result<String>;
+
     /// Lets go of every sandbox. With `keep_running` (honoured where
     /// [`Capabilities::survives_restart`]), VMMs and containers keep
     /// running for the next daemon to adopt; otherwise every VMM is killed

@@ -1021,6 +1021,29 @@ impl Engine for DockerEngine {
         })
     }
 
+    async fn console(&self, id: &str, bytes: usize) -> Result<String> {
+        let sb = self.get(id)?;
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("all")
+            .build();
+        // Keeps only the newest `bytes` as it reads, so a chatty container
+        // costs no more memory than the answer.
+        let mut out: Vec<u8> = Vec::new();
+        let mut s = self.docker.logs(&sb.detail.container, Some(opts));
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(derr(&sb.detail.container))?;
+            out.extend_from_slice(&chunk.into_bytes());
+            if out.len() > bytes.saturating_mul(2) {
+                let cut = out.len() - bytes;
+                out.drain(..cut);
+            }
+        }
+        let cut = out.len().saturating_sub(bytes);
+        Ok(String::from_utf8_lossy(&out[cut..]).into_owned())
+    }
+
     /// A container that died (killed, out of memory, dockerd restarted)
     /// while the sandbox was running: the sandbox becomes `crashed`, with
     /// its exit. Skipped while a transition holds the sandbox.

@@ -854,6 +854,16 @@ impl Engine for MicroVmEngine {
         Ok(lock(&self.get(id)?.fast).thermal)
     }
 
+    async fn console(&self, id: &str, bytes: usize) -> Result<String> {
+        // The file outlives the VM process (a boot starts it afresh, a
+        // restore appends), so a dead sandbox still has it; read off the
+        // async threads.
+        let path = self.get(id)?.detail.dir.join("console.log");
+        tokio::task::spawn_blocking(move || crate::vmm::file_tail(&path, bytes, 0))
+            .await
+            .map_err(EngineError::other)
+    }
+
     fn agent(&self, id: &str) -> Result<AgentClient> {
         let sb = self.get(id)?;
         let mut f = lock(&sb.fast);

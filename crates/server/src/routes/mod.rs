@@ -112,6 +112,7 @@ fn api(state: Shared) -> Router {
         )
         .route("/sandboxes/{id}/ports", get(proxy::ports))
         .route("/sandboxes/{id}/stats", get(sandboxes::stats))
+        .route("/sandboxes/{id}/console", get(sandboxes::console))
         .route("/ports", get(proxy::all_ports))
         .route(
             "/sandboxes/{id}/proxy/{port}",

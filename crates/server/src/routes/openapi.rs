@@ -352,6 +352,10 @@ pub fn routes() -> Vec<RouteDoc> {
         op("get", "/sandboxes/{id}/stats", "CPU, memory and disk use, read in the guest now (wakes the sandbox).")
             .ok(200, "One reading.", Content::Json(s::<api::SandboxStats>))
             .errors(&[404, 409, 503]),
+        op("get", "/sandboxes/{id}/console", "The tail of the guest's console: boot log, kernel messages, the agent's log (the container's output on Docker). Never wakes the sandbox.")
+            .query("bytes", false, "How many of the newest bytes (default 65536, at most 1048576).", json!({"type": "integer", "minimum": 1, "maximum": 1_048_576}))
+            .ok(200, "The console's tail.", Content::Media("text/plain", text))
+            .errors(&[400, 404]),
         op("get", "/sandboxes/{id}/ports", "Listening TCP ports and their proxy URLs.")
             .ok(200, "Its ports.", Content::Json(list::<api::Port>))
             .errors(&[404, 409, 503]),

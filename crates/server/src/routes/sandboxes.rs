@@ -231,6 +231,32 @@ pub async fn stats(
     }))
 }
 
+/// `GET /sandboxes/{id}/console`'s query.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleQuery {
+    #[serde(default)]
+    bytes: Option<i64>,
+}
+
+pub async fn console(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    q: Result<axum::extract::Query<ConsoleQuery>, axum::extract::rejection::QueryRejection>,
+) -> ServiceResult<Response> {
+    let axum::extract::Query(q) = q?;
+    let text = service::console(&st, &user, &id, q.bytes).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

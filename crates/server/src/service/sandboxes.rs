@@ -811,3 +811,30 @@ pub async fn start(st: &Shared, user: &User, id: &str, force: bool) -> ServiceRe
     );
     Ok(sb)
 }
+
+/// Console bytes a request gets when it names no size, and at most.
+pub const CONSOLE_DEFAULT_BYTES: u64 = 64 << 10;
+pub const CONSOLE_MAX_BYTES: u64 = 1 << 20;
+
+/// The tail of the sandbox's console (boot log, kernel messages, lohar's
+/// own log). Read in any state and never wakes the sandbox: it is what
+/// one looks at when a sandbox will not come up.
+pub async fn console(
+    st: &Shared,
+    user: &User,
+    id: &str,
+    bytes: Option<i64>,
+) -> ServiceResult<String> {
+    let bytes = match bytes {
+        None => CONSOLE_DEFAULT_BYTES,
+        Some(b) if (1..=CONSOLE_MAX_BYTES as i64).contains(&b) => b as u64,
+        Some(b) => {
+            return Err(ServiceError::bad_request(format!(
+                "bytes must be between 1 and {CONSOLE_MAX_BYTES}, got {b}"
+            )))
+        }
+    };
+    let sb = st.sandbox(user, id).await?;
+    let n = usize::try_from(bytes).unwrap_or(usize::MAX);
+    Ok(st.engine.console(&sb.id, n).await?)
+}
