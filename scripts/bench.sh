@@ -37,7 +37,7 @@ fi
     echo
     echo "Collected by \`scripts/bench.sh\` from \`bench/results/\`; each figure is beside a baseline"
     echo "measured in the same run on the same machine (2 cores; QEMU under TCG here, no KVM for"
-    echo "ordinary guests — see DECISIONS §4). Regenerate (as root) with \`bash scripts/bench.sh\`."
+    echo "ordinary guests — see docs/engine.md, \"The machines this project is built on\"). Regenerate (as root) with \`bash scripts/bench.sh\`."
     for s in agent microvm docker api images restart e2b e2b-qemu; do
         f="bench/results/$s.md"
         [[ -f $f ]] || continue

@@ -11,6 +11,8 @@
 //!   (`kvm_intel`/`kvm_amd`), root and the guest artifacts (the engine suite on
 //!   Firecracker).
 //! - `bhatti_root`: running as root (network namespace tests).
+//! - `bhatti_fc_schema`: Firecracker's API schema is beside the repository
+//!   (or `BHATTI_FIRECRACKER_API_YAML` names it).
 //! - `bhatti_docker`: `/var/run/docker.sock` exists or `DOCKER_HOST` is set
 //!   (Docker engine tests; `BHATTI_DOCKER_TESTS=0` turns them off).
 
@@ -36,6 +38,19 @@ pub fn main() {
     println!("cargo:rustc-check-cfg=cfg(bhatti_root)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_firecracker_guests)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_docker)");
+    // Firecracker's API schema for the request-body tests: Firecracker's
+    // own file, kept beside the repository, never copied into it.
+    println!("cargo:rustc-check-cfg=cfg(bhatti_fc_schema)");
+    println!("cargo:rerun-if-env-changed=BHATTI_FIRECRACKER_API_YAML");
+    let schema = std::env::var_os("BHATTI_FIRECRACKER_API_YAML")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/data/firecracker/firecracker-api.yaml")
+        });
+    if schema.is_file() {
+        println!("cargo:rustc-cfg=bhatti_fc_schema");
+    }
     println!("cargo:rerun-if-env-changed=BHATTI_DOCKER_TESTS");
     println!("cargo:rerun-if-env-changed=DOCKER_HOST");
     if std::env::var("BHATTI_DOCKER_TESTS").as_deref() != Ok("0")

@@ -87,7 +87,8 @@ in_root() {
 customise() {
     ROOT="$1"
     # Sandbox user: uid/gid 1000 (what lohar and the volume/chown logic
-    # assume), passwordless sudo, fuse group for FUSE mounts (02-guest §4.11).
+    # assume), passwordless sudo, fuse group for FUSE mounts (docs/guest.md,
+    # "Guest images").
     in_root groupadd -f -g "$GUEST_GID" "$GUEST_USER"
     in_root groupadd -f fuse
     in_root useradd -m -u "$GUEST_UID" -g "$GUEST_GID" -G sudo,fuse -s /bin/bash "$GUEST_USER"
@@ -122,7 +123,7 @@ Pin: release *
 Pin-Priority: -1
 PIN
     # Maintainer scripts call invoke-rc.d/runlevel; without systemd these
-    # shims keep package installs working (02-guest §4.10).
+    # shims keep package installs working (docs/guest.md, "Guest images").
     printf '#!/bin/sh\nexit 0\n' >"$ROOT/usr/sbin/policy-rc.d"
     chmod 0755 "$ROOT/usr/sbin/policy-rc.d"
     printf '#!/bin/sh\necho "N 5"\n' >"$ROOT/usr/sbin/runlevel"

@@ -211,7 +211,8 @@ main() {
     rm -rf "$stage"
     cp -a "$base" "$stage"
     install -m 0755 -o 0 -g 0 "$LOHAR" "$stage/usr/local/bin/lohar"
-    # lohar dispatches on argv[0] for its systemd shims (02-guest.md §4.10/4.11).
+    # The names a systemd substitute in lohar would answer to; lohar does not
+    # implement one yet (docs/guest.md, "Guest images").
     ln -sf lohar "$stage/usr/local/bin/systemctl"
     ln -sf lohar "$stage/usr/local/bin/journalctl"
 

@@ -1,4 +1,4 @@
-//! The JSON shapes of bhatti's HTTP API (../shared/spec/04-api.md), in one
+//! The JSON shapes of bhatti's HTTP API (docs/api.md), in one
 //! place so the server and the client library cannot drift apart.
 //!
 //! Every type derives [`schemars::JsonSchema`]; the server's
@@ -230,7 +230,7 @@ pub struct CreateSandbox {
     pub template_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Whole vCPUs; fractions are rejected (DECISIONS §7.16).
+    /// Whole vCPUs; fractions are rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "rules::optional_cpus")]
     pub cpus: Option<f64>,

@@ -28,7 +28,7 @@ pub const MOUNT_PATH: &str =
 /// … and not a system directory.
 pub const SYSTEM_DIR: &str =
     "^(/proc|/sys|/dev|/dev/pts|/run|/tmp|/etc|/bin|/sbin|/lib|/lib64|/usr|/usr/local/bin|/boot|/root)/?$";
-/// Canonical padded standard base64 (RFC 4648 §4; unused bits zero).
+/// Canonical padded standard base64 (RFC 4648, section 4; unused bits zero).
 pub const BASE64: &str =
     "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
 /// An OCI image reference, `[registry/]repository[:tag][@sha256:<hex>]`,
@@ -129,7 +129,7 @@ pub fn base64(_: &mut SchemaGenerator) -> Schema {
 pub fn optional_file_mode(_: &mut SchemaGenerator) -> Schema {
     nullable(json!({"type": "string", "pattern": FILE_MODE}), true)
 }
-/// Whole vCPUs (DECISIONS §7.16).
+/// Whole vCPUs (docs/server.md, "Input rules").
 pub fn optional_cpus(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "integer", "minimum": 1, "maximum": MAX_CPUS}),

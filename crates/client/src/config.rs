@@ -1,6 +1,6 @@
 //! Where the API is and which key to use: [`Endpoint`] and
-//! [`ClientConfig`], resolved the way the CLI documents it
-//! (05-cli.md, 06-store-config.md §8.1, DECISIONS §8).
+//! [`ClientConfig`], resolved the way docs/operations.md ("Where the CLI
+//! finds the daemon") documents it.
 //!
 //! Per field, the first of these that is set wins:
 //!

@@ -1,5 +1,5 @@
 //! `bhatti-client`: an async client for the bhatti daemon's HTTP and
-//! WebSocket API (../shared/spec/04-api.md), used by the `bhatti` CLI and
+//! WebSocket API (docs/api.md), used by the `bhatti` CLI and
 //! usable by any other Rust program.
 //!
 //! Why a separate crate: the CLI should be a thin shell over typed calls,
@@ -10,9 +10,9 @@
 //!
 //! How it talks: HTTP/1.1 through hyper's client connection API over a
 //! stream this crate dials itself — TCP, or the daemon's Unix socket
-//! `<data_dir>/api.sock` (DECISIONS §8) — one connection per request, which
-//! keeps streamed bodies (exec NDJSON, file reads) independent of each
-//! other. WebSockets (`shell`, `exec_ws`) run tokio-tungstenite over the
+//! `<data_dir>/api.sock` (docs/decisions.md, "Control plane (server,
+//! daemon)") — one connection per request, which keeps streamed bodies
+//! (exec NDJSON, file reads) independent of each other. WebSockets (`shell`, `exec_ws`) run tokio-tungstenite over the
 //! same kind of stream. Every request carries `Authorization: Bearer
 //! <token>` when a token is configured.
 //!

@@ -1,5 +1,6 @@
 //! WebSocket sessions: the interactive shell (`/sandboxes/:id/ws`) and
-//! piped sessions (`/sandboxes/:id/exec/ws`), 04-api.md §5.3.
+//! piped sessions (`/sandboxes/:id/exec/ws`); docs/api.md, "WsClientMsg"
+//! and "WsServerMsg".
 //!
 //! Both start the same way: the server's first text message is
 //! `{"type":"session","session_id":"sN"}`; anything else first is an error

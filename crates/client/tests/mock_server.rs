@@ -1,5 +1,5 @@
 //! The client against a small in-process axum server that speaks the
-//! wire shapes of 04-api.md: bearer header, idempotent create, NDJSON
+//! wire shapes of docs/api.md: bearer header, idempotent create, NDJSON
 //! streaming, file read/stat/write headers, error bodies, and the shell
 //! and piped WebSockets — over TCP (loopback) and over a Unix socket.
 #![allow(clippy::unwrap_used)] // a test panics to report its failure

@@ -1,7 +1,8 @@
-//! Which engine a daemon runs when the config does not say (DECISIONS §3):
-//! Firecracker when its binary exists and KVM can run ordinary guests, else QEMU
-//! when installed, else Docker when dockerd answers — always with the reason, so
-//! `bhatti serve` can say what it picked and why.
+//! Which engine a daemon runs when the config does not say (docs/engine.md,
+//! "Engine selection"): Firecracker when its binary exists and KVM can run
+//! ordinary guests, else QEMU when installed, else Docker when dockerd
+//! answers — always with the reason, so `bhatti serve` can say what it
+//! picked and why.
 
 use std::path::Path;
 

@@ -99,7 +99,8 @@ impl Env {
         );
         cfg.boot_timeout = Duration::from_secs(90);
         // Where the VMM has them, the suite runs with diff snapshots on, so
-        // stop_start_cycles is the full → diff → diff check (DECISIONS §6).
+        // stop_start_cycles is the full → diff → diff check (docs/engine.md,
+        // "Snapshots").
         cfg.diff_snapshots = driver.supports_diff_snapshots();
         let engine = Arc::new(MicroVmEngine::new(cfg, driver, net.clone()).expect("engine"));
         Env {

@@ -10,11 +10,11 @@
 //! The guest is not a Linux kernel but a tiny ELF image made here that
 //! increments a 64-bit counter at guest-physical [`COUNTER_ADDR`] in a
 //! loop: it runs on every KVM, including hosts whose KVM cannot boot
-//! ordinary guests (DECISIONS.md §4), it never exits by itself (so every
-//! state the tests see is the driver's doing), and the counter, read
-//! straight out of the memory files, shows which memory a snapshot holds
-//! and that a restored VM continues from it. Nothing here needs a network;
-//! no NIC is configured.
+//! ordinary guests (docs/engine.md, "The machines this project is built
+//! on"), it never exits by itself (so every state the tests see is the
+//! driver's doing), and the counter, read straight out of the memory files,
+//! shows which memory a snapshot holds and that a restored VM continues
+//! from it. Nothing here needs a network; no NIC is configured.
 #![allow(clippy::unwrap_used)] // a test panics to report its failure
 
 use std::os::unix::fs::MetadataExt;

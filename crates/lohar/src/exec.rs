@@ -121,8 +121,9 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
                 Some(f) if f.is(MsgType::Kill) => signal_group(pgid, Signal::SIGKILL),
                 Some(_) => {}
                 None => {
-                    // DECISIONS §7.1: a host that went away (or timed out) takes the
-                    // whole group with it. Dropping the child hands reaping to tokio.
+                    // A host that went away (or timed out) takes the whole group
+                    // with it (docs/protocol.md, "Behaviour worth knowing").
+                    // Dropping the child hands reaping to tokio.
                     signal_group(pgid, Signal::SIGKILL);
                     return;
                 }

@@ -591,7 +591,8 @@ fn list_dir(path: &str) -> Result<Vec<FileInfo>, Fail> {
         }
     }
     if total > MAX_LS_ENTRIES {
-        // DECISIONS §7.7: the sentinel reports the real total.
+        // The sentinel reports the real total (docs/protocol.md, "Behaviour
+        // worth knowing").
         out.push(FileInfo {
             name: format!("... truncated at {MAX_LS_ENTRIES} entries ({total} total)"),
             mode: "0000".into(),

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         init_logging("info", false);
         return lohar::container::run();
     }
-    // The init path only as PID 1 (02-guest.md §4.10 step 1).
+    // The init path only as PID 1 (docs/guest.md, "Modes").
     if std::process::id() == 1 {
         init_logging("info", false);
         lohar::guest::run();

@@ -1,6 +1,7 @@
 //! The daemon's configuration: one YAML file with the reference's keys
-//! (06-store-config.md §8.1) plus keys for what the reference hard-coded
-//! (thermal timeouts, rate limits, shutdown parallelism, VMM binaries).
+//! plus keys for what the reference hard-coded (thermal timeouts, rate
+//! limits, shutdown parallelism, VMM binaries); every key is listed in
+//! docs/operations.md, "The daemon's config file".
 //!
 //! Loading order: `$BHATTI_CONFIG` alone if set; otherwise
 //! `/etc/bhatti/config.yaml` if it exists; otherwise the defaults. Unknown
@@ -40,7 +41,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// hot → warm → cold timing (DECISIONS §6).
+/// hot → warm → cold timing (docs/engine.md, "Thermal states").
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ThermalConfig {
@@ -85,7 +86,7 @@ pub struct Bucket {
     pub per_minute: f64,
 }
 
-/// Per-user rate limits (04-api.md §5.2).
+/// Per-user rate limits (docs/server.md, "Rate limits").
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimits {
@@ -145,6 +146,7 @@ pub struct Config {
     /// CLI keys, accepted (one file serves both) and ignored by the daemon.
     pub api_url: Option<String>,
     pub auth_token: Option<String>,
+    pub ca_file: Option<String>,
     pub thermal: ThermalConfig,
     pub rate_limits: RateLimits,
     /// Guest kernel (ELF vmlinux) for the microVM engines.
@@ -223,6 +225,7 @@ impl Default for Config {
             group_socket: None,
             api_url: None,
             auth_token: None,
+            ca_file: None,
             thermal: ThermalConfig::default(),
             rate_limits: RateLimits::default(),
             kernel: None,
@@ -417,7 +420,7 @@ mod tests {
         assert_eq!(c, Config::default());
         let c = Config::parse(
             "engine: qemu\nlisten: \":9090\"\ndata_dir: /tmp/x\nfirecracker_kernel: /k\n\
-             api_url: http://h\nthermal:\n  warm_timeout_secs: 2\n  tick_secs: 0.5\n\
+             api_url: http://h\nca_file: /etc/ca.pem\nthermal:\n  warm_timeout_secs: 2\n  tick_secs: 0.5\n\
              rate_limits:\n  exec: {burst: 5, per_minute: 60}\n",
         )
         .unwrap();
@@ -440,6 +443,20 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::parse("default_memory_mb: 64").unwrap();
         assert!(c.validate().is_err());
+        // A socket group that does not exist is named, not ignored.
+        let c = Config::parse("socket_group: no-such-group-here").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("no-such-group-here"), "{e}");
+        // Off, and a numeric group for the default data dir.
+        let c = Config::parse("socket_group: \"\"").unwrap();
+        assert_eq!(c.group_socket().unwrap(), None);
+        let c = Config::parse("socket_group: \"4242\"").unwrap();
+        assert_eq!(
+            c.group_socket().unwrap(),
+            Some((PathBuf::from(DEFAULT_GROUP_SOCKET), 4242))
+        );
+        let c = Config::parse("socket_group: \"4242\"\ndata_dir: /srv/b").unwrap();
+        assert_eq!(c.group_socket().unwrap(), None, "only the default data dir");
         assert!(Config::parse("egress_blocked_cidrs: [10.0.0.1/8]").is_err());
         assert!(Config::parse("egress_blocked_cidrs: [nope]").is_err());
     }

@@ -1,5 +1,5 @@
 //! Building the engine the config asks for (or the host suits best,
-//! DECISIONS §3), with the reason `bhatti serve` logs.
+//! docs/engine.md, "Engine selection"), with the reason `bhatti serve` logs.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,8 @@
 //! `{"error": …, "code": …}`.
 //!
 //! 500s never show their cause to the client: the body carries the request
-//! ID, and the cause is logged under the same ID (04-api.md §5.2).
+//! ID, and the cause is logged under the same ID (docs/server.md, "Status
+//! codes").
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,7 +1,7 @@
 //! The event recorder: handlers emit events without waiting for SQLite; a
 //! background task batch-inserts them every 500 ms or every 100 events
-//! (04-api.md §5.5). When the channel is full, events are dropped and
-//! counted rather than slowing the API down.
+//! (docs/server.md, "Events"). When the channel is full, events are dropped
+//! and counted rather than slowing the API down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

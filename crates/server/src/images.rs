@@ -26,7 +26,8 @@ use tokio::sync::Semaphore;
 use crate::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::Shared;
 
-/// A pull that has not finished in this long is failed (04-api.md).
+/// A pull that has not finished in this long is failed (docs/server.md,
+/// "Images").
 const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often a running task's progress is written to the store.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);

@@ -1,5 +1,6 @@
-//! Per-user token buckets (04-api.md §5.2): *create* for `POST /sandboxes`,
-//! *exec* for exec, file writes and WebSockets, *read* for the rest.
+//! Per-user token buckets (docs/server.md, "Rate limits"): *create* for
+//! `POST /sandboxes`, *exec* for exec, file writes and WebSockets, *read*
+//! for the rest.
 //!
 //! Failed authentication is throttled per source address
 //! ([`FailureThrottle`]): past its burst, a source gets 429 without its key

@@ -1,6 +1,6 @@
-//! Start-up recovery (03-engine.md §4.9 with DECISIONS §7.3): every store
-//! sandbox is handed back to the engine from its persisted state. Those
-//! with a valid, current snapshot come back `stopped` (cold; the next
+//! Start-up recovery (docs/operations.md, "Recovery after a restart or a
+//! crash"; generations: docs/decisions.md, "VMMs"): every store sandbox is
+//! handed back to the engine from its persisted state. Those with a valid, current snapshot come back `stopped` (cold; the next
 //! request wakes them); the rest become `unknown` with the reason, and
 //! their files are kept. Then host leftovers that belong to no sandbox are
 //! swept, stale attachments released, orphaned volume files and snapshot

@@ -1,6 +1,7 @@
 //! Secret values at rest: age (X25519) encryption with one identity per
 //! daemon in `<data_dir>/age.key` (0600), created on first use — no key
-//! material exists until a secret does (DECISIONS §7.19).
+//! material exists until a secret does (docs/decisions.md, "Control plane
+//! (server, daemon)", Secrets).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -1,6 +1,6 @@
 //! The thermal manager: hot → warm after `warm_timeout` idle with no client
-//! attached, warm → cold after `cold_timeout` warm (03-engine.md §4.8,
-//! timeouts from the config per DECISIONS §6).
+//! attached, warm → cold after `cold_timeout` warm, timeouts from the
+//! config (docs/engine.md, "Thermal states").
 //!
 //! Idleness combines the daemon's own activity cache (every API touch) and
 //! the agent's `last_activity_unix`. The agent's clock is the guest's, which

@@ -1,4 +1,5 @@
-//! Input rules of 04-api.md §5.2: names, labels, mount paths, guest paths.
+//! Input rules (docs/server.md, "Input rules"): names, labels, mount paths,
+//! guest paths.
 
 use std::collections::BTreeMap;
 

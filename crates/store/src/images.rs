@@ -81,7 +81,8 @@ impl Store {
     /// Inserts an image. For a user's image, `max_images` and the storage
     /// quota (shared with volumes and grown disks) are checked in the
     /// same transaction (`Quota`, text `image limit reached (n/max)`;
-    /// DECISIONS §7.12). A name the owner already uses is `Conflict`.
+    /// docs/decisions.md, "Images (OCI pull, import, conversion)", Quotas).
+    /// A name the owner already uses is `Conflict`.
     pub fn create_image(&self, i: &NewImage) -> Result<Image> {
         if i.name.is_empty() {
             return Err(StoreError::Invalid("image name is empty".into()));

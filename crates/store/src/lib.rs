@@ -9,9 +9,9 @@
 //! host, and secret plaintext (values arrive already encrypted).
 //!
 //! Why SQLite: one host, one daemon, a few writes per sandbox lifecycle
-//! step, and the admin CLI reads the same file directly (DECISIONS §2). The
-//! bundled SQLite (`rusqlite`'s `bundled` feature) means no system library
-//! and a known version.
+//! step, and the admin CLI reads the same file directly (docs/operations.md,
+//! "Users and keys"). The bundled SQLite (`rusqlite`'s `bundled` feature)
+//! means no system library and a known version.
 //!
 //! How it is used: [`Store`] wraps one connection behind a mutex and exposes
 //! a typed, synchronous API; it is `Send + Sync`, so the server keeps it in an
@@ -187,10 +187,10 @@ fn configure(conn: &Connection) -> Result<()> {
     }
     // FULL rather than NORMAL: in WAL mode NORMAL may lose the last commits
     // on power loss (the database stays consistent, but is older). Losing a
-    // `generation` bump is exactly the stale-snapshot hazard of DECISIONS
-    // §7.3: after a power cut the store could believe an older snapshot is
-    // current and recovery would restore memory that predates writes the
-    // guest already made to its disk. FULL fsyncs the WAL at every commit;
+    // `generation` bump is exactly the stale-snapshot hazard of
+    // docs/decisions.md ("VMMs", Generations): after a power cut the store
+    // could believe an older snapshot is current and recovery would restore
+    // memory that predates writes the guest already made to its disk. FULL fsyncs the WAL at every commit;
     // writes here are a handful per lifecycle step (events are batched), so
     // the cost — well under a millisecond per commit on SSDs — is
     // irrelevant.

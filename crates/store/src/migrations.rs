@@ -20,10 +20,11 @@
 //! - `sandboxes` keeps the engine's whole persisted state as one JSON column
 //!   `vm_state` (the engine's `VmState`) plus a `generation` column, instead
 //!   of the reference's fourteen Firecracker-specific columns.
-//! - `cpus` columns are INTEGER: fractional vCPUs are rejected (DECISIONS
-//!   §7.16) rather than stored as REAL.
-//! - Templates are per user (`user_id`, UNIQUE `(user_id, name)`, DECISIONS
-//!   §7.11); their persistent-volume list lives in `volumes` (JSON).
+//! - `cpus` columns are INTEGER: fractional vCPUs are rejected
+//!   (docs/server.md, "Input rules") rather than stored as REAL.
+//! - Templates are per user (`user_id`, UNIQUE `(user_id, name)`,
+//!   docs/decisions.md, "Store"); their persistent-volume list lives in
+//!   `volumes` (JSON).
 //! - Foreign keys guard ownership (`users` ← everything user-owned,
 //!   `volumes` ← `volume_attachments`, `sandboxes` ← `publish_rules`). There
 //!   is deliberately no foreign key from `volume_attachments.sandbox_id`:

@@ -124,7 +124,8 @@ pub struct Sandbox {
     /// The engine's `VmState`, as JSON text exactly as stored. Read it with
     /// [`Sandbox::vm_state_as`], which tolerates float-typed integers.
     pub vm_state: Option<String>,
-    /// Bumped by the engine at every boot or restore (DECISIONS §7.3).
+    /// Bumped by the engine at every boot or restore (docs/decisions.md,
+    /// "VMMs").
     pub generation: u64,
     pub created_at: String,
     pub stopped_at: Option<String>,

@@ -1,5 +1,5 @@
-//! Templates: per-user presets for sandbox creation (DECISIONS §7.11 — the
-//! reference's templates were global).
+//! Templates: per-user presets for sandbox creation (docs/decisions.md,
+//! "Store" — the reference's templates were global).
 
 use std::collections::BTreeMap;
 

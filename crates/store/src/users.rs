@@ -21,7 +21,8 @@ pub struct Quotas {
     /// of sandboxes created with `disk_size_mb` (the column keeps its v1
     /// name; it bounds every byte a user can make the host store).
     pub max_volume_storage_mb: u64,
-    /// Own images (default 10; enforced, DECISIONS §7.12).
+    /// Own images (default 10; enforced, docs/decisions.md, "Images (OCI
+    /// pull, import, conversion)", Quotas).
     pub max_images: u32,
     /// Named snapshots (default 5).
     pub max_snapshots: u32,

@@ -1,10 +1,10 @@
 //! Persistent volumes and their attachments to sandboxes.
 //!
-//! Attach rule (reference §5.4), checked and applied in one transaction:
-//! a read-write attachment requires that the volume has no other
-//! attachment; a read-only attachment requires that it has no read-write
-//! one (any number of read-only sandboxes may share). A volume still being
-//! created cannot be attached.
+//! Attach rule (docs/server.md, "Volumes at create"), checked and applied
+//! in one transaction: a read-write attachment requires that the volume has
+//! no other attachment; a read-only attachment requires that it has no
+//! read-write one (any number of read-only sandboxes may share). A volume
+//! still being created cannot be attached.
 
 use std::fmt;
 use std::str::FromStr;

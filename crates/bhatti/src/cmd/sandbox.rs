@@ -4,7 +4,7 @@
 //! They map one-to-one onto `/sandboxes` routes; what lives here is the
 //! flag syntax (`-e KEY=VALUE`, `-v name:mount[:ro]`, `--file
 //! local:guest`, `--label k=v`), parsed by small tested functions, and the
-//! text layout of 05-cli.md.
+//! text layout (tables and `--json` through [`crate::output`]).
 
 use std::collections::BTreeMap;
 

@@ -197,7 +197,7 @@ pub struct VmState {
     pub name: String,
     pub status: Status,
     /// Bumped at every boot or restore; a snapshot older than the current
-    /// generation is stale and never restored (DECISIONS §7.3).
+    /// generation is stale and never restored (docs/decisions.md, "VMMs").
     pub generation: u64,
     /// The egress policy the engine enforces for the sandbox (also part of
     /// `detail`; here for callers that do not read engine internals).

@@ -45,10 +45,21 @@
 //! is chowned to uid/gid 1000 (unless the sandbox runs as root). ext4 images,
 //! as the microVM engine uses, cannot be attached.
 //!
+//! **Layout.** This file holds the engine's bookkeeping and the [`Engine`]
+//! calls; `network` the bridges and egress rules, `container` creating,
+//! booting and inspecting containers, `recovery` re-adoption, crash
+//! probes and orphan clean-up.
+//!
 //! **Images.** `SandboxSpec.image` names a Docker image reference (its
 //! entrypoint must be `lohar container`, see `scripts/docker-image.sh`);
 //! `None` is [`DockerConfig::image`]. `disk_size_mb` is ignored: overlay2 can
 //! only limit size on xfs with project quotas.
+
+mod container;
+mod network;
+mod recovery;
+
+use container::{client_for, env_file, write_private};
 
 use crate::lock;
 use std::collections::{BTreeMap, HashMap};
@@ -200,40 +211,6 @@ impl Sandbox {
     }
 }
 
-fn client_for(d: &Detail) -> AgentClient {
-    AgentClient::new(
-        Transport::Unix {
-            control: d.dir.join("agent.sock"),
-            forward: d.dir.join("forward.sock"),
-        },
-        Some(d.token.clone()),
-    )
-}
-
-/// The resolvers dockerd's embedded DNS (`127.0.0.11` in the container)
-/// forwards to *from inside the container's namespace*: the host's, or
-/// systemd-resolved's upstreams when the host lists only its loopback stub
-/// (loopback resolvers are asked from the host namespace). Their port 53
-/// stays open under the egress block.
-fn docker_upstream_dns() -> Vec<std::net::Ipv4Addr> {
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .map(|t| crate::net::resolv_conf_nameservers(&t))
-            .unwrap_or_default()
-    };
-    let mut v = read("/etc/resolv.conf");
-    if v.iter().all(|a| a.is_loopback()) {
-        v = read("/run/systemd/resolve/resolv.conf");
-    }
-    v.retain(|a| !a.is_loopback());
-    v
-}
-
-/// The comment tag of a network's `DOCKER-USER` rules.
-fn block_tag(network: &str) -> String {
-    format!("{DOCKER_TAG_PREFIX}{network}")
-}
-
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);
@@ -252,37 +229,6 @@ fn derr(what: &str) -> impl FnOnce(DockerError) -> EngineError + '_ {
 
 fn is_status(e: &DockerError, code: u16) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
-}
-
-/// Writes `content` to `path` with mode 0600.
-fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(content)?;
-    f.sync_all()
-}
-
-/// The env file lohar's container mode reads (`LOHAR_ENV_FILE`).
-fn env_file(env: &BTreeMap<String, String>) -> Result<String> {
-    let mut out = String::new();
-    for (k, v) in env {
-        if k.is_empty() || k.contains('=') || k.contains('\n') || k.contains('\0') {
-            return Err(EngineError::Invalid(format!(
-                "bad environment variable name {k:?}"
-            )));
-        }
-        out.push_str(k);
-        out.push('=');
-        out.push_str(&v.replace('\\', "\\\\").replace('\n', "\\n"));
-        out.push('\n');
-    }
-    Ok(out)
 }
 
 /// The Docker engine.
@@ -325,24 +271,6 @@ impl DockerEngine {
         format!("{}-{id}", self.cfg.prefix)
     }
 
-    /// The Docker network a sandbox of `owner` with `egress` joins.
-    pub fn network_name(&self, owner: u16, egress: &EgressPolicy) -> String {
-        match egress {
-            EgressPolicy::Deny => format!("{}-owner-{owner}-internal", self.cfg.prefix),
-            _ => format!("{}-owner-{owner}", self.cfg.prefix),
-        }
-    }
-
-    /// Whether `name` is an owner network of this engine's prefix
-    /// (`<prefix>-owner-<n>` or `<prefix>-owner-<n>-internal`).
-    fn is_owner_network(&self, name: &str) -> bool {
-        let Some(rest) = name.strip_prefix(&format!("{}-owner-", self.cfg.prefix)) else {
-            return false;
-        };
-        let n = rest.strip_suffix("-internal").unwrap_or(rest);
-        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-    }
-
     fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
         lock(&self.sandboxes)
             .get(id)
@@ -354,343 +282,10 @@ impl DockerEngine {
         self.cfg.data_dir.to_string_lossy().into_owned()
     }
 
-    async fn ensure_network(&self, name: &str, owner: u16, internal: bool) -> Result<()> {
-        match self.docker.inspect_network(name, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(derr(name)(e)),
-        }
-        let req = NetworkCreateRequest {
-            name: name.to_string(),
-            driver: Some("bridge".into()),
-            internal: Some(internal),
-            labels: Some(HashMap::from([
-                (LABEL_MANAGED.to_string(), "true".to_string()),
-                (LABEL_OWNER.to_string(), owner.to_string()),
-                (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
-            ])),
-            ..Default::default()
-        };
-        match self.docker.create_network(req).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(derr(name)(e)),
-        }
-    }
-
-    /// The Linux bridge device of a Docker network.
-    async fn bridge_of(&self, network: &str) -> Result<String> {
-        let n = self
-            .docker
-            .inspect_network(network, None)
-            .await
-            .map_err(derr(network))?;
-        if let Some(b) = n
-            .options
-            .as_ref()
-            .and_then(|o| o.get("com.docker.network.bridge.name"))
-        {
-            return Ok(b.clone());
-        }
-        match n.id {
-            Some(id) if id.len() >= 12 => Ok(format!("br-{}", &id[..12])),
-            _ => Err(EngineError::Other(format!(
-                "docker: network {network} has no id"
-            ))),
-        }
-    }
-
-    /// Keeps the containers of a `public` network away from the blocked
-    /// networks (`DOCKER-USER` rules tagged with the network's name).
-    /// Internal (`deny`) networks have no route out and need none.
-    async fn ensure_egress_block(&self, network: &str, egress: &EgressPolicy) -> Result<()> {
-        if matches!(egress, EgressPolicy::Deny) || self.cfg.egress_blocked.is_empty() {
-            return Ok(());
-        }
-        let bridge = self.bridge_of(network).await?;
-        let (tag, blocked) = (block_tag(network), self.cfg.egress_blocked.clone());
-        tokio::task::spawn_blocking(move || {
-            crate::net::ensure_docker_block(&bridge, &tag, &blocked, &docker_upstream_dns())
-        })
-        .await
-        .map_err(EngineError::other)??;
-        Ok(())
-    }
-
-    /// Removes the `DOCKER-USER` rules of a network that is gone.
-    async fn remove_egress_block(&self, network: &str) {
-        let tag = block_tag(network);
-        let r = tokio::task::spawn_blocking(move || crate::net::remove_docker_block(&tag)).await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(network, error = %e, "removing egress rules failed"),
-            Err(e) => tracing::warn!(network, error = %e, "removing egress rules failed"),
-        }
-    }
-
-    /// Removes `name` if no container is attached any more. Call with `net_lock`.
-    async fn remove_network_if_empty(&self, name: &str) {
-        let Ok(n) = self.docker.inspect_network(name, None).await else {
-            return;
-        };
-        if n.containers.as_ref().is_some_and(|c| !c.is_empty()) {
-            return;
-        }
-        // Stopped containers are not listed as attached, but still reference
-        // the network: keep it while any container names it.
-        let filters = HashMap::from([("network".to_string(), vec![name.to_string()])]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        match self.docker.list_containers(Some(opts)).await {
-            Ok(v) if v.is_empty() => {}
-            _ => return,
-        }
-        if let Err(e) = self.docker.remove_network(name).await {
-            if !is_status(&e, 404) {
-                tracing::warn!(network = name, error = %e, "removing network failed");
-                return;
-            }
-        }
-        self.remove_egress_block(name).await;
-    }
-
-    async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse> {
-        self.docker
-            .inspect_container(container, None)
-            .await
-            .map_err(derr(container))
-    }
-
-    async fn container_ip(&self, container: &str, network: &str) -> String {
-        self.inspect(container)
-            .await
-            .ok()
-            .and_then(|c| {
-                c.network_settings?
-                    .networks?
-                    .get(network)?
-                    .ip_address
-                    .clone()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The last lines the container printed (for boot errors).
-    async fn logs_tail(&self, container: &str) -> String {
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail("40")
-            .build();
-        let mut out = String::new();
-        let mut s = self.docker.logs(container, Some(opts));
-        while let Some(Ok(chunk)) = s.next().await {
-            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-        }
-        out
-    }
-
-    /// Starts the container and waits for its agent, watching for an early exit.
-    async fn boot(&self, d: &Detail) -> Result<String> {
-        // Stale sockets from the previous run would make the first probes fail
-        // slowly rather than quickly.
-        for s in ["agent.sock", "forward.sock"] {
-            let _ = std::fs::remove_file(d.dir.join(s));
-        }
-        self.docker
-            .start_container(&d.container, None)
-            .await
-            .map_err(derr(&d.container))?;
-        let client = client_for(d);
-        let wait_exit = async {
-            let opts = bollard::query_parameters::WaitContainerOptionsBuilder::default()
-                .condition("not-running")
-                .build();
-            let mut s = self.docker.wait_container(&d.container, Some(opts));
-            let r = s.next().await;
-            format!("container exited during start ({r:?})")
-        };
-        let res = tokio::select! {
-            r = client.wait_ready(self.cfg.boot_timeout) => r.map(|_| ()).map_err(|e| e.to_string()),
-            why = wait_exit => Err(why),
-        };
-        if let Err(why) = res {
-            return Err(EngineError::Boot(format!(
-                "{why}\n--- container log (tail) ---\n{}",
-                self.logs_tail(&d.container).await
-            )));
-        }
-        Ok(self.container_ip(&d.container, &d.network).await)
-    }
-
     fn insert(&self, sb: Sandbox) -> Arc<Sandbox> {
         let sb = Arc::new(sb);
         lock(&self.sandboxes).insert(sb.id.clone(), sb.clone());
         sb
-    }
-
-    async fn remove_container(&self, container: &str) -> Result<()> {
-        let opts = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker.remove_container(container, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) => Err(derr(container)(e)),
-        }
-    }
-
-    async fn create_container(&self, id: &str, spec: &SandboxSpec, d: &Detail) -> Result<()> {
-        let mut binds = vec![format!("{}:{SOCK_DIR}", d.dir.display())];
-        for v in &spec.volumes {
-            let mut b = format!("{}:{}", v.file.display(), v.mount);
-            if v.read_only {
-                b.push_str(":ro");
-            }
-            binds.push(b);
-        }
-        let mut env = vec![
-            format!("LOHAR_SOCK_DIR={SOCK_DIR}"),
-            "LOHAR_TOKEN_FILE=token".to_string(),
-            "LOHAR_ENV_FILE=env".to_string(),
-            "LOHAR_INIT_FILE=init".to_string(),
-        ];
-        if spec.run_as_root {
-            env.push("LOHAR_USER=root".into());
-        } else if !spec.user.is_empty() {
-            env.push(format!("LOHAR_USER={}", spec.user));
-        }
-        if !spec.cwd.is_empty() {
-            env.push(format!("LOHAR_CWD={}", spec.cwd));
-        }
-        let labels = HashMap::from([
-            (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_ID.to_string(), id.to_string()),
-            (LABEL_NAME.to_string(), spec.name.clone()),
-            (LABEL_OWNER.to_string(), spec.owner_index.to_string()),
-            (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
-        ]);
-        let mem = i64::from(spec.memory_mb) * 1024 * 1024;
-        let host = HostConfig {
-            binds: Some(binds),
-            network_mode: Some(d.network.clone()),
-            // Docker refuses a CPU quota above the host's CPU count: a
-            // sandbox that asks for more gets all of them, as a microVM's
-            // vCPUs would share them.
-            nano_cpus: Some(i64::from(spec.cpus.min(host_cpus())) * 1_000_000_000),
-            memory: Some(mem),
-            memory_swap: Some(mem),
-            pids_limit: (self.cfg.pids_limit > 0).then_some(self.cfg.pids_limit),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            // lohar needs neither; without them a sandbox cannot forge packets
-            // on the owner bridge or create device nodes.
-            cap_drop: Some(vec!["NET_RAW".into(), "MKNOD".into()]),
-            ..Default::default()
-        };
-        let entrypoint = match &self.cfg.inject_lohar {
-            Some(lohar) => {
-                let dst = d.dir.join("lohar");
-                if std::fs::hard_link(lohar, &dst).is_err() {
-                    std::fs::copy(lohar, &dst).map_err(|e| {
-                        EngineError::Other(format!("inject lohar from {}: {e}", lohar.display()))
-                    })?;
-                }
-                Some(vec![format!("{SOCK_DIR}/lohar"), "container".to_string()])
-            }
-            None => None,
-        };
-        let body = ContainerCreateBody {
-            image: Some(d.image.clone()),
-            entrypoint,
-            cmd: self.cfg.inject_lohar.as_ref().map(|_| Vec::new()),
-            env: Some(env),
-            labels: Some(labels),
-            hostname: Some("bhatti".into()),
-            host_config: Some(host),
-            ..Default::default()
-        };
-        let opts = CreateContainerOptionsBuilder::default()
-            .name(&d.container)
-            .build();
-        self.docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| match e {
-                DockerError::DockerResponseServerError {
-                    status_code: 404,
-                    message,
-                } => EngineError::Invalid(format!(
-                    "image {:?} not found ({message}); build it with scripts/docker-image.sh",
-                    d.image
-                )),
-                e => EngineError::Other(format!("docker: create {}: {e}", d.container)),
-            })?;
-        Ok(())
-    }
-
-    /// Writes the spec's files through the agent (as root, then chowned by lohar).
-    async fn write_files(&self, client: &AgentClient, spec: &SandboxSpec) -> Result<()> {
-        for (path, f) in &spec.files {
-            let mode = if f.mode.is_empty() { "0644" } else { &f.mode };
-            let mut src: &[u8] = &f.content;
-            client
-                .file_write(path, mode, f.content.len() as u64, &mut src)
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn start_locked(&self, sb: &Sandbox) -> Result<()> {
-        let thermal = lock(&sb.fast).thermal;
-        match thermal {
-            Thermal::Hot => return Ok(()),
-            Thermal::Warm => {
-                self.docker
-                    .unpause_container(&sb.detail.container)
-                    .await
-                    .map_err(derr(&sb.detail.container))?;
-                sb.set(Status::Running, Thermal::Hot);
-                return Ok(());
-            }
-            Thermal::Cold => {}
-        }
-        // The rules may be gone (a host reboot, a firewall reload).
-        self.ensure_egress_block(&sb.detail.network, &sb.detail.egress)
-            .await?;
-        // The container may have been started (or paused) behind our back.
-        let state = self
-            .inspect(&sb.detail.container)
-            .await?
-            .state
-            .and_then(|s| s.status);
-        let ip = match state {
-            Some(ContainerStateStatusEnum::RUNNING) => {
-                let c = sb.client();
-                c.wait_ready(self.cfg.boot_timeout).await?;
-                self.container_ip(&sb.detail.container, &sb.detail.network)
-                    .await
-            }
-            Some(ContainerStateStatusEnum::PAUSED) => {
-                self.docker
-                    .unpause_container(&sb.detail.container)
-                    .await
-                    .map_err(derr(&sb.detail.container))?;
-                self.container_ip(&sb.detail.container, &sb.detail.network)
-                    .await
-            }
-            _ => self.boot(&sb.detail).await?,
-        };
-        let mut f = lock(&sb.fast);
-        f.status = Status::Running;
-        f.thermal = Thermal::Hot;
-        f.generation += 1;
-        f.ip = ip;
-        f.agent = Some(sb.client());
-        f.crashed = None;
-        Ok(())
     }
 }
 
@@ -1048,34 +643,7 @@ impl Engine for DockerEngine {
     /// while the sandbox was running: the sandbox becomes `crashed`, with
     /// its exit. Skipped while a transition holds the sandbox.
     async fn probe(&self, id: &str) -> Result<()> {
-        let sb = self.get(id)?;
-        let Ok(_l) = sb.lifecycle.try_lock() else {
-            return Ok(());
-        };
-        if lock(&sb.fast).status != Status::Running {
-            return Ok(());
-        }
-        let st = self.inspect(&sb.detail.container).await?.state;
-        let alive = matches!(
-            st.as_ref().and_then(|s| s.status),
-            Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED)
-        );
-        if alive {
-            return Ok(());
-        }
-        let code = st.as_ref().and_then(|s| s.exit_code).unwrap_or_default();
-        let oom = st.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
-        let reason = format!(
-            "the container stopped unexpectedly (exit code {code}{}); start runs it again",
-            if oom { ", out of memory" } else { "" }
-        );
-        tracing::warn!(sandbox = id, reason, "sandbox crashed");
-        let mut f = lock(&sb.fast);
-        f.status = Status::Crashed;
-        f.thermal = Thermal::Cold;
-        f.agent = None;
-        f.crashed = Some(reason);
-        Ok(())
+        self.probe_container(id).await
     }
 
     fn vm_state(&self, id: &str) -> Option<VmState> {
@@ -1093,195 +661,11 @@ impl Engine for DockerEngine {
     }
 
     async fn recover(&self, state: VmState) -> Result<SandboxInfo> {
-        if state.engine != ENGINE {
-            return Err(EngineError::Invalid(format!(
-                "sandbox belongs to the {} engine",
-                state.engine
-            )));
-        }
-        let mut detail: Detail = serde_json::from_value(state.detail.clone())
-            .map_err(|e| EngineError::Invalid(format!("unreadable engine state: {e}")))?;
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_ID}={}", state.id),
-                format!("{LABEL_MANAGED}=true"),
-            ],
-        )]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let found = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(derr(&state.id))?;
-        let Some(c) = found.into_iter().next() else {
-            return Err(EngineError::Invalid(format!(
-                "container of sandbox {} is gone",
-                state.id
-            )));
-        };
-        if let Some(name) = c
-            .names
-            .as_ref()
-            .and_then(|n| n.first())
-            .map(|n| n.trim_start_matches('/').to_string())
-        {
-            detail.container = name;
-        }
-        if !detail.dir.is_dir() {
-            return Err(EngineError::Invalid(format!(
-                "sandbox directory {} is missing",
-                detail.dir.display()
-            )));
-        }
-        let st = self
-            .inspect(&detail.container)
-            .await?
-            .state
-            .and_then(|s| s.status);
-        let (status, thermal) = match st {
-            Some(ContainerStateStatusEnum::RUNNING) => (Status::Running, Thermal::Hot),
-            Some(ContainerStateStatusEnum::PAUSED) => (Status::Running, Thermal::Warm),
-            // It crashed before the restart and nobody started it since.
-            _ if state.status == Status::Crashed => (Status::Crashed, Thermal::Cold),
-            _ => (Status::Stopped, Thermal::Cold),
-        };
-        let crashed = (status == Status::Crashed).then(|| {
-            "the container had died before the daemon restarted; start runs it again".to_string()
-        });
-        if let Err(e) = self
-            .ensure_egress_block(&detail.network, &detail.egress)
-            .await
-        {
-            tracing::warn!(id = %state.id, error = %e, "egress rules could not be restored");
-        }
-        let ip = self.container_ip(&detail.container, &detail.network).await;
-        let sb = Sandbox {
-            id: state.id.clone(),
-            name: state.name.clone(),
-            lifecycle: tokio::sync::Mutex::new(()),
-            fast: Mutex::new(Fast {
-                status,
-                thermal,
-                generation: state.generation,
-                ip,
-                agent: None,
-                crashed,
-            }),
-            detail,
-        };
-        if thermal == Thermal::Hot {
-            // A hot sandbox must answer; otherwise treat it as cold (start
-            // will restart it).
-            let c = sb.client();
-            if c.wait_ready(Duration::from_secs(5)).await.is_ok() {
-                lock(&sb.fast).agent = Some(c);
-            } else {
-                sb.set(Status::Stopped, Thermal::Cold);
-            }
-        } else if thermal == Thermal::Warm {
-            lock(&sb.fast).agent = Some(sb.client());
-        }
-        Ok(self.insert(sb).info())
+        self.recover_sandbox(state).await
     }
 
     async fn cleanup_orphans(&self, also_keep: &[String]) -> Result<Vec<String>> {
-        let mut keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
-        keep.extend(also_keep.iter().cloned());
-        let mut removed = Vec::new();
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_DATA_DIR}={}", self.data_dir_label()),
-            ],
-        )]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let _g = self.net_lock.lock().await;
-        let found = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(derr("containers"))?;
-        for c in found {
-            let Some(cid) = c.id.clone() else { continue };
-            let sid = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_ID))
-                .cloned()
-                .unwrap_or_default();
-            if keep.contains(&sid) {
-                continue;
-            }
-            if self.remove_container(&cid).await.is_ok() {
-                removed.push(format!("container {sid}"));
-            }
-        }
-        let root = self.cfg.data_dir.join("sandboxes");
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let ours = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
-                if ours && !keep.contains(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
-                    removed.push(format!("dir {name}"));
-                }
-            }
-        }
-        let nfilters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_DATA_DIR}={}", self.data_dir_label()),
-            ],
-        )]);
-        let nopts = ListNetworksOptionsBuilder::default()
-            .filters(&nfilters)
-            .build();
-        if let Ok(nets) = self.docker.list_networks(Some(nopts)).await {
-            for n in nets {
-                if let Some(name) = n.name {
-                    let before = self.docker.inspect_network(&name, None).await.is_ok();
-                    self.remove_network_if_empty(&name).await;
-                    let after = self.docker.inspect_network(&name, None).await.is_ok();
-                    if before && !after {
-                        removed.push(format!("network {name}"));
-                    }
-                }
-            }
-        }
-        // Egress rules of this engine's networks that no longer exist (a
-        // network removed while the daemon was down or by hand).
-        let tags = tokio::task::spawn_blocking(crate::net::docker_block_tags)
-            .await
-            .map_err(EngineError::other)?;
-        match tags {
-            Ok(tags) => {
-                for tag in tags {
-                    let Some(net) = tag.strip_prefix(DOCKER_TAG_PREFIX) else {
-                        continue;
-                    };
-                    if !self.is_owner_network(net) {
-                        continue;
-                    }
-                    match self.docker.inspect_network(net, None).await {
-                        Err(e) if is_status(&e, 404) => {
-                            self.remove_egress_block(net).await;
-                            removed.push(format!("egress rules {net}"));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "listing egress rules failed"),
-        }
-        Ok(removed)
+        self.remove_orphans(also_keep).await
     }
 
     async fn shutdown(&self, _keep_running: bool) {
@@ -1328,7 +712,10 @@ mod tests {
         assert!(!e.is_owner_network("bhatti-x-owner-3"));
         assert!(!e.is_owner_network("bhatti-owner-owner-3"));
         assert!(!e.is_owner_network("bhatti-owner-"));
-        assert_eq!(block_tag("bhatti-owner-3"), "bhatti-egress:bhatti-owner-3");
+        assert_eq!(
+            network::block_tag("bhatti-owner-3"),
+            "bhatti-egress:bhatti-owner-3"
+        );
         assert_eq!(
             e.cfg.egress_blocked,
             crate::net::DEFAULT_EGRESS_BLOCKED.to_vec()

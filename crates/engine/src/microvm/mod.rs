@@ -81,9 +81,9 @@ pub struct MicroVmConfig {
     /// Stop a sandbox that was woken from its cold snapshot with a Diff
     /// snapshot (only the pages written since the wake) merged onto that
     /// snapshot, where the VMM supports it (Firecracker). Off by default:
-    /// DECISIONS §6 allows diffs only where the full → diff → diff suite
-    /// has passed, and on this project's CI machine no Firecracker guest
-    /// boots.
+    /// diffs are allowed only where the full → diff → diff suite has passed
+    /// (docs/engine.md, "Snapshots"), and on this project's CI machine no
+    /// Firecracker guest boots.
     pub diff_snapshots: bool,
 }
 
@@ -352,7 +352,8 @@ impl MicroVmEngine {
         force: bool,
     ) -> Result<()> {
         if slot.is_some() {
-            // Already has a VMM: never spawn a second one (DECISIONS §7.2).
+            // Already has a VMM: never spawn a second one (docs/engine.md,
+            // "Lifecycle").
             let thermal = lock(&sb.fast).thermal;
             if let (Thermal::Warm, Some(vm)) = (thermal, slot.as_ref()) {
                 wake(sb, vm.as_ref()).await?;
@@ -951,8 +952,9 @@ async fn park(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
     Ok(())
 }
 
-/// Warm → hot: the balloon is deflated first (DECISIONS §6; the reference left
-/// it inflated and relied on deflate-on-OOM), then the vCPUs run again.
+/// Warm → hot: the balloon is deflated first (docs/engine.md, "Thermal
+/// states"; the reference left it inflated and relied on deflate-on-OOM),
+/// then the vCPUs run again.
 async fn wake(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
     balloon(sb, vm, 0).await;
     vm.resume().await.map_err(EngineError::Vmm)?;

@@ -11,9 +11,9 @@
 //! (pause, resume, state, snapshot, kill). The engine holds drivers as
 //! `Arc<dyn VmmDriver>` and VMs as `Box<dyn Vm>`.
 //!
-//! Two drivers (DECISIONS.md §3): [`qemu`] (`qemu-system-x86_64 -M
-//! microvm` over QMP, KVM or TCG) and [`firecracker`] (REST over its API
-//! socket, optionally jailed).
+//! Two drivers (docs/engine.md, "Engines and VMM drivers"): [`qemu`]
+//! (`qemu-system-x86_64 -M microvm` over QMP, KVM or TCG) and
+//! [`firecracker`] (REST over its API socket, optionally jailed).
 //!
 //! # Why the trait is small
 //!

@@ -1,16 +1,17 @@
 //! Guest mode: lohar as PID 1 of a sandbox microVM.
 //!
 //! The kernel starts lohar as `init` on a bare root filesystem, so before the
-//! agent can serve, lohar has to do what an init system would (02-guest.md
-//! §4.10): mount the pseudo-filesystems ([`mounts`]), read and apply the
-//! per-sandbox config drive and then unmount it so the token cannot be re-read
-//! ([`config`]), tighten the kernel's defaults for unprivileged code
-//! ([`harden`]), make sure the network is up ([`net`]), collect the orphans
-//! every PID 1 inherits without stealing the exit codes of its own children
-//! ([`reaper`]), and turn SIGTERM/SIGINT into `sync` + power-off ([`power`]).
-//! Then it serves the agent on TCP and vsock ports 1024/1025, prints
-//! `lohar: ready` on the console (what hosts and tests wait for), records boot
-//! timing and starts the config's `init` session.
+//! agent can serve, lohar has to do what an init system would
+//! (docs/guest.md, "Boot sequence (PID 1)"): mount the pseudo-filesystems
+//! ([`mounts`]), read and apply the per-sandbox config drive and then unmount
+//! it so the token cannot be re-read ([`config`]), tighten the kernel's
+//! defaults for unprivileged code ([`harden`]), make sure the network is up
+//! ([`net`]), collect the orphans every PID 1 inherits without stealing the
+//! exit codes of its own children ([`reaper`]), and turn SIGTERM/SIGINT into
+//! `sync` + power-off ([`power`]). Then it serves the agent on TCP and vsock
+//! ports 1024/1025, prints `lohar: ready` on the console (what hosts and
+//! tests wait for), records boot timing and starts the config's `init`
+//! session.
 //!
 //! PID 1 must never exit (the kernel panics), and a broken step must not take
 //! the whole sandbox down: every best-effort step logs a clear error and

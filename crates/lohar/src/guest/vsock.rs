@@ -4,11 +4,11 @@
 //! crate pulls another major version plus `futures`); the surface lohar needs is
 //! small: bind + listen on any CID, non-blocking accept, read, write, shutdown.
 //!
-//! The accept loop follows the reference (01-protocol.md §2.2): each accept
-//! waits at most 1 s, and when one wait took more than 3 s of wall-clock time
-//! the VM was paused and resumed (snapshot restore), after which the listener
-//! is dropped and recreated after 200 ms, because a listener from before the
-//! pause may never see another connection.
+//! The accept loop follows the reference (docs/guest.md, "Agent listeners"):
+//! each accept waits at most 1 s, and when one wait took more than 3 s of
+//! wall-clock time the VM was paused and resumed (snapshot restore), after
+//! which the listener is dropped and recreated after 200 ms, because a
+//! listener from before the pause may never see another connection.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -41,7 +41,8 @@ use crate::state::{Counters, Shared};
 
 pub use openapi::{api_markdown, openapi};
 
-/// JSON request bodies are capped at 1 MiB (04-api.md §5.2).
+/// JSON request bodies are capped at 1 MiB (docs/decisions.md, "API
+/// contract").
 pub const MAX_JSON_BODY: usize = 1 << 20;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -90,9 +90,9 @@ impl ServiceError {
             self
         }
     }
-    /// A count quota said as the 403 the spec gives per-user limits on
-    /// stored objects (snapshots, volumes, images), rather than the 429 of
-    /// sandbox counts; any other error as it was.
+    /// A count quota said as the 403 of per-user limits on stored objects
+    /// (snapshots, volumes, images), rather than the 429 of sandbox counts
+    /// (docs/server.md, "Status codes"); any other error as it was.
     pub fn quota_as_forbidden(self) -> ServiceError {
         if self.is(ErrorCode::RateLimited) {
             ServiceError::forbidden(self.message)
@@ -108,7 +108,7 @@ impl From<StoreError> for ServiceError {
             StoreError::NotFound => ServiceError::not_found("not found"),
             StoreError::Conflict(m) => ServiceError::conflict(m),
             // Per-resource codes (403 vs 429) are decided by the caller
-            // where the spec distinguishes them; the default is 429.
+            // (docs/server.md, "Status codes"); the default is 429.
             StoreError::Quota(m) => ServiceError::too_many(m),
             StoreError::Invalid(m) => ServiceError::bad_request(m),
             other => ServiceError::internal(other),

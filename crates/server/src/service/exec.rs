@@ -5,8 +5,9 @@
 //! kept by the daemon beyond the request that started it.
 //!
 //! A timeout is enforced host-side by dropping the agent connection, which
-//! makes lohar SIGKILL the command's process group (DECISIONS §7.1); a
-//! streaming caller that goes away does the same.
+//! makes lohar SIGKILL the command's process group (docs/protocol.md,
+//! "Behaviour worth knowing"); a streaming caller that goes away does the
+//! same.
 
 use std::time::{Duration, Instant};
 

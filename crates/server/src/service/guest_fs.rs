@@ -27,7 +27,8 @@ pub const MAX_FILE: u64 = 100 << 20;
 pub const MAX_DEPTH: u32 = 32;
 /// Entries one recursive listing returns at most.
 pub const MAX_ENTRIES: usize = 100_000;
-/// How the agent's listing marks that it stopped early (DECISIONS §7.7).
+/// How the agent's listing marks that it stopped early (docs/protocol.md,
+/// "Behaviour worth knowing").
 pub(crate) const TRUNCATION_SENTINEL: &str = "... truncated at ";
 
 /// A path in the guest with what the agent reported for it.

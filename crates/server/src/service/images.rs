@@ -16,7 +16,7 @@ use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::Shared;
 use crate::validate;
 
-/// `docker save` tarballs above this are refused (04-api.md).
+/// `docker save` tarballs above this are refused (docs/server.md, "Images").
 pub const MAX_IMPORT: u64 = 10 << 30;
 
 /// What a pull request came to.

@@ -236,7 +236,8 @@ async fn restore(
         name: r.name.clone(),
         status: SandboxStatus::Unknown,
         engine: st.engine_name.to_string(),
-        // The sandbox's real shape, from the checkpoint (DECISIONS §7.10).
+        // The sandbox's real shape, from the checkpoint (docs/engine.md,
+        // "Lifecycle").
         cpus: manifest.cpus,
         memory_mb: manifest.memory_mb,
         image: image.to_string(),

@@ -51,11 +51,12 @@
 //! nevertheless reaches the agent over TCP on the sandbox network, as with
 //! QEMU: the reference (on Firecracker 1.14) found that after a snapshot
 //! restore the guest's vsock listeners never receive connections, while
-//! virtio-net survives (spec 01-protocol.md, 08-features-and-quirks.md).
+//! virtio-net survives (docs/engine.md, "Reaching the agent").
 //! Whether that still holds for the Firecracker this driver targets needs
 //! a booting guest with an agent, which the machines this project is built
-//! on cannot run (their KVM does not boot ordinary guests, DECISIONS.md
-//! §4), so it has not been measured; until it is, TCP stays the transport.
+//! on cannot run (their KVM does not boot ordinary guests, docs/engine.md,
+//! "The machines this project is built on"), so it has not been measured;
+//! until it is, TCP stays the transport.
 //!
 //! # Jailer mode
 //!
@@ -134,7 +135,8 @@ const DEFAULT_RESTORE_TIMEOUT_MS: u64 = 120_000;
 /// How long a failed launch waits for Firecracker to exit by itself.
 const EXIT_SETTLE: Duration = Duration::from_millis(150);
 
-/// Optional VMM rate limiters (DECISIONS.md §7.17); `None` = unlimited.
+/// Optional VMM rate limiters (docs/engine.md, "Firecracker rate
+/// limiters"); `None` = unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RateLimits {

@@ -509,7 +509,7 @@ impl VmmDriver for QemuDriver {
     /// writes all of guest RAM again (dirty-page tracking only lives
     /// inside one migration), and loading needs one complete stream. A
     /// "diff" would have to be built outside QEMU, which is exactly the kind
-    /// of unverified layering DECISIONS.md §6 warns about.
+    /// of unverified layering docs/engine.md ("Snapshots") rules out.
     fn supports_diff_snapshots(&self) -> bool {
         false
     }
