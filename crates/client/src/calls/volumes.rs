@@ -1,0 +1,53 @@
+//! Persistent volumes.
+
+use super::*;
+
+impl Client {
+    pub async fn list_volumes(&self) -> Result<Vec<api::Volume>> {
+        self.get("/volumes", "volume list").await
+    }
+
+    pub async fn create_volume(&self, name: &str, size_mb: u64) -> Result<api::Volume> {
+        let body = api::CreateVolume {
+            name: name.into(),
+            size_mb,
+        };
+        self.call(Method::POST, "/volumes", Some(&body), "volume")
+            .await
+    }
+
+    /// `GET /volumes/:name`, with attachments.
+    pub async fn get_volume(&self, name: &str) -> Result<api::Volume> {
+        self.get(&format!("/volumes/{}", encode_component(name)), "volume")
+            .await
+    }
+
+    pub async fn delete_volume(&self, name: &str) -> Result<api::StatusBody> {
+        self.delete_status(&format!("/volumes/{}", encode_component(name)))
+            .await
+    }
+
+    /// `POST /volumes/:name/resize` (grow only).
+    pub async fn resize_volume(&self, name: &str, size_mb: u64) -> Result<api::Resized> {
+        self.call(
+            Method::POST,
+            &format!("/volumes/{}/resize", encode_component(name)),
+            Some(&api::ResizeVolume { size_mb }),
+            "resize result",
+        )
+        .await
+    }
+
+    /// `POST /volumes/:name/snapshot`: a copy of a detached volume.
+    pub async fn clone_volume(&self, source: &str, new_name: &str) -> Result<api::Volume> {
+        self.call(
+            Method::POST,
+            &format!("/volumes/{}/snapshot", encode_component(source)),
+            Some(&api::NameBody {
+                name: new_name.into(),
+            }),
+            "volume",
+        )
+        .await
+    }
+}
