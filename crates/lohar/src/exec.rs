@@ -194,7 +194,7 @@ pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
     let err_file = match file.try_clone() {
         Ok(f) => f,
         Err(e) => {
-            tx.error(format!("start: {e}")).await;
+            tx.error(Fail::io("start", &e)).await;
             return;
         }
     };
@@ -214,7 +214,9 @@ pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
             tx.exit(0).await;
         }
         Err(e) => {
-            tx.error(format!("start: {e}")).await;
+            // With the errno's code, as a foreground exec's: a missing
+            // program is `not_found`, not the caller's bad input.
+            tx.error(Fail::io("start", &e)).await;
         }
     }
 }

@@ -373,6 +373,15 @@ async fn errors_are_coded_after_hello() {
         Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NotFound)),
         other => panic!("unexpected {other:?}"),
     }
+    // A detached one too: a missing program is not the caller's bad input.
+    let out = s(&l.path("missing.log"));
+    match c
+        .exec_detached(vec!["/no/such/command".into()], Some(out))
+        .await
+    {
+        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NotFound)),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[tokio::test]
