@@ -484,8 +484,9 @@ async fn killed_vmm_is_crashed_then_boots_from_disk_vm() {
         .await;
     assert_eq!(con.status, 200);
     let text = String::from_utf8_lossy(&con.body);
+    // The kernel boots `quiet`; lohar says when it is up.
     assert!(
-        text.contains("Linux version"),
+        text.contains("lohar: ready"),
         "a boot in the console:\n{text}"
     );
     let tail = d
