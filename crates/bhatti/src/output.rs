@@ -69,6 +69,16 @@ impl Table {
     pub fn print(&self) {
         print_text(&self.render());
     }
+
+    /// Prints the table, or when it has no rows says `empty` on stderr
+    /// (stdout stays empty for scripts).
+    pub fn print_or(&self, empty: &str) {
+        if self.is_empty() {
+            eprintln!("{empty}");
+        } else {
+            self.print();
+        }
+    }
 }
 
 /// `println!` that ignores a closed stdout (`bhatti ls | head`) instead of
@@ -84,9 +94,22 @@ macro_rules! outln {
 
 /// Writes text to stdout, ignoring a closed pipe (`bhatti ls | head`).
 pub fn print_text(s: &str) {
+    print_bytes(s.as_bytes());
+}
+
+/// Writes bytes to stdout as they come (a command's or a terminal's
+/// output), flushed, ignoring a closed pipe.
+pub fn print_bytes(b: &[u8]) {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(s.as_bytes());
+    let _ = out.write_all(b);
     let _ = out.flush();
+}
+
+/// [`print_bytes`] for stderr.
+pub fn eprint_bytes(b: &[u8]) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(b);
+    let _ = err.flush();
 }
 
 /// Prints one value as pretty JSON followed by a newline.

@@ -148,11 +148,7 @@ pub fn run(ctx: &Ctx, c: AdminCmd) -> anyhow::Result<i32> {
                     e.meta.to_string(),
                 ]);
             }
-            if t.is_empty() {
-                eprintln!("No events match.");
-            } else {
-                t.print();
-            }
+            t.print_or("No events match.");
             Ok(0)
         }
         AdminCmd::Metrics { since } => {

@@ -12,7 +12,7 @@
 //! own failures (no such sandbox, daemon unreachable, bad flags).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 
 use anyhow::{bail, Context};
 use bhatti_api as api;
@@ -21,7 +21,7 @@ use bhatti_client::ClientError;
 use clap::Args;
 
 use super::Ctx;
-use crate::output::print_json;
+use crate::output::{eprint_bytes, print_bytes, print_json};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -202,32 +202,15 @@ async fn exec(
 
     if ctx.json {
         let r = client.exec(sandbox, req).await?;
-        if ctx.json {
-            print_json(&r)?;
-        } else {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(r.stdout.as_bytes());
-            let _ = out.flush();
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(r.stderr.as_bytes());
-            let _ = err.flush();
-        }
+        print_json(&r)?;
         return Ok(exit_status(r.exit_code));
     }
 
     let mut stream = client.exec_stream(sandbox, req).await?;
     while let Some(ev) = stream.next().await {
         match ev? {
-            api::ExecEvent::Stdout { data } => {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(data.as_bytes());
-                let _ = out.flush();
-            }
-            api::ExecEvent::Stderr { data } => {
-                let mut err = std::io::stderr().lock();
-                let _ = err.write_all(data.as_bytes());
-                let _ = err.flush();
-            }
+            api::ExecEvent::Stdout { data } => print_bytes(data.as_bytes()),
+            api::ExecEvent::Stderr { data } => eprint_bytes(data.as_bytes()),
             api::ExecEvent::Exit { exit_code } => return Ok(exit_status(exit_code)),
             // The sandbox is there (the stream began): a program that
             // cannot be found or run is the shell's 127 or 126.

@@ -276,11 +276,7 @@ async fn through_api(ctx: &Ctx, c: ImageCmd) -> anyhow::Result<i32> {
                     i.created_at.clone(),
                 ]);
             }
-            if t.is_empty() {
-                eprintln!("No images. Pull one: bhatti image pull python:3.12");
-            } else {
-                t.print();
-            }
+            t.print_or("No images. Pull one: bhatti image pull python:3.12");
         }
         ImageCmd::Inspect { name } => {
             let i = client.get_image(&name).await?;

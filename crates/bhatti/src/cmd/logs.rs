@@ -4,14 +4,13 @@
 //! logs`). With the output file `exec -d` printed, that detached command's
 //! output, and `-f` follows it as it grows (`tail -f`).
 
-use std::io::Write;
 use std::time::Duration;
 
 use bhatti_client::ReadOptions;
 use clap::Args;
 
 use super::Ctx;
-use crate::output::print_json;
+use crate::output::{print_bytes, print_json};
 
 /// How often `-f` looks for new output.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
@@ -38,7 +37,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
         if ctx.json {
             print_json(&serde_json::json!({"sandbox": a.sandbox, "console": text}))?;
         } else {
-            out(text.as_bytes());
+            print_bytes(text.as_bytes());
         }
         return Ok(0);
     };
@@ -47,7 +46,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
             .read_file(&a.sandbox, &file, ReadOptions::default())
             .await?;
         while let Some(chunk) = dl.chunk().await {
-            out(&chunk?);
+            print_bytes(&chunk?);
         }
         return Ok(0);
     }
@@ -78,7 +77,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
             got.truncate(usize::try_from(grown).unwrap_or(usize::MAX));
             if let Some(end) = got.iter().rposition(|&b| b == b'\n') {
                 let whole = &got[..=end];
-                out(whole);
+                print_bytes(whole);
                 bytes_done = bytes_done.saturating_add(whole.len() as u64);
                 let n = whole.iter().filter(|&&b| b == b'\n').count() as u64;
                 lines_done = lines_done.saturating_add(n);
@@ -86,10 +85,4 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
         }
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
-}
-
-fn out(b: &[u8]) {
-    let mut o = std::io::stdout().lock();
-    let _ = o.write_all(b);
-    let _ = o.flush();
 }

@@ -373,11 +373,7 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
         }
         t.row(row);
     }
-    if t.is_empty() {
-        eprintln!("No sandboxes. Create one: bhatti create --name NAME");
-    } else {
-        t.print();
-    }
+    t.print_or("No sandboxes. Create one: bhatti create --name NAME");
     Ok(0)
 }
 
@@ -537,11 +533,7 @@ pub async fn ps(ctx: &Ctx, a: SandboxArg) -> anyhow::Result<i32> {
             yes_no(s.attached).to_string(),
         ]);
     }
-    if t.is_empty() {
-        eprintln!("No sessions.");
-    } else {
-        t.print();
-    }
+    t.print_or("No sessions.");
     Ok(0)
 }
 
@@ -567,11 +559,7 @@ pub async fn ports(ctx: &Ctx, a: PortsArgs) -> anyhow::Result<i32> {
         }
         t.row(row);
     }
-    if t.is_empty() {
-        eprintln!("No listening ports.");
-    } else {
-        t.print();
-    }
+    t.print_or("No listening ports.");
     Ok(0)
 }
 

@@ -73,11 +73,7 @@ pub async fn run(ctx: &Ctx, c: SecretCmd) -> anyhow::Result<i32> {
             for s in &list {
                 t.row([s.name.clone(), s.created_at.clone(), s.updated_at.clone()]);
             }
-            if t.is_empty() {
-                eprintln!("No secrets. Add one: bhatti secret set NAME VALUE");
-            } else {
-                t.print();
-            }
+            t.print_or("No secrets. Add one: bhatti secret set NAME VALUE");
         }
         SecretCmd::Delete { name, yes } => {
             if !ctx.confirm(yes, &format!("Delete secret/{name}?"))? {

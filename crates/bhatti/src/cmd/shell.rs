@@ -8,7 +8,7 @@
 //! the session ID and the reconnect command are printed, since the remote
 //! shell survives that too. A close frame 1000 means the shell exited.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 
 use bhatti_client::ShellEvent;
 use clap::Args;
@@ -16,7 +16,7 @@ use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::Ctx;
-use crate::output::print_json;
+use crate::output::{print_bytes, print_json};
 
 /// The detach key, Ctrl+\.
 pub const DETACH: u8 = 0x1c;
@@ -138,11 +138,7 @@ pub async fn run(ctx: &Ctx, a: ShellArgs) -> anyhow::Result<i32> {
     let outcome = loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(Ok(ShellEvent::Output(b))) => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&b);
-                    let _ = out.flush();
-                }
+                Some(Ok(ShellEvent::Output(b))) => print_bytes(&b),
                 Some(Ok(ShellEvent::Message(t))) => {
                     eprint!("{}\r\n", t.trim_end());
                 }

@@ -78,11 +78,7 @@ pub async fn run(ctx: &Ctx, c: SnapshotCmd) -> anyhow::Result<i32> {
                     s.created_at.clone(),
                 ]);
             }
-            if t.is_empty() {
-                eprintln!("No snapshots. Take one: bhatti snapshot create SANDBOX --name NAME");
-            } else {
-                t.print();
-            }
+            t.print_or("No snapshots. Take one: bhatti snapshot create SANDBOX --name NAME");
         }
         SnapshotCmd::Resume { snapshot, name } => {
             let spin = ctx.spinner(format!("Resuming snapshot/{snapshot}"));

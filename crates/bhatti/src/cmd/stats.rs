@@ -76,11 +76,7 @@ pub async fn run(ctx: &Ctx, a: StatsArgs) -> anyhow::Result<i32> {
             pct(s.disk_used_bytes, s.disk_total_bytes),
         ]);
     }
-    if t.is_empty() {
-        eprintln!("No running sandboxes.");
-    } else {
-        t.print();
-    }
+    t.print_or("No running sandboxes.");
     Ok(0)
 }
 

@@ -116,13 +116,7 @@ pub async fn run(ctx: &Ctx, c: TemplateCmd) -> anyhow::Result<i32> {
                     x.created_at.clone(),
                 ]);
             }
-            if t.is_empty() {
-                eprintln!(
-                    "No templates. Save one: bhatti template create --name NAME --image IMAGE"
-                );
-            } else {
-                t.print();
-            }
+            t.print_or("No templates. Save one: bhatti template create --name NAME --image IMAGE");
         }
         TemplateCmd::Inspect { template } => {
             let t = client.get_template(&template).await?;

@@ -181,11 +181,7 @@ pub fn run(ctx: &Ctx, c: UserCmd) -> anyhow::Result<i32> {
                     u.created_at.clone(),
                 ]);
             }
-            if t.is_empty() {
-                eprintln!("No users. Create one: bhatti user create --name NAME");
-            } else {
-                t.print();
-            }
+            t.print_or("No users. Create one: bhatti user create --name NAME");
         }
         UserCmd::Delete { name, yes } => {
             let store = open(&data_dir, false)?;

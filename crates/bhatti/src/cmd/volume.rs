@@ -76,11 +76,7 @@ pub async fn run(ctx: &Ctx, c: VolumeCmd) -> anyhow::Result<i32> {
                     v.created_at.clone(),
                 ]);
             }
-            if t.is_empty() {
-                eprintln!("No volumes. Create one: bhatti volume create --name NAME --size MB");
-            } else {
-                t.print();
-            }
+            t.print_or("No volumes. Create one: bhatti volume create --name NAME --size MB");
         }
         VolumeCmd::Inspect { name } => {
             let v = client.get_volume(&name).await?;
