@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::bhatti;
+use common::{bhatti, ok, text};
 
 /// One daemon at a time: two TCG guests or two daemons sharing dockerd
 /// starve each other on a 2-core machine.
@@ -34,10 +34,6 @@ struct Daemon {
     /// Where the daemon's sd_notify messages arrive (its `NOTIFY_SOCKET`),
     /// as under a `Type=notify` unit.
     notify: std::os::unix::net::UnixDatagram,
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Calls `probe` every 100 ms until it gives `Ok`; after `secs`, fails
@@ -57,18 +53,6 @@ fn poll<T>(secs: u64, mut probe: impl FnMut() -> Result<T, String>) -> T {
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", text(&o.stdout), text(&o.stderr)))
-}
-
-#[track_caller]
-fn ok(o: Output) -> Output {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    o
 }
 
 impl Daemon {

@@ -13,20 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(o: Output) -> Output {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    o
-}
+mod common;
+use common::{ok, text};
 
 fn in_root(root: &Path, args: &[&str]) -> Output {
     Command::new("chroot")

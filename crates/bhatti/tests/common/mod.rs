@@ -1,8 +1,10 @@
 //! What every CLI test needs: a `bhatti` command isolated from the
 //! machine's config.
+// Each test binary includes this module and uses its own subset of it.
+#![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// A `bhatti` command with its own HOME, no BHATTI_* variables, no sudo,
 /// stdin not a terminal.
@@ -19,4 +21,23 @@ pub fn bhatti(home: &Path) -> Command {
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null());
     c
+}
+
+/// Bytes a command printed, as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The output of a command that must have succeeded; its exit, stdout and
+/// stderr in the failure otherwise.
+#[track_caller]
+pub fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    o
 }
