@@ -51,6 +51,27 @@ fn listen_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// A Unix socket for the API at `path`, replacing a stale file there,
+/// with `mode` and (when given) group `gid`.
+fn bind_socket(
+    path: &std::path::Path,
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<UnixListener, DaemonError> {
+    let listen_err = |source| DaemonError::Listen {
+        addr: path.display().to_string(),
+        source,
+    };
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(listen_err)?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| listen_err(std::io::Error::from(e)))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_err)?;
+    Ok(l)
+}
+
 /// The API socket for a group's members (see `Config::group_socket`):
 /// 0660, owned by root and the group, in a directory anyone may traverse.
 /// A live socket there belongs to another daemon and is left alone (this
@@ -59,10 +80,6 @@ fn bind_group_socket(
     path: &std::path::Path,
     gid: u32,
 ) -> Result<Option<UnixListener>, DaemonError> {
-    let listen_err = |source| DaemonError::Listen {
-        addr: path.display().to_string(),
-        source,
-    };
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         tracing::warn!(
             socket = %path.display(),
@@ -71,13 +88,12 @@ fn bind_group_socket(
         return Ok(None);
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(listen_err)?;
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Listen {
+            addr: path.display().to_string(),
+            source,
+        })?;
     }
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path).map_err(listen_err)?;
-    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-        .map_err(|e| listen_err(std::io::Error::from(e)))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(listen_err)?;
+    let l = bind_socket(path, 0o660, Some(gid))?;
     tracing::info!(socket = %path.display(), gid, "group socket serving");
     Ok(Some(l))
 }
@@ -177,13 +193,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         })?;
     let tcp_addr = tcp.local_addr().map_err(DaemonError::Serve)?;
     let sock = cfg.api_socket();
-    let _ = std::fs::remove_file(&sock);
-    let unix = UnixListener::bind(&sock).map_err(|source| DaemonError::Listen {
-        addr: sock.display().to_string(),
-        source,
-    })?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-        .map_err(DaemonError::Serve)?;
+    let unix = bind_socket(&sock, 0o600, None)?;
     let group = match cfg.group_socket()? {
         Some((path, gid)) => bind_group_socket(&path, gid)?,
         None => None,

@@ -69,17 +69,32 @@ impl DockerEngine {
 
     /// The last lines the container printed (for boot errors).
     pub(super) async fn logs_tail(&self, container: &str) -> String {
+        self.logs(container, "40", usize::MAX)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// What the container printed, stdout and stderr interleaved: its last
+    /// `lines` (`"all"`, or a count, as dockerd takes it), of which the
+    /// newest `bytes` are kept as they are read, so a chatty container costs
+    /// no more memory than the answer.
+    pub(super) async fn logs(&self, container: &str, lines: &str, bytes: usize) -> Result<String> {
         let opts = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
-            .tail("40")
+            .tail(lines)
             .build();
-        let mut out = String::new();
+        let mut out: Vec<u8> = Vec::new();
         let mut s = self.docker.logs(container, Some(opts));
-        while let Some(Ok(chunk)) = s.next().await {
-            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk.map_err(derr(container))?.into_bytes());
+            if out.len() > bytes.saturating_mul(2) {
+                let cut = out.len() - bytes;
+                out.drain(..cut);
+            }
         }
-        out
+        let cut = out.len().saturating_sub(bytes);
+        Ok(String::from_utf8_lossy(&out[cut..]).into_owned())
     }
 
     /// Starts the container and waits for its agent, watching for an early exit.

@@ -618,25 +618,7 @@ impl Engine for DockerEngine {
 
     async fn console(&self, id: &str, bytes: usize) -> Result<String> {
         let sb = self.get(id)?;
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail("all")
-            .build();
-        // Keeps only the newest `bytes` as it reads, so a chatty container
-        // costs no more memory than the answer.
-        let mut out: Vec<u8> = Vec::new();
-        let mut s = self.docker.logs(&sb.detail.container, Some(opts));
-        while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(derr(&sb.detail.container))?;
-            out.extend_from_slice(&chunk.into_bytes());
-            if out.len() > bytes.saturating_mul(2) {
-                let cut = out.len() - bytes;
-                out.drain(..cut);
-            }
-        }
-        let cut = out.len().saturating_sub(bytes);
-        Ok(String::from_utf8_lossy(&out[cut..]).into_owned())
+        self.logs(&sb.detail.container, "all", bytes).await
     }
 
     /// A container that died (killed, out of memory, dockerd restarted)
