@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the bhatti guest kernel (vmlinux for Firecracker / QEMU microvm, plus
-# bzImage) from Debian's linux-source-6.1 with Firecracker's microvm config.
+# bzImage) from the distribution's kernel source: the kernel's x86_64
+# defconfig with the project's fragment (kernel.fragment, beside this script)
+# on top.
 #
 # Idempotent: the result is cached under $BHATTI_GUEST_CACHE with a stamp
 # holding a key over every input, so a second run with the same inputs is a
@@ -12,20 +14,13 @@ BHATTI_LOG_TAG=build-kernel
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Bump when the recipe below changes in a way that changes the output.
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 
-# Options forced on top of the Firecracker config.
-#  - CRYPTO_MANAGER_DISABLE_TESTS: the boot-time crypto self tests cost about
-#    0.35 s of every boot under TCG and buy nothing in a sandbox guest.
-BASE_EXTRA_CONFIG=(CONFIG_CRYPTO_MANAGER_DISABLE_TESTS=y)
-
-# Must be built in (=y) after olddefconfig: lohar is PID 1 and there is no
-# initramfs and no modules, so anything needed to reach the rootfs, the
-# console, the network or the agent socket must be in the image itself.
-REQUIRED_Y=(VIRTIO_MMIO VIRTIO_BLK VIRTIO_NET EXT4_FS IP_PNP DEVTMPFS CGROUPS
-            SERIAL_8250_CONSOLE UNIX INET PACKET)
-# Required only if the input config mentions it at all.
-REQUIRED_Y_IF_PRESENT=(VIRTIO_VSOCKETS)
+# The options the guest needs, each with its reason (lohar is PID 1 and there
+# is no initramfs and no modules, so anything needed to reach the rootfs, the
+# console, the network or the agent must be built in). Every line of it is
+# checked after olddefconfig.
+FRAGMENT_DEFAULT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kernel.fragment"
 
 usage() {
     cat <<USAGE
@@ -37,7 +32,9 @@ Builds \$BHATTI_GUEST_CACHE/vmlinux and \$BHATTI_GUEST_CACHE/bzImage.
 
 environment:
   BHATTI_GUEST_CACHE          cache dir (default /var/cache/bhatti/guest; now: $BHATTI_GUEST_CACHE)
-  BHATTI_KERNEL_CONFIG        kernel config (default <repo>/../shared/data/firecracker/microvm-kernel-x86_64-6.1.config)
+  BHATTI_KERNEL_FRAGMENT      options applied on top of the base (default: $FRAGMENT_DEFAULT)
+  BHATTI_KERNEL_CONFIG        a full config to start from instead of the kernel's x86_64 defconfig
+                              (the fragment is still applied and checked on top of it)
   BHATTI_KERNEL_SRC           source tarball (default /usr/src/linux-source-6.1.tar.xz, else the newest
                               /usr/src/linux-source-* the distribution installed)
   BHATTI_KERNEL_EXTRA_CONFIG  extra options, space separated, e.g. "CONFIG_OVERLAY_FS=y CONFIG_TUN=y"
@@ -81,13 +78,15 @@ source_version() {
     fi
 }
 
-# The cache key covers: the config file contents, the extra options, the
-# source version, and the recipe version.
+# The cache key covers: the base config (defconfig or a given file), the
+# fragment, the extra options, the source version, and the recipe version.
 cache_key() {
     {
         echo "recipe=$RECIPE_VERSION"
-        echo "--- config"
-        cat "$KCONFIG"
+        echo "--- base"
+        if [[ -n $KCONFIG ]]; then cat "$KCONFIG"; else echo defconfig; fi
+        echo "--- fragment"
+        cat "$FRAGMENT"
         echo "--- extra"
         printf '%s\n' "${EXTRA_CONFIG[@]}"
         echo "--- source"
@@ -114,24 +113,29 @@ apply_extra_config() {
 
 config_value() { grep -E "^CONFIG_$1=" .config | head -n1 | cut -d= -f2- || true; }
 
+# The options a fragment file sets, one `NAME=VALUE` per line (`n` for
+# "is not set"), comments and blank lines skipped.
+fragment_options() {
+    sed -nE -e 's/^(CONFIG_[A-Za-z0-9_]+)=(.*)$/\1=\2/p' \
+        -e 's/^# (CONFIG_[A-Za-z0-9_]+) is not set$/\1=n/p' "$1"
+}
+
 verify_config() {
-    local o bad=()
-    for o in "${REQUIRED_Y[@]}"; do
-        [[ "$(config_value "$o")" == y ]] || bad+=("CONFIG_$o (is '$(config_value "$o")', need y)")
-    done
-    for o in "${REQUIRED_Y_IF_PRESENT[@]}"; do
-        if grep -qE "(^CONFIG_$o=|^# CONFIG_$o is not set)" "$KCONFIG"; then
-            [[ "$(config_value "$o")" == y ]] || bad+=("CONFIG_$o (is '$(config_value "$o")', need y)")
-        fi
-    done
-    # Every explicitly requested y/m must have survived olddefconfig (it
-    # silently drops options whose dependencies are missing).
-    local opt name val
-    for opt in "${EXTRA_CONFIG[@]}"; do
+    local bad=() opt name val got
+    # Every option of the fragment and every explicitly requested one must
+    # have survived olddefconfig (it silently drops options whose
+    # dependencies are missing, and turns off what nothing selects).
+    local wanted=()
+    mapfile -t wanted < <(fragment_options "$FRAGMENT")
+    wanted+=("${EXTRA_CONFIG[@]}")
+    for opt in "${wanted[@]}"; do
         name="${opt%%=*}"; name="${name#CONFIG_}"; val="${opt#*=}"
+        got="$(config_value "$name")"
         case "$val" in
-            y|m) [[ "$(config_value "$name")" == "$val" ]] ||
-                    bad+=("CONFIG_$name (requested $val, got '$(config_value "$name")' after olddefconfig: missing dependency?)") ;;
+            n) [[ -z "$got" || "$got" == n ]] ||
+                    bad+=("CONFIG_$name (wanted off, got '$got': something selects it)") ;;
+            *) [[ "$got" == "$val" ]] ||
+                    bad+=("CONFIG_$name (wanted $val, got '$got' after olddefconfig: missing dependency?)") ;;
         esac
     done
     if ((${#bad[@]})); then
@@ -145,9 +149,10 @@ main() {
     parse_args "$@"
     check_tools
 
-    KCONFIG="${BHATTI_KERNEL_CONFIG:-$BHATTI_REPO/../shared/data/firecracker/microvm-kernel-x86_64-6.1.config}"
-    # The distribution's kernel source: Debian 12's 6.1 (what the config
-    # was written for), else the newest one installed (Debian 13's
+    KCONFIG="${BHATTI_KERNEL_CONFIG:-}"
+    FRAGMENT="${BHATTI_KERNEL_FRAGMENT:-$FRAGMENT_DEFAULT}"
+    # The distribution's kernel source: Debian 12's 6.1 (what the project
+    # tests with), else the newest one installed (Debian 13's
     # linux-source, Ubuntu's linux-source-<v>/ directory).
     SRC="${BHATTI_KERNEL_SRC:-}"
     if [[ -z $SRC ]]; then
@@ -157,13 +162,16 @@ main() {
             SRC=${SRC:-/usr/src/linux-source-6.1.tar.xz}
         fi
     fi
-    [[ -r "$KCONFIG" ]] || die "kernel config not found: $KCONFIG (set BHATTI_KERNEL_CONFIG)"
+    if [[ -n $KCONFIG ]]; then
+        [[ -r "$KCONFIG" ]] || die "kernel config not found: $KCONFIG (BHATTI_KERNEL_CONFIG)"
+        KCONFIG="$(readlink -f "$KCONFIG")"
+    fi
+    [[ -r "$FRAGMENT" ]] || die "kernel config fragment not found: $FRAGMENT (BHATTI_KERNEL_FRAGMENT)"
+    FRAGMENT="$(readlink -f "$FRAGMENT")"
     [[ -r "$SRC" ]] || die "kernel source not found: $SRC (apt-get install linux-source, or set BHATTI_KERNEL_SRC)"
-    KCONFIG="$(readlink -f "$KCONFIG")"
 
-    local extra_env=()
-    read -r -a extra_env <<<"${BHATTI_KERNEL_EXTRA_CONFIG:-}"
-    EXTRA_CONFIG=("${BASE_EXTRA_CONFIG[@]}" "${extra_env[@]}")
+    EXTRA_CONFIG=()
+    read -r -a EXTRA_CONFIG <<<"${BHATTI_KERNEL_EXTRA_CONFIG:-}"
     SRC_VERSION="$(source_version "$SRC")"
 
     local cache="$BHATTI_GUEST_CACHE" key stamp
@@ -210,10 +218,16 @@ main() {
     fi
 
     cd "$work"
-    cp "$KCONFIG" .config
-    apply_extra_config
     # Reproducible-ish banner; no host/user names leak into the guest.
     export KBUILD_BUILD_USER=bhatti KBUILD_BUILD_HOST=bhatti
+    if [[ -n $KCONFIG ]]; then
+        cp "$KCONFIG" .config
+    else
+        make defconfig
+    fi
+    # The kernel's own merger: later lines win, "is not set" turns off.
+    ./scripts/kconfig/merge_config.sh -m .config "$FRAGMENT"
+    apply_extra_config
     make olddefconfig
     verify_config
     cp .config "$cache/kernel.config.tmp" && mv -f "$cache/kernel.config.tmp" "$cache/kernel.config"

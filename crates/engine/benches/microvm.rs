@@ -124,7 +124,7 @@ async fn main() {
     let engine = MicroVmEngine::new(
         MicroVmConfig::new(tmp.path().join("data"), kernel.clone(), rootfs.clone()),
         driver.clone(),
-        net,
+        net.clone(),
     )
     .expect("engine");
     let mut report = Report::new("microvm");
@@ -166,6 +166,65 @@ async fn main() {
         "target ≤ 1.25× baseline",
     );
     report.latency("destroy", &destroy, None, "");
+
+    // The project's kernel (scripts/guest/kernel.fragment) beside another
+    // one, e.g. the kernel built from a previous config, booted alternately
+    // in the same run so that host load hits both alike.
+    if let Some(other) = std::env::var_os("BHATTI_BENCH_BASELINE_KERNEL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        let other_engine = MicroVmEngine::new(
+            MicroVmConfig::new(tmp.path().join("data-k"), other.clone(), rootfs.clone()),
+            driver.clone(),
+            net.clone(),
+        )
+        .expect("engine (baseline kernel)");
+        let (mut ours_bare, mut other_bare) = (Vec::new(), Vec::new());
+        let (mut ours_first, mut other_first) = (Vec::new(), Vec::new());
+        for i in 0..n_life {
+            for (k, samples) in [(&kernel, &mut ours_bare), (&other, &mut other_bare)] {
+                let d = tmp.path().join(format!("kbare{i}-{}", samples.len()));
+                std::fs::create_dir_all(&d).unwrap();
+                samples.push(bare_boot(&qemu, k, &rootfs, &d).await);
+                let _ = std::fs::remove_dir_all(&d);
+            }
+            for (e, samples, tag) in [
+                (&engine, &mut ours_first, "ko"),
+                (&other_engine, &mut other_first, "kb"),
+            ] {
+                let t = Instant::now();
+                let info = e.create(spec(&format!("{tag}{i}"))).await.expect("create");
+                let r = e.exec(&info.id, vec!["true".into()]).await.expect("exec");
+                assert_eq!(r.exit_code, 0);
+                samples.push(t.elapsed());
+                e.destroy(&info.id).await.expect("destroy");
+            }
+        }
+        let other_name = format!("kernel {}", other.display());
+        report.latency(
+            "kernel: bare boot to init=/bin/echo",
+            &ours_bare,
+            Some((&other_name, &other_bare)),
+            "project kernel (defconfig + kernel.fragment)",
+        );
+        report.latency(
+            "kernel: create → first exec",
+            &ours_first,
+            Some((&other_name, &other_first)),
+            "project kernel (defconfig + kernel.fragment)",
+        );
+        let mib = |p: &std::path::Path| {
+            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0)
+        };
+        report.throughput(
+            "kernel: vmlinux size",
+            "MiB",
+            mib(&kernel),
+            Some((&other_name, mib(&other))),
+            "project kernel (defconfig + kernel.fragment)",
+        );
+    }
 
     // One long-lived sandbox for the rest.
     let info = engine.create(spec("bench")).await.expect("create");
