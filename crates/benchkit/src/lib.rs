@@ -200,10 +200,11 @@ impl Report {
         std::fs::create_dir_all(&dir)?;
         let json = dir.join(format!("{}.json", self.suite));
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        write_atomic(&json, text.as_bytes())?;
-        write_atomic(
+        bhatti_durable::write(&json, text.as_bytes(), 0o644)?;
+        bhatti_durable::write(
             &dir.join(format!("{}.md", self.suite)),
             self.markdown().as_bytes(),
+            0o644,
         )?;
         println!("report written to {}", json.display());
         Ok(json)
@@ -292,16 +293,6 @@ pub fn results_dir() -> PathBuf {
         .join("../../bench/results")
         .components()
         .collect()
-}
-
-/// Write to a temp file, fsync, rename: a report is either whole or absent.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

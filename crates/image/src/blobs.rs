@@ -91,13 +91,11 @@ impl BlobCache {
     /// Moves a fully written, verified temp file into place.
     pub(crate) fn commit(&self, tmp: &Path, digest: &str) -> Result<PathBuf> {
         let dst = self.path(digest)?;
-        File::open(tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(format!("fsync {}", tmp.display())))?;
-        fs::rename(tmp, &dst).map_err(io_err(format!("rename into {}", dst.display())))?;
-        if let Ok(d) = File::open(self.dir.join("sha256")) {
-            let _ = d.sync_all();
-        }
+        bhatti_durable::commit(tmp, &dst).map_err(io_err(format!(
+            "move {} into {}",
+            tmp.display(),
+            dst.display()
+        )))?;
         Ok(dst)
     }
 

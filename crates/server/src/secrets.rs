@@ -3,8 +3,6 @@
 //! material exists until a secret does (docs/decisions.md, "Control plane
 //! (server, daemon)", Secrets).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -22,26 +20,11 @@ pub enum SecretError {
     Decrypt(String),
 }
 
-/// Writes a key file whole or not at all: 0600, to a temp file beside it,
-/// synced, renamed into place, and the directory synced. The daemon's keys
-/// (secrets, envd tokens) are all written this way.
+/// Writes a key file whole or not at all, 0600 (bhatti_durable's atomic,
+/// durable write). The daemon's keys (secrets, envd tokens) are all written
+/// this way.
 pub(crate) fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("key.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    bhatti_durable::write(path, text.as_bytes(), 0o600)
 }
 
 pub struct SecretBox {

@@ -11,7 +11,7 @@
 //! `ExecStart` pointing at this binary.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -63,9 +63,8 @@ fn install_service(ctx: &Ctx, root: &Path) -> anyhow::Result<i32> {
     let dir = root.join("etc/systemd/system");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join("bhatti.service");
-    let tmp = dir.join(".bhatti.service.tmp");
-    std::fs::write(&tmp, unit_for(&exe)).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    bhatti_durable::write(&path, unit_for(&exe).as_bytes(), 0o644)
+        .with_context(|| format!("write {}", path.display()))?;
     let live = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
     if live {
         // Members of this group use the CLI without root (the daemon's
@@ -167,19 +166,8 @@ fn write_config(path: &Path, url: &str, token: &str, ca_file: Option<&Path>) -> 
     };
     let text = merged_config(existing.as_deref(), url, token, ca_file)
         .with_context(|| format!("update {}", path.display()))?;
-    let tmp = path.with_extension("yaml.tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("write {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    bhatti_durable::write(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("write {}", path.display()))?;
     if let Some(u) = sudo_user() {
         for p in [dir, path] {
             let _ = nix::unistd::chown(p, Some(u.uid), Some(u.gid));

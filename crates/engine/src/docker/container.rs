@@ -14,20 +14,6 @@ pub(super) fn client_for(d: &Detail) -> AgentClient {
     )
 }
 
-/// Writes `content` to `path` with mode 0600.
-pub(super) fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(content)?;
-    f.sync_all()
-}
-
 /// The env file lohar's container mode reads (`LOHAR_ENV_FILE`).
 pub(super) fn env_file(env: &BTreeMap<String, String>) -> Result<String> {
     let mut out = String::new();
@@ -198,8 +184,9 @@ impl DockerEngine {
             Some(lohar) => {
                 let dst = d.dir.join("lohar");
                 if std::fs::hard_link(lohar, &dst).is_err() {
-                    std::fs::copy(lohar, &dst).map_err(|e| {
-                        EngineError::Other(format!("inject lohar from {}: {e}", lohar.display()))
+                    std::fs::copy(lohar, &dst).map_err(|source| EngineError::Host {
+                        what: format!("inject lohar from {}", lohar.display()),
+                        source,
                     })?;
                 }
                 Some(vec![format!("{SOCK_DIR}/lohar"), "container".to_string()])
@@ -230,7 +217,10 @@ impl DockerEngine {
                     "image {:?} not found ({message}); build it with scripts/docker-image.sh",
                     d.image
                 )),
-                e => EngineError::Other(format!("docker: create {}: {e}", d.container)),
+                e => EngineError::Docker {
+                    op: format!("create {}", d.container),
+                    source: e,
+                },
             })?;
         Ok(())
     }

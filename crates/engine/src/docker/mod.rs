@@ -59,7 +59,7 @@ mod container;
 mod network;
 mod recovery;
 
-use container::{client_for, env_file, write_private};
+use container::{client_for, env_file};
 
 use crate::lock;
 use std::collections::{BTreeMap, HashMap};
@@ -223,7 +223,10 @@ fn derr(what: &str) -> impl FnOnce(DockerError) -> EngineError + '_ {
         DockerError::DockerResponseServerError {
             status_code: 404, ..
         } => EngineError::NotFound(what.to_string()),
-        e => EngineError::Other(format!("docker: {what}: {e}")),
+        e => EngineError::Docker {
+            op: what.to_string(),
+            source: e,
+        },
     }
 }
 
@@ -245,12 +248,17 @@ impl DockerEngine {
     /// Connects to dockerd (`DOCKER_HOST`, else `/var/run/docker.sock`),
     /// negotiates the API version and creates `<data_dir>/sandboxes`.
     pub async fn new(cfg: DockerConfig) -> Result<DockerEngine> {
-        let docker = Docker::connect_with_defaults()
-            .map_err(|e| EngineError::Other(format!("docker: connect: {e}")))?;
+        let docker = Docker::connect_with_defaults().map_err(|source| EngineError::Docker {
+            op: "connect".into(),
+            source,
+        })?;
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| EngineError::Other(format!("docker: dockerd not reachable: {e}")))?;
+            .map_err(|source| EngineError::Docker {
+                op: "reach dockerd".into(),
+                source,
+            })?;
         let dir = cfg.data_dir.join("sandboxes");
         std::fs::create_dir_all(&dir)?;
         Ok(DockerEngine {
@@ -392,10 +400,10 @@ impl Engine for DockerEngine {
             egress: spec.egress.clone(),
         };
         let res = async {
-            write_private(&dir.join("token"), token.as_bytes())?;
-            write_private(&dir.join("env"), env.as_bytes())?;
+            bhatti_durable::write(&dir.join("token"), token.as_bytes(), 0o600)?;
+            bhatti_durable::write(&dir.join("env"), env.as_bytes(), 0o600)?;
             if !spec.init.is_empty() {
-                write_private(&dir.join("init"), spec.init.as_bytes())?;
+                bhatti_durable::write(&dir.join("init"), spec.init.as_bytes(), 0o600)?;
             }
             {
                 let _g = self.net_lock.lock().await;

@@ -173,14 +173,8 @@ impl PoolClaim {
 }
 
 fn write_synced(path: &Path, text: &str) -> Result<(), NetError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        File::create(&tmp).map_err(|e| NetError::io(format!("create {}", tmp.display()), e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| NetError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| NetError::io(format!("rename {}", path.display()), e))
+    bhatti_durable::write(path, text.as_bytes(), 0o644)
+        .map_err(|e| NetError::io(format!("write {}", path.display()), e))
 }
 
 /// A manager's names and ledger, derived from its pool.

@@ -6,8 +6,6 @@
 //! Everything else (hostname, DNS, files, volumes, the env file) is applied from
 //! the in-memory copy.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -359,44 +357,30 @@ pub fn write_atomic(path: &Path, content: &str, mode: u32) -> Result<(), GuestEr
 }
 
 /// [`write_atomic`] with the file owned by `owner` (uid = gid), set on the
-/// descriptor before the rename, never by path.
+/// descriptor before the rename, never by path. Not fsynced: lohar writes
+/// these files afresh on every boot (and a snapshot keeps the page cache),
+/// so a sync would only cost boot time.
 fn write_atomic_owned(
     path: &Path,
     content: &[u8],
     mode: u32,
     owner: Option<u32>,
 ) -> Result<(), GuestError> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".lohar-tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let write = || -> std::io::Result<()> {
-        // Unlinking never follows a symlink; the create then makes a new file.
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        if let Some(id) = owner {
-            std::os::unix::fs::fchown(&f, Some(id), Some(id))?;
-        }
-        std::fs::rename(&tmp, path)
+    let opts = bhatti_durable::Options {
+        mode,
+        owner: owner.map(|id| (id, id)),
+        durable: false,
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        GuestError::Io {
-            what: format!("write {}", path.display()),
-            source: e,
-        }
+    bhatti_durable::write_with(path, content, opts).map_err(|e| GuestError::Io {
+        what: format!("write {}", path.display()),
+        source: e,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
