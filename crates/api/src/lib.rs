@@ -14,7 +14,10 @@
 
 #![forbid(unsafe_code)]
 
+mod enums;
 pub mod rules;
+
+pub use enums::{EngineKind, ErrorCode, SandboxStatus, ThermalState};
 
 use std::collections::BTreeMap;
 
@@ -31,74 +34,6 @@ pub const FILE_MODE_HEADER: &str = "x-file-mode";
 pub const FILE_ISDIR_HEADER: &str = "x-file-isdir";
 /// Media type of streamed exec output.
 pub const NDJSON: &str = "application/x-ndjson";
-
-/// What went wrong, for programs: clients branch on this, never on the
-/// words of `error`. Each code has one HTTP status (the server maps them in
-/// one place); a code added later reads as `unknown` to an older client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// 400: the request is malformed or a value is out of range.
-    InvalidInput,
-    /// 401: no key, or a key that is not valid.
-    Unauthorized,
-    /// 403: the caller may not do this (a per-user limit, a forbidden path).
-    Forbidden,
-    /// 404: nothing by that name that the caller owns.
-    NotFound,
-    /// 409: the object's state refuses it (exists already, not running …).
-    Conflict,
-    /// 413: a body or file over its limit.
-    TooLarge,
-    /// 415: a body in a media type the route does not take.
-    UnsupportedMediaType,
-    /// 429: too many requests, or a count quota reached; retry later.
-    RateLimited,
-    /// 500: the server failed; the log has the cause under `request_id`.
-    Internal,
-    /// 501: this engine or build cannot do it.
-    NotImplemented,
-    /// 502: the sandbox's side of a proxied request failed.
-    BadGateway,
-    /// 503: busy right now (the agent's connection limit); retry shortly.
-    Unavailable,
-    /// 504: the sandbox did not answer a proxied request in time.
-    GatewayTimeout,
-    /// 507: the sandbox's disk is full.
-    InsufficientStorage,
-    /// A code this client does not know yet.
-    #[serde(other)]
-    Unknown,
-}
-
-impl ErrorCode {
-    /// The code as it is on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidInput => "invalid_input",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Internal => "internal",
-            ErrorCode::NotImplemented => "not_implemented",
-            ErrorCode::BadGateway => "bad_gateway",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::GatewayTimeout => "gateway_timeout",
-            ErrorCode::InsufficientStorage => "insufficient_storage",
-            ErrorCode::Unknown => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// `{"error": …, "code": …}`; 500s also carry the request ID that the log
 /// line has.
@@ -125,9 +60,9 @@ pub struct Health {
     pub uptime: String,
     #[serde(default)]
     pub version: String,
-    /// Which engine the daemon runs (`firecracker`, `qemu`, `docker`).
+    /// Which engine the daemon runs.
     #[serde(default)]
-    pub engine: String,
+    pub engine: EngineKind,
 }
 
 /// A sandbox as the API shows it.
@@ -135,16 +70,13 @@ pub struct Health {
 pub struct Sandbox {
     pub id: String,
     pub name: String,
-    /// `running`, `stopped`, `crashed` (its VM or container died under it;
-    /// `start` boots it afresh from its kept disk) or `unknown` (its disk
-    /// is gone, or it is another engine's: only `destroy` is left).
-    pub status: String,
+    pub status: SandboxStatus,
     /// Why the status is `crashed` or `unknown` (how the VM ended, a failed
     /// restore, a missing disk …).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub status_reason: String,
     pub ip: String,
-    pub engine: String,
+    pub engine: EngineKind,
     #[serde(default)]
     pub template_id: String,
     pub cpus: u32,
@@ -165,9 +97,9 @@ pub struct Sandbox {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<String>,
-    /// `hot`, `warm` or `cold`; only while running (list only).
+    /// Only while running (list only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thermal: Option<String>,
+    pub thermal: Option<ThermalState>,
     /// When the lifetime ends; absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,

@@ -299,7 +299,7 @@ fn app(st: St) -> Router {
                         status: "ok".into(),
                         uptime: "1s".into(),
                         version: "9.9.9".into(),
-                        engine: "qemu".into(),
+                        engine: bhatti_api::EngineKind::Qemu,
                     })
                     .into_response(),
                 )

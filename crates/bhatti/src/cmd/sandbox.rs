@@ -298,8 +298,8 @@ pub fn shape(sb: &api::Sandbox) -> String {
 
 fn status_text(sb: &api::Sandbox) -> String {
     match &sb.thermal {
-        Some(t) if sb.status == "running" => format!("{} ({t})", sb.status),
-        _ => sb.status.clone(),
+        Some(t) if sb.status == api::SandboxStatus::Running => format!("{} ({t})", sb.status),
+        _ => sb.status.to_string(),
     }
 }
 
@@ -358,8 +358,8 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
     for sb in &list {
         let mut row = vec![
             sb.name.clone(),
-            sb.status.clone(),
-            sb.thermal.clone().unwrap_or_else(|| "-".into()),
+            sb.status.to_string(),
+            sb.thermal.map_or_else(|| "-".into(), |t| t.to_string()),
             or_dash(&sb.ip),
         ];
         if wide {
@@ -417,7 +417,7 @@ pub async fn inspect(ctx: &Ctx, a: SandboxArg) -> anyhow::Result<i32> {
         f.add("Reason", &sb.status_reason);
     }
     f.add("IP", or_dash(&sb.ip))
-        .add("Engine", or_dash(&sb.engine))
+        .add("Engine", sb.engine.as_str())
         .add("Image", or_dash(&sb.image))
         .add("CPUs", sb.cpus.to_string())
         .add("Memory", format!("{} MB", sb.memory_mb));

@@ -38,7 +38,7 @@ pub async fn run(ctx: &Ctx, a: StatsArgs) -> anyhow::Result<i32> {
             .list_sandboxes(&[])
             .await?
             .into_iter()
-            .filter(|s| s.status == "running")
+            .filter(|s| s.status == bhatti_api::SandboxStatus::Running)
             .map(|s| s.name)
             .collect()
     } else {

@@ -41,7 +41,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<i32> {
                 } else {
                     h.version
                 };
-                Ok((v, h.engine))
+                Ok((v, h.engine.to_string()))
             }
             Err(e) => Err(e.to_string()),
         };

@@ -20,7 +20,7 @@ pub async fn health(State(st): State<Shared>) -> Json<api::Health> {
         status: "ok".into(),
         uptime: format!("{}h{}m{}s", s / 3600, (s / 60) % 60, s % 60),
         version: VERSION.into(),
-        engine: st.engine_name.into(),
+        engine: api::EngineKind::from_wire(st.engine_name),
     })
 }
 
