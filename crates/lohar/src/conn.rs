@@ -395,8 +395,9 @@ pub async fn handle_forward(agent: Arc<Agent>, stream: Stream, source: Source) {
                     }
                     return;
                 }
-                Err(msg) => {
-                    let e = bhatti_protocol::messages::StatusResponse::error(msg);
+                Err(fail) => {
+                    let mut e = bhatti_protocol::messages::StatusResponse::error(fail.message);
+                    e.code = Some(fail.code);
                     tx.send_json(MsgType::FwdResp, &e).await;
                 }
             }

@@ -91,20 +91,61 @@ impl Settings {
     }
 }
 
+/// Why container mode could not start: a bad file the host wrote, or a
+/// socket it cannot serve on.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// A line of an env file that is not `KEY=VALUE`.
+    #[error("line {line}: {reason}")]
+    EnvLine { line: usize, reason: String },
+    /// A file the host named could not be read or is unusable.
+    #[error("{what} {}: {reason}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// Neither a token file nor the explicit opt-out.
+    #[error("LOHAR_TOKEN_FILE is not set (LOHAR_NO_TOKEN=1 to serve without a token)")]
+    NoToken,
+    /// A socket step (remove a stale one, listen, chmod).
+    #[error("{what} {}: {source}", path.display())]
+    Socket {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -> ContainerError {
+    ContainerError::File {
+        what,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
 /// Parses an env file: one `KEY=VALUE` per line; blank lines and lines starting
 /// with `#` are skipped. In values, `\n` stands for a newline and `\\` for a
 /// backslash (so any value fits on one line); other backslashes are kept.
-pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, ContainerError> {
     let mut env = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            return Err(format!("line {}: no '=' in {line:?}", n + 1));
+            return Err(ContainerError::EnvLine {
+                line: n + 1,
+                reason: format!("no '=' in {line:?}"),
+            });
         };
         if k.is_empty() || k.contains('\0') {
-            return Err(format!("line {}: bad variable name {k:?}", n + 1));
+            return Err(ContainerError::EnvLine {
+                line: n + 1,
+                reason: format!("bad variable name {k:?}"),
+            });
         }
         env.insert(k.to_string(), unescape(v));
     }
@@ -140,36 +181,30 @@ fn unescape(v: &str) -> String {
 /// The agent configuration for these settings, reading the token, env and init
 /// files. A token file that is named but unreadable is an error: lohar never
 /// serves without the token the host configured.
-pub fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), String> {
+pub fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), ContainerError> {
     let token = match &s.token_file {
         Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .map_err(|e| format!("token file {}: {e}", p.display()))?;
+            let t = std::fs::read_to_string(p).map_err(|e| file_error("token file", p, e))?;
             let t = t.trim().to_string();
             if t.is_empty() {
-                return Err(format!("token file {} is empty", p.display()));
+                return Err(file_error("token file", p, "is empty"));
             }
             Some(t)
         }
         None if s.no_token => None,
-        None => {
-            return Err(
-                "LOHAR_TOKEN_FILE is not set (LOHAR_NO_TOKEN=1 to serve without a token)".into(),
-            )
-        }
+        None => return Err(ContainerError::NoToken),
     };
     let env = match &s.env_file {
         Some(p) => {
-            let text =
-                std::fs::read_to_string(p).map_err(|e| format!("env file {}: {e}", p.display()))?;
-            parse_env_file(&text).map_err(|e| format!("env file {}: {e}", p.display()))?
+            let text = std::fs::read_to_string(p).map_err(|e| file_error("env file", p, e))?;
+            parse_env_file(&text).map_err(|e| file_error("env file", p, e))?
         }
         None => BTreeMap::new(),
     };
     let init = match &s.init_file {
-        Some(p) if p.exists() => Some(
-            std::fs::read_to_string(p).map_err(|e| format!("init file {}: {e}", p.display()))?,
-        ),
+        Some(p) if p.exists() => {
+            Some(std::fs::read_to_string(p).map_err(|e| file_error("init file", p, e))?)
+        }
         _ => s.init.clone(),
     }
     .filter(|i| !i.trim().is_empty());
@@ -182,17 +217,23 @@ pub fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), String> {
 }
 
 /// Binds a Unix socket, replacing a stale one, readable only by root.
-fn bind(path: &Path) -> Result<tokio::net::UnixListener, String> {
+fn bind(path: &Path) -> Result<tokio::net::UnixListener, ContainerError> {
+    let socket = |what| {
+        move |source| ContainerError::Socket {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("remove stale {}: {e}", path.display())),
+        Err(e) => return Err(socket("remove stale")(e)),
     }
-    let l = tokio::net::UnixListener::bind(path)
-        .map_err(|e| format!("listen on {}: {e}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path).map_err(socket("listen on"))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        .map_err(socket("chmod"))?;
     Ok(l)
 }
 
@@ -228,7 +269,7 @@ pub fn run() -> ExitCode {
     }
 }
 
-async fn serve(s: Settings) -> Result<&'static str, String> {
+async fn serve(s: Settings) -> Result<&'static str, ContainerError> {
     // Handlers first: PID 1 ignores signals it has no handler for.
     let shutdown = power::shutdown_signal();
     tokio::pin!(shutdown);
@@ -304,12 +345,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_string_lossy().into_owned();
         let s = Settings::from_lookup(lookup(&[("LOHAR_SOCK_DIR", &d)]));
-        assert!(load(&s).is_err());
+        assert!(matches!(load(&s), Err(ContainerError::NoToken)));
         let s = Settings::from_lookup(lookup(&[
             ("LOHAR_SOCK_DIR", &d),
             ("LOHAR_TOKEN_FILE", "token"),
         ]));
-        assert!(load(&s).unwrap_err().contains("token file"));
+        assert!(matches!(
+            load(&s),
+            Err(ContainerError::File {
+                what: "token file",
+                ..
+            })
+        ));
         std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
         std::fs::write(dir.path().join("env"), "K=v\n").unwrap();
         std::fs::write(dir.path().join("init"), "echo hi").unwrap();

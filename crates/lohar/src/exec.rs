@@ -157,7 +157,7 @@ pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
     let path = match check_output_path(&output_file) {
         Ok(p) => p,
         Err(e) => {
-            tx.error(format!("start: {e}")).await;
+            tx.error(e).await;
             return;
         }
     };
@@ -224,16 +224,20 @@ pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {
 /// A detached exec's output file must be absolute and free of `..`: it is
 /// resolved as given, not against the agent's working directory, and a path
 /// that climbs out of where it seems to point is refused rather than guessed at.
-fn check_output_path(p: &str) -> Result<PathBuf, String> {
+fn check_output_path(p: &str) -> Result<PathBuf, Fail> {
     if p.contains('\0') {
-        return Err("output file contains a NUL byte".into());
+        return Err(Fail::invalid("output file contains a NUL byte"));
     }
     let path = Path::new(p);
     if !path.is_absolute() {
-        return Err(format!("output file must be an absolute path: {p}"));
+        return Err(Fail::invalid(format!(
+            "output file must be an absolute path: {p}"
+        )));
     }
     if path.components().any(|c| c == Component::ParentDir) {
-        return Err(format!("output file must not contain '..': {p}"));
+        return Err(Fail::invalid(format!(
+            "output file must not contain '..': {p}"
+        )));
     }
     Ok(path.to_path_buf())
 }

@@ -9,16 +9,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::conn::{Reader, Stream};
+use crate::fail::Fail;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Dials the requested guest port; the error string goes into FWD_RESP.
-pub async fn dial(req: &Frame) -> Result<TcpStream, String> {
+/// Dials the requested guest port; the failure (code and words) goes into
+/// FWD_RESP.
+pub async fn dial(req: &Frame) -> Result<TcpStream, Fail> {
     let fr: FwdRequest = req
         .parse_json()
-        .map_err(|e| format!("invalid forward request: {e}"))?;
+        .map_err(|e| Fail::invalid(format!("invalid forward request: {e}")))?;
     if fr.port == 0 {
-        return Err("invalid port 0".into());
+        return Err(Fail::invalid("invalid port 0"));
     }
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], fr.port));
     match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
@@ -26,8 +28,8 @@ pub async fn dial(req: &Frame) -> Result<TcpStream, String> {
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(e)) => Err(format!("dial 127.0.0.1:{}: {e}", fr.port)),
-        Err(_) => Err(format!("dial 127.0.0.1:{}: timed out", fr.port)),
+        Ok(Err(e)) => Err(Fail::io(format_args!("dial 127.0.0.1:{}", fr.port), &e)),
+        Err(_) => Err(Fail::from(format!("dial 127.0.0.1:{}: timed out", fr.port))),
     }
 }
 

@@ -30,17 +30,44 @@ pub enum EngineError {
     Agent(#[from] bhatti_agent_client::ClientError),
     #[error("network: {0}")]
     Net(#[from] crate::net::NetError),
+    /// A Docker API call failed (its 404s become `NotFound` or `Invalid`).
+    #[cfg(feature = "docker")]
+    #[error("docker: {op}: {source}")]
+    Docker {
+        op: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// A host step (a file copy, a helper program) could not run.
+    #[error("{what}: {source}")]
+    Host {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host helper program ran and failed.
+    #[error("{what} failed ({status}): {stderr}")]
+    HostCommand {
+        what: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    /// The engine's own records (manifests, configs) did not (de)serialise.
+    #[error("engine records: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A blocking task the engine handed off panicked or was cancelled.
+    #[error("background task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// What the engine found (on disk, in a VMM, in dockerd) disagrees with
+    /// what it expects, e.g. an empty snapshot or an adopted VM in a state
+    /// it cannot be in.
     #[error("{0}")]
-    Other(String),
+    Inconsistent(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 impl EngineError {
-    pub fn other(e: impl std::fmt::Display) -> EngineError {
-        EngineError::Other(e.to_string())
-    }
-
     /// A fault of the snapshot itself (the VMM refused or failed to load
     /// it), as opposed to the host (no space, a VMM that would not start)
     /// or the guest (an agent that did not answer in time): only these

@@ -93,7 +93,7 @@ impl DockerEngine {
         }
         match n.id {
             Some(id) if id.len() >= 12 => Ok(format!("br-{}", &id[..12])),
-            _ => Err(EngineError::Other(format!(
+            _ => Err(EngineError::Inconsistent(format!(
                 "docker: network {network} has no id"
             ))),
         }
@@ -115,8 +115,7 @@ impl DockerEngine {
         tokio::task::spawn_blocking(move || {
             crate::net::ensure_docker_block(&bridge, &tag, &blocked, &docker_upstream_dns())
         })
-        .await
-        .map_err(EngineError::other)??;
+        .await??;
         Ok(())
     }
 

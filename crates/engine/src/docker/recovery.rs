@@ -172,9 +172,7 @@ impl DockerEngine {
         }
         // Egress rules of this engine's networks that no longer exist (a
         // network removed while the daemon was down or by hand).
-        let tags = tokio::task::spawn_blocking(crate::net::docker_block_tags)
-            .await
-            .map_err(EngineError::other)?;
+        let tags = tokio::task::spawn_blocking(crate::net::docker_block_tags).await?;
         match tags {
             Ok(tags) => {
                 for tag in tags {

@@ -87,7 +87,7 @@ impl MicroVmEngine {
                     volumes: vols,
                     files: files_map,
                     checksums,
-                    vmm: serde_json::to_value(&files).map_err(EngineError::other)?,
+                    vmm: serde_json::to_value(&files)?,
                     egress: Some(egress),
                 };
                 persist::seal(&stage2, &m)?;
@@ -130,7 +130,7 @@ impl MicroVmEngine {
         let res = match res {
             Ok(()) => tokio::fs::rename(&tmp, dest)
                 .await
-                .map_err(EngineError::other),
+                .map_err(EngineError::from),
             Err(e) => Err(e),
         };
         if res.is_err() {
@@ -158,8 +158,7 @@ impl MicroVmEngine {
                 self.driver.name()
             )));
         }
-        let mut vmm: crate::vmm::SnapshotFiles =
-            serde_json::from_value(m.vmm.clone()).map_err(EngineError::other)?;
+        let mut vmm: crate::vmm::SnapshotFiles = serde_json::from_value(m.vmm.clone())?;
         vmm.dir = dir.to_path_buf();
         let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
         // The request's policy, else the one the checkpoint recorded.

@@ -12,19 +12,19 @@ use crate::api::{EngineError, Result};
 const CONFIG_DRIVE_MIN: u64 = 4 * 1024 * 1024;
 
 async fn run(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| EngineError::Other(format!("{what}: {e}")))?;
+    let out = cmd.output().await.map_err(|source| EngineError::Host {
+        what: what.to_string(),
+        source,
+    })?;
     Ok(out)
 }
 
 fn failed(what: &str, out: &std::process::Output) -> EngineError {
-    EngineError::Other(format!(
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    EngineError::HostCommand {
+        what: what.to_string(),
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    }
 }
 
 /// `cp --reflink=auto --sparse=always`: instant on btrfs/xfs, a sparse copy
@@ -75,7 +75,7 @@ pub async fn grow(img: &Path, size_mb: u64) -> Result<()> {
 /// directory holds the agent token, so it is removed at once.
 pub async fn build_config_drive(cfg: &GuestConfig, out: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let json = serde_json::to_vec_pretty(cfg).map_err(EngineError::other)?;
+    let json = serde_json::to_vec_pretty(cfg)?;
     let parent = out
         .parent()
         .ok_or_else(|| EngineError::Invalid("config drive path has no parent".into()))?;

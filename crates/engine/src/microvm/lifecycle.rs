@@ -284,7 +284,7 @@ impl MicroVmEngine {
                 };
                 let (files_map, checksums) = persist::inventory(&stage)?;
                 if files_map.values().all(|&s| s == 0) {
-                    return Err(EngineError::Other("snapshot is empty".into()));
+                    return Err(EngineError::Inconsistent("snapshot is empty".into()));
                 }
                 let m = SnapshotManifest {
                     format_version: persist::MANIFEST_VERSION,

@@ -141,9 +141,7 @@ fn vd(n: usize) -> String {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| EngineError::Other(format!("blocking task: {e}")))?
+    tokio::task::spawn_blocking(f).await?
 }
 
 impl MicroVmEngine {
@@ -304,18 +302,19 @@ fn layer_diff(
             "diff and base memory files would collide".into(),
         ));
     }
-    std::fs::copy(base.vmm.mem_path(), full.mem_path()).map_err(|e| {
-        EngineError::Other(format!(
-            "copy {} to {}: {e}",
+    std::fs::copy(base.vmm.mem_path(), full.mem_path()).map_err(|source| EngineError::Host {
+        what: format!(
+            "copy {} to {}",
             base.vmm.mem_path().display(),
             full.mem_path().display()
-        ))
+        ),
+        source,
     })?;
-    let merged = driver
-        .apply_diff(&full, &diff)
-        .map_err(|e| EngineError::Other(format!("apply diff: {e}")))?;
-    std::fs::remove_file(diff.mem_path())
-        .map_err(|e| EngineError::Other(format!("remove {}: {e}", diff.mem_path().display())))?;
+    let merged = driver.apply_diff(&full, &diff)?;
+    std::fs::remove_file(diff.mem_path()).map_err(|source| EngineError::Host {
+        what: format!("remove {}", diff.mem_path().display()),
+        source,
+    })?;
     Ok((merged, base.diff_chain + 1))
 }
 
@@ -564,7 +563,7 @@ impl Engine for MicroVmEngine {
         let path = self.get(id)?.detail.dir.join("console.log");
         tokio::task::spawn_blocking(move || crate::vmm::file_tail(&path, bytes, 0))
             .await
-            .map_err(EngineError::other)
+            .map_err(EngineError::from)
     }
 
     fn agent(&self, id: &str) -> Result<AgentClient> {

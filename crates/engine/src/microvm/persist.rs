@@ -88,7 +88,7 @@ pub fn seal<T: Serialize>(dir: &Path, manifest: &T) -> Result<()> {
             std::fs::File::open(e.path())?.sync_all()?;
         }
     }
-    let json = serde_json::to_vec_pretty(manifest).map_err(EngineError::other)?;
+    let json = serde_json::to_vec_pretty(manifest)?;
     let mut f = std::fs::File::create(dir.join(MANIFEST))?;
     f.write_all(&json)?;
     f.sync_all()?;

@@ -155,7 +155,8 @@ impl MicroVmEngine {
     /// thermal state, and a running guest's agent must answer (a guest
     /// that does not is stopped by the caller and treated as gone).
     async fn adopt(&self, state: &VmState, detail: &Detail, pid: i32) -> Result<SandboxInfo> {
-        let pid = u32::try_from(pid).map_err(|_| EngineError::Other(format!("pid {pid}")))?;
+        let pid = u32::try_from(pid)
+            .map_err(|_| EngineError::Inconsistent(format!("recorded pid {pid}")))?;
         let spec = self.vm_spec(&state.id, detail);
         let vm = self
             .driver
@@ -167,7 +168,9 @@ impl MicroVmEngine {
             Ok(VmmState::Paused) => Thermal::Warm,
             Ok(other) => {
                 vm.release();
-                return Err(EngineError::Other(format!("the adopted VM is {other:?}")));
+                return Err(EngineError::Inconsistent(format!(
+                    "the adopted VM is {other:?}"
+                )));
             }
             Err(e) => {
                 vm.release();
@@ -183,9 +186,7 @@ impl MicroVmEngine {
         if thermal == Thermal::Hot {
             if let Err(e) = client.wait_ready(ADOPT_AGENT_TIMEOUT).await {
                 vm.release();
-                return Err(EngineError::Other(format!(
-                    "its agent does not answer: {e}"
-                )));
+                return Err(EngineError::Agent(e));
             }
         }
         let exit = vm.exit_watch();

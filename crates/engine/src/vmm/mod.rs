@@ -42,6 +42,31 @@
 //!   [adopts](VmmDriver::adopt) it.
 
 mod consts;
+
+/// The [`Vm`] methods that only read a driver's VMM process (`self.proc`)
+/// and console file (`self.console_log`): the same in every driver, so
+/// written once and expanded inside each driver's `impl Vm`.
+macro_rules! process_vm_methods {
+    () => {
+        fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<$crate::vmm::VmExit>> {
+            self.proc.exit_watch()
+        }
+
+        fn release(&self) {
+            self.proc.release();
+        }
+
+        fn console_tail(&self, bytes: usize) -> String {
+            $crate::vmm::process::file_tail(&self.console_log, bytes, 0)
+        }
+
+        fn vmm_log_tail(&self, bytes: usize) -> String {
+            self.proc.log_tail(bytes)
+        }
+    };
+}
+pub(crate) use process_vm_methods;
+
 mod error;
 pub mod firecracker;
 mod process;
@@ -125,7 +150,9 @@ pub trait Vm: Send + Sync {
     /// is reaped. Idempotent.
     async fn kill(&self) -> Result<(), VmmError>;
     /// Waits until the VMM process has exited (for any reason).
-    async fn wait_exit(&self) -> VmExit;
+    async fn wait_exit(&self) -> VmExit {
+        process::wait_for_exit(self.exit_watch()).await
+    }
     /// Turns `Some` once the VMM process has exited: the engine watches it
     /// to notice a VM that dies under a sandbox.
     fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<VmExit>>;

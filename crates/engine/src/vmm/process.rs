@@ -188,17 +188,7 @@ impl VmmProcess {
 
     /// Waits for the exit (for ever).
     pub(crate) async fn wait(&self) -> VmExit {
-        let mut rx = self.exit.clone();
-        let unknown = VmExit {
-            code: None,
-            signal: None,
-        };
-        let res = rx.wait_for(|e| e.is_some()).await.map(|e| *e);
-        match res {
-            Ok(e) => e.unwrap_or(unknown),
-            // The reaper task is gone (runtime shutting down).
-            Err(_) => self.exited().unwrap_or(unknown),
-        }
+        wait_for_exit(self.exit.clone()).await
     }
 
     /// Waits for the exit at most `timeout`.
@@ -280,6 +270,19 @@ impl Drop for VmmProcess {
 
 /// The last `bytes` bytes (at most 1 MiB) of `path`, not before offset
 /// `from`, as lossy UTF-8; empty if unreadable.
+/// Waits until an exit watch turns `Some`: how the process ended, or
+/// "unknown" when the reaper task is gone (the runtime is shutting down).
+pub(crate) async fn wait_for_exit(mut rx: watch::Receiver<Option<VmExit>>) -> VmExit {
+    let unknown = VmExit {
+        code: None,
+        signal: None,
+    };
+    match rx.wait_for(|e| e.is_some()).await.map(|e| *e) {
+        Ok(e) => e.unwrap_or(unknown),
+        Err(_) => rx.borrow().unwrap_or(unknown),
+    }
+}
+
 pub(crate) fn file_tail(path: &Path, bytes: usize, from: u64) -> String {
     let bytes = bytes.min(MAX_TAIL_BYTES) as u64;
     let read = || -> std::io::Result<String> {

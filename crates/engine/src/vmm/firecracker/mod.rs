@@ -103,7 +103,7 @@ use super::consts::{ERROR_TAIL_BYTES, SNAPSHOT_FORMAT_VERSION, SOCKET_POLL, UNIX
 use super::process::{file_tail, VmmProcess};
 use super::spec::path_str;
 use super::spec::Shape;
-use super::{SnapshotFiles, SnapshotKind, Vm, VmExit, VmSpec, VmState, VmmDriver, VmmError};
+use super::{SnapshotFiles, SnapshotKind, Vm, VmSpec, VmState, VmmDriver, VmmError};
 use api::{
     ActionType, ApiClient, ApiRequest, BackendType, Balloon, BootSource, Drive, Entropy, HugePages,
     InstanceInfo, LogLevel, Logger, MachineConfig, MemoryBackend, Metrics, NetworkInterface,

@@ -330,25 +330,7 @@ impl Vm for FirecrackerVm {
         Ok(())
     }
 
-    async fn wait_exit(&self) -> VmExit {
-        self.proc.wait().await
-    }
-
-    fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<VmExit>> {
-        self.proc.exit_watch()
-    }
-
-    fn release(&self) {
-        self.proc.release();
-    }
-
-    fn console_tail(&self, bytes: usize) -> String {
-        file_tail(&self.console_log, bytes, 0)
-    }
-
-    fn vmm_log_tail(&self, bytes: usize) -> String {
-        self.proc.log_tail(bytes)
-    }
+    crate::vmm::process_vm_methods!();
 
     async fn set_balloon(&self, mib: u32) -> Result<(), VmmError> {
         if !self.shared.config.balloon {

@@ -40,9 +40,7 @@ use super::consts::{
 use super::process::{file_tail, VmmProcess};
 use super::spec::path_str;
 use super::spec::Shape;
-use super::{
-    host_tsc_khz, SnapshotFiles, SnapshotKind, Vm, VmExit, VmSpec, VmState, VmmDriver, VmmError,
-};
+use super::{host_tsc_khz, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmState, VmmDriver, VmmError};
 use launch::{command, log_header, qemu_args, qmp_socket_path, LaunchOptions};
 use qmp::Qmp;
 
@@ -843,25 +841,7 @@ impl Vm for QemuVm {
         Ok(())
     }
 
-    async fn wait_exit(&self) -> VmExit {
-        self.proc.wait().await
-    }
-
-    fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<VmExit>> {
-        self.proc.exit_watch()
-    }
-
-    fn release(&self) {
-        self.proc.release();
-    }
-
-    fn console_tail(&self, bytes: usize) -> String {
-        file_tail(&self.console_log, bytes, 0)
-    }
-
-    fn vmm_log_tail(&self, bytes: usize) -> String {
-        self.proc.log_tail(bytes)
-    }
+    crate::vmm::process_vm_methods!();
 }
 
 #[cfg(test)]
