@@ -88,7 +88,7 @@ impl DockerEngine {
         // Stale sockets from the previous run would make the first probes fail
         // slowly rather than quickly.
         for s in ["agent.sock", "forward.sock"] {
-            let _ = std::fs::remove_file(d.dir.join(s));
+            let _ = tokio::fs::remove_file(d.dir.join(s)).await;
         }
         self.docker
             .start_container(&d.container, None)
@@ -183,11 +183,13 @@ impl DockerEngine {
         let entrypoint = match &self.cfg.inject_lohar {
             Some(lohar) => {
                 let dst = d.dir.join("lohar");
-                if std::fs::hard_link(lohar, &dst).is_err() {
-                    std::fs::copy(lohar, &dst).map_err(|source| EngineError::Host {
-                        what: format!("inject lohar from {}", lohar.display()),
-                        source,
-                    })?;
+                if tokio::fs::hard_link(lohar, &dst).await.is_err() {
+                    tokio::fs::copy(lohar, &dst)
+                        .await
+                        .map_err(|source| EngineError::Host {
+                            what: format!("inject lohar from {}", lohar.display()),
+                            source,
+                        })?;
                 }
                 Some(vec![format!("{SOCK_DIR}/lohar"), "container".to_string()])
             }

@@ -375,13 +375,6 @@ impl Engine for DockerEngine {
         let env = env_file(&spec.env)?;
         let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
         let dir = self.cfg.data_dir.join("sandboxes").join(&id);
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)?;
-        }
         let token = random_hex(16);
         let detail = Detail {
             container: self.container_name(&id),
@@ -400,11 +393,25 @@ impl Engine for DockerEngine {
             egress: spec.egress.clone(),
         };
         let res = async {
-            bhatti_durable::write(&dir.join("token"), token.as_bytes(), 0o600)?;
-            bhatti_durable::write(&dir.join("env"), env.as_bytes(), 0o600)?;
-            if !spec.init.is_empty() {
-                bhatti_durable::write(&dir.join("init"), spec.init.as_bytes(), 0o600)?;
-            }
+            // The sandbox's private directory (bind-mounted at the agent's
+            // socket dir) and what lohar reads at start; synced, so off the
+            // async threads.
+            let (d, init) = (dir.clone(), spec.init.clone());
+            let (token, env) = (token.clone(), env.clone());
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&d)?;
+                bhatti_durable::write(&d.join("token"), token.as_bytes(), 0o600)?;
+                bhatti_durable::write(&d.join("env"), env.as_bytes(), 0o600)?;
+                if !init.is_empty() {
+                    bhatti_durable::write(&d.join("init"), init.as_bytes(), 0o600)?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await??;
             {
                 let _g = self.net_lock.lock().await;
                 self.ensure_network(

@@ -138,16 +138,28 @@ impl DockerEngine {
                 removed.push(format!("container {sid}"));
             }
         }
+        // Directories of sandboxes the store no longer has (off the async
+        // threads: a sandbox directory can hold a large exec log).
         let root = self.cfg.data_dir.join("sandboxes");
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let ours = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
-                if ours && !keep.contains(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
-                    removed.push(format!("dir {name}"));
+        let keep_dirs = keep.clone();
+        let dirs = tokio::task::spawn_blocking(move || {
+            let mut gone = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(&root) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let ours = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
+                    if ours
+                        && !keep_dirs.contains(&name)
+                        && std::fs::remove_dir_all(e.path()).is_ok()
+                    {
+                        gone.push(format!("dir {name}"));
+                    }
                 }
             }
-        }
+            gone
+        })
+        .await?;
+        removed.extend(dirs);
         let nfilters = HashMap::from([(
             "label".to_string(),
             vec![
