@@ -1330,6 +1330,56 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
     );
 }
 
+/// `systemctl restart bhatti` under the shipped unit: `KillMode=process`
+/// means systemd sends SIGTERM to the daemon's main process only and leaves
+/// the VMMs, then starts the daemon again. That is done here by hand (these
+/// machines run no systemd as PID 1): a running sandbox keeps running
+/// through it, with the process it had, and answers the new daemon.
+#[test]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+fn a_restart_as_the_shipped_unit_does_it_keeps_a_running_sandbox() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd/bhatti.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.lines().any(|l| l.trim() == "KillMode=process"),
+        "the unit no longer says KillMode=process; this test models that:\n{unit}"
+    );
+
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut d = Daemon::start("qemu");
+    let key = d.user("alice");
+    ok(d.run(&key, &["create", "--name", "svc"]));
+    let o = ok(d.run(&key, &["exec", "--detach", "svc", "--", "sleep", "1000"]));
+    let pid = text(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(pid.parse::<u32>().is_ok(), "detach printed {pid:?}");
+    let vmms = vmms_under(&d.data.path().join("sandboxes"));
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+
+    // SIGTERM to the main process only, as KillMode=process does.
+    d.stop();
+    let after_stop = vmms_under(&d.data.path().join("sandboxes"));
+    assert_eq!(after_stop, vmms, "the VMM did not outlive the daemon");
+    d.spawn();
+
+    let s = json(&ok(d.run(&key, &["--json", "inspect", "svc"])));
+    assert_eq!(s["status"], "running", "{s}");
+    let o = ok(d.run(&key, &["exec", "svc", "--", "kill", "-0", &pid]));
+    assert!(o.status.success());
+    assert_eq!(vmms_under(&d.data.path().join("sandboxes")), vmms);
+    ok(d.run(&key, &["destroy", "svc", "--yes"]));
+    d.stop();
+}
+
 /// A daemon SIGKILLed while it creates a sandbox: after the restart the
 /// half-made sandbox is gone or clearly marked, and no VMM of it runs.
 #[test]
