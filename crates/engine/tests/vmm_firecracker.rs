@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bhatti_engine::vmm::firecracker::{
-    api::ApiClient, api::ApiRequest, api::Drive, apply_diff, FirecrackerConfig, FirecrackerDriver,
-    FirecrackerVm, DIFF_MEM_FILE, MEM_FILE, STATE_FILE,
+    apply_diff, rest::ApiClient, rest::ApiRequest, rest::Drive, FirecrackerConfig,
+    FirecrackerDriver, FirecrackerVm, DIFF_MEM_FILE, MEM_FILE, STATE_FILE,
 };
 use bhatti_engine::vmm::{Disk, SnapshotKind, Vm, VmSpec, VmState, VmmDriver, VmmError};
 

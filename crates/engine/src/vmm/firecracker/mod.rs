@@ -75,11 +75,11 @@
 //! drive (bytes/s and ops/s) and `rx_rate_limiter`/`tx_rate_limiter` on
 //! the NIC, with a refill time of one second.
 
-pub mod api;
 mod config;
 pub mod diff;
 pub mod jailer;
 mod requests;
+pub mod rest;
 #[cfg(test)]
 mod schema;
 mod vm;
@@ -104,14 +104,14 @@ use super::process::{file_tail, VmmProcess};
 use super::spec::path_str;
 use super::spec::Shape;
 use super::{SnapshotFiles, SnapshotKind, Vm, VmSpec, VmState, VmmDriver, VmmError};
-use api::{
+pub use diff::{apply_diff, merge_diff, MergeStats};
+pub use jailer::JailerConfig;
+use rest::{
     ActionType, ApiClient, ApiRequest, BackendType, Balloon, BootSource, Drive, Entropy, HugePages,
     InstanceInfo, LogLevel, Logger, MachineConfig, MemoryBackend, Metrics, NetworkInterface,
     NetworkOverride, RateLimiter, Serial, SnapshotCreate, SnapshotLoad, SnapshotType, TokenBucket,
     VmRunState, Vsock, VsockOverride,
 };
-pub use diff::{apply_diff, merge_diff, MergeStats};
-pub use jailer::JailerConfig;
 
 /// Driver name.
 pub const DRIVER_NAME: &str = "firecracker";

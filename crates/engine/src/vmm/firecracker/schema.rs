@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::api::*;
+use super::rest::*;
 use super::tests::spec;
 use super::*;
 

@@ -82,7 +82,7 @@ impl FirecrackerVm {
         &self,
         req: &ApiRequest,
     ) -> Result<T, VmmError> {
-        api::decode_response(&req.describe(), self.call(req).await?)
+        super::rest::decode_response(&req.describe(), self.call(req).await?)
     }
 
     pub(super) async fn run_all(&self, requests: &[ApiRequest]) -> Result<(), VmmError> {
