@@ -51,6 +51,38 @@ impl fmt::Display for Thermal {
     }
 }
 
+/// Where a sandbox is in its life, as one value: a running sandbox has a
+/// thermal state, and nothing else has one, so "stopped and hot" cannot be
+/// written down. The engines keep this; [`Status`] and [`Thermal`] (what
+/// the store and the API show) are derived from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifeState {
+    Running(Thermal),
+    Stopped,
+    /// The VM or container died under it (the reason is kept beside).
+    Crashed,
+    Unknown,
+}
+
+impl LifeState {
+    pub fn status(self) -> Status {
+        match self {
+            LifeState::Running(_) => Status::Running,
+            LifeState::Stopped => Status::Stopped,
+            LifeState::Crashed => Status::Crashed,
+            LifeState::Unknown => Status::Unknown,
+        }
+    }
+
+    /// A sandbox that is not running is cold: it has nothing in memory.
+    pub fn thermal(self) -> Thermal {
+        match self {
+            LifeState::Running(t) => t,
+            _ => Thermal::Cold,
+        }
+    }
+}
+
 /// A file placed into the guest at boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestFile {
@@ -223,5 +255,25 @@ pub fn checked_id(
         Some(id) => Err(crate::EngineError::Invalid(format!(
             "sandbox id {id:?} must be 16 lower-case hex characters"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_running_sandbox_has_a_thermal_state() {
+        for t in [Thermal::Hot, Thermal::Warm, Thermal::Cold] {
+            let s = LifeState::Running(t);
+            assert_eq!((s.status(), s.thermal()), (Status::Running, t));
+        }
+        for (s, status) in [
+            (LifeState::Stopped, Status::Stopped),
+            (LifeState::Crashed, Status::Crashed),
+            (LifeState::Unknown, Status::Unknown),
+        ] {
+            assert_eq!((s.status(), s.thermal()), (status, Thermal::Cold));
+        }
     }
 }

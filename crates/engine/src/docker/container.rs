@@ -240,7 +240,7 @@ impl DockerEngine {
     }
 
     pub(super) async fn start_locked(&self, sb: &Sandbox) -> Result<()> {
-        let thermal = lock(&sb.fast).thermal;
+        let thermal = lock(&sb.fast).state.thermal();
         match thermal {
             Thermal::Hot => return Ok(()),
             Thermal::Warm => {
@@ -248,7 +248,7 @@ impl DockerEngine {
                     .unpause_container(&sb.detail.container)
                     .await
                     .map_err(derr(&sb.detail.container))?;
-                sb.set(Status::Running, Thermal::Hot);
+                sb.set(LifeState::Running(Thermal::Hot));
                 return Ok(());
             }
             Thermal::Cold => {}
@@ -280,8 +280,7 @@ impl DockerEngine {
             _ => self.boot(&sb.detail).await?,
         };
         let mut f = lock(&sb.fast);
-        f.status = Status::Running;
-        f.thermal = Thermal::Hot;
+        f.state = LifeState::Running(Thermal::Hot);
         f.generation += 1;
         f.ip = ip;
         f.agent = Some(sb.client());

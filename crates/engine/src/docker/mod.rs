@@ -84,8 +84,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    Capabilities, CheckpointManifest, Engine, EngineError, Result, ResumeSpec, SandboxInfo,
-    SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
+    Capabilities, CheckpointManifest, Engine, EngineError, LifeState, Result, ResumeSpec,
+    SandboxInfo, SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
 };
 use crate::net::{EgressPolicy, Ipv4Cidr, DEFAULT_EGRESS_BLOCKED, DOCKER_TAG_PREFIX};
 
@@ -164,8 +164,7 @@ struct Detail {
 }
 
 struct Fast {
-    status: Status,
-    thermal: Thermal,
+    state: LifeState,
     generation: u64,
     ip: String,
     agent: Option<AgentClient>,
@@ -188,8 +187,8 @@ impl Sandbox {
         SandboxInfo {
             id: self.id.clone(),
             name: self.name.clone(),
-            status: f.status,
-            thermal: f.thermal,
+            status: f.state.status(),
+            thermal: f.state.thermal(),
             ip: f.ip.clone(),
             cpus: self.detail.cpus,
             memory_mb: self.detail.memory_mb,
@@ -197,11 +196,10 @@ impl Sandbox {
         }
     }
 
-    fn set(&self, status: Status, thermal: Thermal) {
+    fn set(&self, state: LifeState) {
         let mut f = lock(&self.fast);
-        f.status = status;
-        f.thermal = thermal;
-        if thermal == Thermal::Cold {
+        f.state = state;
+        if state.thermal() == Thermal::Cold {
             f.agent = None;
         }
     }
@@ -444,8 +442,7 @@ impl Engine for DockerEngine {
             name: spec.name.clone(),
             lifecycle: tokio::sync::Mutex::new(()),
             fast: Mutex::new(Fast {
-                status: Status::Running,
-                thermal: Thermal::Hot,
+                state: LifeState::Running(Thermal::Hot),
                 generation: 1,
                 ip,
                 agent: None,
@@ -470,7 +467,7 @@ impl Engine for DockerEngine {
                 tracing::warn!(id, error = %e, "removing the sandbox directory failed");
             }
         }
-        sb.set(Status::Stopped, Thermal::Cold);
+        sb.set(LifeState::Stopped);
         lock(&self.sandboxes).remove(id);
         Ok(())
     }
@@ -478,7 +475,7 @@ impl Engine for DockerEngine {
     async fn stop(&self, id: &str) -> Result<()> {
         let sb = self.get(id)?;
         let _l = sb.lifecycle.lock().await;
-        let thermal = lock(&sb.fast).thermal;
+        let thermal = lock(&sb.fast).state.thermal();
         if thermal == Thermal::Cold {
             return Ok(());
         }
@@ -504,7 +501,7 @@ impl Engine for DockerEngine {
                 return Err(derr(&sb.detail.container)(e));
             }
         }
-        sb.set(Status::Stopped, Thermal::Cold);
+        sb.set(LifeState::Stopped);
         Ok(())
     }
 
@@ -527,7 +524,7 @@ impl Engine for DockerEngine {
     async fn pause(&self, id: &str) -> Result<()> {
         let sb = self.get(id)?;
         let _l = sb.lifecycle.lock().await;
-        match lock(&sb.fast).thermal {
+        match lock(&sb.fast).state.thermal() {
             Thermal::Hot => {}
             Thermal::Warm => return Ok(()),
             Thermal::Cold => {
@@ -542,14 +539,14 @@ impl Engine for DockerEngine {
             .pause_container(&sb.detail.container)
             .await
             .map_err(derr(&sb.detail.container))?;
-        sb.set(Status::Running, Thermal::Warm);
+        sb.set(LifeState::Running(Thermal::Warm));
         Ok(())
     }
 
     async fn resume(&self, id: &str) -> Result<()> {
         let sb = self.get(id)?;
         let _l = sb.lifecycle.lock().await;
-        match lock(&sb.fast).thermal {
+        match lock(&sb.fast).state.thermal() {
             Thermal::Hot => return Ok(()),
             Thermal::Warm => {}
             Thermal::Cold => {
@@ -564,7 +561,7 @@ impl Engine for DockerEngine {
             .unpause_container(&sb.detail.container)
             .await
             .map_err(derr(&sb.detail.container))?;
-        sb.set(Status::Running, Thermal::Hot);
+        sb.set(LifeState::Running(Thermal::Hot));
         Ok(())
     }
 
@@ -579,7 +576,7 @@ impl Engine for DockerEngine {
                 what: why,
             });
         }
-        let from = lock(&sb.fast).thermal;
+        let from = lock(&sb.fast).state.thermal();
         if from == Thermal::Hot {
             return Ok(Wake {
                 from,
@@ -595,13 +592,13 @@ impl Engine for DockerEngine {
     }
 
     fn thermal(&self, id: &str) -> Result<Thermal> {
-        Ok(lock(&self.get(id)?.fast).thermal)
+        Ok(lock(&self.get(id)?.fast).state.thermal())
     }
 
     fn agent(&self, id: &str) -> Result<AgentClient> {
         let sb = self.get(id)?;
         let f = lock(&sb.fast);
-        match (&f.agent, f.thermal) {
+        match (&f.agent, f.state.thermal()) {
             (Some(a), Thermal::Hot) => Ok(a.clone()),
             (_, thermal) => Err(EngineError::NotHot {
                 id: id.into(),
@@ -650,7 +647,7 @@ impl Engine for DockerEngine {
             engine: ENGINE.into(),
             id: sb.id.clone(),
             name: sb.name.clone(),
-            status: f.status,
+            status: f.state.status(),
             generation: f.generation,
             egress: Some(sb.detail.egress.clone()),
             detail: serde_json::to_value(&sb.detail).ok()?,

@@ -56,14 +56,15 @@ impl DockerEngine {
             .await?
             .state
             .and_then(|s| s.status);
-        let (status, thermal) = match st {
-            Some(ContainerStateStatusEnum::RUNNING) => (Status::Running, Thermal::Hot),
-            Some(ContainerStateStatusEnum::PAUSED) => (Status::Running, Thermal::Warm),
+        let life = match st {
+            Some(ContainerStateStatusEnum::RUNNING) => LifeState::Running(Thermal::Hot),
+            Some(ContainerStateStatusEnum::PAUSED) => LifeState::Running(Thermal::Warm),
             // It crashed before the restart and nobody started it since.
-            _ if state.status == Status::Crashed => (Status::Crashed, Thermal::Cold),
-            _ => (Status::Stopped, Thermal::Cold),
+            _ if state.status == Status::Crashed => LifeState::Crashed,
+            _ => LifeState::Stopped,
         };
-        let crashed = (status == Status::Crashed).then(|| {
+        let thermal = life.thermal();
+        let crashed = (life == LifeState::Crashed).then(|| {
             "the container had died before the daemon restarted; start runs it again".to_string()
         });
         if let Err(e) = self
@@ -78,8 +79,7 @@ impl DockerEngine {
             name: state.name.clone(),
             lifecycle: tokio::sync::Mutex::new(()),
             fast: Mutex::new(Fast {
-                status,
-                thermal,
+                state: life,
                 generation: state.generation,
                 ip,
                 agent: None,
@@ -94,7 +94,7 @@ impl DockerEngine {
             if c.wait_ready(Duration::from_secs(5)).await.is_ok() {
                 lock(&sb.fast).agent = Some(c);
             } else {
-                sb.set(Status::Stopped, Thermal::Cold);
+                sb.set(LifeState::Stopped);
             }
         } else if thermal == Thermal::Warm {
             lock(&sb.fast).agent = Some(sb.client());
@@ -216,7 +216,7 @@ impl DockerEngine {
         let Ok(_l) = sb.lifecycle.try_lock() else {
             return Ok(());
         };
-        if lock(&sb.fast).status != Status::Running {
+        if lock(&sb.fast).state.status() != Status::Running {
             return Ok(());
         }
         let st = self.inspect(&sb.detail.container).await?.state;
@@ -235,8 +235,7 @@ impl DockerEngine {
         );
         tracing::warn!(sandbox = id, reason, "sandbox crashed");
         let mut f = lock(&sb.fast);
-        f.status = Status::Crashed;
-        f.thermal = Thermal::Cold;
+        f.state = LifeState::Crashed;
         f.agent = None;
         f.crashed = Some(reason);
         Ok(())

@@ -90,13 +90,11 @@ impl MicroVmEngine {
             name,
             lifecycle: tokio::sync::Mutex::new(Some(vm)),
             fast: Mutex::new(Fast {
-                status: Status::Running,
-                thermal: Thermal::Hot,
+                state: LifeState::Running(Thermal::Hot),
                 generation: 1,
                 restore_failed: None,
                 crashed: None,
                 agent: None,
-                last_touch: Instant::now(),
                 diff_base: None,
                 egress: detail.egress.clone(),
             }),
@@ -110,7 +108,7 @@ impl MicroVmEngine {
 
     /// Guest sync (best effort), then pause; returns whether it was hot.
     pub(super) async fn quiesce(&self, sb: &Sandbox, vm: &dyn Vm) -> Result<bool> {
-        let was_hot = lock(&sb.fast).thermal == Thermal::Hot;
+        let was_hot = lock(&sb.fast).state.thermal() == Thermal::Hot;
         if was_hot {
             let c = sb.client();
             match tokio::time::timeout(SYNC_TIMEOUT, c.exec(["sync"])).await {
@@ -120,14 +118,14 @@ impl MicroVmEngine {
             }
         }
         vm.pause().await.map_err(EngineError::Vmm)?;
-        sb.set(Status::Running, Thermal::Warm);
+        sb.set(LifeState::Running(Thermal::Warm));
         Ok(was_hot)
     }
 
     pub(super) async fn unquiesce(&self, sb: &Sandbox, vm: &dyn Vm, was_hot: bool) {
         if was_hot {
             match vm.resume().await {
-                Ok(()) => sb.set(Status::Running, Thermal::Hot),
+                Ok(()) => sb.set(LifeState::Running(Thermal::Hot)),
                 Err(e) => tracing::error!(id = %sb.id, error = %e, "resume after snapshot failed"),
             }
         }
@@ -142,7 +140,7 @@ impl MicroVmEngine {
         if slot.is_some() {
             // Already has a VMM: never spawn a second one (docs/engine.md,
             // "Lifecycle").
-            let thermal = lock(&sb.fast).thermal;
+            let thermal = lock(&sb.fast).state.thermal();
             if let (Thermal::Warm, Some(vm)) = (thermal, slot.as_ref()) {
                 wake(sb, vm.as_ref()).await?;
             }
@@ -188,10 +186,8 @@ impl MicroVmEngine {
                 f.generation = manifest.generation + 1;
                 f.diff_base = (self.cfg.diff_snapshots && self.driver.supports_diff_snapshots())
                     .then_some(manifest.generation);
-                f.status = Status::Running;
-                f.thermal = Thermal::Hot;
+                f.state = LifeState::Running(Thermal::Hot);
                 f.agent = Some(sb.client());
-                f.last_touch = Instant::now();
                 Ok(())
             }
             // The breaker is for a snapshot that cannot be restored; a host
@@ -220,10 +216,8 @@ impl MicroVmEngine {
         f.diff_base = None;
         f.crashed = None;
         f.restore_failed = None;
-        f.status = Status::Running;
-        f.thermal = Thermal::Hot;
+        f.state = LifeState::Running(Thermal::Hot);
         f.agent = Some(sb.client());
-        f.last_touch = Instant::now();
         tracing::info!(sandbox = sb.id, "booted afresh from its disk after a crash");
         Ok(())
     }

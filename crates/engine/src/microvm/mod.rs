@@ -56,8 +56,8 @@ use bhatti_protocol::config::{ConfigFile, ConfigVolume, GuestConfig};
 use rand::RngCore;
 
 use crate::api::{
-    Capabilities, CheckpointManifest, Engine, EngineError, Result, ResumeSpec, SandboxInfo,
-    SandboxSpec, Status, Thermal, VmState, Wake,
+    Capabilities, CheckpointManifest, Engine, EngineError, LifeState, Result, ResumeSpec,
+    SandboxInfo, SandboxSpec, Thermal, VmState, Wake,
 };
 use crate::net::{EgressPolicy, NetManager, SandboxNet};
 use crate::vmm::{Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmmDriver};
@@ -477,8 +477,7 @@ impl Engine for MicroVmEngine {
             let _ = vm.kill().await;
         }
         let mut f = lock(&sb.fast);
-        f.status = Status::Stopped;
-        f.thermal = Thermal::Cold;
+        f.state = LifeState::Stopped;
         f.agent = None;
         Ok(())
     }
@@ -537,7 +536,7 @@ impl Engine for MicroVmEngine {
                 what: why,
             });
         }
-        let from = lock(&sb.fast).thermal;
+        let from = lock(&sb.fast).state.thermal();
         if from == Thermal::Hot {
             return Ok(Wake {
                 from,
@@ -553,7 +552,7 @@ impl Engine for MicroVmEngine {
     }
 
     fn thermal(&self, id: &str) -> Result<Thermal> {
-        Ok(lock(&self.get(id)?.fast).thermal)
+        Ok(lock(&self.get(id)?.fast).state.thermal())
     }
 
     async fn console(&self, id: &str, bytes: usize) -> Result<String> {
@@ -568,13 +567,9 @@ impl Engine for MicroVmEngine {
 
     fn agent(&self, id: &str) -> Result<AgentClient> {
         let sb = self.get(id)?;
-        let mut f = lock(&sb.fast);
-        match (&f.agent, f.thermal) {
-            (Some(a), Thermal::Hot) => {
-                let a = a.clone();
-                f.last_touch = Instant::now();
-                Ok(a)
-            }
+        let f = lock(&sb.fast);
+        match (&f.agent, f.state.thermal()) {
+            (Some(a), Thermal::Hot) => Ok(a.clone()),
             (_, thermal) => Err(EngineError::NotHot {
                 id: id.into(),
                 thermal,
@@ -624,7 +619,7 @@ impl Engine for MicroVmEngine {
             engine: self.driver.name().into(),
             id: sb.id.clone(),
             name: sb.name.clone(),
-            status: f.status,
+            status: f.state.status(),
             generation: f.generation,
             egress: Some(f.egress.clone()),
             detail: serde_json::to_value(&detail).ok()?,

@@ -5,13 +5,12 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bhatti_agent_client::{AgentClient, Transport};
 
 use super::sandbox::{Detail, Fast, Sandbox};
 use super::{blocking, persist, MicroVmEngine, ADOPT_AGENT_TIMEOUT, SNAPSHOT_DIR};
-use crate::api::{EngineError, Result, SandboxInfo, Status, Thermal, VmState};
+use crate::api::{EngineError, LifeState, Result, SandboxInfo, Status, Thermal, VmState};
 use crate::lock;
 use crate::vmm::{VmExit, VmState as VmmState};
 
@@ -60,23 +59,22 @@ impl MicroVmEngine {
         // holds everything the guest synced.
         let crashed = |why: String| {
             (
-                Status::Crashed,
-                Thermal::Cold,
+                LifeState::Crashed,
                 state.generation,
                 Some(format!("{why}; {BOOTS_AFRESH}")),
             )
         };
-        let (status, thermal, generation, crashed) = if state.status == Status::Crashed {
+        let (life, generation, crashed) = if state.status == Status::Crashed {
             // Still crashed, for the reason it had.
             let why = detail.crashed.clone().unwrap_or_else(|| {
                 format!("the VM had crashed before the daemon restarted; {BOOTS_AFRESH}")
             });
-            (Status::Crashed, Thermal::Cold, state.generation, Some(why))
+            (LifeState::Crashed, state.generation, Some(why))
         } else {
             let snap_dir = detail.dir.join(SNAPSHOT_DIR);
             match blocking(move || persist::load_snapshot(&snap_dir)).await {
                 Ok(m) if m.generation >= state.generation => {
-                    (Status::Stopped, Thermal::Cold, m.generation, None)
+                    (LifeState::Stopped, m.generation, None)
                 }
                 Ok(m) => crashed(format!(
                     "the VM was gone when the daemon started again, and its newest snapshot (generation {}) predates its last boot (generation {})",
@@ -92,13 +90,11 @@ impl MicroVmEngine {
             name: state.name.clone(),
             lifecycle: tokio::sync::Mutex::new(None),
             fast: Mutex::new(Fast {
-                status,
-                thermal,
+                state: life,
                 generation,
                 restore_failed: detail.restore_failed.clone(),
                 crashed,
                 agent: None,
-                last_touch: Instant::now(),
                 diff_base: None,
                 egress: detail.egress.clone(),
             }),
@@ -147,7 +143,7 @@ impl MicroVmEngine {
                 }
                 let _ = vm.kill().await;
             }
-            sb.set(Status::Stopped, Thermal::Cold);
+            sb.set(LifeState::Stopped);
         }
     }
     /// Recovery's adoption of the VMM `pid` left running for `state`: the
@@ -195,13 +191,11 @@ impl MicroVmEngine {
             name: state.name.clone(),
             lifecycle: tokio::sync::Mutex::new(Some(vm)),
             fast: Mutex::new(Fast {
-                status: Status::Running,
-                thermal,
+                state: LifeState::Running(thermal),
                 generation: state.generation,
                 restore_failed: detail.restore_failed.clone(),
                 crashed: None,
                 agent: Some(client),
-                last_touch: Instant::now(),
                 // Its dirty-page log is not known: the next stop writes a
                 // Full snapshot.
                 diff_base: None,
@@ -237,8 +231,7 @@ pub(super) fn watch_vmm(sb: &Arc<Sandbox>, mut exit: tokio::sync::watch::Receive
         tracing::warn!(sandbox = sb.id, reason, "sandbox crashed");
         drop(slot.take());
         let mut f = lock(&sb.fast);
-        f.status = Status::Crashed;
-        f.thermal = Thermal::Cold;
+        f.state = LifeState::Crashed;
         f.agent = None;
         f.diff_base = None;
         f.crashed = Some(reason);

@@ -4,13 +4,12 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use bhatti_agent_client::{AgentClient, Transport};
 use serde::{Deserialize, Serialize};
 
 use super::SNAPSHOT_DIR;
-use crate::api::{SandboxInfo, Status, Thermal, VolumeAttach};
+use crate::api::{LifeState, SandboxInfo, VolumeAttach};
 use crate::lock;
 use crate::net::{EgressPolicy, SandboxNet};
 use crate::vmm::Vm;
@@ -35,13 +34,11 @@ pub(super) struct Detail {
 }
 
 pub(super) struct Fast {
-    pub(super) status: Status,
-    pub(super) thermal: Thermal,
+    pub(super) state: LifeState,
     pub(super) generation: u64,
     pub(super) restore_failed: Option<String>,
     pub(super) crashed: Option<String>,
     pub(super) agent: Option<AgentClient>,
-    pub(super) last_touch: Instant,
     /// While the VMM runs from the cold snapshot of this generation and
     /// has taken no snapshot since (which would reset its dirty-page log):
     /// its next stop may write a Diff onto that snapshot.
@@ -67,8 +64,8 @@ impl Sandbox {
         SandboxInfo {
             id: self.id.clone(),
             name: self.name.clone(),
-            status: f.status,
-            thermal: f.thermal,
+            status: f.state.status(),
+            thermal: f.state.thermal(),
             ip: self.detail.net.ext_ip.to_string(),
             cpus: self.detail.cpus,
             memory_mb: self.detail.memory_mb,
@@ -76,10 +73,8 @@ impl Sandbox {
         }
     }
 
-    pub(super) fn set(&self, status: Status, thermal: Thermal) {
-        let mut f = lock(&self.fast);
-        f.status = status;
-        f.thermal = thermal;
+    pub(super) fn set(&self, state: LifeState) {
+        lock(&self.fast).state = state;
     }
 
     pub(super) fn client(&self) -> AgentClient {

@@ -7,7 +7,7 @@ use super::*;
 /// for the host (where the VMM has one; QEMU here has none).
 pub(super) async fn park(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
     vm.pause().await.map_err(EngineError::Vmm)?;
-    sb.set(Status::Running, Thermal::Warm);
+    sb.set(LifeState::Running(Thermal::Warm));
     balloon(sb, vm, sb.detail.memory_mb / 2).await;
     Ok(())
 }
@@ -18,7 +18,7 @@ pub(super) async fn park(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
 pub(super) async fn wake(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
     balloon(sb, vm, 0).await;
     vm.resume().await.map_err(EngineError::Vmm)?;
-    sb.set(Status::Running, Thermal::Hot);
+    sb.set(LifeState::Running(Thermal::Hot));
     Ok(())
 }
 
