@@ -19,6 +19,7 @@ pub mod docker;
 pub mod lockfile;
 pub mod microvm;
 pub mod net;
+mod registry;
 pub mod select;
 pub mod vmm;
 

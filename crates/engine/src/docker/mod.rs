@@ -236,7 +236,7 @@ fn is_status(e: &DockerError, code: u16) -> bool {
 pub struct DockerEngine {
     cfg: DockerConfig,
     docker: Docker,
-    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    sandboxes: crate::registry::Registry<Sandbox>,
     /// Serialises network create/remove against container attach/remove, so a
     /// network is never removed while a create is about to use it.
     net_lock: tokio::sync::Mutex<()>,
@@ -262,7 +262,7 @@ impl DockerEngine {
         Ok(DockerEngine {
             cfg,
             docker,
-            sandboxes: Mutex::new(HashMap::new()),
+            sandboxes: Default::default(),
             net_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -278,10 +278,7 @@ impl DockerEngine {
     }
 
     fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        lock(&self.sandboxes)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+        self.sandboxes.get(id)
     }
 
     fn data_dir_label(&self) -> String {
@@ -290,7 +287,7 @@ impl DockerEngine {
 
     fn insert(&self, sb: Sandbox) -> Arc<Sandbox> {
         let sb = Arc::new(sb);
-        lock(&self.sandboxes).insert(sb.id.clone(), sb.clone());
+        self.sandboxes.insert(sb.id.clone(), sb.clone());
         sb
     }
 }
@@ -468,7 +465,7 @@ impl Engine for DockerEngine {
             }
         }
         sb.set(LifeState::Stopped);
-        lock(&self.sandboxes).remove(id);
+        self.sandboxes.remove(id);
         Ok(())
     }
 
@@ -517,7 +514,7 @@ impl Engine for DockerEngine {
     }
 
     async fn list(&self) -> Vec<SandboxInfo> {
-        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
         all.iter().map(|s| s.info()).collect()
     }
 
@@ -665,7 +662,7 @@ impl Engine for DockerEngine {
     async fn shutdown(&self, _keep_running: bool) {
         // Containers keep running across a daemon restart (recover() finds
         // them) either way; nothing is killed here. Agents are dropped.
-        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
         for sb in all {
             lock(&sb.fast).agent = None;
         }
@@ -698,7 +695,7 @@ mod tests {
                 ..DockerConfig::new(PathBuf::from("/nonexistent"))
             },
             docker,
-            sandboxes: Mutex::new(HashMap::new()),
+            sandboxes: Default::default(),
             net_lock: tokio::sync::Mutex::new(()),
         };
         assert!(e.is_owner_network("bhatti-owner-3"));

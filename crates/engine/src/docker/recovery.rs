@@ -103,7 +103,7 @@ impl DockerEngine {
     }
 
     pub(super) async fn remove_orphans(&self, also_keep: &[String]) -> Result<Vec<String>> {
-        let mut keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        let mut keep: Vec<String> = self.sandboxes.ids();
         keep.extend(also_keep.iter().cloned());
         let mut removed = Vec::new();
         let filters = HashMap::from([(

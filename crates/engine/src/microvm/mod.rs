@@ -44,7 +44,6 @@ use recovery::watch_vmm;
 use sandbox::{Detail, Fast, Sandbox};
 
 use crate::lock;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,7 +114,7 @@ pub struct MicroVmEngine {
     cfg: MicroVmConfig,
     driver: Arc<dyn VmmDriver>,
     net: Arc<NetManager>,
-    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    sandboxes: crate::registry::Registry<Sandbox>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -166,7 +165,7 @@ impl MicroVmEngine {
             cfg,
             driver,
             net,
-            sandboxes: Mutex::new(HashMap::new()),
+            sandboxes: Default::default(),
         })
     }
 
@@ -175,10 +174,7 @@ impl MicroVmEngine {
     }
 
     fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        lock(&self.sandboxes)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+        self.sandboxes.get(id)
     }
 
     fn cmdline(&self) -> String {
@@ -222,7 +218,7 @@ impl MicroVmEngine {
 
     fn insert(&self, sb: Sandbox) -> Arc<Sandbox> {
         let sb = Arc::new(sb);
-        lock(&self.sandboxes).insert(sb.id.clone(), sb.clone());
+        self.sandboxes.insert(sb.id.clone(), sb.clone());
         sb
     }
 
@@ -432,7 +428,7 @@ impl Engine for MicroVmEngine {
                 tracing::warn!(id, error = %e, "removing the sandbox directory failed");
             }
         }
-        lock(&self.sandboxes).remove(id);
+        self.sandboxes.remove(id);
         Ok(())
     }
 
@@ -494,7 +490,7 @@ impl Engine for MicroVmEngine {
     }
 
     async fn list(&self) -> Vec<SandboxInfo> {
-        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
         all.iter().map(|s| s.info()).collect()
     }
 

@@ -106,7 +106,7 @@ impl MicroVmEngine {
     /// This daemon's host leftovers that belong to no sandbox: networks of
     /// its ledger, sandbox directories, and their stray VMMs.
     pub(super) async fn sweep_orphans(&self, also_keep: &[String]) -> Result<Vec<String>> {
-        let mut keep: Vec<String> = lock(&self.sandboxes).keys().cloned().collect();
+        let mut keep: Vec<String> = self.sandboxes.ids();
         keep.extend(also_keep.iter().cloned());
         let net = self.net.clone();
         let keep2 = keep.clone();
@@ -132,7 +132,7 @@ impl MicroVmEngine {
     /// (`keep_running`, where the driver can adopt) or killed.
     pub(super) async fn let_go(&self, keep_running: bool) {
         let keep_running = keep_running && self.driver.supports_adopt();
-        let all: Vec<Arc<Sandbox>> = lock(&self.sandboxes).values().cloned().collect();
+        let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
         for sb in all {
             let mut slot = sb.lifecycle.lock().await;
             if let Some(vm) = slot.take() {
