@@ -17,7 +17,7 @@
 
 use std::sync::LazyLock;
 
-use bhatti_engine::vmm::firecracker::api::{
+use bhatti_engine::vmm::firecracker::rest::{
     decode_response, exchange_on, parse_response, ActionType, ApiRequest, InstanceInfo,
 };
 use bhatti_engine::vmm::VmmError;

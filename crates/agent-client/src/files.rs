@@ -71,14 +71,19 @@ impl AgentClient {
         let req = FileWriteRequest {
             path: path.into(),
             mode: mode.into(),
-            size: size as i64,
+            size: i64::try_from(size).map_err(|_| {
+                ClientError::Source(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("file size {size} does not fit the protocol"),
+                ))
+            })?,
         };
         let p = serde_json::to_vec(&req)?;
         let mut conn = self.request(MsgType::FileWriteReq, &p).await?;
         let mut buf = vec![0u8; FILE_CHUNK];
         let mut left = size;
         while left > 0 {
-            let want = (left as usize).min(FILE_CHUNK);
+            let want = usize::try_from(left).map_or(FILE_CHUNK, |l| l.min(FILE_CHUNK));
             let n = src
                 .read(&mut buf[..want])
                 .await

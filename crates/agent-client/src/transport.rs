@@ -51,7 +51,17 @@ impl Transport {
                 let s = timed(tokio::net::UnixStream::connect(path)).await?;
                 Box::new(s)
             }
-            Transport::Tcp { addr } => tcp(SocketAddr::new(*addr, port as u16)).await?,
+            Transport::Tcp { addr } => {
+                // The agent's ports (1024, 1025) are TCP ports as well as
+                // vsock ports; a vsock-only number cannot be dialled.
+                let tcp_port = u16::try_from(port).map_err(|_| {
+                    ClientError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("port {port} is not a TCP port"),
+                    ))
+                })?;
+                tcp(SocketAddr::new(*addr, tcp_port)).await?
+            }
             Transport::TcpPorts {
                 addr,
                 control,

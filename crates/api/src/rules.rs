@@ -278,7 +278,10 @@ pub mod int {
             if v.fract() != 0.0 || !v.is_finite() || v.abs() > EXACT {
                 return Err(E::custom(format!("{v} is not an integer in range")));
             }
-            T::try_from(v as i128).map_err(|_| E::custom(format!("{v} is out of range")))
+            // Whole and within ±2^53 (checked above), so the cast is exact.
+            #[allow(clippy::cast_possible_truncation)]
+            let v_int = v as i128;
+            T::try_from(v_int).map_err(|_| E::custom(format!("{v} is out of range")))
         }
     }
 

@@ -33,6 +33,9 @@ impl Stats {
                 return 0.0;
             }
             // Nearest rank.
+            // Nearest rank: between 1 and n, so the cast neither truncates nor
+            // loses a sign.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let rank = ((p / 100.0) * n as f64).ceil().max(1.0) as usize;
             us[rank.min(n) - 1]
         };

@@ -8,7 +8,14 @@
 //! The Docker suites need dockerd, the crash suite needs root and the
 //! guest artifacts (QEMU engine); without them they are reported as
 //! ignored (build.rs), never as passed.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used)]
+// a test panics to report its failure
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -15,7 +15,14 @@
 //! driver's doing), and the counter, read straight out of the memory files,
 //! shows which memory a snapshot holds and that a restored VM continues
 //! from it. Nothing here needs a network; no NIC is configured.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used)]
+// a test panics to report its failure
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

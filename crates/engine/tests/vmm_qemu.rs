@@ -18,7 +18,14 @@
 //!
 //! Network rule: the only NIC is a TAP inside a namespace this test
 //! creates; the guest sends nothing anywhere else.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used)]
+// a test panics to report its failure
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;

@@ -215,6 +215,11 @@ impl Drop for Slot<'_> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test data of known, small sizes
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;

@@ -67,7 +67,7 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
             return;
         }
     };
-    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
 
     let out = child.stdout.take().map(|o| {
         let tx = tx.clone();

@@ -75,7 +75,7 @@ fn perm_string(mode: u32) -> String {
 fn file_info(name: String, md: &fs::Metadata) -> FileInfo {
     FileInfo {
         name,
-        size: md.len() as i64,
+        size: i64::try_from(md.len()).unwrap_or(i64::MAX),
         mode: perm_string(md.mode()),
         is_dir: md.is_dir(),
         mtime: md.mtime(),
@@ -220,7 +220,7 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
     // MAX_LINE_LEN is still one line; it just travels in several frames.
     let first = rr.offset.max(1);
     let mut budget = if rr.max_bytes > 0 {
-        Some(rr.max_bytes as usize)
+        Some(usize::try_from(rr.max_bytes).unwrap_or(usize::MAX))
     } else {
         None
     };
@@ -306,9 +306,9 @@ enum Feed {
 }
 
 async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> Result<(), Fail> {
-    if wr.size < 0 {
+    let Ok(size) = u64::try_from(wr.size) else {
         return Err(Fail::invalid("file size must be >= 0"));
-    }
+    };
     if wr.size > MAX_FILE_WRITE {
         return Err(Fail::new(
             ErrorCode::TooLarge,
@@ -332,7 +332,6 @@ async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> R
     let disk = agent
         .fs_user()
         .run(move || write_file(&path, &shown, mode, rx));
-    let size = wr.size as u64;
     let receive = async move {
         let r = receive_content(size, rd, &feed).await;
         if r.is_ok() {

@@ -144,6 +144,8 @@ fn become_user(uid: u32, gid: u32) -> Result<(), FsUserError> {
     // An invalid id (-1) changes nothing and returns the current one.
     let invalid = libc::c_long::from(u32::MAX);
     // SAFETY: as above; -1 is rejected by the kernel without effect.
+    // setfsuid returns the previous id as an int: a u32 ID's bits.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let (fsuid, fsgid) = unsafe {
         (
             libc::syscall(libc::SYS_setfsuid, invalid) as u32,

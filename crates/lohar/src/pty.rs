@@ -76,7 +76,7 @@ pub async fn read(afd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
-                Ok(n as usize)
+                Ok(n.unsigned_abs()) // n ≥ 0 here
             }
         });
         match res {
@@ -105,7 +105,7 @@ pub async fn write_all(afd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
-                Ok(n as usize)
+                Ok(n.unsigned_abs()) // n ≥ 0 here
             }
         });
         match res {

@@ -384,7 +384,7 @@ fn spawn_session(agent: &Arc<Agent>, spec: Spec) -> Result<Arc<Session>, Fail> {
         let out = Arc::new(crate::pty::async_fd(rfd).map_err(|e| Fail::io("start", &e))?);
         (Input::Pipe(tokio::sync::Mutex::new(stdin)), out, child)
     };
-    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let argv = spec.argv.join(" ");
     let registered = agent.sessions.insert(spec.fixed_id, |id| {
         Arc::new(Session {
@@ -459,7 +459,7 @@ fn spec_from_request(agent: &Agent, er: ExecRequest) -> Result<Spec, Fail> {
         cols: er.cols,
         // Every detached session is reaped eventually; see DEFAULT_DETACHED_IDLE.
         max_idle: Some(if er.max_idle_sec > 0 {
-            Duration::from_secs(er.max_idle_sec as u64)
+            Duration::from_secs(u64::try_from(er.max_idle_sec).unwrap_or(0))
         } else {
             DEFAULT_DETACHED_IDLE
         }),

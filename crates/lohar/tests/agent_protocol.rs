@@ -1,6 +1,13 @@
 //! lohar at the protocol level: raw frames over its Unix socket, no client crate.
 //! Covers auth, limits, malformed input and the connection model.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used)]
+// a test panics to report its failure
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

@@ -2,7 +2,14 @@
 //! the socket directory, the sockets are 0600, SIGTERM ends it cleanly with exit
 //! status 0 and removes the sockets, and a missing token file is fatal.
 //! (`LOHAR_USER=root` keeps children as the current user, so no root is needed.)
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used)]
+// a test panics to report its failure
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

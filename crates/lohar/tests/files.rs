@@ -1,6 +1,13 @@
 //! File operations and the forward channel through the client against lohar in
 //! test mode (the seed's Agent "Files" tests and the client's file/forward paths).
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used)]
+// a test panics to report its failure
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

@@ -78,6 +78,11 @@ pub async fn send_json<W: AsyncWrite + Unpin + ?Sized, T: serde::Serialize + ?Si
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test data of known, small sizes
 mod tests {
     use super::*;
     use crate::messages::{ExecRequest, SessionInfo};

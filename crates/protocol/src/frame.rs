@@ -77,7 +77,10 @@ pub fn encode_frame(kind: u8, payload: &[u8]) -> Result<Vec<u8>> {
         return Err(ProtocolError::FrameTooLarge(len));
     }
     let mut buf = Vec::with_capacity(HEADER_LEN + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    // len ≤ MAX_FRAME_LEN (checked above), far below u32::MAX.
+    #[allow(clippy::cast_possible_truncation)]
+    let wire_len = len as u32;
+    buf.extend_from_slice(&wire_len.to_be_bytes());
     buf.push(kind);
     buf.extend_from_slice(payload);
     Ok(buf)
@@ -207,6 +210,11 @@ pub fn decode_exit(p: &[u8]) -> Result<i32> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test data of known, small sizes
 mod tests {
     use super::*;
     use crate::messages::ExecRequest;

@@ -271,7 +271,7 @@ impl AppState {
                 &sb.user_id,
                 &sb.id,
                 "thermal.wake",
-                serde_json::json!({"from_state": wake.from.to_string(), "wake_ms": wake.took.as_millis() as u64}),
+                serde_json::json!({"from_state": wake.from.to_string(), "wake_ms": u64::try_from(wake.took.as_millis()).unwrap_or(u64::MAX)}),
             );
         }
         Ok(())

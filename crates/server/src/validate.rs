@@ -139,7 +139,11 @@ pub fn cpus(c: Option<f64>, default: u32) -> ServiceResult<u32> {
             )))
         }
         // In range and whole, so the conversion is exact.
-        Some(c) => Ok(c as u32),
+        Some(c) => {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let c = c as u32;
+            Ok(c)
+        }
     }
 }
 

@@ -55,6 +55,7 @@ pub fn int_from_sql(v: ValueRef<'_>, what: &str) -> Result<i64> {
 fn whole_f64(f: f64, what: &str) -> Result<i64> {
     if f.is_finite() && f.fract() == 0.0 && (-TWO_POW_63..TWO_POW_63).contains(&f) {
         // Exact: the value is whole and in range.
+        #[allow(clippy::cast_possible_truncation)]
         Ok(f as i64)
     } else {
         Err(StoreError::Invalid(format!(
@@ -126,8 +127,10 @@ fn whole_number(n: &Number) -> Option<Number> {
         return None;
     }
     if (-TWO_POW_63..TWO_POW_63).contains(&f) {
+        #[allow(clippy::cast_possible_truncation)]
         Some(Number::from(f as i64))
     } else if (0.0..TWO_POW_64).contains(&f) {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Some(Number::from(f as u64))
     } else {
         None

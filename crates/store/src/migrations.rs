@@ -335,7 +335,12 @@ fn apply(conn: &mut Connection, step: &Migration, next: u32) -> Result<bool> {
 
 /// The schema version this binary writes.
 pub fn latest() -> u32 {
-    MIGRATIONS.len() as u32
+    count(MIGRATIONS)
+}
+
+/// How many steps there are, as a schema version (a few dozen at most).
+fn count(steps: &[Migration]) -> u32 {
+    u32::try_from(steps.len()).unwrap_or(u32::MAX)
 }
 
 /// The database's current schema version (`PRAGMA user_version`).
@@ -348,7 +353,7 @@ pub fn version(conn: &Connection) -> Result<u32> {
 /// its own immediate transaction. Returns how many were applied (0 when the
 /// database is already current). A database newer than `steps` is refused.
 pub fn run(conn: &mut Connection, steps: &[Migration]) -> Result<usize> {
-    run_to(conn, steps, steps.len() as u32)
+    run_to(conn, steps, count(steps))
 }
 
 /// Like [`run`] but stops at version `target` (used to build a database of
@@ -361,15 +366,13 @@ pub fn run_to(conn: &mut Connection, steps: &[Migration], target: u32) -> Result
             steps.len()
         )));
     }
-    let target = target.min(steps.len() as u32);
+    let target = target.min(count(steps));
     let mut applied = 0;
-    for (i, step) in steps
-        .iter()
-        .enumerate()
+    for (next, step) in (1u32..)
+        .zip(steps)
         .take(target as usize)
         .skip(have as usize)
     {
-        let next = i as u32 + 1;
         // Only outside a transaction does this pragma take effect.
         if step.rebuilds {
             conn.pragma_update(None, "foreign_keys", "OFF")?;

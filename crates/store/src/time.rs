@@ -19,7 +19,7 @@ pub fn format_ts(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
     let ms = d.subsec_millis();
-    let days = (secs / 86_400) as i64;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
     let rem = secs % 86_400;
     let (y, m, dd) = civil_from_days(days);
     format!(
@@ -70,7 +70,10 @@ pub fn parse_ts(s: &str) -> Option<SystemTime> {
     if days < 0 {
         return None;
     }
-    let secs = days as u64 * 86_400 + hh * 3600 + mm * 60 + ss;
+    let secs = u64::try_from(days)
+        .ok()?
+        .checked_mul(86_400)?
+        .checked_add(hh * 3600 + mm * 60 + ss)?;
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
@@ -83,8 +86,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let y = yoe + era * 400;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // Day 1–31 and month 1–12 by construction of the algorithm.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let (d, m) = (
+        (doy - (153 * mp + 2) / 5 + 1) as u32,
+        if mp < 10 { mp + 3 } else { mp - 9 } as u32,
+    );
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 

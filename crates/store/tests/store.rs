@@ -1,5 +1,12 @@
 //! Store tests against real SQLite files in temporary directories.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used)]
+// a test panics to report its failure
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -136,7 +136,10 @@ fn random_mac() -> String {
 
 /// Guest block device name for the n-th disk (0 = vda).
 fn vd(n: usize) -> String {
-    format!("/dev/vd{}", (b'a' + n as u8) as char)
+    // A guest has at most a handful of disks (root, config, volumes):
+    // never past vdz.
+    let n = u8::try_from(n).unwrap_or(25).min(25);
+    format!("/dev/vd{}", (b'a' + n) as char)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -82,7 +82,7 @@ use serde::{Deserialize, Serialize};
 
 pub use consts::{SNAPSHOT_FORMAT_VERSION, UNIX_PATH_MAX};
 pub use error::VmmError;
-pub(crate) use process::file_tail;
+pub(crate) use process::{file_tail, millis};
 pub use spec::{Disk, NetAttach, SnapshotFiles, VmSpec};
 pub use tsc::host_tsc_khz;
 

@@ -283,6 +283,12 @@ pub(crate) async fn wait_for_exit(mut rx: watch::Receiver<Option<VmExit>>) -> Vm
     }
 }
 
+/// Milliseconds for logs and reports, saturating (a u64 of milliseconds
+/// is 584 million years).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub(crate) fn file_tail(path: &Path, bytes: usize, from: u64) -> String {
     let bytes = bytes.min(MAX_TAIL_BYTES) as u64;
     let read = || -> std::io::Result<String> {
@@ -290,7 +296,7 @@ pub(crate) fn file_tail(path: &Path, bytes: usize, from: u64) -> String {
         let len = f.metadata()?.len();
         let start = len.saturating_sub(bytes).max(from).min(len);
         f.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::with_capacity((len - start) as usize);
+        let mut buf = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
         f.take(bytes).read_to_end(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     };
@@ -298,6 +304,11 @@ pub(crate) fn file_tail(path: &Path, bytes: usize, from: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test data of known, small sizes
 mod tests {
     use super::*;
 

@@ -2,6 +2,12 @@
 //! sandbox goes through the agent ([`EngineExt`]), so it must behave the same
 //! on every engine.
 #![allow(dead_code)]
+// Test data of known, small sizes: the casts cannot lose anything.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::time::Duration;
 

@@ -80,7 +80,10 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
 pub fn uptime_ms() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/uptime").ok()?;
     let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
-    Some((secs * 1000.0) as u64)
+    // /proc/uptime is non-negative and far below u64 milliseconds.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ms = (secs * 1000.0) as u64;
+    Some(ms)
 }
 
 /// Boot phases, each stamped with ms since kernel start when it finished.

@@ -19,6 +19,15 @@ use bhatti_protocol::config::ConfigNet;
 
 use super::GuestError;
 
+// The kernel's small constants in the C types its structs use (AF_INET is
+// 2, IFF_UP 0x1, IFF_RUNNING 0x40): the casts cannot truncate.
+#[allow(clippy::cast_possible_truncation)]
+const AF_INET: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
+#[allow(clippy::cast_possible_truncation)]
+const IFF_UP: libc::c_short = libc::IFF_UP as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
+const IFF_UP_RUNNING: libc::c_short = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+
 /// Address configuration for one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
@@ -179,7 +188,7 @@ fn ifreq(dev: &str) -> Result<libc::ifreq, GuestError> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in r.ifr_name.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([*s]);
     }
     Ok(r)
 }
@@ -197,7 +206,7 @@ fn ioctl(s: &OwnedFd, req: libc::c_ulong, arg: *mut libc::c_void) -> std::io::Re
 
 fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: AF_INET,
         sin_port: 0,
         sin_addr: libc::in_addr {
             s_addr: u32::from_ne_bytes(a.octets()),
@@ -209,7 +218,7 @@ fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
 }
 
 fn from_sockaddr(sa: libc::sockaddr) -> Option<Ipv4Addr> {
-    if sa.sa_family != libc::AF_INET as libc::sa_family_t {
+    if sa.sa_family != AF_INET {
         return None;
     }
     // SAFETY: same size, plain data; the family says it is a sockaddr_in.
@@ -243,16 +252,16 @@ fn flags(s: &OwnedFd, dev: &str) -> Result<libc::c_short, GuestError> {
 }
 
 fn is_up(s: &OwnedFd, dev: &str) -> Result<bool, GuestError> {
-    Ok(flags(s, dev)? & libc::IFF_UP as libc::c_short != 0)
+    Ok(flags(s, dev)? & IFF_UP != 0)
 }
 
 fn set_up(s: &OwnedFd, dev: &str) -> Result<(), GuestError> {
     let f = flags(s, dev)?;
-    if f & libc::IFF_UP as libc::c_short != 0 {
+    if f & IFF_UP != 0 {
         return Ok(());
     }
     let mut r = ifreq(dev)?;
-    r.ifr_ifru.ifru_flags = f | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    r.ifr_ifru.ifru_flags = f | IFF_UP_RUNNING;
     ioctl(s, libc::SIOCSIFFLAGS, (&mut r as *mut libc::ifreq).cast())
         .map_err(sys(format!("SIOCSIFFLAGS {dev} up")))
 }

@@ -60,7 +60,10 @@ pub fn spawn_tracked(
     let mut reg = lock();
     let child = spawn()?;
     if let Some(pid) = child.id() {
-        let pid = pid as i32;
+        // Linux PIDs are at most 2^22.
+        let Ok(pid) = i32::try_from(pid) else {
+            return Ok(child);
+        };
         // The child cannot have been reaped yet: nobody polled its wait.
         reg.insert(pid, read_stat(pid).map(|s| s.start_time));
     }
@@ -73,7 +76,9 @@ pub fn untrack(pid: Option<u32>) {
         return;
     }
     if let Some(pid) = pid {
-        lock().remove(&(pid as i32));
+        if let Ok(pid) = i32::try_from(pid) {
+            lock().remove(&pid);
+        }
     }
 }
 
@@ -194,6 +199,11 @@ fn zombie_children_of_init() -> Vec<(i32, u64)> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test data of known, small sizes
 mod tests {
     use super::*;
 

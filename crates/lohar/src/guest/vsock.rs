@@ -120,7 +120,7 @@ impl AsyncRead for VsockStream {
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
-                    Ok(n as usize)
+                    Ok(n.unsigned_abs()) // n ≥ 0 here
                 }
             });
             match res {
@@ -157,7 +157,7 @@ impl AsyncWrite for VsockStream {
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
-                    Ok(n as usize)
+                    Ok(n.unsigned_abs()) // n ≥ 0 here
                 }
             });
             match res {

@@ -164,7 +164,7 @@ pub async fn stat(
     let h = resp.headers_mut();
     h.insert(
         api::FILE_SIZE_HEADER,
-        HeaderValue::from(info.size.max(0) as u64),
+        HeaderValue::from(info.size.max(0).unsigned_abs()),
     );
     if let Ok(v) = HeaderValue::from_str(&info.mode) {
         h.insert(api::FILE_MODE_HEADER, v);

@@ -105,6 +105,8 @@ pub fn percent_decode(s: &str) -> String {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
                 (Some(h), Some(l)) => {
+                    // Two hex digits: at most 255.
+                    #[allow(clippy::cast_possible_truncation)]
                     out.push((h * 16 + l) as u8);
                     i += 2;
                 }

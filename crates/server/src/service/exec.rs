@@ -38,7 +38,7 @@ fn timeout_of(t: Option<i64>) -> Duration {
     } else {
         t
     };
-    Duration::from_secs(t as u64)
+    Duration::from_secs(t.unsigned_abs())
 }
 
 /// One event of a streamed command. `Exit` and `Error` are the last.

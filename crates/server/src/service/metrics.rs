@@ -115,7 +115,10 @@ pub async fn sample(st: &Shared, sb: &Sandbox) -> ServiceResult<Metrics> {
     let cpu_used_pct = if all == 0 {
         0.0
     } else {
-        (busy as f64 * 100.0 / all as f64) as f32
+        // A percentage: 0–100, well within f32.
+        #[allow(clippy::cast_possible_truncation)]
+        let pct = (busy as f64 * 100.0 / all as f64) as f32;
+        pct
     };
     let (mem_used, mem_total, mem_cache) =
         memory(&read(st, sb, "/proc/meminfo").await?).ok_or_else(|| unreadable("/proc/meminfo"))?;

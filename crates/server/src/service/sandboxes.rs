@@ -827,7 +827,9 @@ pub async fn console(
 ) -> ServiceResult<String> {
     let bytes = match bytes {
         None => CONSOLE_DEFAULT_BYTES,
-        Some(b) if (1..=CONSOLE_MAX_BYTES as i64).contains(&b) => b as u64,
+        Some(b) if (1..=i64::try_from(CONSOLE_MAX_BYTES).unwrap_or(i64::MAX)).contains(&b) => {
+            b.unsigned_abs()
+        }
         Some(b) => {
             return Err(ServiceError::bad_request(format!(
                 "bytes must be between 1 and {CONSOLE_MAX_BYTES}, got {b}"

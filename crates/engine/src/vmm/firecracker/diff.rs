@@ -47,7 +47,8 @@ fn seek(f: &File, off: u64, whence: i32) -> std::io::Result<Option<u64>> {
         }
         return Err(e);
     }
-    Ok(Some(r as u64))
+    // Non-negative: checked above.
+    Ok(u64::try_from(r).ok())
 }
 
 /// The data extents `(offset, len)` of `f` (of length `len`).
@@ -189,6 +190,11 @@ pub fn apply_diff(base: &SnapshotFiles, diff: &SnapshotFiles) -> Result<Snapshot
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test data of known, small sizes
 mod tests {
     use super::*;
 

@@ -320,7 +320,7 @@ impl FirecrackerDriver {
         if let Err(e) = vm.expect_state("Running").await {
             return Err(vm.fail(Phase::Boot, e.to_string()).await);
         }
-        info!(vm = %spec.id, pid = vm.proc.pid(), ms = t0.elapsed().as_millis() as u64, "Firecracker started");
+        info!(vm = %spec.id, pid = vm.proc.pid(), ms = crate::vmm::millis(t0.elapsed()), "Firecracker started");
         Ok(vm)
     }
 
@@ -356,7 +356,7 @@ impl FirecrackerDriver {
             warn!(vm = %spec.id, error = %e, "restore failed");
             return Err(vm.fail(Phase::Restore, e.to_string()).await);
         }
-        info!(vm = %spec.id, pid = vm.proc.pid(), ms = t0.elapsed().as_millis() as u64, "Firecracker restored");
+        info!(vm = %spec.id, pid = vm.proc.pid(), ms = crate::vmm::millis(t0.elapsed()), "Firecracker restored");
         Ok(vm)
     }
 

@@ -207,7 +207,7 @@ impl FirecrackerVm {
                 other => VmmError::Snapshot(other.to_string()),
             });
         }
-        let create_ms = t0.elapsed().as_millis() as u64;
+        let create_ms = crate::vmm::millis(t0.elapsed());
         let want_mem = u64::from(self.shape.mem_mib) << 20;
         let (size, alloc) = {
             let (state, mem, dir) = (state.clone(), mem.clone(), dir.to_path_buf());
@@ -247,7 +247,7 @@ impl FirecrackerVm {
             .await
             .map_err(|e| VmmError::Snapshot(format!("fsync task: {e}")))??
         };
-        info!(vm = %self.id, ?kind, create_ms, total_ms = t0.elapsed().as_millis() as u64,
+        info!(vm = %self.id, ?kind, create_ms, total_ms = crate::vmm::millis(t0.elapsed()),
             size, allocated = alloc, "snapshot written");
         Ok(SnapshotFiles {
             dir: dir.to_path_buf(),

@@ -245,7 +245,7 @@ impl QemuDriver {
     pub async fn boot_vm(&self, spec: &VmSpec) -> Result<QemuVm, VmmError> {
         let t0 = Instant::now();
         let vm = self.launch(spec, Phase::Boot).await?;
-        info!(vm = %spec.id, pid = vm.proc.pid(), ms = t0.elapsed().as_millis() as u64, "QEMU started");
+        info!(vm = %spec.id, pid = vm.proc.pid(), ms = crate::vmm::millis(t0.elapsed()), "QEMU started");
         Ok(vm)
     }
 
@@ -260,7 +260,7 @@ impl QemuDriver {
         let vm = self.launch(spec, Phase::Restore).await?;
         match vm.load_snapshot(snap).await {
             Ok(()) => {
-                info!(vm = %spec.id, pid = vm.proc.pid(), ms = t0.elapsed().as_millis() as u64, "QEMU restored");
+                info!(vm = %spec.id, pid = vm.proc.pid(), ms = crate::vmm::millis(t0.elapsed()), "QEMU restored");
                 Ok(vm)
             }
             Err(e) => {
@@ -747,7 +747,7 @@ impl QemuVm {
         // run state to postmigrate; wait for that so a `cont` right after
         // cannot race it.
         self.settle_status("finish-migrate").await?;
-        let migrate_ms = t0.elapsed().as_millis() as u64;
+        let migrate_ms = crate::vmm::millis(t0.elapsed());
 
         let (size, alloc) = {
             let state = state.clone();
@@ -771,7 +771,7 @@ impl QemuVm {
         if size == 0 {
             return Err(VmmError::Snapshot(format!("{} is empty", state.display())));
         }
-        info!(vm = %self.id, migrate_ms, total_ms = t0.elapsed().as_millis() as u64,
+        info!(vm = %self.id, migrate_ms, total_ms = crate::vmm::millis(t0.elapsed()),
             size, allocated = alloc, mapped_ram, "snapshot written");
         Ok(SnapshotFiles {
             dir: dir.to_path_buf(),
