@@ -1173,6 +1173,19 @@ fn status_of(d: &Daemon, key: &str, name: &str) -> (String, String) {
 }
 
 /// Pids of the VMMs whose command line mentions `dir` (or below).
+/// Starts `sleep 1000` detached in `sandbox` and returns its guest PID.
+fn detached_sleep(d: &Daemon, key: &str, sandbox: &str) -> String {
+    let o = ok(d.run(key, &["exec", "--detach", sandbox, "--", "sleep", "1000"]));
+    let pid = text(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(pid.parse::<u32>().is_ok(), "detach printed {pid:?}");
+    pid
+}
+
 fn vmms_under(dir: &Path) -> Vec<i32> {
     bhatti_engine::microvm::vmm_pids(dir)
 }
@@ -1203,14 +1216,7 @@ fn sigkilled_daemon_restarts_and_accounts_for_every_sandbox() {
     ok(d.run(&key, &["stop", "cold"]));
     // live: running, with a process of its own and the load below.
     ok(d.run(&key, &["create", "--name", "live"]));
-    let o = ok(d.run(&key, &["exec", "--detach", "live", "--", "sleep", "1000"]));
-    let pid = text(&o.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("pid "))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(pid.parse::<u32>().is_ok(), "detach printed {pid:?}");
+    let pid = detached_sleep(&d, &key, "live");
     // woken: stopped, then started again (a later generation than its
     // snapshot) → adopted as it runs, never rolled back to the snapshot.
     ok(d.run(&key, &["create", "--name", "woken"]));
@@ -1361,14 +1367,7 @@ fn a_restart_as_the_shipped_unit_does_it_keeps_a_running_sandbox() {
     let mut d = Daemon::start("qemu");
     let key = d.user("alice");
     ok(d.run(&key, &["create", "--name", "svc"]));
-    let o = ok(d.run(&key, &["exec", "--detach", "svc", "--", "sleep", "1000"]));
-    let pid = text(&o.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("pid "))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(pid.parse::<u32>().is_ok(), "detach printed {pid:?}");
+    let pid = detached_sleep(&d, &key, "svc");
     let vmms = vmms_under(&d.data.path().join("sandboxes"));
     assert_eq!(vmms.len(), 1, "{vmms:?}");
 
