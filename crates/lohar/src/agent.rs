@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use crate::admission::{Admission, Source};
+use crate::admission::Admission;
 use crate::fsuser::FsUser;
 use crate::session::Registry;
 
@@ -164,8 +162,7 @@ impl Default for AgentConfig {
 }
 
 /// Transport-independent stream the agent serves on.
-pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+pub use crate::wire::AgentStream;
 
 /// Shared state of one agent instance.
 pub struct Agent {
@@ -232,56 +229,6 @@ impl Agent {
 
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Serves one accepted control-port connection from `source` to completion.
-    pub async fn serve_control<S: AgentStream>(self: Arc<Self>, stream: S, source: Source) {
-        crate::conn::handle_control(self, Box::new(stream), source).await
-    }
-
-    /// Serves one accepted forward-port connection from `source` to completion.
-    pub async fn serve_forward<S: AgentStream>(self: Arc<Self>, stream: S, source: Source) {
-        crate::conn::handle_forward(self, Box::new(stream), source).await
-    }
-
-    /// Accept loop for a Unix listener.
-    pub async fn run_unix(self: Arc<Self>, listener: tokio::net::UnixListener, forward: bool) {
-        loop {
-            match listener.accept().await {
-                Ok((s, _)) => self.spawn_conn(s, Source::Local, forward),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    /// Accept loop for a TCP listener.
-    pub async fn run_tcp(self: Arc<Self>, listener: tokio::net::TcpListener, forward: bool) {
-        loop {
-            match listener.accept().await {
-                Ok((s, peer)) => {
-                    let _ = s.set_nodelay(true);
-                    self.spawn_conn(s, Source::ip(peer.ip()), forward)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn spawn_conn<S: AgentStream>(self: &Arc<Self>, s: S, source: Source, forward: bool) {
-        let agent = self.clone();
-        tokio::spawn(async move {
-            if forward {
-                agent.serve_forward(s, source).await
-            } else {
-                agent.serve_control(s, source).await
-            }
-        });
     }
 
     /// Starts the config drive's `init` script as the attachable TTY session `init`.

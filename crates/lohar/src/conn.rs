@@ -1,30 +1,22 @@
-//! Per-connection plumbing: the writer task, the reader task, the connection
-//! budget ([`crate::admission`]), AUTH, and dispatch of the one request a
-//! control connection carries.
+//! One connection's life: the connection budget ([`crate::admission`]),
+//! AUTH and HELLO, and dispatch of the one request a control connection
+//! carries (the frame plumbing is [`crate::wire`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bhatti_protocol::messages::{
-    ActivityInfo, ErrorBody, ExecRequest, Hello, HelloResponse, FEATURE_ERROR_CODES,
-    FEATURE_FILES_WATCH,
+    ActivityInfo, ExecRequest, Hello, HelloResponse, FEATURE_ERROR_CODES, FEATURE_FILES_WATCH,
 };
 use bhatti_protocol::r#async::read_frame;
-use bhatti_protocol::{encode_exit, encode_frame, Frame, MsgType, PROTOCOL_VERSION};
-use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use bhatti_protocol::{Frame, MsgType, PROTOCOL_VERSION};
+use tokio::io::BufReader;
 
 use crate::admission::{Port, Refused, Slot, Source};
-use crate::agent::{Agent, AgentStream};
+use crate::agent::Agent;
 use crate::fail::Fail;
-
-pub type Stream = Box<dyn AgentStreamObj>;
-pub trait AgentStreamObj: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: AgentStream> AgentStreamObj for T {}
-
-pub type Reader = BufReader<ReadHalf<Stream>>;
+use crate::wire::{finish, writer, FrameTx, Reader, Stream};
 
 const AUTH_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a refused connection is drained before it is closed.
@@ -32,122 +24,6 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Connections refused by the budget that may linger at once; beyond this they
 /// are closed at once, so a flood of refused connections costs bounded work.
 const MAX_LINGERING: usize = 64;
-/// Frames queued towards one client before senders wait.
-const WRITE_QUEUE: usize = 64;
-
-/// Sending side of a connection. Cloneable; frames are encoded here and written
-/// whole by the single writer task, so frames never interleave.
-#[derive(Clone)]
-pub struct FrameTx {
-    tx: mpsc::Sender<Vec<u8>>,
-    /// The host announced `error_codes` before this connection began:
-    /// ERROR payloads are coded JSON.
-    coded: bool,
-}
-
-impl FrameTx {
-    /// Queues a frame; false when the connection is gone or the frame is invalid.
-    pub async fn send(&self, kind: MsgType, payload: &[u8]) -> bool {
-        match encode_frame(kind as u8, payload) {
-            Ok(buf) => self.tx.send(buf).await.is_ok(),
-            Err(e) => {
-                tracing::warn!(error = %e, "dropping unencodable frame");
-                false
-            }
-        }
-    }
-
-    /// Queues a frame without waiting; false when the queue is full or closed.
-    pub fn try_send(&self, kind: MsgType, payload: &[u8]) -> bool {
-        match encode_frame(kind as u8, payload) {
-            Ok(buf) => self.tx.try_send(buf).is_ok(),
-            Err(_) => false,
-        }
-    }
-
-    /// For blocking threads (file I/O): waits for queue room without a runtime.
-    pub fn blocking_send(&self, kind: MsgType, payload: &[u8]) -> bool {
-        match encode_frame(kind as u8, payload) {
-            Ok(buf) => self.tx.blocking_send(buf).is_ok(),
-            Err(_) => false,
-        }
-    }
-
-    pub async fn send_json<T: serde::Serialize + ?Sized>(&self, kind: MsgType, v: &T) -> bool {
-        match serde_json::to_vec(v) {
-            Ok(p) => self.send(kind, &p).await,
-            Err(_) => false,
-        }
-    }
-
-    /// The request failed: an ERROR frame, coded for hosts that read codes.
-    pub async fn error(&self, fail: impl Into<Fail>) -> bool {
-        let fail = fail.into();
-        if self.coded {
-            let body = ErrorBody {
-                code: fail.code,
-                message: fail.message,
-            };
-            self.send_json(MsgType::Error, &body).await
-        } else {
-            self.send(MsgType::Error, fail.message.as_bytes()).await
-        }
-    }
-
-    /// A connection-level refusal ("auth required", the connection limit):
-    /// fixed v1 strings, always sent as text.
-    pub async fn refuse(&self, msg: impl AsRef<str>) -> bool {
-        self.send(MsgType::Error, msg.as_ref().as_bytes()).await
-    }
-
-    pub async fn exit(&self, code: i32) -> bool {
-        self.send(MsgType::Exit, &encode_exit(code)).await
-    }
-}
-
-/// The writer task: ends when every `FrameTx` clone is dropped (handing the write
-/// half back, still open) or at the first write error (`None`).
-pub type Writer = JoinHandle<Option<WriteHalf<Stream>>>;
-
-/// `coded`: whether this connection's ERROR payloads are coded JSON.
-pub fn writer(mut w: WriteHalf<Stream>, coded: bool) -> (FrameTx, Writer) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let task = tokio::spawn(async move {
-        while let Some(buf) = rx.recv().await {
-            if w.write_all(&buf).await.is_err() {
-                return None;
-            }
-        }
-        Some(w)
-    });
-    (FrameTx { tx, coded }, task)
-}
-
-/// Drops the last sender, waits for queued frames to go out, then closes.
-pub async fn finish(tx: FrameTx, task: Writer) {
-    drop(tx);
-    if let Ok(Some(mut w)) = task.await {
-        let _ = w.shutdown().await;
-    }
-}
-
-/// What the reader task delivers: frames, then `None` once at end of stream
-/// (clean or not; the op handlers treat both as "the host went away").
-pub type Incoming = mpsc::Receiver<Frame>;
-
-/// Moves frame reading into its own task so handlers can `select!` on a
-/// cancel-safe channel.
-pub fn reader_task(mut r: Reader) -> Incoming {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        while let Ok(Some(f)) = read_frame(&mut r).await {
-            if tx.send(f).await.is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     // Length is not secret (tokens are fixed-size); the content comparison is

@@ -18,9 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
-use crate::conn::{reader_task, FrameTx, Reader};
 use crate::fail::Fail;
 use crate::spawn::{command, exit_code, run_as_for, signal_group, spawn, wait, Leader};
+use crate::wire::{reader_task, FrameTx, Reader};
 
 const PIPE_CHUNK: usize = 8 * 1024;
 

@@ -35,8 +35,8 @@ use nix::sys::statfs;
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
-use crate::conn::{FrameTx, Reader};
 use crate::fail::Fail;
+use crate::wire::{FrameTx, Reader};
 
 /// Marks the temporary file a write goes to before the atomic rename.
 const TMP_MARK: &str = ".bhatti-tmp-";

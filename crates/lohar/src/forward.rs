@@ -8,8 +8,8 @@ use bhatti_protocol::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::conn::{Reader, Stream};
 use crate::fail::Fail;
+use crate::wire::{Reader, Stream};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -23,9 +23,11 @@ mod fsuser;
 pub mod guest;
 mod pty;
 pub mod ring;
+mod serve;
 mod session;
 mod spawn;
 mod watch;
+mod wire;
 
 pub use admission::Source;
 pub use agent::{Agent, AgentConfig, RunAs};

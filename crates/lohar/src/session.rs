@@ -35,10 +35,10 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use crate::agent::{unix_now, Agent, RunAs};
-use crate::conn::{reader_task, FrameTx, Reader};
 use crate::fail::Fail;
 use crate::ring::Ring;
 use crate::spawn::{command, exit_code, run_as_for, signal_group, spawn, wait, Leader};
+use crate::wire::{reader_task, FrameTx, Reader};
 
 /// How long an exited, unattached session stays listable and attachable.
 const EXITED_GRACE: Duration = Duration::from_secs(30);

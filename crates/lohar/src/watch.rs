@@ -27,9 +27,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 
 use crate::agent::Agent;
-use crate::conn::{reader_task, FrameTx, Reader};
 use crate::fail::Fail;
 use crate::files::{check_path, is_temp_name, parse};
+use crate::wire::{reader_task, FrameTx, Reader};
 
 /// Watches one agent serves at once. inotify instances count against the
 /// agent's real user (root), whose default limit is 128; and each watch

@@ -1,0 +1,140 @@
+//! A connection's frame plumbing: the boxed stream every listener hands
+//! over, the single writer task (frames are encoded once and written whole,
+//! so they never interleave) and the reader task. Nothing here knows what a
+//! request means; `conn` does.
+
+use bhatti_protocol::messages::ErrorBody;
+use bhatti_protocol::r#async::read_frame;
+use bhatti_protocol::{encode_exit, encode_frame, Frame, MsgType};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::fail::Fail;
+
+/// A stream the agent can serve (TCP, Unix, vsock, test pipes).
+pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+
+pub type Stream = Box<dyn AgentStreamObj>;
+pub trait AgentStreamObj: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: AgentStream> AgentStreamObj for T {}
+
+pub type Reader = BufReader<ReadHalf<Stream>>;
+
+/// Frames queued towards one client before senders wait.
+const WRITE_QUEUE: usize = 64;
+
+/// Sending side of a connection. Cloneable; frames are encoded here and written
+/// whole by the single writer task, so frames never interleave.
+#[derive(Clone)]
+pub struct FrameTx {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// The host announced `error_codes` before this connection began:
+    /// ERROR payloads are coded JSON.
+    coded: bool,
+}
+
+impl FrameTx {
+    /// Queues a frame; false when the connection is gone or the frame is invalid.
+    pub async fn send(&self, kind: MsgType, payload: &[u8]) -> bool {
+        match encode_frame(kind as u8, payload) {
+            Ok(buf) => self.tx.send(buf).await.is_ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping unencodable frame");
+                false
+            }
+        }
+    }
+
+    /// Queues a frame without waiting; false when the queue is full or closed.
+    pub fn try_send(&self, kind: MsgType, payload: &[u8]) -> bool {
+        match encode_frame(kind as u8, payload) {
+            Ok(buf) => self.tx.try_send(buf).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// For blocking threads (file I/O): waits for queue room without a runtime.
+    pub fn blocking_send(&self, kind: MsgType, payload: &[u8]) -> bool {
+        match encode_frame(kind as u8, payload) {
+            Ok(buf) => self.tx.blocking_send(buf).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    pub async fn send_json<T: serde::Serialize + ?Sized>(&self, kind: MsgType, v: &T) -> bool {
+        match serde_json::to_vec(v) {
+            Ok(p) => self.send(kind, &p).await,
+            Err(_) => false,
+        }
+    }
+
+    /// The request failed: an ERROR frame, coded for hosts that read codes.
+    pub async fn error(&self, fail: impl Into<Fail>) -> bool {
+        let fail = fail.into();
+        if self.coded {
+            let body = ErrorBody {
+                code: fail.code,
+                message: fail.message,
+            };
+            self.send_json(MsgType::Error, &body).await
+        } else {
+            self.send(MsgType::Error, fail.message.as_bytes()).await
+        }
+    }
+
+    /// A connection-level refusal ("auth required", the connection limit):
+    /// fixed v1 strings, always sent as text.
+    pub async fn refuse(&self, msg: impl AsRef<str>) -> bool {
+        self.send(MsgType::Error, msg.as_ref().as_bytes()).await
+    }
+
+    pub async fn exit(&self, code: i32) -> bool {
+        self.send(MsgType::Exit, &encode_exit(code)).await
+    }
+}
+
+/// The writer task: ends when every `FrameTx` clone is dropped (handing the write
+/// half back, still open) or at the first write error (`None`).
+pub type Writer = JoinHandle<Option<WriteHalf<Stream>>>;
+
+/// `coded`: whether this connection's ERROR payloads are coded JSON.
+pub fn writer(mut w: WriteHalf<Stream>, coded: bool) -> (FrameTx, Writer) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(buf) = rx.recv().await {
+            if w.write_all(&buf).await.is_err() {
+                return None;
+            }
+        }
+        Some(w)
+    });
+    (FrameTx { tx, coded }, task)
+}
+
+/// Drops the last sender, waits for queued frames to go out, then closes.
+pub async fn finish(tx: FrameTx, task: Writer) {
+    drop(tx);
+    if let Ok(Some(mut w)) = task.await {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// What the reader task delivers: frames, then `None` once at end of stream
+/// (clean or not; the op handlers treat both as "the host went away").
+pub type Incoming = mpsc::Receiver<Frame>;
+
+/// Moves frame reading into its own task so handlers can `select!` on a
+/// cancel-safe channel.
+pub fn reader_task(mut r: Reader) -> Incoming {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok(Some(f)) = read_frame(&mut r).await {
+            if tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
