@@ -25,8 +25,4 @@ pub mod vmm;
 
 pub use api::{Engine, EngineError, EngineExt};
 
-/// Locks a mutex even if a thread panicked while holding it: the guarded state
-/// is plain bookkeeping, and one panic must not wedge every later request.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use bhatti_sync::lock;

@@ -87,7 +87,7 @@ impl Progress {
     fn with(&self, f: impl FnOnce(&mut ProgressSnapshot)) {
         // A poisoned lock only means a reporter panicked; the numbers are
         // still the best there are.
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = bhatti_sync::lock(&self.0);
         f(&mut g);
     }
 

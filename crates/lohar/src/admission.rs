@@ -106,9 +106,7 @@ pub struct Slot<'a> {
 
 impl Admission {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The counters stay consistent across a panic elsewhere (every update
-        // is a single step), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        bhatti_sync::lock(&self.state)
     }
 
     /// Admits a new connection, or refuses it. `auth_required` is whether a

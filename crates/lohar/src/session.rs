@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bhatti_protocol::messages::{ErrorCode, ExecKillRequest, ExecRequest, SessionInfo};
@@ -57,10 +57,7 @@ pub struct Registry {
     counter: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a session lock must not wedge every later request.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use bhatti_sync::lock;
 
 impl Registry {
     pub fn list(&self) -> Vec<SessionInfo> {

@@ -112,7 +112,7 @@ impl FailureThrottle {
         if !self.enabled {
             return true;
         }
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = bhatti_sync::lock(&self.sources);
         sources.get(source).is_none_or(|t| {
             let mut t = *t;
             t.refill(&self.bucket, Instant::now());
@@ -126,7 +126,7 @@ impl FailureThrottle {
             return;
         }
         let now = Instant::now();
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = bhatti_sync::lock(&self.sources);
         make_room(&mut sources, source, |t| t.at);
         let b = &self.bucket;
         let _ = sources
@@ -155,7 +155,7 @@ impl RateLimiter {
             return true;
         }
         let now = Instant::now();
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = bhatti_sync::lock(&self.users);
         make_room(&mut users, user, |b| b.used);
         let c = &self.cfg;
         let b = users

@@ -41,7 +41,7 @@ impl SecretBox {
     }
 
     fn identity(&self, create: bool) -> Result<Identity, SecretError> {
-        let mut slot = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = bhatti_sync::lock(&self.identity);
         if let Some(id) = slot.as_ref() {
             return Ok(id.clone());
         }

@@ -73,11 +73,7 @@ pub struct AppState {
     pins: Mutex<HashMap<String, usize>>,
 }
 
-/// A poisoned lock still guards consistent data here (every critical
-/// section is a plain map update), so poisoning is ignored.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use bhatti_sync::lock;
 
 /// Holds a sandbox hot while alive (an attached shell or proxy socket).
 pub struct Pin {

@@ -154,12 +154,12 @@ impl Store {
     /// lock cannot leave the connection mid-transaction (an unfinished
     /// `Transaction` rolls back on drop), so poisoning is ignored.
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        bhatti_sync::lock(&self.conn)
     }
 
     /// Runs `f` with the connection (for single statements / reads).
     fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = bhatti_sync::lock(&self.reader);
         f(&conn)
     }
 

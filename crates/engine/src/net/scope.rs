@@ -64,12 +64,12 @@ pub struct PoolClaim {
 static HELD: Mutex<Option<HashMap<Ipv4Cidr, Weak<File>>>> = Mutex::new(None);
 
 fn held(pool: Ipv4Cidr) -> Option<Arc<File>> {
-    let h = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    let h = bhatti_sync::lock(&HELD);
     h.as_ref()?.get(&pool)?.upgrade()
 }
 
 fn remember_held(pool: Ipv4Cidr, f: &Arc<File>) {
-    let mut h = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = bhatti_sync::lock(&HELD);
     h.get_or_insert_with(HashMap::new)
         .insert(pool, Arc::downgrade(f));
 }

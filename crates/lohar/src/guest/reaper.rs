@@ -46,7 +46,7 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_SCAN_GAP: Duration = Duration::from_millis(50);
 
 fn lock() -> MutexGuard<'static, Registry> {
-    TRACKED.lock().unwrap_or_else(|p| p.into_inner())
+    bhatti_sync::lock(&TRACKED)
 }
 
 /// Spawns a child through `spawn` and registers its pid with the reaper while

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -56,10 +56,7 @@ struct Shared {
     events: VecDeque<QmpEvent>,
 }
 
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // Every update is a single step; a panic elsewhere leaves it usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use bhatti_sync::lock;
 
 /// A connected, negotiated QMP session.
 pub struct Qmp {

@@ -33,7 +33,7 @@ impl EnvdKey {
     }
 
     fn key(&self) -> std::io::Result<[u8; KEY_LEN]> {
-        let mut k = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut k = bhatti_sync::lock(&self.key);
         if let Some(k) = *k {
             return Ok(k);
         }
