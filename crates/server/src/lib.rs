@@ -6,26 +6,31 @@
 //! (store + engine + activity bookkeeping) → the engine. Beside the request
 //! path: the [`thermal`] manager, start-up [`recovery`], the [`events`]
 //! recorder, [`secrets`] encryption, and [`config`].
+//!
+//! The public surface is what a host program needs to run the daemon:
+//! [`config`] and [`daemon`] (start, run, shut down). Everything else is
+//! private to the crate; the test suites drive the daemon over its sockets,
+//! as users do.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod daemon;
-pub mod engines;
-pub mod error;
-pub mod events;
-pub mod health;
-pub mod images;
-pub mod listener;
-pub mod ratelimit;
-pub mod recovery;
-pub mod routes;
-pub mod secrets;
-pub mod service;
-pub mod state;
-pub mod thermal;
-pub mod ticker;
-pub mod validate;
+mod engines;
+mod error;
+mod events;
+mod health;
+mod images;
+mod listener;
+mod ratelimit;
+mod recovery;
+mod routes;
+mod secrets;
+mod service;
+mod state;
+mod thermal;
+mod ticker;
+mod validate;
 
 pub use config::Config;
 pub use daemon::{run, start, Daemon, DaemonError};

@@ -39,8 +39,6 @@ use crate::error::{ErrorCode, InternalCause, ServiceError};
 use crate::ratelimit::classify;
 use crate::state::{Counters, Shared};
 
-pub use openapi::{api_markdown, openapi};
-
 /// JSON request bodies are capped at 1 MiB (docs/decisions.md, "API
 /// contract").
 pub const MAX_JSON_BODY: usize = 1 << 20;

@@ -9,6 +9,7 @@
 //! daemon and fails on any difference between what this says and what the
 //! server does.
 
+#[cfg(test)]
 use std::fmt::Write;
 
 use bhatti_api as api;
@@ -682,8 +683,10 @@ pub fn openapi() -> Value {
     doc
 }
 
-/// `docs/api.md`: the API reference rendered from [`openapi`].
-pub fn api_markdown() -> String {
+/// `docs/api.md`: the API reference rendered from [`openapi`] (by the
+/// `api_reference` test, which keeps the file current).
+#[cfg(test)]
+fn api_markdown() -> String {
     let doc = openapi();
     let mut out = String::from(
         "# API reference\n\nGenerated from the server's OpenAPI document (`GET /openapi.json`) by \
@@ -847,6 +850,7 @@ pub fn api_markdown() -> String {
 }
 
 /// A field's type for the reference table.
+#[cfg(test)]
 fn type_name(p: &Value, name: &dyn Fn(&Value) -> String) -> String {
     if let Some(t) = p.get("type") {
         let t = match t {
@@ -893,6 +897,7 @@ fn type_name(p: &Value, name: &dyn Fn(&Value) -> String) -> String {
 }
 
 /// The input rules of a field, briefly (patterns in full).
+#[cfg(test)]
 fn constraints(p: &Value) -> String {
     let mut out = Vec::new();
     let mut walk = |v: &Value| {
