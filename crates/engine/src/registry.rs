@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::api::EngineError;
+use bhatti_agent_client::AgentClient;
+
+use crate::api::{EngineError, LifeState, Thermal};
 use crate::lock;
 
 /// Sandboxes by ID. `S` is the engine's own sandbox record.
@@ -45,6 +47,35 @@ impl<S> Registry<S> {
 
     pub(crate) fn ids(&self) -> Vec<String> {
         lock(&self.map).keys().cloned().collect()
+    }
+}
+
+/// The agent of a hot sandbox; a sandbox that is not hot (or has no agent
+/// yet) answers `NotHot` with its thermal state, so the caller can wake it.
+pub(crate) fn hot_agent(
+    id: &str,
+    state: LifeState,
+    agent: Option<&AgentClient>,
+) -> Result<AgentClient, EngineError> {
+    match (agent, state.thermal()) {
+        (Some(a), Thermal::Hot) => Ok(a.clone()),
+        (_, thermal) => Err(EngineError::NotHot {
+            id: id.into(),
+            thermal,
+        }),
+    }
+}
+
+/// A crashed sandbox is not woken by a request: that would hide that its
+/// processes are gone. Only an explicit start runs it again.
+pub(crate) fn refuse_crashed(id: &str, crashed: Option<&str>) -> Result<(), EngineError> {
+    match crashed {
+        Some(why) => Err(EngineError::BadState {
+            id: id.into(),
+            state: "crashed".into(),
+            what: why.to_string(),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -526,15 +526,7 @@ impl Engine for MicroVmEngine {
     async fn ensure_hot(&self, id: &str) -> Result<Wake> {
         let sb = self.get(id)?;
         let t0 = Instant::now();
-        if let Some(why) = lock(&sb.fast).crashed.clone() {
-            // Waking it would hide that its processes are gone: only an
-            // explicit start boots it again.
-            return Err(EngineError::BadState {
-                id: id.into(),
-                state: "crashed".into(),
-                what: why,
-            });
-        }
+        crate::registry::refuse_crashed(id, lock(&sb.fast).crashed.as_deref())?;
         let from = lock(&sb.fast).state.thermal();
         if from == Thermal::Hot {
             return Ok(Wake {
@@ -567,13 +559,7 @@ impl Engine for MicroVmEngine {
     fn agent(&self, id: &str) -> Result<AgentClient> {
         let sb = self.get(id)?;
         let f = lock(&sb.fast);
-        match (&f.agent, f.state.thermal()) {
-            (Some(a), Thermal::Hot) => Ok(a.clone()),
-            (_, thermal) => Err(EngineError::NotHot {
-                id: id.into(),
-                thermal,
-            }),
-        }
+        crate::registry::hot_agent(id, f.state, f.agent.as_ref())
     }
 
     async fn checkpoint(&self, id: &str, dest: &Path) -> Result<CheckpointManifest> {
