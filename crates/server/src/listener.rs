@@ -162,12 +162,12 @@ impl Activity {
         }
     }
     fn mark(&self, read: bool) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = crate::state::millis(self.started.elapsed());
         self.last_ms.store(ms, Ordering::Relaxed);
         self.last_was_read.store(read, Ordering::Relaxed);
     }
     fn idle_for(&self) -> Duration {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = crate::state::millis(self.started.elapsed());
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
     /// The client spoke last: the server owes an answer.

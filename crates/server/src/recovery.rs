@@ -30,7 +30,7 @@ pub struct Report {
 pub async fn recover(st: &Shared) -> Report {
     let t0 = std::time::Instant::now();
     let mut report = recover_rows(st).await;
-    report.took_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.took_ms = crate::state::millis(t0.elapsed());
     report
 }
 

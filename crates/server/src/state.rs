@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bhatti_engine::api::{Thermal, Wake};
 use bhatti_engine::Engine;
@@ -74,6 +74,12 @@ pub struct AppState {
 }
 
 pub(crate) use bhatti_sync::lock;
+
+/// Whole milliseconds of `d` for logs, events and timers, saturating (a u64
+/// of milliseconds outlasts any daemon).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Holds a sandbox hot while alive (an attached shell or proxy socket).
 pub struct Pin {
@@ -267,7 +273,7 @@ impl AppState {
                 &sb.user_id,
                 &sb.id,
                 "thermal.wake",
-                serde_json::json!({"from_state": wake.from.to_string(), "wake_ms": u64::try_from(wake.took.as_millis()).unwrap_or(u64::MAX)}),
+                serde_json::json!({"from_state": wake.from.to_string(), "wake_ms": millis(wake.took)}),
             );
         }
         Ok(())

@@ -61,7 +61,6 @@ pub enum LifeState {
     Stopped,
     /// The VM or container died under it (the reason is kept beside).
     Crashed,
-    Unknown,
 }
 
 impl LifeState {
@@ -70,7 +69,6 @@ impl LifeState {
             LifeState::Running(_) => Status::Running,
             LifeState::Stopped => Status::Stopped,
             LifeState::Crashed => Status::Crashed,
-            LifeState::Unknown => Status::Unknown,
         }
     }
 
@@ -271,7 +269,6 @@ mod tests {
         for (s, status) in [
             (LifeState::Stopped, Status::Stopped),
             (LifeState::Crashed, Status::Crashed),
-            (LifeState::Unknown, Status::Unknown),
         ] {
             assert_eq!((s.status(), s.thermal()), (status, Thermal::Cold));
         }

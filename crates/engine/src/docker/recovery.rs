@@ -141,17 +141,13 @@ impl DockerEngine {
         // Directories of sandboxes the store no longer has (off the async
         // threads: a sandbox directory can hold a large exec log).
         let root = self.cfg.data_dir.join("sandboxes");
-        let keep_dirs = keep.clone();
         let dirs = tokio::task::spawn_blocking(move || {
             let mut gone = Vec::new();
             if let Ok(rd) = std::fs::read_dir(&root) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     let ours = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
-                    if ours
-                        && !keep_dirs.contains(&name)
-                        && std::fs::remove_dir_all(e.path()).is_ok()
-                    {
+                    if ours && !keep.contains(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
                         gone.push(format!("dir {name}"));
                     }
                 }
