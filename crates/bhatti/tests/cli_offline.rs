@@ -3,7 +3,7 @@
 //! terminal, error reporting for an unreachable daemon (loopback port 1),
 //! `setup` writing its file, and the DB-direct `user` commands against a
 //! temporary data directory.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 use std::path::Path;
 use std::process::Output;

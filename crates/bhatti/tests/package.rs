@@ -8,7 +8,7 @@
 //! Needs root, the .deb (`BHATTI_DEB`, from scripts/build-deb.sh) and the
 //! root's tarball (`BHATTI_DIST_ROOT`); scripts/test.sh provides both.
 //! Without them the test is reported as ignored (build.rs).
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

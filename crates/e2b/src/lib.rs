@@ -9,7 +9,14 @@
 
 pub use {buffa, buffa_types, connectrpc};
 
-#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+// Generated code is checked by its generator, not by our lints.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::arithmetic_side_effects,
+    missing_docs,
+    unreachable_pub
+)]
 pub mod proto {
     connectrpc::include_generated!();
 }

@@ -11,13 +11,13 @@
 //! `cargo bench -p bhatti-engine --bench docker` → bench/results/docker.{json,md}.
 //! Prints why and exits 0 if it cannot run. `BHATTI_BENCH_N` sets the number of
 //! create samples (default 10); exec samples are 10× that.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bhatti_benchkit::Report;
-use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
+use bhatti_engine::contract::{Engine, EngineExt, SandboxSpec};
 use bhatti_engine::docker::{DockerConfig, DockerEngine, DEFAULT_IMAGE};
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};

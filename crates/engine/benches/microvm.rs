@@ -11,7 +11,7 @@
 //!
 //! Run as root: `cargo bench -p bhatti-engine --bench microvm` →
 //! bench/results/microvm.{json,md}. Prints why and exits 0 if it cannot run.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bhatti_agent_client::{ExecRequest, ReadOptions, StreamEvent};
 use bhatti_benchkit::Report;
-use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
+use bhatti_engine::contract::{Engine, EngineExt, SandboxSpec};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
 use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};

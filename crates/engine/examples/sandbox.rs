@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
+use bhatti_engine::contract::{Engine, EngineExt, SandboxSpec};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
 use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};

@@ -1,7 +1,7 @@
 //! The bhatti sandbox engine: everything between the server and a sandbox's
 //! guest agent.
 //!
-//! - [`api`]: the [`Engine`] trait the server programs against, and
+//! - [`contract`]: the [`Engine`] trait the server programs against, and
 //!   [`EngineExt`], the in-sandbox operations every engine shares through the
 //!   agent.
 //! - [`microvm`]: sandboxes as microVMs, over a [`vmm`] driver (QEMU or
@@ -13,7 +13,7 @@
 //! crate turns it off, and then the helpers only it uses are dead code.
 #![cfg_attr(not(feature = "docker"), allow(dead_code, unused_imports))]
 
-pub mod api;
+pub mod contract;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod lockfile;
@@ -23,6 +23,6 @@ mod registry;
 pub mod select;
 pub mod vmm;
 
-pub use api::{Engine, EngineError, EngineExt};
+pub use contract::{Engine, EngineError, EngineExt};
 
 pub(crate) use bhatti_sync::lock;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bhatti_agent_client::AgentClient;
 
-use crate::api::{EngineError, LifeState, Thermal};
+use crate::contract::{EngineError, LifeState, Thermal};
 use crate::lock;
 
 /// Sandboxes by ID. `S` is the engine's own sandbox record.

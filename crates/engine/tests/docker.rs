@@ -10,7 +10,7 @@
 //! Every test uses its own data directory, name prefix and owner numbers, so
 //! they run in parallel without touching each other's containers or networks.
 //! Network traffic only goes to containers on bridges the test created.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 mod common;
 
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bhatti_engine::api::{
+use bhatti_engine::contract::{
     Engine, EngineError, EngineExt, GuestFile, SandboxSpec, Status, Thermal, VolumeAttach,
 };
 use bhatti_engine::docker::{DockerConfig, DockerEngine, DEFAULT_IMAGE};
@@ -513,7 +513,7 @@ async fn recovery_and_orphans() {
         .map(|id| e.vm_state(id).expect("state"))
         .collect();
     // JSON round trip, as the store keeps it.
-    let states: Vec<bhatti_engine::api::VmState> =
+    let states: Vec<bhatti_engine::contract::VmState> =
         serde_json::from_str(&serde_json::to_string(&states).unwrap()).unwrap();
 
     // A "restarted daemon": a second engine on the same data directory.

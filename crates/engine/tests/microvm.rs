@@ -5,7 +5,7 @@
 //! Needs root (network namespaces, TAP), the guest kernel and a root filesystem
 //! with a guest-mode lohar: `BHATTI_GUEST_KERNEL` / `BHATTI_GUEST_ROOTFS`, or the
 //! defaults in `/var/cache/bhatti/guest` (scripts/test.sh builds them).
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bhatti_engine::api::{
+use bhatti_engine::contract::{
     Engine, EngineError, EngineExt, ResumeSpec, SandboxSpec, Status, Thermal, VolumeAttach,
 };
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
@@ -235,7 +235,7 @@ async fn create_options(kind: Kind) {
     spec.init = "echo init-ran > /workspace/init.txt; sleep 600".into();
     spec.files.insert(
         "/home/lohar/.config/app.conf".into(),
-        bhatti_engine::api::GuestFile {
+        bhatti_engine::contract::GuestFile {
             content: b"key=value\n".to_vec(),
             mode: "0600".into(),
         },
@@ -640,7 +640,7 @@ async fn egress_follows_forks_and_checkpoints(kind: Kind) {
     // And across a daemon restart: the persisted state carries it.
     e.stop(&f1.id).await.unwrap();
     let state = e.vm_state(&f1.id).unwrap();
-    let state: bhatti_engine::api::VmState =
+    let state: bhatti_engine::contract::VmState =
         serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
     assert_eq!(state.egress, Some(EgressPolicy::Public));
     let e2 = MicroVmEngine::new(

@@ -16,7 +16,7 @@
 //! lock; the ones that inspect or reset global state take the write lock.
 //! Every object is removed by a Drop guard, also on failure; the host
 //! firewall is removed when the last test using it finishes.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};

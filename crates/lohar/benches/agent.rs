@@ -5,7 +5,7 @@
 //! - frame codec throughput vs a plain memcpy of the same bytes.
 //!
 //! Run: `cargo bench -p lohar --bench agent` → bench/results/agent.{json,md}.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -22,7 +22,8 @@
 #![allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )]
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};

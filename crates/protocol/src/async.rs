@@ -81,7 +81,8 @@ pub async fn send_json<W: AsyncWrite + Unpin + ?Sized, T: serde::Serialize + ?Si
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )] // test data of known, small sizes
 mod tests {
     use super::*;

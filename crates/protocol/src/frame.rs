@@ -213,7 +213,8 @@ pub fn decode_exit(p: &[u8]) -> Result<i32> {
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )] // test data of known, small sizes
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 //! `cargo bench -p bhatti-server --bench e2b` → bench/results/e2b.{json,md}
 //! (`e2b-<engine>` for another engine).
 //! Prints why and exits 0 if it cannot run.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 use std::time::Duration;
 

@@ -12,7 +12,7 @@
 //! (scripts/guest/build-debian-rootfs.sh), docker-registry and skopeo:
 //! `cargo bench -p bhatti-server --bench images` → bench/results/images.{json,md}.
 //! Prints why and exits 0 if it cannot run.
-#![allow(clippy::unwrap_used)] // a test panics to report its failure
+#![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure; its sums are on test data
 
 #[path = "../tests/common/registry.rs"]
 mod registry;
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use bhatti_benchkit::Report;
-use bhatti_engine::api::{Engine, EngineExt, SandboxSpec};
+use bhatti_engine::contract::{Engine, EngineExt, SandboxSpec};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
 use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};

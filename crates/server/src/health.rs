@@ -5,7 +5,7 @@
 //! A crashed sandbox is never reported as running; `start` boots it
 //! afresh from its kept disk.
 
-use bhatti_engine::api::Status;
+use bhatti_engine::contract::Status;
 use bhatti_store::{Sandbox, SandboxStatus};
 
 use crate::state::{AppState, Shared};

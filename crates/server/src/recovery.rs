@@ -6,7 +6,7 @@
 //! swept, stale attachments released, orphaned volume files and snapshot
 //! temp dirs removed.
 
-use bhatti_engine::api::{Status, VmState};
+use bhatti_engine::contract::{Status, VmState};
 use bhatti_store::{RuntimeUpdate, SandboxStatus};
 
 use crate::state::Shared;

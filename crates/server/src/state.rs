@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bhatti_engine::api::{Thermal, Wake};
+use bhatti_engine::contract::{Thermal, Wake};
 use bhatti_engine::Engine;
 use bhatti_store::{RuntimeUpdate, Sandbox, SandboxStatus, Store, StoreError, User};
 
@@ -281,8 +281,8 @@ impl AppState {
 }
 
 /// The store's word for an engine status.
-pub fn store_status(s: bhatti_engine::api::Status) -> SandboxStatus {
-    use bhatti_engine::api::Status;
+pub fn store_status(s: bhatti_engine::contract::Status) -> SandboxStatus {
+    use bhatti_engine::contract::Status;
     match s {
         Status::Running => SandboxStatus::Running,
         Status::Stopped => SandboxStatus::Stopped,

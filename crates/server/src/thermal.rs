@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bhatti_engine::api::Thermal;
+use bhatti_engine::contract::Thermal;
 use bhatti_engine::EngineExt;
 use bhatti_store::{Sandbox, SandboxStatus};
 

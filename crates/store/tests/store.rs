@@ -5,7 +5,8 @@
 #![allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )]
 
 use std::collections::BTreeMap;
@@ -533,7 +534,7 @@ enum EngStatus {
     Unknown,
 }
 
-/// Mirrors the engine's `VmState` (crates/engine/src/api/types.rs).
+/// Mirrors the engine's `VmState` (crates/engine/src/contract/types.rs).
 #[derive(Debug, Deserialize, PartialEq)]
 struct VmState {
     engine: String,

@@ -83,7 +83,7 @@ use futures_util::StreamExt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{
+use crate::contract::{
     Capabilities, CheckpointManifest, Engine, EngineError, LifeState, Result, ResumeSpec,
     SandboxInfo, SandboxSpec, Status, Thermal, VmState, VolumeAttach, Wake,
 };
@@ -368,7 +368,7 @@ impl Engine for DockerEngine {
             tracing::debug!("docker engine ignores disk_size_mb");
         }
         let env = env_file(&spec.env)?;
-        let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
+        let id = crate::contract::checked_id(spec.id.as_deref(), || random_hex(8))?;
         let dir = self.cfg.data_dir.join("sandboxes").join(&id);
         let token = random_hex(16);
         let detail = Detail {

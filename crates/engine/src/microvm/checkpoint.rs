@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::sandbox::Detail;
 use super::{blocking, disk, persist, random_hex, MicroVmEngine, Rollback, CHECKPOINT_VERSION};
-use crate::api::{
+use crate::contract::{
     CheckpointManifest, CheckpointVolume, Engine, EngineError, Result, ResumeSpec, SandboxInfo,
     VolumeAttach,
 };
@@ -160,7 +160,7 @@ impl MicroVmEngine {
         }
         let mut vmm: crate::vmm::SnapshotFiles = serde_json::from_value(m.vmm.clone())?;
         vmm.dir = dir.to_path_buf();
-        let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
+        let id = crate::contract::checked_id(spec.id.as_deref(), || random_hex(8))?;
         // The request's policy, else the one the checkpoint recorded.
         let egress = spec
             .egress

@@ -6,7 +6,7 @@ use std::path::Path;
 use bhatti_protocol::config::GuestConfig;
 use tokio::process::Command;
 
-use crate::api::{EngineError, Result};
+use crate::contract::{EngineError, Result};
 
 /// Smallest config drive; ext4 needs some room for its metadata.
 const CONFIG_DRIVE_MIN: u64 = 4 * 1024 * 1024;

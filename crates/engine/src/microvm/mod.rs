@@ -54,7 +54,7 @@ use bhatti_agent_client::{AgentClient, Transport};
 use bhatti_protocol::config::{ConfigFile, ConfigVolume, GuestConfig};
 use rand::RngCore;
 
-use crate::api::{
+use crate::contract::{
     Capabilities, CheckpointManifest, Engine, EngineError, LifeState, Result, ResumeSpec,
     SandboxInfo, SandboxSpec, Thermal, VmState, Wake,
 };
@@ -362,7 +362,7 @@ impl Engine for MicroVmEngine {
                 "at most 22 volumes per sandbox".into(),
             ));
         }
-        let id = crate::api::checked_id(spec.id.as_deref(), || random_hex(8))?;
+        let id = crate::contract::checked_id(spec.id.as_deref(), || random_hex(8))?;
         let dir = self.cfg.data_dir.join("sandboxes").join(&id);
         tokio::fs::create_dir_all(&dir).await?;
         let mut rb = Rollback {

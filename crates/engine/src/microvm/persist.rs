@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{EngineError, Result};
+use crate::contract::{EngineError, Result};
 use crate::microvm::disk::sync_dir;
 use crate::vmm::SnapshotFiles;
 

@@ -10,7 +10,7 @@ use bhatti_agent_client::{AgentClient, Transport};
 
 use super::sandbox::{Detail, Fast, Sandbox};
 use super::{blocking, persist, MicroVmEngine, ADOPT_AGENT_TIMEOUT, SNAPSHOT_DIR};
-use crate::api::{EngineError, LifeState, Result, SandboxInfo, Status, Thermal, VmState};
+use crate::contract::{EngineError, LifeState, Result, SandboxInfo, Status, Thermal, VmState};
 use crate::lock;
 use crate::vmm::{VmExit, VmState as VmmState};
 

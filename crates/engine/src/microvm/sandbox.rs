@@ -9,7 +9,7 @@ use bhatti_agent_client::{AgentClient, Transport};
 use serde::{Deserialize, Serialize};
 
 use super::SNAPSHOT_DIR;
-use crate::api::{LifeState, SandboxInfo, VolumeAttach};
+use crate::contract::{LifeState, SandboxInfo, VolumeAttach};
 use crate::lock;
 use crate::net::{EgressPolicy, SandboxNet};
 use crate::vmm::Vm;

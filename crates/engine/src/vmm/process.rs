@@ -307,7 +307,8 @@ pub(crate) fn file_tail(path: &Path, bytes: usize, from: u64) -> String {
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )] // test data of known, small sizes
 mod tests {
     use super::*;

@@ -6,13 +6,14 @@
 #![allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )]
 
 use std::time::Duration;
 
 use bhatti_agent_client::{ReadOptions, ShellOptions};
-use bhatti_engine::api::EngineExt;
+use bhatti_engine::contract::EngineExt;
 
 /// `sh -c <script>` in the sandbox, which must succeed; its stdout.
 pub async fn sh<E: EngineExt + ?Sized>(e: &E, id: &str, script: &str) -> String {

@@ -202,7 +202,8 @@ fn zombie_children_of_init() -> Vec<(i32, u64)> {
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )] // test data of known, small sizes
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! Starts lohar in test mode on Unix sockets in a temp dir (no root, VM or KVM).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::arithmetic_side_effects)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bhatti_api as api;
-use bhatti_engine::api::Thermal;
+use bhatti_engine::contract::Thermal;
 use bhatti_engine::net::EgressPolicy;
 use bhatti_store::{Sandbox, SandboxStatus};
 use serde::Deserialize;

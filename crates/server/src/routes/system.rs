@@ -59,9 +59,9 @@ async fn tenant_metrics(st: &Shared, user: &bhatti_store::User) -> String {
     let (mut hot, mut warm, mut cold) = (0, 0, 0);
     for sb in &rows {
         match st.engine.thermal(&sb.id) {
-            Ok(bhatti_engine::api::Thermal::Hot) => hot += 1,
-            Ok(bhatti_engine::api::Thermal::Warm) => warm += 1,
-            Ok(bhatti_engine::api::Thermal::Cold) | Err(_) => cold += 1,
+            Ok(bhatti_engine::contract::Thermal::Hot) => hot += 1,
+            Ok(bhatti_engine::contract::Thermal::Warm) => warm += 1,
+            Ok(bhatti_engine::contract::Thermal::Cold) | Err(_) => cold += 1,
         }
     }
     let mut out = String::new();
@@ -120,9 +120,9 @@ async fn daemon_metrics(st: &Shared) -> String {
     let mut cold = 0;
     for i in &infos {
         match i.thermal {
-            bhatti_engine::api::Thermal::Hot => hot += 1,
-            bhatti_engine::api::Thermal::Warm => warm += 1,
-            bhatti_engine::api::Thermal::Cold => cold += 1,
+            bhatti_engine::contract::Thermal::Hot => hot += 1,
+            bhatti_engine::contract::Thermal::Warm => warm += 1,
+            bhatti_engine::contract::Thermal::Cold => cold += 1,
         }
     }
     thermal_gauge(&mut out, hot, warm, cold);

@@ -2,7 +2,7 @@
 //! sandbox's (woken to ask), or those of every sandbox of the caller's that
 //! is hot already (asking never wakes one, so a listing costs no resumes).
 
-use bhatti_engine::api::Thermal;
+use bhatti_engine::contract::Thermal;
 use bhatti_engine::EngineExt;
 use bhatti_store::{SandboxStatus, User};
 

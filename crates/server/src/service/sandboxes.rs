@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bhatti_api as api;
-use bhatti_engine::api::{GuestFile, ResumeSpec, SandboxSpec, VolumeAttach};
+use bhatti_engine::contract::{GuestFile, ResumeSpec, SandboxSpec, VolumeAttach};
 use bhatti_engine::net::EgressPolicy;
 use bhatti_store::{ExpiryAction, NewSandbox, Sandbox, SandboxStatus, User};
 

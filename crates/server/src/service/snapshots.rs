@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bhatti_engine::api::{CheckpointManifest, ResumeSpec};
+use bhatti_engine::contract::{CheckpointManifest, ResumeSpec};
 use bhatti_store::{ExpiryAction, NewSandbox, NewSnapshot, Sandbox, SandboxStatus, Snapshot, User};
 
 use crate::service::error::{ServiceError, ServiceResult};

@@ -1,7 +1,7 @@
 //! OCI images for the image suite and benchmark: a real registry
 //! (`docker-registry serve`) on a loopback port with its own storage, OCI
 //! image layouts written from layer tarballs, pushed with skopeo.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::arithmetic_side_effects)]
 
 use std::io::Write;
 use std::path::Path;

@@ -193,7 +193,8 @@ pub fn apply_diff(base: &SnapshotFiles, diff: &SnapshotFiles) -> Result<Snapshot
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
+    clippy::cast_possible_wrap,
+    clippy::arithmetic_side_effects
 )] // test data of known, small sizes
 mod tests {
     use super::*;

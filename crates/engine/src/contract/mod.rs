@@ -1,4 +1,4 @@
-//! The engine interface the server programs against.
+//! The engine contract: the interface the server programs against.
 //!
 //! An engine owns the lifecycle of sandboxes (create, stop = cold snapshot,
 //! start = restore, pause/resume = warm, destroy) and hands out an

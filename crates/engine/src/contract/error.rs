@@ -1,6 +1,6 @@
 //! The engine's error type.
 
-use crate::api::Thermal;
+use crate::contract::Thermal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -11,7 +11,7 @@ use bhatti_agent_client::{
 use bhatti_protocol::messages::{ActivityInfo, SessionInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::api::{Engine, Result};
+use crate::contract::{Engine, Result};
 
 /// `/proc/net/tcp{,6}` as printed by `cat`; listening sockets are state `0A`.
 pub fn parse_listening_ports(text: &str) -> Vec<u16> {
