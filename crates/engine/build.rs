@@ -20,7 +20,10 @@ use std::path::Path;
 
 const CACHE: &str = "/var/cache/bhatti/guest";
 
-pub fn is_root() -> bool {
+/// Whether the build runs with effective uid 0 (from `/proc/self/status`).
+/// Also used by the server's and the CLI's build scripts, which include
+/// this file as a module.
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -32,7 +35,9 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-pub fn main() {
+/// Prints the `cfg`s above; the server's and the CLI's build scripts call
+/// it too.
+pub(crate) fn main() {
     println!("cargo:rustc-check-cfg=cfg(bhatti_vm_tests)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_firecracker)");
     println!("cargo:rustc-check-cfg=cfg(bhatti_root)");

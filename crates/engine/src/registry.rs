@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bhatti_agent_client::AgentClient;
 
-use crate::contract::{EngineError, LifeState, Thermal};
+use crate::contract::{EngineError, LifeState, SandboxInfo, Thermal};
 use crate::lock;
 
 /// Sandboxes by ID. `S` is the engine's own sandbox record.
@@ -47,6 +47,34 @@ impl<S> Registry<S> {
 
     pub(crate) fn ids(&self) -> Vec<String> {
         lock(&self.map).keys().cloned().collect()
+    }
+}
+
+/// An engine's sandbox record as the server sees it.
+pub(crate) trait Entry {
+    /// Its state and shape right now.
+    fn info(&self) -> SandboxInfo;
+}
+
+impl<S: Entry> Registry<S> {
+    /// What [`Engine::status`](crate::Engine::status) answers.
+    pub(crate) fn info(&self, id: &str) -> Result<SandboxInfo, EngineError> {
+        Ok(self.get(id)?.info())
+    }
+
+    /// What [`Engine::list`](crate::Engine::list) answers.
+    pub(crate) fn infos(&self) -> Vec<SandboxInfo> {
+        self.all().iter().map(|s| s.info()).collect()
+    }
+}
+
+/// The refusal of an operation that needs a running sandbox, for one that
+/// is stopped (`what`: what cannot be done, and what to do instead).
+pub(crate) fn stopped(id: &str, what: &str) -> EngineError {
+    EngineError::BadState {
+        id: id.into(),
+        state: "stopped".into(),
+        what: what.into(),
     }
 }
 

@@ -10,8 +10,11 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
+    /// microVMs on Firecracker (needs KVM that runs ordinary guests).
     Firecracker,
+    /// microVMs on QEMU's `microvm` machine (KVM, or TCG without it).
     Qemu,
+    /// Containers on dockerd, for hosts without KVM.
     Docker,
 }
 

@@ -31,12 +31,19 @@ pub fn parse_listening_ports(text: &str) -> Vec<u16> {
     ports
 }
 
+/// In-sandbox operations (exec, sessions, files, ports, tunnels), written
+/// once over [`Engine::agent`] for every engine. Each needs a hot sandbox
+/// (`NotHot` otherwise) and counts as activity; agent failures come back
+/// as [`EngineError::Agent`](crate::EngineError::Agent).
 #[async_trait]
 pub trait EngineExt: Engine {
+    /// Runs `argv` in the guest and waits for it; output is buffered.
     async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecResult> {
         Ok(self.agent(id)?.exec(argv).await?)
     }
 
+    /// Runs `req` (env, cwd, user, …) in the guest, feeding it `stdin`
+    /// if given, and waits for it; output past 10 MiB is dropped.
     async fn exec_request(
         &self,
         id: &str,
@@ -46,10 +53,13 @@ pub trait EngineExt: Engine {
         Ok(self.agent(id)?.exec_request(req, stdin).await?)
     }
 
+    /// Starts `req` in the guest and returns its live output and stdin.
     async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream> {
         Ok(self.agent(id)?.exec_stream(req).await?)
     }
 
+    /// Starts `argv` detached (its own session, output to `output_file`)
+    /// and returns at once.
     async fn exec_detached(
         &self,
         id: &str,
@@ -59,14 +69,19 @@ pub trait EngineExt: Engine {
         Ok(self.agent(id)?.exec_detached(argv, output_file).await?)
     }
 
+    /// Starts `req` detached and returns at once.
     async fn exec_detached_request(&self, id: &str, req: ExecRequest) -> Result<DetachedInfo> {
         Ok(self.agent(id)?.exec_detached_request(req).await?)
     }
 
+    /// Opens a new TTY session.
     async fn shell(&self, id: &str, opts: ShellOptions) -> Result<(SessionInfo, Terminal)> {
         Ok(self.agent(id)?.shell(opts).await?)
     }
 
+    /// Attaches to the session `session_id` (scrollback, then live
+    /// output); with `if_detached`, fails instead of taking it from
+    /// another client.
     async fn shell_attach(
         &self,
         id: &str,
@@ -76,6 +91,9 @@ pub trait EngineExt: Engine {
         Ok(self.agent(id)?.attach(session_id, if_detached).await?)
     }
 
+    /// Opens a persistent non-TTY session running `argv` (stderr merged
+    /// into stdout), killed once detached for `max_idle_sec` seconds (0:
+    /// the agent's default).
     async fn piped_session(
         &self,
         id: &str,
@@ -89,18 +107,24 @@ pub trait EngineExt: Engine {
             .await?)
     }
 
+    /// The guest's sessions.
     async fn session_list(&self, id: &str) -> Result<Vec<SessionInfo>> {
         Ok(self.agent(id)?.session_list().await?)
     }
 
+    /// SIGKILLs the session's process group.
     async fn session_kill(&self, id: &str, session_id: &str) -> Result<()> {
         Ok(self.agent(id)?.session_kill(session_id).await?)
     }
 
+    /// When the guest last saw activity, and how many sessions run and
+    /// are attached (input to the thermal policy).
     async fn activity(&self, id: &str) -> Result<ActivityInfo> {
         Ok(self.agent(id)?.activity().await?)
     }
 
+    /// Streams the guest file `path` into `out`; returns its metadata and
+    /// the number of bytes written.
     async fn file_read<W: AsyncWrite + Unpin + Send>(
         &self,
         id: &str,
@@ -111,6 +135,8 @@ pub trait EngineExt: Engine {
         Ok(self.agent(id)?.file_read(path, opts, out).await?)
     }
 
+    /// Writes `size` bytes from `src` to the guest file `path` atomically,
+    /// with `mode` (octal text, empty = `0644`).
     async fn file_write<R: AsyncRead + Unpin + Send>(
         &self,
         id: &str,
@@ -122,10 +148,12 @@ pub trait EngineExt: Engine {
         Ok(self.agent(id)?.file_write(path, mode, size, src).await?)
     }
 
+    /// Metadata of the guest file `path`.
     async fn file_stat(&self, id: &str, path: &str) -> Result<FileInfo> {
         Ok(self.agent(id)?.file_stat(path).await?)
     }
 
+    /// The entries of the guest directory `path`.
     async fn file_ls(&self, id: &str, path: &str) -> Result<Vec<FileInfo>> {
         Ok(self.agent(id)?.file_ls(path).await?)
     }

@@ -23,6 +23,7 @@ pub use error::EngineError;
 pub use ext::{parse_listening_ports, EngineExt};
 pub use types::*;
 
+/// The result of an engine operation.
 pub type Result<T> = std::result::Result<T, EngineError>;
 
 /// A sandbox engine.
@@ -50,6 +51,8 @@ pub trait Engine: Send + Sync {
     /// In-memory status; never wakes anything.
     async fn status(&self, id: &str) -> Result<SandboxInfo>;
 
+    /// Every sandbox the engine knows, in any state (in-memory; wakes
+    /// nothing).
     async fn list(&self) -> Vec<SandboxInfo>;
 
     /// Hot → warm (vCPUs paused, process kept).
@@ -61,6 +64,7 @@ pub trait Engine: Send + Sync {
     /// Whatever the thermal state, make the sandbox hot.
     async fn ensure_hot(&self, id: &str) -> Result<Wake>;
 
+    /// The sandbox's thermal state (cold unless running); never wakes it.
     fn thermal(&self, id: &str) -> Result<Thermal>;
 
     /// The agent of a hot sandbox (an error otherwise). Counts as activity.

@@ -13,11 +13,17 @@ use crate::net::EgressPolicy;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// The sandbox runs (hot or warm) or is cold with a snapshot to
+    /// restore; its [`Thermal`] says which.
     Running,
+    /// Stopped by request: the VMM or container is gone; its disks (and,
+    /// where the engine has them, a memory snapshot) are kept.
     Stopped,
     /// The VM died under the sandbox; its disk is kept and the next start
     /// boots it afresh from that disk (`SandboxInfo::reason` says how).
     Crashed,
+    /// The engine could not recover the sandbox at daemon start (the store
+    /// still lists it; `SandboxInfo::reason` says why).
     Unknown,
 }
 
@@ -36,8 +42,11 @@ impl fmt::Display for Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Thermal {
+    /// vCPUs run and the agent answers.
     Hot,
+    /// vCPUs paused, the VMM process kept: resumes in milliseconds.
     Warm,
+    /// Only a snapshot on disk: waking it means restoring it.
     Cold,
 }
 
@@ -56,15 +65,18 @@ impl fmt::Display for Thermal {
 /// written down. The engines keep this; [`Status`] and [`Thermal`] (what
 /// the store and the API show) are derived from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LifeState {
+pub(crate) enum LifeState {
+    /// Running, hot, warm or cold.
     Running(Thermal),
+    /// Stopped by request.
     Stopped,
     /// The VM or container died under it (the reason is kept beside).
     Crashed,
 }
 
 impl LifeState {
-    pub fn status(self) -> Status {
+    /// The store's view of this state.
+    pub(crate) fn status(self) -> Status {
         match self {
             LifeState::Running(_) => Status::Running,
             LifeState::Stopped => Status::Stopped,
@@ -73,7 +85,7 @@ impl LifeState {
     }
 
     /// A sandbox that is not running is cold: it has nothing in memory.
-    pub fn thermal(self) -> Thermal {
+    pub(crate) fn thermal(self) -> Thermal {
         match self {
             LifeState::Running(t) => t,
             _ => Thermal::Cold,
@@ -84,6 +96,7 @@ impl LifeState {
 /// A file placed into the guest at boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestFile {
+    /// The file's bytes, written as they are.
     pub content: Vec<u8>,
     /// Octal text, e.g. `"0644"`.
     pub mode: String,
@@ -92,11 +105,13 @@ pub struct GuestFile {
 /// A block-device volume attached at create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeAttach {
+    /// The volume's name (names its copy in a checkpoint).
     pub name: String,
     /// ext4 image on the host.
     pub file: PathBuf,
     /// Mount point in the guest.
     pub mount: String,
+    /// Attached (and mounted) read-only.
     pub read_only: bool,
 }
 
@@ -108,6 +123,8 @@ pub struct SandboxSpec {
     /// attachments) can be written before the sandbox boots.
     #[serde(default)]
     pub id: Option<String>,
+    /// Human-readable name (also the microVM guest's hostname); not
+    /// checked for uniqueness here.
     pub name: String,
     /// Owner's subnet index (1-based); decides the sandbox's network.
     pub owner_index: u16,
@@ -115,13 +132,20 @@ pub struct SandboxSpec {
     pub image: Option<PathBuf>,
     /// Whole vCPUs (fractions are rejected before they get here).
     pub cpus: u32,
+    /// Guest memory in MiB; at least 128.
     pub memory_mb: u32,
     /// Grow the root disk to this size (0 = keep the image's size).
     pub disk_size_mb: u64,
+    /// Environment variables for every exec and session in the guest.
     pub env: BTreeMap<String, String>,
+    /// Files written into the guest at boot, keyed by absolute guest path.
     pub files: BTreeMap<String, GuestFile>,
+    /// A shell script (`sh -c`) the agent starts once the guest is up;
+    /// empty: none.
     pub init: String,
+    /// Volumes attached at boot, in order.
     pub volumes: Vec<VolumeAttach>,
+    /// Which outbound traffic the sandbox may send.
     pub egress: EgressPolicy,
     /// Run guest commands as root instead of uid 1000.
     pub run_as_root: bool,
@@ -140,7 +164,10 @@ pub struct SandboxSpec {
 pub struct ResumeSpec {
     /// As [`SandboxSpec::id`].
     pub id: Option<String>,
+    /// As [`SandboxSpec::name`].
     pub name: String,
+    /// As [`SandboxSpec::owner_index`]: the new sandbox gets an address in
+    /// this owner's subnet.
     pub owner_index: u16,
     /// `None`: the source's policy — the forked sandbox's, or the one the
     /// checkpoint recorded (`public` for checkpoints from before policies
@@ -151,13 +178,19 @@ pub struct ResumeSpec {
 /// An engine's view of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxInfo {
+    /// The sandbox's ID (16 lower-case hex).
     pub id: String,
+    /// Its name, as created.
     pub name: String,
+    /// Lifecycle status.
     pub status: Status,
+    /// Hot, warm or cold (cold whenever it is not running).
     pub thermal: Thermal,
     /// The sandbox's address as seen from the host (its external address).
     pub ip: String,
+    /// Whole vCPUs.
     pub cpus: u32,
+    /// Guest memory in MiB.
     pub memory_mb: u32,
     /// Why the sandbox is `unknown` or cannot be restored, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,7 +200,9 @@ pub struct SandboxInfo {
 /// What `ensure_hot` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wake {
+    /// The thermal state the sandbox was in (`Hot`: nothing was done).
     pub from: Thermal,
+    /// How long making it hot took.
     pub took: Duration,
 }
 
@@ -180,6 +215,7 @@ pub struct Capabilities {
     pub diff_snapshots: bool,
     /// Named checkpoints and forks.
     pub checkpoints: bool,
+    /// Egress policies are enforced (and can change while running).
     pub egress_policy: bool,
     /// Sandboxes keep running while the daemon is down, and the next daemon
     /// adopts them: a stop for an upgrade needs no snapshot.
@@ -189,15 +225,27 @@ pub struct Capabilities {
 /// `manifest.json` of a named checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointManifest {
+    /// Layout version; a checkpoint of another version is refused.
     pub format_version: u32,
+    /// The VMM driver that wrote it (`"qemu"`, `"firecracker"`); only the
+    /// same driver resumes it.
     pub engine: String,
+    /// The VMM's own version at checkpoint time.
     pub vmm_version: String,
+    /// ID of the sandbox the checkpoint was taken from.
     pub created_from: String,
+    /// When it was taken, in seconds since the Unix epoch.
     pub created_at_unix: u64,
+    /// The source's vCPUs; a resume gets the same.
     pub cpus: u32,
+    /// The source's memory in MiB; a resume gets the same.
     pub memory_mb: u32,
+    /// The guest NIC's MAC address, kept so the restored guest's NIC matches.
     pub guest_mac: String,
+    /// The agent token baked into the guest's memory; the resumed
+    /// sandbox's agent still expects it.
     pub agent_token: String,
+    /// Copies of the source's volumes, in attach order.
     pub volumes: Vec<CheckpointVolume>,
     /// Relative file name → size in bytes, checked before a restore.
     pub files: BTreeMap<String, u64>,
@@ -211,20 +259,29 @@ pub struct CheckpointManifest {
     pub egress: Option<EgressPolicy>,
 }
 
+/// One volume copied into a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointVolume {
+    /// The source volume's name.
     pub name: String,
+    /// The copy's file name, relative to the checkpoint directory.
     pub file: String,
+    /// Mount point in the guest.
     pub mount: String,
+    /// Attached read-only.
     pub read_only: bool,
 }
 
 /// Persisted engine state of one sandbox (JSON in the store).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmState {
+    /// The engine that owns the sandbox (its [`Engine::name`](crate::Engine::name)).
     pub engine: String,
+    /// The sandbox's ID.
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// Its status when the state was taken.
     pub status: Status,
     /// Bumped at every boot or restore; a snapshot older than the current
     /// generation is stale and never restored (docs/decisions.md, "VMMs").
@@ -233,6 +290,8 @@ pub struct VmState {
     /// `detail`; here for callers that do not read engine internals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressPolicy>,
+    /// Engine-specific recovery data (paths, network, sizes, token); only
+    /// the engine that wrote it reads it.
     #[serde(default)]
     pub detail: serde_json::Value,
 }

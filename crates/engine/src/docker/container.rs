@@ -75,7 +75,7 @@ impl DockerEngine {
         while let Some(chunk) = s.next().await {
             out.extend_from_slice(&chunk.map_err(derr(container))?.into_bytes());
             if out.len() > bytes.saturating_mul(2) {
-                let cut = out.len() - bytes;
+                let cut = out.len().saturating_sub(bytes);
                 out.drain(..cut);
             }
         }
@@ -163,14 +163,15 @@ impl DockerEngine {
             (LABEL_OWNER.to_string(), spec.owner_index.to_string()),
             (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
         ]);
-        let mem = i64::from(spec.memory_mb) * 1024 * 1024;
+        // u32 MiB in bytes always fits an i64; saturating all the same.
+        let mem = i64::from(spec.memory_mb).saturating_mul(1024 * 1024);
         let host = HostConfig {
             binds: Some(binds),
             network_mode: Some(d.network.clone()),
             // Docker refuses a CPU quota above the host's CPU count: a
             // sandbox that asks for more gets all of them, as a microVM's
             // vCPUs would share them.
-            nano_cpus: Some(i64::from(spec.cpus.min(host_cpus())) * 1_000_000_000),
+            nano_cpus: Some(i64::from(spec.cpus.min(host_cpus())).saturating_mul(1_000_000_000)),
             memory: Some(mem),
             memory_swap: Some(mem),
             pids_limit: (self.cfg.pids_limit > 0).then_some(self.cfg.pids_limit),
@@ -281,7 +282,7 @@ impl DockerEngine {
         };
         let mut f = lock(&sb.fast);
         f.state = LifeState::Running(Thermal::Hot);
-        f.generation += 1;
+        f.generation = f.generation.saturating_add(1);
         f.ip = ip;
         f.agent = Some(sb.client());
         f.crashed = None;

@@ -62,6 +62,7 @@ mod recovery;
 use container::{client_for, env_file};
 
 use crate::lock;
+use crate::registry::Entry as _;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -135,6 +136,9 @@ pub struct DockerConfig {
 }
 
 impl DockerConfig {
+    /// The defaults: [`DEFAULT_IMAGE`], prefix `bhatti`, a 30 s boot timeout,
+    /// 4096 PIDs per container, no injected lohar and the default egress
+    /// block list.
     pub fn new(data_dir: PathBuf) -> DockerConfig {
         DockerConfig {
             data_dir,
@@ -181,7 +185,7 @@ struct Sandbox {
     fast: Mutex<Fast>,
 }
 
-impl Sandbox {
+impl crate::registry::Entry for Sandbox {
     fn info(&self) -> SandboxInfo {
         let f = lock(&self.fast);
         SandboxInfo {
@@ -195,7 +199,9 @@ impl Sandbox {
             reason: f.crashed.clone(),
         }
     }
+}
 
+impl Sandbox {
     fn set(&self, state: LifeState) {
         let mut f = lock(&self.fast);
         f.state = state;
@@ -510,12 +516,11 @@ impl Engine for DockerEngine {
     }
 
     async fn status(&self, id: &str) -> Result<SandboxInfo> {
-        Ok(self.get(id)?.info())
+        self.sandboxes.info(id)
     }
 
     async fn list(&self) -> Vec<SandboxInfo> {
-        let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
-        all.iter().map(|s| s.info()).collect()
+        self.sandboxes.infos()
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
@@ -524,13 +529,7 @@ impl Engine for DockerEngine {
         match lock(&sb.fast).state.thermal() {
             Thermal::Hot => {}
             Thermal::Warm => return Ok(()),
-            Thermal::Cold => {
-                return Err(EngineError::BadState {
-                    id: id.into(),
-                    state: "stopped".into(),
-                    what: "cannot pause".into(),
-                })
-            }
+            Thermal::Cold => return Err(crate::registry::stopped(id, "cannot pause")),
         }
         self.docker
             .pause_container(&sb.detail.container)
@@ -546,13 +545,7 @@ impl Engine for DockerEngine {
         match lock(&sb.fast).state.thermal() {
             Thermal::Hot => return Ok(()),
             Thermal::Warm => {}
-            Thermal::Cold => {
-                return Err(EngineError::BadState {
-                    id: id.into(),
-                    state: "stopped".into(),
-                    what: "cannot resume; start it".into(),
-                })
-            }
+            Thermal::Cold => return Err(crate::registry::stopped(id, "cannot resume; start it")),
         }
         self.docker
             .unpause_container(&sb.detail.container)

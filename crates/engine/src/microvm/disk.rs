@@ -47,7 +47,9 @@ pub async fn cow_copy(src: &Path, dst: &Path) -> Result<()> {
 
 /// Grows an ext4 image to `size_mb` (never shrinks).
 pub async fn grow(img: &Path, size_mb: u64) -> Result<()> {
-    let want = size_mb * 1024 * 1024;
+    let want = size_mb
+        .checked_mul(1024 * 1024)
+        .ok_or_else(|| EngineError::Invalid(format!("disk size {size_mb} MiB is too large")))?;
     let have = tokio::fs::metadata(img).await?.len();
     if want <= have {
         return Ok(());
@@ -85,7 +87,12 @@ pub async fn build_config_drive(cfg: &GuestConfig, out: &Path) -> Result<()> {
     tokio::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700)).await?;
     let res = async {
         tokio::fs::write(staging.join("config.json"), &json).await?;
-        let size = CONFIG_DRIVE_MIN.max(json.len() as u64 * 2 + 1024 * 1024);
+        // Twice the JSON plus 1 MiB for ext4's own metadata.
+        let size = CONFIG_DRIVE_MIN.max(
+            (json.len() as u64)
+                .saturating_mul(2)
+                .saturating_add(1024 * 1024),
+        );
         let out_run = run(
             Command::new("mke2fs")
                 .args(["-t", "ext4", "-q", "-F", "-L", "bhatti-cfg", "-d"])

@@ -183,7 +183,8 @@ impl MicroVmEngine {
                 *slot = Some(vm);
                 watch_vmm(sb, exit);
                 let mut f = lock(&sb.fast);
-                f.generation = manifest.generation + 1;
+                // The generation comes from a file: saturate, never wrap.
+                f.generation = manifest.generation.saturating_add(1);
                 f.diff_base = (self.cfg.diff_snapshots && self.driver.supports_diff_snapshots())
                     .then_some(manifest.generation);
                 f.state = LifeState::Running(Thermal::Hot);

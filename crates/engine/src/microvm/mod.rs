@@ -44,6 +44,7 @@ use recovery::watch_vmm;
 use sandbox::{Detail, Fast, Sandbox};
 
 use crate::lock;
+use crate::registry::Entry as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,7 +62,7 @@ use crate::contract::{
 use crate::net::{EgressPolicy, NetManager, SandboxNet};
 use crate::vmm::{Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmmDriver};
 
-pub use persist::{SnapshotManifest, MANIFEST};
+pub(crate) use persist::SnapshotManifest;
 pub use recovery::vmm_pids;
 
 /// Where lohar lives in every image.
@@ -81,9 +82,11 @@ const CHECKPOINT_VERSION: u32 = 1;
 pub struct MicroVmConfig {
     /// `<data_dir>/sandboxes/<id>/` holds each sandbox's files.
     pub data_dir: PathBuf,
+    /// The guest kernel every sandbox boots (uncompressed `vmlinux`).
     pub kernel: PathBuf,
     /// Base root filesystem when a spec names none.
     pub default_image: PathBuf,
+    /// How long a boot or restore may take until the guest agent answers.
     pub boot_timeout: Duration,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
@@ -97,6 +100,8 @@ pub struct MicroVmConfig {
 }
 
 impl MicroVmConfig {
+    /// The defaults: a 60 s boot timeout, no extra command line, no Diff
+    /// snapshots.
     pub fn new(data_dir: PathBuf, kernel: PathBuf, default_image: PathBuf) -> MicroVmConfig {
         MicroVmConfig {
             data_dir,
@@ -139,7 +144,7 @@ fn vd(n: usize) -> String {
     // A guest has at most a handful of disks (root, config, volumes):
     // never past vdz.
     let n = u8::try_from(n).unwrap_or(25).min(25);
-    format!("/dev/vd{}", (b'a' + n) as char)
+    format!("/dev/vd{}", char::from(b'a'.saturating_add(n)))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -147,6 +152,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl MicroVmEngine {
+    /// An engine booting sandboxes with `driver`, networked by `net`;
+    /// checks that the kernel and default image exist and creates
+    /// `<data_dir>/sandboxes`. Recovering earlier sandboxes is the caller's
+    /// job ([`Engine::recover`]).
     pub fn new(
         cfg: MicroVmConfig,
         driver: Arc<dyn VmmDriver>,
@@ -170,10 +179,6 @@ impl MicroVmEngine {
             net,
             sandboxes: Default::default(),
         })
-    }
-
-    pub fn driver(&self) -> &Arc<dyn VmmDriver> {
-        &self.driver
     }
 
     fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
@@ -255,7 +260,7 @@ impl MicroVmEngine {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| ConfigVolume {
-                    device: vd(i + 2),
+                    device: vd(i.saturating_add(2)),
                     mount: v.mount.clone(),
                     fs: "ext4".into(),
                     read_only: v.read_only,
@@ -314,7 +319,8 @@ fn layer_diff(
         what: format!("remove {}", diff.mem_path().display()),
         source,
     })?;
-    Ok((merged, base.diff_chain + 1))
+    // The chain length comes from the manifest file: saturate, never wrap.
+    Ok((merged, base.diff_chain.saturating_add(1)))
 }
 
 /// Undoes a half-done create.
@@ -489,23 +495,18 @@ impl Engine for MicroVmEngine {
     }
 
     async fn status(&self, id: &str) -> Result<SandboxInfo> {
-        Ok(self.get(id)?.info())
+        self.sandboxes.info(id)
     }
 
     async fn list(&self) -> Vec<SandboxInfo> {
-        let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
-        all.iter().map(|s| s.info()).collect()
+        self.sandboxes.infos()
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
         let sb = self.get(id)?;
         let slot = sb.lifecycle.lock().await;
         let Some(vm) = slot.as_ref() else {
-            return Err(EngineError::BadState {
-                id: id.into(),
-                state: "stopped".into(),
-                what: "cannot pause".into(),
-            });
+            return Err(crate::registry::stopped(id, "cannot pause"));
         };
         park(&sb, vm.as_ref()).await
     }
@@ -514,11 +515,7 @@ impl Engine for MicroVmEngine {
         let sb = self.get(id)?;
         let slot = sb.lifecycle.lock().await;
         let Some(vm) = slot.as_ref() else {
-            return Err(EngineError::BadState {
-                id: id.into(),
-                state: "stopped".into(),
-                what: "cannot resume; start it".into(),
-            });
+            return Err(crate::registry::stopped(id, "cannot resume; start it"));
         };
         wake(&sb, vm.as_ref()).await
     }

@@ -15,22 +15,26 @@ use crate::vmm::SnapshotFiles;
 
 /// Version of [`SnapshotManifest`]'s layout.
 pub const MANIFEST_VERSION: u32 = 1;
-pub const MANIFEST: &str = "manifest.json";
+/// The manifest's file name inside a snapshot directory.
+const MANIFEST: &str = "manifest.json";
 /// Files up to this size get a SHA-256 in the manifest.
 const CHECKSUM_MAX: u64 = 1 << 20;
 
 /// `manifest.json` of a sandbox's cold snapshot (`<sandbox>/snapshot/`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SnapshotManifest {
+pub(crate) struct SnapshotManifest {
+    /// [`MANIFEST_VERSION`] when written; another version is refused.
     pub format_version: u32,
     /// The sandbox generation the snapshot belongs to.
     pub generation: u64,
+    /// When the snapshot was sealed, in seconds since the Unix epoch.
     pub created_at_unix: u64,
     /// The VMM's description (its `dir` is rewritten to wherever the snapshot
     /// directory is when it is loaded).
     pub vmm: SnapshotFiles,
     /// Every file of the directory but the manifest, with its size.
     pub files: BTreeMap<String, u64>,
+    /// Hex SHA-256 of every file up to 1 MiB, by name; checked on load.
     pub checksums: BTreeMap<String, String>,
     /// Diff snapshots merged into this one since the last Full one (0 for a
     /// Full snapshot); see `MicroVmConfig::diff_snapshots`.

@@ -12,6 +12,7 @@ use super::sandbox::{Detail, Fast, Sandbox};
 use super::{blocking, persist, MicroVmEngine, ADOPT_AGENT_TIMEOUT, SNAPSHOT_DIR};
 use crate::contract::{EngineError, LifeState, Result, SandboxInfo, Status, Thermal, VmState};
 use crate::lock;
+use crate::registry::Entry as _;
 use crate::vmm::{VmExit, VmState as VmmState};
 
 /// What every crashed sandbox's reason ends with.

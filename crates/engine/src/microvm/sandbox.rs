@@ -58,8 +58,8 @@ pub(super) struct Sandbox {
     pub(super) fast: Mutex<Fast>,
 }
 
-impl Sandbox {
-    pub(super) fn info(&self) -> SandboxInfo {
+impl crate::registry::Entry for Sandbox {
+    fn info(&self) -> SandboxInfo {
         let f = lock(&self.fast);
         SandboxInfo {
             id: self.id.clone(),
@@ -72,7 +72,9 @@ impl Sandbox {
             reason: f.crashed.clone().or_else(|| f.restore_failed.clone()),
         }
     }
+}
 
+impl Sandbox {
     pub(super) fn set(&self, state: LifeState) {
         lock(&self.fast).state = state;
     }

@@ -52,11 +52,10 @@ impl Ipv4Cidr {
 
 /// The netmask of a prefix length (`0..=32`) as a host-order integer.
 pub(crate) fn mask(prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p if p >= 32 => u32::MAX,
-        p => u32::MAX << (32 - u32::from(p)),
-    }
+    // Prefix 0 is a shift by 32, out of range: no bits set.
+    u32::MAX
+        .checked_shl(32u32.saturating_sub(u32::from(prefix)))
+        .unwrap_or(0)
 }
 
 impl fmt::Display for Ipv4Cidr {

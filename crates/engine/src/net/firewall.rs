@@ -571,7 +571,7 @@ fn docker_tagged_rules() -> Result<Vec<(String, Vec<String>)>, NetError> {
                 .map(|w| w.trim_matches('"').to_string())
                 .collect();
             let i = args.iter().position(|a| a == "--comment")?;
-            let tag = args.get(i + 1)?;
+            let tag = args.get(i.checked_add(1)?)?;
             tag.starts_with(DOCKER_TAG_PREFIX)
                 .then(|| (tag.clone(), args.clone()))
         })

@@ -4,7 +4,7 @@
 use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -13,57 +13,26 @@ use tracing::{info, warn};
 
 use super::cidr::Ipv4Cidr;
 use super::cmd::Cmd;
+use super::config::NetConfig;
 use super::consts::{
-    named_netns_path, netns_name, validate_sandbox_id, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL,
-    GATEWAY_IP, GUEST_IP, GUEST_PREFIX_LEN, HOST_VETH_IP, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
+    named_netns_path, netns_name, validate_sandbox_id, GATEWAY_IP, GUEST_IP, GUEST_PREFIX_LEN,
+    HOST_VETH_IP, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
 };
 use super::firewall::{self, EgressPolicy, HostChains};
+use super::host::{
+    check_pool_is_free, delete_link, delete_netns, netns_exists, normalize_mac, optional_sysctl,
+};
 use super::netns::write_sysctl;
 use super::pool::AddressPool;
 use super::scope::{PoolClaim, Scope};
 use super::NetError;
-
-/// Configuration of sandbox networking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NetConfig {
-    /// Pool of external sandbox addresses, one /24 per owner (default
-    /// `10.200.0.0/13`). Must not overlap any network the host uses (checked
-    /// before the first sandbox is set up).
-    pub pool: Ipv4Cidr,
-    /// Owner (user name or uid) of every `tap0`, so an unprivileged VMM can
-    /// open it. `None`: root only.
-    pub tap_user: Option<String>,
-    /// Group owner of every `tap0`.
-    pub tap_group: Option<String>,
-    /// Networks a sandbox with egress `public` may not open connections to
-    /// (its owner's own sandboxes excepted); an allow-list policy is not
-    /// affected. Default [`DEFAULT_EGRESS_BLOCKED`]: link-local (cloud
-    /// metadata), RFC 1918 and CGNAT. Empty: `public` means everything.
-    pub egress_blocked: Vec<Ipv4Cidr>,
-    /// The ledger of the sandbox IDs this manager set networks up for (one
-    /// empty file each). Orphan clean-up removes only what is recorded
-    /// there; without a ledger it removes nothing it does not track.
-    pub ledger_dir: Option<PathBuf>,
-}
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        NetConfig {
-            pool: DEFAULT_POOL,
-            tap_user: None,
-            tap_group: None,
-            egress_blocked: DEFAULT_EGRESS_BLOCKED.to_vec(),
-            ledger_dir: None,
-        }
-    }
-}
 
 /// The network of one sandbox, as created by [`NetManager::setup_sandbox`].
 /// Persist it with the sandbox: it is what teardown, policy changes and
 /// recovery ([`NetManager::adopt`]) take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxNet {
+    /// The sandbox this network belongs to.
     pub sandbox_id: String,
     /// Owner subnet index the external address belongs to.
     pub owner_index: u16,
@@ -118,136 +87,11 @@ pub struct NetManager {
     firewall_ready: AtomicBool,
 }
 
-fn normalize_mac(mac: &str) -> Result<String, NetError> {
-    let bad = || NetError::InvalidMac(mac.to_string());
-    let parts: Vec<&str> = mac.split(':').collect();
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut bytes = [0u8; 6];
-    for (b, p) in bytes.iter_mut().zip(&parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if bytes[0] & 1 != 0 {
-        return Err(bad()); // multicast
-    }
-    Ok(bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":"))
-}
-
-fn link_exists(name: &str) -> Result<bool, NetError> {
-    Cmd::ip().args(["link", "show", "dev", name]).succeeds()
-}
-
-fn netns_exists(name: &str) -> bool {
-    named_netns_path(name).exists()
-}
-
-/// Deletes a link if present; an error only if it is still there afterwards.
-fn delete_link(name: &str) -> Result<bool, NetError> {
-    if !link_exists(name)? {
-        return Ok(false);
-    }
-    match Cmd::ip().args(["link", "del", "dev", name]).run() {
-        Ok(_) => Ok(true),
-        Err(e) if link_exists(name)? => Err(e),
-        Err(_) => Ok(false),
-    }
-}
-
-/// Deletes a named namespace if present (which destroys `tap0` and `eth0`
-/// with it once no process is left inside).
-fn delete_netns(name: &str) -> Result<bool, NetError> {
-    if !netns_exists(name) {
-        return Ok(false);
-    }
-    match Cmd::ip().args(["netns", "del", name]).run() {
-        Ok(_) => Ok(true),
-        Err(e) if netns_exists(name) => Err(e),
-        Err(_) => Ok(false),
-    }
-}
-
-/// Best-effort sysctl for hardening; a kernel without the knob (e.g. no
-/// IPv6) is not an error.
-fn optional_sysctl(netns: Option<&Path>, key: &str, value: &str) -> Result<(), NetError> {
-    match write_sysctl(netns, key, value) {
-        Err(NetError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(())
-        }
-        other => other,
-    }
-}
-
 /// What `setup_sandbox` has created so far, for rollback.
 #[derive(Default)]
 struct Created {
     netns: bool,
     veth: bool,
-}
-
-/// Refuses a pool that overlaps anything the host already uses: an interface
-/// address, a route other than the default one (and our own), or a DNS server
-/// from /etc/resolv.conf. The pool's `unreachable` route would otherwise cut the
-/// host off from, say, a resolver that is reached through the default route.
-pub(crate) fn check_pool_is_free(pool: Ipv4Cidr, veth_prefix: &str) -> Result<(), NetError> {
-    let clash = |what: String| {
-        Err(NetError::InvalidConfig(format!(
-            "the sandbox address pool {pool} overlaps {what}; choose another pool in the network config"
-        )))
-    };
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    for ns in resolv
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-    {
-        if let Ok(ip) = ns.trim().parse::<std::net::Ipv4Addr>() {
-            if pool.contains(ip) {
-                return clash(format!("the DNS server {ip} in /etc/resolv.conf"));
-            }
-        }
-    }
-    let addrs = Cmd::ip().args(["-4", "-o", "addr", "show"]).run()?;
-    for word in addrs.split_whitespace().collect::<Vec<_>>().windows(2) {
-        if word[0] == "inet" {
-            if let Some(ip) = word[1].split('/').next().and_then(|a| a.parse().ok()) {
-                if pool.contains(ip) {
-                    return clash(format!("the host address {}", word[1]));
-                }
-            }
-        }
-    }
-    let routes = Cmd::ip()
-        .args(["-4", "route", "show", "table", "main"])
-        .run()?;
-    for line in routes.lines() {
-        let mut words = line.split_whitespace();
-        let mut dest = words.next().unwrap_or_default();
-        if dest == "unreachable" || dest == "blackhole" || dest == "prohibit" {
-            dest = words.next().unwrap_or_default();
-        }
-        let ours = line.contains(&format!("dev {veth_prefix}")) || dest == pool.to_string();
-        if dest == "default" || ours {
-            continue;
-        }
-        let net: Ipv4Cidr = match dest.parse() {
-            Ok(n) => n,
-            Err(_) => match dest.parse::<std::net::Ipv4Addr>() {
-                Ok(a) => Ipv4Cidr::new_unchecked(a, 32),
-                Err(_) => continue,
-            },
-        };
-        if net.contains(pool.addr()) || pool.contains(net.addr()) {
-            return clash(format!("the route {}", line.trim()));
-        }
-    }
-    Ok(())
 }
 
 /// Serialises host-wide preparation across every manager of this process.
@@ -310,6 +154,8 @@ impl NetManager {
         )
     }
 
+    /// The configuration this manager runs with (a claimed pool in place
+    /// of the configured one).
     pub fn config(&self) -> &NetConfig {
         &self.config
     }
@@ -795,23 +641,6 @@ impl NetManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn macs() {
-        assert_eq!(
-            normalize_mac("AA:bb:0c:00:00:01").unwrap(),
-            "aa:bb:0c:00:00:01"
-        );
-        for bad in [
-            "",
-            "aa:bb:cc:dd:ee",
-            "01:00:5e:00:00:01",
-            "aa:bb:cc:dd:ee:fg",
-            "aabb:cc:dd:ee:ff:00",
-        ] {
-            assert!(normalize_mac(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn config_validation() {

@@ -79,8 +79,10 @@
 
 mod cidr;
 mod cmd;
+mod config;
 mod consts;
 mod firewall;
+mod host;
 mod manager;
 mod netns;
 mod pool;
@@ -89,6 +91,7 @@ mod scope;
 use std::net::Ipv4Addr;
 
 pub use cidr::Ipv4Cidr;
+pub use config::NetConfig;
 pub use consts::{
     kernel_ip_arg, netns_name, netns_path, DEFAULT_EGRESS_BLOCKED, DEFAULT_POOL, GATEWAY_IP,
     GUEST_IP, GUEST_NETMASK, GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX, NETNS_DIR,
@@ -99,7 +102,7 @@ pub(crate) use firewall::{
     docker_block_tags, ensure_docker_block, remove_docker_block, resolv_conf_nameservers,
     DOCKER_TAG_PREFIX,
 };
-pub use manager::{NetConfig, NetManager, SandboxNet};
+pub use manager::{NetManager, SandboxNet};
 pub use netns::{enter_netns_on_spawn, run_in_netns, setns_hook};
 pub use scope::{PoolClaim, CLAIM_DIR};
 
@@ -120,12 +123,20 @@ pub enum NetError {
     InvalidConfig(String),
     /// An owner subnet index outside `1..=max`.
     #[error("owner subnet index {index} out of range 1..={max}")]
-    InvalidOwnerIndex { index: u32, max: u32 },
+    InvalidOwnerIndex {
+        /// The index given.
+        index: u32,
+        /// The largest index the pool has room for.
+        max: u32,
+    },
     /// An address that is not a sandbox slot (`.2`–`.254`) of the owner's /24.
     #[error("address {ip} is not a sandbox address of owner {owner_index} ({subnet})")]
     AddressOutsideOwner {
+        /// The address asked for.
         ip: Ipv4Addr,
+        /// The owner it was asked for.
         owner_index: u16,
+        /// That owner's /24.
         subnet: Ipv4Cidr,
     },
     /// An exact claim of an address that is already taken.
@@ -133,7 +144,12 @@ pub enum NetError {
     AddressInUse(Ipv4Addr),
     /// The owner's /24 has no free slot left.
     #[error("IP pool exhausted for owner {owner_index} ({subnet}: 253 sandboxes per owner)")]
-    PoolExhausted { owner_index: u16, subnet: Ipv4Cidr },
+    PoolExhausted {
+        /// The owner whose subnet is full.
+        owner_index: u16,
+        /// That owner's /24.
+        subnet: Ipv4Cidr,
+    },
     /// `setup_sandbox` for a sandbox that is already set up (by this manager
     /// or, if its namespace exists, by someone else).
     #[error("network of sandbox {0} already exists")]
@@ -144,21 +160,28 @@ pub enum NetError {
     /// A command could not be started at all.
     #[error("cannot run `{cmd}`: {source}")]
     Spawn {
+        /// The command line.
         cmd: String,
+        /// Why it could not be started (e.g. the program is missing).
         #[source]
         source: std::io::Error,
     },
     /// A command ran and failed.
     #[error("`{cmd}` failed ({status}): {stderr}")]
     Command {
+        /// The command line.
         cmd: String,
+        /// Its exit status, as text.
         status: String,
+        /// What it wrote to stderr, trimmed.
         stderr: String,
     },
     /// A file-system or syscall failure (sysctl writes, `setns`, …).
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, usually naming the file or namespace.
         context: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

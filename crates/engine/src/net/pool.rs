@@ -47,9 +47,12 @@ impl AddressPool {
         })
     }
 
-    /// Highest valid owner index.
+    /// Highest valid owner index: 2^(24 − prefix) − 1, the low
+    /// 24 − prefix bits set (the prefix is 8..=23, checked in `new`).
     pub(crate) fn max_owner_index(&self) -> u32 {
-        (1u32 << (24 - u32::from(self.pool.prefix()))) - 1
+        u32::MAX
+            .checked_shr(8u32.saturating_add(u32::from(self.pool.prefix())))
+            .unwrap_or(0)
     }
 
     /// The /24 of an owner.
@@ -61,7 +64,9 @@ impl AddressPool {
                 max,
             });
         }
-        let base = u32::from(self.pool.addr()) + (u32::from(owner_index) << 8);
+        // The pool has no host bits set and the index fits in them (checked
+        // above), so OR is the sum base + index * 256.
+        let base = u32::from(self.pool.addr()) | (u32::from(owner_index) << 8);
         Ok(Ipv4Cidr::new_unchecked(Ipv4Addr::from(base), 24))
     }
 
@@ -70,16 +75,10 @@ impl AddressPool {
         if !self.pool.contains(ip) {
             return None;
         }
-        let offset = u32::from(ip) - u32::from(self.pool.addr());
+        let offset = u32::from(ip).checked_sub(u32::from(self.pool.addr()))?;
         let owner = u16::try_from(offset >> 8).ok()?;
         let slot = u8::try_from(offset & 0xff).ok()?;
         (owner != 0 && (FIRST_SLOT..=LAST_SLOT).contains(&slot)).then_some((owner, slot))
-    }
-
-    fn address(&self, owner_index: u16, slot: u8) -> Ipv4Addr {
-        Ipv4Addr::from(
-            u32::from(self.pool.addr()) + (u32::from(owner_index) << 8) + u32::from(slot),
-        )
     }
 
     /// Lowest free address of the owner's /24.
@@ -93,7 +92,8 @@ impl AddressPool {
                 subnet,
             })?;
         set(slots, slot, true);
-        Ok(self.address(owner_index, slot))
+        // The slot is the low byte of the owner's /24.
+        Ok(Ipv4Addr::from(u32::from(subnet.addr()) | u32::from(slot)))
     }
 
     fn check_owner(&self, owner_index: u16, ip: Ipv4Addr) -> Result<u8, NetError> {

@@ -75,7 +75,8 @@ fn remember_held(pool: Ipv4Cidr, f: &Arc<File>) {
 }
 
 impl PoolClaim {
-    pub fn pool(&self) -> Ipv4Cidr {
+    /// The claimed pool.
+    pub(crate) fn pool(&self) -> Ipv4Cidr {
         self.pool
     }
 
@@ -113,7 +114,7 @@ impl PoolClaim {
     ) -> Result<PoolClaim, NetError> {
         let mut tried = Vec::new();
         for pool in list {
-            if super::manager::check_pool_is_free(pool, &veth_prefix_of(pool)).is_err() {
+            if super::host::check_pool_is_free(pool, &veth_prefix_of(pool)).is_err() {
                 tried.push(format!("{pool} (in use on the host)"));
                 continue;
             }

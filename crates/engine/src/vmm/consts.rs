@@ -59,3 +59,10 @@ pub(crate) const DEFAULT_START_TIMEOUT_MS: u64 = 15_000;
 pub(crate) const DEFAULT_KILL_GRACE_MS: u64 = 3_000;
 pub(crate) const DEFAULT_SNAPSHOT_TIMEOUT_MS: u64 = 120_000;
 pub(crate) const DEFAULT_RESTORE_TIMEOUT_MS: u64 = 120_000;
+
+/// How long a failed launch waits for the VMM to exit by itself before it
+/// is stopped, so the error can say that the VMM died, and why.
+pub const EXIT_SETTLE: Duration = Duration::from_millis(150);
+
+/// SIGTERM → SIGKILL grace for a VMM whose launch failed.
+pub const FAILED_LAUNCH_GRACE: Duration = Duration::from_millis(500);

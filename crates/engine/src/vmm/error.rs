@@ -19,17 +19,27 @@ pub enum VmmError {
         path.display()
     )]
     SocketPathTooLong {
+        /// The socket path.
         path: PathBuf,
+        /// Its length in bytes.
         len: usize,
+        /// The longest path `sun_path` holds, in bytes.
         max: usize,
     },
     /// The VMM binary is missing or unusable.
     #[error("VMM {binary} is not usable: {reason}")]
-    Unavailable { binary: String, reason: String },
+    Unavailable {
+        /// The binary, as configured.
+        binary: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The VMM process could not be started at all.
     #[error("cannot start {binary}: {source}")]
     Spawn {
+        /// The binary that was run.
         binary: String,
+        /// Why the spawn failed.
         #[source]
         source: std::io::Error,
     },
@@ -37,16 +47,22 @@ pub enum VmmError {
     /// never came up, …).
     #[error("boot failed: {reason}{}", tails(.vmm_log, .console))]
     Boot {
+        /// What went wrong.
         reason: String,
+        /// The tail of the VMM's stderr.
         vmm_log: String,
+        /// The tail of the guest console.
         console: String,
     },
     /// Restoring a snapshot failed (corrupt or incompatible state, VMM
     /// exit, timeout). The engine's restore circuit breaker keys on this.
     #[error("restore failed: {reason}{}", tails(.vmm_log, .console))]
     Restore {
+        /// What went wrong.
         reason: String,
+        /// The tail of the VMM's stderr.
         vmm_log: String,
+        /// The tail of the guest console.
         console: String,
     },
     /// The snapshot description or files are unusable; nothing was started.
@@ -57,17 +73,31 @@ pub enum VmmError {
     Snapshot(String),
     /// An operation that needs a paused VM.
     #[error("the VM must be paused to {op} (it is {state})")]
-    NotPaused { op: &'static str, state: String },
+    NotPaused {
+        /// The operation, e.g. `"snapshot"`.
+        op: &'static str,
+        /// The state the VM was in instead.
+        state: String,
+    },
     /// The VMM answered a command with an error.
     #[error("{command}: {class}: {desc}")]
     Command {
+        /// The command sent: a QMP command name or a Firecracker request
+        /// such as `"PUT /drives/root"`.
         command: String,
+        /// The error class: QMP's `class`, or `"HTTP <status>"`.
         class: String,
+        /// The VMM's description of the error.
         desc: String,
     },
     /// The VMM did not answer in time.
     #[error("{what} timed out after {timeout:?}")]
-    Timeout { what: String, timeout: Duration },
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        timeout: Duration,
+    },
     /// The control connection broke or spoke nonsense.
     #[error("VMM control protocol: {0}")]
     Protocol(String),
@@ -76,14 +106,21 @@ pub enum VmmError {
     Exited(VmExit),
     /// Something this driver does not do.
     #[error("the {driver} driver does not support {what}")]
-    Unsupported { driver: &'static str, what: String },
+    Unsupported {
+        /// The driver's name.
+        driver: &'static str,
+        /// The operation it does not do.
+        what: String,
+    },
     /// The host TSC frequency could not be determined or was given wrongly.
     #[error("host TSC frequency: {0}")]
     Tsc(String),
     /// A file-system or syscall failure.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, usually naming the path.
         context: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

@@ -48,6 +48,10 @@ mod consts;
 /// written once and expanded inside each driver's `impl Vm`.
 macro_rules! process_vm_methods {
     () => {
+        fn pid(&self) -> Option<u32> {
+            self.proc.exited().is_none().then(|| self.proc.pid())
+        }
+
         fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<$crate::vmm::VmExit>> {
             self.proc.exit_watch()
         }

@@ -11,12 +11,12 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::consts::{MAX_TAIL_BYTES, REAP_TIMEOUT};
+use super::consts::{EXIT_SETTLE, FAILED_LAUNCH_GRACE, MAX_TAIL_BYTES, REAP_TIMEOUT};
 use super::{VmExit, VmmError};
 
 /// A spawned (or adopted) VMM. Dropping it SIGKILLs the process if it
@@ -283,6 +283,78 @@ pub(crate) async fn wait_for_exit(mut rx: watch::Receiver<Option<VmExit>>) -> Vm
     }
 }
 
+/// Which launch of a VMM failed: it decides the error variant and the words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// A cold boot from a kernel.
+    Boot,
+    /// A restore from a snapshot.
+    Restore,
+}
+
+impl Phase {
+    /// The error of this phase, with the VMM's and the guest's log tails.
+    pub(crate) fn error(self, reason: String, vmm_log: String, console: String) -> VmmError {
+        match self {
+            Phase::Boot => VmmError::Boot {
+                reason,
+                vmm_log,
+                console,
+            },
+            Phase::Restore => VmmError::Restore {
+                reason,
+                vmm_log,
+                console,
+            },
+        }
+    }
+
+    /// "`vmm` exited during start-up (…)": the reason when the VMM died by
+    /// itself, which says more than the symptom that revealed it.
+    pub(crate) fn exited(self, vmm: &str, exit: VmExit) -> String {
+        let during = match self {
+            Phase::Boot => "start-up",
+            Phase::Restore => "restore",
+        };
+        format!("{vmm} exited during {during} ({exit})")
+    }
+}
+
+impl VmmProcess {
+    /// Stops a VMM whose launch failed. Returns how it ended if it exited by
+    /// itself (waiting [`EXIT_SETTLE`] for that first): a VMM that dies on a
+    /// bad kernel or stream is usually gone, or about to be, by the time
+    /// the symptom shows up.
+    pub(crate) async fn stop_failed_launch(&self, vmm: &str) -> Option<VmExit> {
+        let self_exit = match self.exited() {
+            Some(e) => Some(e),
+            None => self.wait_timeout(EXIT_SETTLE).await,
+        };
+        if let Err(e) = self.terminate(FAILED_LAUNCH_GRACE).await {
+            warn!(error = %e, vmm, "stopping a VMM whose launch failed");
+        }
+        self_exit
+    }
+}
+
+/// A point a wait gives up at. A configured timeout too large for an
+/// [`Instant`] (milliseconds from a config file) never expires instead of
+/// overflowing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// `timeout` from now.
+    pub(crate) fn after(timeout: Duration) -> Deadline {
+        Deadline(Instant::now().checked_add(timeout))
+    }
+
+    /// Whether it has passed.
+    pub(crate) fn passed(self) -> bool {
+        self.0.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
 /// Milliseconds for logs and reports, saturating (a u64 of milliseconds
 /// is 584 million years).
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -296,7 +368,7 @@ pub(crate) fn file_tail(path: &Path, bytes: usize, from: u64) -> String {
         let len = f.metadata()?.len();
         let start = len.saturating_sub(bytes).max(from).min(len);
         f.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
+        let mut buf = Vec::with_capacity(usize::try_from(len.saturating_sub(start)).unwrap_or(0));
         f.take(bytes).read_to_end(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     };

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::consts::{MAX_EXTRA_DISKS, MAX_VCPUS, MIN_MEM_MIB};
+use super::consts::{MAX_EXTRA_DISKS, MAX_VCPUS, MIN_MEM_MIB, UNIX_PATH_MAX};
 use super::{SnapshotKind, VmmError};
 
 /// Everything a driver needs to start one VM. Built by the engine.
@@ -25,7 +25,9 @@ pub struct VmSpec {
     pub root_disk: PathBuf,
     /// Further disks: `/dev/vdb`, `/dev/vdc`, … in this order.
     pub extra_disks: Vec<Disk>,
+    /// vCPUs, 1 to 32.
     pub vcpus: u32,
+    /// Guest RAM in MiB; at least 64.
     pub mem_mib: u32,
     /// The guest NIC, if any.
     pub net: Option<NetAttach>,
@@ -37,7 +39,9 @@ pub struct VmSpec {
 /// An extra virtio-blk disk (raw image).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
+    /// The raw image file on the host.
     pub path: PathBuf,
+    /// The guest sees a read-only device.
     pub read_only: bool,
 }
 
@@ -62,6 +66,7 @@ pub struct NetAttach {
 /// copied and restored from its new place after updating `dir`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotFiles {
+    /// The snapshot directory the file names are relative to.
     pub dir: PathBuf,
     /// Device state (for QEMU: the whole migration stream).
     pub state_file: PathBuf,
@@ -74,6 +79,7 @@ pub struct SnapshotFiles {
     pub driver: String,
     /// [`VmmDriver::version`](super::VmmDriver::version) of the writer.
     pub vmm_version: String,
+    /// Full, or a Diff to apply onto its base.
     pub kind: SnapshotKind,
     /// Apparent size of all snapshot files.
     pub size_bytes: u64,
@@ -81,6 +87,7 @@ pub struct SnapshotFiles {
     pub allocated_bytes: u64,
     /// The machine the snapshot was taken of; restore requires the same.
     pub vcpus: u32,
+    /// Guest RAM in MiB at snapshot time; restore requires the same.
     pub mem_mib: u32,
     /// Number of extra disks at snapshot time.
     pub extra_disks: usize,
@@ -116,6 +123,26 @@ fn require_file(what: &str, path: &Path) -> Result<(), VmmError> {
             path.display()
         ))),
     }
+}
+
+/// A Unix socket path checked against `sun_path`'s length (the kernel
+/// refuses a longer one with a bare EINVAL at bind or connect).
+pub(crate) fn checked_socket(path: PathBuf) -> Result<PathBuf, VmmError> {
+    let len = path.as_os_str().len();
+    if len >= UNIX_PATH_MAX {
+        return Err(VmmError::SocketPathTooLong {
+            path,
+            len,
+            max: UNIX_PATH_MAX.saturating_sub(1),
+        });
+    }
+    Ok(path)
+}
+
+/// Bytes a file really occupies on disk (snapshots are sparse).
+pub(crate) fn allocated_bytes(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks().saturating_mul(512)
 }
 
 /// Paths end up on the VMM's command line: they must be UTF-8 and free of

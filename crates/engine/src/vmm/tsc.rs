@@ -89,7 +89,11 @@ pub(crate) fn mhz_to_khz(mhz: &str) -> Option<u64> {
     while frac3.len() < 3 {
         frac3.push('0');
     }
-    let v = int.parse::<u64>().ok()?.checked_mul(1000)? + frac3.parse::<u64>().ok()?;
+    let v = int
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(frac3.parse::<u64>().ok()?)?;
     (v > 0).then_some(v)
 }
 
@@ -97,7 +101,7 @@ pub(crate) fn mhz_to_khz(mhz: &str) -> Option<u64> {
 /// that contains `marker`.
 fn last_mhz_after(log: &str, marker: &str) -> Option<u64> {
     log.lines().rev().find_map(|line| {
-        let rest = &line[line.find(marker)? + marker.len()..];
+        let (_, rest) = line.split_once(marker)?;
         let num = rest.trim_start().split(' ').next()?;
         if !rest.trim_start()[num.len()..]
             .trim_start()

@@ -54,6 +54,7 @@ pub struct FirecrackerConfig {
     pub binary: String,
     /// Run Firecracker under the jailer.
     pub jailer: Option<JailerConfig>,
+    /// Limits on every drive's and the NIC's I/O (all off by default).
     pub rate_limits: RateLimits,
     /// Firecracker's log level (its log goes to stderr, captured).
     pub log_level: LogLevel,
@@ -75,7 +76,9 @@ pub struct FirecrackerConfig {
     pub start_timeout_ms: u64,
     /// SIGTERM → SIGKILL grace on kill.
     pub kill_grace_ms: u64,
+    /// Timeout of `PUT /snapshot/create` (writing all of guest memory).
     pub snapshot_timeout_ms: u64,
+    /// Timeout of `PUT /snapshot/load`.
     pub restore_timeout_ms: u64,
 }
 

@@ -63,10 +63,10 @@ fn data_extents(f: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
             break;
         }
         let end = seek(f, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-        if end <= start {
+        let Some(n) = end.checked_sub(start).filter(|&n| n > 0) else {
             break;
-        }
-        out.push((start, end - start));
+        };
+        out.push((start, n));
         pos = end;
     }
     Ok(out)
@@ -98,11 +98,15 @@ pub fn merge_diff(base_mem: &Path, diff_mem: &Path) -> Result<MergeStats, VmmErr
         )));
     }
     let extents = data_extents(&diff, dm.len()).map_err(|e| io("seek", diff_mem, e))?;
-    let data: u64 = extents.iter().map(|(_, l)| l).sum();
-    let allocated = dm.blocks() * 512;
+    // The sizes come from the file system (the file is a snapshot from
+    // disk): saturate rather than wrap.
+    let data = extents
+        .iter()
+        .fold(0u64, |sum, &(_, l)| sum.saturating_add(l));
+    let allocated = dm.blocks().saturating_mul(512);
     // Extents are block-aligned, so their sum never exceeds the allocation
     // (plus one block of slack for the tail) unless holes are not reported.
-    if data > allocated + 4096 {
+    if data > allocated.saturating_add(4096) {
         return Err(VmmError::InvalidSnapshot(format!(
             "{}: the file system reports {data} bytes of data but only {allocated} are \
              allocated (no SEEK_HOLE support?); refusing to merge",
@@ -113,17 +117,20 @@ pub fn merge_diff(base_mem: &Path, diff_mem: &Path) -> Result<MergeStats, VmmErr
     let mut stats = MergeStats::default();
     for (start, len) in extents {
         let mut off = start;
-        let end = start + len;
+        // Inside the file (`data_extents` clamps to its length): no overflow.
+        let end = start.saturating_add(len);
         while off < end {
-            let n = usize::try_from(end - off).unwrap_or(CHUNK).min(CHUNK);
+            let n = usize::try_from(end.saturating_sub(off))
+                .unwrap_or(CHUNK)
+                .min(CHUNK);
             diff.read_exact_at(&mut buf[..n], off)
                 .map_err(|e| io("read", diff_mem, e))?;
             base.write_all_at(&buf[..n], off)
                 .map_err(|e| io("write", base_mem, e))?;
-            off += n as u64;
+            off = off.saturating_add(n as u64);
         }
-        stats.extents += 1;
-        stats.bytes += len;
+        stats.extents = stats.extents.saturating_add(1);
+        stats.bytes = stats.bytes.saturating_add(len);
     }
     base.sync_all().map_err(|e| io("fsync", base_mem, e))?;
     Ok(stats)
@@ -175,8 +182,8 @@ pub fn apply_diff(base: &SnapshotFiles, diff: &SnapshotFiles) -> Result<Snapshot
     for p in [base.state_path(), base.mem_path()] {
         let m =
             std::fs::metadata(&p).map_err(|e| VmmError::io(format!("stat {}", p.display()), e))?;
-        size += m.len();
-        alloc += m.blocks() * 512;
+        size = m.len().saturating_add(size);
+        alloc = m.blocks().saturating_mul(512).saturating_add(alloc);
     }
     out.size_bytes = size;
     out.allocated_bytes = alloc;

@@ -32,8 +32,9 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub struct JailerConfig {
     /// The jailer binary (looked up in `PATH` without a `/`).
     pub binary: String,
-    /// The unprivileged user and group Firecracker runs as.
+    /// The unprivileged user Firecracker runs as.
     pub uid: u32,
+    /// The unprivileged group Firecracker runs as.
     pub gid: u32,
     /// Where the jails go: `<chroot_base>/firecracker/<id>/root/`.
     pub chroot_base: PathBuf,

@@ -99,10 +99,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
-use super::consts::{ERROR_TAIL_BYTES, SNAPSHOT_FORMAT_VERSION, SOCKET_POLL, UNIX_PATH_MAX};
-use super::process::{file_tail, VmmProcess};
-use super::spec::path_str;
+use super::consts::{ERROR_TAIL_BYTES, SNAPSHOT_FORMAT_VERSION, SOCKET_POLL};
+use super::process::{file_tail, Deadline, Phase, VmmProcess};
 use super::spec::Shape;
+use super::spec::{checked_socket, path_str};
 use super::{SnapshotFiles, SnapshotKind, Vm, VmSpec, VmState, VmmDriver, VmmError};
 pub use diff::{apply_diff, merge_diff, MergeStats};
 pub use jailer::JailerConfig;
@@ -121,7 +121,8 @@ pub const FIRECRACKER_BINARY: &str = "firecracker";
 /// Names inside the VMM's working directory (the VM dir, or the jail's
 /// root).
 pub const API_SOCKET: &str = "fc.sock";
-pub const VSOCK_SOCKET: &str = "v.sock";
+/// The vsock device's host-side Unix socket.
+const VSOCK_SOCKET: &str = "v.sock";
 const KERNEL_LINK: &str = "fc.kernel";
 const CONSOLE_FIFO: &str = "fc.console";
 const METRICS_FILE: &str = "fc.metrics";
@@ -131,9 +132,12 @@ const JAIL_STATE: &str = "vm.snap";
 const JAIL_MEM: &str = "mem.snap";
 /// Firecracker's stderr, appended by every launch (in the VM dir).
 pub const FIRECRACKER_LOG: &str = "firecracker.log";
-/// Snapshot files.
+/// A snapshot's VM and device state file.
 pub const STATE_FILE: &str = "vm.snap";
+/// A Full snapshot's memory file (exactly the guest's RAM size).
 pub const MEM_FILE: &str = "mem.snap";
+/// A Diff snapshot's memory file (sparse, guest RAM size, only the dirtied
+/// pages written).
 pub const DIFF_MEM_FILE: &str = "mem.diff";
 /// The guest NIC's id.
 const IFACE_ID: &str = "eth0";
@@ -145,8 +149,6 @@ const DEFAULT_START_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_KILL_GRACE_MS: u64 = 3_000;
 const DEFAULT_SNAPSHOT_TIMEOUT_MS: u64 = 120_000;
 const DEFAULT_RESTORE_TIMEOUT_MS: u64 = 120_000;
-/// How long a failed launch waits for Firecracker to exit by itself.
-const EXIT_SETTLE: Duration = Duration::from_millis(150);
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -185,19 +187,6 @@ impl Layout {
     }
 }
 
-/// A Unix socket path checked against `sun_path`.
-fn checked_socket(path: PathBuf) -> Result<PathBuf, VmmError> {
-    let len = path.as_os_str().len();
-    if len >= UNIX_PATH_MAX {
-        return Err(VmmError::SocketPathTooLong {
-            path,
-            len,
-            max: UNIX_PATH_MAX - 1,
-        });
-    }
-    Ok(path)
-}
-
 /// What every VM of a driver shares.
 #[derive(Debug)]
 struct Shared {
@@ -211,29 +200,6 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct FirecrackerDriver {
     shared: Arc<Shared>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Boot,
-    Restore,
-}
-
-impl Phase {
-    fn error(self, reason: String, vmm_log: String, console: String) -> VmmError {
-        match self {
-            Phase::Boot => VmmError::Boot {
-                reason,
-                vmm_log,
-                console,
-            },
-            Phase::Restore => VmmError::Restore {
-                reason,
-                vmm_log,
-                console,
-            },
-        }
-    }
 }
 
 /// `"Firecracker v1.17.0-dev\n\n…"` → `"Firecracker v1.17.0-dev"`.
@@ -305,10 +271,6 @@ impl FirecrackerDriver {
         })
     }
 
-    pub fn config(&self) -> &FirecrackerConfig {
-        &self.shared.config
-    }
-
     /// [`VmmDriver::boot`] with the concrete type.
     pub async fn boot_vm(&self, spec: &VmSpec) -> Result<FirecrackerVm, VmmError> {
         let t0 = Instant::now();
@@ -341,13 +303,16 @@ impl FirecrackerDriver {
             ),
         };
         let requests = restore_requests(spec, &self.shared.config, &state, &mem);
-        let (prelude, load) = requests.split_at(requests.len() - 1);
         let res = async {
+            // `restore_requests` ends with the snapshot load.
+            let Some((load, prelude)) = requests.split_last() else {
+                return Err(VmmError::InvalidSpec("no snapshot load request".into()));
+            };
             vm.run_all(prelude).await?;
             vm.api
                 .clone()
                 .with_timeout(ms(self.shared.config.restore_timeout_ms))
-                .send(&load[0])
+                .send(load)
                 .await?;
             vm.expect_state("Running").await
         }
@@ -482,7 +447,8 @@ impl FirecrackerDriver {
 
         // Wait for the API socket, failing at once if Firecracker exits.
         let timeout = ms(sh.config.start_timeout_ms);
-        let deadline = Instant::now() + timeout;
+        // A configured timeout too large for an `Instant` never expires.
+        let deadline = Deadline::after(timeout);
         loop {
             if vm.proc.exited().is_some() {
                 return Err(vm.fail(phase, "Firecracker exited".into()).await);
@@ -490,7 +456,7 @@ impl FirecrackerDriver {
             if UnixStream::connect(&vm.layout.api_sock).await.is_ok() {
                 break;
             }
-            if Instant::now() >= deadline {
+            if deadline.passed() {
                 let reason = format!("API socket did not come up within {timeout:?}");
                 return Err(vm.fail(phase, reason).await);
             }
@@ -511,7 +477,7 @@ fn prepare_work_dir(
     let mut files: Vec<(String, PathBuf)> = vec![(KERNEL_LINK.to_string(), spec.kernel.clone())];
     files.push((drive_link(0), spec.root_disk.clone()));
     for (i, d) in spec.extra_disks.iter().enumerate() {
-        files.push((drive_link(i + 1), d.path.clone()));
+        files.push((drive_link(i.saturating_add(1)), d.path.clone()));
     }
     match &layout.jail {
         Some(j) => {

@@ -31,12 +31,18 @@ const MAX_ERROR_CHARS: usize = 2000;
 /// `Logger.level`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum LogLevel {
+    /// Errors only.
     Error,
+    /// Warnings and errors (what the driver asks for by default).
     #[default]
     Warning,
+    /// Informational messages and above (Firecracker's own default).
     Info,
+    /// Debug messages and above.
     Debug,
+    /// Everything.
     Trace,
+    /// No log output.
     Off,
 }
 
@@ -44,12 +50,17 @@ pub enum LogLevel {
 /// stderr, which the driver captures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Logger {
+    /// File or named pipe Firecracker writes its human-readable log to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_path: Option<String>,
+    /// Least severe level logged; unset: Firecracker's default (`Info`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<LogLevel>,
+    /// Prefix each line with its level (default off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub show_level: Option<bool>,
+    /// Prefix each line with the source file and line that logged it
+    /// (default off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub show_log_origin: Option<bool>,
 }
@@ -57,7 +68,9 @@ pub struct Logger {
 /// `PUT /metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// File or named pipe Firecracker flushes its JSON metrics lines to.
     pub metrics_path: String,
+    /// Add the instance id (the jailer's `--id`) to every metrics line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emit_id: Option<bool>,
 }
@@ -65,6 +78,8 @@ pub struct Metrics {
 /// `PUT /serial`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Serial {
+    /// File or named pipe the guest's serial console output is written to
+    /// (from offset 0, on every launch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial_out_path: Option<String>,
 }
@@ -72,9 +87,13 @@ pub struct Serial {
 /// `PUT /boot-source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootSource {
+    /// Path of the uncompressed guest kernel (`vmlinux`), as Firecracker
+    /// opens it (relative to its working directory here).
     pub kernel_image_path: String,
+    /// The kernel command line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
+    /// Path of an initrd to load; unset: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd_path: Option<String>,
 }
@@ -82,17 +101,23 @@ pub struct BootSource {
 /// `TokenBucket`: `size` tokens per `refill_time` ms, plus a one-time burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenBucket {
+    /// Capacity in tokens (bytes or operations); refilled in full every
+    /// `refill_time`.
     pub size: u64,
+    /// Extra tokens available once at start, spent before refilling begins.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub one_time_burst: Option<u64>,
+    /// Milliseconds to refill an empty bucket to `size`.
     pub refill_time: u64,
 }
 
 /// `RateLimiter`: bytes/s (`bandwidth`) and operations/s (`ops`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RateLimiter {
+    /// Bucket of bytes; unset: bandwidth unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<TokenBucket>,
+    /// Bucket of I/O operations; unset: operations unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ops: Option<TokenBucket>,
 }
@@ -107,28 +132,42 @@ impl RateLimiter {
 /// `Drive.cache_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheType {
+    /// Guest flushes are ignored (Firecracker's default): fast, but data
+    /// not yet written back is lost if the host crashes.
     Unsafe,
+    /// Guest flushes are passed to the host file (`fsync`).
     Writeback,
 }
 
 /// `Drive.io_engine`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IoEngine {
+    /// Blocking I/O on the device's thread (Firecracker's default).
     Sync,
+    /// io_uring; needs a host kernel newer than 5.10.51.
     Async,
 }
 
 /// `PUT /drives/{drive_id}` (virtio-block).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drive {
+    /// The drive's id (also in the URL); a second `PUT` with the same id
+    /// replaces it.
     pub drive_id: String,
+    /// The backing file on the host (baked into snapshots).
     pub path_on_host: String,
+    /// The guest boots from this drive (Firecracker adds `root=` to the
+    /// kernel command line); at most one.
     pub is_root_device: bool,
+    /// The guest sees a read-only device.
     pub is_read_only: bool,
+    /// How guest flushes are handled; unset: `Unsafe`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_type: Option<CacheType>,
+    /// How the host file is accessed; unset: `Sync`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
+    /// Limits on the drive's I/O; unset: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiter>,
 }
@@ -136,9 +175,12 @@ pub struct Drive {
 /// `MachineConfiguration.huge_pages`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum HugePages {
+    /// Regular 4 KiB pages (the default).
     #[default]
     None,
+    /// Transparent huge pages (`madvise(MADV_HUGEPAGE)`).
     Transparent,
+    /// Explicit 2 MiB hugetlbfs pages.
     #[serde(rename = "2M")]
     TwoMiB,
 }
@@ -146,12 +188,17 @@ pub enum HugePages {
 /// `PUT /machine-config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineConfig {
+    /// vCPUs: 1 or an even number, at most 32.
     pub vcpu_count: u32,
+    /// Guest memory in MiB.
     pub mem_size_mib: u32,
+    /// Simultaneous multithreading in the guest (x86 only); unset: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smt: Option<bool>,
-    /// Needed for Diff snapshots.
+    /// Track the pages the guest writes, so that Diff snapshots can hold
+    /// only those; needed for Diff snapshots.
     pub track_dirty_pages: bool,
+    /// Which pages back guest memory; unset: `None` (4 KiB pages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<HugePages>,
 }
@@ -159,6 +206,7 @@ pub struct MachineConfig {
 /// `PUT /entropy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entropy {
+    /// Limits on how fast the guest draws random bytes; unset: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiter>,
 }
@@ -166,10 +214,15 @@ pub struct Entropy {
 /// `PUT /balloon`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balloon {
+    /// Target balloon size in MiB: memory taken away from the guest.
     pub amount_mib: u32,
+    /// Let the guest deflate the balloon when it runs short of memory.
     pub deflate_on_oom: bool,
+    /// Seconds between balloon statistics refreshes; unset or 0: no
+    /// statistics (they cannot be turned on after boot).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats_polling_interval_s: Option<u32>,
+    /// The guest reports freed pages so the host can reclaim them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub free_page_reporting: Option<bool>,
 }
@@ -177,25 +230,37 @@ pub struct Balloon {
 /// `PATCH /balloon`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonUpdate {
+    /// New target balloon size in MiB (0 deflates it).
     pub amount_mib: u32,
 }
 
 /// `PUT /vsock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vsock {
+    /// The guest's vsock context id; at least 3.
     pub guest_cid: u32,
+    /// Host Unix socket Firecracker listens on for host-initiated
+    /// connections (`CONNECT <port>`); guest-initiated ones go to
+    /// `<uds_path>_<port>`.
     pub uds_path: String,
 }
 
 /// `PUT /network-interfaces/{iface_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInterface {
+    /// The NIC's id (also in the URL; named again by a restore's
+    /// [`NetworkOverride`]).
     pub iface_id: String,
+    /// The host TAP device Firecracker opens, in its network namespace.
     pub host_dev_name: String,
+    /// The guest's MAC address (`xx:xx:xx:xx:xx:xx`); unset: the guest
+    /// picks one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// Limits on traffic to the guest; unset: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiter>,
+    /// Limits on traffic from the guest; unset: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiter>,
 }
@@ -203,87 +268,115 @@ pub struct NetworkInterface {
 /// `InstanceActionInfo.action_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionType {
+    /// Boots the configured VM; configuration `PUT`s are refused after it.
     InstanceStart,
+    /// Writes the current metrics to the metrics file now.
     FlushMetrics,
+    /// Sends Ctrl+Alt+Del through the emulated keyboard (x86 only): asks
+    /// the guest to shut down cleanly.
     SendCtrlAltDel,
 }
 
 /// `PUT /actions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Action {
+    /// What to do.
     pub action_type: ActionType,
 }
 
 /// `Vm.state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmRunState {
+    /// Stop the vCPUs.
     Paused,
+    /// Run the vCPUs again.
     Resumed,
 }
 
 /// `PATCH /vm`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStateUpdate {
+    /// The state to move the VM to.
     pub state: VmRunState,
 }
 
 /// `SnapshotCreateParams.snapshot_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotType {
+    /// All of guest memory.
     Full,
+    /// Only the pages dirtied since the previous snapshot (needs
+    /// `track_dirty_pages`), in a sparse file of guest-memory size.
     Diff,
 }
 
 /// `PUT /snapshot/create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotCreate {
+    /// Full or Diff.
     pub snapshot_type: SnapshotType,
+    /// File the VM and device state is written to.
     pub snapshot_path: String,
+    /// File guest memory is written to.
     pub mem_file_path: String,
 }
 
 /// `MemoryBackend.backend_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BackendType {
+    /// Guest memory is mapped from a snapshot memory file.
     File,
+    /// Guest memory page faults are served by another process over
+    /// userfaultfd, reached through a Unix socket.
     Uffd,
 }
 
 /// `MemoryBackend`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryBackend {
+    /// Where guest memory comes from.
     pub backend_type: BackendType,
+    /// The memory file (`File`) or the page-fault handler's socket (`Uffd`).
     pub backend_path: String,
 }
 
 /// `NetworkOverride`: the TAP a restored NIC uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkOverride {
+    /// The snapshotted NIC to change.
     pub iface_id: String,
+    /// The TAP device it uses from now on.
     pub host_dev_name: String,
 }
 
 /// `VsockOverride`: the vsock UDS of a restored VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockOverride {
+    /// The vsock device's host Unix socket from now on.
     pub uds_path: String,
 }
 
 /// `PUT /snapshot/load`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotLoad {
+    /// The VM and device state file to load.
     pub snapshot_path: String,
+    /// Where guest memory comes from.
     pub mem_backend: MemoryBackend,
     /// Keep tracking dirty pages so the restored VM can take Diff snapshots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
+    /// Resume the VM once loaded; unset: it stays paused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_vm: Option<bool>,
+    /// TAP devices to use instead of those recorded in the snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network_overrides: Option<Vec<NetworkOverride>>,
+    /// A vsock socket path to use instead of the recorded one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock_override: Option<VsockOverride>,
-    /// Advance kvmclock by the wall-clock time since the snapshot.
+    /// Advance kvmclock by the wall-clock time since the snapshot (x86);
+    /// unset or false: the guest clock resumes where it stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clock_realtime: Option<bool>,
 }
@@ -293,10 +386,13 @@ pub struct SnapshotLoad {
 /// `GET /` (`InstanceInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
+    /// The application name (`"Firecracker"`).
     pub app_name: String,
+    /// The instance id (`--id`, or the jailer's).
     pub id: String,
     /// `Not started`, `Running` or `Paused`.
     pub state: String,
+    /// Firecracker's version, e.g. `"1.12.0"`.
     pub vmm_version: String,
 }
 
@@ -312,8 +408,11 @@ struct Fault {
 /// One API call: method, path and JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiRequest {
+    /// `GET`, `PUT` or `PATCH`.
     pub method: Method,
+    /// The request path, e.g. `/drives/root`.
     pub path: String,
+    /// The JSON body; `None` for a `GET`.
     pub body: Option<Value>,
 }
 
@@ -329,14 +428,17 @@ impl ApiRequest {
         }
     }
 
+    /// `PUT path` with `body` as JSON.
     pub fn put<T: Serialize>(path: impl Into<String>, body: &T) -> Self {
         Self::new(Method::PUT, path, body)
     }
 
+    /// `PATCH path` with `body` as JSON.
     pub fn patch<T: Serialize>(path: impl Into<String>, body: &T) -> Self {
         Self::new(Method::PATCH, path, body)
     }
 
+    /// `GET path`, without a body.
     pub fn get(path: impl Into<String>) -> Self {
         ApiRequest {
             method: Method::GET,
@@ -545,6 +647,8 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client for the API socket at `socket`, giving up on a request
+    /// after `timeout`.
     pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
         ApiClient {
             socket: socket.into(),
@@ -558,6 +662,7 @@ impl ApiClient {
         self
     }
 
+    /// The API socket's path.
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -599,6 +704,7 @@ impl ApiClient {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // test data
 mod tests {
     use super::*;
 

@@ -116,11 +116,11 @@ impl Schema {
             }
             let mut params = Vec::new();
             for (ts, s) in tsegs.iter().zip(&segs) {
-                if ts.starts_with('{') && ts.ends_with('}') {
+                if let Some(name) = ts.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
                     if s.is_empty() {
                         return None;
                     }
-                    params.push((ts[1..ts.len() - 1].to_string(), s.to_string()));
+                    params.push((name.to_string(), s.to_string()));
                 } else if ts != s {
                     return None;
                 }

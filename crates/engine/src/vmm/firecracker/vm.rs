@@ -2,6 +2,7 @@
 //! the balloon and teardown, behind the driver-neutral [`Vm`] trait.
 
 use super::*;
+use crate::vmm::spec::allocated_bytes;
 
 /// One Firecracker process. Dropping it SIGKILLs Firecracker.
 #[derive(Debug)]
@@ -25,11 +26,6 @@ pub(super) fn map_state(s: &str) -> VmState {
         "Paused" => VmState::Paused,
         other => VmState::Other(other.to_string()),
     }
-}
-
-fn allocated_bytes(m: &std::fs::Metadata) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    m.blocks() * 512
 }
 
 impl FirecrackerVm {
@@ -106,20 +102,9 @@ impl FirecrackerVm {
     /// Stops a Firecracker that failed to boot or restore and builds the
     /// error with the logs attached.
     pub(super) async fn fail(&self, phase: Phase, reason: String) -> VmmError {
-        let self_exit = match self.proc.exited() {
-            Some(e) => Some(e),
-            None => self.proc.wait_timeout(EXIT_SETTLE).await,
-        };
-        if let Err(e) = self.proc.terminate(Duration::from_millis(500)).await {
-            warn!(error = %e, "stopping a failed Firecracker");
-        }
-        let reason = match self_exit {
-            Some(e) if reason == "Firecracker exited" || reason.contains("connect") => {
-                let during = match phase {
-                    Phase::Boot => "start-up",
-                    Phase::Restore => "restore",
-                };
-                format!("Firecracker exited during {during} ({e})")
+        let reason = match self.proc.stop_failed_launch("Firecracker").await {
+            Some(exit) if reason == "Firecracker exited" || reason.contains("connect") => {
+                phase.exited("Firecracker", exit)
             }
             _ => reason,
         };
@@ -236,8 +221,8 @@ impl FirecrackerVm {
                             m.len()
                         )));
                     }
-                    size += m.len();
-                    alloc += allocated_bytes(&m);
+                    size = m.len().saturating_add(size);
+                    alloc = allocated_bytes(&m).saturating_add(alloc);
                 }
                 if let Ok(d) = std::fs::File::open(&dir) {
                     let _ = d.sync_all();
@@ -287,10 +272,6 @@ fn move_file(src: &Path, dst: &Path) -> Result<(), VmmError> {
 
 #[async_trait]
 impl Vm for FirecrackerVm {
-    fn pid(&self) -> Option<u32> {
-        self.proc.exited().is_none().then(|| self.proc.pid())
-    }
-
     async fn pause(&self) -> Result<(), VmmError> {
         let _op = self.op.lock().await;
         self.call(&ApiRequest::vm_state(VmRunState::Paused))

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::net::enter_netns_on_spawn;
-use crate::vmm::consts::{QEMU_PIDFILE, QMP_SOCKET, UNIX_PATH_MAX};
+use crate::vmm::consts::{QEMU_PIDFILE, QMP_SOCKET};
 use crate::vmm::spec::path_str;
 use crate::vmm::{VmSpec, VmmError};
 
@@ -57,16 +57,7 @@ fn opt_escape(s: &str) -> String {
 
 /// The QMP socket of a VM directory, checked against `sun_path`.
 pub(crate) fn qmp_socket_path(dir: &Path) -> Result<PathBuf, VmmError> {
-    let path = dir.join(QMP_SOCKET);
-    let len = path.as_os_str().len();
-    if len >= UNIX_PATH_MAX {
-        return Err(VmmError::SocketPathTooLong {
-            path,
-            len,
-            max: UNIX_PATH_MAX - 1,
-        });
-    }
-    Ok(path)
+    crate::vmm::spec::checked_socket(dir.join(QMP_SOCKET))
 }
 
 /// `cmdline` plus `tsc_early_khz=` when it is missing and known. Words after a

@@ -18,115 +18,35 @@
 //! a `/dev/kvm` backed by anything else (e.g. PVM) does not run ordinary
 //! guests, so `auto` picks TCG there.
 
+mod config;
 mod launch;
 pub mod qmp;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
 use super::consts::{
-    DEFAULT_KILL_GRACE_MS, DEFAULT_QMP_TIMEOUT_MS, DEFAULT_RESTORE_TIMEOUT_MS,
-    DEFAULT_SNAPSHOT_TIMEOUT_MS, DEFAULT_START_TIMEOUT_MS, ERROR_TAIL_BYTES, MIGRATE_MAX_BANDWIDTH,
-    MIGRATE_POLL, QEMU_BINARY, QEMU_LOG, QEMU_PIDFILE, QEMU_STATE_FILE, SNAPSHOT_FORMAT_VERSION,
-    SOCKET_POLL,
+    ERROR_TAIL_BYTES, MIGRATE_MAX_BANDWIDTH, MIGRATE_POLL, QEMU_LOG, QEMU_PIDFILE, QEMU_STATE_FILE,
+    SNAPSHOT_FORMAT_VERSION, SOCKET_POLL,
 };
-use super::process::{file_tail, VmmProcess};
+use super::process::{file_tail, Deadline, Phase, VmmProcess};
 use super::spec::path_str;
 use super::spec::Shape;
 use super::{host_tsc_khz, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmState, VmmDriver, VmmError};
+pub use config::{Accel, QemuConfig};
 use launch::{command, log_header, qemu_args, qmp_socket_path, LaunchOptions};
 use qmp::Qmp;
+pub use vm::QemuVm;
 
 /// Driver name.
 pub const DRIVER_NAME: &str = "qemu";
-
-/// Hardware acceleration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// KVM if `kvm_intel` or `kvm_amd` is loaded and `/dev/kvm` exists,
-    /// else TCG.
-    #[default]
-    Auto,
-    Kvm,
-    /// Software emulation.
-    Tcg,
-}
-
-impl Accel {
-    /// `Auto` decided for this host.
-    pub fn resolve(self) -> Accel {
-        match self {
-            Accel::Auto => {
-                let kvm_module = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
-                    .iter()
-                    .any(|p| Path::new(p).exists());
-                if kvm_module && Path::new("/dev/kvm").exists() {
-                    Accel::Kvm
-                } else {
-                    Accel::Tcg
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-/// Configuration of the QEMU driver (YAML `qemu:` section).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct QemuConfig {
-    /// The QEMU binary (looked up in `PATH` without a `/`).
-    pub binary: String,
-    pub accel: Accel,
-    /// `-cpu` model; default `host` under KVM, `max` under TCG. Snapshots
-    /// only restore under the same model.
-    pub cpu_model: Option<String>,
-    /// Write snapshots with the `mapped-ram` migration capability when QEMU
-    /// supports it (sparse, fixed-offset memory pages).
-    pub mapped_ram: bool,
-    /// Run QEMU under its seccomp sandbox (`-sandbox on,...`).
-    pub seccomp: bool,
-    /// Extra arguments appended to every QEMU command line.
-    pub extra_args: Vec<String>,
-    /// Timeout of each QMP command.
-    pub qmp_timeout_ms: u64,
-    /// How long a starting QEMU may take to open its QMP socket.
-    pub start_timeout_ms: u64,
-    /// SIGTERM → SIGKILL grace on kill.
-    pub kill_grace_ms: u64,
-    pub snapshot_timeout_ms: u64,
-    pub restore_timeout_ms: u64,
-}
-
-impl Default for QemuConfig {
-    fn default() -> Self {
-        QemuConfig {
-            binary: QEMU_BINARY.to_string(),
-            accel: Accel::Auto,
-            cpu_model: None,
-            mapped_ram: true,
-            seccomp: true,
-            extra_args: Vec::new(),
-            qmp_timeout_ms: DEFAULT_QMP_TIMEOUT_MS,
-            start_timeout_ms: DEFAULT_START_TIMEOUT_MS,
-            kill_grace_ms: DEFAULT_KILL_GRACE_MS,
-            snapshot_timeout_ms: DEFAULT_SNAPSHOT_TIMEOUT_MS,
-            restore_timeout_ms: DEFAULT_RESTORE_TIMEOUT_MS,
-        }
-    }
-}
-
-/// How long a failed launch waits for QEMU to exit by itself before it is
-/// stopped (so the error can say that QEMU died, and why).
-const EXIT_SETTLE: Duration = Duration::from_millis(150);
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -163,29 +83,6 @@ fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
     let minor = it.next().flatten().unwrap_or(0);
     let micro = it.next().flatten().unwrap_or(0);
     Some((major, minor, micro))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Boot,
-    Restore,
-}
-
-impl Phase {
-    fn error(self, reason: String, vmm_log: String, console: String) -> VmmError {
-        match self {
-            Phase::Boot => VmmError::Boot {
-                reason,
-                vmm_log,
-                console,
-            },
-            Phase::Restore => VmmError::Restore {
-                reason,
-                vmm_log,
-                console,
-            },
-        }
-    }
 }
 
 impl QemuDriver {
@@ -235,10 +132,6 @@ impl QemuDriver {
     /// The accelerator VMs get (never `Auto`).
     pub fn accel(&self) -> Accel {
         self.shared.accel
-    }
-
-    pub fn config(&self) -> &QemuConfig {
-        &self.shared.config
     }
 
     /// [`VmmDriver::boot`] with the concrete type.
@@ -379,7 +272,7 @@ impl QemuDriver {
 
         // Wait for the QMP socket, failing at once if QEMU exits.
         let timeout = ms(sh.config.start_timeout_ms);
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         let qmp_timeout = ms(sh.config.qmp_timeout_ms);
         let qmp = loop {
             if proc.exited().is_some() {
@@ -393,7 +286,7 @@ impl QemuDriver {
             match attempt {
                 Some(Ok(q)) => break Ok(q),
                 Some(Err(e)) => break Err(format!("QMP handshake: {e}")),
-                None if Instant::now() >= deadline => {
+                None if deadline.passed() => {
                     break Err(format!("QMP socket did not come up within {timeout:?}"))
                 }
                 None => tokio::time::sleep(SOCKET_POLL).await,
@@ -433,24 +326,11 @@ async fn launch_failure(
     phase: Phase,
     reason: String,
 ) -> VmmError {
-    // A QEMU that dies by itself (bad kernel, unreadable stream, …) is
-    // usually already gone, or about to be, when the QMP error shows up.
-    let self_exit = match proc.exited() {
-        Some(e) => Some(e),
-        None => proc.wait_timeout(EXIT_SETTLE).await,
-    };
-    if let Err(e) = proc.terminate(Duration::from_millis(500)).await {
-        warn!(error = %e, "stopping a failed QEMU");
-    }
-    let mut reason = match self_exit {
-        Some(e) => {
-            let during = match phase {
-                Phase::Boot => "start-up",
-                Phase::Restore => "restore",
-            };
-            format!("QEMU exited during {during} ({e})")
-        }
-        _ => reason,
+    // A QEMU that died by itself (bad kernel, unreadable stream, …) is
+    // what to report, not the QMP error that revealed it.
+    let mut reason = match proc.stop_failed_launch("QEMU").await {
+        Some(exit) => phase.exited("QEMU", exit),
+        None => reason,
     };
     let vmm_log = proc.log_tail(ERROR_TAIL_BYTES);
     if let Some(line) = last_qemu_error(&vmm_log) {
@@ -529,323 +409,9 @@ impl VmmDriver for QemuDriver {
     }
 }
 
-/// One QEMU process. Dropping it SIGKILLs QEMU.
-#[derive(Debug)]
-pub struct QemuVm {
-    id: String,
-    console_log: PathBuf,
-    dir: PathBuf,
-    shape: Shape,
-    shared: Arc<Shared>,
-    proc: VmmProcess,
-    qmp: Qmp,
-    /// Serialises snapshot against pause/resume.
-    op: tokio::sync::Mutex<()>,
-}
-
-/// QEMU run states (`query-status`) in our terms.
-fn map_status(s: &str) -> VmState {
-    match s {
-        "running" => VmState::Running,
-        "paused" | "postmigrate" | "prelaunch" | "finish-migrate" | "save-vm" | "suspended"
-        | "debug" => VmState::Paused,
-        "inmigrate" | "restore-vm" => VmState::Restoring,
-        "shutdown" => VmState::Shutdown,
-        "internal-error" | "io-error" | "guest-panicked" | "watchdog" => {
-            VmState::Failed(s.to_string())
-        }
-        other => VmState::Other(other.to_string()),
-    }
-}
-
-/// Run states in which the vCPUs are stopped and a snapshot may be taken.
-fn is_paused_status(s: &str) -> bool {
-    matches!(s, "paused" | "postmigrate" | "prelaunch" | "suspended")
-}
-
-fn allocated_bytes(m: &std::fs::Metadata) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    m.blocks() * 512
-}
-
-impl QemuVm {
-    /// The raw QMP session (for diagnostics and tests).
-    pub fn qmp(&self) -> &Qmp {
-        &self.qmp
-    }
-
-    /// The sandbox id this VM was started for.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// QEMU's own run state name (`running`, `paused`, `postmigrate`, …).
-    pub async fn raw_status(&self) -> Result<String, VmmError> {
-        let v = self.cmd("query-status", None).await?;
-        v["status"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| VmmError::Protocol(format!("query-status returned {v}")))
-    }
-
-    /// A QMP command; once the connection broke because QEMU exited, the
-    /// error says so.
-    async fn cmd(&self, command: &str, args: Option<Value>) -> Result<Value, VmmError> {
-        match self.qmp.execute(command, args).await {
-            Err(VmmError::Protocol(m)) if self.qmp.closed().is_some() => {
-                match self.proc.wait_timeout(Duration::from_millis(500)).await {
-                    Some(exit) => Err(VmmError::Exited(exit)),
-                    None => Err(VmmError::Protocol(m)),
-                }
-            }
-            other => other,
-        }
-    }
-
-    /// Kills QEMU and turns `reason` into a boot or restore error with the
-    /// logs attached.
-    async fn fail(&self, phase: Phase, reason: String) -> VmmError {
-        launch_failure(&self.proc, &self.console_log, phase, reason).await
-    }
-
-    /// Sets `mapped-ram`; returns whether it is on. `require`: an error if
-    /// it cannot be set as asked (restore must match the file's format).
-    async fn set_mapped_ram(&self, want: bool, require: bool) -> Result<bool, VmmError> {
-        let caps = json!({"capabilities": [{"capability": "mapped-ram", "state": want}]});
-        match self.cmd("migrate-set-capabilities", Some(caps)).await {
-            Ok(_) => Ok(want),
-            // QEMU < 9 has no mapped-ram: off is then the only format.
-            Err(VmmError::Command { desc, .. }) if !want || !require => {
-                if want {
-                    warn!(vm = %self.id, error = %desc, "mapped-ram unavailable; snapshots are written as a plain stream");
-                }
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The `migrate` / `migrate-incoming` target for a file.
-    fn file_target(&self, path: &Path) -> Result<Value, VmmError> {
-        let p = path_str("snapshot state file", path)?;
-        if self.shared.version_tuple >= (9, 0, 0) {
-            // The `channels` form takes the path verbatim.
-            Ok(json!({"channels": [{"channel-type": "main",
-                "addr": {"transport": "file", "filename": p, "offset": 0}}]}))
-        } else if p.contains(',') {
-            Err(VmmError::InvalidSpec(format!(
-                "snapshot path {p:?} must not contain a comma with QEMU < 9"
-            )))
-        } else {
-            Ok(json!({"uri": format!("file:{p}")}))
-        }
-    }
-
-    /// Polls `query-migrate` until it completes; `Err(reason)` on failure,
-    /// timeout or QEMU exit.
-    async fn wait_migration(&self, what: &str, timeout: Duration) -> Result<Value, VmmError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(exit) = self.proc.exited() {
-                return Err(VmmError::Exited(exit));
-            }
-            let v = self.cmd("query-migrate", None).await?;
-            match v["status"].as_str().unwrap_or("none") {
-                "completed" => return Ok(v),
-                "failed" | "cancelled" => {
-                    let desc = v["error-desc"].as_str().unwrap_or("no error description");
-                    return Err(VmmError::Snapshot(format!("{what}: {desc}")));
-                }
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(VmmError::Timeout {
-                    what: what.to_string(),
-                    timeout,
-                });
-            }
-            tokio::time::sleep(MIGRATE_POLL).await;
-        }
-    }
-
-    /// Waits until QEMU leaves the transient states around a migration.
-    async fn settle_status(&self, transient: &str) -> Result<String, VmmError> {
-        let deadline = Instant::now() + ms(self.shared.config.qmp_timeout_ms);
-        loop {
-            let s = self.raw_status().await?;
-            if s != transient || Instant::now() >= deadline {
-                return Ok(s);
-            }
-            tokio::time::sleep(MIGRATE_POLL).await;
-        }
-    }
-
-    async fn load_snapshot(&self, snap: &SnapshotFiles) -> Result<(), VmmError> {
-        let state = snap.state_path();
-        self.set_mapped_ram(snap.mapped_ram, true).await?;
-        let mut args = self.file_target(&state)?;
-        if self.shared.version_tuple >= (9, 1, 0) {
-            // Stay alive on a bad stream so the error can be read over QMP.
-            args["exit-on-error"] = json!(false);
-        }
-        self.cmd("migrate-incoming", Some(args)).await?;
-        let what = format!("loading {}", state.display());
-        self.wait_migration(&what, ms(self.shared.config.restore_timeout_ms))
-            .await?;
-        let s = self.settle_status("inmigrate").await?;
-        if !is_paused_status(&s) && s != "running" {
-            return Err(VmmError::Protocol(format!(
-                "after loading the snapshot the VM is {s:?}"
-            )));
-        }
-        self.cmd("cont", None).await?;
-        let s = self.raw_status().await?;
-        if s != "running" {
-            return Err(VmmError::Protocol(format!("after cont the VM is {s:?}")));
-        }
-        Ok(())
-    }
-
-    async fn snapshot_full(&self, dir: &Path) -> Result<SnapshotFiles, VmmError> {
-        let status = self.raw_status().await?;
-        if !is_paused_status(&status) {
-            return Err(VmmError::NotPaused {
-                op: "snapshot",
-                state: status,
-            });
-        }
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| VmmError::io(format!("create {}", dir.display()), e))?;
-        let state = dir.join(QEMU_STATE_FILE);
-        remove_if_exists(&state)?;
-        let target = self.file_target(&state)?;
-        let mapped_ram = self
-            .set_mapped_ram(self.shared.config.mapped_ram, false)
-            .await?;
-        self.cmd(
-            "migrate-set-parameters",
-            Some(json!({"max-bandwidth": MIGRATE_MAX_BANDWIDTH})),
-        )
-        .await?;
-
-        let t0 = Instant::now();
-        self.cmd("migrate", Some(target)).await?;
-        let what = format!("writing {}", state.display());
-        let timeout = ms(self.shared.config.snapshot_timeout_ms);
-        if let Err(e) = self.wait_migration(&what, timeout).await {
-            if matches!(e, VmmError::Timeout { .. }) {
-                let _ = self.cmd("migrate_cancel", None).await;
-            }
-            let _ = std::fs::remove_file(&state);
-            return Err(match e {
-                VmmError::Snapshot(_) | VmmError::Exited(_) => e,
-                other => VmmError::Snapshot(other.to_string()),
-            });
-        }
-        // QEMU marks the migration completed just before it switches the
-        // run state to postmigrate; wait for that so a `cont` right after
-        // cannot race it.
-        self.settle_status("finish-migrate").await?;
-        let migrate_ms = crate::vmm::millis(t0.elapsed());
-
-        let (size, alloc) = {
-            let state = state.clone();
-            let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || -> Result<(u64, u64), VmmError> {
-                let f = std::fs::File::open(&state)
-                    .map_err(|e| VmmError::io(format!("open {}", state.display()), e))?;
-                f.sync_all()
-                    .map_err(|e| VmmError::io(format!("fsync {}", state.display()), e))?;
-                let m = f
-                    .metadata()
-                    .map_err(|e| VmmError::io(format!("stat {}", state.display()), e))?;
-                if let Ok(d) = std::fs::File::open(&dir) {
-                    let _ = d.sync_all();
-                }
-                Ok((m.len(), allocated_bytes(&m)))
-            })
-            .await
-            .map_err(|e| VmmError::Snapshot(format!("fsync task: {e}")))??
-        };
-        if size == 0 {
-            return Err(VmmError::Snapshot(format!("{} is empty", state.display())));
-        }
-        info!(vm = %self.id, migrate_ms, total_ms = crate::vmm::millis(t0.elapsed()),
-            size, allocated = alloc, mapped_ram, "snapshot written");
-        Ok(SnapshotFiles {
-            dir: dir.to_path_buf(),
-            state_file: PathBuf::from(QEMU_STATE_FILE),
-            mem_file: PathBuf::from(QEMU_STATE_FILE),
-            format_version: SNAPSHOT_FORMAT_VERSION,
-            driver: DRIVER_NAME.to_string(),
-            vmm_version: self.shared.version.clone(),
-            kind: SnapshotKind::Full,
-            size_bytes: size,
-            allocated_bytes: alloc,
-            vcpus: self.shape.vcpus,
-            mem_mib: self.shape.mem_mib,
-            extra_disks: self.shape.extra_disks,
-            has_net: self.shape.has_net,
-            mapped_ram,
-        })
-    }
-}
-
-#[async_trait]
-impl Vm for QemuVm {
-    fn pid(&self) -> Option<u32> {
-        self.proc.exited().is_none().then(|| self.proc.pid())
-    }
-
-    async fn pause(&self) -> Result<(), VmmError> {
-        let _op = self.op.lock().await;
-        self.cmd("stop", None).await.map(drop)
-    }
-
-    async fn resume(&self) -> Result<(), VmmError> {
-        let _op = self.op.lock().await;
-        self.cmd("cont", None).await.map(drop)
-    }
-
-    async fn state(&self) -> Result<VmState, VmmError> {
-        if let Some(exit) = self.proc.exited() {
-            return Ok(VmState::Exited(exit));
-        }
-        match self.raw_status().await {
-            Ok(s) => Ok(map_status(&s)),
-            Err(VmmError::Exited(exit)) => Ok(VmState::Exited(exit)),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn snapshot(&self, dir: &Path, kind: SnapshotKind) -> Result<SnapshotFiles, VmmError> {
-        if kind != SnapshotKind::Full {
-            return Err(VmmError::Unsupported {
-                driver: DRIVER_NAME,
-                what: "diff snapshots".into(),
-            });
-        }
-        let _op = self.op.lock().await;
-        self.snapshot_full(dir).await
-    }
-
-    async fn kill(&self) -> Result<(), VmmError> {
-        self.proc
-            .terminate(ms(self.shared.config.kill_grace_ms))
-            .await?;
-        // QEMU leaves its socket behind when killed.
-        for f in [super::consts::QMP_SOCKET, QEMU_PIDFILE] {
-            let _ = remove_if_exists(&self.dir.join(f));
-        }
-        Ok(())
-    }
-
-    crate::vmm::process_vm_methods!();
-}
-
 #[cfg(test)]
 mod tests {
+    use super::vm::{is_paused_status, map_status};
     use super::*;
 
     #[test]

@@ -29,7 +29,9 @@ use crate::vmm::VmmError;
 /// One asynchronous QMP event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QmpEvent {
+    /// The event's name, e.g. `"STOP"` or `"SHUTDOWN"`.
     pub event: String,
+    /// Its event-specific payload (`null` when QEMU sends none).
     #[serde(default)]
     pub data: Value,
     /// QEMU's `{"seconds", "microseconds"}`, as sent.
@@ -40,9 +42,13 @@ pub struct QmpEvent {
 /// What QEMU says about itself in the greeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QmpGreeting {
+    /// QEMU's major version (0 when the greeting lacks it).
     pub major: u32,
+    /// Its minor version (0 when missing).
     pub minor: u32,
+    /// Its micro (patch) version (0 when missing).
     pub micro: u32,
+    /// The distribution's package string, trimmed (often empty).
     pub package: String,
 }
 
@@ -86,7 +92,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Valu
     let mut buf = Vec::new();
     loop {
         let n = (&mut *r)
-            .take((QMP_MAX_LINE + 1 - buf.len()) as u64)
+            .take((QMP_MAX_LINE + 1).saturating_sub(buf.len()) as u64)
             .read_until(b'\n', &mut buf)
             .await
             .map_err(|e| format!("read: {e}"))?;
@@ -131,7 +137,9 @@ pub enum QmpMessage {
     /// `error` as [`VmmError::Command`] (with an empty command name, which
     /// the caller fills in).
     Reply {
+        /// The `id` the command was sent with.
         id: u64,
+        /// Its `return` value or its error.
         reply: Result<Value, VmmError>,
     },
     /// A message the reader drops (a malformed event, no numeric id); why.
@@ -231,6 +239,7 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// QEMU's version, as its greeting gave it.
     pub fn greeting(&self) -> &QmpGreeting {
         &self.greeting
     }
