@@ -54,8 +54,11 @@ impl Table {
             let mut line = String::new();
             for (i, c) in r.iter().enumerate() {
                 line.push_str(c);
-                if i + 1 < r.len() {
-                    let pad = widths[i] - c.chars().count() + 3;
+                if i.saturating_add(1) < r.len() {
+                    // widths[i] is at least this cell's width.
+                    let pad = widths[i]
+                        .saturating_sub(c.chars().count())
+                        .saturating_add(3);
                     line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
@@ -140,7 +143,7 @@ impl Fields {
         let w = self
             .rows
             .iter()
-            .map(|(k, _)| k.chars().count() + 1)
+            .map(|(k, _)| k.chars().count().saturating_add(1))
             .max()
             .unwrap_or(0);
         let mut out = String::new();

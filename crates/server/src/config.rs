@@ -28,15 +28,28 @@ pub const PACKAGED_GUEST: &str = "/usr/lib/bhatti/guest";
 /// Where `scripts/guest` leaves the kernel and the minimal image.
 pub const GUEST_CACHE: &str = "/var/cache/bhatti/guest";
 
+/// Why the config could not be loaded; the daemon refuses to start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file exists (or was named) but could not be read.
     #[error("read {path}: {source}")]
     Read {
+        /// The file that was read.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is not valid YAML for [`Config`] (bad syntax, a wrong
+    /// type, or an unknown key).
     #[error("parse {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file that was parsed.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The file parsed, but a value is out of range or inconsistent (the
+    /// message names the key).
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -67,13 +80,16 @@ impl Default for ThermalConfig {
 }
 
 impl ThermalConfig {
-    pub fn warm(&self) -> Duration {
+    /// [`ThermalConfig::warm_timeout_secs`] as a duration (negative = 0).
+    pub(crate) fn warm(&self) -> Duration {
         Duration::from_secs_f64(self.warm_timeout_secs.max(0.0))
     }
-    pub fn cold(&self) -> Duration {
+    /// [`ThermalConfig::cold_timeout_secs`] as a duration (negative = 0).
+    pub(crate) fn cold(&self) -> Duration {
         Duration::from_secs_f64(self.cold_timeout_secs.max(0.0))
     }
-    pub fn tick(&self) -> Duration {
+    /// [`ThermalConfig::tick_secs`] as a duration, at least 50 ms.
+    pub(crate) fn tick(&self) -> Duration {
         Duration::from_secs_f64(self.tick_secs.max(0.05))
     }
 }
@@ -82,7 +98,11 @@ impl ThermalConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Bucket {
+    /// Capacity: requests allowed back to back from a full bucket (a new
+    /// user starts full).
     pub burst: f64,
+    /// Tokens added per minute, spread evenly (`per_minute / 60` a second),
+    /// up to `burst`: the sustained rate.
     pub per_minute: f64,
 }
 
@@ -90,9 +110,15 @@ pub struct Bucket {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimits {
+    /// Set false to turn every limit off, the failed-authentication
+    /// throttle included (default true).
     pub enabled: bool,
+    /// Per user, for `POST /sandboxes` (default 10, then 30 a minute).
     pub create: Bucket,
+    /// Per user, for exec, file writes and WebSockets (default 30, then 600
+    /// a minute).
     pub exec: Bucket,
+    /// Per user, for every other request (default 60, then 1200 a minute).
     pub read: Bucket,
     /// Failed authentications per source address (default 10, then 10 a
     /// minute); past it, 429 without a key lookup.
@@ -133,6 +159,9 @@ pub struct Config {
     /// is loopback only (the Unix socket and an SSH tunnel cover remote
     /// admin until an operator opts in).
     pub listen: String,
+    /// Where the daemon keeps its store (`state.db`), keys, images,
+    /// snapshots, volumes and every sandbox's disks; created mode 0700, one
+    /// daemon per directory (default [`DEFAULT_DATA_DIR`]).
     pub data_dir: PathBuf,
     /// The group (name or numeric ID) whose members may use the API
     /// through [`Config::group_socket`]. Unset: `bhatti` when that group
@@ -143,11 +172,17 @@ pub struct Config {
     /// every sandbox's disks). Unset: `/run/bhatti/api.sock` for the
     /// default data directory, none for any other.
     pub group_socket: Option<PathBuf>,
-    /// CLI keys, accepted (one file serves both) and ignored by the daemon.
+    /// CLI key (the daemon's URL), accepted so one file serves both, and
+    /// ignored by the daemon.
     pub api_url: Option<String>,
+    /// CLI key (the API key to send), accepted and ignored by the daemon.
     pub auth_token: Option<String>,
+    /// CLI key (a CA certificate for `https` URLs), accepted and ignored
+    /// by the daemon.
     pub ca_file: Option<String>,
+    /// When idle sandboxes are paused and snapshotted to disk.
     pub thermal: ThermalConfig,
+    /// Per-user request rate limits and the failed-authentication throttle.
     pub rate_limits: RateLimits,
     /// Guest kernel (ELF vmlinux) for the microVM engines.
     #[serde(alias = "firecracker_kernel")]
@@ -155,16 +190,30 @@ pub struct Config {
     /// Default root filesystem image (`minimal`).
     #[serde(alias = "firecracker_rootfs")]
     pub rootfs: Option<PathBuf>,
+    /// The Firecracker binary, looked up in `PATH` without a `/` (default
+    /// `firecracker`); also probed when `engine` is unset.
     pub firecracker_bin: String,
+    /// Firecracker: run each VMM under this jailer binary, chrooted in
+    /// `<data_dir>/jails` (default none: no jailer).
     pub firecracker_jailer: Option<String>,
     /// Firecracker: stop woken sandboxes with a Diff snapshot merged onto
     /// their cold snapshot (off by default; see docs/decisions.md).
     pub diff_snapshots: bool,
+    /// User ID the jailer runs Firecracker as (default 10000); used only
+    /// with `firecracker_jailer`.
     pub jail_uid: Option<u32>,
+    /// Group ID the jailer runs Firecracker as (default 10000); used only
+    /// with `firecracker_jailer`.
     pub jail_gid: Option<u32>,
+    /// The QEMU binary, looked up in `PATH` without a `/` (default
+    /// `qemu-system-x86_64`); also probed when `engine` is unset.
     pub qemu_bin: String,
-    /// Docker engine: the default image and a static lohar to inject.
+    /// Docker engine: the image of a sandbox created without one (default
+    /// `bhatti/minimal:latest`).
     pub docker_image: Option<String>,
+    /// A static lohar binary: injected into Docker containers whose image
+    /// lacks one, and into every pulled or imported image. Unset:
+    /// `$BHATTI_LOHAR_STATIC`, else the one in the default root filesystem.
     pub lohar: Option<PathBuf>,
     /// Sandboxes snapshotted at once during graceful shutdown (default 10).
     pub shutdown_parallelism: usize,
@@ -288,7 +337,10 @@ impl Config {
         serde_norway::from_str(text).map_err(|e| e.to_string())
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what parsing cannot: a known engine, a `listen` that parses,
+    /// an existing socket group, nonzero shutdown parallelism, connection
+    /// timeouts within 0.1–86400 s, and at least 128 MiB default memory.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(e) = &self.engine {
             if !["firecracker", "qemu", "docker"].contains(&e.as_str()) {
                 return Err(ConfigError::Invalid(format!(

@@ -19,26 +19,43 @@ use crate::routes;
 use crate::state::{AppState, Shared};
 use crate::thermal::Thermostat;
 
+/// Why the daemon could not start (or, for [`run`], keep serving).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The data directory (or a file in it) could not be created, locked
+    /// or prepared.
     #[error("data dir {path}: {source}")]
     DataDir {
+        /// The directory or file concerned.
         path: std::path::PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The store (`<data_dir>/state.db`) could not be opened or queried.
     #[error("store: {0}")]
     Store(#[from] bhatti_store::StoreError),
+    /// No engine is usable on this host, or the chosen one failed to start.
     #[error("engine: {0}")]
     Engine(#[from] engines::EngineSetupError),
+    /// The configuration is invalid.
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// Another daemon holds the data directory's lock.
     #[error("data dir {path} is in use by another bhatti daemon (one daemon per data directory: stop that one, or give this one another --data-dir)")]
-    DataDirInUse { path: std::path::PathBuf },
+    DataDirInUse {
+        /// The data directory.
+        path: std::path::PathBuf,
+    },
+    /// A listener (TCP address or Unix socket) could not be bound or set up.
     #[error("listen on {addr}: {source}{}", listen_hint(.source))]
     Listen {
+        /// The TCP address or socket path.
         addr: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The bound TCP listener's address could not be read, or the SIGTERM
+    /// handler could not be installed.
     #[error("serve: {0}")]
     Serve(std::io::Error),
 }
@@ -120,9 +137,14 @@ const KEEP_HOT_WAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running daemon: its state, the addresses it listens on, and a handle
 /// to stop it (used by `run` and by tests that embed the daemon).
 pub struct Daemon {
+    /// The state every handler shares (store, engine, config); tests and
+    /// benchmarks reach the store through it.
     pub state: Shared,
+    /// The TCP address actually bound (the port is the kernel's choice when
+    /// `listen` names port 0).
     pub tcp_addr: std::net::SocketAddr,
-    pub socket: std::path::PathBuf,
+    /// `<data_dir>/api.sock`, removed at shutdown.
+    socket: std::path::PathBuf,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     events_task: tokio::task::JoinHandle<()>,

@@ -115,7 +115,10 @@ pub async fn serve<L: Accept>(
             let mut stopped = std::pin::pin!(async move {
                 let _ = stop.wait_for(|v| *v).await;
             });
-            let check = (idle / 4).max(Duration::from_millis(100));
+            let check = idle
+                .checked_div(4)
+                .unwrap_or_default()
+                .max(Duration::from_millis(100));
             let ended = loop {
                 tokio::select! {
                     r = &mut conn => break r,

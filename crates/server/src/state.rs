@@ -185,7 +185,10 @@ impl AppState {
     }
 
     pub fn pin(self: &Arc<Self>, id: &str) -> Pin {
-        *lock(&self.pins).entry(id.to_string()).or_insert(0) += 1;
+        let mut pins = lock(&self.pins);
+        let n = pins.entry(id.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        drop(pins);
         self.touch(id);
         Pin {
             state: self.clone(),

@@ -108,7 +108,7 @@ impl Thermostat {
                 self.pause(sb, "thermal.pause").await;
             }
             _ => {
-                track.agent_failures += 1;
+                track.agent_failures = track.agent_failures.saturating_add(1);
                 if track.agent_failures >= FORCE_PAUSE_AFTER {
                     track.agent_failures = 0;
                     self.pause(sb, "thermal.force_pause").await;
@@ -172,7 +172,7 @@ impl Thermostat {
                     Ok(Err(e)) => e.to_string(),
                     _ => "timed out".to_string(),
                 };
-                track.stop_failures += 1;
+                track.stop_failures = track.stop_failures.saturating_add(1);
                 st.events.emit(
                     &sb.user_id,
                     &sb.id,

@@ -62,8 +62,8 @@ fn segment_ok(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
@@ -295,7 +295,10 @@ pub fn cidr(c: &str) -> ServiceResult<bhatti_engine::net::Ipv4Cidr> {
         None => (c, 32),
     };
     let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    // prefix <= 32 (checked above); /0 shifts by 32, which is no mask.
+    let mask = u32::MAX
+        .checked_shl(32u32.saturating_sub(u32::from(prefix)))
+        .unwrap_or(0);
     bhatti_engine::net::Ipv4Cidr::new((u32::from(addr) & mask).into(), prefix).map_err(|_| bad())
 }
 

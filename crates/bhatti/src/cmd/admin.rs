@@ -53,7 +53,7 @@ pub enum AdminCmd {
 pub fn since_ts(s: &str, now: SystemTime) -> anyhow::Result<String> {
     let s = s.trim();
     if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {
-        if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
+        if let Some(Ok(n)) = s.strip_suffix(unit).map(str::parse::<u64>) {
             let per = match unit {
                 's' => 1,
                 'm' => 60,
@@ -77,6 +77,20 @@ pub fn since_ts(s: &str, now: SystemTime) -> anyhow::Result<String> {
         Some(t) => Ok(time::format_ts(t)),
         None => bail!("--since {s:?}: use 30m, 24h, 7d, YYYY-MM-DD or an RFC 3339 UTC time"),
     }
+}
+
+/// The start (unix seconds) of the `width`-second bucket holding `secs`; a
+/// zero width leaves `secs` as it is.
+fn bucket_start(secs: u64, width: u64) -> u64 {
+    secs.saturating_sub(secs.checked_rem(width).unwrap_or(0))
+}
+
+/// A bucket's start as an RFC 3339 time (the bare seconds if the clock
+/// cannot say it, which no bucket from a parsed timestamp reaches).
+fn bucket_time(start: u64) -> String {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(start))
+        .map_or_else(|| start.to_string(), time::format_ts)
 }
 
 /// The bucket width for a window, as the reference chose it.
@@ -171,18 +185,19 @@ pub fn run(ctx: &Ctx, c: AdminCmd) -> anyhow::Result<i32> {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs();
-                *buckets
-                    .entry(secs - secs % width)
+                let n = buckets
+                    .entry(bucket_start(secs, width))
                     .or_default()
                     .entry(e.event_type.clone())
-                    .or_default() += 1;
+                    .or_default();
+                *n = n.saturating_add(1);
             }
             if ctx.json {
                 let rows: Vec<_> = buckets
                     .iter()
                     .map(|(b, types)| {
                         serde_json::json!({
-                            "bucket": time::format_ts(SystemTime::UNIX_EPOCH + Duration::from_secs(*b)),
+                            "bucket": bucket_time(*b),
                             "width_secs": width,
                             "counts": types,
                         })
@@ -195,11 +210,7 @@ pub fn run(ctx: &Ctx, c: AdminCmd) -> anyhow::Result<i32> {
             for (b, types) in &buckets {
                 let total: u64 = types.values().sum();
                 let detail: Vec<String> = types.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                t.row([
-                    time::format_ts(SystemTime::UNIX_EPOCH + Duration::from_secs(*b)),
-                    total.to_string(),
-                    detail.join(" "),
-                ]);
+                t.row([bucket_time(*b), total.to_string(), detail.join(" ")]);
             }
             if t.is_empty() {
                 eprintln!("No events since {since}.");
@@ -220,15 +231,17 @@ fn status(ctx: &Ctx, store: &Store) -> anyhow::Result<i32> {
     let (mut cpus, mut mem) = (0u64, 0u64);
     for s in &sandboxes {
         let st = s.status.as_str().to_string();
-        *by_status.entry(st.clone()).or_default() += 1;
-        *per_user
+        let n = by_status.entry(st.clone()).or_default();
+        *n = n.saturating_add(1);
+        let n = per_user
             .entry(s.user_id.clone())
             .or_default()
             .entry(st)
-            .or_default() += 1;
+            .or_default();
+        *n = n.saturating_add(1);
         if s.status.as_str() == "running" {
-            cpus += u64::from(s.cpus);
-            mem += u64::from(s.memory_mb);
+            cpus = cpus.saturating_add(u64::from(s.cpus));
+            mem = mem.saturating_add(u64::from(s.memory_mb));
         }
     }
     let recent = store.events(&EventQuery {

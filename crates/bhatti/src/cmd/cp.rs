@@ -176,7 +176,7 @@ async fn download(client: &Client, sandbox: &str, src: &str, dst: &Path) -> anyh
         get(client, sandbox, src, &target, &st.mode).await?;
         return Ok(1);
     }
-    let mut n = 0;
+    let mut n: u64 = 0;
     let mut stack = vec![(src.to_string(), target)];
     while let Some((remote, local)) = stack.pop() {
         std::fs::create_dir_all(&local).with_context(|| format!("{}", local.display()))?;
@@ -187,7 +187,7 @@ async fn download(client: &Client, sandbox: &str, src: &str, dst: &Path) -> anyh
                 stack.push((r, l));
             } else {
                 match get(client, sandbox, &r, &l, &e.mode).await {
-                    Ok(()) => n += 1,
+                    Ok(()) => n = n.saturating_add(1),
                     // A guest symlink, a socket, a file gone meanwhile: said,
                     // and the rest is still copied.
                     Err(err) if is_refusal(&err) => eprintln!("skipping {sandbox}:{r}: {err:#}"),

@@ -62,8 +62,7 @@ pub async fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<i32> {
             // Truncated or replaced: start over, as tail -F does.
             (lines_done, bytes_done) = (0, 0);
         }
-        if size > bytes_done {
-            let grown = size - bytes_done;
+        if let Some(grown) = size.checked_sub(bytes_done).filter(|g| *g > 0) {
             let opts = ReadOptions {
                 offset: lines_done.saturating_add(1),
                 max_bytes: grown,

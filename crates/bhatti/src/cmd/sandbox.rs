@@ -423,7 +423,8 @@ pub async fn inspect(ctx: &Ctx, a: SandboxArg) -> anyhow::Result<i32> {
         .add("Memory", format!("{} MB", sb.memory_mb));
     match disk {
         Some((used, total)) => {
-            let pct = (used * 100).checked_div(total).unwrap_or(0);
+            // Sizes come from the guest's df: a nonsense one must not panic.
+            let pct = used.saturating_mul(100).checked_div(total).unwrap_or(0);
             f.add("Disk", format!("{used} MB used of {total} MB ({pct}%)"));
         }
         None => {

@@ -96,27 +96,34 @@ pub async fn list(
 
 /// Minimal `%XX` and `+` decoding for query values.
 pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
+    let mut rest = s.as_bytes();
+    let mut out = Vec::with_capacity(rest.len());
+    while let Some((&c, tail)) = rest.split_first() {
+        rest = tail;
+        match c {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    // Two hex digits: at most 255.
-                    #[allow(clippy::cast_possible_truncation)]
-                    out.push((h * 16 + l) as u8);
-                    i += 2;
+            b'%' => match tail
+                .split_first_chunk::<2>()
+                .and_then(|(digits, after)| Some((hex_byte(digits)?, after)))
+            {
+                Some((byte, after)) => {
+                    out.push(byte);
+                    rest = after;
                 }
-                _ => out.push(b'%'),
+                None => out.push(b'%'),
             },
             c => out.push(c),
         }
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The byte two hex digits spell (`None` unless both are hex digits).
+fn hex_byte(digits: &[u8; 2]) -> Option<u8> {
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 pub async fn get_one(
@@ -277,5 +284,8 @@ mod tests {
         assert_eq!(percent_decode("a%3Db+c"), "a=b c");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%+1x"), "% 1x", "a sign is not a hex digit");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%41%ff%2b"), "A\u{fffd}+");
     }
 }

@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use bhatti_api as api;
+use bhatti_engine::contract::Thermal;
 use serde_json::Value;
 
 use super::{Caller, VERSION};
@@ -40,9 +41,15 @@ fn gauge_header(out: &mut String, name: &str, help: &str) {
     );
 }
 
-fn thermal_gauge(out: &mut String, hot: u64, warm: u64, cold: u64) {
+/// The sandboxes gauge: how many of `thermals` are in each state.
+fn thermal_gauge(out: &mut String, thermals: &[Thermal]) {
     gauge_header(out, "sandboxes", "Sandboxes by thermal state.");
-    for (t, n) in [("hot", hot), ("warm", warm), ("cold", cold)] {
+    for (t, state) in [
+        ("hot", Thermal::Hot),
+        ("warm", Thermal::Warm),
+        ("cold", Thermal::Cold),
+    ] {
+        let n = thermals.iter().filter(|x| **x == state).count();
         let _ = writeln!(out, "bhatti_sandboxes{{thermal=\"{t}\"}} {n}");
     }
 }
@@ -56,16 +63,13 @@ async fn tenant_metrics(st: &Shared, user: &bhatti_store::User) -> String {
         .db(move |s| s.list_sandboxes(&uid, &Default::default()))
         .await
         .unwrap_or_default();
-    let (mut hot, mut warm, mut cold) = (0, 0, 0);
-    for sb in &rows {
-        match st.engine.thermal(&sb.id) {
-            Ok(bhatti_engine::contract::Thermal::Hot) => hot += 1,
-            Ok(bhatti_engine::contract::Thermal::Warm) => warm += 1,
-            Ok(bhatti_engine::contract::Thermal::Cold) | Err(_) => cold += 1,
-        }
-    }
+    // A sandbox the engine does not know is on disk only: cold.
+    let thermals: Vec<Thermal> = rows
+        .iter()
+        .map(|sb| st.engine.thermal(&sb.id).unwrap_or(Thermal::Cold))
+        .collect();
     let mut out = String::new();
-    thermal_gauge(&mut out, hot, warm, cold);
+    thermal_gauge(&mut out, &thermals);
     out
 }
 
@@ -115,17 +119,8 @@ async fn daemon_metrics(st: &Shared) -> String {
         st.events.dropped(),
     );
     let infos = st.engine.list().await;
-    let mut hot = 0;
-    let mut warm = 0;
-    let mut cold = 0;
-    for i in &infos {
-        match i.thermal {
-            bhatti_engine::contract::Thermal::Hot => hot += 1,
-            bhatti_engine::contract::Thermal::Warm => warm += 1,
-            bhatti_engine::contract::Thermal::Cold => cold += 1,
-        }
-    }
-    thermal_gauge(&mut out, hot, warm, cold);
+    let thermals: Vec<Thermal> = infos.iter().map(|i| i.thermal).collect();
+    thermal_gauge(&mut out, &thermals);
     let _ = writeln!(
         out,
         "# HELP bhatti_websockets_active Open WebSocket sessions.\n# TYPE bhatti_websockets_active gauge\nbhatti_websockets_active {}",

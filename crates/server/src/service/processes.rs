@@ -415,10 +415,10 @@ fn exited(code: i32) -> End {
     End {
         exit_code: code,
         exited: true,
-        status: if code > 128 {
-            format!("signal: {}", code - 128)
-        } else {
-            format!("exit status {code}")
+        // A shell reports death by signal N as 128 + N.
+        status: match code.checked_sub(128) {
+            Some(signal) if signal > 0 => format!("signal: {signal}"),
+            _ => format!("exit status {code}"),
         },
         error: None,
     }

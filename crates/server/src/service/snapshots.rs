@@ -22,8 +22,10 @@ fn dir_size(p: &Path) -> u64 {
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| e.metadata().ok())
-                .map(|m| if m.is_dir() { 0 } else { m.blocks() * 512 })
-                .sum()
+                .filter(|m| !m.is_dir())
+                .fold(0u64, |total, m| {
+                    total.saturating_add(m.blocks().saturating_mul(512))
+                })
         })
         .unwrap_or(0)
 }

@@ -186,11 +186,12 @@ impl Filesystem for FilesystemService {
         let first = futures_util::stream::once(async {
             watch_event(watch_dir_response::Event::Start(Box::default()))
         });
+        // 50 s from now is always representable; were it not, the first
+        // keepalive would go at once.
+        let now = tokio::time::Instant::now();
+        let first_ping = now.checked_add(KEEPALIVE).unwrap_or(now);
         let rest = futures_util::stream::unfold(
-            (
-                rx,
-                tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
-            ),
+            (rx, tokio::time::interval_at(first_ping, KEEPALIVE)),
             move |(mut rx, mut tick)| async move {
                 tokio::select! {
                     ev = rx.recv() => ev.map(|ev| {

@@ -28,6 +28,10 @@ use crate::state::Shared;
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(50);
 /// The SDKs' header for the keepalive interval, in seconds.
 const KEEPALIVE_HEADER: &str = "keepalive-ping-interval";
+/// The longest keepalive interval honoured (a day; longer asks are cut to
+/// it): no proxy waits that long, and the first ping's deadline stays far
+/// from the clock's end.
+const MAX_KEEPALIVE: Duration = Duration::from_secs(86_400);
 
 pub struct ProcessService {
     pub st: Shared,
@@ -135,11 +139,18 @@ fn output_event(o: Output) -> ProcessEvent {
 }
 
 fn keepalive_interval(ctx: &RequestContext) -> Duration {
-    ctx.header(KEEPALIVE_HEADER)
-        .and_then(|v| v.to_str().ok())
+    keepalive_from(ctx.header(KEEPALIVE_HEADER).and_then(|v| v.to_str().ok()))
+}
+
+/// The keepalive interval a header value asks for: whole seconds, at most
+/// [`MAX_KEEPALIVE`]; absent, zero or not a number = the default.
+fn keepalive_from(header: Option<&str>) -> Duration {
+    header
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|s| *s > 0)
-        .map_or(DEFAULT_KEEPALIVE, Duration::from_secs)
+        .map_or(DEFAULT_KEEPALIVE, |s| {
+            Duration::from_secs(s).min(MAX_KEEPALIVE)
+        })
 }
 
 /// The event stream of one subscriber: a start event, then the process's
@@ -150,12 +161,12 @@ fn events(
     every: Duration,
 ) -> impl futures_util::Stream<Item = ProcessEvent> + Send {
     let first = futures_util::stream::once(async move { start_event(pid) });
+    // `every` is at most MAX_KEEPALIVE, so the sum is always there; were it
+    // not, the first ping would go at once.
+    let now = tokio::time::Instant::now();
+    let first_ping = now.checked_add(every).unwrap_or(now);
     let rest = futures_util::stream::unfold(
-        (
-            rx,
-            tokio::time::interval_at(tokio::time::Instant::now() + every, every),
-            false,
-        ),
+        (rx, tokio::time::interval_at(first_ping, every), false),
         |(mut rx, mut tick, done)| async move {
             if done {
                 return None;
@@ -361,5 +372,21 @@ fn input_bytes(i: Option<&bhatti_e2b::proto::process::ProcessInput>) -> Option<V
             Some(b.clone())
         }
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_header() {
+        assert_eq!(keepalive_from(None), DEFAULT_KEEPALIVE);
+        assert_eq!(keepalive_from(Some("0")), DEFAULT_KEEPALIVE);
+        assert_eq!(keepalive_from(Some("soon")), DEFAULT_KEEPALIVE);
+        assert_eq!(keepalive_from(Some(" 5 ")), Duration::from_secs(5));
+        // A huge interval (once an overflowing deadline) is cut to a day.
+        let max = u64::MAX.to_string();
+        assert_eq!(keepalive_from(Some(&max)), MAX_KEEPALIVE);
     }
 }
