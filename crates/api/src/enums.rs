@@ -109,6 +109,36 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// Why, more precisely than the code, for the errors a client can do
+    /// something about: what to suggest to a person, or what to retry, is
+    /// decided on this and never on the words of `error`. Absent where the
+    /// code says it all.
+    pub enum ErrorReason {
+        /// 409: the sandbox's VM died; `start` boots it again from its disk.
+        SandboxCrashed = "sandbox_crashed",
+        /// 409: restoring the sandbox's snapshot failed; starts are refused
+        /// until one is forced.
+        RestoreFailed = "restore_failed",
+        /// 409: the operation needs a running sandbox and this one is stopped.
+        SandboxNotRunning = "sandbox_not_running",
+        /// 409: the daemon could not recover the sandbox after a restart; it
+        /// can only be destroyed.
+        SandboxLost = "sandbox_lost",
+        /// 409: the name is taken.
+        AlreadyExists = "already_exists",
+        /// 409: the object is in use (a volume attached to a sandbox).
+        InUse = "in_use",
+        /// 403 or 429: a per-user quota or limit would be exceeded.
+        QuotaExceeded = "quota_exceeded",
+        /// 429: a request-rate bucket is empty; retry in a moment.
+        RateLimited = "rate_limited",
+        ..
+        /// A reason this client does not know yet.
+        Unknown = "unknown",
+    }
+}
+
+wire_enum! {
     /// A sandbox's status.
     pub enum SandboxStatus {
         /// Its VM or container is up (hot, warm or cold: see `thermal`).

@@ -17,7 +17,7 @@
 mod enums;
 pub mod rules;
 
-pub use enums::{EngineKind, ErrorCode, SandboxStatus, ThermalState};
+pub use enums::{EngineKind, ErrorCode, ErrorReason, SandboxStatus, ThermalState};
 
 use std::collections::BTreeMap;
 
@@ -43,6 +43,9 @@ pub struct ErrorBody {
     /// Absent only from servers older than error codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
+    /// Why, where a client can act on it (see [`ErrorReason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }

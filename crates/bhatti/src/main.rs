@@ -15,7 +15,7 @@ mod serve;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bhatti_client::{ClientError, Overrides};
+use bhatti_client::{ClientError, Overrides, Resource};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cmd::{
@@ -151,6 +151,20 @@ impl Command {
             _ => None,
         }
     }
+
+    /// What a command addresses, so that a 404's hint says where to look.
+    fn resource(&self) -> Resource {
+        match self {
+            Command::File(_) | Command::Cp(_) => Resource::File,
+            Command::Secret(_) => Resource::Secret,
+            Command::Volume(_) => Resource::Volume,
+            Command::Template(_) => Resource::Template,
+            Command::Snapshot(_) => Resource::Snapshot,
+            Command::Image(_) => Resource::Image,
+            Command::Task(_) => Resource::Task,
+            _ => Resource::Sandbox,
+        }
+    }
 }
 
 async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> anyhow::Result<i32> {
@@ -211,14 +225,16 @@ fn error_text(e: &anyhow::Error) -> String {
 
 /// Prints an error the way the CLI promises: `Error: <status>: <message>`
 /// and, when one applies, a hint on the next line (JSON with `--json`).
-fn report(e: &anyhow::Error, json: bool, sandbox: Option<&str>) {
+fn report(e: &anyhow::Error, json: bool, sandbox: Option<&str>, resource: Resource) {
     let client_err = e.chain().find_map(|c| c.downcast_ref::<ClientError>());
-    let hint = client_err.and_then(|c| c.hint_for(sandbox));
+    let hint = client_err.and_then(|c| c.hint_for(sandbox, resource));
     if json {
         let api = client_err.and_then(ClientError::api);
         let v = serde_json::json!({
             "error": api.map(|a| a.message.clone()).unwrap_or_else(|| error_text(e)),
             "status": api.map(|a| a.status),
+            "code": api.and_then(|a| a.code),
+            "reason": api.and_then(|a| a.reason),
             "request_id": api.and_then(|a| a.request_id.clone()),
             "hint": hint,
         });
@@ -259,6 +275,7 @@ fn main() {
         },
     );
     let sandbox = cli.command.sandbox().map(str::to_string);
+    let resource = cli.command.resource();
     let own_failure = match cli.command {
         Command::Exec(_) | Command::Run(_) => exec::OWN_FAILURE,
         _ => 1,
@@ -277,7 +294,7 @@ fn main() {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            report(&e, json, sandbox.as_deref());
+            report(&e, json, sandbox.as_deref(), resource);
             own_failure
         }
     };

@@ -4,8 +4,9 @@
 //! An [`ApiError`] is what the server said (`{"error": …}` with the HTTP
 //! status); every other [`ClientError`] variant is something that went wrong
 //! on the way (config, connection, decoding). Hints are chosen from the
-//! status and the server's wording, so they live here, beside the type, and
-//! are unit-tested: callers other than the CLI get the same advice.
+//! server's reason and status (never its wording), so they live here, beside
+//! the type, and are unit-tested: callers other than the CLI get the same
+//! advice.
 
 use std::path::PathBuf;
 
@@ -18,7 +19,12 @@ pub struct ApiError {
     /// What went wrong, for programs to branch on (absent from servers
     /// older than error codes, and from bodies that are not the API's).
     pub code: Option<bhatti_api::ErrorCode>,
+    /// Why, where a client can act on it (absent where the code says it
+    /// all, and from older servers).
+    pub reason: Option<bhatti_api::ErrorReason>,
+    /// The server's words for a person.
     pub message: String,
+    /// The ID the server logged a 500's cause under.
     pub request_id: Option<String>,
 }
 
@@ -31,6 +37,7 @@ impl ApiError {
             Ok(b) => ApiError {
                 status,
                 code: b.code,
+                reason: b.reason,
                 message: b.error,
                 request_id: b.request_id,
             },
@@ -49,6 +56,7 @@ impl ApiError {
                 ApiError {
                     status,
                     code: None,
+                    reason: None,
                     message,
                     request_id: None,
                 }
@@ -58,64 +66,93 @@ impl ApiError {
 
     /// A recovery hint with `<name>` standing for the sandbox.
     pub fn hint(&self) -> Option<String> {
-        self.hint_for(None)
+        self.hint_for(None, Resource::Sandbox)
     }
 
     /// A recovery hint; `sandbox` (when the command had one) replaces the
-    /// `<name>` placeholder so the hint can be pasted as is.
-    pub fn hint_for(&self, sandbox: Option<&str>) -> Option<String> {
+    /// `<name>` placeholder so the hint can be pasted as is, and `resource`
+    /// (what the command addressed) says where to look after a 404.
+    ///
+    /// Chosen from the server's reason and code, never from its words: a
+    /// server older than reasons gets the hints its status allows.
+    pub fn hint_for(&self, sandbox: Option<&str>, resource: Resource) -> Option<String> {
+        use bhatti_api::ErrorReason as R;
         let name = sandbox.unwrap_or("<name>");
-        let m = self.message.to_ascii_lowercase();
-        let has = |s: &str| m.contains(s);
-
-        // Wording first: the same status means different things per route.
-        if has("is crashed") {
-            return Some(format!("Boot it again from its disk: bhatti start {name}"));
-        }
-        if has("restore failed")
-            || has("corrupt")
-            || has("cannot be woken")
-            || has("force to retry")
-            || has("--force")
-        {
-            return Some(format!("Retry with: bhatti start --force {name}"));
-        }
-        if has("not hot") || has("is stopped") || has("sandbox stopped") || has("not running") {
-            return Some(format!("Resume it first: bhatti start {name}"));
+        let by_reason = match self.reason {
+            Some(R::SandboxCrashed) => Some(format!("Boot it again from its disk: bhatti start {name}")),
+            Some(R::RestoreFailed) => Some(format!("Retry with: bhatti start --force {name}")),
+            Some(R::SandboxNotRunning) => Some(format!("Resume it first: bhatti start {name}")),
+            Some(R::SandboxLost) => Some(format!(
+                "The daemon could not recover it; its reason is in: bhatti inspect {name} (destroy it with: bhatti destroy {name})"
+            )),
+            Some(R::AlreadyExists) => Some("Pick another name".into()),
+            Some(R::InUse) => Some(
+                "Destroy the sandbox using it first (bhatti volume inspect <volume> shows attachments)".into(),
+            ),
+            Some(R::QuotaExceeded) => Some(
+                "Over your quota: destroy something you no longer need (bhatti ls, bhatti snapshot list, bhatti volume list) or ask an admin to raise your limits".into(),
+            ),
+            Some(R::RateLimited) => Some("Slow down: too many requests, retry in a moment".into()),
+            Some(R::Unknown) | None => None,
+        };
+        if by_reason.is_some() {
+            return by_reason;
         }
         let hint = match self.status {
             401 => "Check your key: bhatti setup".to_string(),
-            403 if has("quota") || has("limit") || has("max") => {
-                "Over your quota: free something up or ask an admin to raise your limits".into()
-            }
             403 => "This key may not do that: check which user it belongs to (bhatti setup)".into(),
-            404 if has("secret") => "List secrets: bhatti secret list".into(),
-            404 if has("volume") => "List volumes: bhatti volume list".into(),
-            404 if has("snapshot") => "List snapshots: bhatti snapshot list".into(),
-            404 if has("template") => "Check the template ID (GET /templates)".into(),
-            404 if has("image") => "Check the image name".into(),
-            404 if has("no such file") || has("file") => {
-                format!("Check the path: bhatti file ls {name} <dir>")
-            }
-            404 => "Check sandbox name: bhatti ls".into(),
-            409 if has("attached") || has("in use by") => {
-                "Destroy the sandbox using it first (bhatti volume inspect <volume> shows attachments)".into()
-            }
-            409 if has("already") || has("exists") || has("in use") => {
-                "Pick another name".into()
-            }
+            404 => resource.where_to_look(name),
             413 => "The file is too large (limit 100 MiB)".into(),
-            429 if has("rate") => "Slow down: too many requests, retry in a moment".into(),
-            429 => "Quota reached: destroy something you no longer need (bhatti ls, bhatti snapshot list) or ask an admin to raise your limits".into(),
+            429 => "Limit reached: finish or close something first, or retry in a moment".into(),
             501 => "This server's engine does not support that".into(),
-            502..=504 => format!("The sandbox did not answer; retry, or check it: bhatti inspect {name}"),
+            502..=504 => {
+                format!("The sandbox did not answer; retry, or check it: bhatti inspect {name}")
+            }
             500..=599 => match &self.request_id {
-                Some(id) => format!("Server error; the daemon's log has the cause under request {id}"),
+                Some(id) => {
+                    format!("Server error; the daemon's log has the cause under request {id}")
+                }
                 None => "Server error; check the daemon's log".into(),
             },
             _ => return None,
         };
         Some(hint)
+    }
+}
+
+/// What a command addressed, so that a 404's hint says where to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// A sandbox (most commands).
+    Sandbox,
+    /// A path inside a sandbox.
+    File,
+    /// A secret.
+    Secret,
+    /// A persistent volume.
+    Volume,
+    /// A named snapshot.
+    Snapshot,
+    /// A template.
+    Template,
+    /// An image.
+    Image,
+    /// A background task.
+    Task,
+}
+
+impl Resource {
+    fn where_to_look(self, sandbox: &str) -> String {
+        match self {
+            Resource::Sandbox => "Check sandbox name: bhatti ls".into(),
+            Resource::File => format!("Check the path: bhatti file ls {sandbox} <dir>"),
+            Resource::Secret => "List secrets: bhatti secret list".into(),
+            Resource::Volume => "List volumes: bhatti volume list".into(),
+            Resource::Snapshot => "List snapshots: bhatti snapshot list".into(),
+            Resource::Template => "List templates: bhatti template list".into(),
+            Resource::Image => "List images: bhatti image list".into(),
+            Resource::Task => "Check the task ID (bhatti image pull prints it)".into(),
+        }
     }
 }
 
@@ -216,9 +253,9 @@ impl ClientError {
 
     /// A recovery hint (see [`ApiError::hint_for`]); connection failures
     /// get one too.
-    pub fn hint_for(&self, sandbox: Option<&str>) -> Option<String> {
+    pub fn hint_for(&self, sandbox: Option<&str>, resource: Resource) -> Option<String> {
         match self {
-            ClientError::Api(e) => e.hint_for(sandbox),
+            ClientError::Api(e) => e.hint_for(sandbox, resource),
             ClientError::Connect { .. } => Some(
                 "Is the daemon running (bhatti serve / systemctl status bhatti)? Is the URL right (bhatti setup)?"
                     .into(),
@@ -246,9 +283,18 @@ mod tests {
         ApiError {
             status,
             code: None,
+            reason: None,
             message: msg.into(),
             request_id: None,
         }
+    }
+
+    fn because(status: u16, reason: &str) -> ApiError {
+        ApiError::from_body(
+            status,
+            format!(r#"{{"error":"words the hint must not depend on","reason":"{reason}"}}"#)
+                .as_bytes(),
+        )
     }
 
     #[test]
@@ -266,83 +312,82 @@ mod tests {
         assert_eq!(b.message, "bad gateway");
         let c = ApiError::from_body(404, b"<html>nope</html>\n");
         assert_eq!(c.message, "<html>nope</html>");
+        let d = ApiError::from_body(409, br#"{"error":"x","code":"conflict","reason":"in_use"}"#);
+        assert_eq!(d.reason, Some(bhatti_api::ErrorReason::InUse));
     }
 
     #[test]
-    fn hints_by_status_and_wording() {
+    fn hints_by_reason() {
+        let web = |status, reason| because(status, reason).hint_for(Some("web"), Resource::Sandbox);
+        assert_eq!(
+            web(409, "sandbox_crashed").as_deref(),
+            Some("Boot it again from its disk: bhatti start web")
+        );
+        assert_eq!(
+            web(409, "restore_failed").as_deref(),
+            Some("Retry with: bhatti start --force web")
+        );
+        assert_eq!(
+            web(409, "sandbox_not_running").as_deref(),
+            Some("Resume it first: bhatti start web")
+        );
+        assert!(web(409, "sandbox_lost")
+            .unwrap()
+            .contains("bhatti destroy web"));
+        assert_eq!(
+            web(409, "already_exists").as_deref(),
+            Some("Pick another name")
+        );
+        assert!(web(409, "in_use")
+            .unwrap()
+            .starts_with("Destroy the sandbox using it"));
+        assert!(web(403, "quota_exceeded")
+            .unwrap()
+            .starts_with("Over your quota"));
+        assert!(web(429, "quota_exceeded")
+            .unwrap()
+            .starts_with("Over your quota"));
+        assert!(web(429, "rate_limited").unwrap().starts_with("Slow down"));
+        // A reason from a newer server falls back to the status's hint.
+        assert_eq!(
+            web(404, "from_the_future").as_deref(),
+            Some("Check sandbox name: bhatti ls")
+        );
+    }
+
+    #[test]
+    fn hints_by_status_and_resource() {
+        // The words are never read: a 409 without a reason has no hint,
+        // whatever it says.
+        assert_eq!(e(409, "sandbox \"web\" is crashed").hint(), None);
         assert_eq!(
             e(404, "not found").hint().as_deref(),
             Some("Check sandbox name: bhatti ls")
         );
         assert_eq!(
-            e(404, "sandbox \"x\" not found")
-                .hint_for(Some("x"))
+            e(404, "not found")
+                .hint_for(Some("x"), Resource::Volume)
                 .as_deref(),
-            Some("Check sandbox name: bhatti ls")
+            Some("List volumes: bhatti volume list")
+        );
+        assert_eq!(
+            e(404, "no such file")
+                .hint_for(Some("x"), Resource::File)
+                .as_deref(),
+            Some("Check the path: bhatti file ls x <dir>")
         );
         assert_eq!(
             e(401, "invalid api key").hint().as_deref(),
             Some("Check your key: bhatti setup")
         );
-        assert!(e(429, "rate limit exceeded")
+        assert!(e(429, "too many sessions")
             .hint()
             .unwrap()
-            .starts_with("Slow down"));
-        assert!(e(429, "sandbox limit reached (5/5)")
-            .hint()
-            .unwrap()
-            .starts_with("Quota reached"));
-        assert_eq!(
-            e(500, "restore failed: snapshot manifest checksum mismatch")
-                .hint_for(Some("web"))
-                .as_deref(),
-            Some("Retry with: bhatti start --force web")
-        );
-        assert_eq!(
-            e(
-                409,
-                "wake sandbox: sandbox \"web\" is crashed: the VM stopped unexpectedly (killed by signal 9); start boots it afresh from its disk"
-            )
-            .hint_for(Some("web"))
-            .as_deref(),
-            Some("Boot it again from its disk: bhatti start web")
-        );
-        assert_eq!(
-            e(409, "snapshot is corrupt").hint().as_deref(),
-            Some("Retry with: bhatti start --force <name>")
-        );
-        assert_eq!(
-            e(
-                409,
-                "sandbox \"web\" cannot be woken: restore failed earlier"
-            )
-            .hint_for(Some("web"))
-            .as_deref(),
-            Some("Retry with: bhatti start --force web")
-        );
-        assert_eq!(
-            e(409, "sandbox \"web\" is not hot (thermal=cold)")
-                .hint_for(Some("web"))
-                .as_deref(),
-            Some("Resume it first: bhatti start web")
-        );
-        assert_eq!(
-            e(409, "sandbox is stopped")
-                .hint_for(Some("web"))
-                .as_deref(),
-            Some("Resume it first: bhatti start web")
-        );
-        assert_eq!(
-            e(404, "volume \"data\" not found").hint().as_deref(),
-            Some("List volumes: bhatti volume list")
-        );
-        assert_eq!(
-            e(409, "name \"a\" is already in use").hint().as_deref(),
-            Some("Pick another name")
-        );
+            .starts_with("Limit reached"));
         assert!(ApiError {
             status: 500,
             code: Some(bhatti_api::ErrorCode::Internal),
+            reason: None,
             message: "internal error".into(),
             request_id: Some("req_1".into())
         }
@@ -358,7 +403,10 @@ mod tests {
             endpoint: "http://localhost:8080".into(),
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         };
-        assert!(c.hint_for(None).unwrap().contains("daemon running"));
+        assert!(c
+            .hint_for(None, Resource::Sandbox)
+            .unwrap()
+            .contains("daemon running"));
         assert_eq!(c.status(), None);
     }
 }

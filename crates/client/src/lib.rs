@@ -53,7 +53,7 @@ pub use config::{
     invoking_home, sudo_user, user_config_path, ClientConfig, Endpoint, Environment, Overrides,
     UrlSource, DEFAULT_DATA_DIR, DEFAULT_URL, GROUP_SOCKET, SOCKET_NAME, SYSTEM_CONFIG,
 };
-pub use error::{ApiError, ClientError, ConfigError, Result};
+pub use error::{ApiError, ClientError, ConfigError, Resource, Result};
 pub use transport::{encode_component, Conn};
 pub use ws::{
     PipedEvent, PipedReader, PipedSession, PipedWriter, Shell, ShellEvent, ShellReader, ShellWriter,

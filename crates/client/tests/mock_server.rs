@@ -75,6 +75,7 @@ async fn create(
             Json(api::ErrorBody {
                 error: "sandbox \"missing\" not found".into(),
                 code: Some(api::ErrorCode::NotFound),
+                reason: None,
                 request_id: None,
             }),
         )
@@ -90,6 +91,7 @@ async fn get_one(Path(id): Path<String>) -> Response {
             Json(api::ErrorBody {
                 error: "internal error".into(),
                 code: Some(api::ErrorCode::Internal),
+                reason: None,
                 request_id: Some("req_00000000000000aa".into()),
             }),
         )
@@ -103,6 +105,7 @@ async fn get_one(Path(id): Path<String>) -> Response {
         Json(api::ErrorBody {
             error: "not found".into(),
             code: None,
+            reason: None,
             request_id: None,
         }),
     )
@@ -380,7 +383,8 @@ async fn http_calls_over_tcp() {
     assert_eq!(e.status(), Some(404));
     assert_eq!(e.api().and_then(|a| a.code), Some(api::ErrorCode::NotFound));
     assert_eq!(
-        e.hint_for(None).as_deref(),
+        e.hint_for(None, bhatti_client::Resource::Sandbox)
+            .as_deref(),
         Some("Check sandbox name: bhatti ls")
     );
 

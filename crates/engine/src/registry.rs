@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bhatti_agent_client::AgentClient;
 
-use crate::contract::{EngineError, LifeState, SandboxInfo, Thermal};
+use crate::contract::{EngineError, LifeState, SandboxInfo, Status, Thermal};
 use crate::lock;
 
 /// Sandboxes by ID. `S` is the engine's own sandbox record.
@@ -73,7 +73,7 @@ impl<S: Entry> Registry<S> {
 pub(crate) fn stopped(id: &str, what: &str) -> EngineError {
     EngineError::BadState {
         id: id.into(),
-        state: "stopped".into(),
+        state: Status::Stopped,
         what: what.into(),
     }
 }
@@ -100,7 +100,7 @@ pub(crate) fn refuse_crashed(id: &str, crashed: Option<&str>) -> Result<(), Engi
     match crashed {
         Some(why) => Err(EngineError::BadState {
             id: id.into(),
-            state: "crashed".into(),
+            state: Status::Crashed,
             what: why.to_string(),
         }),
         None => Ok(()),

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bhatti_api::ErrorBody;
 
-pub use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
+pub use crate::service::error::{ErrorCode, ErrorReason, ServiceError, ServiceResult};
 
 /// The HTTP status of each code.
 pub fn status(code: ErrorCode) -> StatusCode {
@@ -52,6 +52,7 @@ impl IntoResponse for ServiceError {
                 axum::Json(ErrorBody {
                     error: "internal error".into(),
                     code: Some(ErrorCode::Internal),
+                    reason: None,
                     request_id: None,
                 }),
             )
@@ -64,6 +65,7 @@ impl IntoResponse for ServiceError {
             axum::Json(ErrorBody {
                 error: self.message,
                 code: Some(self.code),
+                reason: self.reason,
                 request_id: None,
             }),
         )
@@ -113,6 +115,7 @@ mod tests {
             .unwrap_or(ErrorBody {
                 error: String::new(),
                 code: None,
+                reason: None,
                 request_id: None,
             });
         assert_eq!(body.code, Some(ErrorCode::Unknown));

@@ -11,7 +11,7 @@ use bhatti_engine::Engine;
 use bhatti_store::{RuntimeUpdate, Sandbox, SandboxStatus, Store, StoreError, User};
 
 use crate::config::Config;
-use crate::error::{ServiceError, ServiceResult};
+use crate::error::{ErrorReason, ServiceError, ServiceResult};
 use crate::events::Events;
 use crate::ratelimit::{FailureThrottle, RateLimiter};
 use crate::secrets::SecretBox;
@@ -252,7 +252,8 @@ impl AppState {
                 } else {
                     &sb.status_reason
                 }
-            )));
+            ))
+            .because(ErrorReason::SandboxLost));
         }
         // A crashed sandbox is never hot (the engine marks both at once),
         // so this fast path needs no health check.

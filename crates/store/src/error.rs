@@ -1,8 +1,9 @@
 //! The store's error type.
 //!
 //! Callers map the variants onto HTTP statuses: [`StoreError::NotFound`] →
-//! 404, [`StoreError::Conflict`] → 409 (or "return the existing record" for
-//! idempotent creates), [`StoreError::Quota`] → 429/403 depending on the
+//! 404, [`StoreError::Exists`] (a taken name) and [`StoreError::Conflict`]
+//! (a state rule) → 409 (or "return the existing record" for idempotent
+//! creates), [`StoreError::Quota`] → 429/403 depending on the
 //! resource, [`StoreError::Invalid`] → 400 for caller mistakes or 500 for
 //! corrupt rows, and [`StoreError::Db`] / [`StoreError::Io`] → 500.
 
@@ -16,6 +17,11 @@ pub enum StoreError {
     #[error("not found")]
     NotFound,
     /// A UNIQUE or state rule was violated; the text says what, in words fit
+    /// A UNIQUE rule was violated: the name (or key) is taken. The text says
+    /// what, in words fit for an API error body (e.g. `name "web" is
+    /// already in use`).
+    #[error("{0}")]
+    Exists(String),
     /// for an API error body (e.g. `name "web" is already in use`).
     #[error("{0}")]
     Conflict(String),
@@ -41,7 +47,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match unique_violation(&e) {
-            Some(detail) => StoreError::Conflict(detail),
+            Some(detail) => StoreError::Exists(detail),
             None => StoreError::Db(e),
         }
     }
@@ -64,18 +70,18 @@ pub(crate) fn unique_violation(e: &rusqlite::Error) -> Option<String> {
     }
 }
 
-/// Turns a UNIQUE violation into a [`StoreError::Conflict`] whose text is
+/// Turns a UNIQUE violation into a [`StoreError::Exists`] whose text is
 /// chosen by `what` from SQLite's detail (which names the columns); any other
 /// error converts as usual.
 pub(crate) fn conflict_as(e: rusqlite::Error, what: impl FnOnce(&str) -> String) -> StoreError {
     match unique_violation(&e) {
-        Some(detail) => StoreError::Conflict(what(&detail)),
+        Some(detail) => StoreError::Exists(what(&detail)),
         None => StoreError::from(e),
     }
 }
 
 /// Maps a FOREIGN KEY violation on insert (the owning user or sandbox row is
-/// missing) to `NotFound`; UNIQUE violations become `Conflict` with text
+/// missing) to `NotFound`; UNIQUE violations become `Exists` with text
 /// from `what`; anything else converts as usual.
 pub(crate) fn insert_err(e: rusqlite::Error, what: impl FnOnce(&str) -> String) -> StoreError {
     match &e {

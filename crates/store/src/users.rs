@@ -154,9 +154,9 @@ impl Store {
                     Err(e) => {
                         let err = conflict_as(e, |d| d.to_string());
                         match &err {
-                            StoreError::Conflict(d) if d.contains("users.id") => continue,
-                            StoreError::Conflict(d) if d.contains("users.name") => {
-                                return Err(StoreError::Conflict(format!(
+                            StoreError::Exists(d) if d.contains("users.id") => continue,
+                            StoreError::Exists(d) if d.contains("users.name") => {
+                                return Err(StoreError::Exists(format!(
                                     "user {:?} already exists",
                                     new.name
                                 )))

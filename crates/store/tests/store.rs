@@ -80,7 +80,7 @@ fn raw(path: &Path) -> Connection {
 }
 
 fn is_conflict(e: &StoreError, needle: &str) -> bool {
-    matches!(e, StoreError::Conflict(m) if m.contains(needle))
+    matches!(e, StoreError::Conflict(m) | StoreError::Exists(m) if m.contains(needle))
 }
 
 // ---------------------------------------------------------------- schema
@@ -440,6 +440,8 @@ fn active_name_unique_rename_conflict_and_quota() {
         })
         .unwrap_err();
     assert!(is_conflict(&e, r#"name "web" is already in use"#), "{e}");
+    // A taken name is its own variant, so callers never read the words.
+    assert!(matches!(e, StoreError::Exists(_)), "{e:?}");
 
     let db = sandbox(&s, &a, "db");
     let e = s.rename_sandbox(&db.id, "web").unwrap_err();

@@ -1,6 +1,6 @@
 //! The engine's error type.
 
-use crate::contract::Thermal;
+use crate::contract::{Status, Thermal};
 
 /// Why an [`Engine`](crate::Engine) operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,8 @@ pub enum EngineError {
     BadState {
         /// The sandbox asked for.
         id: String,
-        /// The state it is in, e.g. `"stopped"` or `"crashed"`.
-        state: String,
+        /// The state it is in (stopped or crashed).
+        state: Status,
         /// What could not be done, or why the sandbox is in that state.
         what: String,
     },

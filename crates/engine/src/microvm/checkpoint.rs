@@ -29,11 +29,10 @@ impl MicroVmEngine {
         }
         let slot = sb.lifecycle.lock().await;
         let Some(vm) = slot.as_ref() else {
-            return Err(EngineError::BadState {
-                id: id.into(),
-                state: "stopped".into(),
-                what: "start it before taking a checkpoint".into(),
-            });
+            return Err(crate::registry::stopped(
+                id,
+                "start it before taking a checkpoint",
+            ));
         };
         let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
         // The snapshot below resets the VMM's dirty-page log.

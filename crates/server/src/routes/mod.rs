@@ -35,7 +35,7 @@ use axum::Router;
 use bhatti_api::{ErrorBody, VERSION_HEADER};
 use bhatti_store::User;
 
-use crate::error::{ErrorCode, InternalCause, ServiceError};
+use crate::error::{ErrorCode, ErrorReason, InternalCause, ServiceError};
 use crate::ratelimit::classify;
 use crate::state::{Counters, Shared};
 
@@ -275,7 +275,7 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
                             Counters::inc(&st.counters.rate_limited);
                             break 'resp reject(&path, ServiceError::too_many(
                         "too many failed authentications from this address; retry later",
-                    ));
+                    ).because(ErrorReason::RateLimited));
                         }
                         st.auth_throttle.failed(&source);
                         st.events
@@ -288,7 +288,10 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
             user_id = user.id.clone();
             if !st.limiter.allow(&user.id, classify(&method, &path)) {
                 Counters::inc(&st.counters.rate_limited);
-                break 'resp reject(&path, ServiceError::too_many("rate limit exceeded"));
+                break 'resp reject(
+                    &path,
+                    ServiceError::too_many("rate limit exceeded").because(ErrorReason::RateLimited),
+                );
             }
             req.extensions_mut().insert(user);
             next.run(req).await
@@ -322,6 +325,7 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
                     axum::Json(ErrorBody {
                         error: "internal error".into(),
                         code: Some(bhatti_api::ErrorCode::Internal),
+                        reason: None,
                         request_id: Some(request_id.clone()),
                     }),
                 )

@@ -279,6 +279,7 @@ async fn setup_error(socket: &mut WebSocket, msg: String) {
     let body = serde_json::to_string(&api::ErrorBody {
         error: msg,
         code: None,
+        reason: None,
         request_id: None,
     })
     .unwrap_or_default();

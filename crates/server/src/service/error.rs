@@ -9,16 +9,21 @@
 //! both APIs.
 
 use bhatti_agent_client::ClientError;
+use bhatti_engine::contract::Status;
 use bhatti_engine::EngineError;
 use bhatti_store::StoreError;
 
-pub use bhatti_api::ErrorCode;
+pub use bhatti_api::{ErrorCode, ErrorReason};
 
 /// A failed operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ServiceError {
+    /// What went wrong, for programs; decides the HTTP status.
     pub code: ErrorCode,
+    /// Why, where a caller can act on it (a CLI hint, a retry).
+    pub reason: Option<ErrorReason>,
+    /// Words for the person reading it.
     pub message: String,
 }
 
@@ -28,8 +33,14 @@ impl ServiceError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ServiceError {
         ServiceError {
             code,
+            reason: None,
             message: message.into(),
         }
+    }
+    /// The same error with a machine-readable reason.
+    pub fn because(mut self, reason: ErrorReason) -> ServiceError {
+        self.reason = Some(reason);
+        self
     }
     pub fn bad_request(m: impl Into<String>) -> ServiceError {
         ServiceError::new(ErrorCode::InvalidInput, m)
@@ -94,8 +105,11 @@ impl ServiceError {
     /// (snapshots, volumes, images), rather than the 429 of sandbox counts
     /// (docs/server.md, "Status codes"); any other error as it was.
     pub fn quota_as_forbidden(self) -> ServiceError {
-        if self.is(ErrorCode::RateLimited) {
-            ServiceError::forbidden(self.message)
+        if self.reason == Some(ErrorReason::QuotaExceeded) {
+            ServiceError {
+                code: ErrorCode::Forbidden,
+                ..self
+            }
         } else {
             self
         }
@@ -106,10 +120,11 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> ServiceError {
         match e {
             StoreError::NotFound => ServiceError::not_found("not found"),
+            StoreError::Exists(m) => ServiceError::conflict(m).because(ErrorReason::AlreadyExists),
             StoreError::Conflict(m) => ServiceError::conflict(m),
             // Per-resource codes (403 vs 429) are decided by the caller
             // (docs/server.md, "Status codes"); the default is 429.
-            StoreError::Quota(m) => ServiceError::too_many(m),
+            StoreError::Quota(m) => ServiceError::too_many(m).because(ErrorReason::QuotaExceeded),
             StoreError::Invalid(m) => ServiceError::bad_request(m),
             other => ServiceError::internal(other),
         }
@@ -122,9 +137,16 @@ impl From<EngineError> for ServiceError {
             EngineError::NotFound(_) => ServiceError::not_found("not found"),
             EngineError::Invalid(m) => ServiceError::bad_request(m),
             EngineError::Unsupported { .. } => ServiceError::unsupported(e.to_string()),
-            EngineError::RestoreFailed { .. }
-            | EngineError::BadState { .. }
-            | EngineError::NotHot { .. } => ServiceError::conflict(e.to_string()),
+            EngineError::RestoreFailed { .. } => {
+                ServiceError::conflict(e.to_string()).because(ErrorReason::RestoreFailed)
+            }
+            EngineError::BadState {
+                state: Status::Crashed,
+                ..
+            } => ServiceError::conflict(e.to_string()).because(ErrorReason::SandboxCrashed),
+            EngineError::BadState { .. } | EngineError::NotHot { .. } => {
+                ServiceError::conflict(e.to_string()).because(ErrorReason::SandboxNotRunning)
+            }
             EngineError::Agent(c) => ServiceError::from(c),
             other => ServiceError::internal(other),
         }
@@ -247,7 +269,32 @@ mod tests {
     fn store_quotas_are_429_unless_said_otherwise() {
         let q = ServiceError::from(StoreError::Quota("limit".into()));
         assert_eq!(q.code, ErrorCode::RateLimited);
-        assert_eq!(q.quota_as_forbidden().code, ErrorCode::Forbidden);
+        assert_eq!(q.reason, Some(ErrorReason::QuotaExceeded));
+        let forbidden = q.quota_as_forbidden();
+        assert_eq!(forbidden.code, ErrorCode::Forbidden);
+        // The reason survives the change of status, so hints still apply.
+        assert_eq!(forbidden.reason, Some(ErrorReason::QuotaExceeded));
+        // A rate limit is not a quota: it stays a 429.
+        let rate = ServiceError::too_many("slow down").because(ErrorReason::RateLimited);
+        assert_eq!(rate.quota_as_forbidden().code, ErrorCode::RateLimited);
+        // Engine states become reasons, not words to read.
+        let crashed = ServiceError::from(EngineError::BadState {
+            id: "a".into(),
+            state: Status::Crashed,
+            what: "the VM died".into(),
+        });
+        assert_eq!(
+            (crashed.code, crashed.reason),
+            (ErrorCode::Conflict, Some(ErrorReason::SandboxCrashed))
+        );
+        let stopped = ServiceError::from(EngineError::BadState {
+            id: "a".into(),
+            state: Status::Stopped,
+            what: "cannot pause".into(),
+        });
+        assert_eq!(stopped.reason, Some(ErrorReason::SandboxNotRunning));
+        let taken = ServiceError::from(StoreError::Exists("name taken".into()));
+        assert_eq!(taken.reason, Some(ErrorReason::AlreadyExists));
         let nf = ServiceError::from(StoreError::NotFound).or_not_found(|| "snapshot x".into());
         assert_eq!(nf.message, "snapshot x");
     }

@@ -12,7 +12,7 @@ use futures_util::{Stream, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
 use crate::images::{api_error, run_pull, PullJob};
-use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
+use crate::service::error::{ErrorCode, ErrorReason, ServiceError, ServiceResult};
 use crate::state::Shared;
 use crate::validate;
 
@@ -46,9 +46,10 @@ async fn room_for_one_more(st: &Shared, user: &User) -> ServiceResult<()> {
 async fn check_new(st: &Shared, user: &User, name: &str) -> ServiceResult<()> {
     let (uid, n) = (user.id.clone(), name.to_string());
     if st.db(move |s| s.image_exact(&uid, &n)).await.is_ok() {
-        return Err(ServiceError::conflict(format!(
-            "image {name:?} already exists"
-        )));
+        return Err(
+            ServiceError::conflict(format!("image {name:?} already exists"))
+                .because(ErrorReason::AlreadyExists),
+        );
     }
     room_for_one_more(st, user).await
 }
@@ -139,7 +140,8 @@ pub async fn pull(
         return Err(ServiceError::conflict(format!(
             "image {name:?} already exists (from {}); delete it or pull under another name",
             img.source
-        )));
+        ))
+        .because(ErrorReason::AlreadyExists));
     }
     if existing.is_none() {
         room_for_one_more(st, user).await?;

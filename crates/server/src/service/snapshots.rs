@@ -10,7 +10,7 @@ use std::path::Path;
 use bhatti_engine::contract::{CheckpointManifest, ResumeSpec};
 use bhatti_store::{ExpiryAction, NewSandbox, NewSnapshot, Sandbox, SandboxStatus, Snapshot, User};
 
-use crate::service::error::{ServiceError, ServiceResult};
+use crate::service::error::{ErrorReason, ServiceError, ServiceResult};
 use crate::service::sandboxes::expiry_from_now;
 use crate::state::Shared;
 use crate::validate;
@@ -44,9 +44,10 @@ pub async fn take(st: &Shared, user: &User, id: &str, name: &str) -> ServiceResu
     }
     let (uid, n) = (user.id.clone(), name.to_string());
     if st.db(move |s| s.snapshot(&uid, &n)).await.is_ok() {
-        return Err(ServiceError::conflict(format!(
-            "snapshot {name:?} already exists"
-        )));
+        return Err(
+            ServiceError::conflict(format!("snapshot {name:?} already exists"))
+                .because(ErrorReason::AlreadyExists),
+        );
     }
     if !st.engine.capabilities().checkpoints {
         return Err(ServiceError::unsupported(format!(

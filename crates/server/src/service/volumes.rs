@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use bhatti_api as api;
 use bhatti_store::{Attachment, NewVolume, User, Volume, VolumeStatus};
 
-use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
+use crate::service::error::{ErrorCode, ErrorReason, ServiceError, ServiceResult};
 use crate::state::Shared;
 use crate::validate;
 
@@ -158,7 +158,7 @@ pub(crate) async fn find_or_create(
         Ok(v) => Ok(v),
         Err(e) if e.code == ErrorCode::NotFound => match (m.auto_create, m.size_mb) {
             (true, Some(size)) if size > 0 => match create(st, user, &m.name, size).await {
-                Err(e) if e.code == ErrorCode::Conflict => {
+                Err(e) if e.reason == Some(ErrorReason::AlreadyExists) => {
                     // Someone else is creating it: give them a moment.
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     let (u, n) = (user.id.clone(), m.name.clone());
@@ -199,7 +199,15 @@ pub async fn attachments(st: &Shared, v: &Volume) -> ServiceResult<Vec<Attachmen
 /// and its file.
 pub async fn delete(st: &Shared, user: &User, name: &str) -> ServiceResult<Volume> {
     let (u, n) = (user.id.clone(), name.to_string());
-    let v = st.db(move |s| s.delete_volume(&u, &n)).await?;
+    // The store refuses a delete (a conflict) only while the volume is
+    // attached.
+    let v = st
+        .db(move |s| s.delete_volume(&u, &n))
+        .await
+        .map_err(|e| match e.code {
+            ErrorCode::Conflict => e.because(ErrorReason::InUse),
+            _ => e,
+        })?;
     remove_backing(Path::new(&v.file_path)).await;
     st.events.emit(
         &user.id,
@@ -221,9 +229,10 @@ pub async fn resize(st: &Shared, user: &User, name: &str, size_mb: u64) -> Servi
         )));
     }
     if !attachments(st, &v).await?.is_empty() {
-        return Err(ServiceError::conflict(format!(
-            "volume {name:?} is attached"
-        )));
+        return Err(
+            ServiceError::conflict(format!("volume {name:?} is attached"))
+                .because(ErrorReason::InUse),
+        );
     }
     let vid = v.id.clone();
     let nv = st
@@ -254,7 +263,8 @@ pub async fn clone(st: &Shared, user: &User, name: &str, new_name: &str) -> Serv
     if attachments(st, &src).await?.iter().any(|a| !a.read_only) {
         return Err(ServiceError::conflict(format!(
             "volume {name:?} is attached read-write; detach it before cloning"
-        )));
+        ))
+        .because(ErrorReason::InUse));
     }
     let docker = st.engine_name == "docker";
     let from = src.file_path.clone();

@@ -131,7 +131,10 @@ pub async fn watch(
                 _ = tick.tick() => {}
                 _ = tx.closed() => return,
             }
-            if !matches!(st.engine.thermal(&id), Ok(bhatti_engine::contract::Thermal::Hot)) {
+            if !matches!(
+                st.engine.thermal(&id),
+                Ok(bhatti_engine::contract::Thermal::Hot)
+            ) {
                 continue;
             }
             let now = match listing(&st, &id, &root, depth).await {

@@ -97,6 +97,8 @@ pub async fn lifecycle(d: &TestDaemon) {
         )
         .await;
     assert_eq!(dup.status, 409, "{}", dup.text());
+    // Clients act on the reason, never on the words.
+    assert_eq!(dup.json()["reason"], "already_exists", "{}", dup.text());
 
     // Files survive stop/start.
     assert_eq!(

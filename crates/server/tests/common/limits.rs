@@ -109,6 +109,7 @@ pub async fn limits_and_bad_input(d: &TestDaemon) {
         )
         .await;
     assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["reason"], "quota_exceeded", "{}", r.text());
     assert!(r.json()["error"]
         .as_str()
         .unwrap()

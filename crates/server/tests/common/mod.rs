@@ -338,6 +338,7 @@ pub async fn crash_and_start(
         .await;
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("crashed"), "{}", r.text());
+    assert_eq!(r.json()["reason"], "sandbox_crashed", "{}", r.text());
     // The recorder writes events in batches.
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let events = d

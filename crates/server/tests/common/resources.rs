@@ -162,10 +162,9 @@ pub async fn resources(d: &TestDaemon) {
             .len(),
         before
     );
-    assert_eq!(
-        d.code("DELETE", "/volumes/data", Some(&key), None).await,
-        409
-    );
+    let r = d.req("DELETE", "/volumes/data", Some(&key), None).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["reason"], "in_use", "{}", r.text());
     assert_eq!(
         d.code(
             "POST",

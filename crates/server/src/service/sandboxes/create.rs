@@ -11,7 +11,7 @@ use bhatti_engine::contract::{GuestFile, ResumeSpec, SandboxSpec, VolumeAttach};
 use bhatti_engine::net::EgressPolicy;
 use bhatti_store::{NewSandbox, Sandbox, SandboxStatus, User};
 
-use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
+use crate::service::error::{ErrorCode, ErrorReason, ServiceError, ServiceResult};
 use crate::service::volumes;
 use crate::state::Shared;
 use crate::validate;
@@ -309,7 +309,7 @@ pub async fn create(
     let _creating = st.creating(&id);
     match st.db(move |s| s.insert_sandbox(&new)).await {
         Ok(_) => {}
-        Err(e) if e.code == ErrorCode::Conflict => {
+        Err(e) if e.reason == Some(ErrorReason::AlreadyExists) => {
             let (uid, n) = (user.id.clone(), name.clone());
             let winner = st.db(move |s| s.sandbox(&uid, &n)).await?;
             return Ok(Created {

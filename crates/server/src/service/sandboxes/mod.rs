@@ -11,7 +11,7 @@
 use bhatti_api as api;
 use bhatti_store::{Sandbox, User};
 
-use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
+use crate::service::error::{ErrorCode, ErrorReason, ServiceError, ServiceResult};
 use crate::state::Shared;
 use crate::validate;
 
@@ -52,7 +52,8 @@ pub async fn patch(
             return Err(ServiceError::conflict(format!(
                 "sandbox {:?} is {}: its egress cannot be changed",
                 sb.name, sb.status
-            )));
+            ))
+            .because(ErrorReason::SandboxLost));
         }
         st.engine.set_egress(&sb.id, policy).await?;
         // The engine state carries the policy: persisted with it, it
@@ -164,7 +165,8 @@ pub async fn stop(st: &Shared, user: &User, id: &str, reason: &str) -> ServiceRe
         return Err(ServiceError::conflict(format!(
             "sandbox {:?} is {}: {}",
             sb.name, sb.status, sb.status_reason
-        )));
+        ))
+        .because(ErrorReason::SandboxLost));
     }
     st.engine.stop(&sb.id).await?;
     let sb = st.persist(&sb.id).await?;
@@ -189,7 +191,8 @@ pub async fn start(st: &Shared, user: &User, id: &str, force: bool) -> ServiceRe
             } else {
                 &sb.status_reason
             }
-        )));
+        ))
+        .because(ErrorReason::SandboxLost));
     }
     let r = st.engine.start(&sb.id, force).await;
     // Persist either way: a failed restore trips the breaker, and the
