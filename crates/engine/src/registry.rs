@@ -82,7 +82,7 @@ pub(crate) fn stopped(id: &str, what: &str) -> EngineError {
 /// yet) answers `NotHot` with its thermal state, so the caller can wake it.
 pub(crate) fn hot_agent(
     id: &str,
-    state: LifeState,
+    state: &LifeState,
     agent: Option<&AgentClient>,
 ) -> Result<AgentClient, EngineError> {
     match (agent, state.thermal()) {

@@ -64,31 +64,40 @@ impl fmt::Display for Thermal {
 /// thermal state, and nothing else has one, so "stopped and hot" cannot be
 /// written down. The engines keep this; [`Status`] and [`Thermal`] (what
 /// the store and the API show) are derived from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LifeState {
     /// Running, hot, warm or cold.
     Running(Thermal),
     /// Stopped by request.
     Stopped,
-    /// The VM or container died under it (the reason is kept beside).
-    Crashed,
+    /// The VM or container died under it, and how (shown to the user; a
+    /// reason is held exactly while the sandbox is crashed).
+    Crashed(String),
 }
 
 impl LifeState {
     /// The store's view of this state.
-    pub(crate) fn status(self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         match self {
             LifeState::Running(_) => Status::Running,
             LifeState::Stopped => Status::Stopped,
-            LifeState::Crashed => Status::Crashed,
+            LifeState::Crashed(_) => Status::Crashed,
         }
     }
 
     /// A sandbox that is not running is cold: it has nothing in memory.
-    pub(crate) fn thermal(self) -> Thermal {
+    pub(crate) fn thermal(&self) -> Thermal {
         match self {
-            LifeState::Running(t) => t,
+            LifeState::Running(t) => *t,
             _ => Thermal::Cold,
+        }
+    }
+
+    /// Why the sandbox crashed, while it is crashed.
+    pub(crate) fn crash_reason(&self) -> Option<&str> {
+        match self {
+            LifeState::Crashed(why) => Some(why),
+            _ => None,
         }
     }
 }
@@ -327,9 +336,12 @@ mod tests {
         }
         for (s, status) in [
             (LifeState::Stopped, Status::Stopped),
-            (LifeState::Crashed, Status::Crashed),
+            (LifeState::Crashed("killed".into()), Status::Crashed),
         ] {
             assert_eq!((s.status(), s.thermal()), (status, Thermal::Cold));
         }
+        // Only a crashed sandbox has a crash reason.
+        assert_eq!(LifeState::Crashed("killed".into()).crash_reason(), Some("killed"));
+        assert_eq!(LifeState::Running(Thermal::Hot).crash_reason(), None);
     }
 }

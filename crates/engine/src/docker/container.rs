@@ -285,7 +285,6 @@ impl DockerEngine {
         f.generation = f.generation.saturating_add(1);
         f.ip = ip;
         f.agent = Some(sb.client());
-        f.crashed = None;
         Ok(())
     }
 }

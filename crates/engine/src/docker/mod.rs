@@ -172,8 +172,6 @@ struct Fast {
     generation: u64,
     ip: String,
     agent: Option<AgentClient>,
-    /// Why the container died under the sandbox (`crashed` until started).
-    crashed: Option<String>,
 }
 
 struct Sandbox {
@@ -196,7 +194,7 @@ impl crate::registry::Entry for Sandbox {
             ip: f.ip.clone(),
             cpus: self.detail.cpus,
             memory_mb: self.detail.memory_mb,
-            reason: f.crashed.clone(),
+            reason: f.state.crash_reason().map(str::to_string),
         }
     }
 }
@@ -204,10 +202,10 @@ impl crate::registry::Entry for Sandbox {
 impl Sandbox {
     fn set(&self, state: LifeState) {
         let mut f = lock(&self.fast);
-        f.state = state;
         if state.thermal() == Thermal::Cold {
             f.agent = None;
         }
+        f.state = state;
     }
 
     fn client(&self) -> AgentClient {
@@ -449,7 +447,6 @@ impl Engine for DockerEngine {
                 generation: 1,
                 ip,
                 agent: None,
-                crashed: None,
             }),
             detail,
         };
@@ -558,7 +555,7 @@ impl Engine for DockerEngine {
     async fn ensure_hot(&self, id: &str) -> Result<Wake> {
         let sb = self.get(id)?;
         let t0 = Instant::now();
-        crate::registry::refuse_crashed(id, lock(&sb.fast).crashed.as_deref())?;
+        crate::registry::refuse_crashed(id, lock(&sb.fast).state.crash_reason())?;
         let from = lock(&sb.fast).state.thermal();
         if from == Thermal::Hot {
             return Ok(Wake {
@@ -581,7 +578,7 @@ impl Engine for DockerEngine {
     fn agent(&self, id: &str) -> Result<AgentClient> {
         let sb = self.get(id)?;
         let f = lock(&sb.fast);
-        crate::registry::hot_agent(id, f.state, f.agent.as_ref())
+        crate::registry::hot_agent(id, &f.state, f.agent.as_ref())
     }
 
     async fn checkpoint(&self, _id: &str, _dest: &Path) -> Result<CheckpointManifest> {

@@ -60,13 +60,12 @@ impl DockerEngine {
             Some(ContainerStateStatusEnum::RUNNING) => LifeState::Running(Thermal::Hot),
             Some(ContainerStateStatusEnum::PAUSED) => LifeState::Running(Thermal::Warm),
             // It crashed before the restart and nobody started it since.
-            _ if state.status == Status::Crashed => LifeState::Crashed,
+            _ if state.status == Status::Crashed => LifeState::Crashed(
+                "the container had died before the daemon restarted; start runs it again".into(),
+            ),
             _ => LifeState::Stopped,
         };
         let thermal = life.thermal();
-        let crashed = (life == LifeState::Crashed).then(|| {
-            "the container had died before the daemon restarted; start runs it again".to_string()
-        });
         if let Err(e) = self
             .ensure_egress_block(&detail.network, &detail.egress)
             .await
@@ -83,7 +82,6 @@ impl DockerEngine {
                 generation: state.generation,
                 ip,
                 agent: None,
-                crashed,
             }),
             detail,
         };
@@ -231,9 +229,8 @@ impl DockerEngine {
         );
         tracing::warn!(sandbox = id, reason, "sandbox crashed");
         let mut f = lock(&sb.fast);
-        f.state = LifeState::Crashed;
+        f.state = LifeState::Crashed(reason);
         f.agent = None;
-        f.crashed = Some(reason);
         Ok(())
     }
 }

@@ -93,7 +93,6 @@ impl MicroVmEngine {
                 state: LifeState::Running(Thermal::Hot),
                 generation: 1,
                 restore_failed: None,
-                crashed: None,
                 agent: None,
                 diff_base: None,
                 egress: detail.egress.clone(),
@@ -146,7 +145,7 @@ impl MicroVmEngine {
             }
             return Ok(());
         }
-        if lock(&sb.fast).crashed.is_some() {
+        if lock(&sb.fast).state.crash_reason().is_some() {
             return self.boot_from_disk(sb, slot).await;
         }
         {
@@ -215,7 +214,6 @@ impl MicroVmEngine {
         let mut f = lock(&sb.fast);
         f.generation = f.generation.saturating_add(1);
         f.diff_base = None;
-        f.crashed = None;
         f.restore_failed = None;
         f.state = LifeState::Running(Thermal::Hot);
         f.agent = Some(sb.client());

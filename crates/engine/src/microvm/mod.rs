@@ -523,7 +523,7 @@ impl Engine for MicroVmEngine {
     async fn ensure_hot(&self, id: &str) -> Result<Wake> {
         let sb = self.get(id)?;
         let t0 = Instant::now();
-        crate::registry::refuse_crashed(id, lock(&sb.fast).crashed.as_deref())?;
+        crate::registry::refuse_crashed(id, lock(&sb.fast).state.crash_reason())?;
         let from = lock(&sb.fast).state.thermal();
         if from == Thermal::Hot {
             return Ok(Wake {
@@ -556,7 +556,7 @@ impl Engine for MicroVmEngine {
     fn agent(&self, id: &str) -> Result<AgentClient> {
         let sb = self.get(id)?;
         let f = lock(&sb.fast);
-        crate::registry::hot_agent(id, f.state, f.agent.as_ref())
+        crate::registry::hot_agent(id, &f.state, f.agent.as_ref())
     }
 
     async fn checkpoint(&self, id: &str, dest: &Path) -> Result<CheckpointManifest> {
@@ -595,7 +595,7 @@ impl Engine for MicroVmEngine {
         let f = lock(&sb.fast);
         let mut detail = sb.detail.clone();
         detail.restore_failed = f.restore_failed.clone();
-        detail.crashed = f.crashed.clone();
+        detail.crashed = f.state.crash_reason().map(str::to_string);
         detail.egress = f.egress.clone();
         Some(VmState {
             engine: self.driver.name().into(),

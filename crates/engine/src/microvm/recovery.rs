@@ -60,23 +60,20 @@ impl MicroVmEngine {
         // holds everything the guest synced.
         let crashed = |why: String| {
             (
-                LifeState::Crashed,
+                LifeState::Crashed(format!("{why}; {BOOTS_AFRESH}")),
                 state.generation,
-                Some(format!("{why}; {BOOTS_AFRESH}")),
             )
         };
-        let (life, generation, crashed) = if state.status == Status::Crashed {
+        let (life, generation) = if state.status == Status::Crashed {
             // Still crashed, for the reason it had.
             let why = detail.crashed.clone().unwrap_or_else(|| {
                 format!("the VM had crashed before the daemon restarted; {BOOTS_AFRESH}")
             });
-            (LifeState::Crashed, state.generation, Some(why))
+            (LifeState::Crashed(why), state.generation)
         } else {
             let snap_dir = detail.dir.join(SNAPSHOT_DIR);
             match blocking(move || persist::load_snapshot(&snap_dir)).await {
-                Ok(m) if m.generation >= state.generation => {
-                    (LifeState::Stopped, m.generation, None)
-                }
+                Ok(m) if m.generation >= state.generation => (LifeState::Stopped, m.generation),
                 Ok(m) => crashed(format!(
                     "the VM was gone when the daemon started again, and its newest snapshot (generation {}) predates its last boot (generation {})",
                     m.generation, state.generation
@@ -94,7 +91,6 @@ impl MicroVmEngine {
                 state: life,
                 generation,
                 restore_failed: detail.restore_failed.clone(),
-                crashed,
                 agent: None,
                 diff_base: None,
                 egress: detail.egress.clone(),
@@ -195,7 +191,6 @@ impl MicroVmEngine {
                 state: LifeState::Running(thermal),
                 generation: state.generation,
                 restore_failed: detail.restore_failed.clone(),
-                crashed: None,
                 agent: Some(client),
                 // Its dirty-page log is not known: the next stop writes a
                 // Full snapshot.
@@ -232,10 +227,9 @@ pub(super) fn watch_vmm(sb: &Arc<Sandbox>, mut exit: tokio::sync::watch::Receive
         tracing::warn!(sandbox = sb.id, reason, "sandbox crashed");
         drop(slot.take());
         let mut f = lock(&sb.fast);
-        f.state = LifeState::Crashed;
+        f.state = LifeState::Crashed(reason);
         f.agent = None;
         f.diff_base = None;
-        f.crashed = Some(reason);
     });
 }
 

@@ -37,7 +37,6 @@ pub(super) struct Fast {
     pub(super) state: LifeState,
     pub(super) generation: u64,
     pub(super) restore_failed: Option<String>,
-    pub(super) crashed: Option<String>,
     pub(super) agent: Option<AgentClient>,
     /// While the VMM runs from the cold snapshot of this generation and
     /// has taken no snapshot since (which would reset its dirty-page log):
@@ -69,7 +68,11 @@ impl crate::registry::Entry for Sandbox {
             ip: self.detail.net.ext_ip.to_string(),
             cpus: self.detail.cpus,
             memory_mb: self.detail.memory_mb,
-            reason: f.crashed.clone().or_else(|| f.restore_failed.clone()),
+            reason: f
+                .state
+                .crash_reason()
+                .map(str::to_string)
+                .or_else(|| f.restore_failed.clone()),
         }
     }
 }
