@@ -159,8 +159,11 @@ wire_enum! {
 wire_enum! {
     /// Which engine runs a sandbox (or the daemon).
     pub enum EngineKind {
+        /// MicroVMs under Firecracker.
         Firecracker = "firecracker",
+        /// MicroVMs under QEMU (`microvm` machine type).
         Qemu = "qemu",
+        /// Docker containers (no VM).
         Docker = "docker",
         ..
         /// An engine this client does not know (or a server too old to say).

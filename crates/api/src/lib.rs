@@ -30,7 +30,9 @@ pub const VERSION_HEADER: &str = "x-bhatti-version";
 pub const EXISTING_HEADER: &str = "x-bhatti-existing";
 /// Header carrying the total size of a file on reads and stats.
 pub const FILE_SIZE_HEADER: &str = "x-file-size";
+/// Header carrying a file's permission bits, four octal digits, on reads and stats.
 pub const FILE_MODE_HEADER: &str = "x-file-mode";
+/// Header set to `true` or `false` on a stat: whether the path is a directory.
 pub const FILE_ISDIR_HEADER: &str = "x-file-isdir";
 /// Media type of streamed exec output.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -39,6 +41,7 @@ pub const NDJSON: &str = "application/x-ndjson";
 /// line has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
+    /// What went wrong, in words for people; programs use `code`.
     pub error: String,
     /// Absent only from servers older than error codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +49,7 @@ pub struct ErrorBody {
     /// Why, where a client can act on it (see [`ErrorReason`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<ErrorReason>,
+    /// With 500s: the ID under which the server logged the cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
@@ -53,14 +57,18 @@ pub struct ErrorBody {
 /// `{"status": …}` answers (`ok`, `destroyed`, `deleted` …).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StatusBody {
+    /// The outcome, one word.
     pub status: String,
 }
 
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
+    /// `ok` while the daemon serves requests.
     pub status: String,
+    /// Time since the daemon started, as `<h>h<m>m<s>s`.
     pub uptime: String,
+    /// The daemon's version; empty from servers too old to say.
     #[serde(default)]
     pub version: String,
     /// Which engine the daemon runs.
@@ -71,33 +79,49 @@ pub struct Health {
 /// A sandbox as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Sandbox {
+    /// Unique ID; routes take it or the name.
     pub id: String,
+    /// Unique among the owner's sandboxes.
     pub name: String,
+    /// Where it is in its lifecycle.
     pub status: SandboxStatus,
     /// Why the status is `crashed` or `unknown` (how the VM ended, a failed
     /// restore, a missing disk …).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub status_reason: String,
+    /// The guest's IPv4 address on the daemon's sandbox network; empty
+    /// while it has none.
     pub ip: String,
+    /// The engine that runs it.
     pub engine: EngineKind,
+    /// The template it was created from; empty for none.
     #[serde(default)]
     pub template_id: String,
+    /// Whole vCPUs.
     pub cpus: u32,
+    /// Guest memory in MiB.
     pub memory_mb: u32,
+    /// Root disk size in MiB; 0 when it is the image's own size.
     #[serde(default)]
     pub disk_size_mb: u64,
+    /// Name of the image its root disk was made from.
     pub image: String,
+    /// Selector labels, as set at create and by `PATCH`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Exempt from idle pausing and snapshotting: it stays hot.
     #[serde(default)]
     pub keep_hot: bool,
     /// Egress policy in force: `public`, `deny`, or the allowed CIDRs.
     /// Absent while the engine holds no state for the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Egress>,
+    /// ID of the user who owns it.
     #[serde(default)]
     pub created_by: String,
+    /// RFC 3339 UTC.
     pub created_at: String,
+    /// When it last stopped or crashed (RFC 3339 UTC); absent while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<String>,
     /// Only while running (list only).
@@ -109,6 +133,7 @@ pub struct Sandbox {
     /// `kill` or `pause`: what the end of the lifetime does.
     #[serde(default)]
     pub on_expiry: String,
+    /// Free-form caller metadata, as given at create.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
 }
@@ -117,6 +142,7 @@ pub struct Sandbox {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
+    /// The caller's volume of that name.
     #[schemars(schema_with = "rules::name")]
     pub name: String,
     /// Where in the guest; not a system directory.
@@ -130,8 +156,10 @@ pub struct VolumeMount {
     )]
     #[schemars(schema_with = "rules::optional_volume_size_mb")]
     pub size_mb: Option<u64>,
+    /// Create the volume if the caller has none of that name.
     #[serde(default)]
     pub auto_create: bool,
+    /// Mount it read-only in the guest.
     #[serde(default)]
     pub read_only: bool,
 }
@@ -140,6 +168,7 @@ pub struct VolumeMount {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFile {
+    /// Absolute path in the guest; missing parent directories are created.
     #[schemars(schema_with = "rules::guest_path")]
     pub guest_path: String,
     /// Base64.
@@ -161,8 +190,12 @@ pub struct CreateSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "rules::optional_name_or_empty")]
     pub name: Option<String>,
+    /// One of the caller's templates (ID or name): its values are the
+    /// defaults for every field this request leaves out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
+    /// Image name (the caller's, else an admin one); absent: the daemon's
+    /// default image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Whole vCPUs; fractions are rejected.
@@ -185,16 +218,20 @@ pub struct CreateSandbox {
     )]
     #[schemars(schema_with = "rules::optional_disk_size_mb")]
     pub disk_size_mb: Option<u64>,
+    /// Environment variables for every command run in the sandbox.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "rules::env")]
     pub env: BTreeMap<String, String>,
+    /// Shell script run at boot, as the attachable session `init`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+    /// Never pause or snapshot it when idle.
     #[serde(default)]
     pub keep_hot: bool,
     /// Accepted for compatibility; no effect on this engine.
     #[serde(default)]
     pub hugepages: bool,
+    /// Volumes to attach, in mount order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub persistent_volumes: Vec<VolumeMount>,
     /// Names of your secrets, each injected as the environment variable of
@@ -202,8 +239,10 @@ pub struct CreateSandbox {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "rules::secret_names")]
     pub secrets: Vec<String>,
+    /// Files written into the guest at boot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<CreateFile>,
+    /// Selector labels (`GET /sandboxes?label=k=v`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "rules::labels")]
     pub labels: BTreeMap<String, String>,
@@ -249,6 +288,8 @@ pub struct SetTimeout {
     )]
     #[schemars(range(max = 2592000))]
     pub timeout_secs: Option<u64>,
+    /// `kill` or `pause`: what the end of the lifetime does; absent keeps
+    /// the current choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(kill|pause)?$"))]
     pub on_expiry: Option<String>,
@@ -269,14 +310,18 @@ pub enum Egress {
 #[serde(deny_unknown_fields)]
 #[schemars(example = serde_json::json!({"labels_add": {"tier": "dev"}, "keep_hot": false}))]
 pub struct PatchSandbox {
+    /// Set or clear `keep_hot`; `true` also wakes the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_hot: Option<bool>,
+    /// Rename it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "rules::optional_name")]
     pub name: Option<String>,
+    /// Labels to set (added or overwritten).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "rules::labels")]
     pub labels_add: BTreeMap<String, String>,
+    /// Label keys to remove.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "rules::label_keys")]
     pub labels_remove: Vec<String>,
@@ -292,6 +337,7 @@ pub struct PatchSandbox {
 #[serde(deny_unknown_fields)]
 #[schemars(example = serde_json::json!({"force": false}))]
 pub struct StartSandbox {
+    /// Start even after a failed restore (clears the restore-failed breaker).
     #[serde(default)]
     pub force: bool,
 }
@@ -312,6 +358,7 @@ pub struct ExecRequest {
     )]
     #[schemars(schema_with = "rules::optional_i64")]
     pub timeout_sec: Option<i64>,
+    /// Run in the background and answer at once with a `DetachedResponse`.
     #[serde(default)]
     pub detach: bool,
     /// Detached: where the output goes (default chosen by the agent).
@@ -340,16 +387,23 @@ pub struct ExecRequest {
 /// Buffered exec result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecResponse {
+    /// The process's exit status; 128 + the signal number if a signal ended it.
     pub exit_code: i32,
+    /// Everything written to stdout (lossy UTF-8).
     pub stdout: String,
+    /// Everything written to stderr (lossy UTF-8), plus a marker line if the
+    /// output was cut at 10 MiB.
     pub stderr: String,
 }
 
 /// Detached exec result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DetachedResponse {
+    /// The process's pid in the guest.
     pub pid: i64,
+    /// Guest path that receives its stdout and stderr.
     pub output_file: String,
+    /// Always `true`: tells this answer from an `ExecResponse`.
     pub detached: bool,
 }
 
@@ -357,16 +411,24 @@ pub struct DetachedResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ExecEvent {
+    /// Output on stdout.
     Stdout {
+        /// The bytes, as (lossy) UTF-8.
         data: String,
     },
+    /// Output on stderr.
     Stderr {
+        /// The bytes, as (lossy) UTF-8.
         data: String,
     },
+    /// The process ended.
     Exit {
+        /// Its exit status; 128 + the signal number if a signal ended it.
         exit_code: i32,
     },
+    /// The command could not run, or the stream broke.
     Error {
+        /// What went wrong, for people.
         data: String,
         /// Why, for programs (e.g. `not_found`: no such program);
         /// absent when there is no more to say than the words.
@@ -378,17 +440,24 @@ pub enum ExecEvent {
 /// A session inside a sandbox (`GET /sandboxes/:id/sessions`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Session {
+    /// The ID to attach to (`/ws?session=`) or kill it by.
     pub session_id: String,
+    /// Its command line, the arguments joined with spaces.
     #[serde(default)]
     pub argv: String,
+    /// Whether it runs on a terminal (a shell) rather than pipes.
     #[serde(default)]
     pub tty: bool,
+    /// False once its process has exited.
     #[serde(default)]
     pub running: bool,
+    /// Set once the process has exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Whether a client is connected to it now.
     #[serde(default)]
     pub attached: bool,
+    /// When it started, in Unix seconds.
     #[serde(default)]
     pub created_at: i64,
 }
@@ -396,10 +465,15 @@ pub struct Session {
 /// An entry of `GET …/files?ls=true`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FileInfo {
+    /// The entry's name within the directory.
     pub name: String,
+    /// Size in bytes.
     pub size: i64,
+    /// Permission bits, four octal digits (e.g. `0644`).
     pub mode: String,
+    /// Whether it is a directory.
     pub is_dir: bool,
+    /// Last modification, in Unix seconds.
     #[serde(default)]
     pub mtime: i64,
 }
@@ -410,23 +484,31 @@ pub struct FileInfo {
 pub struct SandboxStats {
     /// RFC 3339.
     pub at: String,
+    /// vCPUs the guest sees.
     pub cpu_count: u32,
     /// Busy share of all CPUs over the window, 0 to 100.
     pub cpu_used_pct: f32,
+    /// Memory in use by processes, in bytes.
     pub mem_used_bytes: u64,
+    /// Memory the guest has, in bytes.
     pub mem_total_bytes: u64,
     /// Page cache and buffers (counted apart from used).
     pub mem_cache_bytes: u64,
+    /// Used space on the root filesystem, in bytes.
     pub disk_used_bytes: u64,
+    /// Size of the root filesystem, in bytes.
     pub disk_total_bytes: u64,
 }
 
 /// A listening port and where the authenticated proxy serves it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Port {
+    /// The sandbox listening; only in the all-sandboxes list (`GET /ports`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_id: Option<String>,
+    /// The TCP port listening in the guest.
     pub container_port: u16,
+    /// Path on this server that proxies to it (`/sandboxes/{id}/proxy/{port}/`).
     pub proxy_url: String,
 }
 
@@ -446,8 +528,11 @@ pub struct SetSecret {
 /// A secret as listed: never its value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Secret {
+    /// Its name, also the environment variable it becomes.
     pub name: String,
+    /// RFC 3339 UTC.
     pub created_at: String,
+    /// When the value was last set (RFC 3339 UTC).
     pub updated_at: String,
 }
 
@@ -457,11 +542,15 @@ pub struct Secret {
 #[serde(deny_unknown_fields)]
 #[schemars(example = serde_json::json!({"name": "py", "cpus": 1, "memory_mb": 512, "env": {"LANG": "C.UTF-8"}}))]
 pub struct Template {
+    /// Assigned by the server.
     #[serde(default)]
     #[schemars(schema_with = "rules::read_only_string")]
     pub id: String,
+    /// Unique among the caller's templates; also the stem of the names of
+    /// sandboxes created from it without one.
     #[schemars(schema_with = "rules::name")]
     pub name: String,
+    /// Image name; empty for the daemon's default.
     #[serde(default)]
     pub image: String,
     /// Default 1.
@@ -476,24 +565,32 @@ pub struct Template {
     )]
     #[schemars(schema_with = "rules::optional_memory_mb")]
     pub memory_mb: Option<u64>,
+    /// Root disk size in MiB; 0 for the image's own size.
     #[serde(default, deserialize_with = "rules::int::whole")]
     #[schemars(schema_with = "rules::disk_size_mb")]
     pub disk_size_mb: u64,
+    /// Environment variables; a create's own win over these.
     #[serde(default)]
     #[schemars(schema_with = "rules::env")]
     pub env: BTreeMap<String, String>,
+    /// Secret names, added to a create's.
     #[serde(default)]
     #[schemars(schema_with = "rules::secret_names")]
     pub secrets: Vec<String>,
+    /// Boot files, for paths a create does not name itself.
     #[serde(default)]
     pub files: Vec<CreateFile>,
+    /// Volumes, for names a create does not attach itself.
     #[serde(default)]
     pub persistent_volumes: Vec<VolumeMount>,
+    /// Boot script; empty for none.
     #[serde(default)]
     pub init: String,
+    /// Labels; a create's own win over these.
     #[serde(default)]
     #[schemars(schema_with = "rules::labels")]
     pub labels: BTreeMap<String, String>,
+    /// Set by the server (RFC 3339 UTC).
     #[serde(default)]
     #[schemars(schema_with = "rules::read_only_string")]
     pub created_at: String,
@@ -504,8 +601,10 @@ pub struct Template {
 #[serde(deny_unknown_fields)]
 #[schemars(example = serde_json::json!({"name": "data", "size_mb": 64}))]
 pub struct CreateVolume {
+    /// Unique among the caller's volumes.
     #[schemars(schema_with = "rules::name")]
     pub name: String,
+    /// Size in MiB.
     #[serde(deserialize_with = "rules::int::whole")]
     #[schemars(schema_with = "rules::volume_size_mb")]
     pub size_mb: u64,
@@ -528,6 +627,7 @@ pub struct ResizeVolume {
 #[serde(deny_unknown_fields)]
 #[schemars(example = serde_json::json!({"name": "copy-1"}))]
 pub struct NameBody {
+    /// Must not be taken among the caller's objects of that kind.
     #[schemars(schema_with = "rules::name")]
     pub name: String,
 }
@@ -538,6 +638,7 @@ pub struct NameBody {
 #[serde(deny_unknown_fields)]
 #[schemars(example = serde_json::json!({"name": "restored"}))]
 pub struct ResumeSnapshot {
+    /// The new sandbox's name; empty for `<snapshot>-<6 hex>`.
     #[serde(default)]
     #[schemars(schema_with = "rules::name_or_empty")]
     pub name: String,
@@ -546,57 +647,77 @@ pub struct ResumeSnapshot {
 /// A volume attachment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeAttachment {
+    /// The sandbox it is attached to.
     pub sandbox_id: String,
+    /// Its mount point in that guest.
     pub mount: String,
+    /// Whether it is mounted read-only there.
     pub read_only: bool,
 }
 
 /// A persistent volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Volume {
+    /// Unique ID.
     pub id: String,
+    /// ID of the owner.
     pub user_id: String,
+    /// Unique among the owner's volumes; routes take it.
     pub name: String,
+    /// Size in MiB.
     pub size_mb: u64,
     /// `creating` or `ready`.
     pub status: String,
     /// Only on `GET /volumes/:name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Vec<VolumeAttachment>>,
+    /// RFC 3339 UTC.
     pub created_at: String,
 }
 
 /// `POST /volumes/:name/resize` answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Resized {
+    /// `resized`.
     pub status: String,
+    /// The new size in MiB.
     pub size_mb: u64,
 }
 
 /// A named snapshot (checkpoint).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Snapshot {
+    /// Unique ID.
     pub id: String,
+    /// ID of the owner.
     pub user_id: String,
+    /// Unique among the owner's snapshots; routes take it.
     pub name: String,
+    /// ID of the sandbox it was taken from (which may be gone since).
     pub source_sandbox: String,
+    /// Space it takes on the host, in MiB (rounded down).
     pub size_mb: u64,
+    /// RFC 3339 UTC.
     pub created_at: String,
 }
 
 /// An image record (`GET /images`, `GET /images/:name`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Image {
+    /// Unique ID.
     pub id: String,
     /// Owner; `""` = an admin (global) image.
     pub user_id: String,
+    /// What creates and templates call it (`image`).
     pub name: String,
     /// `built-in` | `oci:<ref>` | `import:<name>` | `saved:<sandbox id>`.
     pub source: String,
+    /// Size of its disk image file, in MiB.
     pub size_mb: u64,
     /// The registry digest the image was pulled at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci_digest: Option<String>,
+    /// RFC 3339 UTC.
     pub created_at: String,
 }
 
@@ -624,10 +745,13 @@ pub struct PullImage {
 pub struct PullStarted {
     /// `running` (202) or `exists` (200).
     pub status: String,
+    /// With `running`: the task to follow (`GET /tasks/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// With `exists`: the image's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// With `exists`: the registry digest it already holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }
@@ -635,13 +759,16 @@ pub struct PullStarted {
 /// `POST /images/import` answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Imported {
+    /// The new image's name.
     pub name: String,
+    /// Size of its disk image file, in MiB.
     pub size_mb: u64,
 }
 
 /// One layer's download progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LayerProgress {
+    /// The layer blob's digest (`sha256:<hex>`).
     pub digest: String,
     /// Compressed size from the manifest.
     pub size: u64,
@@ -654,6 +781,7 @@ pub struct LayerProgress {
 pub struct TaskProgress {
     /// `resolving` | `downloading` | `unpacking` | `building` | `done`.
     pub phase: String,
+    /// Per-layer download progress, once the manifest is known.
     #[serde(default)]
     pub layers: Vec<LayerProgress>,
 }
@@ -661,20 +789,26 @@ pub struct TaskProgress {
 /// A background task (`GET /tasks/:id`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
+    /// Unique ID, as `PullStarted.task_id` gave it.
     pub id: String,
+    /// ID of the owner.
     pub user_id: String,
     /// `image_pull`.
     #[serde(rename = "type")]
     pub kind: String,
     /// `running` | `completed` | `failed`.
     pub status: String,
+    /// Where the work is.
     pub progress: TaskProgress,
     /// On completion: the result as a JSON string (the image record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// With `failed`: why, in words for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// RFC 3339 UTC.
     pub created_at: String,
+    /// When it completed or failed (RFC 3339 UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
 }
@@ -683,24 +817,47 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum WsServerMsg {
-    Session { session_id: String },
-    Exit { exit_code: i32 },
-    Error { message: String },
+    /// Connected: the session this socket drives.
+    Session {
+        /// Its ID, to reattach with `?session=`.
+        session_id: String,
+    },
+    /// The process ended; the socket closes next.
+    Exit {
+        /// Its exit status; 128 + the signal number if a signal ended it.
+        exit_code: i32,
+    },
+    /// The session could not be opened or the agent failed; the socket
+    /// closes next.
+    Error {
+        /// What went wrong, for people.
+        message: String,
+    },
 }
 
 /// WebSocket shell: a text message from the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum WsClientMsg {
-    Resize { rows: u16, cols: u16 },
+    /// The terminal's new size.
+    Resize {
+        /// Height in character rows.
+        rows: u16,
+        /// Width in character columns.
+        cols: u16,
+    },
 }
 
 /// `/exec/ws`: the first client message of a new piped session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PipedStart {
+    /// The program and its arguments; must not be empty.
     pub cmd: Vec<String>,
+    /// Variables for this command, over the sandbox's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Seconds the session may stay detached before it is killed; absent:
+    /// 3600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_sec: Option<i64>,
 }

@@ -42,6 +42,7 @@ pub const IMAGE_REF: &str = concat!(
     r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*",
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 );
+/// Longest accepted image reference, in bytes.
 pub const IMAGE_REF_MAX: usize = 255;
 /// File modes: one to four octal digits.
 pub const FILE_MODE: &str = "^[0-7]{1,4}$";
@@ -54,18 +55,20 @@ pub const LABEL_KEY: &str = r"^([a-zA-Z0-9]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9])?(\.[
 const LABEL_PREFIX_LENGTH: &str = "^([^/]{1,253}/)?[^/]*$";
 /// … outside the reserved prefix.
 pub const RESERVED_LABEL_PREFIX: &str = r"^bhatti\.sh/";
-pub const LABEL_VALUE: &str = "^[a-zA-Z0-9._-]{0,256}$";
+pub(crate) const LABEL_VALUE: &str = "^[a-zA-Z0-9._-]{0,256}$";
 /// Text that must not hold NUL (it ends up in a C string).
 pub const NO_NUL: &str = r"^[^\x00]*$";
 
-pub const MAX_LABELS: u32 = 16;
-pub const MAX_CPUS: u32 = 256;
-pub const MIN_MEMORY_MB: u32 = 128;
-pub const MAX_DISK_MB: u64 = 1 << 20;
-pub const MAX_ENV_VARS: u32 = 256;
-pub const MAX_ENV_KEY: u32 = 256;
-pub const MAX_ENV_VALUE: u32 = 64 << 10;
-pub const MAX_EGRESS_CIDRS: u32 = 256;
+// The limits the schemas below state (bhatti_server::validate has its own
+// copies in the types it checks with).
+pub(crate) const MAX_LABELS: u32 = 16;
+pub(crate) const MAX_CPUS: u32 = 256;
+pub(crate) const MIN_MEMORY_MB: u32 = 128;
+pub(crate) const MAX_DISK_MB: u64 = 1 << 20;
+pub(crate) const MAX_ENV_VARS: u32 = 256;
+pub(crate) const MAX_ENV_KEY: u32 = 256;
+pub(crate) const MAX_ENV_VALUE: u32 = 64 << 10;
+pub(crate) const MAX_EGRESS_CIDRS: u32 = 256;
 
 fn nullable(mut s: serde_json::Value, null: bool) -> Schema {
     if null {
@@ -82,62 +85,62 @@ fn label_key() -> serde_json::Value {
     ]})
 }
 
-pub fn name(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn name(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": NAME})
 }
-pub fn optional_name(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_name(_: &mut SchemaGenerator) -> Schema {
     nullable(json!({"type": "string", "pattern": NAME}), true)
 }
-pub fn name_or_empty(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn name_or_empty(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": NAME_OR_EMPTY})
 }
-pub fn optional_name_or_empty(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_name_or_empty(_: &mut SchemaGenerator) -> Schema {
     nullable(json!({"type": "string", "pattern": NAME_OR_EMPTY}), true)
 }
 /// An OCI image reference ([`IMAGE_REF`]).
-pub fn image_ref(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn image_ref(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": IMAGE_REF, "maxLength": IMAGE_REF_MAX})
 }
-pub fn secret_name(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn secret_name(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": SECRET_NAME})
 }
-pub fn secret_names(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn secret_names(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "array", "items": {"type": "string", "pattern": SECRET_NAME}})
 }
 /// A secret's value: an environment value.
-pub fn secret_value(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn secret_value(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "minLength": 1, "maxLength": MAX_ENV_VALUE, "pattern": NO_NUL})
 }
-pub fn guest_path(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn guest_path(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": GUEST_PATH})
 }
-pub fn optional_guest_path_or_empty(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_guest_path_or_empty(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "string", "pattern": GUEST_PATH_OR_EMPTY}),
         true,
     )
 }
-pub fn mount_path(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn mount_path(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"allOf": [
         {"type": "string", "pattern": MOUNT_PATH},
         {"not": {"pattern": SYSTEM_DIR}},
     ]})
 }
-pub fn base64(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn base64(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": BASE64})
 }
-pub fn optional_file_mode(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_file_mode(_: &mut SchemaGenerator) -> Schema {
     nullable(json!({"type": "string", "pattern": FILE_MODE}), true)
 }
 /// Whole vCPUs (docs/server.md, "Input rules").
-pub fn optional_cpus(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_cpus(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "integer", "minimum": 1, "maximum": MAX_CPUS}),
         true,
     )
 }
 /// At create: 0 or absent for the daemon's default.
-pub fn optional_memory_mb_or_zero(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_memory_mb_or_zero(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"anyOf": [
         {"type": "null"},
         {"const": 0},
@@ -145,26 +148,26 @@ pub fn optional_memory_mb_or_zero(_: &mut SchemaGenerator) -> Schema {
     ]})
 }
 /// In a template: absent for 2048.
-pub fn optional_memory_mb(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_memory_mb(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "integer", "minimum": MIN_MEMORY_MB, "maximum": u32::MAX}),
         true,
     )
 }
 /// 0 (or absent) keeps the image's size.
-pub fn optional_disk_size_mb(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_disk_size_mb(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "integer", "minimum": 0, "maximum": MAX_DISK_MB}),
         true,
     )
 }
-pub fn disk_size_mb(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn disk_size_mb(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "minimum": 0, "maximum": MAX_DISK_MB})
 }
-pub fn volume_size_mb(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn volume_size_mb(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "minimum": 1, "maximum": u64::MAX})
 }
-pub fn optional_volume_size_mb(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_volume_size_mb(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
         true,
@@ -172,7 +175,7 @@ pub fn optional_volume_size_mb(_: &mut SchemaGenerator) -> Schema {
 }
 /// Names without `=` or NUL, values without NUL; sizes in bytes (UTF-8),
 /// and at most 256 KiB together.
-pub fn env(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn env(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
         "maxProperties": MAX_ENV_VARS,
@@ -180,7 +183,7 @@ pub fn env(_: &mut SchemaGenerator) -> Schema {
         "additionalProperties": {"type": "string", "maxLength": MAX_ENV_VALUE, "pattern": NO_NUL},
     })
 }
-pub fn labels(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn labels(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
         "maxProperties": MAX_LABELS,
@@ -189,7 +192,7 @@ pub fn labels(_: &mut SchemaGenerator) -> Schema {
     })
 }
 /// Free-form sandbox metadata (lengths in characters).
-pub fn metadata(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn metadata(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
         "maxProperties": 64,
@@ -197,7 +200,7 @@ pub fn metadata(_: &mut SchemaGenerator) -> Schema {
         "additionalProperties": {"type": "string", "maxLength": 1024},
     })
 }
-pub fn label_keys(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn label_keys(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "array", "items": label_key()})
 }
 /// The `label=key=value` filter of `GET /sandboxes`.
@@ -210,7 +213,7 @@ pub fn label_filter() -> serde_json::Value {
     ]})
 }
 /// `"public"`, `"deny"`, or the CIDRs to allow.
-pub fn optional_egress(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_egress(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"anyOf": [
         {"type": "null"},
         {"type": "string", "enum": ["public", "deny"]},
@@ -218,7 +221,7 @@ pub fn optional_egress(_: &mut SchemaGenerator) -> Schema {
     ]})
 }
 /// A command line: a program, then its arguments; no NUL anywhere.
-pub fn argv(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn argv(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
         "minItems": 1,
@@ -228,7 +231,7 @@ pub fn argv(_: &mut SchemaGenerator) -> Schema {
 }
 
 /// `user` of an exec: a name or uid, optionally `:group`.
-pub fn optional_exec_user(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_exec_user(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": ["string", "null"],
         "pattern": EXEC_USER_PATTERN,
@@ -240,14 +243,14 @@ pub fn optional_exec_user(_: &mut SchemaGenerator) -> Schema {
 pub const EXEC_USER_PATTERN: &str =
     "^([A-Za-z0-9_][A-Za-z0-9._-]*(:[A-Za-z0-9_][A-Za-z0-9._-]*)?)?$";
 
-pub fn optional_i64(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn optional_i64(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}),
         true,
     )
 }
 /// Set by the server; ignored in requests.
-pub fn read_only_string(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn read_only_string(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "readOnly": true})
 }
 
@@ -256,7 +259,7 @@ pub fn read_only_string(_: &mut SchemaGenerator) -> Schema {
 /// Written with a fraction or exponent, only up to 2^53 in magnitude: past
 /// that, the parser has already rounded the number, so what was sent is
 /// unknown (`-9223372036854775809` must not become `i64::MIN`).
-pub mod int {
+pub(crate) mod int {
     use serde::de::{Deserializer, Error, Visitor};
     use std::fmt;
 

@@ -2,8 +2,8 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::frame::{encode_frame, Frame};
-use crate::{MsgType, ProtocolError, Result, HEADER_LEN, MAX_FRAME_LEN};
+use crate::frame::{check_len, encode_frame, Frame};
+use crate::{MsgType, ProtocolError, Result, HEADER_LEN};
 
 /// Reads one frame; `Ok(None)` on a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Option<Frame>> {
@@ -18,17 +18,13 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Opti
                 Err(ProtocolError::UnexpectedEof)
             };
         }
-        n += k;
+        // k ≤ HEADER_LEN - n (a tokio ReadBuf cannot be filled past its
+        // capacity), so this cannot saturate.
+        n = n.saturating_add(k);
     }
-    let len = u32::from_be_bytes(hdr) as usize;
-    if len == 0 {
-        return Err(ProtocolError::EmptyFrame);
-    }
-    if len > MAX_FRAME_LEN {
-        return Err(ProtocolError::FrameTooLarge(len));
-    }
+    let payload_len = check_len(u32::from_be_bytes(hdr) as usize)?;
     let mut kind = [0u8; 1];
-    let mut payload = vec![0u8; len - 1];
+    let mut payload = vec![0u8; payload_len];
     let res = async {
         r.read_exact(&mut kind).await?;
         r.read_exact(&mut payload).await?;
@@ -87,6 +83,7 @@ pub async fn send_json<W: AsyncWrite + Unpin + ?Sized, T: serde::Serialize + ?Si
 mod tests {
     use super::*;
     use crate::messages::{ExecRequest, SessionInfo};
+    use crate::MAX_FRAME_LEN;
 
     #[tokio::test]
     async fn async_round_trip_and_eof_kinds() {

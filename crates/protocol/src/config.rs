@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 /// A file the guest writes at boot. `content` is base64.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigFile {
+    /// The file's bytes, base64-encoded (standard alphabet, padded).
     pub content: String,
+    /// Octal permission bits such as `"0600"`; empty or unparsable means `0644`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mode: String,
 }
@@ -18,10 +20,14 @@ pub struct ConfigFile {
 /// A block device the guest mounts at boot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigVolume {
+    /// Guest block device to mount, e.g. `/dev/vdc`.
     pub device: String,
+    /// Absolute mount point in the guest; created if missing.
     pub mount: String,
+    /// Filesystem type passed to `mount(2)`; `ext4` when absent.
     #[serde(default = "default_fs")]
     pub fs: String,
+    /// Mount read-only (otherwise the mount point is handed to the sandbox user).
     #[serde(default)]
     pub read_only: bool,
 }
@@ -33,30 +39,42 @@ fn default_fs() -> String {
 /// Network settings for guests whose kernel did not apply `ip=` itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigNet {
-    /// `a.b.c.d/prefix`
+    /// eth0's IPv4 address and prefix length, `a.b.c.d/prefix` (`/32` if omitted).
     pub address: String,
+    /// IPv4 address of the default gateway; empty for none.
     pub gateway: String,
 }
 
 /// `config.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestConfig {
+    /// The host's id of this sandbox.
     #[serde(default)]
     pub sandbox_id: String,
+    /// Guest hostname; empty for the agent's default.
     #[serde(default)]
     pub hostname: String,
+    /// Secret the host sends in the AUTH frame of every connection; empty
+    /// means the agent accepts connections without one.
     #[serde(default)]
     pub token: String,
+    /// Environment variables added to every exec and session.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Files written at boot, keyed by absolute guest path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, ConfigFile>,
+    /// Block devices mounted at boot, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<ConfigVolume>,
+    /// Shell script started at boot as the attachable TTY session `init`;
+    /// empty for none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub init: String,
+    /// Nameservers for `/etc/resolv.conf`; empty for public resolvers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
+    /// The sandbox network's own resolver; when set it replaces `dns`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dns_internal: String,
     /// `"lohar"` (uid 1000, the default), `"root"`, or an image's own user
@@ -67,6 +85,8 @@ pub struct GuestConfig {
     /// `WorkingDir`); empty for the agent's default.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cwd: String,
+    /// eth0's address and gateway; when present they override the kernel
+    /// command line's `ip=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<ConfigNet>,
     /// Leave user namespaces available to the sandbox user. By default the

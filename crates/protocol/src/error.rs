@@ -19,8 +19,11 @@ pub enum ProtocolError {
     /// A fixed-size binary payload had the wrong length.
     #[error("invalid {what} payload: expected {expected} bytes, got {got}")]
     BadPayload {
+        /// The frame type whose payload it was, e.g. `"EXIT"`.
         what: &'static str,
+        /// Bytes that payload type needs.
         expected: usize,
+        /// Bytes the payload had.
         got: usize,
     },
     /// A JSON payload failed to encode or decode.

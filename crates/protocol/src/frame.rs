@@ -16,12 +16,14 @@ use crate::{MsgType, ProtocolError, Result, HEADER_LEN, MAX_FRAME_LEN};
 /// One decoded frame. `kind` stays a raw byte so unknown types can be skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// The message type byte (see [`MsgType`]), possibly one this build does not know.
     pub kind: u8,
+    /// The bytes after the type byte; at most [`crate::MAX_PAYLOAD_LEN`] long.
     pub payload: Vec<u8>,
 }
 
 impl Frame {
-    pub fn new(kind: MsgType, payload: impl Into<Vec<u8>>) -> Frame {
+    pub(crate) fn new(kind: MsgType, payload: impl Into<Vec<u8>>) -> Frame {
         Frame {
             kind: kind.into(),
             payload: payload.into(),
@@ -38,6 +40,7 @@ impl Frame {
         MsgType::from_u8(self.kind)
     }
 
+    /// True when the frame is of type `t`.
     pub fn is(&self, t: MsgType) -> bool {
         self.kind == t as u8
     }
@@ -58,25 +61,24 @@ impl Frame {
     }
 }
 
-/// Checks a length prefix read off the wire.
-fn check_len(len: usize) -> Result<()> {
-    if len == 0 {
-        return Err(ProtocolError::EmptyFrame);
-    }
+/// Checks a length prefix read off the wire; returns the payload length it
+/// announces (the length minus the type byte).
+pub(crate) fn check_len(len: usize) -> Result<usize> {
     if len > MAX_FRAME_LEN {
         return Err(ProtocolError::FrameTooLarge(len));
     }
-    Ok(())
+    len.checked_sub(1).ok_or(ProtocolError::EmptyFrame)
 }
 
 /// Encodes one frame into a fresh buffer. Fails (never truncates) when the payload
 /// does not fit under the 1 MiB cap.
 pub fn encode_frame(kind: u8, payload: &[u8]) -> Result<Vec<u8>> {
-    let len = payload.len() + 1;
+    // A slice holds at most isize::MAX bytes, so neither sum can saturate.
+    let len = payload.len().saturating_add(1);
     if len > MAX_FRAME_LEN {
         return Err(ProtocolError::FrameTooLarge(len));
     }
-    let mut buf = Vec::with_capacity(HEADER_LEN + len);
+    let mut buf = Vec::with_capacity(HEADER_LEN.saturating_add(len));
     // len ≤ MAX_FRAME_LEN (checked above), far below u32::MAX.
     #[allow(clippy::cast_possible_truncation)]
     let wire_len = len as u32;
@@ -99,7 +101,9 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            // k ≤ buf.len() - n for a correct reader, so this cannot saturate;
+            // an overcount from a broken one ends the loop as a wrong length.
+            Ok(k) => n = n.saturating_add(k),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
@@ -116,14 +120,13 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Option<Frame>> {
         HEADER_LEN => {}
         _ => return Err(ProtocolError::UnexpectedEof),
     }
-    let len = u32::from_be_bytes(hdr) as usize;
-    check_len(len)?;
+    let payload_len = check_len(u32::from_be_bytes(hdr) as usize)?;
     let mut kind = [0u8; 1];
     if read_full(r, &mut kind)? != 1 {
         return Err(ProtocolError::UnexpectedEof);
     }
-    let mut payload = vec![0u8; len - 1];
-    if read_full(r, &mut payload)? != len - 1 {
+    let mut payload = vec![0u8; payload_len];
+    if read_full(r, &mut payload)? != payload_len {
         return Err(ProtocolError::UnexpectedEof);
     }
     Ok(Some(Frame {
@@ -135,15 +138,18 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Option<Frame>> {
 /// Where a complete frame sits inside a buffer, as found by [`try_parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParsedFrame {
+    /// The message type byte.
     pub kind: u8,
-    /// Payload bounds within the buffer handed to `try_parse`.
+    /// Offset of the payload's first byte within the buffer handed to `try_parse`.
     pub payload_start: usize,
+    /// Offset just past the payload's last byte (exclusive end).
     pub payload_end: usize,
     /// Bytes the frame occupies (header included): drop this many to get to the next.
     pub consumed: usize,
 }
 
 impl ParsedFrame {
+    /// The payload, sliced out of the same buffer that was handed to [`try_parse`].
     pub fn payload<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         &buf[self.payload_start..self.payload_end]
     }
@@ -158,7 +164,8 @@ pub fn try_parse(buf: &[u8]) -> Result<Option<ParsedFrame>> {
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     check_len(len)?;
-    let total = HEADER_LEN + len;
+    // len ≤ MAX_FRAME_LEN after check_len, so this cannot saturate.
+    let total = HEADER_LEN.saturating_add(len);
     if buf.len() < total {
         return Ok(None);
     }
@@ -198,6 +205,7 @@ pub fn encode_exit(code: i32) -> [u8; 4] {
     code.to_be_bytes()
 }
 
+/// Decodes an EXIT payload; shorter than 4 bytes is an error, extra bytes are ignored.
 pub fn decode_exit(p: &[u8]) -> Result<i32> {
     if p.len() < 4 {
         return Err(ProtocolError::BadPayload {

@@ -30,44 +30,61 @@ fn is_zero_i64(v: &i64) -> bool {
 /// otherwise one-shot piped exec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
+    /// Program and its arguments; must not be empty (except to attach).
     #[serde(default, deserialize_with = "nullable")]
     pub argv: Vec<String>,
+    /// Variables added to the guest's environment for this process.
     #[serde(
         default,
         deserialize_with = "nullable",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub env: BTreeMap<String, String>,
+    /// Run on a pseudo-terminal, as a persistent TTY session.
     #[serde(default, skip_serializing_if = "is_false")]
     pub tty: bool,
+    /// Initial terminal height in rows (TTY only; 0 means 24).
     #[serde(default, skip_serializing_if = "is_zero_u16")]
     pub rows: u16,
+    /// Initial terminal width in columns (TTY only; 0 means 80).
     #[serde(default, skip_serializing_if = "is_zero_u16")]
     pub cols: u16,
+    /// Working directory; empty for the sandbox's default.
     #[serde(
         default,
         deserialize_with = "nullable",
         skip_serializing_if = "String::is_empty"
     )]
     pub cwd: String,
+    /// Attach to this existing session instead of starting a process.
     #[serde(
         default,
         deserialize_with = "nullable",
         skip_serializing_if = "String::is_empty"
     )]
     pub session_id: String,
+    /// Seconds a session may stay detached before it is killed; 0 or less
+    /// for the agent's default.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub max_idle_sec: i64,
+    /// With `session_id`: fail with `Busy` instead of taking the session over
+    /// from a client that is attached.
     #[serde(default, skip_serializing_if = "is_false")]
     pub if_detached: bool,
+    /// Start in the background, output to `output_file`; the answer is a
+    /// [`DetachedInfo`] and the connection ends.
     #[serde(default, skip_serializing_if = "is_false")]
     pub detach: bool,
+    /// With `detach`: absolute guest path for stdout and stderr; empty for a
+    /// fresh file under `/tmp`.
     #[serde(
         default,
         deserialize_with = "nullable",
         skip_serializing_if = "String::is_empty"
     )]
     pub output_file: String,
+    /// Run as a persistent piped session (stderr merged into stdout) that
+    /// outlives the connection.
     #[serde(default, skip_serializing_if = "is_false")]
     pub session: bool,
     /// Addition: run as this guest user (a name, a uid, or `user:group`)
@@ -97,20 +114,24 @@ impl ExecRequest {
 /// One entry of the agent's session registry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
+    /// The id to attach or kill it by.
     pub session_id: String,
     /// The argv joined with spaces.
     #[serde(default, deserialize_with = "nullable")]
     pub argv: String,
+    /// Whether it runs on a pseudo-terminal.
     #[serde(default)]
     pub tty: bool,
+    /// False once its process has exited.
     #[serde(default)]
     pub running: bool,
     /// Absent while the process runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Whether a client is attached to it now.
     #[serde(default)]
     pub attached: bool,
-    /// Unix seconds.
+    /// When it was started, in Unix seconds.
     #[serde(default)]
     pub created_at: i64,
 }
@@ -118,6 +139,8 @@ pub struct SessionInfo {
 /// ACTIVITY_RESP.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivityInfo {
+    /// When the agent last saw work (an exec, a file read or write, session
+    /// input), in Unix seconds.
     pub last_activity_unix: i64,
     /// Sessions whose process has not exited.
     pub active_sessions: i64,
@@ -128,12 +151,15 @@ pub struct ActivityInfo {
 /// FILE_STAT_RESP and the entries of FILE_LS_RESP.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileInfo {
+    /// The entry's base name (not its full path).
     pub name: String,
+    /// Size in bytes as `stat` reports it.
     pub size: i64,
     /// Four-digit octal permission string, e.g. `"0755"`.
     pub mode: String,
+    /// Whether it is a directory.
     pub is_dir: bool,
-    /// Unix seconds.
+    /// Last modification, in Unix seconds.
     pub mtime: i64,
 }
 
@@ -141,6 +167,7 @@ pub struct FileInfo {
 /// line-based truncated read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReadRequest {
+    /// Absolute guest path of the file.
     pub path: String,
     /// 1-based first line.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
@@ -154,6 +181,8 @@ pub struct FileReadRequest {
 }
 
 impl FileReadRequest {
+    /// True when the request asks for a line-based truncated read rather
+    /// than the whole file.
     pub fn is_truncated(&self) -> bool {
         self.offset > 0 || self.limit > 0 || self.max_bytes > 0
     }
@@ -162,22 +191,29 @@ impl FileReadRequest {
 /// FILE_READ_RESP: the total size of the file (not of what is sent) and its mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReadResponse {
+    /// Total file size in bytes.
     pub size: i64,
+    /// Four-digit octal permission string, e.g. `"0644"`.
     pub mode: String,
 }
 
 /// FILE_WRITE_REQ, followed by `size` bytes in STDIN frames.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileWriteRequest {
+    /// Absolute guest path to write; the file is replaced whole.
     pub path: String,
+    /// Octal permission string such as `"0644"`; empty or invalid means `0644`.
     #[serde(default)]
     pub mode: String,
+    /// Exact number of content bytes that follow; 0 to
+    /// [`MAX_FILE_WRITE`](crate::MAX_FILE_WRITE).
     pub size: i64,
 }
 
 /// FILE_STAT_REQ / FILE_LS_REQ.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathRequest {
+    /// Absolute guest path to stat or list.
     pub path: String,
 }
 
@@ -185,7 +221,10 @@ pub struct PathRequest {
 /// directory under it, for as long as the connection stays open.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchRequest {
+    /// Absolute guest path of the directory to watch.
     pub path: String,
+    /// Also watch the directories under it, including ones created later
+    /// (the agent caps depth and count).
     #[serde(default)]
     pub recursive: bool,
 }
@@ -215,7 +254,9 @@ pub enum WatchOp {
 /// directory (`sub/file` under a recursive watch; empty for an overflow).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchEvent {
+    /// Path relative to the watched directory.
     pub name: String,
+    /// What happened to it.
     pub op: WatchOp,
 }
 
@@ -225,7 +266,9 @@ pub const FEATURE_FILES_WATCH: &str = "files.watch";
 /// FILE_WRITE_RESP and FWD_RESP: `{"status":"ok"}` or `{"status":"error","message":…}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusResponse {
+    /// `"ok"` or `"error"`.
     pub status: String,
+    /// What went wrong, with `"error"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// This implementation's addition (v1 hosts ignore unknown fields).
@@ -234,6 +277,7 @@ pub struct StatusResponse {
 }
 
 impl StatusResponse {
+    /// `{"status":"ok"}`.
     pub fn ok() -> StatusResponse {
         StatusResponse {
             status: "ok".into(),
@@ -241,6 +285,8 @@ impl StatusResponse {
             code: None,
         }
     }
+
+    /// `{"status":"error","message":msg}`, without a code.
     pub fn error(msg: impl Into<String>) -> StatusResponse {
         StatusResponse {
             status: "error".into(),
@@ -248,6 +294,8 @@ impl StatusResponse {
             code: None,
         }
     }
+
+    /// True for `"ok"`; anything else is a failure.
     pub fn is_ok(&self) -> bool {
         self.status == "ok"
     }
@@ -256,19 +304,23 @@ impl StatusResponse {
 /// FWD_REQ.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FwdRequest {
+    /// TCP port on the guest's loopback to connect the tunnel to.
     pub port: u16,
 }
 
 /// EXEC_KILL.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecKillRequest {
+    /// The session whose process group gets SIGKILL.
     pub session_id: String,
 }
 
 /// The STDOUT payload answering a detached exec.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DetachedInfo {
+    /// Guest pid of the started process (0 if it was not known).
     pub pid: i64,
+    /// Guest path that receives its stdout and stderr.
     pub output_file: String,
 }
 
@@ -276,7 +328,9 @@ pub struct DetachedInfo {
 /// `ERROR "unexpected frame type 0x70"`, which tells the host it is v1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The host's protocol version, [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
     pub version: u32,
+    /// Free-form name and version of the host client, for the agent's logs.
     #[serde(default)]
     pub client: String,
     /// What the host understands beyond v1 (e.g. [`FEATURE_ERROR_CODES`]).
@@ -296,11 +350,13 @@ pub const FEATURE_ERROR_CODES: &str = "error_codes";
 pub enum ErrorCode {
     /// No such file, directory, session or command.
     NotFound,
+    /// The guest user may not do this (file permissions, a root-only path).
     PermissionDenied,
     /// A path runs through something that is not a directory.
     NotADirectory,
     /// A file operation named a directory.
     IsADirectory,
+    /// The name to create is taken.
     AlreadyExists,
     /// A path component or the whole path is longer than the guest allows.
     NameTooLong,
@@ -340,7 +396,9 @@ impl ErrorCode {
 /// A coded ERROR payload (once the host announced [`FEATURE_ERROR_CODES`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What kind of failure it is.
     pub code: ErrorCode,
+    /// Human-readable detail, for logs and people only.
     pub message: String,
 }
 
@@ -357,9 +415,12 @@ impl ErrorBody {
 /// HELLO_RESP.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloResponse {
+    /// The agent's protocol version.
     pub version: u32,
+    /// Free-form name and version of the agent, e.g. `lohar 0.3.0`.
     #[serde(default)]
     pub agent: String,
+    /// What the agent serves beyond v1 (e.g. [`FEATURE_FILES_WATCH`]).
     #[serde(default, deserialize_with = "nullable")]
     pub features: Vec<String>,
 }
