@@ -14,16 +14,24 @@ use serde::Serialize;
 /// Summary of a set of latency samples, in microseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
+    /// Number of samples.
     pub n: usize,
+    /// Median (nearest rank).
     pub p50_us: f64,
+    /// 95th percentile (nearest rank).
     pub p95_us: f64,
+    /// 99th percentile (nearest rank).
     pub p99_us: f64,
+    /// Arithmetic mean.
     pub mean_us: f64,
+    /// Fastest sample.
     pub min_us: f64,
+    /// Slowest sample.
     pub max_us: f64,
 }
 
 impl Stats {
+    /// The summary of `samples`; all zeros for none.
     pub fn from_durations(samples: &[Duration]) -> Stats {
         let mut us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
         us.sort_by(|a, b| a.total_cmp(b));
@@ -37,7 +45,7 @@ impl Stats {
             // loses a sign.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let rank = ((p / 100.0) * n as f64).ceil().max(1.0) as usize;
-            us[rank.min(n) - 1]
+            us[rank.min(n).saturating_sub(1)]
         };
         Stats {
             n,
@@ -72,23 +80,34 @@ pub fn sample<F: FnMut()>(iters: usize, mut f: F) -> Vec<Duration> {
 pub enum Entry {
     /// Latency samples, optionally beside a baseline's samples.
     Latency {
+        /// What was measured.
         name: String,
+        /// Its samples' summary.
         stats: Stats,
+        /// What the baseline measured, when there is one.
         baseline_name: Option<String>,
+        /// The baseline's summary, measured in the same run.
         baseline: Option<Stats>,
         /// p50 / baseline p50.
         ratio_p50: Option<f64>,
+        /// How to read the line (what it includes, what it leaves out).
         note: String,
     },
     /// A rate (e.g. MiB/s), optionally beside a baseline rate.
     Throughput {
+        /// What was measured.
         name: String,
+        /// The rate's unit, e.g. `MiB/s`.
         unit: String,
+        /// The rate.
         value: f64,
+        /// What the baseline measured, when there is one.
         baseline_name: Option<String>,
+        /// The baseline's rate, measured in the same run.
         baseline: Option<f64>,
         /// value / baseline.
         ratio: Option<f64>,
+        /// How to read the line.
         note: String,
     },
 }
@@ -96,9 +115,13 @@ pub enum Entry {
 /// A benchmark report being assembled.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The benchmark's name; names the report files.
     pub suite: String,
+    /// When the report was made, in seconds since the Unix epoch.
     pub generated_unix: u64,
+    /// CPU count and model of the machine it ran on.
     pub host: String,
+    /// The measurements, in the order they were added.
     pub entries: Vec<Entry>,
 }
 
@@ -119,6 +142,7 @@ fn host_summary() -> String {
 }
 
 impl Report {
+    /// An empty report for `suite`, stamped with this host and time.
     pub fn new(suite: &str) -> Report {
         Report {
             suite: suite.into(),
@@ -131,6 +155,7 @@ impl Report {
         }
     }
 
+    /// Adds a latency line, beside a baseline's samples when given.
     pub fn latency(
         &mut self,
         name: &str,
@@ -169,6 +194,7 @@ impl Report {
         });
     }
 
+    /// Adds a rate line, beside a baseline rate when given.
     pub fn throughput(
         &mut self,
         name: &str,
@@ -213,6 +239,7 @@ impl Report {
         Ok(json)
     }
 
+    /// The report as a Markdown table, for people.
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "# Benchmark: {}\n\nHost: {}. Generated at unix time {}.\n\n",

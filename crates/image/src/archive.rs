@@ -29,7 +29,9 @@ const MAX_JSON: u64 = 16 << 20;
 pub struct Unpacked {
     /// The config blob's digest: the image's identity.
     pub digest: String,
+    /// What the image's config gives exec and shell (user, env, workdir …).
     pub defaults: ImageDefaults,
+    /// The layer blobs, bottom first.
     pub layers: Vec<Layer>,
 }
 

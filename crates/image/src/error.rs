@@ -8,7 +8,12 @@ use std::io;
 pub enum ImageError {
     /// The reference does not parse.
     #[error("invalid image reference {reference:?}: {detail}")]
-    Reference { reference: String, detail: String },
+    Reference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The registry refused the credentials (or wants some).
     #[error("registry refused access to {0} (401/403): check --auth user:token")]
     Unauthorized(String),
@@ -23,11 +28,21 @@ pub enum ImageError {
     Platform(String),
     /// A blob whose bytes do not hash to its digest.
     #[error("blob {expected}: digest mismatch ({detail})")]
-    Digest { expected: String, detail: String },
+    Digest {
+        /// The digest the blob should have.
+        expected: String,
+        /// What was found instead.
+        detail: String,
+    },
     /// A layer that cannot be applied: corrupt, truncated, or an entry that
     /// is refused (escapes the tree, device node).
     #[error("layer {layer}: {detail}")]
-    Layer { layer: String, detail: String },
+    Layer {
+        /// The layer's digest.
+        layer: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A malformed image tarball or OCI layout.
     #[error("image archive: {0}")]
     Archive(String),
@@ -40,7 +55,9 @@ pub enum ImageError {
     /// A host I/O error (disk full, permissions).
     #[error("{what}: {source}")]
     Io {
+        /// The step that failed, with its path.
         what: String,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
@@ -63,6 +80,7 @@ impl ImageError {
     }
 }
 
+/// Shorthand used throughout the crate.
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {

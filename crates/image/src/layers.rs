@@ -233,6 +233,7 @@ fn clear_lower(dir: &Path, rel: &Path, seen: &HashSet<PathBuf>) -> io::Result<()
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // test data
 mod tests {
     use super::*;
     use std::io::Write;

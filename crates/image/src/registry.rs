@@ -38,7 +38,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// `user:token` for a registry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// The registry user name.
     pub user: String,
+    /// Its password or access token (never printed: see `Debug`).
     pub token: String,
 }
 
@@ -67,15 +69,20 @@ impl Credentials {
 /// One layer's download.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LayerProgress {
+    /// The layer blob's digest.
     pub digest: String,
+    /// Its size in bytes, as the manifest says.
     pub size: u64,
+    /// Bytes downloaded so far.
     pub done: u64,
 }
 
 /// What a pull is doing, as the daemon reports it on the task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ProgressSnapshot {
+    /// The step under way (`resolving`, `downloading`, `unpacking`, `building`).
     pub phase: String,
+    /// Each layer's download, once the manifest is known.
     pub layers: Vec<LayerProgress>,
 }
 
@@ -120,7 +127,9 @@ pub struct Pulled {
     /// The digest the reference resolved to (the index's, for a
     /// multi-platform image): what "the same image again" compares.
     pub digest: String,
+    /// What the image's config gives exec and shell (user, env, workdir …).
     pub defaults: ImageDefaults,
+    /// The layers as downloaded, bottom first.
     pub layers: Vec<Layer>,
 }
 
