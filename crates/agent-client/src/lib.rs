@@ -9,6 +9,10 @@
 //! as cancellation (a one-shot exec's process group is killed).
 
 #![forbid(unsafe_code)]
+// Not yet brought under the workspace's missing_docs and
+// arithmetic_side_effects lints (see docs/decisions.md, "Layout"): the
+// other crates are; this one is the remaining work of the codebase issue.
+#![allow(missing_docs, clippy::arithmetic_side_effects)]
 
 mod error;
 mod exec;

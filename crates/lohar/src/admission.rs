@@ -42,13 +42,15 @@ const TRUSTED_SOURCES: usize = 8;
 pub enum Source {
     /// A Unix socket peer (test and container mode): one source.
     Local,
+    /// A TCP peer's address (IPv4-mapped IPv6 folded to IPv4 by [`Source::ip`]).
     Ip(IpAddr),
     /// A vsock peer's CID.
     Vsock(u32),
 }
 
 impl Source {
-    pub fn ip(ip: IpAddr) -> Source {
+    /// The source for a TCP peer at `ip`.
+    pub(crate) fn ip(ip: IpAddr) -> Source {
         // An IPv4 peer on a dual-stack socket is the same source as over IPv4.
         Source::Ip(ip.to_canonical())
     }
@@ -124,7 +126,8 @@ impl Admission {
         }
         let held = if !auth_required {
             if port == Port::Control {
-                st.control += 1;
+                // Below MAX_CONTROL_CONNS: checked above.
+                st.control = st.control.saturating_add(1);
                 Held::Control
             } else {
                 Held::Nothing
@@ -132,11 +135,13 @@ impl Admission {
         } else {
             let mine = st.pre_auth_by.get(&source).copied().unwrap_or(0);
             if mine < PRE_AUTH_PER_SOURCE && st.pre_auth < PRE_AUTH_TOTAL {
-                st.pre_auth += 1;
-                *st.pre_auth_by.entry(source).or_insert(0) += 1;
+                // Both below the limits just checked.
+                st.pre_auth = st.pre_auth.saturating_add(1);
+                let by_source = st.pre_auth_by.entry(source).or_insert(0);
+                *by_source = by_source.saturating_add(1);
                 Held::PreAuth
             } else if st.trusted.contains(&source) && st.reserved < RESERVED_PRE_AUTH {
-                st.reserved += 1;
+                st.reserved = st.reserved.saturating_add(1);
                 Held::Reserved
             } else {
                 return Err(Refused);
@@ -199,7 +204,7 @@ impl Slot<'_> {
             if st.control >= MAX_CONTROL_CONNS {
                 return Err(Refused);
             }
-            st.control += 1;
+            st.control = st.control.saturating_add(1);
             self.held = Held::Control;
         }
         Ok(())

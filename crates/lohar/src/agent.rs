@@ -17,8 +17,11 @@ use crate::session::Registry;
 /// agent's own identity, as in test mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
+    /// Numeric user id children get (`setuid`).
     pub uid: u32,
+    /// Numeric primary group id children get (`setgid`).
     pub gid: u32,
+    /// Home directory (from `/etc/passwd`, `/` if unlisted): children's `HOME`.
     pub home: String,
 }
 
@@ -196,6 +199,8 @@ impl Agent {
         self.coded_errors.store(true, Ordering::Relaxed);
     }
 
+    /// An agent serving with `config`, no sessions yet; hand clones of it to
+    /// the accept loops (`run_unix`, `run_tcp`).
     pub fn new(config: AgentConfig) -> Arc<Agent> {
         let fs_user = FsUser::resolve(config.file_user);
         Arc::new(Agent {
@@ -210,7 +215,7 @@ impl Agent {
         })
     }
 
-    pub fn config(&self) -> &AgentConfig {
+    pub(crate) fn config(&self) -> &AgentConfig {
         &self.config
     }
 

@@ -39,7 +39,7 @@ pub const FORWARD_SOCK: &str = "forward.sock";
 
 /// Container-mode settings, read from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub dir: PathBuf,
     pub token_file: Option<PathBuf>,
     pub no_token: bool,
@@ -54,7 +54,7 @@ pub struct Settings {
 
 impl Settings {
     /// From a variable lookup (the process environment in production).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Settings {
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Settings {
         let dir = PathBuf::from(
             get("LOHAR_SOCK_DIR")
                 .filter(|s| !s.is_empty())
@@ -82,11 +82,13 @@ impl Settings {
         }
     }
 
-    pub fn control_sock(&self) -> PathBuf {
+    /// Where the control socket is bound.
+    pub(crate) fn control_sock(&self) -> PathBuf {
         self.dir.join(CONTROL_SOCK)
     }
 
-    pub fn forward_sock(&self) -> PathBuf {
+    /// Where the forward socket is bound.
+    pub(crate) fn forward_sock(&self) -> PathBuf {
         self.dir.join(FORWARD_SOCK)
     }
 }
@@ -97,12 +99,20 @@ impl Settings {
 pub enum ContainerError {
     /// A line of an env file that is not `KEY=VALUE`.
     #[error("line {line}: {reason}")]
-    EnvLine { line: usize, reason: String },
+    EnvLine {
+        /// 1-based number of the offending line.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file the host named could not be read or is unusable.
     #[error("{what} {}: {reason}", path.display())]
     File {
+        /// Which file it is (`token file`, `env file`, `init file`).
         what: &'static str,
+        /// The path as resolved against `LOHAR_SOCK_DIR`.
         path: PathBuf,
+        /// Why it cannot be used (the I/O error, or e.g. `is empty`).
         reason: String,
     },
     /// Neither a token file nor the explicit opt-out.
@@ -111,8 +121,11 @@ pub enum ContainerError {
     /// A socket step (remove a stale one, listen, chmod).
     #[error("{what} {}: {source}", path.display())]
     Socket {
+        /// The step that failed (`remove stale`, `listen on`, `chmod`).
         what: &'static str,
+        /// The socket's path.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
@@ -131,19 +144,20 @@ fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -
 /// backslash (so any value fits on one line); other backslashes are kept.
 pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, ContainerError> {
     let mut env = BTreeMap::new();
-    for (n, line) in text.lines().enumerate() {
+    // Lines numbered from 1 (a text has fewer lines than bytes: no overflow).
+    for (n, line) in (1_usize..).zip(text.lines()) {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
             return Err(ContainerError::EnvLine {
-                line: n + 1,
+                line: n,
                 reason: format!("no '=' in {line:?}"),
             });
         };
         if k.is_empty() || k.contains('\0') {
             return Err(ContainerError::EnvLine {
-                line: n + 1,
+                line: n,
                 reason: format!("bad variable name {k:?}"),
             });
         }
@@ -181,7 +195,7 @@ fn unescape(v: &str) -> String {
 /// The agent configuration for these settings, reading the token, env and init
 /// files. A token file that is named but unreadable is an error: lohar never
 /// serves without the token the host configured.
-pub fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), ContainerError> {
+pub(crate) fn load(s: &Settings) -> Result<(AgentConfig, Option<String>), ContainerError> {
     let token = match &s.token_file {
         Some(p) => {
             let t = std::fs::read_to_string(p).map_err(|e| file_error("token file", p, e))?;

@@ -152,7 +152,8 @@ fn size_is_real(f: &fs::File, md: &fs::Metadata) -> bool {
 /// Reads a whole file whose size cannot be trusted, up to the cap.
 fn read_buffered(f: fs::File, shown: &str) -> Result<Vec<u8>, ReadError> {
     let mut buf = Vec::new();
-    f.take(MAX_BUFFERED_READ as u64 + 1)
+    // One byte past the cap tells "too large" from "exactly the cap".
+    f.take((MAX_BUFFERED_READ as u64).saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| ReadError::Fail(Fail::io(format!("read {shown}"), &e)))?;
     if buf.len() > MAX_BUFFERED_READ {
@@ -237,7 +238,7 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
         if n == 0 {
             return Ok(());
         }
-        line_no += 1;
+        line_no = line_no.saturating_add(1);
         if line_no < first {
             continue;
         }
@@ -248,13 +249,14 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
         if let Some(b) = budget.as_mut() {
             let take = out.len().min(*b);
             out = &out[..take];
-            *b -= take;
+            *b = b.saturating_sub(take); // exact: take <= *b
         }
         for piece in out.chunks(MAX_LINE_LEN) {
             send(tx, MsgType::Stdout, piece)?;
         }
         if let Some(l) = lines_left.as_mut() {
-            *l -= 1;
+            // Above 0: checked at the top of the loop.
+            *l = l.saturating_sub(1);
         }
     }
 }
@@ -369,13 +371,15 @@ async fn receive_content(
                 )))
             }
         }
-        got += frame.payload.len() as u64;
-        if got > size {
-            return Err(Fail::new(
-                ErrorCode::TooLarge,
-                format!("received more than the declared {size} bytes"),
-            ));
-        }
+        got = match got.checked_add(frame.payload.len() as u64) {
+            Some(g) if g <= size => g,
+            _ => {
+                return Err(Fail::new(
+                    ErrorCode::TooLarge,
+                    format!("received more than the declared {size} bytes"),
+                ))
+            }
+        };
         if feed.send(Feed::Data(frame.payload)).await.is_err() {
             // The writer failed; its error is reported by the caller.
             return Ok(());
@@ -495,7 +499,8 @@ impl Drop for TempFile {
 fn tmp_path(target: &Path, suffix: u64) -> PathBuf {
     let name = target.file_name().map(|n| n.as_bytes()).unwrap_or_default();
     let tail = format!("{TMP_MARK}{suffix:016x}");
-    let keep = name.len().min(NAME_MAX - tail.len());
+    // `tail` is 28 bytes, far below NAME_MAX.
+    let keep = name.len().min(NAME_MAX.saturating_sub(tail.len()));
     let mut tmp = name[..keep].to_vec();
     tmp.extend_from_slice(tail.as_bytes());
     target.with_file_name(std::ffi::OsString::from_vec(tmp))
@@ -582,7 +587,7 @@ fn list_dir(path: &str) -> Result<Vec<FileInfo>, Fail> {
         .collect();
     names.sort();
     let total = names.len();
-    let mut out = Vec::with_capacity(total.min(MAX_LS_ENTRIES) + 1);
+    let mut out = Vec::with_capacity(total.min(MAX_LS_ENTRIES).saturating_add(1));
     for name in names.into_iter().take(MAX_LS_ENTRIES) {
         // Entries that vanish between readdir and lstat are skipped.
         if let Ok(md) = fs::symlink_metadata(p.join(&name)) {

@@ -1,6 +1,8 @@
 //! Fixed-size scrollback ring: keeps the newest `cap` bytes written to it.
 
 /// Exposed for the benchmarks; the agent uses it for session scrollback.
+///
+/// Invariants: `buf` is never empty, `start < buf.len()`, `len <= buf.len()`.
 pub struct Ring {
     buf: Vec<u8>,
     /// Index of the oldest byte.
@@ -9,6 +11,7 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// An empty ring keeping the newest `cap` bytes (at least 1).
     pub fn new(cap: usize) -> Ring {
         Ring {
             buf: vec![0; cap.max(1)],
@@ -18,45 +21,50 @@ impl Ring {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len
     }
 
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// `i` wrapped to an index into `buf` (whose length is never 0).
+    fn wrap(&self, i: usize) -> usize {
+        i.checked_rem(self.buf.len()).unwrap_or(0)
     }
 
-    pub fn write(&mut self, mut data: &[u8]) {
+    /// Appends `data`, dropping the oldest bytes beyond the capacity.
+    pub fn write(&mut self, data: &[u8]) {
         let cap = self.buf.len();
-        if data.len() >= cap {
+        if let Some(skip) = data.len().checked_sub(cap) {
             // Only the newest `cap` bytes can survive.
-            data = &data[data.len() - cap..];
-            self.buf.copy_from_slice(data);
+            self.buf.copy_from_slice(&data[skip..]);
             self.start = 0;
             self.len = cap;
             return;
         }
-        let end = (self.start + self.len) % cap;
-        let first = data.len().min(cap - end);
-        self.buf[end..end + first].copy_from_slice(&data[..first]);
-        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
-        let total = self.len + data.len();
-        if total > cap {
-            self.start = (self.start + (total - cap)) % cap;
-            self.len = cap;
-        } else {
-            self.len = total;
+        // From here `data.len() < cap`, and `start + len < 2 * cap`: no sum
+        // below can saturate.
+        let end = self.wrap(self.start.saturating_add(self.len));
+        let room = &mut self.buf[end..];
+        let (head, wrapped) = data.split_at(data.len().min(room.len()));
+        room[..head.len()].copy_from_slice(head);
+        self.buf[..wrapped.len()].copy_from_slice(wrapped);
+        let total = self.len.saturating_add(data.len());
+        match total.checked_sub(cap) {
+            Some(dropped) if dropped > 0 => {
+                self.start = self.wrap(self.start.saturating_add(dropped));
+                self.len = cap;
+            }
+            _ => self.len = total,
         }
     }
 
     /// The retained bytes, oldest first.
     pub fn contents(&self) -> Vec<u8> {
-        let cap = self.buf.len();
         let mut out = Vec::with_capacity(self.len);
-        let first = self.len.min(cap - self.start);
-        out.extend_from_slice(&self.buf[self.start..self.start + first]);
-        out.extend_from_slice(&self.buf[..self.len - first]);
+        let tail = &self.buf[self.start..];
+        let first = &tail[..self.len.min(tail.len())];
+        out.extend_from_slice(first);
+        // The rest wrapped around to the front (`first.len() <= len`).
+        out.extend_from_slice(&self.buf[..self.len.saturating_sub(first.len())]);
         out
     }
 }

@@ -70,15 +70,16 @@ impl Registry {
     /// (sessions whose process runs, sessions with a client attached)
     pub fn counts(&self) -> (i64, i64) {
         let map = lock(&self.map);
-        let mut active = 0;
-        let mut attached = 0;
+        let mut active: i64 = 0;
+        let mut attached: i64 = 0;
         for s in map.values() {
             let st = lock(&s.state);
+            // Both at most the map's length.
             if st.exit_code.is_none() {
-                active += 1;
+                active = active.saturating_add(1);
             }
             if st.attached.is_some() {
-                attached += 1;
+                attached = attached.saturating_add(1);
             }
         }
         (active, attached)
@@ -119,7 +120,12 @@ impl Registry {
         make_room_locked(&mut map)?;
         let id = match fixed_id {
             Some(id) => id.to_string(),
-            None => format!("s{}", self.counter.fetch_add(1, Ordering::Relaxed) + 1),
+            None => format!(
+                "s{}",
+                self.counter
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1)
+            ),
         };
         let s = make(id.clone());
         map.insert(id, s.clone());

@@ -135,7 +135,7 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
+        (None, Some(s)) => s.saturating_add(128),
         _ => 1,
     }
 }

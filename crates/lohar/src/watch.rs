@@ -54,7 +54,7 @@ struct Slot;
 impl Slot {
     fn take() -> Option<Slot> {
         let taken = ACTIVE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < MAX_WATCHES).then_some(n + 1)
+            (n < MAX_WATCHES).then_some(n.saturating_add(1))
         });
         taken.ok().map(|_| Slot)
     }
@@ -193,7 +193,7 @@ impl Tree {
             // `file_type` is the entry's own type: a symlink to a directory
             // is a symlink, and is not followed.
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                self.add_subtree(&child, depth + 1, found);
+                self.add_subtree(&child, depth.saturating_add(1), found);
             }
         }
     }

@@ -341,7 +341,10 @@ mod tests {
             assert_eq!((s.status(), s.thermal()), (status, Thermal::Cold));
         }
         // Only a crashed sandbox has a crash reason.
-        assert_eq!(LifeState::Crashed("killed".into()).crash_reason(), Some("killed"));
+        assert_eq!(
+            LifeState::Crashed("killed".into()).crash_reason(),
+            Some("killed")
+        );
         assert_eq!(LifeState::Running(Thermal::Hot).crash_reason(), None);
     }
 }

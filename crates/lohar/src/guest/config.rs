@@ -15,10 +15,14 @@ use nix::unistd::{chown, Gid, Uid};
 
 use super::{io_err, GuestError};
 
-pub const CONFIG_DEVICE: &str = "/dev/vdb";
-pub const CONFIG_MOUNT: &str = "/run/bhatti/config";
-pub const CONFIG_ENV: &str = "/run/bhatti/config-env";
-pub const DEFAULT_HOSTNAME: &str = "bhatti";
+/// The config drive's block device.
+pub(crate) const CONFIG_DEVICE: &str = "/dev/vdb";
+/// Where the drive is mounted just long enough to read `config.json`.
+const CONFIG_MOUNT: &str = "/run/bhatti/config";
+/// The config's environment as `KEY=VALUE` lines (0600, root).
+const CONFIG_ENV: &str = "/run/bhatti/config-env";
+/// The hostname when the config names none.
+const DEFAULT_HOSTNAME: &str = "bhatti";
 /// The sandbox user's uid/gid.
 const USER_ID: u32 = 1000;
 
@@ -306,7 +310,7 @@ fn resolve_root_owned(path: &Path) -> Result<PathBuf, GuestError> {
     }
     let mut todo: VecDeque<std::ffi::OsString> = normal(path).collect();
     let mut out = PathBuf::from("/");
-    let mut hops = 0;
+    let mut hops: usize = 0;
     while let Some(c) = todo.pop_front() {
         if c == ".." {
             out.pop();
@@ -331,7 +335,7 @@ fn resolve_root_owned(path: &Path) -> Result<PathBuf, GuestError> {
                 value: format!("{} (at {})", path.display(), next.display()),
             });
         }
-        hops += 1;
+        hops = hops.saturating_add(1);
         if hops > MAX_SYMLINK_HOPS {
             return Err(GuestError::Invalid {
                 what: "path with too many symlinks",

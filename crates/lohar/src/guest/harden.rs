@@ -18,7 +18,9 @@ use std::path::Path;
 /// One sysctl: its `/proc/sys` path and the value to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sysctl {
+    /// Path relative to `/proc/sys`, e.g. `kernel/dmesg_restrict`.
     pub path: &'static str,
+    /// What is written to it.
     pub value: &'static str,
     /// Absent on many kernels (a distribution patch or a config option);
     /// missing is expected and logged quietly.
@@ -70,7 +72,7 @@ pub fn settings(allow_userns: bool) -> Vec<Sysctl> {
 /// Writes the settings under `root` (`/proc/sys` in a guest); returns how many
 /// took effect. Failures are logged.
 pub fn apply_under(root: &Path, settings: &[Sysctl]) -> usize {
-    let mut applied = 0;
+    let mut applied: usize = 0;
     for s in settings {
         let path = root.join(s.path);
         // Never create: a sysctl the kernel lacks is missing, not a new file.
@@ -79,7 +81,7 @@ pub fn apply_under(root: &Path, settings: &[Sysctl]) -> usize {
             .open(&path)
             .and_then(|mut f| f.write_all(s.value.as_bytes()));
         match written {
-            Ok(()) => applied += 1,
+            Ok(()) => applied = applied.saturating_add(1),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if s.optional {
                     tracing::debug!("sysctl {}: not in this kernel", s.path);

@@ -44,31 +44,54 @@ pub const READY_LINE: &str = "lohar: ready";
 /// Everything that can go wrong while setting up the guest.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
+    /// A `mount(2)` failed.
     #[error("mount {fstype} on {target}: {source}")]
     Mount {
+        /// The filesystem type asked for (`ext4`, `proc`, `cgroup2` …).
         fstype: String,
+        /// The mount point.
         target: String,
+        /// The kernel's error.
         #[source]
         source: nix::Error,
     },
+    /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
+        /// The operation and its path, e.g. `mkdir /run/bhatti`.
         what: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// A system call made through `nix` failed.
     #[error("{what}: {source}")]
     Sys {
+        /// The call and its argument, e.g. `sethostname "box"`.
         what: String,
+        /// The kernel's error.
         #[source]
         source: nix::Error,
     },
+    /// The config drive's `config.json` is not a valid config.
     #[error("config.json: {0}")]
     ConfigJson(#[from] serde_json::Error),
+    /// A value from the config drive or the kernel command line is unusable.
     #[error("invalid {what}: {value}")]
-    Invalid { what: &'static str, value: String },
+    Invalid {
+        /// What the value was meant to be (`net.address`, `interface name` …).
+        what: &'static str,
+        /// The value as given.
+        value: String,
+    },
+    /// Something the guest needs is missing from this kernel or image.
     #[error("{what}: {detail}")]
-    Unavailable { what: &'static str, detail: String },
+    Unavailable {
+        /// What is missing.
+        what: &'static str,
+        /// The particulars (which items, and why).
+        detail: String,
+    },
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {

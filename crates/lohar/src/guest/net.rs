@@ -31,9 +31,13 @@ const IFF_UP_RUNNING: libc::c_short = (libc::IFF_UP | libc::IFF_RUNNING) as libc
 /// Address configuration for one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
+    /// Interface name (`eth0` unless the command line names another).
     pub dev: String,
+    /// The interface's own address.
     pub addr: Ipv4Addr,
+    /// Its netmask (classful when `ip=` gives none).
     pub netmask: Ipv4Addr,
+    /// The default route's gateway; `None`: no default route is added.
     pub gateway: Option<Ipv4Addr>,
 }
 
@@ -111,12 +115,14 @@ pub fn from_config(net: &ConfigNet) -> Result<IpConfig, GuestError> {
     })
 }
 
-pub fn prefix_mask(prefix: u32) -> Ipv4Addr {
-    if prefix == 0 {
-        Ipv4Addr::UNSPECIFIED
-    } else {
-        Ipv4Addr::from(u32::MAX << (32 - prefix.min(32)))
-    }
+/// The netmask of a `/prefix`; a prefix above 32 is taken as 32.
+fn prefix_mask(prefix: u32) -> Ipv4Addr {
+    // Prefix 0 shifts by 32, which `checked_shl` refuses: no bits set.
+    Ipv4Addr::from(
+        u32::MAX
+            .checked_shl(32_u32.saturating_sub(prefix))
+            .unwrap_or(0),
+    )
 }
 
 /// Whether `/proc/net/route` already has a default route.
@@ -365,6 +371,7 @@ mod tests {
         assert_eq!(prefix_mask(0), Ipv4Addr::UNSPECIFIED);
         assert_eq!(prefix_mask(30), Ipv4Addr::new(255, 255, 255, 252));
         assert_eq!(prefix_mask(32), Ipv4Addr::BROADCAST);
+        assert_eq!(prefix_mask(40), Ipv4Addr::BROADCAST);
     }
 
     #[test]

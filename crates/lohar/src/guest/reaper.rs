@@ -124,7 +124,7 @@ pub fn start() {
 /// drops registry entries whose process is gone. Returns how many were reaped.
 pub fn reap_orphans() -> usize {
     let mut reg = lock();
-    let mut reaped = 0;
+    let mut reaped: usize = 0;
     for (pid, start) in zombie_children_of_init() {
         if let Some(known) = reg.get(&pid) {
             if known.is_none() || *known == Some(start) {
@@ -135,7 +135,7 @@ pub fn reap_orphans() -> usize {
         match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
             Ok(st) => {
-                reaped += 1;
+                reaped = reaped.saturating_add(1);
                 tracing::debug!(pid, status = ?st, "reaper: reaped orphan");
             }
             // Not our child after all (raced with its own exit handling).
@@ -153,8 +153,12 @@ pub fn reap_orphans() -> usize {
 /// The fields of `/proc/<pid>/stat` the reaper needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
+    /// Process state letter (field 3): `R`, `S`, `Z` for a zombie, …
     pub state: char,
+    /// Parent's pid (field 4).
     pub ppid: i32,
+    /// Start time in clock ticks since boot (field 22); with the pid, tells
+    /// a recycled pid from the process first seen under it.
     pub start_time: u64,
 }
 
@@ -162,7 +166,7 @@ pub struct Stat {
 /// may itself contain spaces and parentheses, so fields are counted from the
 /// last `)`.
 pub fn parse_stat(s: &str) -> Option<Stat> {
-    let rest = &s[s.rfind(')')? + 1..];
+    let (_comm, rest) = s.rsplit_once(')')?;
     let mut f = rest.split_ascii_whitespace();
     let state = f.next()?.chars().next()?;
     let ppid = f.next()?.parse().ok()?;

@@ -31,13 +31,14 @@ const ACCEPT_WAIT: Duration = Duration::from_secs(1);
 const CLOCK_JUMP: Duration = Duration::from_secs(3);
 const RECREATE_PAUSE: Duration = Duration::from_millis(200);
 
-pub struct VsockListener {
+/// A non-blocking `AF_VSOCK` stream listener.
+pub(crate) struct VsockListener {
     fd: AsyncFd<OwnedFd>,
 }
 
 impl VsockListener {
     /// Binds `port` on any CID.
-    pub fn bind(port: u32) -> io::Result<VsockListener> {
+    pub(crate) fn bind(port: u32) -> io::Result<VsockListener> {
         let fd = socket(
             AddressFamily::Vsock,
             SockType::Stream,
@@ -51,7 +52,8 @@ impl VsockListener {
         })
     }
 
-    pub async fn accept(&self) -> io::Result<VsockStream> {
+    /// Waits for the next connection (retrying on `EINTR`).
+    pub(crate) async fn accept(&self) -> io::Result<VsockStream> {
         loop {
             let mut guard = self.fd.readable().await?;
             let res = guard.try_io(|inner| {
