@@ -16,13 +16,14 @@ pub enum StoreError {
     /// must not be able to tell apart).
     #[error("not found")]
     NotFound,
-    /// A UNIQUE or state rule was violated; the text says what, in words fit
     /// A UNIQUE rule was violated: the name (or key) is taken. The text says
     /// what, in words fit for an API error body (e.g. `name "web" is
     /// already in use`).
     #[error("{0}")]
     Exists(String),
-    /// for an API error body (e.g. `name "web" is already in use`).
+    /// A state rule was violated (e.g. resizing an attached volume, a stale
+    /// engine generation); the text says what, in words fit for an API error
+    /// body.
     #[error("{0}")]
     Conflict(String),
     /// A per-user limit would be exceeded; the text says which and by how much

@@ -11,6 +11,7 @@ use crate::{query_all, time, Store};
 /// A recorded event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// Row ID, assigned increasing by SQLite (AUTOINCREMENT).
     pub id: i64,
     /// ISO-8601 UTC with milliseconds.
     pub ts: String,
@@ -21,6 +22,7 @@ pub struct Event {
     pub user_id: String,
     /// Empty when not sandbox-related.
     pub sandbox_id: String,
+    /// Free-form JSON object with event details (`{}` when none).
     pub meta: serde_json::Value,
 }
 
@@ -28,10 +30,13 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NewEvent {
     #[serde(rename = "type")]
+    /// Event type, e.g. `sandbox.created`.
     pub event_type: String,
     #[serde(default)]
+    /// User it concerns; empty when not user-related.
     pub user_id: String,
     #[serde(default)]
+    /// Sandbox it concerns; empty when not sandbox-related.
     pub sandbox_id: String,
     /// `Null` is stored as `{}`.
     #[serde(default)]
@@ -57,7 +62,9 @@ impl NewEvent {
 pub struct EventQuery {
     /// Type starts with this (`"sandbox."`, or a full type).
     pub type_prefix: Option<String>,
+    /// Only events of this user ID.
     pub user_id: Option<String>,
+    /// Only events of this sandbox ID.
     pub sandbox_id: Option<String>,
     /// `ts >= since` (RFC 3339 UTC).
     pub since: Option<String>,

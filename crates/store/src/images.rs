@@ -15,18 +15,23 @@ pub const ADMIN: &str = "";
 /// An image row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
+    /// 16 hex.
     pub id: String,
     /// Owner; `""` = admin / global.
     pub user_id: String,
+    /// Unique per owner.
     pub name: String,
     /// `built-in` | `oci:<ref>` | `import:<name>` | `saved:<sandbox id>`.
     pub source: String,
+    /// The image file on the host.
     pub file_path: String,
+    /// Size in MiB; counts toward the owner's storage quota.
     pub size_mb: u64,
     /// Registry digest for pulled images, else empty.
     pub oci_digest: String,
     /// The OCI image config (entrypoint, env …) for pulled images, else `{}`.
     pub oci_config: serde_json::Value,
+    /// When the row was inserted, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
 }
 
@@ -35,11 +40,17 @@ pub struct Image {
 pub struct NewImage {
     /// `""` for an admin image (no quota applies).
     pub user_id: String,
+    /// Unique per owner; a taken name is `Exists`.
     pub name: String,
+    /// Where it came from; same forms as [`Image::source`].
     pub source: String,
+    /// The image file on the host.
     pub file_path: String,
+    /// Size in MiB; checked against the storage quota for user images.
     pub size_mb: u64,
+    /// Registry digest for pulled images, else empty.
     pub oci_digest: String,
+    /// The OCI image config for pulled images; `Null` is stored as `{}`.
     pub oci_config: serde_json::Value,
 }
 

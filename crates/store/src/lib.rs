@@ -26,10 +26,6 @@
 //! would need truncating is an [`StoreError::Invalid`] error.
 
 #![forbid(unsafe_code)]
-// Not yet brought under the workspace's missing_docs and
-// arithmetic_side_effects lints (see docs/decisions.md, "Layout"): the
-// other crates are; this one is the remaining work of the codebase issue.
-#![allow(missing_docs, clippy::arithmetic_side_effects)]
 
 pub mod coerce;
 mod error;

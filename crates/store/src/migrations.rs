@@ -367,7 +367,7 @@ pub fn run_to(conn: &mut Connection, steps: &[Migration], target: u32) -> Result
         )));
     }
     let target = target.min(count(steps));
-    let mut applied = 0;
+    let mut applied: usize = 0;
     for (next, step) in (1u32..)
         .zip(steps)
         .take(target as usize)
@@ -382,7 +382,7 @@ pub fn run_to(conn: &mut Connection, steps: &[Migration], target: u32) -> Result
             conn.pragma_update(None, "foreign_keys", "ON")?;
         }
         if res? {
-            applied += 1;
+            applied = applied.saturating_add(1);
         }
     }
     Ok(applied)

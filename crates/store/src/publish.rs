@@ -12,11 +12,15 @@ use crate::{ids, query_all, query_opt, time, Store};
 pub struct PublishRule {
     /// `pub_<16 hex>`.
     pub id: String,
+    /// The sandbox whose port is published.
     pub sandbox_id: String,
+    /// Owner of the sandbox.
     pub user_id: String,
+    /// Guest port, 1–65535; unique per sandbox.
     pub port: u16,
     /// Globally unique.
     pub alias: String,
+    /// When the rule was made, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
 }
 

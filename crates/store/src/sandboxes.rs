@@ -22,16 +22,20 @@ pub const MAX_LABELS: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxStatus {
+    /// The VM is up.
     Running,
+    /// No VM is running; the sandbox can be started again.
     Stopped,
     /// The VM died under the sandbox (killed, out of memory, the host went
     /// down with no snapshot); `status_reason` says how. Its disk is kept,
     /// and `start` boots it afresh from that disk.
     Crashed,
+    /// State could not be established (failed restore, stale snapshot …); `status_reason` says why.
     Unknown,
 }
 
 impl SandboxStatus {
+    /// The stored text form (`running`, `stopped`, `crashed`, `unknown`).
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxStatus::Running => "running",
@@ -54,6 +58,7 @@ pub enum ExpiryAction {
 }
 
 impl ExpiryAction {
+    /// The stored text form (`kill` | `pause`).
     pub fn as_str(self) -> &'static str {
         match self {
             ExpiryAction::Kill => "kill",
@@ -101,22 +106,32 @@ impl FromStr for SandboxStatus {
 pub struct Sandbox {
     /// 16 hex.
     pub id: String,
+    /// Owner.
     pub user_id: String,
+    /// Unique per owner.
     pub name: String,
+    /// Lifecycle status.
     pub status: SandboxStatus,
     /// Why the status is what it is (set for `unknown`: failed restore,
     /// stale snapshot …); empty otherwise.
     pub status_reason: String,
+    /// Guest IP address; empty when none is assigned.
     pub ip: String,
     /// Engine that runs it (`firecracker`, `qemu`, `docker`).
     pub engine: String,
+    /// Template it was created from; empty if none.
     pub template_id: String,
     /// Whole vCPUs.
     pub cpus: u32,
+    /// Guest memory in MiB.
     pub memory_mb: u32,
+    /// Root-disk size in MiB counted toward the storage quota; 0 = the image's own size.
     pub disk_size_mb: u64,
+    /// Root-filesystem image name (default `minimal`).
     pub image: String,
+    /// Selector labels, key → value (at most [`MAX_LABELS`]).
     pub labels: BTreeMap<String, String>,
+    /// Woken again when the daemon starts, and not paused when idle.
     pub keep_hot: bool,
     /// SHA-256 hex of the active web-shell token. Not serialized.
     #[serde(skip_serializing, default)]
@@ -127,10 +142,13 @@ pub struct Sandbox {
     /// Bumped by the engine at every boot or restore (docs/decisions.md,
     /// "VMMs").
     pub generation: u64,
+    /// When the row was inserted, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
+    /// When it last stopped, RFC 3339 UTC with milliseconds; cleared when set `running`.
     pub stopped_at: Option<String>,
     /// When the sandbox's lifetime ends (`None`: it lives until destroyed).
     pub expires_at: Option<String>,
+    /// What happens when `expires_at` passes.
     pub on_expiry: ExpiryAction,
     /// Free-form caller metadata (E2B's `metadata`), unlike labels not
     /// restricted to selector syntax.
@@ -154,22 +172,39 @@ impl Sandbox {
 pub struct NewSandbox {
     /// Usually [`crate::ids::sandbox_id`], or the engine's ID.
     pub id: String,
+    /// Owner; must exist (`NotFound` otherwise).
     pub user_id: String,
+    /// Unique per owner; a taken name is `Exists`.
     pub name: String,
+    /// Initial status.
     pub status: SandboxStatus,
+    /// Guest IP address; empty if none.
     pub ip: String,
+    /// Engine that runs it (`firecracker`, `qemu`, `docker`).
     pub engine: String,
+    /// Template it is created from; empty if none.
     pub template_id: String,
+    /// Whole vCPUs.
     pub cpus: u32,
+    /// Guest memory in MiB.
     pub memory_mb: u32,
+    /// Root-disk size in MiB; > 0 is checked against the storage quota.
     pub disk_size_mb: u64,
+    /// Root-filesystem image name.
     pub image: String,
+    /// Selector labels (at most [`MAX_LABELS`]).
     pub labels: BTreeMap<String, String>,
+    /// See [`Sandbox::keep_hot`].
     pub keep_hot: bool,
+    /// Initial engine state, stored as JSON text.
     pub vm_state: Option<serde_json::Value>,
+    /// Initial engine generation (usually 0).
     pub generation: u64,
+    /// When its lifetime ends, RFC 3339 UTC; `None` = never.
     pub expires_at: Option<String>,
+    /// What happens when `expires_at` passes.
     pub on_expiry: ExpiryAction,
+    /// Free-form caller metadata.
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -202,10 +237,12 @@ impl Default for NewSandbox {
 /// together by [`Store::update_runtime`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuntimeUpdate {
+    /// New status; `stopped` stamps `stopped_at`, `running` clears it.
     pub status: Option<SandboxStatus>,
     /// Replaces `status_reason`; when `status` is set and this is `None`, the
     /// reason is cleared.
     pub status_reason: Option<String>,
+    /// New guest IP address.
     pub ip: Option<String>,
     /// New engine state; stored together with `generation`.
     pub vm_state: Option<serde_json::Value>,
@@ -219,13 +256,16 @@ pub struct RuntimeUpdate {
 /// the others.
 #[derive(Debug)]
 pub struct RecoveryRow {
+    /// The sandbox ID (always readable).
     pub id: String,
+    /// The row, or why it could not be read.
     pub sandbox: Result<Sandbox>,
 }
 
 /// What [`Store::delete_sandbox`] removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRemoval {
+    /// The deleted row.
     pub sandbox: Sandbox,
     /// Volume attachments that were released.
     pub attachments: Vec<Attachment>,

@@ -11,8 +11,11 @@ use crate::{query_all, query_one, time, Store};
 /// A secret without its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretMeta {
+    /// Unique per user.
     pub name: String,
+    /// First set, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
+    /// Last set (equals `created_at` until replaced), RFC 3339 UTC with milliseconds (`time::now()` format).
     pub updated_at: String,
 }
 

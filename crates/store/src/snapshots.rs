@@ -12,8 +12,11 @@ use crate::{count, ids, query_all, query_one, time, to_sql_int, Store};
 /// A snapshot row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// 16 hex.
     pub id: String,
+    /// Owner.
     pub user_id: String,
+    /// Unique per owner.
     pub name: String,
     /// ID of the sandbox it was taken from (which may since be destroyed).
     pub source_sandbox: String,
@@ -22,7 +25,9 @@ pub struct Snapshot {
     /// The checkpoint manifest (the engine's `CheckpointManifest`), with
     /// whole-number floats normalized to integers.
     pub manifest: serde_json::Value,
+    /// Size on disk in MiB; counts toward the owner's storage quota.
     pub size_mb: u64,
+    /// When it was taken, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
     /// The image of the sandbox it was taken from; what a sandbox resumed
     /// from it records.
@@ -39,11 +44,17 @@ impl Snapshot {
 /// What [`Store::create_snapshot`] needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewSnapshot {
+    /// Owner.
     pub user_id: String,
+    /// Unique per owner; a taken name is `Exists`.
     pub name: String,
+    /// ID of the sandbox it is taken from.
     pub source_sandbox: String,
+    /// `snapshots/<user>/<name>/`.
     pub dir: String,
+    /// The checkpoint manifest (the engine's `CheckpointManifest`).
     pub manifest: serde_json::Value,
+    /// Size on disk in MiB.
     pub size_mb: u64,
     /// The source sandbox's image (empty: `minimal`).
     pub image: String,

@@ -15,16 +15,21 @@ use crate::{ids, query_opt, time, Store};
 pub struct Task {
     /// 16 hex.
     pub id: String,
+    /// User who started it.
     pub user_id: String,
     /// `image_pull`.
     pub kind: String,
     /// `running` | `completed` | `failed`.
     pub status: String,
+    /// Latest progress as a JSON value the task type defines (`{}` at start).
     pub progress: serde_json::Value,
     /// On completion, a JSON string the task type defines.
     pub result: Option<String>,
+    /// On failure, what went wrong.
     pub error: Option<String>,
+    /// When it started, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
+    /// When it ended (completed or failed), RFC 3339 UTC with milliseconds (`time::now()` format). `None` while running.
     pub completed_at: Option<String>,
 }
 

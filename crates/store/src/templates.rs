@@ -17,15 +17,22 @@ pub struct Template {
     #[serde(default)]
     pub id: String,
     #[serde(default)]
+    /// Owner; set by the store from the caller.
     pub user_id: String,
+    /// Unique per owner.
     pub name: String,
     #[serde(default)]
+    /// Root-filesystem image name; empty = the default.
     pub image: String,
+    /// Whole vCPUs.
     pub cpus: u32,
+    /// Guest memory in MiB.
     pub memory_mb: u32,
     #[serde(default)]
+    /// Root-disk size in MiB; 0 = the image's own size.
     pub disk_size_mb: u64,
     #[serde(default)]
+    /// Environment variables for the guest, name → value.
     pub env: BTreeMap<String, String>,
     /// Names of the user's secrets to inject.
     #[serde(default)]
@@ -38,8 +45,10 @@ pub struct Template {
     #[serde(default = "empty_array")]
     pub volumes: serde_json::Value,
     #[serde(default)]
+    /// Command run at first boot; empty = none.
     pub init: String,
     #[serde(default)]
+    /// Labels given to sandboxes created from it.
     pub labels: BTreeMap<String, String>,
     /// Set by the store.
     #[serde(default)]

@@ -70,14 +70,22 @@ pub fn parse_ts(s: &str) -> Option<SystemTime> {
     if days < 0 {
         return None;
     }
+    let time_of_day = hh
+        .checked_mul(3600)?
+        .checked_add(mm.checked_mul(60)?)?
+        .checked_add(ss)?;
     let secs = u64::try_from(days)
         .ok()?
         .checked_mul(86_400)?
-        .checked_add(hh * 3600 + mm * 60 + ss)?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+        .checked_add(time_of_day)?;
+    // `nanos` < 10^9 (at most nine digits), so `Duration::new` cannot carry.
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 /// Days since 1970-01-01 → (year, month, day).
+// Cannot overflow: the only caller passes `u64 seconds / 86_400`
+// (≤ 2.2 × 10^14), so every intermediate stays far below `i64::MAX`.
+#[allow(clippy::arithmetic_side_effects)]
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -96,6 +104,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// (year, month, day) → days since 1970-01-01.
+// Cannot overflow: the only caller has bounded `y` to 0..=9999, `m` to
+// 1..=12 and `d` to 1..=31, so every intermediate is below 4 × 10^6.
+#[allow(clippy::arithmetic_side_effects)]
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);

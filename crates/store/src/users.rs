@@ -46,22 +46,27 @@ impl Default for Quotas {
 pub struct User {
     /// `usr_<8 hex>`.
     pub id: String,
+    /// Unique across users.
     pub name: String,
     /// SHA-256 hex of the API key. Not serialized, so a `User` can never leak
     /// it into a response by accident.
     #[serde(skip_serializing, default)]
     pub api_key_hash: String,
     #[serde(flatten)]
+    /// The user's limits (flattened into the JSON object).
     pub quotas: Quotas,
     /// 1-based, unique, allocated as max + 1; decides the owner's network.
     pub subnet_index: u16,
+    /// When the user was created, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
 }
 
 /// What [`Store::create_user`] needs.
 #[derive(Debug, Clone, Default)]
 pub struct NewUser {
+    /// Unique, non-empty user name.
     pub name: String,
+    /// Limits to create the user with.
     pub quotas: Quotas,
 }
 
@@ -69,8 +74,11 @@ pub struct NewUser {
 /// the rows are gone, the caller removes the files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRemoval {
+    /// Host paths of the deleted volumes' files.
     pub volume_files: Vec<String>,
+    /// Host directories of the deleted snapshots.
     pub snapshot_dirs: Vec<String>,
+    /// Host paths of the deleted images' files.
     pub image_files: Vec<String>,
 }
 
@@ -124,9 +132,10 @@ impl Store {
                     v => int_from_sql(v, "subnet_index"),
                 }
             })?;
-            let next = max + 1;
-            let subnet_index = u16::try_from(next)
-                .map_err(|_| StoreError::Invalid("subnet indexes are exhausted".into()))?;
+            let subnet_index = max
+                .checked_add(1)
+                .and_then(|next| u16::try_from(next).ok())
+                .ok_or_else(|| StoreError::Invalid("subnet indexes are exhausted".into()))?;
             let created_at = time::now();
             // A random ID can collide; retry a few times on the primary key.
             for _ in 0..8 {

@@ -23,11 +23,13 @@ use crate::{count, ids, query_all, query_one, query_opt, time, to_sql_int, Store
 pub enum VolumeStatus {
     /// Row inserted, file not yet made.
     Creating,
+    /// File exists; the volume can be attached.
     Ready,
 }
 
 impl VolumeStatus {
-    pub fn as_str(self) -> &'static str {
+    /// The stored text form (`creating` | `ready`).
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             VolumeStatus::Creating => "creating",
             VolumeStatus::Ready => "ready",
@@ -57,22 +59,32 @@ impl FromStr for VolumeStatus {
 /// A persistent volume row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
+    /// 16 hex.
     pub id: String,
+    /// Owner.
     pub user_id: String,
+    /// Unique per owner.
     pub name: String,
+    /// Size in MiB (> 0); counts toward the owner's storage quota.
     pub size_mb: u64,
     /// The ext4 image on the host.
     pub file_path: String,
+    /// Whether the file exists yet.
     pub status: VolumeStatus,
+    /// When the row was inserted, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
 }
 
 /// What [`Store::create_volume`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewVolume {
+    /// Owner.
     pub user_id: String,
+    /// Unique per owner; a taken name is `Exists`.
     pub name: String,
+    /// Size in MiB (> 0); checked against the storage quota.
     pub size_mb: u64,
+    /// The ext4 image on the host.
     pub file_path: String,
     /// Usually `Creating`, then [`Store::set_volume_status`] once the file
     /// exists.
@@ -82,13 +94,17 @@ pub struct NewVolume {
 /// A volume attached to a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
+    /// ID of the attached volume.
     pub volume_id: String,
     /// Name of the volume (joined in for convenience).
     pub volume_name: String,
+    /// ID of the sandbox it is attached to.
     pub sandbox_id: String,
     /// Mount point in the guest.
     pub mount: String,
+    /// Mounted read-only (any number may share); else exclusive.
     pub read_only: bool,
+    /// When it was attached, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub attached_at: String,
 }
 
@@ -286,7 +302,14 @@ impl Store {
                     v.name
                 )));
             }
-            check_quota(tx, &v.user_id, new_size_mb - v.size_mb)?;
+            // Cannot fail: `new_size_mb > v.size_mb` was checked above.
+            let growth = new_size_mb.checked_sub(v.size_mb).ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "new size {new_size_mb} MB is below {} MB",
+                    v.size_mb
+                ))
+            })?;
+            check_quota(tx, &v.user_id, growth)?;
             tx.execute(
                 "UPDATE volumes SET size_mb = ?2 WHERE id = ?1",
                 params![id, to_sql_int(new_size_mb, "size_mb")?],
