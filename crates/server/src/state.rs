@@ -11,7 +11,7 @@ use bhatti_engine::Engine;
 use bhatti_store::{RuntimeUpdate, Sandbox, SandboxStatus, Store, StoreError, User};
 
 use crate::config::Config;
-use crate::error::{ErrorReason, ServiceError, ServiceResult};
+use crate::error::{ServiceError, ServiceResult};
 use crate::events::Events;
 use crate::ratelimit::{FailureThrottle, RateLimiter};
 use crate::secrets::SecretBox;
@@ -244,16 +244,11 @@ impl AppState {
     pub async fn ensure_hot(&self, sb: &Sandbox) -> ServiceResult<()> {
         self.touch(&sb.id);
         if sb.status == SandboxStatus::Unknown && self.engine.vm_state(&sb.id).is_none() {
-            return Err(ServiceError::conflict(format!(
-                "sandbox {:?} cannot be woken: {}",
-                sb.name,
-                if sb.status_reason.is_empty() {
-                    "its state is unknown"
-                } else {
-                    &sb.status_reason
-                }
-            ))
-            .because(ErrorReason::SandboxLost));
+            return Err(ServiceError::sandbox_lost(
+                &sb.name,
+                "cannot be woken",
+                &sb.status_reason,
+            ));
         }
         // A crashed sandbox is never hot (the engine marks both at once),
         // so this fast path needs no health check.

@@ -37,6 +37,17 @@ impl ServiceError {
             message: message.into(),
         }
     }
+    /// A sandbox the engine does not hold (recovery could not adopt it):
+    /// `what` cannot be done to it, and its stored reason says why.
+    pub fn sandbox_lost(name: &str, what: &str, status_reason: &str) -> ServiceError {
+        let why = if status_reason.is_empty() {
+            "its state is unknown"
+        } else {
+            status_reason
+        };
+        ServiceError::conflict(format!("sandbox {name:?} {what}: {why}"))
+            .because(ErrorReason::SandboxLost)
+    }
     /// The same error with a machine-readable reason.
     pub fn because(mut self, reason: ErrorReason) -> ServiceError {
         self.reason = Some(reason);

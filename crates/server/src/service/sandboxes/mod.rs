@@ -183,16 +183,11 @@ pub async fn stop(st: &Shared, user: &User, id: &str, reason: &str) -> ServiceRe
 pub async fn start(st: &Shared, user: &User, id: &str, force: bool) -> ServiceResult<Sandbox> {
     let sb = st.sandbox(user, id).await?;
     if st.engine.vm_state(&sb.id).is_none() {
-        return Err(ServiceError::conflict(format!(
-            "sandbox {:?} cannot be started: {}",
-            sb.name,
-            if sb.status_reason.is_empty() {
-                "its state is unknown"
-            } else {
-                &sb.status_reason
-            }
-        ))
-        .because(ErrorReason::SandboxLost));
+        return Err(ServiceError::sandbox_lost(
+            &sb.name,
+            "cannot be started",
+            &sb.status_reason,
+        ));
     }
     let r = st.engine.start(&sb.id, force).await;
     // Persist either way: a failed restore trips the breaker, and the
