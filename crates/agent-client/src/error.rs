@@ -3,6 +3,7 @@
 use bhatti_protocol::messages::ErrorCode;
 use bhatti_protocol::ProtocolError;
 
+/// Why an operation on the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Could not reach the agent.
@@ -24,7 +25,9 @@ pub enum ClientError {
     /// only (v1, or before this client's HELLO announced `error_codes`).
     #[error("agent error: {message}")]
     Agent {
+        /// The machine-readable kind of failure, if the agent sent one.
         code: Option<ErrorCode>,
+        /// The agent's human-readable explanation.
         message: String,
     },
     /// The agent sent a frame that makes no sense at this point.
@@ -35,14 +38,22 @@ pub enum ClientError {
     Closed,
     /// `wait_ready` ran out of time.
     #[error("agent not ready after {attempts} attempts: {last}")]
-    NotReady { attempts: u32, last: String },
+    NotReady {
+        /// Probes made before the overall deadline passed.
+        attempts: u32,
+        /// Why the last probe failed.
+        last: String,
+    },
     /// Firecracker's hybrid vsock handshake failed.
     #[error("vsock handshake: {0}")]
     Handshake(String),
+    /// A frame could not be encoded or decoded (bad length, bad payload).
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// A JSON payload could not be serialised or parsed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// Reading from or writing to the connection (or the caller's sink) failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -12,17 +12,22 @@ use crate::{agent_error, AgentClient, ClientError, Result};
 /// Outcome of a buffered exec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecResult {
+    /// The process's exit status (128 + signal number when killed by a signal).
     pub exit_code: i32,
+    /// Everything written to stdout (up to the output cap).
     pub stdout: Vec<u8>,
+    /// Everything written to stderr (up to the output cap, plus the truncation marker).
     pub stderr: Vec<u8>,
     /// Output went past the 10 MiB cap and was cut (the marker is in stderr).
     pub truncated: bool,
 }
 
 impl ExecResult {
+    /// stdout as text, invalid UTF-8 replaced.
     pub fn stdout_str(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
+    /// stderr as text, invalid UTF-8 replaced.
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
@@ -31,12 +36,17 @@ impl ExecResult {
 /// One event of a streaming exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
+    /// A chunk of stdout.
     Stdout(Vec<u8>),
+    /// A chunk of stderr.
     Stderr(Vec<u8>),
+    /// The process ended with this exit code; the last event.
     Exit(i32),
     /// The agent's ERROR: `code` as in [`ClientError::Agent`].
     Error {
+        /// The machine-readable kind of failure, if the agent sent one.
         code: Option<ErrorCode>,
+        /// The agent's human-readable explanation.
         message: String,
     },
 }
@@ -187,7 +197,7 @@ impl AgentClient {
             let room = MAX_EXEC_OUTPUT.saturating_sub(total);
             let take = data.len().min(room);
             buf.extend_from_slice(&data[..take]);
-            total += take;
+            total = total.saturating_add(take);
             if take < data.len() {
                 r.truncated = true;
             }

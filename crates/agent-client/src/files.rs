@@ -102,7 +102,8 @@ impl AgentClient {
                     _ => e,
                 });
             }
-            left -= n as u64;
+            // `n <= want <= left`; saturating guards a misbehaving reader.
+            left = left.saturating_sub(n as u64);
         }
         let st: StatusResponse = conn.expect(MsgType::FileWriteResp).await?.parse_json()?;
         if !st.is_ok() {
@@ -118,12 +119,14 @@ impl AgentClient {
             .await
     }
 
+    /// Size, mode, directory flag and modification time of `path`.
     pub async fn file_stat(&self, path: &str) -> Result<FileInfo> {
         let p = serde_json::to_vec(&PathRequest { path: path.into() })?;
         self.call(MsgType::FileStatReq, &p, MsgType::FileStatResp)
             .await
     }
 
+    /// The entries of directory `path`.
     pub async fn file_ls(&self, path: &str) -> Result<Vec<FileInfo>> {
         let p = serde_json::to_vec(&PathRequest { path: path.into() })?;
         self.call(MsgType::FileLsReq, &p, MsgType::FileLsResp).await

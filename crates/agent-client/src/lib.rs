@@ -9,10 +9,6 @@
 //! as cancellation (a one-shot exec's process group is killed).
 
 #![forbid(unsafe_code)]
-// Not yet brought under the workspace's missing_docs and
-// arithmetic_side_effects lints (see docs/decisions.md, "Layout"): the
-// other crates are; this one is the remaining work of the codebase issue.
-#![allow(missing_docs, clippy::arithmetic_side_effects)]
 
 mod error;
 mod exec;
@@ -40,6 +36,7 @@ pub use bhatti_protocol::messages::{
     DetachedInfo, ExecRequest, FileInfo, FileReadResponse, WatchEvent, WatchOp,
 };
 
+/// The result of every agent operation.
 pub type Result<T> = std::result::Result<T, ClientError>;
 
 /// Per-attempt timeouts of [`AgentClient::wait_ready`]: 100 ms ×3, 250 ms ×3,
@@ -60,6 +57,8 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
+    /// A client reaching the agent over `transport`, authenticating with
+    /// `token` (`None` or empty: send no AUTH).
     pub fn new(transport: Transport, token: Option<String>) -> AgentClient {
         AgentClient {
             transport,
@@ -67,6 +66,7 @@ impl AgentClient {
         }
     }
 
+    /// How this client reaches the agent.
     pub fn transport(&self) -> &Transport {
         &self.transport
     }
@@ -123,6 +123,7 @@ impl AgentClient {
         }
     }
 
+    /// The agent's sessions (attached and detached), for listing.
     pub async fn session_list(&self) -> Result<Vec<SessionInfo>> {
         self.call(MsgType::ExecListReq, &[], MsgType::ExecListResp)
             .await
@@ -138,6 +139,7 @@ impl AgentClient {
         Ok(())
     }
 
+    /// When the agent last saw work, and how many sessions are live and attached (for idle detection).
     pub async fn activity(&self) -> Result<ActivityInfo> {
         self.call(MsgType::ActivityReq, &[], MsgType::ActivityResp)
             .await
@@ -170,7 +172,8 @@ impl AgentClient {
     }
 
     async fn probe_ready(&self, overall: Duration) -> Result<u32> {
-        let deadline = tokio::time::Instant::now() + overall;
+        // `None`: `overall` is too long to add to now, i.e. no deadline.
+        let deadline = tokio::time::Instant::now().checked_add(overall);
         let mut attempts = 0u32;
         let mut last = String::from("no attempt made");
         let schedule = READY_SCHEDULE
@@ -179,11 +182,14 @@ impl AgentClient {
             .chain(std::iter::repeat(READY_LATE_ATTEMPT));
         for per_attempt in schedule {
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 break;
             }
-            attempts += 1;
-            let budget = per_attempt.min(deadline - now);
+            attempts = attempts.saturating_add(1);
+            let budget = match deadline {
+                Some(d) => per_attempt.min(d.saturating_duration_since(now)),
+                None => per_attempt,
+            };
             match tokio::time::timeout(budget, self.exec(["true"])).await {
                 Ok(Ok(r)) if r.exit_code == 0 => return Ok(attempts),
                 Ok(Ok(r)) => last = format!("probe exited with {}", r.exit_code),

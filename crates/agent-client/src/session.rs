@@ -15,10 +15,15 @@ type BoxStream = Box<dyn Stream>;
 /// Options for a new TTY session.
 #[derive(Debug, Clone)]
 pub struct ShellOptions {
+    /// The command to run (default: a login shell, `/bin/sh -l`).
     pub argv: Vec<String>,
+    /// Extra environment variables.
     pub env: BTreeMap<String, String>,
+    /// Working directory (empty: the agent's default).
     pub cwd: String,
+    /// Initial terminal height, in character cells.
     pub rows: u16,
+    /// Initial terminal width, in character cells.
     pub cols: u16,
     /// 0 = never idle-killed after detach.
     pub max_idle_sec: i64,
@@ -51,7 +56,9 @@ pub struct TerminalWriter {
 /// A session attached over one connection. Dropping it detaches (the session
 /// keeps running in the guest).
 pub struct Terminal {
+    /// The output side.
     pub reader: TerminalReader,
+    /// The input side.
     pub writer: TerminalWriter,
 }
 
@@ -88,6 +95,7 @@ impl TerminalReader {
 }
 
 impl TerminalWriter {
+    /// Sends input (keystrokes, or a piped session's stdin).
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         for chunk in data.chunks(FILE_CHUNK) {
             write_frame(&mut self.wr, MsgType::Stdin as u8, chunk).await?;
@@ -101,6 +109,7 @@ impl TerminalWriter {
         Ok(())
     }
 
+    /// Tells the session's terminal its new size, in character cells.
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<()> {
         write_frame(
             &mut self.wr,
@@ -119,21 +128,27 @@ impl TerminalWriter {
 }
 
 impl Terminal {
+    /// See [`TerminalReader::read`].
     pub async fn read(&mut self) -> Result<Option<Vec<u8>>> {
         self.reader.read().await
     }
+    /// See [`TerminalWriter::write`].
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         self.writer.write(data).await
     }
+    /// See [`TerminalWriter::resize`].
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<()> {
         self.writer.resize(rows, cols).await
     }
+    /// See [`TerminalWriter::kill`].
     pub async fn kill(&mut self) -> Result<()> {
         self.writer.kill().await
     }
+    /// See [`TerminalReader::exit_code`].
     pub fn exit_code(&self) -> Option<i32> {
         self.reader.exit_code()
     }
+    /// The two halves, to read output and write input concurrently.
     pub fn into_split(self) -> (TerminalReader, TerminalWriter) {
         (self.reader, self.writer)
     }

@@ -25,18 +25,32 @@ pub(crate) type BoxStream = Box<dyn Stream>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     /// Unix sockets for the control and forward ports (test and container mode).
-    Unix { control: PathBuf, forward: PathBuf },
+    Unix {
+        /// Socket of the control port.
+        control: PathBuf,
+        /// Socket of the forward port.
+        forward: PathBuf,
+    },
     /// TCP to the guest's ports (1024/1025) over the sandbox network.
-    Tcp { addr: IpAddr },
+    Tcp {
+        /// The guest's address.
+        addr: IpAddr,
+    },
     /// TCP to arbitrary control/forward ports, e.g. a VMM's port forwards on
     /// loopback (QEMU user networking `hostfwd`).
     TcpPorts {
+        /// Where the ports listen (usually loopback).
         addr: IpAddr,
+        /// TCP port reaching the agent's control port.
         control: u16,
+        /// TCP port reaching the agent's forward port.
         forward: u16,
     },
     /// Firecracker's hybrid vsock: a host Unix socket plus `CONNECT <port>`.
-    VsockUds { path: PathBuf },
+    VsockUds {
+        /// The VMM's host-side vsock socket.
+        path: PathBuf,
+    },
 }
 
 impl Transport {
@@ -133,6 +147,7 @@ impl Conn {
         }
     }
 
+    /// Sends one frame.
     pub async fn send(&mut self, kind: MsgType, payload: &[u8]) -> Result<()> {
         write_frame(&mut self.wr, kind as u8, payload).await?;
         Ok(())

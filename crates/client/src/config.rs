@@ -217,8 +217,11 @@ impl TcpTarget {
 /// Values given explicitly (CLI flags); they beat everything else.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--url`: the API endpoint (`http(s)://…` or a Unix socket path).
     pub url: Option<String>,
+    /// `--token`: the API token.
     pub token: Option<String>,
+    /// `--data-dir`: the daemon's data directory.
     pub data_dir: Option<PathBuf>,
     /// `--ca-file`: the PEM certificates an `https://` daemon is verified
     /// against, instead of the system's store.
@@ -228,9 +231,13 @@ pub struct Overrides {
 /// The parts of the process environment that resolution reads.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
+    /// `BHATTI_URL`.
     pub bhatti_url: Option<String>,
+    /// `BHATTI_TOKEN`.
     pub bhatti_token: Option<String>,
+    /// `BHATTI_DATA_DIR`.
     pub bhatti_data_dir: Option<PathBuf>,
+    /// `BHATTI_CA_FILE`.
     pub bhatti_ca_file: Option<PathBuf>,
     /// `BHATTI_CONFIG`: a config file used alone.
     pub bhatti_config: Option<PathBuf>,
@@ -301,11 +308,15 @@ pub fn user_config_path(home: &Path) -> PathBuf {
 /// Which rule chose the endpoint (shown by `bhatti version`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UrlSource {
+    /// The `--url` flag.
     Flag,
+    /// `api_url` of this config file.
     File(PathBuf),
+    /// `BHATTI_URL`.
     Env,
     /// `<data_dir>/api.sock` exists.
     Socket,
+    /// Nothing set and no socket found: [`DEFAULT_URL`].
     Default,
 }
 
@@ -324,11 +335,13 @@ impl fmt::Display for UrlSource {
 /// A resolved client configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
+    /// Where the API is reached.
     pub endpoint: Endpoint,
     /// Sent as `Authorization: Bearer <token>`; none = no header.
     pub token: Option<String>,
     /// The daemon's data directory (for the socket and DB-direct commands).
     pub data_dir: PathBuf,
+    /// Which rule chose `endpoint`.
     pub url_source: UrlSource,
     /// PEM CA certificates for an `https://` endpoint; none = the system's
     /// trust store.

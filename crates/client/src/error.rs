@@ -15,6 +15,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status}: {message}")]
 pub struct ApiError {
+    /// The HTTP status code.
     pub status: u16,
     /// What went wrong, for programs to branch on (absent from servers
     /// older than error codes, and from bodies that are not the API's).
@@ -177,15 +178,30 @@ fn reason(status: u16) -> &'static str {
 /// Reading the client's own configuration went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A config file could not be read.
     #[error("read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// A config file is not valid YAML of the expected shape.
     #[error("parse {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// The API URL is not one the client can dial.
     #[error("invalid API URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Everything a client call can fail with.
@@ -194,19 +210,24 @@ pub enum ClientError {
     /// The server answered with an error status.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The client's configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Could not reach the daemon at all.
     #[error("connect to {endpoint}: {source}")]
     Connect {
+        /// The endpoint dialled.
         endpoint: String,
+        /// Why the connection failed.
         source: std::io::Error,
     },
     /// The TLS handshake with an `https://` endpoint failed (an unknown
     /// issuer, a name mismatch, a server that does not speak TLS).
     #[error("TLS with {endpoint}: {source}")]
     Tls {
+        /// The endpoint dialled.
         endpoint: String,
+        /// Why the handshake failed.
         source: std::io::Error,
     },
     /// The HTTP exchange broke (connection reset, malformed response …).
@@ -218,15 +239,19 @@ pub enum ClientError {
     /// A response body was not the JSON we expected.
     #[error("decode {what}: {source}")]
     Decode {
+        /// What was being decoded ("sandbox", "image list" …).
         what: &'static str,
+        /// The parser's complaint.
         source: serde_json::Error,
     },
+    /// The WebSocket handshake or a frame failed.
     #[error("websocket: {0}")]
     WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
     /// The server broke the protocol, or reported an error in-band (a
     /// WebSocket text message such as `wake sandbox: …`).
     #[error("{0}")]
     Protocol(String),
+    /// Local I/O failed (reading an upload, writing a download …).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

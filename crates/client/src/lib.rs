@@ -29,10 +29,6 @@
 //! ```
 
 #![forbid(unsafe_code)]
-// Not yet brought under the workspace's missing_docs and
-// arithmetic_side_effects lints (see docs/decisions.md, "Layout"): the
-// other crates are; this one is the remaining work of the codebase issue.
-#![allow(missing_docs, clippy::arithmetic_side_effects)]
 
 mod calls;
 mod config;
@@ -58,7 +54,7 @@ pub use config::{
     UrlSource, DEFAULT_DATA_DIR, DEFAULT_URL, GROUP_SOCKET, SOCKET_NAME, SYSTEM_CONFIG,
 };
 pub use error::{ApiError, ClientError, ConfigError, Resource, Result};
-pub use transport::{encode_component, Conn};
+pub use transport::encode_component;
 pub use ws::{
     PipedEvent, PipedReader, PipedSession, PipedWriter, Shell, ShellEvent, ShellReader, ShellWriter,
 };
@@ -77,23 +73,31 @@ pub const MIN_CLI_HEADER: &str = "x-bhatti-min-cli";
 /// existed (200 + `X-Bhatti-Existing: true`) instead of being created (201).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {
+    /// The sandbox as the server recorded it.
     pub sandbox: api::Sandbox,
+    /// True when a sandbox of that name already existed and nothing was created.
     pub existing: bool,
 }
 
 /// Truncation options for [`Client::read_file`] (0 = not set).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadOptions {
+    /// 1-based first line to return.
     pub offset: u64,
+    /// Maximum number of lines.
     pub limit: u64,
+    /// Maximum number of bytes.
     pub max_bytes: u64,
 }
 
 /// `HEAD …/files`: what the stat headers said.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FileStat {
+    /// Size in bytes (0 when the header was absent).
     pub size: u64,
+    /// Octal permission text such as `"0644"` (empty when absent).
     pub mode: String,
+    /// Whether the path is a directory.
     pub is_dir: bool,
 }
 

@@ -25,9 +25,12 @@ use crate::error::{ClientError, ConfigError, Result};
 
 /// A connected stream to the daemon.
 #[derive(Debug)]
-pub enum Conn {
+pub(crate) enum Conn {
+    /// Plain `http://`.
     Tcp(TcpStream),
+    /// `https://`.
     Tls(Box<TlsStream<TcpStream>>),
+    /// The daemon's Unix socket.
     Unix(UnixStream),
 }
 

@@ -110,7 +110,12 @@ pub enum ShellEvent {
     /// A text message (the server reports late errors this way).
     Message(String),
     /// The server closed the session; code 1000 = the shell exited.
-    Closed { code: Option<u16>, reason: String },
+    Closed {
+        /// The WebSocket close code, if the close frame had one.
+        code: Option<u16>,
+        /// The close frame's reason text (may be empty).
+        reason: String,
+    },
 }
 
 /// An interactive shell session.
@@ -173,6 +178,7 @@ pub struct ShellWriter {
 }
 
 impl ShellWriter {
+    /// Sends keystrokes.
     pub async fn send_input(&mut self, data: &[u8]) -> Result<()> {
         self.sink
             .send(Message::Binary(Bytes::copy_from_slice(data)))
@@ -180,6 +186,7 @@ impl ShellWriter {
             .map_err(Into::into)
     }
 
+    /// Tells the server the terminal's size, in character cells.
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<()> {
         self.sink
             .send(Message::Text(resize_text(rows, cols).into()))
@@ -201,10 +208,13 @@ pub struct ShellReader {
 }
 
 impl ShellReader {
+    /// The session's ID (for reattaching with `session=`).
     pub fn session_id(&self) -> &str {
         &self.session_id
     }
 
+    /// The next event; `None` once the connection is gone without a close
+    /// frame having been seen.
     pub async fn recv(&mut self) -> Option<Result<ShellEvent>> {
         loop {
             let msg = match self.stream.next().await? {
@@ -269,7 +279,12 @@ pub enum PipedEvent {
     /// The agent reported an error.
     Error(String),
     /// The server closed the connection.
-    Closed { code: Option<u16>, reason: String },
+    Closed {
+        /// The WebSocket close code, if the close frame had one.
+        code: Option<u16>,
+        /// The close frame's reason text (may be empty).
+        reason: String,
+    },
 }
 
 fn piped_event(msg: Message) -> Option<PipedEvent> {
@@ -330,6 +345,7 @@ impl PipedSession {
         Ok(PipedSession { session_id, ws })
     }
 
+    /// The session's ID (for reattaching).
     pub fn session_id(&self) -> &str {
         &self.session_id
     }
@@ -339,6 +355,8 @@ impl PipedSession {
         self.ws.send(stdin_message(data)).await.map_err(Into::into)
     }
 
+    /// The next event; `None` once the connection is gone without a close
+    /// frame having been seen.
     pub async fn recv(&mut self) -> Option<Result<PipedEvent>> {
         loop {
             let msg = match self.ws.next().await? {
@@ -357,6 +375,7 @@ impl PipedSession {
         self.ws.close(None).await.map_err(Into::into)
     }
 
+    /// Splits into independent writer and reader halves.
     pub fn split(self) -> (PipedWriter, PipedReader) {
         let (sink, stream) = self.ws.split();
         (
@@ -376,6 +395,7 @@ pub struct PipedWriter {
 }
 
 impl PipedWriter {
+    /// Writes to the process's stdin.
     pub async fn write_stdin(&mut self, data: &[u8]) -> Result<()> {
         self.sink
             .send(stdin_message(data))
@@ -383,6 +403,8 @@ impl PipedWriter {
             .map_err(Into::into)
     }
 
+    /// Closes the connection (the session keeps running for its idle
+    /// timeout and can be reattached).
     pub async fn close(&mut self) -> Result<()> {
         self.sink.close().await.map_err(Into::into)
     }
@@ -396,10 +418,13 @@ pub struct PipedReader {
 }
 
 impl PipedReader {
+    /// The session's ID (for reattaching).
     pub fn session_id(&self) -> &str {
         &self.session_id
     }
 
+    /// The next event; `None` once the connection is gone without a close
+    /// frame having been seen.
     pub async fn recv(&mut self) -> Option<Result<PipedEvent>> {
         loop {
             let msg = match self.stream.next().await? {

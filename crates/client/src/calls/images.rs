@@ -3,15 +3,18 @@
 use super::*;
 
 impl Client {
+    /// `GET /images`.
     pub async fn list_images(&self) -> Result<Vec<api::Image>> {
         self.get("/images", "image list").await
     }
 
+    /// `GET /images/:name`.
     pub async fn get_image(&self, name: &str) -> Result<api::Image> {
         self.get(&format!("/images/{}", encode_component(name)), "image")
             .await
     }
 
+    /// `DELETE /images/:name`.
     pub async fn delete_image(&self, name: &str) -> Result<api::StatusBody> {
         self.delete_status(&format!("/images/{}", encode_component(name)))
             .await

@@ -3,6 +3,7 @@
 use super::*;
 
 impl Client {
+    /// `GET /secrets`: names and timestamps, never values.
     pub async fn list_secrets(&self) -> Result<Vec<api::Secret>> {
         self.get("/secrets", "secret list").await
     }
@@ -17,6 +18,7 @@ impl Client {
             .await
     }
 
+    /// `DELETE /secrets/:name`.
     pub async fn delete_secret(&self, name: &str) -> Result<api::StatusBody> {
         self.delete_status(&format!("/secrets/{}", encode_component(name)))
             .await

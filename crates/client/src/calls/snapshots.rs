@@ -14,10 +14,12 @@ impl Client {
         .await
     }
 
+    /// `GET /snapshots`.
     pub async fn list_snapshots(&self) -> Result<Vec<api::Snapshot>> {
         self.get("/snapshots", "snapshot list").await
     }
 
+    /// `GET /snapshots/:name`.
     pub async fn get_snapshot(&self, name: &str) -> Result<api::Snapshot> {
         self.get(
             &format!("/snapshots/{}", encode_component(name)),
@@ -26,6 +28,7 @@ impl Client {
         .await
     }
 
+    /// `DELETE /snapshots/:name`.
     pub async fn delete_snapshot(&self, name: &str) -> Result<api::StatusBody> {
         self.delete_status(&format!("/snapshots/{}", encode_component(name)))
             .await

@@ -3,10 +3,12 @@
 use super::*;
 
 impl Client {
+    /// `GET /volumes`.
     pub async fn list_volumes(&self) -> Result<Vec<api::Volume>> {
         self.get("/volumes", "volume list").await
     }
 
+    /// `POST /volumes`: a new volume of `size_mb` MiB.
     pub async fn create_volume(&self, name: &str, size_mb: u64) -> Result<api::Volume> {
         let body = api::CreateVolume {
             name: name.into(),
@@ -22,6 +24,7 @@ impl Client {
             .await
     }
 
+    /// `DELETE /volumes/:name`.
     pub async fn delete_volume(&self, name: &str) -> Result<api::StatusBody> {
         self.delete_status(&format!("/volumes/{}", encode_component(name)))
             .await
