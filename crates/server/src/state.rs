@@ -244,11 +244,7 @@ impl AppState {
     pub async fn ensure_hot(&self, sb: &Sandbox) -> ServiceResult<()> {
         self.touch(&sb.id);
         if sb.status == SandboxStatus::Unknown && self.engine.vm_state(&sb.id).is_none() {
-            return Err(ServiceError::sandbox_lost(
-                &sb.name,
-                "cannot be woken",
-                &sb.status_reason,
-            ));
+            return Err(ServiceError::sandbox_lost(sb, "cannot be woken"));
         }
         // A crashed sandbox is never hot (the engine marks both at once),
         // so this fast path needs no health check.

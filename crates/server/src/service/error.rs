@@ -11,7 +11,7 @@
 use bhatti_agent_client::ClientError;
 use bhatti_engine::contract::Status;
 use bhatti_engine::EngineError;
-use bhatti_store::StoreError;
+use bhatti_store::{Sandbox, StoreError};
 
 pub use bhatti_api::{ErrorCode, ErrorReason};
 
@@ -39,13 +39,13 @@ impl ServiceError {
     }
     /// A sandbox the engine does not hold (recovery could not adopt it):
     /// `what` cannot be done to it, and its stored reason says why.
-    pub fn sandbox_lost(name: &str, what: &str, status_reason: &str) -> ServiceError {
-        let why = if status_reason.is_empty() {
+    pub fn sandbox_lost(sb: &Sandbox, what: &str) -> ServiceError {
+        let why = if sb.status_reason.is_empty() {
             "its state is unknown"
         } else {
-            status_reason
+            &sb.status_reason
         };
-        ServiceError::conflict(format!("sandbox {name:?} {what}: {why}"))
+        ServiceError::conflict(format!("sandbox {:?} {what}: {why}", sb.name))
             .because(ErrorReason::SandboxLost)
     }
     /// The same error with a machine-readable reason.

@@ -11,7 +11,7 @@
 use bhatti_api as api;
 use bhatti_store::{Sandbox, User};
 
-use crate::service::error::{ErrorCode, ErrorReason, ServiceError, ServiceResult};
+use crate::service::error::{ErrorCode, ServiceError, ServiceResult};
 use crate::state::Shared;
 use crate::validate;
 
@@ -49,11 +49,10 @@ pub async fn patch(
     // nothing else should have happened.
     if let Some(policy) = egress(req.egress.as_ref())? {
         if st.engine.vm_state(&sb.id).is_none() {
-            return Err(ServiceError::conflict(format!(
-                "sandbox {:?} is {}: its egress cannot be changed",
-                sb.name, sb.status
-            ))
-            .because(ErrorReason::SandboxLost));
+            return Err(ServiceError::sandbox_lost(
+                &sb,
+                "cannot have its egress changed",
+            ));
         }
         st.engine.set_egress(&sb.id, policy).await?;
         // The engine state carries the policy: persisted with it, it
@@ -162,11 +161,7 @@ pub async fn destroy_row(st: &Shared, sb: Sandbox) -> ServiceResult<Sandbox> {
 pub async fn stop(st: &Shared, user: &User, id: &str, reason: &str) -> ServiceResult<Sandbox> {
     let sb = st.sandbox(user, id).await?;
     if st.engine.vm_state(&sb.id).is_none() {
-        return Err(ServiceError::conflict(format!(
-            "sandbox {:?} is {}: {}",
-            sb.name, sb.status, sb.status_reason
-        ))
-        .because(ErrorReason::SandboxLost));
+        return Err(ServiceError::sandbox_lost(&sb, "cannot be stopped"));
     }
     st.engine.stop(&sb.id).await?;
     let sb = st.persist(&sb.id).await?;
@@ -183,11 +178,7 @@ pub async fn stop(st: &Shared, user: &User, id: &str, reason: &str) -> ServiceRe
 pub async fn start(st: &Shared, user: &User, id: &str, force: bool) -> ServiceResult<Sandbox> {
     let sb = st.sandbox(user, id).await?;
     if st.engine.vm_state(&sb.id).is_none() {
-        return Err(ServiceError::sandbox_lost(
-            &sb.name,
-            "cannot be started",
-            &sb.status_reason,
-        ));
+        return Err(ServiceError::sandbox_lost(&sb, "cannot be started"));
     }
     let r = st.engine.start(&sb.id, force).await;
     // Persist either way: a failed restore trips the breaker, and the
