@@ -49,11 +49,21 @@ pub const READY_SCHEDULE: &[(Duration, u32)] = &[
 const READY_LATE_ATTEMPT: Duration = Duration::from_secs(2);
 const READY_PAUSE: Duration = Duration::from_millis(10);
 
-/// A handle on one sandbox's agent. Cheap to clone.
+/// Forward tunnels one client opens at a time, from connect until the
+/// agent's answer (by then it has read the AUTH). The agent admits a
+/// trusted source's unauthenticated connections up to 4 on its shared
+/// budget plus 50 reserved; a burst of tunnels (a public URL under load)
+/// queues here instead of being refused, and leaves room for control
+/// operations.
+const FORWARD_DIALS: usize = 8;
+
+/// A handle on one sandbox's agent. Cheap to clone; clones share the
+/// forward-dial budget.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     transport: Transport,
     token: Option<String>,
+    dials: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl AgentClient {
@@ -63,6 +73,7 @@ impl AgentClient {
         AgentClient {
             transport,
             token: token.filter(|t| !t.is_empty()),
+            dials: std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_DIALS)),
         }
     }
 
@@ -147,6 +158,9 @@ impl AgentClient {
 
     /// A raw byte stream to `127.0.0.1:<port>` inside the guest.
     pub async fn forward(&self, port: u16) -> Result<Tunnel> {
+        // Held until the answer: see FORWARD_DIALS. The semaphore is never
+        // closed, so acquiring cannot fail.
+        let _dial = self.dials.acquire().await.ok();
         let mut conn = self.connect_port(PORT_FORWARD).await?;
         let p = serde_json::to_vec(&FwdRequest { port })?;
         conn.send(MsgType::FwdReq, &p).await?;

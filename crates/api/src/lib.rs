@@ -15,9 +15,11 @@
 #![forbid(unsafe_code)]
 
 mod enums;
+mod publish;
 pub mod rules;
 
 pub use enums::{EngineKind, ErrorCode, ErrorReason, SandboxStatus, ThermalState};
+pub use publish::{Publish, PublishRule};
 
 use std::collections::BTreeMap;
 
@@ -136,6 +138,9 @@ pub struct Sandbox {
     /// Free-form caller metadata, as given at create.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Public URLs of its published ports (`POST /sandboxes/{id}/publish`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
 
 /// A persistent volume to attach at create.

@@ -56,6 +56,10 @@ const LABEL_PREFIX_LENGTH: &str = "^([^/]{1,253}/)?[^/]*$";
 /// … outside the reserved prefix.
 pub const RESERVED_LABEL_PREFIX: &str = r"^bhatti\.sh/";
 pub(crate) const LABEL_VALUE: &str = "^[a-zA-Z0-9._-]{0,256}$";
+/// A public alias: a DNS label in lower case …
+pub const ALIAS: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+/// … that is not one of the names a domain keeps for itself.
+pub const RESERVED_ALIAS: &str = "^(www|mail|admin|status|ns1|ns2|api|app|_acme-challenge)$";
 /// Text that must not hold NUL (it ends up in a C string).
 pub const NO_NUL: &str = r"^[^\x00]*$";
 
@@ -125,6 +129,18 @@ pub(crate) fn mount_path(_: &mut SchemaGenerator) -> Schema {
         {"type": "string", "pattern": MOUNT_PATH},
         {"not": {"pattern": SYSTEM_DIR}},
     ]})
+}
+pub(crate) fn optional_alias(_: &mut SchemaGenerator) -> Schema {
+    nullable(
+        json!({"allOf": [
+            {"type": "string", "pattern": ALIAS},
+            {"not": {"pattern": RESERVED_ALIAS}},
+        ]}),
+        true,
+    )
+}
+pub(crate) fn port(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "minimum": 1, "maximum": 65535})
 }
 pub(crate) fn base64(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "pattern": BASE64})

@@ -19,8 +19,8 @@ use bhatti_client::{ClientError, Overrides, Resource};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cmd::{
-    admin, cp, exec, files, image, logs, run, sandbox, secret, setup, shell, snapshot, stats,
-    template, user, version, volume, Ctx,
+    admin, cp, exec, files, image, logs, publish, run, sandbox, secret, setup, shell, snapshot,
+    stats, template, user, version, volume, Ctx,
 };
 
 #[derive(Debug, Parser)]
@@ -94,6 +94,10 @@ enum Command {
     Logs(logs::LogsArgs),
     /// List listening ports and their proxy URLs.
     Ports(sandbox::PortsArgs),
+    /// Give a sandbox port a public URL (no key needed to open it).
+    Publish(publish::PublishArgs),
+    /// Remove a port's public URL.
+    Unpublish(publish::UnpublishArgs),
     /// Copy files and directories between here and a sandbox
     /// (SANDBOX:/path on one side).
     Cp(cp::CpArgs),
@@ -144,6 +148,8 @@ impl Command {
             Command::Exec(a) => Some(&a.sandbox),
             Command::Shell(a) => Some(&a.sandbox),
             Command::Ports(a) => a.sandbox.as_deref(),
+            Command::Publish(a) => Some(&a.sandbox),
+            Command::Unpublish(a) => Some(&a.sandbox),
             Command::Logs(a) => Some(&a.sandbox),
             Command::File(f) => Some(f.sandbox()),
             Command::Snapshot(s) => s.sandbox(),
@@ -184,6 +190,8 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
         Command::Shell(a) => shell::run(ctx, a).await,
         Command::Ps(a) => sandbox::ps(ctx, a).await,
         Command::Ports(a) => sandbox::ports(ctx, a).await,
+        Command::Publish(a) => publish::publish(ctx, a).await,
+        Command::Unpublish(a) => publish::unpublish(ctx, a).await,
         Command::Stats(a) => stats::run(ctx, a).await,
         Command::Logs(a) => logs::run(ctx, a).await,
         Command::Cp(a) => cp::run(ctx, a).await,

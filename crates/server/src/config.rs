@@ -123,6 +123,12 @@ pub struct RateLimits {
     /// Failed authentications per source address (default 10, then 10 a
     /// minute); past it, 429 without a key lookup.
     pub auth_failures: Bucket,
+    /// Public proxy requests per client address (default 500, then 1500 a
+    /// minute).
+    pub public_per_ip: Bucket,
+    /// Public proxy requests per published alias, from everyone (default
+    /// 2000, then 5000 a minute).
+    pub public_per_alias: Bucket,
 }
 
 impl Default for RateLimits {
@@ -145,8 +151,38 @@ impl Default for RateLimits {
                 burst: 10.0,
                 per_minute: 10.0,
             },
+            public_per_ip: Bucket {
+                burst: 500.0,
+                per_minute: 1500.0,
+            },
+            public_per_alias: Bucket {
+                burst: 2000.0,
+                per_minute: 5000.0,
+            },
         }
     }
+}
+
+/// Domain mode: published ports at `<alias>.<proxy_zone>`, the API at
+/// `api_host`, both on the public listener (docs/operations.md, "Public
+/// URLs").
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DomainConfig {
+    /// The API's own host name on the public listener (e.g.
+    /// `api.example.com`); unset: the API is not served there.
+    pub api_host: Option<String>,
+    /// The zone whose names are aliases (`*.<proxy_zone>`, e.g.
+    /// `sb.example.com`); required.
+    pub proxy_zone: String,
+    /// A PEM certificate (chain) for the public listener, normally a
+    /// wildcard for `*.<proxy_zone>`; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Obtain certificates per alias from an ACME CA instead of a
+    /// configured one, registering with this address.
+    pub acme_email: Option<String>,
 }
 
 /// The daemon's settings.
@@ -262,6 +298,15 @@ pub struct Config {
     /// image is installed (`<data_dir>/images/rootfs-base.ext4`, what the
     /// quickstart does), else `minimal`.
     pub default_image: Option<String>,
+    /// Address of the public listener (e.g. `:8443`): published ports at
+    /// `/<alias>/…` with no key, and, with `domain`, at `<alias>.<zone>`.
+    /// Unset: no public listener.
+    pub public_proxy_listen: Option<String>,
+    /// Domain mode for the public listener.
+    pub domain: Option<DomainConfig>,
+    /// Resolvers the per-user DNS forwards to (IP addresses). Accepted and
+    /// checked; per-user DNS is not built yet (docs/decisions.md).
+    pub dns_upstreams: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -302,6 +347,9 @@ impl Default for Config {
             allowed_registries: Vec::new(),
             registry_timeout_secs: 60,
             default_image: None,
+            public_proxy_listen: None,
+            domain: None,
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -365,6 +413,15 @@ impl Config {
                 )));
             }
         }
+        self.public_addr()?;
+        if let Some(d) = &self.domain {
+            d.validate()?;
+            if self.public_proxy_listen.is_none() {
+                return Err(ConfigError::Invalid(
+                    "domain needs public_proxy_listen (e.g. \":443\")".into(),
+                ));
+            }
+        }
         if self.default_memory_mb < 128 {
             return Err(ConfigError::Invalid(
                 "default_memory_mb must be at least 128".into(),
@@ -375,14 +432,15 @@ impl Config {
 
     /// `listen` as a socket address (`:8080` = all interfaces).
     pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
-        let l = self.listen.trim();
-        let full = if l.starts_with(':') {
-            format!("0.0.0.0{l}")
-        } else {
-            l.to_string()
-        };
-        full.parse()
-            .map_err(|_| ConfigError::Invalid(format!("listen {l:?} is not host:port")))
+        socket_addr("listen", &self.listen)
+    }
+
+    /// `public_proxy_listen` as a socket address, if set.
+    pub fn public_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.public_proxy_listen
+            .as_deref()
+            .map(|l| socket_addr("public_proxy_listen", l))
+            .transpose()
     }
 
     /// The API listeners' connection timeouts.
@@ -459,6 +517,72 @@ impl Config {
         .into_iter()
         .find(|p| p.exists())
         .unwrap_or(cache)
+    }
+}
+
+/// `host:port`, or `:port` for every interface.
+fn socket_addr(key: &str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let l = value.trim();
+    let full = if l.starts_with(':') {
+        format!("0.0.0.0{l}")
+    } else {
+        l.to_string()
+    };
+    full.parse()
+        .map_err(|_| ConfigError::Invalid(format!("{key} {l:?} is not host:port")))
+}
+
+/// A host name in lower case: dot-separated DNS labels.
+fn host_name(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{key} {v:?} is not a lower-case host name"
+        )))
+    }
+}
+
+impl DomainConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        host_name("domain.proxy_zone", &self.proxy_zone)?;
+        if let Some(h) = &self.api_host {
+            host_name("domain.api_host", h)?;
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "domain.tls_cert and domain.tls_key go together".into(),
+                ))
+            }
+            (Some(_), Some(_)) if self.acme_email.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "domain: either tls_cert/tls_key or acme_email, not both".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.acme_email.is_some() {
+            return Err(ConfigError::Invalid(
+                "domain.acme_email: ACME certificates are not built yet; configure domain.tls_cert and domain.tls_key (a wildcard for the proxy zone)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The public listener speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() || self.acme_email.is_some()
     }
 }
 

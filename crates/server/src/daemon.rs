@@ -54,6 +54,9 @@ pub enum DaemonError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The public listener's certificate or key could not be loaded.
+    #[error("public listener: {0}")]
+    Tls(#[from] crate::public::tls::TlsError),
     /// The bound TCP listener's address could not be read, or the SIGTERM
     /// handler could not be installed.
     #[error("serve: {0}")]
@@ -143,6 +146,8 @@ pub struct Daemon {
     /// The TCP address actually bound (the port is the kernel's choice when
     /// `listen` names port 0).
     pub tcp_addr: std::net::SocketAddr,
+    /// The public listener's bound address, when one is configured.
+    pub public_addr: Option<std::net::SocketAddr>,
     /// `<data_dir>/api.sock`, removed at shutdown.
     socket: std::path::PathBuf,
     stop: tokio::sync::watch::Sender<bool>,
@@ -206,6 +211,30 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     register_tier_images(&state).await;
 
     let app = routes::router(state.clone());
+    // The public listener binds first so its URLs are known before any
+    // request is served.
+    let public = match cfg.public_addr()? {
+        Some(addr) => {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let bound = tcp.local_addr().map_err(DaemonError::Serve)?;
+            state.set_public_addr(bound);
+            let tls = match cfg
+                .domain
+                .as_ref()
+                .and_then(|d| d.tls_cert.as_ref().zip(d.tls_key.as_ref()))
+            {
+                Some((cert, key)) => Some(crate::public::tls::server_config(cert, key)?),
+                None => None,
+            };
+            Some((tcp, tls, bound))
+        }
+        None => None,
+    };
     let addr = cfg.listen_addr()?;
     let tcp = TcpListener::bind(addr)
         .await
@@ -224,6 +253,22 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let timeouts = cfg.connection_timeouts();
+    let mut public_addr = None;
+    if let Some((tcp, tls, bound)) = public {
+        let public_app = crate::public::router(state.clone(), app.clone());
+        let stop = stop_rx.clone();
+        tasks.push(match tls {
+            Some(tls) => tokio::spawn(listener::serve(
+                crate::public::tls::TlsListener::new(tcp, tls),
+                public_app,
+                timeouts,
+                stop,
+            )),
+            None => tokio::spawn(listener::serve(tcp, public_app, timeouts, stop)),
+        });
+        tracing::info!(listen = %bound, "public listener serving");
+        public_addr = Some(bound);
+    }
     tasks.push(tokio::spawn(listener::serve(
         tcp,
         app.clone(),
@@ -289,6 +334,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     Ok(Daemon {
         state,
         tcp_addr,
+        public_addr,
         socket: sock,
         stop: stop_tx,
         tasks,

@@ -22,6 +22,8 @@ mod events;
 mod health;
 mod images;
 mod listener;
+mod proxy;
+mod public;
 mod ratelimit;
 mod recovery;
 mod routes;

@@ -91,48 +91,88 @@ fn make_room<V>(map: &mut HashMap<String, V>, key: &str, used: impl Fn(&V) -> In
     }
 }
 
-/// Failed authentications per source address (see the module comment).
-pub struct FailureThrottle {
+/// One token bucket per key (a source address, an alias), at most
+/// [`MAX_USERS`] keys.
+pub struct Keyed {
     enabled: bool,
     bucket: Bucket,
-    sources: Mutex<HashMap<String, Tokens>>,
+    keys: Mutex<HashMap<String, Tokens>>,
 }
 
-impl FailureThrottle {
-    pub fn new(cfg: &RateLimits) -> FailureThrottle {
-        FailureThrottle {
-            enabled: cfg.enabled,
-            bucket: cfg.auth_failures,
-            sources: Mutex::new(HashMap::new()),
+impl Keyed {
+    /// Buckets of `bucket`'s shape; `enabled` false allows everything.
+    pub fn new(enabled: bool, bucket: Bucket) -> Keyed {
+        Keyed {
+            enabled,
+            bucket,
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
-    /// False while `source` has no failures left: answer 429 at once.
-    pub fn permits(&self, source: &str) -> bool {
+    /// True while `key` has a token left, taking none.
+    pub fn permits(&self, key: &str) -> bool {
         if !self.enabled {
             return true;
         }
-        let sources = bhatti_sync::lock(&self.sources);
-        sources.get(source).is_none_or(|t| {
+        let keys = bhatti_sync::lock(&self.keys);
+        keys.get(key).is_none_or(|t| {
             let mut t = *t;
             t.refill(&self.bucket, Instant::now());
             t.tokens >= 1.0
         })
     }
 
-    /// Counts one failed authentication from `source`.
-    pub fn failed(&self, source: &str) {
+    /// Takes a token for `key`; false = refuse (429).
+    pub fn take(&self, key: &str) -> bool {
         if !self.enabled {
-            return;
+            return true;
         }
         let now = Instant::now();
-        let mut sources = bhatti_sync::lock(&self.sources);
-        make_room(&mut sources, source, |t| t.at);
+        let mut keys = bhatti_sync::lock(&self.keys);
+        make_room(&mut keys, key, |t| t.at);
         let b = &self.bucket;
-        let _ = sources
-            .entry(source.to_string())
+        keys.entry(key.to_string())
             .or_insert_with(|| Tokens::full(b, now))
-            .take(b, now);
+            .take(b, now)
+    }
+}
+
+/// Failed authentications per source address (see the module comment).
+pub struct FailureThrottle(Keyed);
+
+impl FailureThrottle {
+    pub fn new(cfg: &RateLimits) -> FailureThrottle {
+        FailureThrottle(Keyed::new(cfg.enabled, cfg.auth_failures))
+    }
+
+    /// False while `source` has no failures left: answer 429 at once.
+    pub fn permits(&self, source: &str) -> bool {
+        self.0.permits(source)
+    }
+
+    /// Counts one failed authentication from `source`.
+    pub fn failed(&self, source: &str) {
+        let _ = self.0.take(source);
+    }
+}
+
+/// The public listener's limits: per client address and per alias.
+pub struct PublicLimiter {
+    per_ip: Keyed,
+    per_alias: Keyed,
+}
+
+impl PublicLimiter {
+    pub fn new(cfg: &RateLimits) -> PublicLimiter {
+        PublicLimiter {
+            per_ip: Keyed::new(cfg.enabled, cfg.public_per_ip),
+            per_alias: Keyed::new(cfg.enabled, cfg.public_per_alias),
+        }
+    }
+
+    /// Takes a token from both buckets; false = 429.
+    pub fn allow(&self, ip: &str, alias: &str) -> bool {
+        self.per_ip.take(ip) && self.per_alias.take(alias)
     }
 }
 

@@ -13,7 +13,7 @@ use bhatti_store::{RuntimeUpdate, Sandbox, SandboxStatus, Store, StoreError, Use
 use crate::config::Config;
 use crate::error::{ServiceError, ServiceResult};
 use crate::events::Events;
-use crate::ratelimit::{FailureThrottle, RateLimiter};
+use crate::ratelimit::{FailureThrottle, PublicLimiter, RateLimiter};
 use crate::secrets::SecretBox;
 
 pub type Shared = Arc<AppState>;
@@ -46,6 +46,12 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Failed authentications per source address.
     pub auth_throttle: FailureThrottle,
+    /// The public listener's per-address and per-alias limits.
+    pub public_limiter: PublicLimiter,
+    /// Published aliases → sandbox ports (`service::publish`).
+    pub routes: crate::service::publish::RouteCache,
+    /// The public listener's bound address, once it is bound.
+    public_addr: std::sync::OnceLock<std::net::SocketAddr>,
     pub started: Instant,
     pub counters: Counters,
     /// Image files, the blob cache and the pull/import jobs.
@@ -127,6 +133,7 @@ impl AppState {
         let cfg_data_dir = cfg.data_dir.clone();
         let limiter = RateLimiter::new(cfg.rate_limits.clone());
         let auth_throttle = FailureThrottle::new(&cfg.rate_limits);
+        let public_limiter = PublicLimiter::new(&cfg.rate_limits);
         AppState {
             cfg,
             store,
@@ -136,6 +143,9 @@ impl AppState {
             secrets,
             limiter,
             auth_throttle,
+            public_limiter,
+            routes: Default::default(),
+            public_addr: Default::default(),
             started: Instant::now(),
             counters: Counters::default(),
             images,
@@ -167,6 +177,17 @@ impl AppState {
     /// [`db`]: Self::db
     pub fn lookup<R>(&self, f: impl FnOnce(&Store) -> Result<R, StoreError>) -> ServiceResult<R> {
         Ok(f(&self.store)?)
+    }
+
+    /// Where the public listener listens (the kernel's port when the
+    /// config named port 0); `None` without one.
+    pub fn public_addr(&self) -> Option<std::net::SocketAddr> {
+        self.public_addr.get().copied()
+    }
+
+    /// Records the public listener's bound address (once, at start).
+    pub(crate) fn set_public_addr(&self, a: std::net::SocketAddr) {
+        let _ = self.public_addr.set(a);
     }
 
     pub fn touch(&self, id: &str) {
@@ -264,6 +285,10 @@ impl AppState {
         Counters::inc(&self.counters.wakes);
         if wake.from != Thermal::Hot || sb.status != SandboxStatus::Running {
             self.persist(&sb.id).await?;
+        }
+        // Only the call that woke it: concurrent callers that waited for
+        // that wake find it hot (`from` is hot) and record nothing.
+        if wake.from != Thermal::Hot {
             self.events.emit(
                 &sb.user_id,
                 &sb.id,

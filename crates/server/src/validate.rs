@@ -361,9 +361,66 @@ pub fn image_ref(r: &str) -> ServiceResult<()> {
     }
 }
 
+/// Names a domain keeps for itself (mail, DNS, the API): never an alias.
+pub const RESERVED_ALIASES: [&str; 9] = [
+    "www",
+    "mail",
+    "admin",
+    "status",
+    "ns1",
+    "ns2",
+    "api",
+    "app",
+    "_acme-challenge",
+];
+
+/// A public alias: a lower-case DNS label of 1–63 characters
+/// (`api::rules::ALIAS`), not reserved.
+pub fn alias(a: &str) -> ServiceResult<()> {
+    let b = a.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && matches!(b[0], b'a'..=b'z' | b'0'..=b'9')
+        && b.iter()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    if !ok {
+        return Err(ServiceError::bad_request(format!(
+            "invalid alias {a:?}: 1-63 characters of [a-z0-9-], starting with a letter or digit"
+        )));
+    }
+    if RESERVED_ALIASES.contains(&a) {
+        return Err(ServiceError::bad_request(format!(
+            "alias {a:?} is reserved"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases() {
+        for ok in ["a", "my-app", "0x", &"a".repeat(63)] {
+            assert!(alias(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a.b", "www", "api", &"a".repeat(64)] {
+            assert!(alias(bad).is_err(), "{bad}");
+        }
+        let re = regex::Regex::new(bhatti_api::rules::ALIAS).unwrap();
+        let reserved = regex::Regex::new(bhatti_api::rules::RESERVED_ALIAS).unwrap();
+        for r in RESERVED_ALIASES {
+            assert!(reserved.is_match(r), "{r} is reserved in the schema too");
+        }
+        for a in ["a", "my-app", "-a", "A", "a.b", "www"] {
+            assert_eq!(
+                alias(a).is_ok(),
+                re.is_match(a) && !reserved.is_match(a),
+                "{a}: the server and the schema agree"
+            );
+        }
+    }
 
     #[test]
     fn names() {

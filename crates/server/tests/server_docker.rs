@@ -32,6 +32,125 @@ docker_test!(tenant_isolation, common::isolation);
 docker_test!(quotas_and_bad_input, common::limits_and_bad_input);
 docker_test!(lifetimes_kill_and_pause, common::lifetimes);
 
+/// Published ports on the public listener (domain and path mode), and a
+/// storm of 200 requests to a paused sandbox that wakes it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+async fn publish_and_the_public_listener() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("docker", |c| {
+        common::public_config(c);
+        c.thermal.enabled = true;
+        c.thermal.warm_timeout_secs = 1.0;
+        c.thermal.tick_secs = 0.3;
+    })
+    .await;
+    common::publish(&d, common::Sleep::Idle).await;
+}
+
+/// The public listener with a configured certificate: TLS with SNI for an
+/// alias in the zone, the guest told the client used https, and path mode
+/// over the same TLS listener; a client that does not trust the
+/// certificate gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+async fn public_listener_serves_tls() {
+    let _serial = SERIAL.lock().await;
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec![
+        format!("*.{}", common::ZONE),
+        common::API_HOST.to_string(),
+    ])
+    .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let d = TestDaemon::start("docker", |c| {
+        common::public_config(c);
+        if let Some(dom) = c.domain.as_mut() {
+            dom.tls_cert = Some(cert_path.clone());
+            dom.tls_key = Some(key_path.clone());
+        }
+    })
+    .await;
+    let api_key = d.user("tls", Default::default());
+    let sb = d.create(&api_key, serde_json::json!({"name": "tls"})).await;
+    let id = sb["id"].as_str().unwrap();
+    common::serve_www(&d, &api_key, id, "hello-tls").await;
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes/tls/publish",
+            Some(&api_key),
+            Some(serde_json::json!({"port": 8000, "alias": "secure"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let port = d.public().port();
+    assert_eq!(
+        r.json()["url"],
+        format!("https://secure.{}:{port}", common::ZONE)
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let get = |sni: &str, host: String, path: &'static str| {
+        let (connector, sni) = (connector.clone(), sni.to_string());
+        let addr = d.public();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            common::http_on(tls, "GET", path, &host, None, &[], vec![]).await
+        }
+    };
+    let host = format!("secure.{}", common::ZONE);
+    let r = get(&host, host.clone(), "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "hello-tls
+"
+    );
+    let r = get(&host, host.clone(), "/cgi-bin/h").await;
+    assert!(r.text().contains("proto=https"), "{}", r.text());
+    let r = get(common::API_HOST, "127.0.0.1".into(), "/secure/").await;
+    assert_eq!(
+        r.text(),
+        "hello-tls
+",
+        "path mode over TLS"
+    );
+
+    // A client without the certificate in its roots refuses the server.
+    let untrusting = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(d.public()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+    let refused = tokio_rustls::TlsConnector::from(std::sync::Arc::new(untrusting))
+        .connect(name, tcp)
+        .await;
+    assert!(refused.is_err(), "an unknown issuer is refused");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(bhatti_docker),

@@ -36,6 +36,20 @@ vm_test!(websocket_shell_vm, common::shell_ws);
 vm_test!(snapshots_and_fork_vm, common::snapshots);
 vm_test!(egress_patch_fork_and_resume_vm, egress_scenario);
 
+/// Published ports on real VMs: domain and path routing through the
+/// public listener, and a storm of 200 requests to a stopped (cold)
+/// sandbox that restores it once and answers them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn publish_and_wake_storm_vm() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("qemu", common::public_config).await;
+    common::publish(&d, common::Sleep::Stop).await;
+}
+
 /// Egress through the API on real VMs: a fork keeps its source's policy
 /// (`deny` stays `deny`) unless the request names one; PATCH changes it
 /// live and answers with it (bad values 400); a checkpoint records it and

@@ -129,6 +129,20 @@ impl Store {
         self.read(|c| of_sandbox(c, sandbox_id))
     }
 
+    /// A user's rules, by sandbox and port (the URLs of a sandbox list).
+    pub fn list_user_publish_rules(&self, user_id: &str) -> Result<Vec<PublishRule>> {
+        self.read(|c| {
+            query_all(
+                c,
+                &format!(
+                    "SELECT {COLS} FROM publish_rules WHERE user_id = ?1 ORDER BY sandbox_id, port"
+                ),
+                [user_id],
+                map_rule,
+            )
+        })
+    }
+
     /// Every rule (e.g. to warm a route cache or the ACME host policy).
     pub fn list_all_publish_rules(&self) -> Result<Vec<PublishRule>> {
         self.read(|c| {

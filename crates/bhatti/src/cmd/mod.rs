@@ -12,6 +12,7 @@ pub mod exec;
 pub mod files;
 pub mod image;
 pub mod logs;
+pub mod publish;
 pub mod run;
 pub mod sandbox;
 pub mod secret;

@@ -350,7 +350,7 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let wide = a.output == Some(ListFormat::Wide);
-    let mut headers = vec!["NAME", "STATUS", "THERMAL", "IP"];
+    let mut headers = vec!["NAME", "STATUS", "THERMAL", "IP", "URL"];
     if wide {
         headers.extend(["CPUS", "MEMORY", "DISK", "IMAGE", "LABELS"]);
     }
@@ -361,6 +361,7 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
             sb.status.to_string(),
             sb.thermal.map_or_else(|| "-".into(), |t| t.to_string()),
             or_dash(&sb.ip),
+            urls_text(&sb.urls),
         ];
         if wide {
             row.extend([
@@ -375,6 +376,15 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
     }
     t.print_or("No sandboxes. Create one: bhatti create --name NAME");
     Ok(0)
+}
+
+/// The first public URL, and how many more there are.
+fn urls_text(urls: &[String]) -> String {
+    match urls {
+        [] => "-".into(),
+        [one] => one.clone(),
+        [first, rest @ ..] => format!("{first} (+{})", rest.len()),
+    }
 }
 
 /// `df -m /` output → (used MB, total MB).

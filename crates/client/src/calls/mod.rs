@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod images;
 mod ports;
+mod publish;
 mod sandboxes;
 mod secrets;
 mod snapshots;

@@ -532,6 +532,9 @@ impl Engine for MicroVmEngine {
             });
         }
         let mut slot = sb.lifecycle.lock().await;
+        // Concurrent wakes queue on the lifecycle lock: the first wakes
+        // it, and the others find it hot and report no wake of their own.
+        let from = lock(&sb.fast).state.thermal();
         self.start_locked(&sb, &mut slot, false).await?;
         Ok(Wake {
             from,

@@ -16,6 +16,7 @@ mod files;
 pub(crate) mod images;
 pub(crate) mod openapi;
 mod proxy;
+mod publish;
 mod resources;
 pub(crate) mod sandboxes;
 mod snapshots;
@@ -124,6 +125,14 @@ fn api(state: Shared) -> Router {
         .route(
             "/sandboxes/{id}/proxy/{port}/{*rest}",
             on(PROXY_METHODS, proxy::proxy),
+        )
+        .route(
+            "/sandboxes/{id}/publish",
+            get(publish::list).post(publish::publish),
+        )
+        .route(
+            "/sandboxes/{id}/publish/{port}",
+            axum::routing::delete(publish::unpublish),
         )
         .route("/sandboxes/{id}/checkpoint", post(snapshots::checkpoint))
         .route("/sandboxes/{id}/save-image", post(images::save))

@@ -360,6 +360,18 @@ pub fn routes() -> Vec<RouteDoc> {
         op("get", "/sandboxes/{id}/ports", "Listening TCP ports and their proxy URLs.")
             .ok(200, "Its ports.", Content::Json(list::<api::Port>))
             .errors(&[404, 409, 503]),
+        op("post", "/sandboxes/{id}/publish", "Publish a guest port at a public URL (201), or return the port's existing rule (200, X-Bhatti-Existing). Nothing needs to listen yet.")
+            .json(s::<api::Publish>)
+            .ok(201, "Published.", Content::Json(s::<api::PublishRule>))
+            .ok(200, "The port was published already: its rule is the answer.", Content::Json(s::<api::PublishRule>))
+            .header(api::EXISTING_HEADER, "`true`.", true)
+            .errors(&[404, 409]),
+        op("get", "/sandboxes/{id}/publish", "The sandbox's published ports.")
+            .ok(200, "Its rules, by port.", Content::Json(list::<api::PublishRule>))
+            .errors(&[404]),
+        op("delete", "/sandboxes/{id}/publish/{port}", "Unpublish a port.")
+            .ok(204, "Unpublished.", Content::None)
+            .errors(&[400, 404]),
         op("get", "/ports", "Ports of all your hot sandboxes (wakes nothing).")
             .ok(200, "Ports by sandbox.", Content::Json(list::<api::Port>)),
         op("post", "/sandboxes/{id}/checkpoint", "Take a named snapshot; the sandbox keeps running.")

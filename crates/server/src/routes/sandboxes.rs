@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::body::{JsonBody, OptionalJsonBody};
 use super::Caller;
 use crate::error::{ServiceError, ServiceResult};
+use crate::service::publish;
 use crate::service::sandboxes as service;
 use crate::state::Shared;
 
@@ -49,6 +50,7 @@ pub fn to_api(sb: &Sandbox, thermal: Option<Thermal>) -> api::Sandbox {
         expires_at: sb.expires_at.clone(),
         on_expiry: sb.on_expiry.as_str().to_string(),
         metadata: sb.metadata.clone(),
+        urls: Vec::new(),
     }
 }
 
@@ -87,9 +89,13 @@ pub async fn list(
 ) -> ServiceResult<Json<Vec<api::Sandbox>>> {
     let labels = label_query(q.as_deref())?;
     let rows = service::list(&st, &user, &labels).await?;
+    let mut urls = publish::urls(&st, &user).await?;
     Ok(Json(
         rows.iter()
-            .map(|sb| to_api(sb, thermal_of(&st, sb)))
+            .map(|sb| api::Sandbox {
+                urls: urls.remove(&sb.id).unwrap_or_default(),
+                ..to_api(sb, thermal_of(&st, sb))
+            })
             .collect(),
     ))
 }
@@ -132,7 +138,10 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> ServiceResult<Json<api::Sandbox>> {
     let sb = st.sandbox(&user, &id).await?;
-    Ok(Json(to_api(&sb, thermal_of(&st, &sb))))
+    Ok(Json(api::Sandbox {
+        urls: publish::urls_of(&st, &sb).await?,
+        ..to_api(&sb, thermal_of(&st, &sb))
+    }))
 }
 
 /// An engine policy as the API shows it (the shape requests use).

@@ -10,6 +10,7 @@ pub mod images;
 pub mod metrics;
 pub mod ports;
 pub mod processes;
+pub mod publish;
 pub mod sandboxes;
 pub mod secrets;
 pub mod snapshots;

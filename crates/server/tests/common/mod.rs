@@ -14,14 +14,15 @@ mod lifecycle;
 mod lifetimes;
 mod limits;
 mod proxy;
+mod publish;
 mod resources;
 mod shell;
 mod snapshots;
 // Not every suite runs every scenario.
 #[allow(unused_imports)]
 pub use {
-    exec::*, files::*, isolation::*, lifecycle::*, lifetimes::*, limits::*, proxy::*, resources::*,
-    shell::*, snapshots::*,
+    exec::*, files::*, isolation::*, lifecycle::*, lifetimes::*, limits::*, proxy::*, publish::*,
+    resources::*, shell::*, snapshots::*,
 };
 
 use std::collections::BTreeMap;
@@ -68,6 +69,47 @@ impl Resp {
             .get(h)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
+    }
+}
+
+/// One HTTP/1.1 request over `io` (TCP, or TLS on top), with `Host: host`.
+pub async fn http_on<S>(
+    io: S,
+    method: &str,
+    path: &str,
+    host: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Resp
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let r = send
+        .send_request(b.body(Full::new(Bytes::from(body))).expect("request"))
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
     }
 }
 
@@ -183,32 +225,7 @@ impl TestDaemon {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost");
-        if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let r = send
-            .send_request(b.body(Full::new(Bytes::from(body))).expect("request"))
-            .await
-            .expect("send");
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let body = r.into_body().collect().await.expect("body").to_bytes();
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        http_on(stream, method, path, "localhost", token, headers, body).await
     }
 
     /// Creates a sandbox, which must succeed; its JSON.

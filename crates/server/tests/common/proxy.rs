@@ -19,29 +19,32 @@ pub async fn raw_http(d: &TestDaemon, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The authenticated proxy: HTTP through a tunnel with forwarded headers;
-/// bad port, unknown sandbox, nothing listening.
-pub async fn proxy(d: &TestDaemon) {
-    let key = d.user("proxy", Quotas::default());
-    let sb = d.create(&key, json!({"name": "p"})).await;
-    let id = sb["id"].as_str().unwrap();
-    let script = "mkdir -p /workspace/www/cgi-bin && echo hello-proxy > /workspace/www/index.html && \
-        printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho \"xff=$HTTP_X_FORWARDED_FOR host=$HTTP_HOST q=$QUERY_STRING\"\\n' > /workspace/www/cgi-bin/h && \
-        chmod +x /workspace/www/cgi-bin/h";
-    assert_eq!(d.sh(&key, id, script).await.0, 0);
-    let det = d
-        .req(
-            "POST",
-            &format!("/sandboxes/{id}/exec"),
-            Some(&key),
-            Some(json!({"cmd": ["busybox", "httpd", "-f", "-p", "8000", "-h", "/workspace/www"], "detach": true})),
-        )
-        .await;
-    assert_eq!(det.status, 200, "{}", det.text());
+/// Starts busybox httpd on port 8000 of sandbox `id`, serving `index`
+/// at `/` and a CGI script at `/cgi-bin/h` that echoes the forwarded
+/// headers; returns `/ports` once 8000 is listed.
+pub async fn serve_www(d: &TestDaemon, key: &str, id: &str, index: &str) -> Value {
+    let script = format!("mkdir -p /workspace/www/cgi-bin && echo {index} > /workspace/www/index.html && \
+        printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho \"xff=$HTTP_X_FORWARDED_FOR host=$HTTP_HOST q=$QUERY_STRING proto=$HTTP_X_FORWARDED_PROTO fhost=$HTTP_X_FORWARDED_HOST\"\\n' > /workspace/www/cgi-bin/h && \
+        chmod +x /workspace/www/cgi-bin/h");
+    assert_eq!(d.sh(key, id, &script).await.0, 0);
+    d.detach(
+        key,
+        id,
+        &[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8000",
+            "-h",
+            "/workspace/www",
+        ],
+    )
+    .await;
     let mut ports = Value::Null;
     for _ in 0..40 {
         ports = d
-            .req("GET", &format!("/sandboxes/{id}/ports"), Some(&key), None)
+            .req("GET", &format!("/sandboxes/{id}/ports"), Some(key), None)
             .await
             .json();
         if ports
@@ -52,6 +55,16 @@ pub async fn proxy(d: &TestDaemon) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    ports
+}
+
+/// The authenticated proxy: HTTP through a tunnel with forwarded headers;
+/// bad port, unknown sandbox, nothing listening.
+pub async fn proxy(d: &TestDaemon) {
+    let key = d.user("proxy", Quotas::default());
+    let sb = d.create(&key, json!({"name": "p"})).await;
+    let id = sb["id"].as_str().unwrap();
+    let ports = serve_www(d, &key, id, "hello-proxy").await;
     let p = ports
         .as_array()
         .unwrap()

@@ -102,8 +102,8 @@ pub async fn destroy_row(st: &Shared, sb: Sandbox) -> ServiceResult<Sandbox> {
     // that dies in between leaves an orphan that recovery sweeps.
     let sid = sb.id.clone();
     match st.db(move |s| s.delete_sandbox(&sid)).await {
-        Ok(_)
-        | Err(ServiceError {
+        Ok(removed) => crate::service::publish::forget_all(st, &removed.publish_rules),
+        Err(ServiceError {
             code: ErrorCode::NotFound,
             ..
         }) => {}
