@@ -23,6 +23,7 @@ LISTEN=${BHATTI_LISTEN:-127.0.0.1:8080}
 
 bash scripts/setup-host.sh
 echo "==> building (release)"
+bash "$(dirname "$0")/web-shell.sh" || echo "no npm: the web shell will answer 501" >&2
 cargo build --release -p bhatti
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p lohar --target x86_64-unknown-linux-gnu

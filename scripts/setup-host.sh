@@ -22,6 +22,8 @@
 #   python3-venv (the test tools' venvs), docker-registry + skopeo (image suite)
 #   protobuf-compiler (protoc: crates/e2b generates the envd services)
 #   systemd (systemd-analyze verifies the shipped unit)
+#   chromium + chromium-driver (the web shell's browser test), pebble (the
+#   ACME test server), npm when missing (the web shell's terminal)
 #   a Rust toolchain at the version in rust-toolchain.toml, when cargo is
 #   missing or older: through rustup (the distribution's package where there
 #   is one, else rustup's installer)
@@ -105,7 +107,11 @@ PACKAGES=(
     build-essential bc bison flex libelf-dev libssl-dev dwarves "$KERNEL_SRC_PKG"
     busybox-static bash-static e2fsprogs iproute2 iptables debootstrap tmux file
     curl python3-venv docker-registry skopeo protobuf-compiler systemd
+    chromium chromium-driver pebble
 )
+# npm fetches the web shell's terminal (scripts/web-shell.sh); a Node.js
+# from elsewhere (NodeSource) brings its own, which Debian's would conflict with.
+command -v npm >/dev/null || PACKAGES+=(npm)
 [[ -n $DOCKER_PKG ]] && PACKAGES+=("$DOCKER_PKG")
 if [[ $QEMU_ENGINE == 1 ]]; then
     log "qemu: qemu-system-x86 from ${QEMU_FROM:-$CODENAME}"

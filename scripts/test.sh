@@ -14,6 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "the web shell's terminal (xterm.js from npm, embedded at build time)"
+bash scripts/web-shell.sh
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 

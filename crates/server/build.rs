@@ -64,4 +64,47 @@ fn main() {
     {
         println!("cargo:rustc-cfg=bhatti_e2b_js");
     }
+    web_shell_terminal();
+    // Chromium and its driver (Debian's packages): the web shell's browser
+    // test opens the page in a real headless browser.
+    println!("cargo:rustc-check-cfg=cfg(bhatti_chromium)");
+    println!("cargo:rerun-if-changed=/usr/bin/chromium");
+    if std::path::Path::new("/usr/bin/chromium").is_file() {
+        println!("cargo:rustc-cfg=bhatti_chromium");
+    }
+}
+
+/// The web shell's terminal (scripts/web-shell.sh puts xterm.js and its fit
+/// addon, from npm, under `target/web-shell`; `BHATTI_WEB_SHELL_DIR` names
+/// another place): copied into OUT_DIR for `include_bytes!`, with cfg
+/// `bhatti_xterm`. Without it the files are empty and the page answers 501.
+fn web_shell_terminal() {
+    use std::path::{Path, PathBuf};
+    println!("cargo:rustc-check-cfg=cfg(bhatti_xterm)");
+    println!("cargo:rerun-if-env-changed=BHATTI_WEB_SHELL_DIR");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let dir = std::env::var_os("BHATTI_WEB_SHELL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../../target/web-shell"));
+    let modules = dir.join("node_modules/@xterm");
+    let files = [
+        ("xterm.js", modules.join("xterm/lib/xterm.js")),
+        ("xterm.css", modules.join("xterm/css/xterm.css")),
+        ("addon-fit.js", modules.join("addon-fit/lib/addon-fit.js")),
+    ];
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    let all = files.iter().all(|(_, p)| p.is_file());
+    for (name, src) in &files {
+        println!("cargo:rerun-if-changed={}", src.display());
+        let dest = out.join(name);
+        if all {
+            std::fs::copy(src, &dest).expect("copy the web shell terminal into OUT_DIR");
+        } else {
+            std::fs::write(&dest, b"").expect("write OUT_DIR");
+        }
+    }
+    println!("cargo:rerun-if-changed={}", Path::new(&dir).display());
+    if all {
+        println!("cargo:rustc-cfg=bhatti_xterm");
+    }
 }

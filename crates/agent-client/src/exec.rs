@@ -148,6 +148,24 @@ impl ExecStream {
         self.input.kill().await
     }
 
+    /// Sends all of `input` as stdin, then closes it. When the agent
+    /// refused the request (a command or user that does not exist) it may
+    /// have closed before reading stdin: its reason is then waiting to be
+    /// read, and is returned instead of the broken pipe.
+    pub async fn feed_stdin(&mut self, input: &[u8]) -> Result<()> {
+        let sent = match self.input.write_stdin(input).await {
+            Ok(()) => self.input.close_stdin().await,
+            Err(e) => Err(e),
+        };
+        let Err(e) = sent else { return Ok(()) };
+        match self.next().await {
+            Ok(Some(StreamEvent::Error { code, message })) => {
+                Err(ClientError::Agent { code, message })
+            }
+            _ => Err(e),
+        }
+    }
+
     /// The two halves, to read events and write input concurrently.
     pub fn into_split(self) -> (ExecEvents, ExecInput) {
         (self.events, self.input)
@@ -170,8 +188,7 @@ impl AgentClient {
     pub async fn exec_request(&self, req: ExecRequest, stdin: Option<&[u8]>) -> Result<ExecResult> {
         let mut s = self.exec_stream(req).await?;
         if let Some(input) = stdin {
-            s.write_stdin(input).await?;
-            s.close_stdin().await?;
+            s.feed_stdin(input).await?;
         }
         let mut r = ExecResult::default();
         let mut total = 0usize;

@@ -19,7 +19,7 @@ mod publish;
 pub mod rules;
 
 pub use enums::{EngineKind, ErrorCode, ErrorReason, SandboxStatus, ThermalState};
-pub use publish::{Publish, PublishRule};
+pub use publish::{Publish, PublishRule, ShareToken};
 
 use std::collections::BTreeMap;
 
@@ -351,6 +351,7 @@ pub struct StartSandbox {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(example = serde_json::json!({"cmd": ["sh", "-c", "echo hi"], "timeout_sec": 30}))]
+#[schemars(transform = rules::no_stdin_when_detached)]
 pub struct ExecRequest {
     /// The program and its arguments (no shell; `["sh", "-c", …]` for one).
     #[schemars(schema_with = "rules::argv")]

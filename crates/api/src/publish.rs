@@ -1,4 +1,6 @@
-//! Publishing a sandbox port at a public URL (`/sandboxes/{id}/publish`).
+//! Access without an API key: a sandbox port at a public URL
+//! (`/sandboxes/{id}/publish`) and a shared web shell
+//! (`/sandboxes/{id}/shell-token`).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -38,4 +40,17 @@ pub struct PublishRule {
     pub url: String,
     /// RFC 3339.
     pub created_at: String,
+}
+
+/// `POST /sandboxes/{id}/shell-token`: a browser shell anyone holding the
+/// URL can open until the token expires or is revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ShareToken {
+    /// 64 hex digits; only its hash is stored.
+    pub token: String,
+    /// The page, with the token in the URL fragment (which browsers never
+    /// send to a server).
+    pub url: String,
+    /// When the token stops working (RFC 3339).
+    pub expires_at: String,
 }

@@ -130,6 +130,17 @@ pub(crate) fn mount_path(_: &mut SchemaGenerator) -> Schema {
         {"not": {"pattern": SYSTEM_DIR}},
     ]})
 }
+/// A detached command has no stdin to feed: `detach: true` with a
+/// `stdin` string is refused.
+pub(crate) fn no_stdin_when_detached(s: &mut Schema) {
+    s.ensure_object().insert(
+        "not".into(),
+        json!({
+            "required": ["detach", "stdin"],
+            "properties": {"detach": {"const": true}, "stdin": {"type": "string"}},
+        }),
+    );
+}
 pub(crate) fn optional_alias(_: &mut SchemaGenerator) -> Schema {
     nullable(
         json!({"allOf": [

@@ -98,6 +98,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Remove a port's public URL.
     Unpublish(publish::UnpublishArgs),
+    /// Print a web-shell URL for a sandbox (a browser terminal, no key).
+    Share(publish::ShareArgs),
     /// Copy files and directories between here and a sandbox
     /// (SANDBOX:/path on one side).
     Cp(cp::CpArgs),
@@ -150,6 +152,7 @@ impl Command {
             Command::Ports(a) => a.sandbox.as_deref(),
             Command::Publish(a) => Some(&a.sandbox),
             Command::Unpublish(a) => Some(&a.sandbox),
+            Command::Share(a) => Some(&a.sandbox),
             Command::Logs(a) => Some(&a.sandbox),
             Command::File(f) => Some(f.sandbox()),
             Command::Snapshot(s) => s.sandbox(),
@@ -192,6 +195,7 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
         Command::Ports(a) => sandbox::ports(ctx, a).await,
         Command::Publish(a) => publish::publish(ctx, a).await,
         Command::Unpublish(a) => publish::unpublish(ctx, a).await,
+        Command::Share(a) => publish::share(ctx, a).await,
         Command::Stats(a) => stats::run(ctx, a).await,
         Command::Logs(a) => logs::run(ctx, a).await,
         Command::Cp(a) => cp::run(ctx, a).await,

@@ -91,8 +91,14 @@ pub fn run_as_for(agent: &Agent, user: &str) -> Result<Option<RunAs>, Fail> {
         return Ok(default_run_as(agent));
     }
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let r = RunAs::lookup(user, &passwd)
-        .ok_or_else(|| Fail::invalid(format!("unknown user {user:?}")))?;
+    // Well-formed, but not a user of this guest: what the request names is
+    // missing (404 at the API), not malformed.
+    let r = RunAs::lookup(user, &passwd).ok_or_else(|| {
+        Fail::new(
+            bhatti_protocol::messages::ErrorCode::NotFound,
+            format!("no user {user:?} in the sandbox"),
+        )
+    })?;
     let me = nix::unistd::geteuid();
     if me.is_root() {
         return Ok(Some(r));

@@ -129,6 +129,9 @@ pub struct RateLimits {
     /// Public proxy requests per published alias, from everyone (default
     /// 2000, then 5000 a minute).
     pub public_per_alias: Bucket,
+    /// Web-shell token attempts per client address (default 10, then 600 a
+    /// minute: ten a second).
+    pub web_shell_attempts: Bucket,
 }
 
 impl Default for RateLimits {
@@ -158,6 +161,10 @@ impl Default for RateLimits {
             public_per_alias: Bucket {
                 burst: 2000.0,
                 per_minute: 5000.0,
+            },
+            web_shell_attempts: Bucket {
+                burst: 10.0,
+                per_minute: 600.0,
             },
         }
     }

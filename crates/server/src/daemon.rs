@@ -243,6 +243,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
             source,
         })?;
     let tcp_addr = tcp.local_addr().map_err(DaemonError::Serve)?;
+    state.set_api_addr(tcp_addr);
     let sock = cfg.api_socket();
     let unix = bind_socket(&sock, 0o600, None)?;
     let group = match cfg.group_socket()? {

@@ -52,6 +52,12 @@ pub struct AppState {
     pub routes: crate::service::publish::RouteCache,
     /// The public listener's bound address, once it is bound.
     public_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The API's TCP address, once it is bound.
+    api_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Live web-shell sessions per sandbox.
+    pub web_shells: crate::service::web_shell::Sessions,
+    /// Web-shell token attempts per client address.
+    pub web_shell_attempts: crate::ratelimit::Keyed,
     pub started: Instant,
     pub counters: Counters,
     /// Image files, the blob cache and the pull/import jobs.
@@ -134,6 +140,10 @@ impl AppState {
         let limiter = RateLimiter::new(cfg.rate_limits.clone());
         let auth_throttle = FailureThrottle::new(&cfg.rate_limits);
         let public_limiter = PublicLimiter::new(&cfg.rate_limits);
+        let web_shell_attempts = crate::ratelimit::Keyed::new(
+            cfg.rate_limits.enabled,
+            cfg.rate_limits.web_shell_attempts,
+        );
         AppState {
             cfg,
             store,
@@ -146,6 +156,9 @@ impl AppState {
             public_limiter,
             routes: Default::default(),
             public_addr: Default::default(),
+            api_addr: Default::default(),
+            web_shells: Default::default(),
+            web_shell_attempts,
             started: Instant::now(),
             counters: Counters::default(),
             images,
@@ -188,6 +201,16 @@ impl AppState {
     /// Records the public listener's bound address (once, at start).
     pub(crate) fn set_public_addr(&self, a: std::net::SocketAddr) {
         let _ = self.public_addr.set(a);
+    }
+
+    /// The API's TCP address, once bound.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api_addr.get().copied()
+    }
+
+    /// Records the API's bound TCP address (once, at start).
+    pub(crate) fn set_api_addr(&self, a: std::net::SocketAddr) {
+        let _ = self.api_addr.set(a);
     }
 
     pub fn touch(&self, id: &str) {

@@ -305,6 +305,13 @@ CREATE UNIQUE INDEX sandboxes_user_name ON sandboxes(user_id, name)
 CREATE INDEX sandboxes_expiry ON sandboxes(expires_at) WHERE expires_at IS NOT NULL;
 "#,
     },
+    Migration {
+        name: "web-shell tokens expire",
+        rebuilds: false,
+        sql: r#"
+ALTER TABLE sandboxes ADD COLUMN shell_token_expires_at TEXT;
+"#,
+    },
 ];
 
 /// Runs one step in its own transaction; false when another process

@@ -136,6 +136,9 @@ pub struct Sandbox {
     /// SHA-256 hex of the active web-shell token. Not serialized.
     #[serde(skip_serializing, default)]
     pub shell_token_hash: Option<String>,
+    /// When the web-shell token stops working (RFC 3339 UTC). Not serialized.
+    #[serde(skip_serializing, default)]
+    pub shell_token_expires_at: Option<String>,
     /// The engine's `VmState`, as JSON text exactly as stored. Read it with
     /// [`Sandbox::vm_state_as`], which tolerates float-typed integers.
     pub vm_state: Option<String>,
@@ -274,8 +277,8 @@ pub struct SandboxRemoval {
 }
 
 pub(crate) const COLS: &str = "id, user_id, name, status, status_reason, ip, engine, template_id, \
-    cpus, memory_mb, disk_size_mb, image, labels, keep_hot, shell_token_hash, vm_state, \
-    generation, created_at, stopped_at, expires_at, on_expiry, metadata";
+    cpus, memory_mb, disk_size_mb, image, labels, keep_hot, shell_token_hash, shell_token_expires_at, \
+    vm_state, generation, created_at, stopped_at, expires_at, on_expiry, metadata";
 
 fn map_sandbox(r: &Row<'_>) -> Result<Sandbox> {
     Ok(Sandbox {
@@ -294,6 +297,7 @@ fn map_sandbox(r: &Row<'_>) -> Result<Sandbox> {
         labels: get_json(r, "labels")?,
         keep_hot: get_bool(r, "keep_hot")?,
         shell_token_hash: r.get("shell_token_hash")?,
+        shell_token_expires_at: r.get("shell_token_expires_at")?,
         vm_state: r.get("vm_state")?,
         generation: get_int(r, "generation")?,
         created_at: r.get("created_at")?,
@@ -366,7 +370,7 @@ impl Store {
             tx.execute(
                 &format!(
                     "INSERT INTO sandboxes ({COLS}) VALUES \
-                    (?1,?2,?3,?4,'',?5,?6,?7,?8,?9,?10,?11,?12,?13,NULL,?14,?15,?16,?17,?18,?19,?20)"
+                    (?1,?2,?3,?4,'',?5,?6,?7,?8,?9,?10,?11,?12,?13,NULL,NULL,?14,?15,?16,?17,?18,?19,?20)"
                 ),
                 params![
                     s.id,
@@ -673,13 +677,20 @@ impl Store {
         )
     }
 
-    /// Sets (or with `None` clears) the web-shell token hash.
-    pub fn set_shell_token_hash(&self, id: &str, hash: Option<&str>) -> Result<Sandbox> {
-        self.update_one(
-            id,
-            "UPDATE sandboxes SET shell_token_hash = ?2 WHERE id = ?1",
-            hash,
-        )
+    /// Sets the web-shell token hash and its expiry (RFC 3339 UTC), or with
+    /// `None` clears both.
+    pub fn set_shell_token_hash(&self, id: &str, token: Option<(&str, &str)>) -> Result<Sandbox> {
+        let (hash, expires) = token.unzip();
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE sandboxes SET shell_token_hash = ?2, shell_token_expires_at = ?3 WHERE id = ?1",
+                params![id, hash, expires],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            by_id(tx, id)
+        })
     }
 
     fn update_one(&self, id: &str, sql: &str, v: impl rusqlite::ToSql) -> Result<Sandbox> {

@@ -573,14 +573,17 @@ fn runtime_updates_status_vm_state_and_generation() {
     assert!(st.stopped_at.is_none() && st.status_reason.is_empty());
     assert_eq!(s.set_ip(&sb.id, "10.0.1.2").unwrap().ip, "10.0.1.2");
     assert!(s.set_keep_hot(&sb.id, true).unwrap().keep_hot);
-    let h = s.set_shell_token_hash(&sb.id, Some("abc")).unwrap();
+    let h = s
+        .set_shell_token_hash(&sb.id, Some(("abc", "2030-01-01T00:00:00.000Z")))
+        .unwrap();
     assert_eq!(h.shell_token_hash.as_deref(), Some("abc"));
+    assert_eq!(
+        h.shell_token_expires_at.as_deref(),
+        Some("2030-01-01T00:00:00.000Z")
+    );
     assert!(!serde_json::to_string(&h).unwrap().contains("abc"));
-    assert!(s
-        .set_shell_token_hash(&sb.id, None)
-        .unwrap()
-        .shell_token_hash
-        .is_none());
+    let cleared = s.set_shell_token_hash(&sb.id, None).unwrap();
+    assert!(cleared.shell_token_hash.is_none() && cleared.shell_token_expires_at.is_none());
 
     let state = json!({"engine":"qemu","id":sb.id,"name":"web","status":"running","generation":2,
                        "detail":{"cpus":1,"memory_mb":1024}});

@@ -1,4 +1,5 @@
-//! `publish` and `unpublish`: public URLs for a sandbox's ports.
+//! `publish`, `unpublish` and `share`: public URLs for a sandbox's ports,
+//! and its web shell.
 
 use clap::Args;
 
@@ -16,6 +17,18 @@ pub struct PublishArgs {
     /// sandbox's name with a random suffix.
     #[arg(short, long)]
     pub alias: Option<String>,
+    /// Also print a web-shell URL (as `bhatti share`).
+    #[arg(long)]
+    pub shell: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// Sandbox name or ID.
+    pub sandbox: String,
+    /// Revoke the sandbox's web-shell URL and end its sessions.
+    #[arg(long)]
+    pub revoke: bool,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +67,32 @@ pub async fn publish(ctx: &Ctx, a: PublishArgs) -> anyhow::Result<i32> {
                 "/sandboxes/{}/proxy/{}/",
                 rule.sandbox_id, rule.port
             ))
+        );
+    }
+    if a.shell {
+        let t = client.share_shell(&a.sandbox).await?;
+        println!("Shell: {}", t.url);
+    }
+    Ok(0)
+}
+
+pub async fn share(ctx: &Ctx, a: ShareArgs) -> anyhow::Result<i32> {
+    let client = ctx.client()?;
+    if a.revoke {
+        client.revoke_shell(&a.sandbox).await?;
+        if !ctx.json {
+            println!("web shell of {} revoked", a.sandbox);
+        }
+        return Ok(0);
+    }
+    let t = client.share_shell(&a.sandbox).await?;
+    if ctx.json {
+        print_json(&t)?;
+    } else {
+        println!("Shell: {}", t.url);
+        println!(
+            "Anyone with this URL has a shell in {} until {} (bhatti share --revoke {}).",
+            a.sandbox, t.expires_at, a.sandbox
         );
     }
     Ok(0)

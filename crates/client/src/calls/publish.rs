@@ -1,4 +1,4 @@
-//! Published ports: public URLs for a sandbox's ports.
+//! Access without a key: public URLs for a sandbox's ports, and its shared web shell.
 
 use super::*;
 
@@ -34,6 +34,27 @@ impl Client {
     /// `DELETE /sandboxes/:id/publish/:port`.
     pub async fn unpublish(&self, id: &str, port: u16) -> Result<()> {
         self.delete_status(&format!("{}/publish/{port}", Self::sb(id)))
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Client {
+    /// `POST /sandboxes/:id/shell-token`: a web-shell URL anyone holding it
+    /// can open (replaces the previous one).
+    pub async fn share_shell(&self, id: &str) -> Result<api::ShareToken> {
+        self.call::<_, ()>(
+            Method::POST,
+            &format!("{}/shell-token", Self::sb(id)),
+            None,
+            "shell token",
+        )
+        .await
+    }
+
+    /// `DELETE /sandboxes/:id/shell-token`: revoke it and end its sessions.
+    pub async fn revoke_shell(&self, id: &str) -> Result<()> {
+        self.delete_status(&format!("{}/shell-token", Self::sb(id)))
             .await
             .map(|_| ())
     }

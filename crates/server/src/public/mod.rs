@@ -9,7 +9,9 @@
 //!   or for a port the sandbox's access token, see `routes::e2b::host`);
 //! - otherwise (no domain, or the host is an address or `localhost`):
 //!   path mode, `/<alias>/<path>` → the alias's port at `/<path>`;
-//! - any other host in domain mode: 404.
+//! - any other host in domain mode: 404;
+//! - `/_shell/…` on any host: the web shell (the API serves it and checks
+//!   its token).
 //!
 //! An unknown alias is 404 before any limit is charged. Then the client's
 //! address and the alias each draw from a token bucket (429 with
@@ -84,6 +86,11 @@ fn host_name(req: &Request) -> Option<String> {
 }
 
 fn target(st: &Shared, host: Option<&str>, path_and_query: &str) -> Target {
+    // The web shell (no alias has an underscore): the API serves it, and
+    // it checks its own token.
+    if path_and_query.starts_with("/_shell/") {
+        return Target::Api;
+    }
     if let (Some(d), Some(host)) = (&st.cfg.domain, host) {
         if d.api_host.as_deref() == Some(host) {
             return Target::Api;

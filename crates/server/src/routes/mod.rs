@@ -22,6 +22,7 @@ pub(crate) mod sandboxes;
 mod snapshots;
 pub(crate) mod system;
 pub(crate) mod volumes;
+mod web_shell;
 mod ws;
 
 use std::time::Instant;
@@ -134,6 +135,13 @@ fn api(state: Shared) -> Router {
             "/sandboxes/{id}/publish/{port}",
             axum::routing::delete(publish::unpublish),
         )
+        .route(
+            "/sandboxes/{id}/shell-token",
+            post(web_shell::mint).delete(web_shell::revoke),
+        )
+        .route("/_shell/assets/{file}", get(web_shell::asset))
+        .route("/_shell/{id}", get(web_shell::page))
+        .route("/_shell/{id}/ws", get(web_shell::ws))
         .route("/sandboxes/{id}/checkpoint", post(snapshots::checkpoint))
         .route("/sandboxes/{id}/save-image", post(images::save))
         .route("/snapshots", get(snapshots::list))
@@ -248,8 +256,9 @@ async fn middleware(State(st): State<Shared>, mut req: Request, next: Next) -> R
 
     let resp =
         'resp: {
-            // envd checks the sandbox's own access token (e2b::envd).
-            if path == "/health" || e2b::is_envd(&path) {
+            // envd checks the sandbox's own access token (e2b::envd), the
+            // web shell its own token (web_shell).
+            if path == "/health" || e2b::is_envd(&path) || path.starts_with("/_shell/") {
                 break 'resp next.run(req).await;
             }
             let source = req

@@ -372,6 +372,26 @@ pub fn routes() -> Vec<RouteDoc> {
         op("delete", "/sandboxes/{id}/publish/{port}", "Unpublish a port.")
             .ok(204, "Unpublished.", Content::None)
             .errors(&[400, 404]),
+        op("post", "/sandboxes/{id}/shell-token", "Mint the sandbox's web-shell token (24 h; replaces the previous one and ends its sessions).")
+            .ok(200, "The token and the page's URL.", Content::Json(s::<api::ShareToken>))
+            .errors(&[404]),
+        op("delete", "/sandboxes/{id}/shell-token", "Revoke the web-shell token and end its live sessions.")
+            .ok(204, "Revoked.", Content::None)
+            .errors(&[404]),
+        op("get", "/_shell/{id}", "The web shell page (no key: the page authenticates its WebSocket with the token in its URL fragment).")
+            .public()
+            .ok(200, "The page.", Content::Media("text/html", text))
+            .errors(&[501]),
+        op("get", "/_shell/assets/{file}", "The web shell's terminal (xterm.js, its fit addon, its CSS), embedded at build time.")
+            .public()
+            .ok(200, "The file.", Content::Media("text/javascript", text))
+            .or(Content::Media("text/css", text))
+            .errors(&[404, 501]),
+        op("get", "/_shell/{id}/ws", "The web shell's WebSocket: first message {\"type\":\"auth\",\"token\",\"session\"?}; a refusal is an error message and a close.")
+            .public()
+            .websocket()
+            .ok(101, "Switching to the WebSocket protocol.", Content::None)
+            .errors(&[400]),
         op("get", "/ports", "Ports of all your hot sandboxes (wakes nothing).")
             .ok(200, "Ports by sandbox.", Content::Json(list::<api::Port>)),
         op("post", "/sandboxes/{id}/checkpoint", "Take a named snapshot; the sandbox keeps running.")

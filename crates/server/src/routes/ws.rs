@@ -45,12 +45,12 @@ pub struct ShellQuery {
     new: Option<bool>,
 }
 
-type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
+pub(super) type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
 
 /// A request that is not a WebSocket handshake gets a JSON error like
 /// every other refusal (axum's is plain text), as invalid input (axum says
 /// 426 or 400 for what is wrong with the handshake's headers).
-fn upgrade(ws: Upgrade) -> ServiceResult<WebSocketUpgrade> {
+pub(super) fn upgrade(ws: Upgrade) -> ServiceResult<WebSocketUpgrade> {
     ws.map_err(|r| ServiceError::bad_request(r.body_text()))
 }
 
@@ -68,7 +68,7 @@ pub async fn shell(
     Ok(ws.on_upgrade(move |socket| shell_session(st, sb, q.session, new, socket)))
 }
 
-async fn open_shell(
+pub(super) async fn open_shell(
     st: &Shared,
     sb: &Sandbox,
     session: Option<String>,
@@ -141,7 +141,7 @@ async fn shell_session(
     if socket.send(Message::Text(msg.into())).await.is_err() {
         return;
     }
-    relay(&st, &sb, socket, term, Mode::Tty).await;
+    relay(&st, &sb, socket, term, Mode::Tty, None).await;
     st.events.emit(
         &sb.user_id,
         &sb.id,
@@ -151,13 +151,22 @@ async fn shell_session(
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
+pub(super) enum Mode {
     Tty,
     Piped,
 }
 
-/// Relays a terminal and a WebSocket until either ends.
-async fn relay(st: &Shared, sb: &Sandbox, socket: WebSocket, term: Terminal, mode: Mode) {
+/// Relays a terminal and a WebSocket until either ends, or until `stop`
+/// is cancelled (a revoked web-shell token).
+pub(super) async fn relay(
+    st: &Shared,
+    sb: &Sandbox,
+    socket: WebSocket,
+    term: Terminal,
+    mode: Mode,
+    stop: Option<tokio_util::sync::CancellationToken>,
+) {
+    let stop = stop.unwrap_or_default();
     let _pin = st.pin(&sb.id);
     st.counters
         .websockets_active
@@ -214,7 +223,11 @@ async fn relay(st: &Shared, sb: &Sandbox, socket: WebSocket, term: Terminal, mod
 
     // Socket → terminal.
     loop {
-        let m = match tokio::time::timeout(PONG_TIMEOUT, rx.next()).await {
+        let next = tokio::select! {
+            n = tokio::time::timeout(PONG_TIMEOUT, rx.next()) => n,
+            _ = stop.cancelled() => break,
+        };
+        let m = match next {
             Ok(Some(Ok(m))) => m,
             _ => break,
         };
@@ -340,7 +353,7 @@ async fn piped_session(st: Shared, sb: Sandbox, session: Option<String>, mut soc
     if socket.send(Message::Text(msg.into())).await.is_err() {
         return;
     }
-    relay(&st, &sb, socket, term, Mode::Piped).await;
+    relay(&st, &sb, socket, term, Mode::Piped, None).await;
     st.events.emit(
         &sb.user_id,
         &sb.id,

@@ -140,8 +140,7 @@ pub async fn exec(
         // reason (404 no such program, 403 not executable), not in a 200.
         let mut agent = st.engine.exec_stream(&sb.id, agent_req).await?;
         if let Some(input) = stdin {
-            agent.write_stdin(input).await?;
-            agent.close_stdin().await?;
+            agent.feed_stdin(input).await?;
         }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(relay(st.clone(), sb.id.clone(), agent, tx, timeout));

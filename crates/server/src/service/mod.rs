@@ -17,3 +17,4 @@ pub mod snapshots;
 pub mod templates;
 pub mod volumes;
 pub mod watch;
+pub mod web_shell;

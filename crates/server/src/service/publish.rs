@@ -80,7 +80,7 @@ pub fn url(st: &Shared, alias: &str) -> String {
 
 /// `host:port` for a URL: an unspecified address (listening everywhere)
 /// is named by the host's name, which is what a client elsewhere can use.
-fn host_port(a: std::net::SocketAddr) -> String {
+pub(crate) fn host_port(a: std::net::SocketAddr) -> String {
     if a.ip().is_unspecified() {
         let host = nix::unistd::gethostname()
             .ok()
