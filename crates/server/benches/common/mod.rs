@@ -11,8 +11,20 @@ pub struct Bench {
 
 /// Starts the daemon, or says why it cannot and returns `None` (a
 /// benchmark that cannot run exits 0).
+#[allow(dead_code)] // not every bench takes the defaults
 pub async fn start(suite: &str) -> Option<Bench> {
-    let engine = std::env::var("BHATTI_BENCH_ENGINE").unwrap_or_else(|_| "docker".into());
+    start_with(suite, "docker", |_| {}).await
+}
+
+/// [`start`] with `default_engine` when `BHATTI_BENCH_ENGINE` is unset, and
+/// `tweak` applied to the config.
+#[allow(dead_code)] // not every bench tweaks
+pub async fn start_with(
+    suite: &str,
+    default_engine: &str,
+    tweak: impl FnOnce(&mut bhatti_server::Config),
+) -> Option<Bench> {
+    let engine = std::env::var("BHATTI_BENCH_ENGINE").unwrap_or_else(|_| default_engine.into());
     let dir = tempfile::Builder::new()
         .prefix(&format!("bhatti-bench-{suite}-"))
         .tempdir_in("/var/tmp")
@@ -26,6 +38,7 @@ pub async fn start(suite: &str) -> Option<Bench> {
     cfg.rate_limits.enabled = false;
     cfg.thermal.enabled = false;
     cfg.default_memory_mb = 256;
+    tweak(&mut cfg);
     match bhatti_server::start(cfg).await {
         Ok(daemon) => Some(Bench {
             daemon,
