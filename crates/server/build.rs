@@ -65,6 +65,15 @@ fn main() {
         println!("cargo:rustc-cfg=bhatti_e2b_js");
     }
     web_shell_terminal();
+    // Pebble, Let's Encrypt's test ACME server, and its DNS/challenge
+    // companion (Debian's package): the ACME suite issues real certificates.
+    println!("cargo:rustc-check-cfg=cfg(bhatti_pebble)");
+    println!("cargo:rerun-if-changed=/usr/bin/pebble");
+    if std::path::Path::new("/usr/bin/pebble").is_file()
+        && std::path::Path::new("/usr/bin/pebble-challtestsrv").is_file()
+    {
+        println!("cargo:rustc-cfg=bhatti_pebble");
+    }
     // Chromium and its driver (Debian's packages): the web shell's browser
     // test opens the page in a real headless browser.
     println!("cargo:rustc-check-cfg=cfg(bhatti_chromium)");

@@ -187,9 +187,19 @@ pub struct DomainConfig {
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
-    /// Obtain certificates per alias from an ACME CA instead of a
-    /// configured one, registering with this address.
+    /// Obtain certificates per name (the API host, each published alias)
+    /// from an ACME CA instead of a configured one, registering with this
+    /// address. Cached under `<data_dir>/certs`.
     pub acme_email: Option<String>,
+    /// The ACME directory (default Let's Encrypt's production one).
+    pub acme_directory: Option<String>,
+    /// A PEM CA certificate to trust for the ACME directory's own HTTPS
+    /// (a private or test CA); default the system's roots.
+    pub acme_ca_file: Option<PathBuf>,
+    /// The plain-HTTP listener of domain mode: ACME HTTP-01 challenges, and
+    /// a redirect to HTTPS for everything else. Default `:80` with
+    /// `acme_email` (the CA checks port 80), none otherwise.
+    pub http_listen: Option<String>,
 }
 
 /// The daemon's settings.
@@ -579,10 +589,15 @@ impl DomainConfig {
             }
             _ => {}
         }
-        if self.acme_email.is_some() {
-            return Err(ConfigError::Invalid(
-                "domain.acme_email: ACME certificates are not built yet; configure domain.tls_cert and domain.tls_key (a wildcard for the proxy zone)".into(),
-            ));
+        if let Some(e) = &self.acme_email {
+            if !e.contains('@') || e.contains(char::is_whitespace) {
+                return Err(ConfigError::Invalid(format!(
+                    "domain.acme_email {e:?} is not an email address"
+                )));
+            }
+        }
+        if let Some(l) = &self.http_listen {
+            socket_addr("domain.http_listen", l)?;
         }
         Ok(())
     }
@@ -590,6 +605,16 @@ impl DomainConfig {
     /// The public listener speaks TLS.
     pub fn tls(&self) -> bool {
         self.tls_cert.is_some() || self.acme_email.is_some()
+    }
+
+    /// Where the plain-HTTP listener goes, if anywhere (see
+    /// [`DomainConfig::http_listen`]).
+    pub fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        match (&self.http_listen, &self.acme_email) {
+            (Some(l), _) => socket_addr("domain.http_listen", l).map(Some),
+            (None, Some(_)) => socket_addr("domain.http_listen", ":80").map(Some),
+            (None, None) => Ok(None),
+        }
     }
 }
 

@@ -223,15 +223,47 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
                 })?;
             let bound = tcp.local_addr().map_err(DaemonError::Serve)?;
             state.set_public_addr(bound);
-            let tls = match cfg
-                .domain
-                .as_ref()
-                .and_then(|d| d.tls_cert.as_ref().zip(d.tls_key.as_ref()))
-            {
-                Some((cert, key)) => Some(crate::public::tls::server_config(cert, key)?),
+            let tls = match &cfg.domain {
+                Some(d) => match (&d.tls_cert, &d.tls_key, &d.acme_email) {
+                    (Some(cert), Some(key), _) => Some(crate::public::tls::Certs::Fixed(
+                        crate::public::tls::server_config(cert, key)?,
+                    )),
+                    (_, _, Some(email)) => Some(crate::public::tls::Certs::Acme(
+                        std::sync::Arc::new(crate::public::acme::Acme::new(
+                            email,
+                            d.acme_directory
+                                .as_deref()
+                                .unwrap_or(crate::public::acme::LETS_ENCRYPT),
+                            d.acme_ca_file.clone(),
+                            cfg.data_dir.join("certs"),
+                        )),
+                        state.clone(),
+                    )),
+                    _ => None,
+                },
                 None => None,
             };
             Some((tcp, tls, bound))
+        }
+        None => None,
+    };
+    // Domain mode's plain-HTTP listener (ACME challenges, the redirect).
+    let http = match cfg
+        .domain
+        .as_ref()
+        .map(|d| d.http_addr())
+        .transpose()?
+        .flatten()
+    {
+        Some(addr) => {
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        addr: addr.to_string(),
+                        source,
+                    })?,
+            )
         }
         None => None,
     };
@@ -258,6 +290,18 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     if let Some((tcp, tls, bound)) = public {
         let public_app = crate::public::router(state.clone(), app.clone());
         let stop = stop_rx.clone();
+        if let Some(http) = http {
+            let acme = match &tls {
+                Some(crate::public::tls::Certs::Acme(a, _)) => Some(a.clone()),
+                _ => None,
+            };
+            tasks.push(tokio::spawn(listener::serve(
+                http,
+                crate::public::http_router(acme),
+                timeouts,
+                stop_rx.clone(),
+            )));
+        }
         tasks.push(match tls {
             Some(tls) => tokio::spawn(listener::serve(
                 crate::public::tls::TlsListener::new(tcp, tls),

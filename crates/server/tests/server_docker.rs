@@ -51,6 +51,51 @@ async fn publish_and_the_public_listener() {
     common::publish(&d, common::Sleep::Idle).await;
 }
 
+/// The public listener's limits: past a client address's burst, 429 with
+/// `Retry-After`; an unknown alias is 404 and charges nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+async fn public_listener_limits_each_address() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("docker", |c| {
+        common::public_config(c);
+        c.rate_limits.enabled = true;
+        c.rate_limits.public_per_ip = bhatti_server::config::Bucket {
+            burst: 5.0,
+            per_minute: 0.0,
+        };
+    })
+    .await;
+    let key = d.user("limited", Default::default());
+    let sb = d.create(&key, serde_json::json!({"name": "lim"})).await;
+    common::serve_www(&d, &key, sb["id"].as_str().unwrap(), "hello-limit").await;
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes/lim/publish",
+            Some(&key),
+            Some(serde_json::json!({"port": 8000, "alias": "lim"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    for _ in 0..10 {
+        let r = d.public_get("127.0.0.1", "/unknown-alias/").await;
+        assert_eq!(r.status, 404, "unknown: 404, before any limit");
+    }
+    let host = format!("lim.{}", common::ZONE);
+    for i in 0..5 {
+        let r = d.public_get(&host, "/").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let r = d.public_get(&host, "/").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(r.json()["reason"], "rate_limited");
+}
+
 /// The public listener with a configured certificate: TLS with SNI for an
 /// alias in the zone, the guest told the client used https, and path mode
 /// over the same TLS listener; a client that does not trust the

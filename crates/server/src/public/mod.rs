@@ -20,6 +20,7 @@
 //! them and the later callers find it hot), and the request is forwarded
 //! by [`crate::proxy`] within a deadline.
 
+pub(crate) mod acme;
 pub(crate) mod tls;
 
 use std::time::Duration;
@@ -55,6 +56,39 @@ pub fn router(st: Shared, api: Router) -> Router {
     Router::new()
         .fallback(handle)
         .with_state(Public { st, api })
+}
+
+/// The plain-HTTP listener of domain mode: ACME HTTP-01 answers, and a
+/// permanent redirect to HTTPS for everything else.
+pub fn http_router(acme: Option<std::sync::Arc<acme::Acme>>) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(
+                move |axum::extract::Path(token): axum::extract::Path<String>| {
+                    let answer = acme.as_ref().and_then(|a| a.challenge(&token));
+                    async move {
+                        match answer {
+                            Some(key_auth) => key_auth.into_response(),
+                            None => ServiceError::not_found("no such challenge").into_response(),
+                        }
+                    }
+                },
+            ),
+        )
+        .fallback(to_https)
+}
+
+async fn to_https(req: Request) -> Response {
+    let Some(host) = host_name(&req) else {
+        return ServiceError::bad_request("no Host").into_response();
+    };
+    let pq = req.uri().path_and_query().map_or("/", |x| x.as_str());
+    let mut r = axum::http::StatusCode::MOVED_PERMANENTLY.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// Where a public request goes.

@@ -1,6 +1,8 @@
-//! TLS for the public listener: a configured certificate (normally a
-//! wildcard for the proxy zone) served by rustls, HTTP/1.1 only (WebSocket
-//! upgrades need it, and so do proxies in front that speak h1 upstream).
+//! TLS for the public listener, served by rustls, HTTP/1.1 only (WebSocket
+//! upgrades need it, and so do proxies in front that speak h1 upstream):
+//! a configured certificate (normally a wildcard for the proxy zone), or
+//! one per name from ACME ([`super::acme`]), chosen by the client's SNI
+//! once its hello has arrived.
 //!
 //! Handshakes run on their own tasks, with a deadline, so one slow client
 //! never holds up the accept loop.
@@ -13,12 +15,54 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::acme::Acme;
+use crate::state::Shared;
 
 use crate::listener::Accept;
 
-/// A handshake must finish within this.
+/// A handshake must finish within this …
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// … or this, when it may wait for an ACME certificate to be issued.
+const ACME_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where a connection's certificate comes from.
+#[derive(Clone)]
+pub enum Certs {
+    /// One configured certificate for every name.
+    Fixed(Arc<rustls::ServerConfig>),
+    /// ACME, per name (SNI).
+    Acme(Arc<Acme>, Shared),
+}
+
+impl Certs {
+    async fn handshake(&self, s: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), s).await?;
+        let cfg = match self {
+            Certs::Fixed(cfg) => cfg.clone(),
+            Certs::Acme(acme, st) => {
+                let host = start
+                    .client_hello()
+                    .server_name()
+                    .map(str::to_ascii_lowercase)
+                    .ok_or_else(|| std::io::Error::other("no SNI: no certificate to choose"))?;
+                acme.config_for(st, &host).await.map_err(|e| {
+                    tracing::info!(host, error = %e, "no certificate");
+                    std::io::Error::other(e)
+                })?
+            }
+        };
+        start.into_stream(cfg).await
+    }
+
+    fn timeout(&self) -> Duration {
+        match self {
+            Certs::Fixed(_) => HANDSHAKE_TIMEOUT,
+            Certs::Acme(..) => ACME_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
 /// Completed handshakes waiting for the accept loop.
 const BACKLOG: usize = 128;
 
@@ -72,10 +116,9 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp` with `cfg`.
-    pub fn new(tcp: TcpListener, cfg: Arc<rustls::ServerConfig>) -> TlsListener {
+    /// Starts accepting on `tcp`, with certificates from `certs`.
+    pub fn new(tcp: TcpListener, certs: Certs) -> TlsListener {
         let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
-        let acceptor = TlsAcceptor::from(cfg);
         let task = tokio::spawn(async move {
             loop {
                 let (s, peer) = match tcp.accept().await {
@@ -87,9 +130,9 @@ impl TlsListener {
                     }
                 };
                 let _ = s.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (certs, tx) = (certs.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+                    match tokio::time::timeout(certs.timeout(), certs.handshake(s)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
