@@ -321,9 +321,12 @@ pub struct Config {
     pub public_proxy_listen: Option<String>,
     /// Domain mode for the public listener.
     pub domain: Option<DomainConfig>,
-    /// Resolvers the per-user DNS forwards to (IP addresses). Accepted and
-    /// checked; per-user DNS is not built yet (docs/decisions.md).
-    pub dns_upstreams: Vec<std::net::IpAddr>,
+    /// Per-user DNS for microVM sandboxes: each resolves its owner's
+    /// other sandboxes by name (default true).
+    pub per_user_dns: bool,
+    /// Resolvers the per-user DNS forwards other names to (`ip` or
+    /// `ip:port`). Default: the host's, from /etc/resolv.conf.
+    pub dns_upstreams: Vec<String>,
 }
 
 impl Default for Config {
@@ -366,6 +369,7 @@ impl Default for Config {
             default_image: None,
             public_proxy_listen: None,
             domain: None,
+            per_user_dns: true,
             dns_upstreams: Vec::new(),
         }
     }
@@ -431,6 +435,15 @@ impl Config {
             }
         }
         self.public_addr()?;
+        for u in &self.dns_upstreams {
+            let ok =
+                u.parse::<std::net::SocketAddr>().is_ok() || u.parse::<std::net::IpAddr>().is_ok();
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "dns_upstreams: {u:?} is not an IP address or ip:port"
+                )));
+            }
+        }
         if let Some(d) = &self.domain {
             d.validate()?;
             if self.public_proxy_listen.is_none() {

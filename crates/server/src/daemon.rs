@@ -339,6 +339,12 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         state.clone(),
         stop_rx.clone(),
     )));
+    // Per-user DNS responders for sandboxes that came back (adopted,
+    // rebuilt) rather than being made by this daemon.
+    tasks.push(tokio::spawn(crate::dns::sweep_loop(
+        state.clone(),
+        stop_rx.clone(),
+    )));
     // Crashed sandboxes reach the store and the event log within a tick,
     // whether or not the thermal manager runs.
     tasks.push(tokio::spawn(crate::health::run(

@@ -79,6 +79,7 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
                 mc.boot_timeout = Duration::from_secs(t);
             }
             mc.diff_snapshots = cfg.diff_snapshots;
+            mc.dns_internal = cfg.per_user_dns;
             let name = kind_name(kind);
             let driver: Arc<dyn bhatti_engine::vmm::VmmDriver> = if kind == EngineKind::Qemu {
                 let qc = QemuConfig {

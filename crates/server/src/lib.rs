@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod daemon;
+mod dns;
 mod engines;
 mod error;
 mod events;

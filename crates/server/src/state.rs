@@ -58,6 +58,10 @@ pub struct AppState {
     pub web_shells: crate::service::web_shell::Sessions,
     /// Web-shell token attempts per client address.
     pub web_shell_attempts: crate::ratelimit::Keyed,
+    /// The per-user DNS responders.
+    pub dns: crate::dns::Dns,
+    /// Where the per-user DNS forwards other names.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
     pub started: Instant,
     pub counters: Counters,
     /// Image files, the blob cache and the pull/import jobs.
@@ -137,6 +141,7 @@ impl AppState {
     ) -> AppState {
         let secrets = SecretBox::new(cfg.data_dir.join("age.key"));
         let cfg_data_dir = cfg.data_dir.clone();
+        let cfg_dns_upstreams = cfg.dns_upstreams.clone();
         let limiter = RateLimiter::new(cfg.rate_limits.clone());
         let auth_throttle = FailureThrottle::new(&cfg.rate_limits);
         let public_limiter = PublicLimiter::new(&cfg.rate_limits);
@@ -159,6 +164,8 @@ impl AppState {
             api_addr: Default::default(),
             web_shells: Default::default(),
             web_shell_attempts,
+            dns: Default::default(),
+            dns_upstreams: crate::dns::upstreams(&cfg_dns_upstreams),
             started: Instant::now(),
             counters: Counters::default(),
             images,
@@ -201,6 +208,11 @@ impl AppState {
     /// Records the public listener's bound address (once, at start).
     pub(crate) fn set_public_addr(&self, a: std::net::SocketAddr) {
         let _ = self.public_addr.set(a);
+    }
+
+    /// Sandboxes get per-user DNS (microVM engines, unless turned off).
+    pub fn dns_enabled(&self) -> bool {
+        self.cfg.per_user_dns && self.engine_name != "docker"
     }
 
     /// The API's TCP address, once bound.

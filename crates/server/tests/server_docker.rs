@@ -51,6 +51,54 @@ async fn publish_and_the_public_listener() {
     common::publish(&d, common::Sleep::Idle).await;
 }
 
+/// Sibling names on Docker: Docker's DNS on the owner's network answers a
+/// sandbox's name and `name.sb`; another owner's sandboxes live on another
+/// network, whose names it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_docker),
+    ignore = "needs dockerd (scripts/start-dockerd.sh) and root"
+)]
+async fn sibling_names_resolve_on_docker() {
+    let _serial = SERIAL.lock().await;
+    let d = TestDaemon::start("docker", |_| {}).await;
+    let a = d.user("dns-a", Default::default());
+    let b = d.user("dns-b", Default::default());
+    d.create(&a, serde_json::json!({"name": "a1"})).await;
+    let a2 = d.create(&a, serde_json::json!({"name": "a2"})).await;
+    let b1 = d.create(&b, serde_json::json!({"name": "b1"})).await;
+    let ip = |v: &serde_json::Value| v["ip"].as_str().unwrap().to_string();
+    let (ip_a2, ip_b1) = (ip(&a2), ip(&b1));
+    assert!(!ip_a2.is_empty() && !ip_b1.is_empty());
+    for name in ["a2", "a2.sb"] {
+        let (_, out, err) = d.sh(&a, "a1", &format!("nslookup {name} 2>&1; true")).await;
+        assert!(out.contains(&ip_a2), "{name}: {out}{err}");
+    }
+    // Not asked from a1: Docker's DNS would forward an unknown name to the
+    // host's resolvers, off loopback. Each owner has a network of its own.
+    let net = |v: &serde_json::Value| {
+        d.store()
+            .sandbox_by_id(v["id"].as_str().unwrap())
+            .unwrap()
+            .vm_state
+            .unwrap_or_default()
+    };
+    let (na2, nb1) = (net(&a2), net(&b1));
+    assert_ne!(ip_a2, ip_b1);
+    assert!(
+        na2.contains("\"network\"") && nb1.contains("\"network\""),
+        "{na2} {nb1}"
+    );
+    let network = |state: &str| {
+        let v: serde_json::Value = serde_json::from_str(state).unwrap();
+        v["detail"]["network"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_ne!(network(&na2), network(&nb1), "owners never share a network");
+}
+
 /// The public listener's limits: past a client address's burst, 429 with
 /// `Retry-After`; an unknown alias is 404 and charges nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,109 @@ vm_test!(websocket_shell_vm, common::shell_ws);
 vm_test!(snapshots_and_fork_vm, common::snapshots);
 vm_test!(egress_patch_fork_and_resume_vm, egress_scenario);
 
+/// A resolver for the test run on loopback: every A question gets
+/// 192.0.2.44 (TEST-NET-1: it proves the answer came from here).
+async fn fake_upstream() -> std::net::SocketAddr {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+            m.metadata.response_code = ResponseCode::NoError;
+            m.metadata.recursion_available = true;
+            m.queries = q.queries.clone();
+            if let Some(question) = q.queries.first() {
+                if question.query_type() == RecordType::A {
+                    m.answers.push(Record::from_rdata(
+                        question.name().clone(),
+                        60,
+                        RData::A(A("192.0.2.44".parse().unwrap())),
+                    ));
+                }
+            }
+            let _ = sock.send_to(&m.to_vec().unwrap(), peer).await;
+        }
+    });
+    addr
+}
+
+/// `nslookup name` in sandbox `sb`, everything it printed.
+async fn ask(d: &TestDaemon, key: &str, sb: &str, name: &str) -> String {
+    let (_, out, err) = d.sh(key, sb, &format!("nslookup {name} 2>&1; true")).await;
+    format!("{out}{err}")
+}
+
+/// Per-user DNS from inside real guests: siblings by `name` and
+/// `name.sb`, another owner's names never to their addresses, other names
+/// through the upstream; a fork resolves like its source; under egress
+/// `deny` siblings still resolve but nothing is forwarded; after a daemon
+/// restart the responders come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(bhatti_vm_tests),
+    ignore = "needs root and the guest kernel + rootfs (scripts/guest)"
+)]
+async fn per_user_dns_vm() {
+    let _serial = SERIAL.lock().await;
+    common::daemon_logs_in_test_output();
+    let up = fake_upstream().await;
+    let mut d = TestDaemon::start("qemu", |c| {
+        c.dns_upstreams = vec![up.to_string()];
+    })
+    .await;
+    let key = d.user("dns-a", Default::default());
+    let other = d.user("dns-b", Default::default());
+    d.create(&key, json!({"name": "web1"})).await;
+    let web2 = d.create(&key, json!({"name": "Web2"})).await;
+    let theirs = d.create(&other, json!({"name": "theirs"})).await;
+    let (ip2, ip_theirs) = (
+        web2["ip"].as_str().unwrap().to_string(),
+        theirs["ip"].as_str().unwrap().to_string(),
+    );
+    let out = ask(&d, &key, "web1", "web2").await;
+    assert!(out.contains(&ip2), "a sibling by name: {out}");
+    let out = ask(&d, &key, "web1", "web2.sb").await;
+    assert!(out.contains(&ip2), "a sibling as name.sb: {out}");
+    let out = ask(&d, &key, "web1", "theirs").await;
+    assert!(!out.contains(&ip_theirs), "another owner's name: {out}");
+    let out = ask(&d, &key, "web1", "example.test").await;
+    assert!(out.contains("192.0.2.44"), "forwarded upstream: {out}");
+    let (_, resolv, _) = d.sh(&key, "web1", "cat /etc/resolv.conf").await;
+    assert!(resolv.contains("nameserver 172.31.255.1"), "{resolv}");
+
+    // A fork asks the responder of its own namespace.
+    d.create(&key, json!({"name": "fork", "from": "web1"}))
+        .await;
+    let out = ask(&d, &key, "fork", "web2").await;
+    assert!(out.contains(&ip2), "a fork resolves siblings: {out}");
+
+    // Egress deny: siblings yes, the world no.
+    d.create(&key, json!({"name": "locked", "egress": "deny"}))
+        .await;
+    let out = ask(&d, &key, "locked", "web2").await;
+    assert!(out.contains(&ip2), "deny still resolves siblings: {out}");
+    let out = ask(&d, &key, "locked", "example.test").await;
+    assert!(!out.contains("192.0.2.44"), "deny forwards nothing: {out}");
+
+    // A restarted daemon adopts the VMs and reopens their responders.
+    d.restart().await;
+    let mut out = String::new();
+    for _ in 0..20 {
+        out = ask(&d, &key, "web1", "web2").await;
+        if out.contains(&ip2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(out.contains(&ip2), "after a restart: {out}");
+}
+
 /// Published ports on real VMs: domain and path routing through the
 /// public listener, and a storm of 200 requests to a stopped (cold)
 /// sandbox that restores it once and answers them all.

@@ -196,8 +196,20 @@ impl DockerEngine {
             }
             None => None,
         };
+        // Docker's embedded DNS answers these on the owner's network only:
+        // siblings resolve as `name` and `name.sb`, other owners' never.
+        let networking = (!spec.name.is_empty()).then(|| bollard::models::NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                d.network.clone(),
+                bollard::models::EndpointSettings {
+                    aliases: Some(vec![spec.name.clone(), format!("{}.sb", spec.name)]),
+                    ..Default::default()
+                },
+            )])),
+        });
         let body = ContainerCreateBody {
             image: Some(d.image.clone()),
+            networking_config: networking,
             entrypoint,
             cmd: self.cfg.inject_lohar.as_ref().map(|_| Vec::new()),
             env: Some(env),

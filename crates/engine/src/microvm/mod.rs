@@ -97,6 +97,10 @@ pub struct MicroVmConfig {
     /// (docs/engine.md, "Snapshots"), and on this project's CI machine no
     /// Firecracker guest boots.
     pub diff_snapshots: bool,
+    /// Guests ask the per-user DNS responder on their gateway
+    /// ([`crate::net::GATEWAY_IP`]) instead of public resolvers; the daemon
+    /// listens there inside each sandbox's namespace.
+    pub dns_internal: bool,
 }
 
 impl MicroVmConfig {
@@ -110,6 +114,7 @@ impl MicroVmConfig {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             extra_cmdline: String::new(),
             diff_snapshots: false,
+            dns_internal: false,
         }
     }
 }
@@ -275,6 +280,11 @@ impl MicroVmEngine {
                 "lohar".into()
             },
             cwd: spec.cwd.clone(),
+            dns_internal: if self.cfg.dns_internal {
+                crate::net::GATEWAY_IP.to_string()
+            } else {
+                String::new()
+            },
             ..Default::default()
         }
     }

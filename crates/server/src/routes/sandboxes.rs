@@ -155,13 +155,7 @@ pub fn egress_to_api(p: &EgressPolicy) -> api::Egress {
 
 /// The policy the engine last persisted for the sandbox.
 fn egress_of(sb: &Sandbox) -> Option<api::Egress> {
-    #[derive(Deserialize)]
-    struct Persisted {
-        #[serde(default)]
-        egress: Option<EgressPolicy>,
-    }
-    let p: Persisted = sb.vm_state_as().ok().flatten()?;
-    p.egress.as_ref().map(egress_to_api)
+    service::egress_policy(sb).as_ref().map(egress_to_api)
 }
 
 fn existing(sb: &Sandbox, st: &Shared) -> Response {

@@ -273,6 +273,7 @@ async fn restore(
     }
     st.touch(&id);
     let sb = st.persist(&id).await?;
+    crate::dns::open_for(st, &id);
     // The lifetime starts now that the sandbox runs, not when its row went
     // in (a restore under TCG takes seconds, forks queue behind each
     // other). The row had one all along, so a daemon that dies in between

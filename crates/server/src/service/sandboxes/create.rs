@@ -395,6 +395,7 @@ pub async fn create(
                     });
                 }
             };
+            crate::dns::open_for(st, &id);
             st.events.emit(
                 &user.id,
                 &id,

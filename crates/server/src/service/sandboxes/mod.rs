@@ -23,6 +23,17 @@ pub use lifetime::{expiry_from_now, reap_loop, set_timeout, set_timeout_as_asked
 
 /// The caller's sandboxes carrying every label in `labels`
 /// (`key=value` each).
+/// The egress policy the engine last persisted for the sandbox.
+pub fn egress_policy(sb: &Sandbox) -> Option<bhatti_engine::net::EgressPolicy> {
+    #[derive(serde::Deserialize)]
+    struct Persisted {
+        #[serde(default)]
+        egress: Option<bhatti_engine::net::EgressPolicy>,
+    }
+    let p: Persisted = sb.vm_state_as().ok().flatten()?;
+    p.egress
+}
+
 pub async fn list(st: &Shared, user: &User, labels: &[String]) -> ServiceResult<Vec<Sandbox>> {
     let filter = validate::label_filter(labels)?;
     let uid = user.id.clone();
@@ -102,7 +113,10 @@ pub async fn destroy_row(st: &Shared, sb: Sandbox) -> ServiceResult<Sandbox> {
     // that dies in between leaves an orphan that recovery sweeps.
     let sid = sb.id.clone();
     match st.db(move |s| s.delete_sandbox(&sid)).await {
-        Ok(removed) => crate::service::publish::forget_all(st, &removed.publish_rules),
+        Ok(removed) => {
+            crate::service::publish::forget_all(st, &removed.publish_rules);
+            st.dns.detach(&sb.id);
+        }
         Err(ServiceError {
             code: ErrorCode::NotFound,
             ..
