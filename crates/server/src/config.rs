@@ -317,7 +317,7 @@ pub struct Config {
     pub default_image: Option<String>,
     /// Address of the public listener (e.g. `:8443`): published ports at
     /// `/<alias>/…` with no key, and, with `domain`, at `<alias>.<zone>`.
-    /// Unset: no public listener.
+    /// Unset: none, or with `domain` `:443` (`:80` without TLS).
     pub public_proxy_listen: Option<String>,
     /// Domain mode for the public listener.
     pub domain: Option<DomainConfig>,
@@ -446,11 +446,6 @@ impl Config {
         }
         if let Some(d) = &self.domain {
             d.validate()?;
-            if self.public_proxy_listen.is_none() {
-                return Err(ConfigError::Invalid(
-                    "domain needs public_proxy_listen (e.g. \":443\")".into(),
-                ));
-            }
         }
         if self.default_memory_mb < 128 {
             return Err(ConfigError::Invalid(
@@ -465,10 +460,16 @@ impl Config {
         socket_addr("listen", &self.listen)
     }
 
-    /// `public_proxy_listen` as a socket address, if set.
+    /// `public_proxy_listen` as a socket address; unset with `domain`,
+    /// `:443` (`:80` without TLS), as the reference's domain mode.
     pub fn public_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let default = self
+            .domain
+            .as_ref()
+            .map(|d| if d.tls() { ":443" } else { ":80" });
         self.public_proxy_listen
             .as_deref()
+            .or(default)
             .map(|l| socket_addr("public_proxy_listen", l))
             .transpose()
     }
@@ -680,6 +681,25 @@ mod tests {
         assert_eq!(c.group_socket().unwrap(), None, "only the default data dir");
         assert!(Config::parse("egress_blocked_cidrs: [10.0.0.1/8]").is_err());
         assert!(Config::parse("egress_blocked_cidrs: [nope]").is_err());
+    }
+
+    #[test]
+    fn a_v1_domain_config_starts() {
+        let c = Config::parse(
+            "domain:\n  api_host: api.example.com\n  proxy_zone: sb.example.com\n  \
+             acme_email: ops@example.com\ndns_upstreams: [1.1.1.1, 8.8.8.8]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.public_addr().unwrap().unwrap().port(), 443);
+        let d = c.domain.as_ref().unwrap();
+        assert_eq!(d.http_addr().unwrap().unwrap().port(), 80);
+        let c = Config::parse("domain:\n  proxy_zone: sb.example.com\n  tls_cert: /c\n").unwrap();
+        assert!(c.validate().is_err(), "a certificate without its key");
+        let c = Config::parse("domain:\n  proxy_zone: Not A Host\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::parse("dns_upstreams: [nowhere]").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

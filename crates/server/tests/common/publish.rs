@@ -62,6 +62,44 @@ async fn wakes(d: &TestDaemon, id: &str) -> usize {
         .len()
 }
 
+/// Sends an upgrade request for `host` through the public listener, waits
+/// for the 101, then writes `payload` and returns what comes back.
+async fn upgrade_echo(d: &TestDaemon, host: &str, payload: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut last = String::new();
+    // The server in the guest starts in the background: retry until it
+    // answers.
+    for _ in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(d.public()).await.unwrap();
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await {
+                Ok(Ok(1)) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        last = String::from_utf8_lossy(&head).into_owned();
+        if !last.starts_with("HTTP/1.1 101") {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        s.write_all(payload).await.unwrap();
+        let mut back = vec![0u8; payload.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+            .await
+            .expect("the echo comes back")
+            .unwrap();
+        return String::from_utf8_lossy(&back).into_owned();
+    }
+    panic!("no 101 through the public listener: {last}");
+}
+
 /// Publish rules and the public listener (see the module comment).
 pub async fn publish(d: &TestDaemon, sleep: Sleep) {
     let key = d.user("pub", Quotas::default());
@@ -167,6 +205,31 @@ pub async fn publish(d: &TestDaemon, sleep: Sleep) {
         let r = d.public_get(&h, path).await;
         assert_eq!(r.status, 404, "{h}{path}: {}", r.text());
     }
+    // A WebSocket-style upgrade is relayed: the guest's server answers 101
+    // and echoes what follows, both ways through the public listener.
+    let ws_server = "printf '#!/bin/sh\\nwhile IFS= read -r l; do l=${l%%\\r}; [ -z \"$l\" ] && break; done\\n\
+        printf \"HTTP/1.1 101 Switching Protocols\\\\r\\\\nUpgrade: websocket\\\\r\\\\nConnection: Upgrade\\\\r\\\\n\\\\r\\\\n\"\\nexec cat\\n' \
+        > /workspace/ws.sh && chmod +x /workspace/ws.sh";
+    assert_eq!(d.sh(&key, &id, ws_server).await.0, 0);
+    d.detach(
+        &key,
+        &id,
+        &[
+            "busybox",
+            "nc",
+            "-ll",
+            "-p",
+            "9000",
+            "-e",
+            "/workspace/ws.sh",
+        ],
+    )
+    .await;
+    let r = publish(&key, "web", json!({"port": 9000, "alias": "ws-app"})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let echoed = upgrade_echo(d, &format!("ws-app.{ZONE}"), b"ping-through\n").await;
+    assert_eq!(echoed, "ping-through\n");
+
     // A published port nothing listens on: 502.
     let r = d.public_get(&format!("{auto_alias}.{ZONE}"), "/").await;
     assert_eq!(r.status, 502, "{}", r.text());
