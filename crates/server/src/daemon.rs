@@ -71,6 +71,21 @@ fn listen_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// A TCP listener on `addr` and the address it got (the kernel picks the
+/// port for port 0).
+async fn bind_tcp(
+    addr: std::net::SocketAddr,
+) -> Result<(TcpListener, std::net::SocketAddr), DaemonError> {
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let bound = tcp.local_addr().map_err(DaemonError::Serve)?;
+    Ok((tcp, bound))
+}
+
 /// A Unix socket for the API at `path`, replacing a stale file there,
 /// with `mode` and (when given) group `gid`.
 fn bind_socket(
@@ -215,13 +230,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     // request is served.
     let public = match cfg.public_addr()? {
         Some(addr) => {
-            let tcp = TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            let bound = tcp.local_addr().map_err(DaemonError::Serve)?;
+            let (tcp, bound) = bind_tcp(addr).await?;
             state.set_public_addr(bound);
             let tls = match &cfg.domain {
                 Some(d) => match (&d.tls_cert, &d.tls_key, &d.acme_email) {
@@ -255,26 +264,11 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         .transpose()?
         .flatten()
     {
-        Some(addr) => {
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| DaemonError::Listen {
-                        addr: addr.to_string(),
-                        source,
-                    })?,
-            )
-        }
+        Some(addr) => Some(bind_tcp(addr).await?.0),
         None => None,
     };
     let addr = cfg.listen_addr()?;
-    let tcp = TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let tcp_addr = tcp.local_addr().map_err(DaemonError::Serve)?;
+    let (tcp, tcp_addr) = bind_tcp(addr).await?;
     state.set_api_addr(tcp_addr);
     let sock = cfg.api_socket();
     let unix = bind_socket(&sock, 0o600, None)?;

@@ -76,7 +76,8 @@ async fn ask(d: &TestDaemon, key: &str, sb: &str, name: &str) -> String {
 
 /// Per-user DNS from inside real guests: siblings by `name` and
 /// `name.sb`, another owner's names never to their addresses, other names
-/// through the upstream; a fork resolves like its source; under egress
+/// through the upstream; a fork and a resumed snapshot resolve like their
+/// source; under egress
 /// `deny` siblings still resolve but nothing is forwarded; after a daemon
 /// restart the responders come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +118,31 @@ async fn per_user_dns_vm() {
         .await;
     let out = ask(&d, &key, "fork", "web2").await;
     assert!(out.contains(&ip2), "a fork resolves siblings: {out}");
+
+    // So does a sandbox resumed from a named snapshot.
+    let r = d
+        .req(
+            "POST",
+            "/sandboxes/web1/checkpoint",
+            Some(&key),
+            Some(json!({"name": "web1-cp"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = d
+        .req(
+            "POST",
+            "/snapshots/web1-cp/resume",
+            Some(&key),
+            Some(json!({"name": "resumed"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let out = ask(&d, &key, "resumed", "web2").await;
+    assert!(
+        out.contains(&ip2),
+        "a resumed snapshot resolves siblings: {out}"
+    );
 
     // Egress deny: siblings yes, the world no.
     d.create(&key, json!({"name": "locked", "egress": "deny"}))
