@@ -53,6 +53,11 @@ const MAX_MESSAGE: usize = 65_535;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// The suffix a sibling may be asked with.
 const SUFFIX: &str = ".sb";
+/// Questions one sandbox may have in flight (UDP, and TCP connections,
+/// each): past it, UDP questions are dropped (the guest retries) and TCP
+/// connections wait, so a guest flooding its resolver costs the daemon a
+/// bounded number of tasks and upstream sockets.
+const IN_FLIGHT: usize = 64;
 
 /// The responders, one per sandbox namespace.
 #[derive(Default)]
@@ -196,15 +201,20 @@ pub async fn sweep_loop(st: Shared, mut stop: tokio::sync::watch::Receiver<bool>
 
 async fn serve_udp(st: Shared, id: String, sock: tokio::net::UdpSocket) {
     let sock = std::sync::Arc::new(sock);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
             return;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (st, id, sock) = (st.clone(), id.clone(), sock.clone());
         // Each question on its own task: a slow upstream holds up no one.
         tokio::spawn(async move {
+            let _slot = slot;
             if let Some(answer) = answer(&st, &id, &query, false).await {
                 let _ = sock.send_to(&answer, peer).await;
             }
@@ -213,12 +223,17 @@ async fn serve_udp(st: Shared, id: String, sock: tokio::net::UdpSocket) {
 }
 
 async fn serve_tcp(st: Shared, id: String, listener: tokio::net::TcpListener) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((mut s, _)) = listener.accept().await else {
             return;
         };
         let (st, id) = (st.clone(), id.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = tokio::time::timeout(TCP_TIMEOUT, async {
                 let len = usize::from(s.read_u16().await?);
                 let mut q = vec![0u8; len];
