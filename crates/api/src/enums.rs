@@ -132,6 +132,9 @@ wire_enum! {
         QuotaExceeded = "quota_exceeded",
         /// 429: a request-rate bucket is empty; retry in a moment.
         RateLimited = "rate_limited",
+        /// 404: an exec named a guest user the sandbox does not have (the
+        /// command never started; not a missing program).
+        NoSuchUser = "no_such_user",
         ..
         /// A reason this client does not know yet.
         Unknown = "unknown",

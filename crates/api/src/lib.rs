@@ -440,6 +440,9 @@ pub enum ExecEvent {
         /// absent when there is no more to say than the words.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<ErrorCode>,
+        /// More precisely than the code (e.g. `no_such_user`), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<ErrorReason>,
     },
 }
 

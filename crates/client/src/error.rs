@@ -94,6 +94,9 @@ impl ApiError {
                 "Over your quota: destroy something you no longer need (bhatti ls, bhatti snapshot list, bhatti volume list) or ask an admin to raise your limits".into(),
             ),
             Some(R::RateLimited) => Some("Slow down: too many requests, retry in a moment".into()),
+            Some(R::NoSuchUser) => Some(format!(
+                "Name a user the sandbox has (its /etc/passwd: bhatti exec {name} -- cat /etc/passwd), or a uid"
+            )),
             Some(R::Unknown) | None => None,
         };
         if by_reason.is_some() {

@@ -95,7 +95,7 @@ pub fn run_as_for(agent: &Agent, user: &str) -> Result<Option<RunAs>, Fail> {
     // missing (404 at the API), not malformed.
     let r = RunAs::lookup(user, &passwd).ok_or_else(|| {
         Fail::new(
-            bhatti_protocol::messages::ErrorCode::NotFound,
+            bhatti_protocol::messages::ErrorCode::NoSuchUser,
             format!("no user {user:?} in the sandbox"),
         )
     })?;

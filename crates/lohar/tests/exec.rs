@@ -403,7 +403,7 @@ async fn a_request_can_name_the_user_it_runs_as() {
     assert_eq!(r.stdout_str().trim(), me.to_string());
     match c.exec_request(as_user("no-such-user-x"), None).await {
         // Well-formed, but not a user of this guest: missing, not malformed.
-        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NotFound)),
+        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NoSuchUser)),
         other => panic!("unexpected {other:?}"),
     }
     if common::is_root() {

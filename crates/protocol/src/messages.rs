@@ -368,6 +368,9 @@ pub enum ErrorCode {
     NoSpace,
     /// The target is in use (an attached session).
     Busy,
+    /// A request named a guest user that does not exist (an older host
+    /// reads it as [`ErrorCode::Other`]).
+    NoSuchUser,
     /// Anything else, and any code of a newer agent this host does not know.
     #[serde(other)]
     Other,

@@ -169,11 +169,13 @@ async fn cannot_start(
     sandbox: &str,
     e: anyhow::Error,
 ) -> anyhow::Result<i32> {
-    let code = e
-        .downcast_ref::<ClientError>()
-        .and_then(ClientError::api)
-        .and_then(|a| a.code);
-    let status = match code {
+    let api = e.downcast_ref::<ClientError>().and_then(ClientError::api);
+    // A user the guest lacks is bhatti's refusal (125), not a missing
+    // program.
+    if api.and_then(|a| a.reason) == Some(bhatti_api::ErrorReason::NoSuchUser) {
+        return Err(e);
+    }
+    let status = match api.and_then(|a| a.code) {
         Some(ErrorCode::NotFound) if client.get_sandbox(sandbox).await.is_ok() => NOT_FOUND,
         Some(ErrorCode::Forbidden) => CANNOT_RUN,
         _ => return Err(e),
@@ -214,7 +216,10 @@ async fn exec(
             api::ExecEvent::Exit { exit_code } => return Ok(exit_status(exit_code)),
             // The sandbox is there (the stream began): a program that
             // cannot be found or run is the shell's 127 or 126.
-            api::ExecEvent::Error { data, code } => {
+            api::ExecEvent::Error { data, code, reason } => {
+                if reason == Some(bhatti_api::ErrorReason::NoSuchUser) {
+                    bail!("{data}");
+                }
                 let status = match code {
                     Some(ErrorCode::NotFound) => NOT_FOUND,
                     Some(ErrorCode::Forbidden) => CANNOT_RUN,

@@ -36,11 +36,13 @@ fn event_to_api(ev: Event) -> api::ExecEvent {
             api::ExecEvent::Error {
                 data: "internal error".into(),
                 code: Some(ErrorCode::Internal),
+                reason: None,
             }
         }
         Event::Error(e) => api::ExecEvent::Error {
             data: e.message,
             code: Some(e.code),
+            reason: e.reason,
         },
     }
 }

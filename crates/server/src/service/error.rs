@@ -174,7 +174,14 @@ impl From<ClientError> for ServiceError {
             ClientError::Agent {
                 code: Some(code),
                 message,
-            } => ServiceError::new(agent_code(code), message),
+            } => {
+                let e = ServiceError::new(agent_code(code), message);
+                if code == bhatti_protocol::messages::ErrorCode::NoSuchUser {
+                    e.because(ErrorReason::NoSuchUser)
+                } else {
+                    e
+                }
+            }
             // An agent that sends words only (v1, or a guest from before
             // error codes): its words are all there is to go by.
             ClientError::Agent {
@@ -208,7 +215,9 @@ fn agent_code(code: bhatti_protocol::messages::ErrorCode) -> ErrorCode {
     match code {
         // Nothing by that name (a path through a file, or one longer than
         // any name, names nothing either).
-        Agent::NotFound | Agent::NotADirectory | Agent::NameTooLong => ErrorCode::NotFound,
+        Agent::NotFound | Agent::NotADirectory | Agent::NameTooLong | Agent::NoSuchUser => {
+            ErrorCode::NotFound
+        }
         Agent::PermissionDenied => ErrorCode::Forbidden,
         Agent::IsADirectory | Agent::AlreadyExists | Agent::Busy => ErrorCode::Conflict,
         Agent::TooLarge => ErrorCode::TooLarge,
