@@ -436,9 +436,7 @@ impl Config {
         }
         self.public_addr()?;
         for u in &self.dns_upstreams {
-            let ok =
-                u.parse::<std::net::SocketAddr>().is_ok() || u.parse::<std::net::IpAddr>().is_ok();
-            if !ok {
+            if crate::dns::upstream(u).is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "dns_upstreams: {u:?} is not an IP address or ip:port"
                 )));
@@ -619,6 +617,29 @@ impl DomainConfig {
     /// The public listener speaks TLS.
     pub fn tls(&self) -> bool {
         self.tls_cert.is_some() || self.acme_email.is_some()
+    }
+
+    /// `scheme://host[:port]` of `host` on a public listener at `port`
+    /// (the port left out when it is the scheme's own).
+    pub fn origin(&self, host: &str, port: u16) -> String {
+        let (scheme, default_port) = if self.tls() {
+            ("https", 443)
+        } else {
+            ("http", 80)
+        };
+        if port == default_port {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{port}")
+        }
+    }
+
+    /// The label of `host` in the proxy zone (`a` of `a.<zone>`), when
+    /// `host` is exactly one level below the zone.
+    pub fn zone_label<'h>(&self, host: &'h str) -> Option<&'h str> {
+        host.strip_suffix(self.proxy_zone.as_str())?
+            .strip_suffix('.')
+            .filter(|l| !l.is_empty() && !l.contains('.'))
     }
 
     /// Where the plain-HTTP listener goes, if anywhere (see

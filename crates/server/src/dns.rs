@@ -94,22 +94,24 @@ pub enum DnsError {
 /// The upstream resolvers: the config's, else the host's (`/etc/resolv.conf`,
 /// loopback ones included: the daemon asks them from the host).
 pub fn upstreams(configured: &[String]) -> Vec<SocketAddr> {
-    let parse = |s: &str| -> Option<SocketAddr> {
-        s.parse::<SocketAddr>().ok().or_else(|| {
-            s.parse::<std::net::IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, PORT))
-        })
-    };
     if !configured.is_empty() {
-        return configured.iter().filter_map(|s| parse(s)).collect();
+        return configured.iter().filter_map(|s| upstream(s)).collect();
     }
     std::fs::read_to_string("/etc/resolv.conf")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| parse(ip.trim()))
+        .filter_map(|ip| upstream(ip.trim()))
         .collect()
+}
+
+/// One upstream: `ip:port`, or an `ip` on port 53.
+pub fn upstream(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, PORT))
+    })
 }
 
 impl Dns {

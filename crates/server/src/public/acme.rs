@@ -305,9 +305,8 @@ async fn allowed(st: &Shared, host: &str) -> Result<(), AcmeError> {
     if d.api_host.as_deref() == Some(host) {
         return Ok(());
     }
-    let alias = host
-        .strip_suffix(d.proxy_zone.as_str())
-        .and_then(|l| l.strip_suffix('.'))
+    let alias = d
+        .zone_label(host)
         .filter(|l| crate::validate::alias(l).is_ok());
     match alias {
         Some(a) if crate::service::publish::route(st, a).await.is_ok() => Ok(()),

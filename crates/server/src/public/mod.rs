@@ -129,16 +129,19 @@ fn target(st: &Shared, host: Option<&str>, path_and_query: &str) -> Target {
         if d.api_host.as_deref() == Some(host) {
             return Target::Api;
         }
-        if let Some(label) = host
+        if host
             .strip_suffix(d.proxy_zone.as_str())
-            .and_then(|l| l.strip_suffix('.'))
+            .is_some_and(|l| l.ends_with('.'))
         {
             if e2b_host::parse(host).is_some() {
                 return Target::Api;
             }
-            if label.contains('.') || crate::validate::alias(label).is_err() {
+            let Some(label) = d
+                .zone_label(host)
+                .filter(|l| crate::validate::alias(l).is_ok())
+            else {
                 return Target::Unknown(format!("nothing is published as {host:?}"));
-            }
+            };
             return Target::Alias {
                 alias: label.to_string(),
                 path: path_and_query.to_string(),
@@ -214,7 +217,7 @@ async fn serve(
     }
     let req = cap_body(req)?;
     let sid = route.sandbox_id.clone();
-    let sb = match st.db(move |s| s.sandbox_by_id(&sid)).await {
+    let sb = match st.lookup(|s| s.sandbox_by_id(&sid)) {
         Ok(sb) => sb,
         Err(e) if e.is(ErrorCode::NotFound) => {
             st.routes.forget(alias);

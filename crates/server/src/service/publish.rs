@@ -61,19 +61,7 @@ pub fn url(st: &Shared, alias: &str) -> String {
         return format!("(no public proxy configured) alias: {alias}");
     };
     match &st.cfg.domain {
-        Some(d) => {
-            let (scheme, default_port) = if d.tls() {
-                ("https", 443)
-            } else {
-                ("http", 80)
-            };
-            let port = public.port();
-            if port == default_port {
-                format!("{scheme}://{alias}.{}", d.proxy_zone)
-            } else {
-                format!("{scheme}://{alias}.{}:{port}", d.proxy_zone)
-            }
-        }
+        Some(d) => d.origin(&format!("{alias}.{}", d.proxy_zone), public.port()),
         None => format!("http://{}/{alias}/", host_port(public)),
     }
 }

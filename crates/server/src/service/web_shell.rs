@@ -159,17 +159,7 @@ pub async fn open(
 pub fn url(st: &Shared, sandbox_id: &str, token: &str) -> String {
     let base = match (st.public_addr(), &st.cfg.domain) {
         (Some(p), Some(d)) if d.api_host.is_some() => {
-            let host = d.api_host.as_deref().unwrap_or_default();
-            let (scheme, default_port) = if d.tls() {
-                ("https", 443)
-            } else {
-                ("http", 80)
-            };
-            if p.port() == default_port {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://{host}:{}", p.port())
-            }
+            d.origin(d.api_host.as_deref().unwrap_or_default(), p.port())
         }
         (Some(p), _) => format!("http://{}", crate::service::publish::host_port(p)),
         (None, _) => match st.api_addr() {
