@@ -25,8 +25,12 @@ cargo bench -p bhatti-engine --bench docker
 cargo bench -p bhatti-server --bench api
 cargo bench -p bhatti-server --bench images
 cargo bench -p bhatti --bench restart
+cargo bench -p bhatti-server --bench publish
 # E2B's SDK, pinned, in the venv the tests use.
 source scripts/venv.sh
+# Volume backups against moto's S3 server, from the tests' pinned venv.
+pinned_venv "$REPO/target/venv-moto" "$REPO/scripts/moto-requirements.txt"
+BHATTI_MOTO_SERVER="$REPO/target/venv-moto/bin/moto_server" cargo bench -p bhatti-server --bench backups
 pinned_venv "$REPO/target/venv-e2b" "$REPO/scripts/e2b-requirements.txt"
 BHATTI_E2B_PYTHON="$REPO/target/venv-e2b/bin/python" cargo bench -p bhatti-server --bench e2b
 BHATTI_E2B_PYTHON="$REPO/target/venv-e2b/bin/python" BHATTI_BENCH_ENGINE=qemu BHATTI_BENCH_N=50 \
@@ -38,7 +42,9 @@ fi
     echo "Collected by \`scripts/bench.sh\` from \`bench/results/\`; each figure is beside a baseline"
     echo "measured in the same run on the same machine (2 cores; QEMU under TCG here, no KVM for"
     echo "ordinary guests — see docs/engine.md, \"The machines this project is built on\"). Regenerate (as root) with \`bash scripts/bench.sh\`."
-    for s in agent microvm docker api images restart e2b e2b-qemu; do
+    # kernel-boot: scripts/guest/kernel-boot-cost.sh, run when the kernel
+    # changes (it needs the old kernel beside the new one).
+    for s in agent microvm docker api images restart e2b e2b-qemu publish backups kernel-boot; do
         f="bench/results/$s.md"
         [[ -f $f ]] || continue
         echo

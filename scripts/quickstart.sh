@@ -10,6 +10,9 @@
 #
 # The API listens on 127.0.0.1:8080; another port (when 8080 is taken):
 #   BHATTI_LISTEN=127.0.0.1:9090 bash scripts/quickstart.sh
+# Image tiers as well (Debian's docker.io, or chromium + node, on the base;
+# `bhatti create --image docker`), built by scripts/guest/build-tier.sh:
+#   BHATTI_TIERS="docker browser" bash scripts/quickstart.sh
 # Members of the `bhatti` group (the sudo user is added) use the CLI without
 # root through /run/bhatti/api.sock.
 set -euo pipefail
@@ -34,13 +37,23 @@ cache=${BHATTI_GUEST_CACHE:-/var/cache/bhatti/guest}
 scripts/guest/build-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-minimal.ext4"
 echo "==> base image (Debian 12 + python3, git, build-essential; about a minute the first time)"
 scripts/guest/build-debian-rootfs.sh --lohar "$LOHAR" --out "$cache/rootfs-base.ext4"
-# Installed in the data dir, it is the admin image `base` and the default.
-mkdir -p "$DATA/images"
-if ! cmp -s "$cache/rootfs-base.ext4.stamp" "$DATA/images/rootfs-base.ext4.stamp" 2>/dev/null; then
-    cp --reflink=auto --sparse=always "$cache/rootfs-base.ext4" "$DATA/images/.rootfs-base.ext4.tmp"
-    mv -f "$DATA/images/.rootfs-base.ext4.tmp" "$DATA/images/rootfs-base.ext4"
-    cp "$cache/rootfs-base.ext4.stamp" "$DATA/images/rootfs-base.ext4.stamp"
-fi
+# Installed in the data dir, rootfs-<name>.ext4 is the admin image <name>
+# (registered when the daemon starts); `base` is the default.
+install_image() {
+    local f="rootfs-$1.ext4"
+    mkdir -p "$DATA/images"
+    if ! cmp -s "$cache/$f.stamp" "$DATA/images/$f.stamp" 2>/dev/null; then
+        cp --reflink=auto --sparse=always "$cache/$f" "$DATA/images/.$f.tmp"
+        mv -f "$DATA/images/.$f.tmp" "$DATA/images/$f"
+        cp "$cache/$f.stamp" "$DATA/images/$f.stamp"
+    fi
+}
+install_image base
+for tier in ${BHATTI_TIERS:-}; do
+    echo "==> image tier $tier (Debian packages on the base image; a minute or two the first time)"
+    scripts/guest/build-tier.sh --tier "$tier" --lohar "$LOHAR" --out "$cache/rootfs-$tier.ext4"
+    install_image "$tier"
+done
 install -m 0755 "$BHATTI" /usr/local/bin/bhatti
 
 # The CLI without root: the daemon serves a group socket for `bhatti`.

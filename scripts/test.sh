@@ -42,6 +42,13 @@ if [[ $(id -u) -eq 0 && -z ${BHATTI_SKIP_VM:-} ]]; then
     step "base image (Debian + python3, git, build-essential; cached)"
     scripts/guest/build-debian-rootfs.sh --lohar "$LOHAR_STATIC" --out "$cache/rootfs-base.ext4"
     export BHATTI_GUEST_BASE_ROOTFS="$cache/rootfs-base.ext4"
+    # The image tiers the tier suites boot (crates/server/tests/tiers.rs):
+    # Debian's packages on the base tree; about a minute the first time, then
+    # cached (each ~0.1 s while the base tree and lohar are unchanged).
+    step "image tiers: services (nginx, redis), docker, browser (cached)"
+    for tier in services docker browser; do
+        scripts/guest/build-tier.sh --tier "$tier" --lohar "$LOHAR_STATIC" --out "$cache/rootfs-$tier.ext4"
+    done
     # The package test (crates/bhatti/tests/package.rs) installs the .deb in
     # a clean Debian 12 root; both are made here, where downloads are setup.
     step "the Debian package (cargo-deb) and a clean Debian 12 root to install it in"
@@ -78,6 +85,15 @@ if [[ $BHATTI_DOCKER_TESTS == 1 ]]; then
     "$venv/bin/st" --version
     export BHATTI_SCHEMATHESIS="$venv/bin/st"
 fi
+
+# The volume backup suite (crates/server/tests/backups.rs) backs up to a
+# real S3-compatible server on loopback: moto's server mode, from PyPI,
+# pinned, in its own venv (docs/decisions.md, "Volume backups").
+step "moto's S3 server for the volume backup suite"
+venv="$REPO/target/venv-moto"
+pinned_venv "$venv" "$REPO/scripts/moto-requirements.txt"
+"$venv/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto"))'
+export BHATTI_MOTO_SERVER="$venv/bin/moto_server"
 
 # The E2B compatibility suite (crates/server/tests/e2b.rs) drives the daemon
 # with E2B's official Python SDK: from PyPI, pinned, in its own venv.

@@ -38,6 +38,21 @@ fn main() {
         println!("cargo:rustc-cfg=bhatti_base_image");
         println!("cargo:rustc-env=BHATTI_BASE_ROOTFS_AT_BUILD={base}");
     }
+    // Image tiers (scripts/guest/build-tier.sh): `services` (nginx and
+    // redis as enabled units, for the systemd substitute's VM suite),
+    // `docker` and `browser`. Each suite boots its tier.
+    let cache =
+        std::env::var("BHATTI_GUEST_CACHE").unwrap_or_else(|_| "/var/cache/bhatti/guest".into());
+    println!("cargo:rerun-if-env-changed=BHATTI_GUEST_CACHE");
+    for tier in ["services", "docker", "browser"] {
+        println!("cargo:rustc-check-cfg=cfg(bhatti_tier_{tier})");
+        let img = format!("{cache}/rootfs-{tier}.ext4");
+        println!("cargo:rerun-if-changed={img}");
+        if std::path::Path::new(&img).is_file() {
+            println!("cargo:rustc-cfg=bhatti_tier_{tier}");
+        }
+    }
+    println!("cargo:rustc-env=BHATTI_GUEST_CACHE_AT_BUILD={cache}");
     println!("cargo:rerun-if-changed=/usr/bin/docker-registry");
     println!("cargo:rerun-if-changed=/usr/bin/skopeo");
     if registry_tools() {
@@ -47,6 +62,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=BHATTI_SCHEMATHESIS");
     if std::env::var_os("BHATTI_SCHEMATHESIS").is_some_and(|p| std::path::Path::new(&p).is_file()) {
         println!("cargo:rustc-cfg=bhatti_schemathesis");
+    }
+    // moto's S3 server (scripts/test.sh makes a venv with it):
+    // `BHATTI_MOTO_SERVER` is its `moto_server`, for the backup suite.
+    println!("cargo:rustc-check-cfg=cfg(bhatti_s3)");
+    println!("cargo:rerun-if-env-changed=BHATTI_MOTO_SERVER");
+    if std::env::var_os("BHATTI_MOTO_SERVER").is_some_and(|p| std::path::Path::new(&p).is_file()) {
+        println!("cargo:rustc-cfg=bhatti_s3");
     }
     // E2B's Python SDK (scripts/test.sh makes a venv with it):
     // `BHATTI_E2B_PYTHON` is that venv's python.

@@ -29,13 +29,16 @@ INCLUDE=iproute2,ca-certificates,sudo,curl,procps,bash,less,nano,locales,git,ope
 
 usage() {
     cat <<USAGE
-usage: $(basename "$0") --lohar <path-to-static-lohar> [--out <file>] [--suite bookworm] [--size-mb 2048] [--force]
+usage: $(basename "$0") --lohar <path-to-static-lohar> [--out <file>] [--suite bookworm] [--size-mb 4096] [--force]
+       $(basename "$0") --tree-only [--suite bookworm] [--force]
 
   --lohar PATH   static lohar binary (becomes /usr/local/bin/lohar)
   --out FILE     image path (default \$BHATTI_GUEST_CACHE/rootfs-base.ext4)
   --suite NAME   Debian suite for debootstrap (default bookworm)
   --size-mb N    image size in MiB, sparse (default 4096)
   --force        re-run debootstrap and rebuild the image
+  --tree-only    make sure the cached tree exists, print its path and stop
+                 (no image, no lohar; what build-tier.sh builds on)
 
 environment:
   BHATTI_GUEST_CACHE     cache dir (default /var/cache/bhatti/guest; now: $BHATTI_GUEST_CACHE)
@@ -48,6 +51,7 @@ OUT=""
 SUITE=bookworm
 SIZE_MB=4096
 FORCE=0
+TREE_ONLY=0
 MIRROR="${BHATTI_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 parse_args() {
     while (($#)); do
@@ -57,13 +61,16 @@ parse_args() {
             --suite) SUITE="${2:?--suite needs a name}"; shift ;;
             --size-mb) SIZE_MB="${2:?--size-mb needs a number}"; shift ;;
             --force) FORCE=1 ;;
+            --tree-only) TREE_ONLY=1 ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument: $1" ;;
         esac
         shift
     done
-    [[ -n "$LOHAR" ]] || { usage >&2; die "--lohar is required"; }
-    [[ -f "$LOHAR" && -x "$LOHAR" ]] || die "--lohar: not an executable file: $LOHAR"
+    if ((!TREE_ONLY)); then
+        [[ -n "$LOHAR" ]] || { usage >&2; die "--lohar is required"; }
+        [[ -f "$LOHAR" && -x "$LOHAR" ]] || die "--lohar: not an executable file: $LOHAR"
+    fi
     [[ "$SIZE_MB" =~ ^[0-9]+$ && "$SIZE_MB" -ge 256 ]] || die "--size-mb must be an integer >= 256"
     [[ "$SUITE" =~ ^[a-z]+$ ]] || die "--suite: unexpected name: $SUITE"
     OUT="${OUT:-$BHATTI_GUEST_CACHE/rootfs-base.ext4}"
@@ -75,13 +82,6 @@ check_tools() {
     [[ -r /usr/share/keyrings/debian-archive-keyring.gpg ]] ||
         die "missing Debian archive keyring (apt-get install debian-archive-keyring)"
     [[ "$(id -u)" == 0 ]] || die "must run as root (debootstrap and chroot need it)"
-}
-
-# Commands inside the tree run with a clean environment: nothing from the
-# caller's shell (locale, proxies, PATH) leaks into the image.
-in_root() {
-    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C \
-        DEBIAN_FRONTEND=noninteractive chroot "$ROOT" "$@"
 }
 
 customise() {
@@ -149,24 +149,11 @@ HOSTS
         "$ROOT"/var/cache/debconf/*-old
 }
 
-# A debootstrap killed hard (no exit trap) leaves proc/sys mounted inside
-# its target: unmount whatever is under a tree before deleting it, and never
-# let rm cross into another file system.
-remove_tree() {
-    local t="$1" m
-    [[ -e "$t" ]] || return 0
-    t="$(realpath "$t")"
-    while read -r m; do
-        umount -l "$m" 2>/dev/null || true
-    done < <(awk -v p="$t/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
-    rm -rf --one-file-system "$t"
-}
-
 main() {
     parse_args "$@"
     check_tools
 
-    local cache="$BHATTI_GUEST_CACHE" key tree lohar_sha img_key stamp
+    local cache="$BHATTI_GUEST_CACHE" key tree
     mkdir -p "$cache/staging" "$(dirname "$OUT")"
     exec 9>"$cache/.rootfs-debian-$SUITE.lock"
     flock 9
@@ -196,34 +183,15 @@ main() {
         done
     fi
 
-    lohar_sha="$(sha256_of_file "$LOHAR")"
-    img_key="tree=$key lohar=$lohar_sha size=${SIZE_MB}M"
-    stamp="$OUT.stamp"
-    if ((!FORCE)) && [[ -s "$OUT" && -f "$stamp" && "$(cat "$stamp")" == "$img_key" ]]; then
-        log "up to date: $OUT"
-        echo "$OUT"
+    # --tree-only (build-tier.sh): the tree is all the caller wants.
+    if ((TREE_ONLY)); then
+        echo "$tree"
         return 0
     fi
 
     # The tree is big, so lohar is put into the cached tree itself rather than
     # into a copy (we hold the lock, and the tree never holds any other lohar).
-    install -m 0755 -o 0 -g 0 "$LOHAR" "$tree/usr/local/bin/lohar"
-    ln -sf lohar "$tree/usr/local/bin/systemctl"
-    ln -sf lohar "$tree/usr/local/bin/journalctl"
-
-    local used_mb
-    used_mb="$(du -sm "$tree" | cut -f1)"
-    ((used_mb * 120 / 100 < SIZE_MB)) ||
-        die "tree is ${used_mb} MiB; --size-mb $SIZE_MB leaves too little room"
-
-    TMPIMG="$OUT.tmp.$$"
-    trap 'rm -f "$TMPIMG"' EXIT
-    rm -f "$TMPIMG"
-    mke2fs -t ext4 -d "$tree" -F -q -L bhatti-root "$TMPIMG" "${SIZE_MB}M" >&2
-    rm -f "$stamp"
-    mv -f "$TMPIMG" "$OUT"
-    echo "$img_key" >"$stamp"
-    log "built $OUT (${SIZE_MB} MiB sparse, content ${used_mb} MiB, lohar sha256 ${lohar_sha:0:12})"
+    pack_rootfs "$tree" "$key" "$LOHAR" "$OUT" "$SIZE_MB" "$FORCE"
     echo "$OUT"
 }
 

@@ -104,3 +104,93 @@ _mhz_to_khz() {
     frac="${frac}000"; frac="${frac:0:3}"
     echo $((10#$int * 1000 + 10#$frac))
 }
+
+# --- root-filesystem trees (build-debian-rootfs.sh, build-tier.sh) -----------
+
+# on_exit CMD: run CMD (a string, eval'd) when the script exits, after the
+# ones registered before it, whatever the others did. One EXIT trap for all,
+# so a helper's clean-up does not replace its caller's.
+_BHATTI_ON_EXIT=()
+on_exit() {
+    _BHATTI_ON_EXIT+=("$1")
+    trap _bhatti_run_on_exit EXIT
+    # A signal ends the script through exit, so the EXIT trap runs then too.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+_bhatti_run_on_exit() {
+    local c
+    for c in "${_BHATTI_ON_EXIT[@]}"; do eval "$c" || true; done
+}
+
+# in_root CMD...: run CMD chrooted into $ROOT. Commands inside the tree run
+# with a clean environment: nothing from the caller's shell (locale,
+# proxies, PATH) leaks into the image.
+in_root() {
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C \
+        DEBIAN_FRONTEND=noninteractive chroot "$ROOT" "$@"
+}
+
+# remove_tree DIR: a debootstrap killed hard (no exit trap) leaves proc/sys
+# mounted inside its target: unmount whatever is under a tree before
+# deleting it, and never let rm cross into another file system.
+remove_tree() {
+    local t="$1" m
+    [[ -e "$t" ]] || return 0
+    t="$(realpath "$t")"
+    while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done < <(awk -v p="$t/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
+    rm -rf --one-file-system "$t"
+}
+
+# tree_pids DIR: pids of the processes whose root directory is DIR or below
+# it (what a chroot into DIR started and left running).
+tree_pids() {
+    local t p r
+    t="$(realpath "$1")"
+    for p in /proc/[0-9]*; do
+        r="$(readlink "$p/root" 2>/dev/null)" || continue
+        [[ "$r" == "$t" || "$r" == "$t"/* ]] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
+# pack_rootfs TREE TREE_KEY LOHAR OUT SIZE_MB FORCE
+# Packs TREE into the sparse ext4 image OUT (SIZE_MB MiB) with `mke2fs -d`,
+# after putting LOHAR in as /usr/local/bin/lohar (+ the systemctl and
+# journalctl links). OUT.stamp holds "tree=KEY lohar=SHA size=NM": when it
+# matches and FORCE is 0, nothing is done. The caller holds the tree's lock:
+# lohar goes into the cached tree itself (the tree never holds another one).
+# Sets PACK_BUILT (0: up to date, 1: packed), PACK_USED_MB (the tree's size)
+# and PACK_SECONDS.
+pack_rootfs() {
+    local tree="$1" key="$2" lohar="$3" out="$4" size_mb="$5" force="$6"
+    local lohar_sha img_key stamp t0=$SECONDS
+    lohar_sha="$(sha256_of_file "$lohar")"
+    img_key="tree=$key lohar=$lohar_sha size=${size_mb}M"
+    stamp="$out.stamp"
+    PACK_BUILT=0 PACK_USED_MB="" PACK_SECONDS=0
+    if ((!force)) && [[ -s "$out" && -f "$stamp" && "$(cat "$stamp")" == "$img_key" ]]; then
+        log "up to date: $out"
+        return 0
+    fi
+
+    install -m 0755 -o 0 -g 0 "$lohar" "$tree/usr/local/bin/lohar"
+    ln -sf lohar "$tree/usr/local/bin/systemctl"
+    ln -sf lohar "$tree/usr/local/bin/journalctl"
+
+    PACK_USED_MB="$(du -sm "$tree" | cut -f1)"
+    ((PACK_USED_MB * 120 / 100 < size_mb)) ||
+        die "tree is ${PACK_USED_MB} MiB; --size-mb $size_mb leaves too little room"
+
+    local tmpimg="$out.tmp.$$"
+    on_exit "rm -f '$tmpimg'"
+    rm -f "$tmpimg"
+    mke2fs -t ext4 -d "$tree" -F -q -L bhatti-root "$tmpimg" "${size_mb}M" >&2
+    rm -f "$stamp"
+    mv -f "$tmpimg" "$out"
+    echo "$img_key" >"$stamp"
+    PACK_BUILT=1 PACK_SECONDS=$((SECONDS - t0))
+    log "built $out (${size_mb} MiB sparse, content ${PACK_USED_MB} MiB, lohar sha256 ${lohar_sha:0:12})"
+}

@@ -33,7 +33,8 @@ pub use transport::{Conn, Stream, Transport, Tunnel};
 pub use watch::Watch;
 
 pub use bhatti_protocol::messages::{
-    DetachedInfo, ExecRequest, FileInfo, FileReadResponse, WatchEvent, WatchOp,
+    ApplyConfig, ApplyConfigResult, DetachedInfo, ExecRequest, FileInfo, FileReadResponse,
+    WatchEvent, WatchOp, FEATURE_CONFIG_APPLY,
 };
 
 /// The result of every agent operation.
@@ -132,6 +133,18 @@ impl AgentClient {
             }) if message.starts_with("unexpected frame type") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes a booted guest this sandbox (hostname, env, files, a fresh
+    /// token, entropy, init): for a pooled VM being claimed or a sandbox
+    /// restored from a template snapshot. The agent must announce
+    /// [`FEATURE_CONFIG_APPLY`] in HELLO. After it, this client's token is
+    /// refused if `cfg.token` replaced it: make a new client with the new
+    /// token.
+    pub async fn apply_config(&self, cfg: &ApplyConfig) -> Result<ApplyConfigResult> {
+        let p = serde_json::to_vec(cfg)?;
+        self.call(MsgType::ApplyConfigReq, &p, MsgType::ApplyConfigResp)
+            .await
     }
 
     /// The agent's sessions (attached and detached), for listing.

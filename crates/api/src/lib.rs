@@ -630,6 +630,43 @@ pub struct ResizeVolume {
     pub size_mb: u64,
 }
 
+/// A backup of a volume in the backup bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeBackup {
+    /// Unique ID.
+    pub id: String,
+    /// The volume's name.
+    pub volume_name: String,
+    /// Its owner.
+    pub user_id: String,
+    /// The object's key: `volumes/<user>/<volume>/<RFC 3339>.ext4.zst`.
+    pub s3_key: String,
+    /// Size of the uncompressed volume image, in bytes.
+    pub size_bytes: u64,
+    /// SHA-256 of the uncompressed image (hex); a restore checks it.
+    pub sha256: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// `POST /volumes/:name/backups/restore`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"backup_id": "0123456789abcdef"}))]
+pub struct RestoreBackup {
+    /// One of the volume's backups.
+    pub backup_id: String,
+}
+
+/// `POST /volumes/:name/backups/restore` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Restored {
+    /// `restored`.
+    pub status: String,
+    /// The backup the volume now holds.
+    pub backup_id: String,
+}
+
 /// `POST /volumes/:name/snapshot` (clone) and
 /// `POST /sandboxes/:id/checkpoint`: the new object's name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -728,6 +765,11 @@ pub struct Image {
     pub oci_digest: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
+    /// What in the image changes how it runs in a sandbox (it ships
+    /// systemd or dockerd, has no shell or no sudo …), one sentence each;
+    /// absent when nothing does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /images/pull`.
@@ -772,6 +814,9 @@ pub struct Imported {
     pub name: String,
     /// Size of its disk image file, in MiB.
     pub size_mb: u64,
+    /// As [`Image::warnings`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One layer's download progress.

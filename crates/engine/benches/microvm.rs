@@ -465,6 +465,71 @@ async fn main() {
         )),
         "target ≤ 1.5× baseline",
     );
+    // Template snapshots: create → first exec that restores the image's
+    // template, beside a cold boot's create → first exec and QEMU's own
+    // restore, alternating in the same run.
+    {
+        let tengine = Arc::new(
+            MicroVmEngine::new(
+                MicroVmConfig::new(tmp.path().join("data-t"), kernel.clone(), rootfs.clone()),
+                driver.clone(),
+                net.clone(),
+            )
+            .expect("engine (templates)"),
+        );
+        tengine.enable_templates();
+        let built = Instant::now();
+        let first = tengine.create(spec("t-first")).await.expect("create");
+        let tdir = tmp.path().join("data-t/templates");
+        let has_template = || {
+            std::fs::read_dir(&tdir).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.path().join("manifest.json").is_file())
+            })
+        };
+        while !has_template() {
+            assert!(
+                built.elapsed() < Duration::from_secs(300),
+                "no template was built"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let build = built.elapsed();
+        tengine.destroy(&first.id).await.expect("destroy");
+        let (mut hit, mut cold) = (Vec::new(), Vec::new());
+        for i in 0..n_life {
+            for (e, samples, tag) in [(&*tengine, &mut hit, "th"), (&engine, &mut cold, "tc")] {
+                let t = Instant::now();
+                let info = e.create(spec(&format!("{tag}{i}"))).await.expect("create");
+                let r = e.exec(&info.id, vec!["true".into()]).await.expect("exec");
+                assert_eq!(r.exit_code, 0);
+                samples.push(t.elapsed());
+                e.destroy(&info.id).await.expect("destroy");
+            }
+        }
+        report.latency(
+            "template snapshot: create → first exec",
+            &hit,
+            Some(("create → first exec booting (same run)", &cold)),
+            "restore, claim (token, env, entropy, clock), exec",
+        );
+        report.latency(
+            "template snapshot: create → first exec, beside QEMU's restore",
+            &hit,
+            Some((
+                "QEMU restore of a same-size snapshot to running",
+                &raw_restore,
+            )),
+            "target ≤ 1.5× (QEMU restore + first exec)",
+        );
+        report.latency(
+            "template snapshot: first create → template ready (boot, settle, checkpoint)",
+            &[build],
+            None,
+            "once per image and shape, in the background",
+        );
+    }
+
     let avg = sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64 / (1024.0 * 1024.0);
     report.throughput(
         "cold snapshot size on disk (allocated)",

@@ -23,12 +23,16 @@
 //! The image's config (Env, WorkingDir, User) comes back as [`ImageDefaults`]
 //! for the daemon to apply to exec and shell.
 //!
+//! [`inspect`] says what in an image changes how it runs (systemd,
+//! dockerd, no shell …), for the tree or the finished file alike.
+//!
 //! Nothing here knows about users, quotas or HTTP: that is the daemon's job.
 
 pub mod archive;
 mod blobs;
 mod defaults;
 mod error;
+pub mod inspect;
 pub mod layers;
 pub mod registry;
 pub mod rootfs;

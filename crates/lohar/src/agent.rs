@@ -100,6 +100,15 @@ pub struct AgentConfig {
     /// Working directory for execs and sessions that name none (an image's
     /// `WorkingDir`); `None`: the agent's own.
     pub default_cwd: Option<PathBuf>,
+    /// A `KEY=VALUE` file read at every spawn and layered under the config
+    /// env (guest mode: `/run/bhatti/env`, which image tiers and the boot
+    /// profile write, e.g. `DISPLAY=:99`); `None`: no such layer.
+    pub env_file: Option<PathBuf>,
+    /// The agent is the guest's PID 1 (guest mode): an applied
+    /// configuration may set the hostname, write files as root and feed the
+    /// kernel's entropy pool. Off in test and container mode, where those
+    /// belong to the host.
+    pub system: bool,
 }
 
 impl AgentConfig {
@@ -160,6 +169,8 @@ impl Default for AgentConfig {
             file_user: None,
             init_cwd: PathBuf::from("/workspace"),
             default_cwd: None,
+            env_file: None,
+            system: false,
         }
     }
 }
@@ -180,6 +191,17 @@ pub struct Agent {
     /// A host announced `error_codes` in its HELLO: connections from then on
     /// send coded ERROR payloads. A v1 host never says so and keeps text.
     coded_errors: AtomicBool,
+    /// What an APPLY_CONFIG set after boot (see [`crate::apply`]).
+    applied: std::sync::RwLock<Applied>,
+}
+
+/// Configuration applied after boot, over [`AgentConfig`]'s.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Replaces the boot token; the boot token is refused from then on.
+    token: Option<String>,
+    /// Layered over the boot configuration's env.
+    env: BTreeMap<String, String>,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -212,11 +234,48 @@ impl Agent {
             fs_user,
             conn_ids: AtomicU64::new(1),
             coded_errors: AtomicBool::new(false),
+            applied: std::sync::RwLock::new(Applied::default()),
         })
     }
 
     pub(crate) fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// The token connections must present now: an applied one, else the
+    /// boot configuration's.
+    pub(crate) fn token(&self) -> Option<String> {
+        let applied = self
+            .applied
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        applied.token.clone().or_else(|| self.config.token.clone())
+    }
+
+    /// The environment every exec gets: the boot configuration's, then
+    /// what was applied since.
+    pub(crate) fn env(&self) -> BTreeMap<String, String> {
+        let applied = self
+            .applied
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut env = self.config.env.clone();
+        env.extend(applied.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Records an applied configuration's env and token.
+    pub(crate) fn apply(&self, env: &BTreeMap<String, String>, token: Option<String>) {
+        let mut applied = self
+            .applied
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        applied
+            .env
+            .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if token.is_some() {
+            applied.token = token;
+        }
     }
 
     /// Whose filesystem credentials file operations use.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bhatti_protocol::messages::{
-    ActivityInfo, ExecRequest, Hello, HelloResponse, FEATURE_ERROR_CODES, FEATURE_FILES_WATCH,
+    ActivityInfo, ExecRequest, Hello, HelloResponse, FEATURE_CONFIG_APPLY, FEATURE_ERROR_CODES,
+    FEATURE_FILES_WATCH,
 };
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{Frame, MsgType, PROTOCOL_VERSION};
@@ -51,13 +52,13 @@ async fn first_request(
             return None;
         }
         Err(_) => {
-            if agent.config.token.is_some() {
+            if agent.token().is_some() {
                 tx.refuse("auth required").await;
             }
             return None;
         }
     };
-    match &agent.config.token {
+    match &agent.token() {
         Some(token) if !first.is(MsgType::Auth) || !ct_eq(&first.payload, token.as_bytes()) => {
             tx.refuse("auth required").await;
             return None;
@@ -88,9 +89,7 @@ async fn admit<'a>(
     port: Port,
     tx: &FrameTx,
 ) -> Result<Slot<'a>, Refused> {
-    let res = agent
-        .admission
-        .admit(source, port, agent.config.token.is_some());
+    let res = agent.admission.admit(source, port, agent.token().is_some());
     if let Err(refused) = &res {
         tracing::debug!(?source, ?port, "connection refused: {refused}");
         tx.refuse(refused.to_string()).await;
@@ -194,6 +193,7 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
         MsgType::FileStatReq => crate::files::stat(agent, &req, tx).await,
         MsgType::FileLsReq => crate::files::ls(agent, &req, tx).await,
         MsgType::WatchReq => crate::watch::watch(agent, &req, rd, tx).await,
+        MsgType::ApplyConfigReq => crate::apply::apply(agent, &req, tx).await,
         MsgType::Hello => {
             // Accept any well-formed hello; the version is informational today.
             let peer: Option<Hello> = req.parse_json().ok();
@@ -228,6 +228,7 @@ const FEATURES: &[&str] = &[
     "activity",
     FEATURE_ERROR_CODES,
     FEATURE_FILES_WATCH,
+    FEATURE_CONFIG_APPLY,
 ];
 
 async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {

@@ -13,6 +13,7 @@
 
 mod admission;
 pub mod agent;
+mod apply;
 mod conn;
 pub mod container;
 mod exec;
@@ -26,6 +27,7 @@ pub mod ring;
 mod serve;
 mod session;
 mod spawn;
+pub mod systemd;
 mod watch;
 mod wire;
 

@@ -11,7 +11,7 @@ fn usage() -> ExitCode {
          Runs as PID 1 inside a bhatti sandbox. For tests:\n  \
          LOHAR_TEST=1 LOHAR_SOCK=<path> LOHAR_FWD_SOCK=<path> [LOHAR_TOKEN=<token>] \
          [LOHAR_INIT=<script>] [LOHAR_FILE_UID=<uid> [LOHAR_FILE_GID=<gid>]] \
-         [LOHAR_TCP=<ip:port>] lohar\n\n\
+         [LOHAR_TCP=<ip:port>] [LOHAR_SYSTEMD_ROOT=<dir>] lohar\n\n\
          As the entrypoint of a Docker sandbox:\n  \
          lohar container   (see LOHAR_SOCK_DIR, LOHAR_TOKEN_FILE, LOHAR_ENV_FILE)",
         env!("CARGO_PKG_VERSION")
@@ -33,6 +33,20 @@ fn init_logging(default: &str, ansi: bool) {
 }
 
 fn main() -> ExitCode {
+    // Busybox-style names first: `systemctl` and `journalctl` are symlinks
+    // to lohar, and `lohar spawn` is the service manager's private helper.
+    let args: Vec<String> = std::env::args().collect();
+    let called = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match (called.as_str(), args.get(1).map(String::as_str)) {
+        ("systemctl", _) => return lohar::systemd::ipc::systemctl_main(&args[1..]),
+        ("journalctl", _) => return lohar::systemd::ipc::journalctl_main(&args[1..]),
+        (_, Some("spawn")) => return lohar::systemd::spawn::main(&args[2..]),
+        _ => {}
+    }
     if std::env::var("LOHAR_TEST").as_deref() == Ok("1") {
         init_logging("warn", true);
         return run(test_mode());
@@ -126,6 +140,11 @@ async fn test_mode() -> Result<(), String> {
             .await
             .map_err(|e| format!("listen on {addr}: {e}"))?;
         tokio::spawn(agent.clone().run_tcp(l, false));
+    }
+    // The systemd substitute, rooted in a directory of the test's
+    // (`$LOHAR_SYSTEMD_ROOT`; no cgroups, no /dev/log).
+    if std::env::var_os(lohar::systemd::ROOT_ENV).is_some() {
+        lohar::systemd::start(lohar::systemd::Paths::from_env()).await;
     }
     if let Ok(init) = std::env::var("LOHAR_INIT") {
         agent.start_init(&init, None);

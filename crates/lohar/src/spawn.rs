@@ -43,7 +43,14 @@ pub fn command(
         .env("TERM", "xterm-256color")
         .env("HOME", &home)
         .env("LANG", "en_US.UTF-8");
-    for (k, v) in cfg.env.iter().chain(req_env.iter()) {
+    if let Some(f) = &cfg.env_file {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            for (k, v) in crate::systemd::manager::parse_env_file(&text) {
+                cmd.env(k, v);
+            }
+        }
+    }
+    for (k, v) in agent.env().iter().chain(req_env.iter()) {
         cmd.env(k, v);
     }
     if !cwd.is_empty() {
@@ -52,8 +59,31 @@ pub fn command(
         cmd.current_dir(d);
     }
     if let Some(r) = run_as {
-        // std also drops the agent's supplementary groups when it runs as root.
-        cmd.uid(r.uid).gid(r.gid);
+        if nix::unistd::geteuid().is_root() {
+            // The user's supplementary groups as a login would give them
+            // (`docker`, `sudo`, `fuse` …), read at every spawn so a
+            // `usermod -aG` inside the sandbox counts from the next exec.
+            // std sets the ids before `pre_exec` hooks and has no stable
+            // way to set groups, so the hook does all three, in order.
+            let groups: Vec<libc::gid_t> = supplementary_groups(r.uid, r.gid);
+            let (uid, gid) = (r.uid, r.gid);
+            // SAFETY: only async-signal-safe calls (setgroups, setgid,
+            // setuid) between fork and exec; `groups` was allocated before
+            // the fork and is only read.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                        || libc::setgid(gid) < 0
+                        || libc::setuid(uid) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        } else {
+            cmd.uid(r.uid).gid(r.gid);
+        }
     }
     match leader {
         Leader::Group => {
@@ -76,6 +106,34 @@ pub fn command(
         }
     }
     cmd
+}
+
+/// `gid` and the groups `/etc/group` lists the user of `uid` in (by the
+/// name `/etc/passwd` gives that uid).
+fn supplementary_groups(uid: u32, gid: u32) -> Vec<libc::gid_t> {
+    let mut out = vec![gid];
+    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+        return out;
+    };
+    let uid_s = uid.to_string();
+    let Some(name) = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.get(2) == Some(&uid_s.as_str())).then(|| f.first().map(|n| n.to_string()))?
+    }) else {
+        return out;
+    };
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    for l in groups.lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        let (Some(g), Some(members)) = (f.get(2).and_then(|g| g.parse::<u32>().ok()), f.get(3))
+        else {
+            continue;
+        };
+        if members.split(',').any(|m| m.trim() == name) && !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    out
 }
 
 /// The identity for a request: the agent's configured user.

@@ -32,7 +32,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bhatti_agent_client::{AgentClient, ClientError, ExecResult, ReadOptions, Transport};
+use bhatti_agent_client::{
+    AgentClient, ApplyConfig, ClientError, ExecResult, ReadOptions, Transport,
+};
 use bhatti_protocol::config::{ConfigFile, ConfigNet, GuestConfig};
 
 const READY: &str = "lohar: ready";
@@ -624,6 +626,66 @@ fn guest_agent_vm() {
             "still",
             "agent still serving after the storm"
         );
+
+        // Claiming a booted guest (a pooled VM, a template restore): the
+        // applied configuration sets the hostname as root, writes the
+        // user's files, credits the entropy to the kernel, adds env, and
+        // replaces the token.
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let before = sh_ok(&c, "cat /proc/sys/kernel/random/entropy_avail").await;
+        let new_token = "f".repeat(64);
+        let r = c
+            .apply_config(&ApplyConfig {
+                hostname: "claimed".into(),
+                env: [("CLAIMED".to_string(), "yes".to_string())].into(),
+                files: [(
+                    "/home/lohar/claimed/note".to_string(),
+                    ConfigFile {
+                        content: b64(b"mine\n"),
+                        mode: "0600".into(),
+                    },
+                )]
+                .into(),
+                token: new_token.clone(),
+                entropy: b64(&[0x5a; 64]),
+                init: String::new(),
+                unix_time_ms: u64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis(),
+                )
+                .unwrap(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("apply_config: {e}\nconsole:\n{}", vm.tail(30)));
+        assert!(r.hostname && r.token && r.clock, "{r:?}");
+        assert_eq!((r.files, r.env, r.entropy_bytes), (1, 1, 64), "{r:?}");
+        assert!(
+            matches!(c.exec(["true"]).await, Err(ClientError::Auth)),
+            "the boot token is refused after the claim"
+        );
+        let c = vm.client(Some(&new_token));
+        assert_eq!(sh_ok(&c, "hostname; echo $CLAIMED").await, "claimed\nyes");
+        assert!(
+            sh_ok(&c, "cat /run/bhatti/boot-timing.txt")
+                .await
+                .contains("config_applied_ms="),
+            "the claim is recorded beside the boot phases"
+        );
+        assert_eq!(
+            sh_ok(
+                &c,
+                "stat -c '%u %a' /home/lohar/claimed/note; cat /home/lohar/claimed/note"
+            )
+            .await,
+            "1000 600\nmine"
+        );
+        eprintln!(
+            "entropy_avail before the claim {before}, after {}",
+            sh_ok(&c, "cat /proc/sys/kernel/random/entropy_avail").await
+        );
     });
     eprintln!("guest_agent_vm: {:?} in total", t0.elapsed());
     // `vm` drops here: QEMU is killed.
@@ -854,4 +916,186 @@ fn guest_file_creds_and_hardening_vm() {
         "guest_file_creds_and_hardening_vm: {:?} in total",
         t0.elapsed()
     );
+}
+
+/// The systemd substitute in a real guest, with real cgroups: a unit
+/// enabled for boot starts at boot; a started unit's processes (a
+/// background child included) are all in its cgroup with its limits, and
+/// `stop` empties and removes that cgroup.
+#[test]
+#[cfg_attr(
+    not(bhatti_guest_vm_tests),
+    ignore = "needs root, BHATTI_GUEST_KERNEL and BHATTI_GUEST_ROOTFS (scripts/test.sh sets them)"
+)]
+fn services_with_cgroups_vm() {
+    let (kernel, rootfs) = match artifacts() {
+        Ok(a) => a,
+        Err(why) => panic!("cannot run: {why}"),
+    };
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let token = "00112233445566778899aabbccddeeff";
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    let boot_unit = "[Unit]\nDescription=Boot unit\n[Service]\nExecStart=/bin/sh -c 'echo booted > /run/boot-unit; exec sleep 1000'\n";
+    let crashy =
+        "[Service]\nExecStart=/bin/sh -c 'echo x >> /run/crashes; exit 3'\nRestart=always\n";
+    let noexec = "[Unit]\nDescription=No command\n[Service]\nUser=root\n";
+    let cyc_a = "[Unit]\nAfter=cyc-b.service\n[Service]\nExecStart=/bin/sleep 1000\n";
+    let cyc_b = "[Unit]\nAfter=cyc-a.service\n[Service]\nExecStart=/bin/sleep 1000\n";
+    let file = |content: &str| ConfigFile {
+        content: b64(content),
+        mode: "0644".into(),
+    };
+    let cfg = GuestConfig {
+        token: token.into(),
+        user: "root".into(),
+        files: [
+            ("/etc/systemd/system/boot.service".to_string(), file(boot_unit)),
+            (
+                "/etc/systemd/system/multi-user.target.wants/boot.service".to_string(),
+                file(boot_unit),
+            ),
+            (
+                "/etc/systemd/system/syntax.service".to_string(),
+                file("[Service]\nExecStart=/bin/true\nnot a setting\n"),
+            ),
+            (
+                "/etc/systemd/system/multi-user.target.wants/syntax.service".to_string(),
+                file("[Service]\nExecStart=/bin/true\nnot a setting\n"),
+            ),
+            (
+                "/etc/systemd/system/crashy.service".to_string(),
+                file(crashy),
+            ),
+            (
+                "/etc/systemd/system/multi-user.target.wants/crashy.service".to_string(),
+                file(crashy),
+            ),
+            (
+                "/etc/systemd/system/noexec.service".to_string(),
+                file(noexec),
+            ),
+            (
+                "/etc/systemd/system/multi-user.target.wants/noexec.service".to_string(),
+                file(noexec),
+            ),
+            (
+                "/etc/systemd/system/cyc-a.service".to_string(),
+                file(cyc_a),
+            ),
+            (
+                "/etc/systemd/system/multi-user.target.wants/cyc-a.service".to_string(),
+                file(cyc_a),
+            ),
+            (
+                "/etc/systemd/system/cyc-b.service".to_string(),
+                file(cyc_b),
+            ),
+            (
+                "/etc/systemd/system/multi-user.target.wants/cyc-b.service".to_string(),
+                file(cyc_b),
+            ),
+            (
+                "/etc/systemd/system/sl.service".to_string(),
+                file("[Service]\nType=oneshot\nExecStart=/bin/sh -c 'logger -t anytag from-the-unit'\n"),
+            ),
+            (
+                "/etc/bhatti/init.sh".to_string(),
+                file("echo PROFILE_VAR=from-profile >> /run/bhatti/env\n"),
+            ),
+            (
+                "/etc/systemd/system/tree.service".to_string(),
+                file("[Service]\nExecStart=/bin/sh -c 'sleep 1001 & sleep 1002 & wait'\nMemoryMax=32M\nTasksMax=50\n"),
+            ),
+        ]
+        .into(),
+        ..GuestConfig::default()
+    };
+    let vm = Vm::boot(&kernel, &rootfs, &cfg, true);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = vm.client(Some(token));
+        c.wait_ready(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("wait_ready: {e}\nconsole:\n{}", vm.tail(30)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sh(&c, "test -f /run/boot-unit").await.exit_code != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "boot unit never ran: {}",
+                sh(&c, "systemctl status boot; cat /run/bhatti/boot-timing.txt")
+                    .await
+                    .stdout_str()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(sh_ok(&c, "systemctl is-active boot").await, "active");
+        // Bad units say why, and did not keep `boot` down.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sh(&c, "systemctl is-failed crashy").await.exit_code != 0 {
+            assert!(Instant::now() < deadline, "crash loop never stopped: {}", sh(&c, "systemctl status crashy").await.stdout_str());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let st = sh(&c, "systemctl status crashy").await.stdout_str();
+        assert!(st.contains("start-limit-hit") && st.contains("Start request repeated too quickly"), "{st}");
+        assert_eq!(sh_ok(&c, "wc -l < /run/crashes").await, "5");
+        let st = sh(&c, "systemctl status syntax").await.stdout_str();
+        assert!(st.contains("syntax.service:3: expected KEY=VALUE"), "{st}");
+        let st = sh(&c, "systemctl status noexec").await.stdout_str();
+        assert!(st.contains("no ExecStart= setting"), "{st}");
+        for u in ["cyc-a", "cyc-b"] {
+            let st = sh(&c, &format!("systemctl status {u}")).await.stdout_str();
+            assert!(st.contains("Active: active (running)"), "{st}");
+            assert!(st.contains("ordering cycle") && st.contains("cyc-a.service → cyc-b.service"), "{st}");
+        }
+        let timing = sh_ok(&c, "cat /run/bhatti/boot-timing.txt").await;
+        assert!(timing.contains("units_started_ms="), "{timing}");
+        // The boot profile ran, and what it put in /run/bhatti/env reaches
+        // every exec.
+        assert_eq!(sh_ok(&c, "echo $PROFILE_VAR").await, "from-profile");
+        // syslog: from a unit into its log, from elsewhere into syslog.log (never a unit's log by its tag).
+        sh_ok(&c, "systemctl start sl && logger -t freestanding hello-syslog && logger -t sl forged-into-sl").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sh(&c, "grep -q from-the-unit /var/log/bhatti/sl.log && grep -q 'freestanding.*hello-syslog' /var/log/bhatti/syslog.log && grep -q forged-into-sl /var/log/bhatti/syslog.log && ! grep -q forged-into-sl /var/log/bhatti/sl.log").await.exit_code != 0 {
+            assert!(Instant::now() < deadline, "syslog lines not routed: {}", sh(&c, "ls /var/log/bhatti; cat /var/log/bhatti/*.log").await.stdout_str());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        sh_ok(&c, "systemctl start tree").await;
+        let cg = "/sys/fs/cgroup/system.slice/tree.service";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = sh_ok(&c, &format!("wc -l < {cg}/cgroup.procs")).await;
+            if n == "3" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected sh and two sleeps in {cg}, have {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            sh_ok(&c, &format!("cat {cg}/memory.max")).await,
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(sh_ok(&c, &format!("cat {cg}/pids.max")).await, "50");
+        let status = sh_ok(&c, "systemctl status tree").await;
+        assert!(
+            status.contains("CGroup: /system.slice/tree.service"),
+            "{status}"
+        );
+        assert!(status.contains("sleep 1002"), "{status}");
+        sh_ok(&c, "systemctl stop tree").await;
+        assert_eq!(
+            sh(&c, &format!("test -d {cg}")).await.exit_code,
+            1,
+            "cgroup removed"
+        );
+        let left = sh_ok(
+            &c,
+            "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -c 'sleep 100[12]' || true",
+        )
+        .await;
+        assert_eq!(left, "0", "every process of the unit is gone");
+    });
 }

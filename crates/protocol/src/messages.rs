@@ -338,6 +338,76 @@ pub struct Hello {
     pub features: Vec<String>,
 }
 
+/// An agent's HELLO feature: it serves APPLY_CONFIG_REQ ([`ApplyConfig`]).
+pub const FEATURE_CONFIG_APPLY: &str = "config.apply";
+
+/// The most entropy one [`ApplyConfig`] carries (bytes, before base64).
+pub const MAX_APPLY_ENTROPY: usize = 512;
+
+/// APPLY_CONFIG_REQ: what makes a booted guest one sandbox, delivered to a
+/// guest that booted (or was restored from a memory image) without it: a
+/// pooled VM being claimed, a sandbox made from a template snapshot. Every
+/// field is optional; what is absent stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyConfig {
+    /// The guest's hostname (`/etc/hostname`, `/etc/hosts` too).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// Environment added to every later exec and session, over the boot
+    /// configuration's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Files to write, keyed by absolute guest path (as at boot).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, crate::config::ConfigFile>,
+    /// The token every later connection must present; the one the request
+    /// came with stops working. Empty: unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    /// Fresh random bytes (base64, at most [`MAX_APPLY_ENTROPY`]) mixed into
+    /// the guest kernel's pool and credited, so guests restored from one
+    /// memory image do not share their RNG's state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub entropy: String,
+    /// A script started as the attachable TTY session `init` (as at boot).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub init: String,
+    /// The host's wall clock (ms since the Unix epoch): a guest restored
+    /// from a memory image wakes with the image's time. 0: unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unix_time_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// APPLY_CONFIG_RESP: what was applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyConfigResult {
+    /// The hostname was set (guest mode only).
+    #[serde(default)]
+    pub hostname: bool,
+    /// Files written.
+    #[serde(default)]
+    pub files: u32,
+    /// Environment variables added.
+    #[serde(default)]
+    pub env: u32,
+    /// Bytes mixed into and credited to the kernel's pool (guest mode only).
+    #[serde(default)]
+    pub entropy_bytes: u32,
+    /// The token was replaced.
+    #[serde(default)]
+    pub token: bool,
+    /// The init session was started.
+    #[serde(default)]
+    pub init: bool,
+    /// The wall clock was set (guest mode only).
+    #[serde(default)]
+    pub clock: bool,
+}
+
 /// A host's HELLO feature: from then on the agent's ERROR payloads are
 /// JSON [`ErrorBody`]s instead of bare text. Without it (a v1 host, which
 /// never sends HELLO) errors stay text, as v1 defines them.

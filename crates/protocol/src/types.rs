@@ -75,6 +75,12 @@ pub enum MsgType {
     Hello = 0x70,
     /// guest→host (this implementation): JSON `HelloResponse`.
     HelloResp = 0x71,
+    /// host→guest (this implementation, HELLO feature `config.apply`):
+    /// JSON `ApplyConfig`, the per-sandbox configuration for a guest that
+    /// booted without it.
+    ApplyConfigReq = 0x72,
+    /// guest→host (this implementation): JSON `ApplyConfigResult`.
+    ApplyConfigResp = 0x73,
 }
 
 impl MsgType {
@@ -116,6 +122,8 @@ impl MsgType {
             0x61 => SystemctlResp,
             0x70 => Hello,
             0x71 => HelloResp,
+            0x72 => ApplyConfigReq,
+            0x73 => ApplyConfigResp,
             _ => return None,
         })
     }

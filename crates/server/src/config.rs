@@ -202,6 +202,83 @@ pub struct DomainConfig {
     pub http_listen: Option<String>,
 }
 
+/// Volume backups to an S3-compatible bucket (docs/server.md, "Volume
+/// backups"). The reference's `s3_*` names are accepted too.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The S3 endpoint URL (`https://s3.example.com`, `http://127.0.0.1:9000`).
+    #[serde(alias = "s3_endpoint")]
+    pub endpoint: String,
+    /// The bucket backups go to.
+    #[serde(alias = "s3_bucket")]
+    pub bucket: String,
+    /// The region (default `us-east-1`).
+    #[serde(alias = "s3_region")]
+    pub region: String,
+    /// Access key ID.
+    #[serde(alias = "s3_access_key")]
+    pub access_key: String,
+    /// Secret access key.
+    #[serde(alias = "s3_secret_key")]
+    pub secret_key: String,
+    /// Path-style requests (`<endpoint>/<bucket>/<key>`), what most
+    /// self-hosted servers want; default virtual-hosted style.
+    pub path_style: bool,
+    /// Scheduled backups.
+    pub schedule: Vec<BackupSchedule>,
+    /// Backups a schedule keeps per volume when it names no `retention`
+    /// (0: keep all).
+    pub retention: u32,
+    /// Multipart upload part size in MiB (5–1024, default 16).
+    pub part_size_mb: u64,
+}
+
+/// One scheduled backup.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSchedule {
+    /// The volume's name (every user's volume of that name, as the
+    /// reference does, unless `user` narrows it).
+    pub volume: String,
+    /// Five cron fields: minute hour day-of-month month day-of-week.
+    pub cron: String,
+    /// Newest backups kept per volume (default: the section's `retention`).
+    pub retention: Option<u32>,
+    /// Only this user's volume (a user name).
+    pub user: Option<String>,
+}
+
+impl BackupConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("backup: {m}")));
+        if self.bucket.is_empty() {
+            return bad("bucket is required".into());
+        }
+        if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
+            return bad(format!(
+                "endpoint {:?} must be an http:// or https:// URL",
+                self.endpoint
+            ));
+        }
+        if !(self.part_size_mb == 0 || (5..=1024).contains(&self.part_size_mb)) {
+            return bad(format!(
+                "part_size_mb must be between 5 and 1024, got {}",
+                self.part_size_mb
+            ));
+        }
+        for s in &self.schedule {
+            if s.volume.is_empty() {
+                return bad("every schedule needs a volume".into());
+            }
+            if let Err(e) = crate::backup::cron::Cron::parse(&s.cron) {
+                return bad(format!("schedule for {:?}: {e}", s.volume));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The daemon's settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -321,9 +398,15 @@ pub struct Config {
     pub public_proxy_listen: Option<String>,
     /// Domain mode for the public listener.
     pub domain: Option<DomainConfig>,
+    /// Volume backups; unset, every backup route answers 501.
+    pub backup: Option<BackupConfig>,
     /// Per-user DNS for microVM sandboxes: each resolves its owner's
     /// other sandboxes by name (default true).
     pub per_user_dns: bool,
+    /// MicroVM creates restore a template snapshot of their image and shape
+    /// instead of booting (built in the background after the first boot;
+    /// default true). See docs/engine.md, "Template snapshots".
+    pub template_snapshots: bool,
     /// Resolvers the per-user DNS forwards other names to (`ip` or
     /// `ip:port`). Default: the host's, from /etc/resolv.conf.
     pub dns_upstreams: Vec<String>,
@@ -369,7 +452,9 @@ impl Default for Config {
             default_image: None,
             public_proxy_listen: None,
             domain: None,
+            backup: None,
             per_user_dns: true,
+            template_snapshots: true,
             dns_upstreams: Vec::new(),
         }
     }
@@ -435,6 +520,9 @@ impl Config {
             }
         }
         self.public_addr()?;
+        if let Some(b) = &self.backup {
+            b.validate()?;
+        }
         for u in &self.dns_upstreams {
             if crate::dns::upstream(u).is_none() {
                 return Err(ConfigError::Invalid(format!(

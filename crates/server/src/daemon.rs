@@ -339,6 +339,11 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         state.clone(),
         stop_rx.clone(),
     )));
+    // Scheduled volume backups (nothing when none are configured).
+    tasks.push(tokio::spawn(crate::service::backups::schedule_loop(
+        state.clone(),
+        stop_rx.clone(),
+    )));
     // Crashed sandboxes reach the store and the event log within a tick,
     // whether or not the thermal manager runs.
     tasks.push(tokio::spawn(crate::health::run(
@@ -485,7 +490,16 @@ async fn register_tier_images(st: &Shared) {
         if tier == "minimal" || crate::validate::name("image", tier).is_err() {
             continue;
         }
+        let t = tier.to_string();
+        if st.db(move |s| s.image_exact("", &t)).await.is_ok() {
+            continue;
+        }
         let size_mb = e.metadata().map(|m| m.len() >> 20).unwrap_or(0);
+        // Built-in images are judged like every other image.
+        let warnings = crate::images::file_warnings(&e.path()).await;
+        for w in &warnings {
+            tracing::info!(image = tier, "image warning: {w}");
+        }
         let img = bhatti_store::NewImage {
             user_id: String::new(),
             name: tier.to_string(),
@@ -494,11 +508,9 @@ async fn register_tier_images(st: &Shared) {
             size_mb,
             oci_digest: String::new(),
             oci_config: serde_json::Value::Null,
+            warnings,
         };
-        let t = tier.to_string();
-        if st.db(move |s| s.image_exact("", &t)).await.is_err() {
-            let _ = st.db(move |s| s.create_image(&img)).await;
-        }
+        let _ = st.db(move |s| s.create_image(&img)).await;
     }
 }
 

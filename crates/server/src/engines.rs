@@ -122,10 +122,14 @@ pub async fn build(cfg: &Config) -> Result<Chosen, EngineSetupError> {
                 claim,
             )
             .map_err(|e| unusable(name)(e.to_string()))?;
-            Arc::new(
+            let engine = Arc::new(
                 MicroVmEngine::new(mc, driver, Arc::new(net))
                     .map_err(|e| unusable(name)(e.to_string()))?,
-            )
+            );
+            if cfg.template_snapshots {
+                engine.enable_templates();
+            }
+            engine
         }
     };
     Ok(Chosen {

@@ -146,7 +146,7 @@ impl Images {
     /// Layers → what the engine boots: `<user>/<name>.ext4` (staged,
     /// converted, renamed in place), or on the Docker engine an image in
     /// dockerd with lohar as its entrypoint. Returns where it is (the row's
-    /// `file_path`) and its size in MiB.
+    /// `file_path`), its size in MiB and its warnings.
     pub async fn convert(
         &self,
         job: &str,
@@ -154,7 +154,7 @@ impl Images {
         user_id: &str,
         name: &str,
         progress: Option<Arc<Progress>>,
-    ) -> ServiceResult<(String, u64)> {
+    ) -> ServiceResult<(String, u64, Vec<String>)> {
         let _slot = self
             .conversions
             .acquire()
@@ -179,14 +179,16 @@ impl Images {
                     &lohar,
                     progress.as_deref(),
                 )?;
-                bhatti_image::rootfs::tree_size_mb(&tree)
+                let warnings = messages(&bhatti_image::inspect::check_tree(&tree));
+                bhatti_image::rootfs::tree_size_mb(&tree).map(|mb| (mb, warnings))
             })
             .await?
             .map_err(api_error)?;
+            let (size_mb, warnings) = size_mb;
             let res = docker_import(&staging, &tag).await;
             bhatti_image::rootfs::remove_staging(&staging);
             res?;
-            return Ok((tag, size_mb));
+            return Ok((tag, size_mb, warnings));
         }
         let out = self.file_for(user_id, name);
         if let Some(parent) = out.parent() {
@@ -205,7 +207,8 @@ impl Images {
         })
         .await?
         .map_err(api_error)?;
-        Ok((out.to_string_lossy().into_owned(), size_mb))
+        let warnings = file_warnings(&out).await;
+        Ok((out.to_string_lossy().into_owned(), size_mb, warnings))
     }
 
     /// Removes what a deleted image's row named (a file, or a dockerd image).
@@ -336,7 +339,7 @@ async fn pull(
         .pull(&job.reference, job.creds.as_ref(), &im.cache, &progress)
         .await
         .map_err(api_error)?;
-    let (file_path, size_mb) = im
+    let (file_path, size_mb, warnings) = im
         .convert(
             task_id,
             pulled.layers,
@@ -353,6 +356,7 @@ async fn pull(
         size_mb,
         oci_digest: pulled.digest,
         oci_config: serde_json::to_value(&pulled.defaults).map_err(ServiceError::internal)?,
+        warnings,
     };
     let replaces = job.replaces;
     let res = st
@@ -369,6 +373,24 @@ async fn pull(
     res
 }
 
+/// The users' sentences for `warnings`.
+fn messages(w: &[bhatti_image::inspect::Warning]) -> Vec<String> {
+    w.iter().map(|w| w.message().to_string()).collect()
+}
+
+/// The warnings of a finished ext4 image (none when it cannot be read:
+/// the image is judged when it is made, and an unreadable file fails its
+/// boot with a clearer error than a warning could give).
+pub async fn file_warnings(path: &std::path::Path) -> Vec<String> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || bhatti_image::inspect::check_ext4(&p))
+        .await
+        .ok()
+        .flatten()
+        .map(|w| messages(&w))
+        .unwrap_or_default()
+}
+
 /// An image as the API shows it: what a finished pull task records as its
 /// result, and what the image routes answer.
 pub fn api_image(i: &bhatti_store::Image) -> bhatti_api::Image {
@@ -380,5 +402,6 @@ pub fn api_image(i: &bhatti_store::Image) -> bhatti_api::Image {
         size_mb: i.size_mb,
         oci_digest: Some(i.oci_digest.clone()).filter(|d| !d.is_empty()),
         created_at: i.created_at.clone(),
+        warnings: i.warnings.clone(),
     }
 }

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backup;
 pub mod config;
 pub mod daemon;
 mod dns;

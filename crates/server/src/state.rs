@@ -60,6 +60,8 @@ pub struct AppState {
     pub web_shell_attempts: crate::ratelimit::Keyed,
     /// The per-user DNS responders.
     pub dns: crate::dns::Dns,
+    /// The volume backup bucket (none: backups answer 501).
+    pub backups: crate::backup::Backups,
     /// Where the per-user DNS forwards other names.
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     pub started: Instant,
@@ -149,7 +151,9 @@ impl AppState {
             cfg.rate_limits.enabled,
             cfg.rate_limits.web_shell_attempts,
         );
+        let backups = crate::backup::Backups::new(cfg.backup.as_ref());
         AppState {
+            backups,
             cfg,
             store,
             engine,

@@ -238,6 +238,12 @@ async fn pulled_and_imported_images_boot_with_their_env_and_workdir_vm() {
     );
     let img = d.req("GET", "/images/py", Some(&key), None).await.json();
     assert_eq!(img["source"], format!("oci:{reference}"));
+    // busybox has a shell but no sudo: the image says so.
+    assert_eq!(
+        img["warnings"],
+        json!(["the image has no sudo: the sandbox user cannot become root"]),
+        "{img}"
+    );
     let digest = img["oci_digest"].as_str().expect("digest").to_string();
     // The same digest again: at once, no task.
     let again = d

@@ -33,6 +33,9 @@ pub struct Image {
     pub oci_config: serde_json::Value,
     /// When the row was inserted, RFC 3339 UTC with milliseconds (`time::now()` format).
     pub created_at: String,
+    /// What in the image changes how it runs (systemd, no shell …), as
+    /// sentences for users; empty when nothing does.
+    pub warnings: Vec<String>,
 }
 
 /// What [`Store::create_image`] needs.
@@ -52,10 +55,12 @@ pub struct NewImage {
     pub oci_digest: String,
     /// The OCI image config for pulled images; `Null` is stored as `{}`.
     pub oci_config: serde_json::Value,
+    /// See [`Image::warnings`].
+    pub warnings: Vec<String>,
 }
 
 const COLS: &str =
-    "id, user_id, name, source, file_path, size_mb, oci_digest, oci_config, created_at";
+    "id, user_id, name, source, file_path, size_mb, oci_digest, oci_config, created_at, warnings";
 
 fn map_image(r: &Row<'_>) -> Result<Image> {
     Ok(Image {
@@ -68,6 +73,7 @@ fn map_image(r: &Row<'_>) -> Result<Image> {
         oci_digest: r.get("oci_digest")?,
         oci_config: get_json(r, "oci_config")?,
         created_at: r.get("created_at")?,
+        warnings: get_json(r, "warnings")?,
     })
 }
 
@@ -116,7 +122,7 @@ impl Store {
                 crate::volumes::check_quota(tx, &i.user_id, i.size_mb)?;
             }
             tx.execute(
-                &format!("INSERT INTO images ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+                &format!("INSERT INTO images ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
                 params![
                     ids::row_id(),
                     i.user_id,
@@ -126,7 +132,8 @@ impl Store {
                     to_sql_int(i.size_mb, "size_mb")?,
                     i.oci_digest,
                     config,
-                    time::now()
+                    time::now(),
+                    to_json(&i.warnings, "warnings")?
                 ],
             )
             .map_err(|e| insert_err(e, |_| format!("image {:?} already exists", i.name)))?;

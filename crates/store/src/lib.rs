@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backups;
 pub mod coerce;
 mod error;
 mod events;
@@ -51,6 +52,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, Params, Row, Transaction, TransactionBehavior};
 
+pub use backups::Backup;
 pub use error::{Result, StoreError};
 pub use events::{Event, EventQuery, NewEvent};
 pub use images::ADMIN as ADMIN_USER;

@@ -312,6 +312,29 @@ CREATE INDEX sandboxes_expiry ON sandboxes(expires_at) WHERE expires_at IS NOT N
 ALTER TABLE sandboxes ADD COLUMN shell_token_expires_at TEXT;
 "#,
     },
+    Migration {
+        name: "images carry warnings",
+        rebuilds: false,
+        sql: r#"
+ALTER TABLE images ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+"#,
+    },
+    Migration {
+        name: "volume backups",
+        rebuilds: false,
+        sql: r#"
+CREATE TABLE volume_backups (
+    id TEXT PRIMARY KEY,
+    volume_name TEXT NOT NULL,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    s3_key TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+CREATE INDEX volume_backups_by_volume ON volume_backups(user_id, volume_name, created_at DESC);
+"#,
+    },
 ];
 
 /// Runs one step in its own transaction; false when another process

@@ -82,6 +82,13 @@ pub fn parse_ts(s: &str) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
+/// Days since 1970-01-01 → (year, month 1–12, day 1–31), for callers
+/// that work in whole days (cron schedules).
+pub fn civil_from_unix_days(days: u64) -> (i64, u32, u32) {
+    // u64 seconds / 86400 always fits an i64.
+    civil_from_days(i64::try_from(days).unwrap_or(0))
+}
+
 /// Days since 1970-01-01 → (year, month, day).
 // Cannot overflow: the only caller passes `u64 seconds / 86_400`
 // (≤ 2.2 × 10^14), so every intermediate stays far below `i64::MAX`.

@@ -244,6 +244,7 @@ async fn through_api(ctx: &Ctx, c: ImageCmd) -> anyhow::Result<i32> {
                 print_json(&r)?;
             } else {
                 outln!("image/{} imported ({})", r.name, mb(r.size_mb));
+                print_warnings(&r.warnings);
             }
         }
         ImageCmd::Save { sandbox, name } => {
@@ -258,6 +259,7 @@ async fn through_api(ctx: &Ctx, c: ImageCmd) -> anyhow::Result<i32> {
                     img.name,
                     mb(img.size_mb)
                 );
+                print_warnings(&img.warnings);
             }
         }
         ImageCmd::List => {
@@ -403,17 +405,28 @@ async fn follow(ctx: &Ctx, id: &str) -> anyhow::Result<i32> {
             .as_deref()
             .and_then(|r| serde_json::from_str(r).ok());
         match img {
-            Some(i) => outln!(
-                "image/{} pulled ({}, {})",
-                i.name,
-                mb(i.size_mb),
-                i.oci_digest.unwrap_or_default()
-            ),
+            Some(i) => {
+                outln!(
+                    "image/{} pulled ({}, {})",
+                    i.name,
+                    mb(i.size_mb),
+                    i.oci_digest.clone().unwrap_or_default()
+                );
+                print_warnings(&i.warnings);
+            }
             None => outln!("pulled"),
         }
         Ok(0)
     } else {
         eprintln!("Error: pull failed: {}", task.error.unwrap_or_default());
         Ok(1)
+    }
+}
+
+/// An image's warnings, one line each on stderr (the result stays the
+/// only thing on stdout).
+fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
 }

@@ -45,6 +45,28 @@ pub enum VolumeCmd {
         #[arg(long)]
         name: String,
     },
+    /// Back a volume up to the daemon's backup bucket (it may stay attached).
+    Backup { name: String },
+    /// List a volume's backups, newest first.
+    BackupList { name: String },
+    /// Replace a detached volume with one of its backups.
+    Restore {
+        name: String,
+        /// The backup to restore (see `backup-list`).
+        #[arg(long)]
+        backup_id: String,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Delete one of a volume's backups.
+    BackupDelete {
+        name: String,
+        backup_id: String,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
 }
 
 pub async fn run(ctx: &Ctx, c: VolumeCmd) -> anyhow::Result<i32> {
@@ -127,6 +149,77 @@ pub async fn run(ctx: &Ctx, c: VolumeCmd) -> anyhow::Result<i32> {
                 print_json(&r)?;
             } else {
                 outln!("volume/{name} resized ({} MB)", r.size_mb);
+            }
+        }
+        VolumeCmd::Backup { name } => {
+            let spin = ctx.spinner(format!("Backing up volume/{name} (copy, compress, upload)"));
+            let b = client.backup_volume(&name).await?;
+            drop(spin);
+            if ctx.json {
+                print_json(&b)?;
+            } else {
+                outln!(
+                    "volume/{name} backed up: {} ({}, sha256 {})",
+                    b.id,
+                    mb(b.size_bytes >> 20),
+                    b.sha256.get(..12).unwrap_or(&b.sha256)
+                );
+            }
+        }
+        VolumeCmd::BackupList { name } => {
+            let list = client.list_backups(&name).await?;
+            if ctx.json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let mut t = Table::new(&["ID", "SIZE", "SHA256", "CREATED"]);
+            for b in &list {
+                t.row([
+                    b.id.clone(),
+                    mb(b.size_bytes >> 20),
+                    b.sha256.get(..12).unwrap_or(&b.sha256).to_string(),
+                    b.created_at.clone(),
+                ]);
+            }
+            t.print_or(&format!(
+                "No backups. Make one: bhatti volume backup {name}"
+            ));
+        }
+        VolumeCmd::Restore {
+            name,
+            backup_id,
+            yes,
+        } => {
+            if !ctx.confirm(
+                yes,
+                &format!("Replace volume/{name} with backup {backup_id}?"),
+            )? {
+                return aborted();
+            }
+            let spin = ctx.spinner(format!(
+                "Restoring volume/{name} (download, verify, replace)"
+            ));
+            let r = client.restore_volume(&name, &backup_id).await?;
+            drop(spin);
+            if ctx.json {
+                print_json(&r)?;
+            } else {
+                outln!("volume/{name} restored from backup {}", r.backup_id);
+            }
+        }
+        VolumeCmd::BackupDelete {
+            name,
+            backup_id,
+            yes,
+        } => {
+            if !ctx.confirm(yes, &format!("Delete backup {backup_id} of volume/{name}?"))? {
+                return aborted();
+            }
+            let st = client.delete_backup(&name, &backup_id).await?;
+            if ctx.json {
+                print_json(&st)?;
+            } else {
+                outln!("backup {backup_id} of volume/{name} deleted");
             }
         }
         VolumeCmd::Clone { source, name } => {

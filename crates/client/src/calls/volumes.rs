@@ -53,4 +53,47 @@ impl Client {
         )
         .await
     }
+
+    /// `GET /volumes/:name/backups`, newest first.
+    pub async fn list_backups(&self, name: &str) -> Result<Vec<api::VolumeBackup>> {
+        self.get(
+            &format!("/volumes/{}/backups", encode_component(name)),
+            "backup list",
+        )
+        .await
+    }
+
+    /// `POST /volumes/:name/backups`: a backup now (answers when uploaded).
+    pub async fn backup_volume(&self, name: &str) -> Result<api::VolumeBackup> {
+        self.call(
+            Method::POST,
+            &format!("/volumes/{}/backups", encode_component(name)),
+            None::<&()>,
+            "backup",
+        )
+        .await
+    }
+
+    /// `POST /volumes/:name/backups/restore`.
+    pub async fn restore_volume(&self, name: &str, backup_id: &str) -> Result<api::Restored> {
+        self.call(
+            Method::POST,
+            &format!("/volumes/{}/backups/restore", encode_component(name)),
+            Some(&api::RestoreBackup {
+                backup_id: backup_id.into(),
+            }),
+            "restore result",
+        )
+        .await
+    }
+
+    /// `DELETE /volumes/:name/backups/:id`.
+    pub async fn delete_backup(&self, name: &str, backup_id: &str) -> Result<api::StatusBody> {
+        self.delete_status(&format!(
+            "/volumes/{}/backups/{}",
+            encode_component(name),
+            encode_component(backup_id)
+        ))
+        .await
+    }
 }

@@ -86,6 +86,18 @@ pub trait Engine: Send + Sync {
         })
     }
 
+    /// `src`, a disk attached to sandbox `id` (a volume), copied to `dest`
+    /// as [`Engine::save_disk`] copies the root disk: a point-in-time copy
+    /// with a running guest synced and paused for it. `Unsupported` where
+    /// the engine has no disk files.
+    async fn copy_attached(&self, id: &str, src: &Path, dest: &Path) -> Result<()> {
+        let _ = (id, src, dest);
+        Err(EngineError::Unsupported {
+            engine: "this",
+            what: "copying an attached disk".into(),
+        })
+    }
+
     /// A new sandbox from a checkpoint directory; the source may still run.
     async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo>;
 

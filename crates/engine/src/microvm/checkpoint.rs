@@ -4,6 +4,9 @@
 
 use std::path::Path;
 
+use bhatti_agent_client::ApplyConfig;
+use bhatti_protocol::config::GuestConfig;
+
 use super::sandbox::Detail;
 use super::{blocking, disk, persist, random_hex, MicroVmEngine, Rollback, CHECKPOINT_VERSION};
 use crate::contract::{
@@ -104,8 +107,12 @@ impl MicroVmEngine {
     }
 
     /// A copy of `id`'s root disk at `dest` (see `Engine::save_disk`).
-    pub(super) async fn copy_disk(&self, id: &str, dest: &Path) -> Result<()> {
+    /// Sandbox `id`'s root disk, or `src` (a volume attached to it), copied
+    /// to `dest` with the guest synced and paused for the copy.
+    pub(super) async fn copy_disk(&self, id: &str, src: Option<&Path>, dest: &Path) -> Result<()> {
         let sb = self.get(id)?;
+        let rootfs = sb.detail.dir.join("rootfs.ext4");
+        let src = src.unwrap_or(&rootfs);
         let tmp = dest.with_file_name(format!(
             ".{}.tmp-{:08x}",
             dest.file_name().and_then(|n| n.to_str()).unwrap_or("disk"),
@@ -117,13 +124,13 @@ impl MicroVmEngine {
         let res = match slot.as_ref() {
             Some(vm) => {
                 let was_hot = self.quiesce(&sb, vm.as_ref()).await?;
-                let r = disk::cow_copy(&sb.detail.dir.join("rootfs.ext4"), &tmp).await;
+                let r = disk::cow_copy(src, &tmp).await;
                 self.unquiesce(&sb, vm.as_ref(), was_hot).await;
                 r
             }
             // Stopped or cold: no VMM holds the disk; it is as the guest
             // left it when it was synced and snapshotted.
-            None => disk::cow_copy(&sb.detail.dir.join("rootfs.ext4"), &tmp).await,
+            None => disk::cow_copy(src, &tmp).await,
         };
         drop(slot);
         let res = match res {
@@ -143,6 +150,19 @@ impl MicroVmEngine {
         &self,
         dir: &Path,
         spec: ResumeSpec,
+    ) -> Result<SandboxInfo> {
+        self.restore_checkpoint(dir, spec, None).await
+    }
+
+    /// [`boot_checkpoint`](Self::boot_checkpoint), and with `claim` (a
+    /// template restore) the restored guest is made the new sandbox (see
+    /// `template`) before it is registered: a claim that fails is a create
+    /// that failed, with nothing left behind.
+    pub(super) async fn restore_checkpoint(
+        &self,
+        dir: &Path,
+        spec: ResumeSpec,
+        claim: Option<(ApplyConfig, GuestConfig)>,
     ) -> Result<SandboxInfo> {
         let d = dir.to_path_buf();
         let m: CheckpointManifest = blocking(move || {
@@ -191,7 +211,7 @@ impl MicroVmEngine {
                 .setup_net(&id, spec.owner_index, &m.guest_mac, &egress, None)
                 .await?;
             rb.net = Some(net.clone());
-            let detail = Detail {
+            let mut detail = Detail {
                 dir: sdir.clone(),
                 owner_index: spec.owner_index,
                 cpus: m.cpus,
@@ -205,6 +225,16 @@ impl MicroVmEngine {
                 crashed: None,
             };
             let vm = self.launch(&id, &detail, Some(&vmm)).await?;
+            if let Some((apply, cfg)) = &claim {
+                let claimed = self
+                    .apply_claim(&sdir, detail.net.ext_ip, &detail.token, apply, cfg)
+                    .await;
+                if let Err(e) = claimed {
+                    let _ = vm.kill().await;
+                    return Err(e);
+                }
+                detail.token = apply.token.clone();
+            }
             Ok::<_, EngineError>((detail, vm))
         }
         .await;

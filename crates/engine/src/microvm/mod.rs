@@ -36,6 +36,7 @@ mod lifecycle;
 mod persist;
 mod recovery;
 mod sandbox;
+mod template;
 mod thermal;
 
 use thermal::{park, wake};
@@ -125,6 +126,7 @@ pub struct MicroVmEngine {
     driver: Arc<dyn VmmDriver>,
     net: Arc<NetManager>,
     sandboxes: crate::registry::Registry<Sandbox>,
+    templates: template::Templates,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -183,7 +185,65 @@ impl MicroVmEngine {
             driver,
             net,
             sandboxes: Default::default(),
+            templates: Default::default(),
         })
+    }
+
+    /// A sandbox booted from its image (no template).
+    pub(super) async fn boot(&self, id: &str, spec: SandboxSpec) -> Result<SandboxInfo> {
+        let id = id.to_string();
+        let dir = self.cfg.data_dir.join("sandboxes").join(&id);
+        tokio::fs::create_dir_all(&dir).await?;
+        let mut rb = Rollback {
+            engine: self,
+            dir: Some(dir.clone()),
+            net: None,
+        };
+        let res = async {
+            let base = spec.image.clone().unwrap_or(self.cfg.default_image.clone());
+            let rootfs = dir.join("rootfs.ext4");
+            let token = random_hex(16);
+            let mac = random_mac();
+            let cfg = self.guest_config(&id, &token, &spec);
+            // Disks and network are independent: prepare them concurrently.
+            let disks = async {
+                disk::cow_copy(&base, &rootfs).await?;
+                if spec.disk_size_mb > 0 {
+                    disk::grow(&rootfs, spec.disk_size_mb).await?;
+                }
+                disk::build_config_drive(&cfg, &dir.join("config.ext4")).await
+            };
+            let network = self.setup_net(&id, spec.owner_index, &mac, &spec.egress, None);
+            let (disks, network) = tokio::join!(disks, network);
+            if let Ok(net) = &network {
+                rb.net = Some(net.clone());
+            }
+            disks?;
+            let net = network?;
+            let detail = Detail {
+                dir: dir.clone(),
+                owner_index: spec.owner_index,
+                cpus: spec.cpus,
+                memory_mb: spec.memory_mb,
+                mac,
+                token,
+                net,
+                volumes: spec.volumes.clone(),
+                egress: spec.egress.clone(),
+                restore_failed: None,
+                crashed: None,
+            };
+            let vm = self.launch(&id, &detail, None).await?;
+            Ok::<_, EngineError>((detail, vm))
+        }
+        .await;
+        match res {
+            Ok((detail, vm)) => Ok(self.register_hot(id, spec.name.clone(), detail, vm)),
+            Err(e) => {
+                rb.run().await;
+                Err(e)
+            }
+        }
     }
 
     fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
@@ -236,7 +296,6 @@ impl MicroVmEngine {
     }
 
     fn guest_config(&self, id: &str, token: &str, spec: &SandboxSpec) -> GuestConfig {
-        let b64 = base64::engine::general_purpose::STANDARD;
         GuestConfig {
             sandbox_id: id.to_string(),
             hostname: if spec.name.is_empty() {
@@ -246,19 +305,7 @@ impl MicroVmEngine {
             },
             token: token.to_string(),
             env: spec.env.clone(),
-            files: spec
-                .files
-                .iter()
-                .map(|(p, f)| {
-                    (
-                        p.clone(),
-                        ConfigFile {
-                            content: b64.encode(&f.content),
-                            mode: f.mode.clone(),
-                        },
-                    )
-                })
-                .collect(),
+            files: config_files(spec),
             // vda = root, vdb = config, volumes from vdc on.
             volumes: spec
                 .volumes
@@ -288,6 +335,23 @@ impl MicroVmEngine {
             ..Default::default()
         }
     }
+}
+
+/// A spec's files as the guest takes them (at boot and in a claim).
+fn config_files(spec: &SandboxSpec) -> std::collections::BTreeMap<String, ConfigFile> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    spec.files
+        .iter()
+        .map(|(p, f)| {
+            (
+                p.clone(),
+                ConfigFile {
+                    content: b64.encode(&f.content),
+                    mode: f.mode.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// Turns the Diff snapshot `diff` (in `stage`) into a Full one: a copy of
@@ -379,58 +443,11 @@ impl Engine for MicroVmEngine {
             ));
         }
         let id = crate::contract::checked_id(spec.id.as_deref(), || random_hex(8))?;
-        let dir = self.cfg.data_dir.join("sandboxes").join(&id);
-        tokio::fs::create_dir_all(&dir).await?;
-        let mut rb = Rollback {
-            engine: self,
-            dir: Some(dir.clone()),
-            net: None,
-        };
-        let res = async {
-            let base = spec.image.clone().unwrap_or(self.cfg.default_image.clone());
-            let rootfs = dir.join("rootfs.ext4");
-            let token = random_hex(16);
-            let mac = random_mac();
-            let cfg = self.guest_config(&id, &token, &spec);
-            // Disks and network are independent: prepare them concurrently.
-            let disks = async {
-                disk::cow_copy(&base, &rootfs).await?;
-                if spec.disk_size_mb > 0 {
-                    disk::grow(&rootfs, spec.disk_size_mb).await?;
-                }
-                disk::build_config_drive(&cfg, &dir.join("config.ext4")).await
-            };
-            let network = self.setup_net(&id, spec.owner_index, &mac, &spec.egress, None);
-            let (disks, network) = tokio::join!(disks, network);
-            if let Ok(net) = &network {
-                rb.net = Some(net.clone());
-            }
-            disks?;
-            let net = network?;
-            let detail = Detail {
-                dir: dir.clone(),
-                owner_index: spec.owner_index,
-                cpus: spec.cpus,
-                memory_mb: spec.memory_mb,
-                mac,
-                token,
-                net,
-                volumes: spec.volumes.clone(),
-                egress: spec.egress.clone(),
-                restore_failed: None,
-                crashed: None,
-            };
-            let vm = self.launch(&id, &detail, None).await?;
-            Ok::<_, EngineError>((detail, vm))
+        let image = spec.image.clone().unwrap_or(self.cfg.default_image.clone());
+        if let Some(info) = self.create_from_template(&id, &spec, &image).await {
+            return Ok(info);
         }
-        .await;
-        match res {
-            Ok((detail, vm)) => Ok(self.register_hot(id, spec.name.clone(), detail, vm)),
-            Err(e) => {
-                rb.run().await;
-                Err(e)
-            }
-        }
+        self.boot(&id, spec).await
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
@@ -577,7 +594,11 @@ impl Engine for MicroVmEngine {
     }
 
     async fn save_disk(&self, id: &str, dest: &Path) -> Result<()> {
-        self.copy_disk(id, dest).await
+        self.copy_disk(id, None, dest).await
+    }
+
+    async fn copy_attached(&self, id: &str, src: &Path, dest: &Path) -> Result<()> {
+        self.copy_disk(id, Some(src), dest).await
     }
 
     async fn resume_checkpoint(&self, dir: &Path, spec: ResumeSpec) -> Result<SandboxInfo> {

@@ -128,6 +128,9 @@ impl MicroVmEngine {
     /// The daemon stops: VMMs are released for the next daemon to adopt
     /// (`keep_running`, where the driver can adopt) or killed.
     pub(super) async fn let_go(&self, keep_running: bool) {
+        // First: a template build in flight destroys its VM, which no
+        // daemon would adopt.
+        self.stop_templates().await;
         let keep_running = keep_running && self.driver.supports_adopt();
         let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
         for sb in all {

@@ -22,6 +22,12 @@ pub const TAP_NAME: &str = "tap0";
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 2);
 /// The guest's gateway: the TAP's address inside the namespace.
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 1);
+/// The TAP's MAC address, identical in every sandbox (locally administered,
+/// unicast): a guest restored into another namespace (a fork, a template
+/// copy) keeps its ARP entry for the gateway, and with a random TAP address
+/// its replies would go to the old one until that entry went stale (tens
+/// of seconds of silence).
+pub const GATEWAY_MAC: &str = "02:62:68:74:00:01";
 /// Prefix length of the guest link.
 pub const GUEST_PREFIX_LEN: u8 = 30;
 /// Netmask of the guest link (for the kernel `ip=` argument).

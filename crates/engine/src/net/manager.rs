@@ -15,8 +15,8 @@ use super::cidr::Ipv4Cidr;
 use super::cmd::Cmd;
 use super::config::NetConfig;
 use super::consts::{
-    named_netns_path, netns_name, validate_sandbox_id, GATEWAY_IP, GUEST_IP, GUEST_PREFIX_LEN,
-    HOST_VETH_IP, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
+    named_netns_path, netns_name, validate_sandbox_id, GATEWAY_IP, GATEWAY_MAC, GUEST_IP,
+    GUEST_PREFIX_LEN, HOST_VETH_IP, NETNS_ETH, TAP_NAME, VETH_ID_CHARS,
 };
 use super::firewall::{self, EgressPolicy, HostChains};
 use super::host::{
@@ -419,6 +419,7 @@ impl NetManager {
                  route add {HOST_VETH_IP}/32 dev {NETNS_ETH} scope link\n\
                  route add default via {HOST_VETH_IP} dev {NETNS_ETH}\n\
                  {tuntap}\n\
+                 link set dev {TAP_NAME} address {GATEWAY_MAC}\n\
                  addr add {GATEWAY_IP}/{GUEST_PREFIX_LEN} dev {TAP_NAME}\n\
                  link set dev {TAP_NAME} up\n\
                  neigh replace {GUEST_IP} lladdr {mac} dev {TAP_NAME} nud permanent\n",

@@ -20,7 +20,7 @@ pub(crate) const CONFIG_DEVICE: &str = "/dev/vdb";
 /// Where the drive is mounted just long enough to read `config.json`.
 const CONFIG_MOUNT: &str = "/run/bhatti/config";
 /// The config's environment as `KEY=VALUE` lines (0600, root).
-const CONFIG_ENV: &str = "/run/bhatti/config-env";
+pub(crate) const CONFIG_ENV: &str = "/run/bhatti/config-env";
 /// The hostname when the config names none.
 const DEFAULT_HOSTNAME: &str = "bhatti";
 /// The sandbox user's uid/gid.
@@ -94,7 +94,7 @@ pub fn apply(cfg: &GuestConfig) {
     }
 }
 
-fn apply_hostname(name: &str) -> Result<(), GuestError> {
+pub(crate) fn apply_hostname(name: &str) -> Result<(), GuestError> {
     nix::unistd::sethostname(name).map_err(|source| GuestError::Sys {
         what: format!("sethostname {name:?}"),
         source,
@@ -187,27 +187,32 @@ pub fn parse_mode(s: &str) -> u32 {
 }
 
 fn write_config_file(path: &Path, f: &ConfigFile) -> Result<(), GuestError> {
-    if !path.is_absolute() {
-        return Err(GuestError::Invalid {
-            what: "config file path (must be absolute)",
-            value: path.display().to_string(),
-        });
-    }
     let data = base64::engine::general_purpose::STANDARD
         .decode(f.content.trim())
         .map_err(|_| GuestError::Invalid {
             what: "base64 content",
             value: path.display().to_string(),
         })?;
+    write_user_file(path, &data, parse_mode(&f.mode))
+}
+
+/// Writes a file for the sandbox user as root (a config file at boot, or
+/// one an applied configuration carries, already decoded).
+pub(crate) fn write_user_file(path: &Path, data: &[u8], mode: u32) -> Result<(), GuestError> {
+    if !path.is_absolute() {
+        return Err(GuestError::Invalid {
+            what: "config file path (must be absolute)",
+            value: path.display().to_string(),
+        });
+    }
     // The root filesystem outlives a boot: symlinks the sandbox user planted
     // in an earlier one must not steer root's writes now.
     let path = resolve_root_owned(path)?;
     let path = path.as_path();
     let created = mkdir_p(path.parent().unwrap_or(Path::new("/")))?;
-    let mode = parse_mode(&f.mode);
     // Replaced, never written through: an existing name may be a hard link the
     // user made to a system file. Owned by the user via the descriptor.
-    write_atomic_owned(path, &data, mode, Some(USER_ID))?;
+    write_atomic_owned(path, data, mode, Some(USER_ID))?;
     // The parent goes to the user too (as in the reference), but only where that
     // cannot hand the user a system directory: directories created here, and
     // existing ones under the user's own trees.

@@ -20,6 +20,7 @@
 //! lohar power off rather than serve without the token the host configured.
 
 pub mod config;
+pub mod entropy;
 pub mod harden;
 pub mod mounts;
 pub mod net;
@@ -40,6 +41,13 @@ use crate::{Agent, AgentConfig};
 pub const BOOT_TIMING: &str = "/run/bhatti/boot-timing.txt";
 /// The console line hosts and tests wait for.
 pub const READY_LINE: &str = "lohar: ready";
+/// Env that image tiers and the boot profile add to every exec.
+pub const EXEC_ENV: &str = "/run/bhatti/env";
+/// The boot profile: run as root once the services are started.
+pub const BOOT_PROFILE: &str = "/etc/bhatti/init.sh";
+/// How long the boot profile may take before the init session starts
+/// without it.
+const BOOT_PROFILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything that can go wrong while setting up the guest.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +142,8 @@ pub fn agent_config(cfg: &GuestConfig) -> AgentConfig {
     AgentConfig {
         token: Some(cfg.token.clone()).filter(|t| !t.is_empty()),
         env: cfg.env.clone(),
+        env_file: Some(EXEC_ENV.into()),
+        system: true,
         ..AgentConfig::for_sandbox(&cfg.user, &cfg.cwd)
     }
 }
@@ -273,12 +283,55 @@ async fn serve(cfg: GuestConfig, mut timing: Timing) -> &'static str {
     if let Err(e) = config::write_atomic(Path::new(BOOT_TIMING), &timing.render(), 0o644) {
         tracing::warn!("boot timing: {e}");
     }
+    // The service manager: tmpfiles.d, its sockets, then the enabled units
+    // in the background (the agent already serves); it appends
+    // `units_started_ms` to the boot timing when they are all up.
+    let helper = std::env::current_exe().unwrap_or_else(|_| "/usr/local/bin/lohar".into());
+    crate::systemd::start(crate::systemd::Paths::under(Path::new("/"), helper)).await;
+    run_boot_profile().await;
     if !cfg.init.is_empty() {
         agent.start_init(&cfg.init, init_run_as);
     }
     let sig = shutdown.await;
     tracing::info!("{sig}: shutting down");
     sig
+}
+
+/// Runs `/etc/bhatti/init.sh` as root, at most 30 s; its output goes to
+/// `/var/log/bhatti/init.sh.log`.
+async fn run_boot_profile() {
+    if !Path::new(BOOT_PROFILE).is_file() {
+        return;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/var/log/bhatti/init.sh.log");
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg(BOOT_PROFILE)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Ok(f) = log {
+        if let Ok(g) = f.try_clone() {
+            cmd.stdout(f).stderr(g);
+        }
+    }
+    let child = reaper::spawn_tracked(|| cmd.spawn());
+    match child {
+        Ok(mut c) => {
+            let pid = c.id();
+            match tokio::time::timeout(BOOT_PROFILE_TIMEOUT, c.wait()).await {
+                Ok(Ok(st)) if !st.success() => tracing::warn!("{BOOT_PROFILE}: {st}"),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("{BOOT_PROFILE}: still running after 30 s, killed");
+                    let _ = c.kill().await;
+                }
+            }
+            reaper::untrack(pid);
+        }
+        Err(e) => tracing::warn!("{BOOT_PROFILE}: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,39 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Coalesces SIGCHLD bursts (many short execs) into one scan.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(50);
 
+/// How many reaped orphans' exit statuses are kept for [`orphan_exit`].
+const EXITS_KEPT: usize = 256;
+
+/// Recently reaped orphans: (pid, exit code, signal). A forked daemon is an
+/// orphan by the time it is a unit's main process, and its unit asks how
+/// it ended (a clean `nginx -s quit` is not a crash).
+static EXITS: Mutex<std::collections::VecDeque<OrphanExit>> =
+    Mutex::new(std::collections::VecDeque::new());
+
+/// (pid, exit code, signal) of one reaped orphan.
+type OrphanExit = (i32, Option<i32>, Option<i32>);
+
+/// How a reaped orphan ended: `(exit code, signal)`, taken once.
+pub fn orphan_exit(pid: u32) -> Option<(Option<i32>, Option<i32>)> {
+    let pid = i32::try_from(pid).ok()?;
+    let mut exits = bhatti_sync::lock(&EXITS);
+    let at = exits.iter().rposition(|(p, _, _)| *p == pid)?;
+    exits.remove(at).map(|(_, code, sig)| (code, sig))
+}
+
+fn record_exit(st: WaitStatus) {
+    let (pid, code, sig) = match st {
+        WaitStatus::Exited(p, c) => (p.as_raw(), Some(c), None),
+        WaitStatus::Signaled(p, s, _) => (p.as_raw(), None, Some(s as i32)),
+        _ => return,
+    };
+    let mut exits = bhatti_sync::lock(&EXITS);
+    if exits.len() == EXITS_KEPT {
+        exits.pop_front();
+    }
+    exits.push_back((pid, code, sig));
+}
+
 fn lock() -> MutexGuard<'static, Registry> {
     bhatti_sync::lock(&TRACKED)
 }
@@ -137,6 +170,7 @@ pub fn reap_orphans() -> usize {
             Ok(st) => {
                 reaped = reaped.saturating_add(1);
                 tracing::debug!(pid, status = ?st, "reaper: reaped orphan");
+                record_exit(st);
             }
             // Not our child after all (raced with its own exit handling).
             Err(nix::errno::Errno::ECHILD) => {}

@@ -23,6 +23,8 @@ pub struct Opts {
     pub file_user: Option<(u32, u32)>,
     /// `LOHAR_TCP`: an extra control listener on this address.
     pub tcp: Option<String>,
+    /// `LOHAR_SYSTEMD_ROOT`: run the systemd substitute rooted here.
+    pub systemd_root: Option<PathBuf>,
 }
 
 impl Lohar {
@@ -54,6 +56,9 @@ impl Lohar {
         }
         if let Some(a) = &opts.tcp {
             cmd.env("LOHAR_TCP", a);
+        }
+        if let Some(r) = &opts.systemd_root {
+            cmd.env("LOHAR_SYSTEMD_ROOT", r);
         }
         let child = cmd.spawn().expect("spawn lohar");
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -38,6 +38,8 @@ pub async fn start_with(
     cfg.rate_limits.enabled = false;
     cfg.thermal.enabled = false;
     cfg.default_memory_mb = 256;
+    // Benches that measure template restores turn them on themselves.
+    cfg.template_snapshots = false;
     tweak(&mut cfg);
     match bhatti_server::start(cfg).await {
         Ok(daemon) => Some(Bench {

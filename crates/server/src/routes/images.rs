@@ -142,6 +142,7 @@ pub async fn import(
         Json(api::Imported {
             name: img.name,
             size_mb: img.size_mb,
+            warnings: img.warnings,
         }),
     ))
 }

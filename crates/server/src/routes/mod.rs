@@ -32,7 +32,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, post, MethodFilter};
+use axum::routing::{delete, get, on, post, MethodFilter};
 use axum::Router;
 use bhatti_api::{ErrorBody, VERSION_HEADER};
 use bhatti_store::User;
@@ -181,6 +181,15 @@ fn api(state: Shared) -> Router {
         )
         .route("/volumes/{name}/resize", post(volumes::resize))
         .route("/volumes/{name}/snapshot", post(volumes::clone))
+        .route(
+            "/volumes/{name}/backups",
+            get(volumes::backups).post(volumes::backup),
+        )
+        .route("/volumes/{name}/backups/restore", post(volumes::restore))
+        .route(
+            "/volumes/{name}/backups/{backup_id}",
+            delete(volumes::delete_backup),
+        )
         .nest("/e2b", e2b::router(state.clone()))
         .fallback(|| async { ServiceError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

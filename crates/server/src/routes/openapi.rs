@@ -482,6 +482,19 @@ pub fn routes() -> Vec<RouteDoc> {
             .creates("/volumes/{name}", "name")
             .ok(201, "The copy.", Content::Json(s::<api::Volume>))
             .errors(&[403, 404, 409]),
+        op("get", "/volumes/{name}/backups", "The volume's backups, newest first (501 when backups are not configured).")
+            .ok(200, "Its backups.", Content::Json(list::<api::VolumeBackup>))
+            .errors(&[404, 501]),
+        op("post", "/volumes/{name}/backups", "Back the volume up to the backup bucket: a point-in-time copy (a running writer is synced and paused for it), zstd-compressed, uploaded in parts.")
+            .ok(201, "The backup.", Content::Json(s::<api::VolumeBackup>))
+            .errors(&[404, 409, 501, 502]),
+        op("post", "/volumes/{name}/backups/restore", "Replace a detached volume with one of its backups, checked against its SHA-256 first; a deleted volume is created again at the backup's size.")
+            .json(s::<api::RestoreBackup>)
+            .ok(200, "`restored`.", Content::Json(s::<api::Restored>))
+            .errors(&[403, 404, 409, 501, 502]),
+        op("delete", "/volumes/{name}/backups/{backup_id}", "Delete a backup (its row, then its object).")
+            .ok(200, "`deleted`.", Content::Json(s::<api::StatusBody>))
+            .errors(&[404, 501]),
     ]
     .into_iter()
     .chain(proxy_routes())

@@ -1,5 +1,6 @@
 //! Persistent volumes over [`crate::service::volumes`]: create, list, get,
-//! delete, resize (grow only), clone.
+//! delete, resize (grow only), clone, and their backups over
+//! [`crate::service::backups`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -92,4 +93,58 @@ pub async fn clone(
 ) -> ServiceResult<(StatusCode, Json<api::Volume>)> {
     let v = service::clone(&st, &user, &name, &req.name).await?;
     Ok((StatusCode::CREATED, Json(to_api(v, Some(Vec::new())))))
+}
+
+fn backup_to_api(b: bhatti_store::Backup) -> api::VolumeBackup {
+    api::VolumeBackup {
+        id: b.id,
+        volume_name: b.volume_name,
+        user_id: b.user_id,
+        s3_key: b.s3_key,
+        size_bytes: b.size_bytes,
+        sha256: b.sha256,
+        created_at: b.created_at,
+    }
+}
+
+pub async fn backups(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(name): Path<String>,
+) -> ServiceResult<Json<Vec<api::VolumeBackup>>> {
+    let list = crate::service::backups::list(&st, &user, &name).await?;
+    Ok(Json(list.into_iter().map(backup_to_api).collect()))
+}
+
+pub async fn backup(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(name): Path<String>,
+) -> ServiceResult<(StatusCode, Json<api::VolumeBackup>)> {
+    let b = crate::service::backups::create(&st, &user, &name).await?;
+    Ok((StatusCode::CREATED, Json(backup_to_api(b))))
+}
+
+pub async fn restore(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<api::RestoreBackup>,
+) -> ServiceResult<Json<api::Restored>> {
+    let b = crate::service::backups::restore(&st, &user, &name, &req.backup_id).await?;
+    Ok(Json(api::Restored {
+        status: "restored".into(),
+        backup_id: b.id,
+    }))
+}
+
+pub async fn delete_backup(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    Path((name, backup_id)): Path<(String, String)>,
+) -> ServiceResult<Json<api::StatusBody>> {
+    crate::service::backups::delete(&st, &user, &name, &backup_id).await?;
+    Ok(Json(api::StatusBody {
+        status: "deleted".into(),
+    }))
 }

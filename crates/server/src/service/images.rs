@@ -216,6 +216,7 @@ pub async fn save(st: &Shared, user: &User, id: &str, name: &str) -> ServiceResu
         size_mb,
         oci_digest: String::new(),
         oci_config: config,
+        warnings: crate::images::file_warnings(&out).await,
     };
     let img = match st
         .db(move |s| s.create_image(&new))
@@ -315,7 +316,7 @@ where
                 .await?
                 .map_err(api_error)?;
         let _ = tokio::fs::remove_file(&spool).await;
-        let (file_path, size_mb) = st
+        let (file_path, size_mb, warnings) = st
             .images
             .convert(&job, unpacked.layers, &user.id, &name, None)
             .await?;
@@ -327,6 +328,7 @@ where
             size_mb,
             oci_digest: String::new(),
             oci_config: serde_json::to_value(&unpacked.defaults).map_err(ServiceError::internal)?,
+            warnings,
         };
         match st
             .db(move |s| s.create_image(&new))

@@ -2,6 +2,7 @@
 //! inputs, shared by the native API and the E2B API so that no rule is
 //! implemented twice. Handlers parse and render; they decide nothing.
 
+pub mod backups;
 pub mod error;
 pub mod exec;
 pub mod files;

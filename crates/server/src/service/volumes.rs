@@ -240,11 +240,7 @@ pub async fn resize(st: &Shared, user: &User, name: &str, size_mb: u64) -> Servi
         .await
         .map_err(ServiceError::quota_as_forbidden)?;
     if st.engine_name != "docker" {
-        let p = v.file_path.clone();
-        // Exit codes 1/2 mean "fixed"; resize2fs refuses a dirty fs anyway.
-        let _ = run("e2fsck", &["-f", "-y", &p]).await;
-        set_size(Path::new(&p), size_mb, false).await?;
-        run("resize2fs", &[&p]).await?;
+        grow_image(Path::new(&v.file_path), size_mb).await?;
     }
     st.events.emit(
         &user.id,
@@ -253,6 +249,15 @@ pub async fn resize(st: &Shared, user: &User, name: &str, size_mb: u64) -> Servi
         serde_json::json!({"name": name, "size_mb": nv.size_mb}),
     );
     Ok(nv)
+}
+
+/// Grows a detached ext4 image file and its file system to `size_mb`.
+pub(crate) async fn grow_image(path: &Path, size_mb: u64) -> ServiceResult<()> {
+    let p = path.to_string_lossy();
+    // Exit codes 1/2 mean "fixed"; resize2fs refuses a dirty fs anyway.
+    let _ = run("e2fsck", &["-f", "-y", &p]).await;
+    set_size(path, size_mb, false).await?;
+    run("resize2fs", &[&p]).await
 }
 
 /// A copy of volume `name` as `new_name` (CoW where the file system can);

@@ -124,6 +124,9 @@ pub fn config(engine: &str, dir: &std::path::Path) -> Config {
     cfg.thermal.enabled = false;
     cfg.default_memory_mb = 256;
     cfg.drain_secs = 5;
+    // Each template is a background boot: on by hand in the suites that
+    // test them (tests/templates.rs), so the others time only their own VMs.
+    cfg.template_snapshots = false;
     if let Ok(img) = std::env::var("BHATTI_DOCKER_IMAGE") {
         cfg.docker_image = Some(img);
     }
