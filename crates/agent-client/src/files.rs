@@ -3,7 +3,7 @@
 use bhatti_protocol::messages::{
     FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest, StatusResponse,
 };
-use bhatti_protocol::{MsgType, FILE_CHUNK};
+use bhatti_protocol::{seal_frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::transport::Conn;
@@ -80,12 +80,17 @@ impl AgentClient {
         };
         let p = serde_json::to_vec(&req)?;
         let mut conn = self.request(MsgType::FileWriteReq, &p).await?;
-        let mut buf = vec![0u8; FILE_CHUNK];
+        // Each chunk is read straight into the frame that carries it,
+        // behind room for its header: one buffer, no copy before the write.
+        let mut frame = Vec::with_capacity(FRAME_OVERHEAD + FILE_CHUNK);
         let mut left = size;
         while left > 0 {
-            let want = usize::try_from(left).map_or(FILE_CHUNK, |l| l.min(FILE_CHUNK));
-            let n = src
-                .read(&mut buf[..want])
+            let want = left.min(FILE_CHUNK as u64);
+            frame.clear();
+            frame.resize(FRAME_OVERHEAD, 0);
+            let n = (&mut *src)
+                .take(want)
+                .read_buf(&mut frame)
                 .await
                 .map_err(ClientError::Source)?;
             if n == 0 {
@@ -94,7 +99,8 @@ impl AgentClient {
                     format!("source ended {left} bytes short of the declared size"),
                 )));
             }
-            if let Err(e) = conn.send(MsgType::Stdin, &buf[..n]).await {
+            seal_frame(MsgType::Stdin as u8, &mut frame).map_err(ClientError::from)?;
+            if let Err(e) = conn.send_sealed(&frame).await {
                 // The agent may have refused the write (size, path) and closed:
                 // its ERROR explains better than our broken pipe.
                 return Err(match conn.recv().await {

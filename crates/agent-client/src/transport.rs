@@ -46,6 +46,15 @@ pub enum Transport {
         /// TCP port reaching the agent's forward port.
         forward: u16,
     },
+    /// TCP to the guest's ports from inside the network namespace at
+    /// `netns`: a sandbox whose namespace is not joined to the host (a warm
+    /// pool's, waiting to be claimed) has no route from the host's.
+    TcpInNetns {
+        /// The namespace's file, e.g. `/var/run/netns/bhatti-<id>`.
+        netns: PathBuf,
+        /// The guest's address inside that namespace.
+        addr: IpAddr,
+    },
     /// Firecracker's hybrid vsock: a host Unix socket plus `CONNECT <port>`.
     VsockUds {
         /// The VMM's host-side vsock socket.
@@ -65,16 +74,9 @@ impl Transport {
                 let s = timed(tokio::net::UnixStream::connect(path)).await?;
                 Box::new(s)
             }
-            Transport::Tcp { addr } => {
-                // The agent's ports (1024, 1025) are TCP ports as well as
-                // vsock ports; a vsock-only number cannot be dialled.
-                let tcp_port = u16::try_from(port).map_err(|_| {
-                    ClientError::Connect(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("port {port} is not a TCP port"),
-                    ))
-                })?;
-                tcp(SocketAddr::new(*addr, tcp_port)).await?
+            Transport::Tcp { addr } => tcp(SocketAddr::new(*addr, tcp_port(port)?)).await?,
+            Transport::TcpInNetns { netns, addr } => {
+                tcp_in_netns(netns.clone(), SocketAddr::new(*addr, tcp_port(port)?)).await?
             }
             Transport::TcpPorts {
                 addr,
@@ -95,6 +97,43 @@ impl Transport {
         };
         Ok(Conn::new(stream))
     }
+}
+
+/// The agent's ports (1024, 1025) are TCP ports as well as vsock ports; a
+/// vsock-only number cannot be dialled.
+fn tcp_port(port: u32) -> Result<u16> {
+    u16::try_from(port).map_err(|_| {
+        ClientError::Connect(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("port {port} is not a TCP port"),
+        ))
+    })
+}
+
+/// Connects from inside the namespace at `netns`. Namespace membership is
+/// per thread, so the socket is made on a thread of its own that joins the
+/// namespace and then ends (never a pooled runtime thread, which would stay
+/// there); the socket keeps the namespace it was made in.
+async fn tcp_in_netns(netns: PathBuf, addr: SocketAddr) -> Result<BoxStream> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let made = (|| {
+            let ns = std::fs::File::open(&netns)?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            let s = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(s)
+        })();
+        let _ = tx.send(made);
+    });
+    let s = rx
+        .await
+        .map_err(|_| ClientError::Connect(std::io::Error::other("the connecting thread ended")))?
+        .and_then(tokio::net::TcpStream::from_std)
+        .map_err(ClientError::Connect)?;
+    let _ = s.set_nodelay(true);
+    Ok(Box::new(s))
 }
 
 async fn tcp(addr: SocketAddr) -> Result<BoxStream> {
@@ -150,6 +189,13 @@ impl Conn {
     /// Sends one frame.
     pub async fn send(&mut self, kind: MsgType, payload: &[u8]) -> Result<()> {
         write_frame(&mut self.wr, kind as u8, payload).await?;
+        Ok(())
+    }
+
+    /// Sends a frame sealed in place
+    /// ([`seal_frame`](bhatti_protocol::seal_frame)), with no copy.
+    pub async fn send_sealed(&mut self, frame: &[u8]) -> Result<()> {
+        self.wr.write_all(frame).await?;
         Ok(())
     }
 

@@ -954,3 +954,68 @@ mod tests {
         assert_eq!(c.cpus, Some(2.0));
     }
 }
+
+/// One warm pool as `PUT /admin/pools` sets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Image name (an admin image, or `minimal`); unset: the default image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// vCPUs of each pooled sandbox (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory of each pooled sandbox, MiB (default: the daemon's
+    /// `default_memory_mb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// Sandboxes to keep booted and paused (0–32).
+    pub size: u32,
+}
+
+/// `PUT /admin/pools`: the warm pools from now on (until the daemon
+/// restarts, when its config's `pools` apply again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPools {
+    /// Every pool; one left out is emptied.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// One warm pool as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolInfo {
+    /// The image's name.
+    pub image: String,
+    /// vCPUs of each pooled sandbox.
+    pub cpus: u32,
+    /// Memory of each pooled sandbox, MiB.
+    pub memory_mb: u32,
+    /// Target size.
+    pub size: u32,
+    /// Sandboxes booted, paused and waiting.
+    pub ready: u32,
+    /// Whether the image's template snapshot exists (the pool fills from it).
+    pub template: bool,
+    /// Creates that took a pooled sandbox.
+    pub hits: u64,
+    /// Creates of this image and shape that found the pool empty.
+    pub misses: u64,
+    /// Pooled sandboxes made since the daemon started.
+    pub refills: u64,
+    /// Pooled sandboxes discarded unused (memory pressure, a smaller pool,
+    /// a changed image, a failed claim).
+    pub discarded: u64,
+    /// Resident memory of the ready sandboxes' VMM processes, bytes.
+    pub rss_bytes: u64,
+}
+
+/// `GET /admin/pools`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Pools {
+    /// Whether this daemon can pool at all (a microVM engine with template
+    /// snapshots on).
+    pub enabled: bool,
+    /// Each pool.
+    pub pools: Vec<PoolInfo>,
+}

@@ -169,7 +169,7 @@ fn main() {
         .expect("tempdir");
     std::fs::write(
         data.path().join("config.yaml"),
-        "rate_limits:\n  enabled: false\nthermal:\n  enabled: false\ndefault_memory_mb: 256\ntemplate_snapshots: false\n",
+        "rate_limits:\n  enabled: false\nthermal:\n  enabled: false\ndefault_memory_mb: 256\ntemplate_snapshots: false\npools: []\n",
     )
     .expect("config");
     let mut d = Daemon {

@@ -206,7 +206,7 @@ async fn dispatch(ctx: &Ctx, command: Command, data_dir: Option<PathBuf>) -> any
         Command::Image(c) => image::run(ctx, c).await,
         Command::Task(c) => image::task(ctx, c).await,
         Command::User(c) => user::run(ctx, c),
-        Command::Admin(c) => admin::run(ctx, c),
+        Command::Admin(c) => admin::run(ctx, c).await,
         Command::Version => version::run(ctx).await,
         Command::Completion { shell } => {
             let mut cmd = Cli::command();

@@ -78,7 +78,7 @@ impl Daemon {
         let cfg = data.path().join("config.yaml");
         std::fs::write(
             &cfg,
-            format!("rate_limits:\n  enabled: false\nthermal:\n  enabled: false\ndefault_memory_mb: 256\ndrain_secs: 5\ntemplate_snapshots: false\n{extra}"),
+            format!("rate_limits:\n  enabled: false\nthermal:\n  enabled: false\ndefault_memory_mb: 256\ndrain_secs: 5\ntemplate_snapshots: false\npools: []\n{extra}"),
         )
         .expect("config");
         let notify = std::os::unix::net::UnixDatagram::bind(data.path().join("notify.sock"))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bhatti_agent_client::{ExecRequest, ReadOptions, StreamEvent};
 use bhatti_benchkit::Report;
-use bhatti_engine::contract::{Engine, EngineExt, SandboxSpec};
+use bhatti_engine::contract::{Engine, EngineExt, PoolSpec, SandboxSpec};
 use bhatti_engine::microvm::{MicroVmConfig, MicroVmEngine};
 use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
@@ -128,13 +128,7 @@ async fn main() {
     )
     .expect("engine");
     let mut report = Report::new("microvm");
-    let spec = |name: &str| SandboxSpec {
-        name: name.into(),
-        owner_index: 250,
-        cpus: 1,
-        memory_mb: 512,
-        ..Default::default()
-    };
+    let spec = |name: &str| spec_of(name);
 
     // Lifecycle: bare boot vs create → first exec, and destroy.
     let mut bare = Vec::new();
@@ -528,6 +522,140 @@ async fn main() {
             None,
             "once per image and shape, in the background",
         );
+
+        // Warm pools on the same engine and template: a hit's create →
+        // first exec (the pool's refill waits while creates come), the
+        // refill of one sandbox and the rate of filling a pool, the memory
+        // a pooled VM costs, and a burst of 20 creates against a pool of 5
+        // beside a burst of 20 cold boots.
+        let pool = |size: u32| {
+            vec![PoolSpec {
+                name: "minimal".into(),
+                image: None,
+                cpus: 1,
+                memory_mb: 512,
+                size,
+            }]
+        };
+        async fn wait_ready(e: &MicroVmEngine, n: u32) -> Duration {
+            let t = Instant::now();
+            while e.pools().first().map_or(0, |p| p.ready) != n {
+                assert!(
+                    t.elapsed() < Duration::from_secs(300),
+                    "the pool did not reach {n}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            t.elapsed()
+        }
+        async fn take(e: &MicroVmEngine, spec: SandboxSpec) -> (Duration, String, bool) {
+            let t = Instant::now();
+            let id = e.reserve_pooled(&spec);
+            let hit = id.is_some();
+            let info = e.create(SandboxSpec { id, ..spec }).await.expect("create");
+            let r = e.exec(&info.id, vec!["true".into()]).await.expect("exec");
+            assert_eq!(r.exit_code, 0);
+            (t.elapsed(), info.id, hit)
+        }
+        let mut refills = Vec::new();
+        for _ in 0..n_life {
+            tengine.set_pools(pool(0));
+            wait_ready(&tengine, 0).await;
+            tengine.set_pools(pool(1));
+            refills.push(wait_ready(&tengine, 1).await);
+        }
+        let mut hits = Vec::new();
+        for i in 0..n_life {
+            wait_ready(&tengine, 1).await;
+            let (took, id, hit) = take(&tengine, spec(&format!("ph{i}"))).await;
+            assert!(hit, "a full pool is a hit");
+            hits.push(took);
+            tengine.destroy(&id).await.expect("destroy");
+        }
+        report.latency(
+            "warm pool hit: create → first exec",
+            &hits,
+            Some((
+                "template snapshot restore: create → first exec (same run)",
+                &hit,
+            )),
+            "target p50 < 50 ms (join the network, resume, claim, exec)",
+        );
+        report.latency(
+            "warm pool hit: create → first exec, beside a cold boot",
+            &hits,
+            Some(("create → first exec booting (same run)", &cold)),
+            "",
+        );
+        report.latency(
+            "warm pool refill of one sandbox (restore, warm up, pause)",
+            &refills,
+            None,
+            "one at a time, in the background",
+        );
+        tengine.set_pools(pool(0));
+        wait_ready(&tengine, 0).await;
+        tengine.set_pools(pool(5));
+        let fill = wait_ready(&tengine, 5).await;
+        report.throughput(
+            "warm pool refill rate (an empty pool of 5 filling)",
+            "sandboxes/s",
+            5.0 / fill.as_secs_f64(),
+            None,
+            "",
+        );
+        let st = tengine.pools();
+        let per_vm = st[0].rss_bytes as f64 / f64::from(st[0].ready.max(1)) / (1024.0 * 1024.0);
+        report.throughput(
+            "host memory per pooled VM (VMM resident set)",
+            "MiB",
+            per_vm,
+            None,
+            "512 MiB guest restored from the template, paused",
+        );
+        let burst = |e: Arc<MicroVmEngine>, tag: &'static str| async move {
+            let t0 = Instant::now();
+            let tasks: Vec<_> = (0..20)
+                .map(|i| {
+                    let e = e.clone();
+                    tokio::spawn(async move { take(&e, spec_of(&format!("{tag}{i}"))).await })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.expect("task"));
+            }
+            (t0.elapsed(), out)
+        };
+        let (burst_all, burst_pool) = burst(tengine.clone(), "pb").await;
+        let burst_hits = burst_pool.iter().filter(|x| x.2).count();
+        for (_, id, _) in &burst_pool {
+            tengine.destroy(id).await.expect("destroy");
+        }
+        tengine.set_pools(pool(0));
+        let plain = Arc::new(
+            MicroVmEngine::new(
+                MicroVmConfig::new(tmp.path().join("data-b"), kernel.clone(), rootfs.clone()),
+                driver.clone(),
+                net.clone(),
+            )
+            .expect("engine (boots)"),
+        );
+        let (cold_all, burst_cold) = burst(plain.clone(), "cb").await;
+        for (_, id, _) in &burst_cold {
+            plain.destroy(id).await.expect("destroy");
+        }
+        let lat = |v: &[(Duration, String, bool)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+        report.latency(
+            &format!("burst of 20 creates → first exec against a pool of 5 ({burst_hits} hits; all done in {} ms)", burst_all.as_millis()),
+            &lat(&burst_pool),
+            Some((
+                &format!("burst of 20 cold boots (all done in {} ms)", cold_all.as_millis()),
+                &lat(&burst_cold),
+            )),
+            "target: never slower than cold boots",
+        );
+        tengine.shutdown(false).await;
     }
 
     let avg = sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64 / (1024.0 * 1024.0);
@@ -559,6 +687,17 @@ async fn main() {
     }
     engine.destroy(&id).await.unwrap();
     report.write().expect("report");
+}
+
+/// The shape every measured sandbox has.
+fn spec_of(name: &str) -> SandboxSpec {
+    SandboxSpec {
+        name: name.into(),
+        owner_index: 250,
+        cpus: 1,
+        memory_mb: 512,
+        ..Default::default()
+    }
 }
 
 extern "C" {

@@ -1,7 +1,9 @@
 //! Benchmarks of the protocol codec and of lohar in test mode, each figure beside
 //! a baseline measured in the same run:
 //! - exec round trip of `true` vs spawning `true` directly (fork/exec/wait);
-//! - file write/read throughput vs copying the same bytes over a Unix socket pair;
+//! - reads and writes of 1 KiB, 1 MiB and 256 MiB (writes: 100 MiB, the
+//!   protocol's cap) vs copying the same bytes over a Unix socket pair, and
+//!   durable writes vs `dd conv=fsync` of the same size;
 //! - frame codec throughput vs a plain memcpy of the same bytes.
 //!
 //! Run: `cargo bench -p lohar --bench agent` → bench/results/agent.{json,md}.
@@ -162,65 +164,7 @@ async fn agent(report: &mut Report) {
     }
     report.latency("1 KiB write + read cycle", &cycles, None, "");
 
-    // 1 MiB write and read throughput vs a raw Unix socket pair.
-    let mib = vec![0x5au8; 1 << 20];
-    let big = l.path("big.bin").to_string_lossy().into_owned();
-    let mut w = Vec::new();
-    let mut r = Vec::new();
-    for _ in 0..20 {
-        let t = Instant::now();
-        c.file_write_bytes(&big, "0644", &mib).await.unwrap();
-        w.push(t.elapsed());
-        let t = Instant::now();
-        let back = c
-            .file_read_to_vec(&big, ReadOptions::default())
-            .await
-            .unwrap();
-        r.push(t.elapsed());
-        assert_eq!(back.len(), mib.len());
-    }
-    // The same writes onto tmpfs: what the protocol costs without the disk's fsync.
-    let mut w_tmpfs = Vec::new();
-    let shm = std::path::Path::new("/dev/shm");
-    let tmpfs_path = shm.join(format!("bhatti-bench-{}.bin", std::process::id()));
-    if shm.is_dir() {
-        let p = tmpfs_path.to_string_lossy().into_owned();
-        for _ in 0..20 {
-            let t = Instant::now();
-            c.file_write_bytes(&p, "0644", &mib).await.unwrap();
-            w_tmpfs.push(t.elapsed());
-        }
-        let _ = std::fs::remove_file(&tmpfs_path);
-    }
-    let base = socketpair_copy(&mib, 20);
-    let med = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let base_rate = mib_per_s(mib.len(), base);
-    report.throughput(
-        "1 MiB file write (median of 20)",
-        "MiB/s",
-        mib_per_s(mib.len(), med(&mut w)),
-        Some(("unix socketpair copy", base_rate)),
-        "includes fsync; target ≥ 0.5× baseline",
-    );
-    if !w_tmpfs.is_empty() {
-        report.throughput(
-            "1 MiB file write to tmpfs (median of 20)",
-            "MiB/s",
-            mib_per_s(mib.len(), med(&mut w_tmpfs)),
-            Some(("unix socketpair copy", base_rate)),
-            "fsync is nearly free on tmpfs",
-        );
-    }
-    report.throughput(
-        "1 MiB file read (median of 20)",
-        "MiB/s",
-        mib_per_s(mib.len(), med(&mut r)),
-        Some(("unix socketpair copy", base_rate)),
-        "target ≥ 0.5× baseline",
-    );
+    transfers(&l, &c, report).await;
 
     // 10 concurrent execs, timed as a batch; baseline: 10 concurrent direct spawns.
     let mut batches = Vec::new();
@@ -254,9 +198,9 @@ async fn agent(report: &mut Report) {
     );
 }
 
-/// Median time to push `data` through a connected Unix socket pair and read it
-/// all back on the other end.
-fn socketpair_copy(data: &[u8], reps: usize) -> Duration {
+/// Times pushing `data` through a connected Unix socket pair and reading it
+/// all back on the other end, `reps` times.
+fn socketpair_copies(data: &[u8], reps: usize) -> Vec<Duration> {
     let mut times = Vec::new();
     for _ in 0..reps {
         let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -271,8 +215,145 @@ fn socketpair_copy(data: &[u8], reps: usize) -> Duration {
         assert_eq!(reader.join().unwrap(), len);
         times.push(t.elapsed());
     }
-    times.sort();
-    times[times.len() / 2]
+    times
+}
+
+/// Times `dd … conv=fsync` writing `size` bytes to `path`, `reps` times: the
+/// floor of a durable write of that size from a fresh process.
+fn dd_fsync(path: &std::path::Path, size: usize, reps: usize) -> Vec<Duration> {
+    let (bs, count) = if size >= 1 << 20 {
+        ("1M".to_string(), size >> 20)
+    } else {
+        (size.to_string(), 1)
+    };
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            let st = std::process::Command::new("dd")
+                .arg("if=/dev/zero")
+                .arg(format!("of={}", path.display()))
+                .arg(format!("bs={bs}"))
+                .arg(format!("count={count}"))
+                .arg("conv=fsync")
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            t.elapsed()
+        })
+        .collect()
+}
+
+fn p50(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Reads and writes of 1 KiB, 1 MiB and a large size through the agent, each
+/// beside a same-size baseline: a Unix socket pair copy (what moving the
+/// bytes between two processes costs) and, for durable writes, `dd
+/// conv=fsync`. Reads go to a sink, so the client's buffering is not
+/// measured. Writes stop at 100 MiB, the protocol's cap on one file write.
+async fn transfers(l: &Lohar, c: &bhatti_agent_client::AgentClient, report: &mut Report) {
+    let shm = std::path::Path::new("/dev/shm");
+    let tmpfs = shm
+        .is_dir()
+        .then(|| shm.join(format!("bhatti-bench-{}", std::process::id())));
+    for (label, size, reps) in [
+        ("1 KiB", 1usize << 10, 200usize),
+        ("1 MiB", 1 << 20, 50),
+        ("256 MiB", 256 << 20, 5),
+    ] {
+        let data = vec![0x5au8; size];
+        let file = l.path(&format!("read-{size}.bin"));
+        std::fs::write(&file, &data).unwrap();
+        let p = file.to_string_lossy().into_owned();
+        // Warm the page cache and the connection path.
+        c.file_read(&p, ReadOptions::default(), &mut tokio::io::sink())
+            .await
+            .unwrap();
+        let mut reads = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            let (_, n) = c
+                .file_read(&p, ReadOptions::default(), &mut tokio::io::sink())
+                .await
+                .unwrap();
+            reads.push(t.elapsed());
+            assert_eq!(n, size as u64);
+        }
+        let base = socketpair_copies(&data, reps);
+        let target = match size {
+            s if s >= 256 << 20 => "target ≥ ×0.7 of the baseline's rate",
+            s if s >= 1 << 20 => "target ≥ ×0.5 of the baseline's rate",
+            _ => "",
+        };
+        report.latency(
+            &format!("{label} file read"),
+            &reads,
+            Some(("unix socketpair copy", &base)),
+            "",
+        );
+        report.throughput(
+            &format!("{label} file read, p50 rate"),
+            "MiB/s",
+            mib_per_s(size, p50(&reads)),
+            Some(("unix socketpair copy", mib_per_s(size, p50(&base)))),
+            target,
+        );
+        let _ = std::fs::remove_file(&file);
+
+        let wsize = size.min(100 << 20);
+        let wlabel = if wsize == size { label } else { "100 MiB" };
+        let data = &data[..wsize];
+        if let Some(dir) = &tmpfs {
+            std::fs::create_dir_all(dir).unwrap();
+            let dst = dir.join("w.bin").to_string_lossy().into_owned();
+            let mut w = Vec::with_capacity(reps);
+            for _ in 0..reps {
+                let t = Instant::now();
+                c.file_write_bytes(&dst, "0644", data).await.unwrap();
+                w.push(t.elapsed());
+            }
+            let base = socketpair_copies(data, reps);
+            report.latency(
+                &format!("{wlabel} file write to tmpfs"),
+                &w,
+                Some(("unix socketpair copy", &base)),
+                "",
+            );
+            report.throughput(
+                &format!("{wlabel} file write to tmpfs, p50 rate"),
+                "MiB/s",
+                mib_per_s(wsize, p50(&w)),
+                Some(("unix socketpair copy", mib_per_s(wsize, p50(&base)))),
+                if wsize >= 100 << 20 {
+                    "target ≥ ×0.7 of the baseline's rate"
+                } else {
+                    ""
+                },
+            );
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let dst = l.path(&format!("durable-{wsize}.bin"));
+        let dst_s = dst.to_string_lossy().into_owned();
+        let mut w = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            c.file_write_bytes(&dst_s, "0644", data).await.unwrap();
+            w.push(t.elapsed());
+        }
+        let base = dd_fsync(&l.path("dd.bin"), wsize, reps);
+        report.latency(
+            &format!("{wlabel} durable file write (fsync, rename)"),
+            &w,
+            Some(("dd conv=fsync of the same size", &base)),
+            "",
+        );
+        let _ = std::fs::remove_file(&dst);
+        let _ = std::fs::remove_file(l.path("dd.bin"));
+    }
 }
 
 fn main() {

@@ -30,7 +30,10 @@ use bhatti_protocol::messages::{
     StatusResponse,
 };
 use bhatti_protocol::r#async::read_frame;
-use bhatti_protocol::{Frame, MsgType, FILE_CHUNK, MAX_FILE_WRITE, MAX_LINE_LEN, MAX_LS_ENTRIES};
+use bhatti_protocol::{
+    seal_frame, Frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD, MAX_FILE_WRITE, MAX_LINE_LEN,
+    MAX_LS_ENTRIES,
+};
 use nix::sys::statfs;
 use tokio::sync::mpsc;
 
@@ -206,14 +209,27 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
     send(tx, MsgType::FileReadResp, &head)?;
     let fail = |e: io::Error| ReadError::Fail(Fail::io(format!("read {}", rr.path), &e));
     if !rr.is_truncated() {
+        // Each chunk is read straight into the frame that carries it (the
+        // room for its header left in front), so the bytes are copied
+        // once, by read(2), before the socket write.
         let mut body = body;
-        let mut buf = vec![0u8; FILE_CHUNK];
         loop {
-            let n = body.read(&mut buf).map_err(fail)?;
+            let mut frame = Vec::with_capacity(FRAME_OVERHEAD + FILE_CHUNK);
+            frame.resize(FRAME_OVERHEAD, 0);
+            // Fills the frame (never zeroed first) up to a whole chunk, or
+            // to the end of the file.
+            let n = (&mut body)
+                .take(FILE_CHUNK as u64)
+                .read_to_end(&mut frame)
+                .map_err(fail)?;
             if n == 0 {
                 return Ok(());
             }
-            send(tx, MsgType::Stdout, &buf[..n])?;
+            seal_frame(MsgType::Stdout as u8, &mut frame)
+                .map_err(|e| ReadError::Fail(Fail::from(e.to_string())))?;
+            if !tx.blocking_send_sealed(frame) {
+                return Err(ReadError::HostGone);
+            }
         }
     }
     // Line mode: `offset` is the 1-based first line, `limit` a line count,

@@ -63,6 +63,12 @@ impl FrameTx {
         }
     }
 
+    /// For blocking threads: queues a frame already sealed in place
+    /// ([`seal_frame`](bhatti_protocol::seal_frame)), with no copy.
+    pub fn blocking_send_sealed(&self, frame: Vec<u8>) -> bool {
+        self.tx.blocking_send(frame).is_ok()
+    }
+
     pub async fn send_json<T: serde::Serialize + ?Sized>(&self, kind: MsgType, v: &T) -> bool {
         match serde_json::to_vec(v) {
             Ok(p) => self.send(kind, &p).await,

@@ -24,10 +24,17 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Opti
     }
     let payload_len = check_len(u32::from_be_bytes(hdr) as usize)?;
     let mut kind = [0u8; 1];
-    let mut payload = vec![0u8; payload_len];
+    // Filled straight into spare capacity: a payload of up to 1 MiB is
+    // never zeroed first only to be overwritten.
+    let mut payload = Vec::with_capacity(payload_len);
     let res = async {
         r.read_exact(&mut kind).await?;
-        r.read_exact(&mut payload).await?;
+        while payload.len() < payload_len {
+            let left = payload_len.saturating_sub(payload.len()) as u64;
+            if (&mut *r).take(left).read_buf(&mut payload).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
         Ok::<_, std::io::Error>(())
     }
     .await;

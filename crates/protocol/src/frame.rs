@@ -88,6 +88,29 @@ pub fn encode_frame(kind: u8, payload: &[u8]) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Bytes a frame puts before its payload: the length prefix and the type byte.
+pub const FRAME_OVERHEAD: usize = HEADER_LEN + 1;
+
+/// Completes a frame built in place: `buf` holds [`FRAME_OVERHEAD`] bytes of
+/// room, then the payload (read there directly, from a file say), and gets
+/// its length prefix and type byte. It spares big transfers the copy
+/// [`encode_frame`] makes of a payload that already sits in a buffer.
+pub fn seal_frame(kind: u8, buf: &mut [u8]) -> Result<()> {
+    let len = buf.len().saturating_sub(HEADER_LEN);
+    if len == 0 {
+        return Err(ProtocolError::EmptyFrame);
+    }
+    if len > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge(len));
+    }
+    // len ≤ MAX_FRAME_LEN (checked above), far below u32::MAX.
+    #[allow(clippy::cast_possible_truncation)]
+    let wire_len = len as u32;
+    buf[..HEADER_LEN].copy_from_slice(&wire_len.to_be_bytes());
+    buf[HEADER_LEN] = kind;
+    Ok(())
+}
+
 /// Writes one frame with a single `write_all` of the assembled buffer.
 pub fn write_frame<W: Write + ?Sized>(w: &mut W, kind: u8, payload: &[u8]) -> Result<()> {
     let buf = encode_frame(kind, payload)?;
@@ -229,6 +252,30 @@ mod tests {
     use crate::messages::ExecRequest;
     use crate::MAX_PAYLOAD_LEN;
     use std::io::Cursor;
+
+    #[test]
+    fn a_frame_sealed_in_place_is_the_encoded_frame() {
+        let mut buf = vec![0u8; FRAME_OVERHEAD];
+        buf.extend_from_slice(b"content");
+        seal_frame(MsgType::Stdout as u8, &mut buf).unwrap();
+        assert_eq!(
+            buf,
+            encode_frame(MsgType::Stdout as u8, b"content").unwrap()
+        );
+        // An empty payload still carries its type byte.
+        let mut empty = vec![0u8; FRAME_OVERHEAD];
+        seal_frame(MsgType::Exit as u8, &mut empty).unwrap();
+        assert_eq!(empty, encode_frame(MsgType::Exit as u8, b"").unwrap());
+        assert!(matches!(
+            seal_frame(1, &mut [0u8; HEADER_LEN]),
+            Err(ProtocolError::EmptyFrame)
+        ));
+        let mut big = vec![0u8; FRAME_OVERHEAD + MAX_PAYLOAD_LEN + 1];
+        assert!(matches!(
+            seal_frame(1, &mut big),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+    }
 
     #[test]
     fn round_trip_type_and_payload() {

@@ -410,6 +410,36 @@ pub struct Config {
     /// Resolvers the per-user DNS forwards other names to (`ip` or
     /// `ip:port`). Default: the host's, from /etc/resolv.conf.
     pub dns_upstreams: Vec<String>,
+    /// Warm pools (microVM engines, with `template_snapshots`): sandboxes
+    /// kept restored and paused for creates to take. Unset: one pool of
+    /// [`DEFAULT_POOL_SIZE`] for the default image at 1 vCPU and
+    /// `default_memory_mb`; `[]`: none. See docs/engine.md, "Warm pools".
+    pub pools: Option<Vec<bhatti_api::PoolConfig>>,
+}
+
+/// The default pool's size: small, each costs the host its guest's
+/// resident memory.
+pub const DEFAULT_POOL_SIZE: u32 = 2;
+/// The largest pool `pools` or `PUT /admin/pools` may ask for.
+pub const MAX_POOL_SIZE: u32 = 32;
+
+/// `pools` (or a `PUT /admin/pools`) checked.
+pub fn check_pools(pools: &[bhatti_api::PoolConfig]) -> Result<(), String> {
+    for p in pools {
+        if p.size > MAX_POOL_SIZE {
+            return Err(format!(
+                "a pool holds at most {MAX_POOL_SIZE} sandboxes, not {}",
+                p.size
+            ));
+        }
+        if p.cpus == Some(0) {
+            return Err("a pool's cpus must be at least 1".into());
+        }
+        if p.memory_mb.is_some_and(|m| m < 128) {
+            return Err("a pool's memory_mb must be at least 128".into());
+        }
+    }
+    Ok(())
 }
 
 impl Default for Config {
@@ -456,6 +486,7 @@ impl Default for Config {
             per_user_dns: true,
             template_snapshots: true,
             dns_upstreams: Vec::new(),
+            pools: None,
         }
     }
 }
@@ -522,6 +553,9 @@ impl Config {
         self.public_addr()?;
         if let Some(b) = &self.backup {
             b.validate()?;
+        }
+        if let Some(p) = &self.pools {
+            check_pools(p).map_err(|e| ConfigError::Invalid(format!("pools: {e}")))?;
         }
         for u in &self.dns_upstreams {
             if crate::dns::upstream(u).is_none() {

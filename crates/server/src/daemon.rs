@@ -224,6 +224,8 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         "recovery done"
     );
     register_tier_images(&state).await;
+    // After recovery (which sweeps orphans) and with the images known.
+    crate::service::pools::start(&state).await;
 
     let app = routes::router(state.clone());
     // The public listener binds first so its URLs are known before any

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bhatti_agent_client::{AgentClient, ClientError, Transport};
-use common::{TestDaemon, SERIAL};
+use common::{id_of, vmm_sandboxes, TestDaemon, SERIAL};
 use serde_json::{json, Value};
 
 /// Template directories with a manifest (finished builds).
@@ -54,31 +54,6 @@ async fn claimed(d: &TestDaemon, key: &str, id: &str) -> bool {
         )
         .await;
     out.trim() == "1"
-}
-
-/// Sandbox ids of the QEMU processes running from `data`.
-fn vmm_sandboxes(data: &Path) -> Vec<String> {
-    let needle = data.join("sandboxes").display().to_string();
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if !cmd.contains("qemu-system") {
-            continue;
-        }
-        if let Some(rest) = cmd.split(&format!("{needle}/")).nth(1) {
-            ids.push(rest.split('/').next().unwrap_or_default().to_string());
-        }
-    }
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
-fn id_of(sb: &Value) -> String {
-    sb["id"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

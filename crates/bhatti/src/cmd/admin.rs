@@ -1,6 +1,8 @@
-//! `bhatti admin status|events|metrics`: the operator's view, DB-direct
+//! `bhatti admin status|events|metrics|pool`: the operator's view, DB-direct
 //! like `user` (run on the server; opens `<data_dir>/state.db` read-only
-//! in practice, beside the running daemon).
+//! in practice, beside the running daemon). The warm pools live in the
+//! daemon's memory only: `pool`, and the pools line of `status`, ask the
+//! daemon through the API (as a user named in `admin_users`).
 //!
 //! The reference's status also checked GitHub for a newer release; this
 //! build does not phone home.
@@ -46,6 +48,109 @@ pub enum AdminCmd {
         #[arg(long, default_value = "1h")]
         since: String,
     },
+    /// The warm pools (from the daemon); `pool set` changes one until the
+    /// daemon restarts.
+    Pool {
+        #[command(subcommand)]
+        cmd: Option<PoolCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Sets the size of the pool of an image and shape (0 empties it),
+    /// adding the pool if there is none. Flags left out match any pool;
+    /// they must pick at most one.
+    Set {
+        /// Sandboxes to keep ready (0–32).
+        size: u32,
+        /// Image name (an admin image, or `minimal`).
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// MiB.
+        #[arg(long = "memory")]
+        memory_mb: Option<u32>,
+    },
+}
+
+/// The pools after `set`: the one the flags pick gets `size`, or a new
+/// pool is added when none matches.
+fn upsert_pool(
+    pools: &[bhatti_api::PoolInfo],
+    size: u32,
+    image: Option<String>,
+    cpus: Option<u32>,
+    memory_mb: Option<u32>,
+) -> anyhow::Result<Vec<bhatti_api::PoolConfig>> {
+    let picks = |p: &bhatti_api::PoolInfo| {
+        image.as_ref().is_none_or(|i| *i == p.image)
+            && cpus.is_none_or(|c| c == p.cpus)
+            && memory_mb.is_none_or(|m| m == p.memory_mb)
+    };
+    let matching = pools.iter().filter(|p| picks(p)).count();
+    if matching > 1 {
+        bail!("{matching} pools match; pick one with --image, --cpus and --memory");
+    }
+    let mut out: Vec<bhatti_api::PoolConfig> = pools
+        .iter()
+        .map(|p| bhatti_api::PoolConfig {
+            image: Some(p.image.clone()),
+            cpus: Some(p.cpus),
+            memory_mb: Some(p.memory_mb),
+            size: if picks(p) { size } else { p.size },
+        })
+        .collect();
+    if matching == 0 {
+        out.push(bhatti_api::PoolConfig {
+            image,
+            cpus,
+            memory_mb,
+            size,
+        });
+    }
+    Ok(out)
+}
+
+fn print_pools(ctx: &Ctx, p: &bhatti_api::Pools) -> anyhow::Result<()> {
+    if ctx.json {
+        return print_json(p);
+    }
+    if !p.enabled {
+        outln!("Warm pools are off (they need a microVM engine with template_snapshots).");
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        "IMAGE",
+        "CPUS",
+        "MEMORY",
+        "SIZE",
+        "READY",
+        "TEMPLATE",
+        "HITS",
+        "MISSES",
+        "REFILLS",
+        "DISCARDED",
+        "RSS",
+    ]);
+    for i in &p.pools {
+        t.row([
+            i.image.clone(),
+            i.cpus.to_string(),
+            format!("{} MB", i.memory_mb),
+            i.size.to_string(),
+            i.ready.to_string(),
+            if i.template { "yes" } else { "building" }.to_string(),
+            i.hits.to_string(),
+            i.misses.to_string(),
+            i.refills.to_string(),
+            i.discarded.to_string(),
+            format!("{} MiB", i.rss_bytes / (1024 * 1024)),
+        ]);
+    }
+    t.print_or("No warm pools.");
+    Ok(())
 }
 
 /// `--since` as an RFC 3339 UTC timestamp: a relative `30m`/`24h`/`7d`
@@ -112,10 +217,38 @@ fn user_id(store: &Store, name_or_id: &str) -> anyhow::Result<String> {
     }
 }
 
-pub fn run(ctx: &Ctx, c: AdminCmd) -> anyhow::Result<i32> {
+pub async fn run(ctx: &Ctx, c: AdminCmd) -> anyhow::Result<i32> {
+    if let AdminCmd::Pool { cmd } = c {
+        let client = ctx.client()?;
+        let p = match cmd {
+            None => client.pools().await?,
+            Some(PoolCmd::Set {
+                size,
+                image,
+                cpus,
+                memory_mb,
+            }) => {
+                let now = client.pools().await?;
+                client
+                    .set_pools(upsert_pool(&now.pools, size, image, cpus, memory_mb)?)
+                    .await?
+            }
+        };
+        print_pools(ctx, &p)?;
+        return Ok(0);
+    }
     let store = open(&ctx.data_dir(), false)?;
     match c {
-        AdminCmd::Status => status(ctx, &store),
+        AdminCmd::Pool { .. } => Ok(0),
+        AdminCmd::Status => {
+            // The pools are in the daemon's memory: asked for, and left
+            // out (with why) when the daemon does not answer.
+            let pools = match ctx.client() {
+                Ok(c) => c.pools().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            status(ctx, &store, pools)
+        }
         AdminCmd::Events {
             event_type,
             user,
@@ -223,7 +356,11 @@ pub fn run(ctx: &Ctx, c: AdminCmd) -> anyhow::Result<i32> {
     }
 }
 
-fn status(ctx: &Ctx, store: &Store) -> anyhow::Result<i32> {
+fn status(
+    ctx: &Ctx,
+    store: &Store,
+    pools: Result<bhatti_api::Pools, String>,
+) -> anyhow::Result<i32> {
     let users = store.list_users()?;
     let sandboxes = store.list_all_sandboxes()?;
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
@@ -265,6 +402,7 @@ fn status(ctx: &Ctx, store: &Store) -> anyhow::Result<i32> {
             "running_memory_mb": mem,
             "per_user": per,
             "recent_events": recent,
+            "pools": pools.as_ref().ok(),
         }))?;
         return Ok(0);
     }
@@ -276,6 +414,25 @@ fn status(ctx: &Ctx, store: &Store) -> anyhow::Result<i32> {
     }
     f.add("Running vCPUs", cpus.to_string())
         .add("Running memory", format!("{mem} MB"));
+    // Pooled sandboxes are the daemon's, in no user's count above.
+    match &pools {
+        Ok(p) => {
+            let ready: u64 = p.pools.iter().map(|i| u64::from(i.ready)).sum();
+            let size: u64 = p.pools.iter().map(|i| u64::from(i.size)).sum();
+            let rss: u64 = p.pools.iter().map(|i| i.rss_bytes).sum();
+            f.add(
+                "Warm pools",
+                format!(
+                    "{ready}/{size} ready in {} pools, {} MiB resident (bhatti admin pool)",
+                    p.pools.len(),
+                    rss / (1024 * 1024)
+                ),
+            );
+        }
+        Err(e) => {
+            f.add("Warm pools", format!("unknown ({e})"));
+        }
+    }
     f.print();
     if !per_user.is_empty() {
         outln!();
@@ -307,6 +464,40 @@ fn status(ctx: &Ctx, store: &Store) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_set_picks_one_pool_or_adds_one() {
+        let pool = |image: &str, memory_mb: u32, size: u32| bhatti_api::PoolInfo {
+            image: image.into(),
+            cpus: 1,
+            memory_mb,
+            size,
+            ready: 0,
+            template: true,
+            hits: 0,
+            misses: 0,
+            refills: 0,
+            discarded: 0,
+            rss_bytes: 0,
+        };
+        let now = [pool("base", 1024, 2), pool("docker", 2048, 1)];
+        let out = upsert_pool(&now, 5, Some("docker".into()), None, None).unwrap();
+        assert_eq!(
+            out.iter().map(|p| p.size).collect::<Vec<_>>(),
+            [2, 5],
+            "only the picked pool changes"
+        );
+        let out = upsert_pool(&now, 1, Some("browser".into()), None, Some(4096)).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].image.as_deref(), Some("browser"));
+        assert_eq!(out[2].memory_mb, Some(4096));
+        assert!(
+            upsert_pool(&now, 1, None, Some(1), None).is_err(),
+            "ambiguous"
+        );
+        let out = upsert_pool(&now, 0, None, None, Some(1024)).unwrap();
+        assert_eq!(out[0].size, 0);
+    }
 
     #[test]
     fn since_forms() {

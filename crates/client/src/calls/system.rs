@@ -8,3 +8,22 @@ impl Client {
         self.get("/health", "health").await
     }
 }
+
+impl Client {
+    /// `GET /admin/pools`: the warm pools (operators only).
+    pub async fn pools(&self) -> Result<api::Pools> {
+        self.get("/admin/pools", "pools").await
+    }
+
+    /// `PUT /admin/pools`: replaces every warm pool until the daemon
+    /// restarts (operators only).
+    pub async fn set_pools(&self, pools: Vec<api::PoolConfig>) -> Result<api::Pools> {
+        self.call(
+            Method::PUT,
+            "/admin/pools",
+            Some(&api::SetPools { pools }),
+            "pools",
+        )
+        .await
+    }
+}

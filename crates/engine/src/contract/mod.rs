@@ -38,6 +38,26 @@ pub trait Engine: Send + Sync {
     /// Provisions and boots a sandbox; returns once its agent answers.
     async fn create(&self, spec: SandboxSpec) -> Result<SandboxInfo>;
 
+    /// Takes a warm-pool sandbox that fits `spec` (whose `id` is ignored)
+    /// for a create about to happen, and returns its ID: create it with
+    /// that ID, or `destroy` it if the create does not happen. `None`: no
+    /// pooled sandbox fits, and the create makes one as usual.
+    fn reserve_pooled(&self, spec: &SandboxSpec) -> Option<String> {
+        let _ = spec;
+        None
+    }
+
+    /// Replaces the warm pools' shapes and sizes; ready sandboxes of a
+    /// pool that shrank or went are discarded.
+    fn set_pools(&self, pools: Vec<PoolSpec>) {
+        let _ = pools;
+    }
+
+    /// The warm pools as they stand.
+    fn pools(&self) -> Vec<PoolStatus> {
+        Vec::new()
+    }
+
     /// Kills the sandbox and releases every host resource it held.
     async fn destroy(&self, id: &str) -> Result<()>;
 

@@ -348,3 +348,43 @@ mod tests {
         assert_eq!(LifeState::Running(Thermal::Hot).crash_reason(), None);
     }
 }
+
+/// One warm pool: how many sandboxes of one image and shape the engine
+/// keeps booted and paused, owned by nobody, for creates to claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// The image's name as the daemon shows it (the engine goes by `image`).
+    #[serde(default)]
+    pub name: String,
+    /// The image's root filesystem; `None` = the engine's default image.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// vCPUs of each pooled sandbox.
+    pub cpus: u32,
+    /// Memory of each pooled sandbox, MiB.
+    pub memory_mb: u32,
+    /// How many to keep ready.
+    pub size: u32,
+}
+
+/// A warm pool as it stands (`/metrics`, `bhatti admin pool`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Its shape and target size.
+    pub spec: PoolSpec,
+    /// Sandboxes booted, paused and waiting to be claimed.
+    pub ready: u32,
+    /// Whether the pool's template snapshot exists (a pool fills from it).
+    pub template: bool,
+    /// Creates that took a pooled sandbox.
+    pub hits: u64,
+    /// Creates of this shape that found the pool empty.
+    pub misses: u64,
+    /// Pooled sandboxes made since the daemon started.
+    pub refills: u64,
+    /// Pooled sandboxes discarded unused (memory pressure, a smaller size,
+    /// a changed image, a claim that failed).
+    pub discarded: u64,
+    /// Resident memory of the ready sandboxes' VMM processes, bytes.
+    pub rss_bytes: u64,
+}

@@ -8,7 +8,7 @@ use bhatti_agent_client::ApplyConfig;
 use bhatti_protocol::config::GuestConfig;
 
 use super::sandbox::Detail;
-use super::{blocking, disk, persist, random_hex, MicroVmEngine, Rollback, CHECKPOINT_VERSION};
+use super::{blocking, disk, persist, random_hex, MicroVmEngine, CHECKPOINT_VERSION};
 use crate::contract::{
     CheckpointManifest, CheckpointVolume, Engine, EngineError, Result, ResumeSpec, SandboxInfo,
     VolumeAttach,
@@ -164,21 +164,7 @@ impl MicroVmEngine {
         spec: ResumeSpec,
         claim: Option<(ApplyConfig, GuestConfig)>,
     ) -> Result<SandboxInfo> {
-        let d = dir.to_path_buf();
-        let m: CheckpointManifest = blocking(move || {
-            persist::load_checked(&d, |m: &CheckpointManifest| (&m.files, &m.checksums))
-        })
-        .await?;
-        if m.format_version != CHECKPOINT_VERSION || m.engine != self.driver.name() {
-            return Err(EngineError::Invalid(format!(
-                "checkpoint was written by {} (format {}); this engine is {} (format {CHECKPOINT_VERSION})",
-                m.engine,
-                m.format_version,
-                self.driver.name()
-            )));
-        }
-        let mut vmm: crate::vmm::SnapshotFiles = serde_json::from_value(m.vmm.clone())?;
-        vmm.dir = dir.to_path_buf();
+        let (m, vmm) = self.load_checkpoint(dir).await?;
         let id = crate::contract::checked_id(spec.id.as_deref(), || random_hex(8))?;
         // The request's policy, else the one the checkpoint recorded.
         let egress = spec
@@ -186,27 +172,9 @@ impl MicroVmEngine {
             .clone()
             .or_else(|| m.egress.clone())
             .unwrap_or_default();
-        let sdir = self.cfg.data_dir.join("sandboxes").join(&id);
-        tokio::fs::create_dir_all(&sdir).await?;
-        let mut rb = Rollback {
-            engine: self,
-            dir: Some(sdir.clone()),
-            net: None,
-        };
+        let (sdir, mut rb) = self.new_sandbox_dir(&id).await?;
         let res = async {
-            disk::cow_copy(&dir.join("rootfs.ext4"), &sdir.join("rootfs.ext4")).await?;
-            disk::cow_copy(&dir.join("config.ext4"), &sdir.join("config.ext4")).await?;
-            let mut volumes = Vec::new();
-            for v in &m.volumes {
-                let file = sdir.join(&v.file);
-                disk::cow_copy(&dir.join(&v.file), &file).await?;
-                volumes.push(VolumeAttach {
-                    name: v.name.clone(),
-                    file,
-                    mount: v.mount.clone(),
-                    read_only: v.read_only,
-                });
-            }
+            let volumes = self.copy_checkpoint_disks(dir, &sdir, &m).await?;
             let net = self
                 .setup_net(&id, spec.owner_index, &m.guest_mac, &egress, None)
                 .await?;
@@ -245,6 +213,54 @@ impl MicroVmEngine {
                 Err(e)
             }
         }
+    }
+
+    /// The checked manifest of the checkpoint in `dir`, and its VMM files
+    /// (there), refused if another engine or format wrote it.
+    pub(super) async fn load_checkpoint(
+        &self,
+        dir: &Path,
+    ) -> Result<(CheckpointManifest, crate::vmm::SnapshotFiles)> {
+        let d = dir.to_path_buf();
+        let m: CheckpointManifest = blocking(move || {
+            persist::load_checked(&d, |m: &CheckpointManifest| (&m.files, &m.checksums))
+        })
+        .await?;
+        if m.format_version != CHECKPOINT_VERSION || m.engine != self.driver.name() {
+            return Err(EngineError::Invalid(format!(
+                "checkpoint was written by {} (format {}); this engine is {} (format {CHECKPOINT_VERSION})",
+                m.engine,
+                m.format_version,
+                self.driver.name()
+            )));
+        }
+        let mut vmm: crate::vmm::SnapshotFiles = serde_json::from_value(m.vmm.clone())?;
+        vmm.dir = dir.to_path_buf();
+        Ok((m, vmm))
+    }
+
+    /// Copies (CoW) the disks of checkpoint `dir` into sandbox directory
+    /// `sdir`; returns the volumes as attached there.
+    pub(super) async fn copy_checkpoint_disks(
+        &self,
+        dir: &Path,
+        sdir: &Path,
+        m: &CheckpointManifest,
+    ) -> Result<Vec<VolumeAttach>> {
+        disk::cow_copy(&dir.join("rootfs.ext4"), &sdir.join("rootfs.ext4")).await?;
+        disk::cow_copy(&dir.join("config.ext4"), &sdir.join("config.ext4")).await?;
+        let mut volumes = Vec::new();
+        for v in &m.volumes {
+            let file = sdir.join(&v.file);
+            disk::cow_copy(&dir.join(&v.file), &file).await?;
+            volumes.push(VolumeAttach {
+                name: v.name.clone(),
+                file,
+                mount: v.mount.clone(),
+                read_only: v.read_only,
+            });
+        }
+        Ok(volumes)
     }
 
     /// A checkpoint of `id` resumed as a new sandbox.

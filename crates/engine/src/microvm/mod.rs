@@ -34,6 +34,7 @@ mod checkpoint;
 mod disk;
 mod lifecycle;
 mod persist;
+mod pool;
 mod recovery;
 mod sandbox;
 mod template;
@@ -57,8 +58,8 @@ use bhatti_protocol::config::{ConfigFile, ConfigVolume, GuestConfig};
 use rand::RngCore;
 
 use crate::contract::{
-    Capabilities, CheckpointManifest, Engine, EngineError, LifeState, Result, ResumeSpec,
-    SandboxInfo, SandboxSpec, Thermal, VmState, Wake,
+    Capabilities, CheckpointManifest, Engine, EngineError, LifeState, PoolSpec, PoolStatus, Result,
+    ResumeSpec, SandboxInfo, SandboxSpec, Thermal, VmState, Wake,
 };
 use crate::net::{EgressPolicy, NetManager, SandboxNet};
 use crate::vmm::{Disk, NetAttach, SnapshotFiles, SnapshotKind, Vm, VmSpec, VmmDriver};
@@ -127,6 +128,7 @@ pub struct MicroVmEngine {
     net: Arc<NetManager>,
     sandboxes: crate::registry::Registry<Sandbox>,
     templates: template::Templates,
+    pools: pool::Pools,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -186,19 +188,14 @@ impl MicroVmEngine {
             net,
             sandboxes: Default::default(),
             templates: Default::default(),
+            pools: Default::default(),
         })
     }
 
     /// A sandbox booted from its image (no template).
     pub(super) async fn boot(&self, id: &str, spec: SandboxSpec) -> Result<SandboxInfo> {
         let id = id.to_string();
-        let dir = self.cfg.data_dir.join("sandboxes").join(&id);
-        tokio::fs::create_dir_all(&dir).await?;
-        let mut rb = Rollback {
-            engine: self,
-            dir: Some(dir.clone()),
-            net: None,
-        };
+        let (dir, mut rb) = self.new_sandbox_dir(&id).await?;
         let res = async {
             let base = spec.image.clone().unwrap_or(self.cfg.default_image.clone());
             let rootfs = dir.join("rootfs.ext4");
@@ -404,6 +401,21 @@ struct Rollback<'a> {
     net: Option<SandboxNet>,
 }
 
+impl MicroVmEngine {
+    /// Makes sandbox `id`'s directory, with the rollback that removes it
+    /// (and its network, once set) should the create go no further.
+    async fn new_sandbox_dir(&self, id: &str) -> Result<(PathBuf, Rollback<'_>)> {
+        let dir = self.cfg.data_dir.join("sandboxes").join(id);
+        tokio::fs::create_dir_all(&dir).await?;
+        let rb = Rollback {
+            engine: self,
+            dir: Some(dir.clone()),
+            net: None,
+        };
+        Ok((dir, rb))
+    }
+}
+
 impl Rollback<'_> {
     async fn run(mut self) {
         if let Some(n) = self.net.take() {
@@ -443,6 +455,10 @@ impl Engine for MicroVmEngine {
             ));
         }
         let id = crate::contract::checked_id(spec.id.as_deref(), || random_hex(8))?;
+        // A warm-pool sandbox reserved under this ID (reserve_pooled).
+        if let Some(Ok(info)) = self.claim_reserved(&id, &spec).await {
+            return Ok(info);
+        }
         let image = spec.image.clone().unwrap_or(self.cfg.default_image.clone());
         if let Some(info) = self.create_from_template(&id, &spec, &image).await {
             return Ok(info);
@@ -450,7 +466,22 @@ impl Engine for MicroVmEngine {
         self.boot(&id, spec).await
     }
 
+    fn reserve_pooled(&self, spec: &SandboxSpec) -> Option<String> {
+        self.reserve(spec)
+    }
+
+    fn set_pools(&self, pools: Vec<PoolSpec>) {
+        self.configure_pools(pools);
+    }
+
+    fn pools(&self) -> Vec<PoolStatus> {
+        self.pool_status()
+    }
+
     async fn destroy(&self, id: &str) -> Result<()> {
+        if self.unreserve(id).await {
+            return Ok(());
+        }
         let sb = self.get(id)?;
         let mut slot = sb.lifecycle.lock().await;
         if let Some(vm) = slot.take() {

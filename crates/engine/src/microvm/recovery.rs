@@ -105,6 +105,7 @@ impl MicroVmEngine {
     pub(super) async fn sweep_orphans(&self, also_keep: &[String]) -> Result<Vec<String>> {
         let mut keep: Vec<String> = self.sandboxes.ids();
         keep.extend(also_keep.iter().cloned());
+        keep.extend(self.pooled_ids());
         let net = self.net.clone();
         let keep2 = keep.clone();
         let mut removed = blocking(move || Ok(net.cleanup_orphans(&keep2)?)).await?;
@@ -131,6 +132,8 @@ impl MicroVmEngine {
         // First: a template build in flight destroys its VM, which no
         // daemon would adopt.
         self.stop_templates().await;
+        // Pooled sandboxes are in no store: no daemon would adopt them.
+        self.stop_pools().await;
         let keep_running = keep_running && self.driver.supports_adopt();
         let all: Vec<Arc<Sandbox>> = self.sandboxes.all();
         for sb in all {

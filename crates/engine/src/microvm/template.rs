@@ -56,19 +56,19 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) struct Templates {
     /// The engine itself, for background builds; set by
     /// [`MicroVmEngine::enable_templates`] (templates are off until then).
-    me: std::sync::OnceLock<Weak<MicroVmEngine>>,
+    pub(super) me: std::sync::OnceLock<Weak<MicroVmEngine>>,
     /// Keys whose build is running.
     building: Mutex<BTreeSet<String>>,
     /// The build task, awaited when the daemon stops.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The daemon is stopping: no build starts, and a running one winds
     /// down (its VM destroyed) at its next step.
-    stopping: std::sync::atomic::AtomicBool,
+    pub(super) stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Which template a create would use.
-struct Fit {
-    key: String,
+pub(super) struct Fit {
+    pub(super) key: String,
     /// The image and shape, without the files' identities: templates with
     /// the same origin and another key are stale.
     origin: String,
@@ -95,12 +95,12 @@ impl MicroVmEngine {
         let _ = self.templates.me.set(Arc::downgrade(self));
     }
 
-    fn templates_dir(&self) -> PathBuf {
+    pub(super) fn templates_dir(&self) -> PathBuf {
         self.cfg.data_dir.join(TEMPLATES_DIR)
     }
 
     /// The template `spec` would use, if templates are on and it fits one.
-    fn fit(&self, spec: &SandboxSpec, image: &Path) -> Option<Fit> {
+    pub(super) fn fit(&self, spec: &SandboxSpec, image: &Path) -> Option<Fit> {
         self.templates.me.get()?;
         let fits = spec.volumes.is_empty()
             && spec.disk_size_mb == 0
@@ -175,10 +175,7 @@ impl MicroVmEngine {
     }
 
     /// What makes a restored template this sandbox.
-    fn claim(&self, id: &str, spec: &SandboxSpec) -> ApplyConfig {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut entropy = [0u8; ENTROPY_BYTES];
-        rand::thread_rng().fill_bytes(&mut entropy);
+    pub(super) fn claim(&self, id: &str, spec: &SandboxSpec) -> ApplyConfig {
         ApplyConfig {
             hostname: if spec.name.is_empty() {
                 id.to_string()
@@ -188,17 +185,15 @@ impl MicroVmEngine {
             env: spec.env.clone(),
             files: super::config_files(spec),
             token: random_hex(16),
-            entropy: b64.encode(entropy),
+            entropy: fresh_entropy(),
             init: spec.init.clone(),
-            unix_time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+            unix_time_ms: now_ms(),
         }
     }
 
     /// Sends the claim to a restored template's agent (reached with the
-    /// template's token) and writes the sandbox's own config drive.
+    /// template's token) and, at the same time, writes the sandbox's own
+    /// config drive.
     pub(super) async fn apply_claim(
         &self,
         dir: &Path,
@@ -207,12 +202,28 @@ impl MicroVmEngine {
         apply: &ApplyConfig,
         cfg: &bhatti_protocol::config::GuestConfig,
     ) -> Result<()> {
-        let client = AgentClient::new(
-            Transport::Tcp {
-                addr: std::net::IpAddr::V4(ip),
-            },
-            Some(template_token.to_string()),
-        );
+        tokio::try_join!(
+            self.send_claim(
+                Transport::Tcp {
+                    addr: std::net::IpAddr::V4(ip)
+                },
+                template_token,
+                apply
+            ),
+            write_claim_drive(dir, cfg)
+        )
+        .map(drop)
+    }
+
+    /// Sends the claim to a restored template's agent, reached with the
+    /// template's token.
+    pub(super) async fn send_claim(
+        &self,
+        to: Transport,
+        template_token: &str,
+        apply: &ApplyConfig,
+    ) -> Result<()> {
+        let client = AgentClient::new(to, Some(template_token.to_string()));
         let r = client.apply_config(apply).await.map_err(|e| {
             EngineError::Invalid(format!("applying the sandbox's configuration: {e}"))
         })?;
@@ -221,16 +232,12 @@ impl MicroVmEngine {
                 "the guest did not take the new token and entropy ({r:?})"
             )));
         }
-        // Beside the file the VMM has open: a fresh boot reads this one.
-        let tmp = dir.join("config.ext4.new");
-        disk::build_config_drive(cfg, &tmp).await?;
-        tokio::fs::rename(&tmp, dir.join("config.ext4")).await?;
         Ok(())
     }
 
     /// Starts building `fit`'s template in the background, unless one is
     /// being built already.
-    fn start_build(&self, fit: Fit, spec: &SandboxSpec) {
+    pub(super) fn start_build(&self, fit: Fit, spec: &SandboxSpec) {
         let Some(me) = self.templates.me.get().and_then(Weak::upgrade) else {
             return;
         };
@@ -361,4 +368,32 @@ impl MicroVmEngine {
             }
         }
     }
+}
+
+/// The claimed sandbox's config drive, beside the file the VMM has open
+/// (a fresh boot after a crash reads this one and comes up as this
+/// sandbox, not as the template).
+pub(super) async fn write_claim_drive(
+    dir: &Path,
+    cfg: &bhatti_protocol::config::GuestConfig,
+) -> Result<()> {
+    let tmp = dir.join("config.ext4.new");
+    disk::build_config_drive(cfg, &tmp).await?;
+    tokio::fs::rename(&tmp, dir.join("config.ext4")).await?;
+    Ok(())
+}
+
+/// Entropy for a guest's pool, base64 as APPLY_CONFIG carries it.
+pub(super) fn fresh_entropy() -> String {
+    let mut entropy = [0u8; ENTROPY_BYTES];
+    rand::thread_rng().fill_bytes(&mut entropy);
+    base64::engine::general_purpose::STANDARD.encode(entropy)
+}
+
+/// The host's clock for a guest to take, ms since the epoch.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

@@ -65,6 +65,8 @@ struct State {
     pool: AddressPool,
     /// Sandboxes this manager set up or adopted: id -> (owner, ext ip).
     sandboxes: HashMap<String, (u16, Ipv4Addr)>,
+    /// Namespaces set up detached (pooled sandboxes), not yet joined.
+    detached: HashSet<String>,
 }
 
 /// Creates, polices and removes per-sandbox network namespaces. One per
@@ -124,6 +126,7 @@ impl NetManager {
             state: Mutex::new(State {
                 pool,
                 sandboxes: HashMap::new(),
+                detached: HashSet::new(),
             }),
             firewall: Mutex::new(()),
             firewall_ready: AtomicBool::new(false),
@@ -180,6 +183,13 @@ impl NetManager {
             self.chains.input.clone(),
             self.chains.post.clone(),
         ]
+    }
+
+    /// The owner index of the pool's last /24, which the daemon keeps for
+    /// its own VMs (template builds for warm pools). Users' indexes count
+    /// up from 1 and never get near it with the default /13 (2047 users).
+    pub fn daemon_owner_index(&self) -> u16 {
+        u16::try_from(lock(&self.state).pool.max_owner_index()).unwrap_or(u16::MAX)
     }
 
     /// The /24 of an owner subnet index.
@@ -292,17 +302,7 @@ impl NetManager {
                 .insert(sandbox_id.to_string(), (owner_index, ip));
             ip
         };
-        let net = SandboxNet {
-            sandbox_id: sandbox_id.to_string(),
-            owner_index,
-            netns,
-            host_veth,
-            ext_ip,
-            guest_ip: GUEST_IP,
-            gateway_ip: GATEWAY_IP,
-            tap: TAP_NAME.to_string(),
-            guest_mac,
-        };
+        let net = sandbox_net(sandbox_id, owner_index, netns, host_veth, ext_ip, guest_mac);
 
         let mut created = Created::default();
         match self.build(&net, owner_subnet, policy, &mut created) {
@@ -336,7 +336,178 @@ impl NetManager {
         }
     }
 
+    /// A sandbox's namespace with only its guest side (`tap0`, the fixed
+    /// gateway): no veth, no address, no rules, so nothing on the host or
+    /// in another sandbox can reach it, and it reaches nothing. A pooled
+    /// sandbox waits behind one; [`attach`](Self::attach) joins it to the
+    /// host for its owner when it is claimed. The result has owner index 0
+    /// and external address `0.0.0.0` until then;
+    /// [`teardown_sandbox`](Self::teardown_sandbox) removes it either way.
+    pub fn setup_detached(
+        &self,
+        sandbox_id: &str,
+        guest_mac: &str,
+    ) -> Result<SandboxNet, NetError> {
+        let netns = netns_name(sandbox_id)?;
+        let host_veth = self.host_veth_name(sandbox_id)?;
+        let guest_mac = normalize_mac(guest_mac)?;
+        self.scope.record(sandbox_id)?;
+        {
+            let mut st = lock(&self.state);
+            if st.sandboxes.contains_key(sandbox_id) || !st.detached.insert(sandbox_id.to_string())
+            {
+                return Err(NetError::AlreadyExists(sandbox_id.to_string()));
+            }
+        }
+        let mut created = Created::default();
+        match self.build_ns(sandbox_id, &guest_mac, &mut created) {
+            Ok(()) => Ok(sandbox_net(
+                sandbox_id,
+                0,
+                netns,
+                host_veth,
+                Ipv4Addr::UNSPECIFIED,
+                guest_mac,
+            )),
+            Err(e) => {
+                let gone = !created.netns || delete_netns(&netns).is_ok();
+                lock(&self.state).detached.remove(sandbox_id);
+                if gone {
+                    self.scope.forget(sandbox_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Joins a detached namespace ([`setup_detached`](Self::setup_detached))
+    /// to the host for `owner_index`: the lowest free address of the
+    /// owner's /24, the veth pair, routes and rules, as
+    /// [`setup_sandbox`](Self::setup_sandbox) makes them. The guest side is
+    /// untouched, so the guest notices nothing. On failure what was joined
+    /// is rolled back and the namespace stays detached.
+    pub fn attach(
+        &self,
+        detached: &SandboxNet,
+        owner_index: u16,
+        policy: &EgressPolicy,
+    ) -> Result<SandboxNet, NetError> {
+        let id = detached.sandbox_id.as_str();
+        let owner_subnet = self.owner_subnet(owner_index)?;
+        if !self.firewall_ready.load(Ordering::SeqCst) {
+            self.ensure_host_firewall()?;
+        }
+        let ext_ip = {
+            let mut st = lock(&self.state);
+            if !st.detached.contains(id) {
+                return Err(NetError::AlreadyExists(id.to_string()));
+            }
+            let ip = st.pool.allocate(owner_index)?;
+            st.detached.remove(id);
+            st.sandboxes.insert(id.to_string(), (owner_index, ip));
+            ip
+        };
+        let net = SandboxNet {
+            owner_index,
+            ext_ip,
+            ..detached.clone()
+        };
+        let mut created = Created {
+            netns: true,
+            veth: false,
+        };
+        match self.join_host(&net, owner_subnet, policy, &mut created) {
+            Ok(()) => {
+                info!(sandbox = id, ext_ip = %ext_ip, "pooled sandbox network joined");
+                Ok(net)
+            }
+            Err(e) => {
+                warn!(sandbox = id, error = %e, "joining a pooled sandbox's network failed; rolling back");
+                if created.veth {
+                    if let Err(e) = delete_link(&net.host_veth) {
+                        warn!(error = %e, "rollback: deleting host veth");
+                    }
+                }
+                self.forget(&net);
+                lock(&self.state).detached.insert(id.to_string());
+                Err(e)
+            }
+        }
+    }
+
     fn build(
+        &self,
+        net: &SandboxNet,
+        owner_subnet: Ipv4Cidr,
+        policy: &EgressPolicy,
+        created: &mut Created,
+    ) -> Result<(), NetError> {
+        self.build_ns(&net.sandbox_id, &net.guest_mac, created)?;
+        self.join_host(net, owner_subnet, policy, created)
+    }
+
+    /// The namespace and its guest side: sysctls, `lo`, and `tap0` with the
+    /// fixed gateway address and the guest's permanent neighbour entry.
+    /// Nothing links it to the host yet.
+    fn build_ns(
+        &self,
+        sandbox_id: &str,
+        guest_mac: &str,
+        created: &mut Created,
+    ) -> Result<(), NetError> {
+        let ns = netns_name(sandbox_id)?;
+        let ns_path = named_netns_path(&ns);
+        // Never adopt (or later roll back) someone else's namespace.
+        if netns_exists(&ns) {
+            return Err(NetError::AlreadyExists(sandbox_id.to_string()));
+        }
+        Cmd::ip().args(["netns", "add", &ns]).run()?;
+        created.netns = true;
+
+        // Namespace sysctls, before any interface is up.
+        write_sysctl(Some(&ns_path), "net/ipv4/ip_forward", "1")?;
+        // Strict reverse-path filtering: the guest can only send from the
+        // TAP's subnet (the FORWARD anti-spoof rule says the same).
+        write_sysctl(Some(&ns_path), "net/ipv4/conf/all/rp_filter", "1")?;
+        write_sysctl(Some(&ns_path), "net/ipv4/conf/default/rp_filter", "1")?;
+        // IPv4 only: no link-local IPv6 path around the IPv4 rules (`eth0`,
+        // created later, inherits `default`).
+        for key in ["all", "default"] {
+            optional_sysctl(
+                Some(&ns_path),
+                &format!("net/ipv6/conf/{key}/disable_ipv6"),
+                "1",
+            )?;
+        }
+
+        let mut tuntap = format!("tuntap add dev {TAP_NAME} mode tap");
+        if let Some(u) = &self.config.tap_user {
+            tuntap.push_str(&format!(" user {u}"));
+        }
+        if let Some(g) = &self.config.tap_group {
+            tuntap.push_str(&format!(" group {g}"));
+        }
+        // The guest's neighbour entry is permanent: a connection attempted before
+        // the guest answers ARP would otherwise wait out the kernel's 1 s ARP
+        // retransmit instead of reaching the guest the moment it listens.
+        Cmd::ip()
+            .args(["-n", &ns, "-batch", "-"])
+            .stdin(format!(
+                "link set dev lo up\n\
+                 {tuntap}\n\
+                 link set dev {TAP_NAME} address {GATEWAY_MAC}\n\
+                 addr add {GATEWAY_IP}/{GUEST_PREFIX_LEN} dev {TAP_NAME}\n\
+                 link set dev {TAP_NAME} up\n\
+                 neigh replace {GUEST_IP} lladdr {guest_mac} dev {TAP_NAME} nud permanent\n"
+            ))
+            .run()?;
+        Ok(())
+    }
+
+    /// Joins a namespace made by [`build_ns`](Self::build_ns) to the host
+    /// at `net.ext_ip`: the veth pair, the host route, `eth0`'s address and
+    /// routes, the namespace's rules and the owner's sibling rule.
+    fn join_host(
         &self,
         net: &SandboxNet,
         owner_subnet: Ipv4Cidr,
@@ -348,13 +519,6 @@ impl NetManager {
         let veth = net.host_veth.as_str();
         let ext = net.ext_ip;
 
-        // Never adopt (or later roll back) someone else's namespace.
-        if netns_exists(ns) {
-            return Err(NetError::AlreadyExists(net.sandbox_id.clone()));
-        }
-        Cmd::ip().args(["netns", "add", ns]).run()?;
-        created.netns = true;
-
         // The peer is created directly inside the namespace under its final
         // name, so no `bhp-*` half ever exists in the host namespace.
         Cmd::ip()
@@ -364,21 +528,11 @@ impl NetManager {
             .args(["netns", ns])
             .run()?;
         created.veth = true;
-
-        // Namespace sysctls, before any interface is up.
-        write_sysctl(Some(&ns_path), "net/ipv4/ip_forward", "1")?;
-        // Strict reverse-path filtering: the guest can only send from the
-        // TAP's subnet (the FORWARD anti-spoof rule says the same).
-        write_sysctl(Some(&ns_path), "net/ipv4/conf/all/rp_filter", "1")?;
-        write_sysctl(Some(&ns_path), "net/ipv4/conf/default/rp_filter", "1")?;
-        // IPv4 only: no link-local IPv6 path around the IPv4 rules.
-        for key in ["all", "default", NETNS_ETH] {
-            optional_sysctl(
-                Some(&ns_path),
-                &format!("net/ipv6/conf/{key}/disable_ipv6"),
-                "1",
-            )?;
-        }
+        optional_sysctl(
+            Some(&ns_path),
+            &format!("net/ipv6/conf/{NETNS_ETH}/disable_ipv6"),
+            "1",
+        )?;
 
         // Host side first, so the namespace's gateway is reachable as soon as
         // its routes exist.
@@ -399,31 +553,13 @@ impl NetManager {
                  route add {ext}/32 dev {veth}\n"
             ))
             .run()?;
-
-        let mut tuntap = format!("tuntap add dev {TAP_NAME} mode tap");
-        if let Some(u) = &self.config.tap_user {
-            tuntap.push_str(&format!(" user {u}"));
-        }
-        if let Some(g) = &self.config.tap_group {
-            tuntap.push_str(&format!(" group {g}"));
-        }
-        // The guest's neighbour entry is permanent: a connection attempted before
-        // the guest answers ARP would otherwise wait out the kernel's 1 s ARP
-        // retransmit instead of reaching the guest the moment it listens.
         Cmd::ip()
             .args(["-n", ns, "-batch", "-"])
             .stdin(format!(
-                "link set dev lo up\n\
-                 addr add {ext}/32 dev {NETNS_ETH}\n\
+                "addr add {ext}/32 dev {NETNS_ETH}\n\
                  link set dev {NETNS_ETH} up\n\
                  route add {HOST_VETH_IP}/32 dev {NETNS_ETH} scope link\n\
-                 route add default via {HOST_VETH_IP} dev {NETNS_ETH}\n\
-                 {tuntap}\n\
-                 link set dev {TAP_NAME} address {GATEWAY_MAC}\n\
-                 addr add {GATEWAY_IP}/{GUEST_PREFIX_LEN} dev {TAP_NAME}\n\
-                 link set dev {TAP_NAME} up\n\
-                 neigh replace {GUEST_IP} lladdr {mac} dev {TAP_NAME} nud permanent\n",
-                mac = net.guest_mac
+                 route add default via {HOST_VETH_IP} dev {NETNS_ETH}\n"
             ))
             .run()?;
 
@@ -488,6 +624,7 @@ impl NetManager {
         if let Some(e) = self.forget(net) {
             first_err.get_or_insert(e);
         }
+        lock(&self.state).detached.remove(&net.sandbox_id);
         if first_err.is_none() {
             self.scope.forget(&net.sandbox_id);
         }
@@ -582,7 +719,11 @@ impl NetManager {
     /// `keep` carries no owner.
     pub fn cleanup_orphans<S: AsRef<str>>(&self, keep: &[S]) -> Result<Vec<String>, NetError> {
         let mut keep_ids: HashSet<String> = keep.iter().map(|s| s.as_ref().to_string()).collect();
-        keep_ids.extend(lock(&self.state).sandboxes.keys().cloned());
+        {
+            let st = lock(&self.state);
+            keep_ids.extend(st.sandboxes.keys().cloned());
+            keep_ids.extend(st.detached.iter().cloned());
+        }
         let orphans: Vec<String> = self
             .scope
             .recorded()
@@ -636,6 +777,29 @@ impl NetManager {
             info!(?removed, "removed orphaned sandbox networks");
         }
         first_err.map_or(Ok(removed), Err)
+    }
+}
+
+/// A sandbox's network as this manager lays every one out: the fixed guest
+/// side, and the given names, owner and external address.
+fn sandbox_net(
+    sandbox_id: &str,
+    owner_index: u16,
+    netns: String,
+    host_veth: String,
+    ext_ip: Ipv4Addr,
+    guest_mac: String,
+) -> SandboxNet {
+    SandboxNet {
+        sandbox_id: sandbox_id.to_string(),
+        owner_index,
+        netns,
+        host_veth,
+        ext_ip,
+        guest_ip: GUEST_IP,
+        gateway_ip: GATEWAY_IP,
+        tap: TAP_NAME.to_string(),
+        guest_mac,
     }
 }
 

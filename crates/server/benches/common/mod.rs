@@ -40,6 +40,7 @@ pub async fn start_with(
     cfg.default_memory_mb = 256;
     // Benches that measure template restores turn them on themselves.
     cfg.template_snapshots = false;
+    cfg.pools = Some(Vec::new());
     tweak(&mut cfg);
     match bhatti_server::start(cfg).await {
         Ok(daemon) => Some(Bench {

@@ -89,6 +89,10 @@ fn api(state: Shared) -> Router {
         .route("/health", get(system::health))
         .route("/openapi.json", get(system::openapi_handler))
         .route("/metrics", get(system::metrics))
+        .route(
+            "/admin/pools",
+            get(system::get_pools).put(system::set_pools),
+        )
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route(
             "/sandboxes/{id}",

@@ -273,6 +273,13 @@ pub fn routes() -> Vec<RouteDoc> {
             .ok(200, "The OpenAPI document.", Content::Json(object)),
         op("get", "/metrics", "Prometheus metrics: the whole daemon for users named in `admin_users`, your own sandboxes otherwise.")
             .ok(200, "Prometheus text exposition.", Content::Media("text/plain", text)),
+        op("get", "/admin/pools", "The warm pools (operators named in `admin_users` only).")
+            .ok(200, "Each pool: its shape, size, ready sandboxes and counters.", Content::Json(s::<api::Pools>))
+            .errors(&[403]),
+        op("put", "/admin/pools", "Replace the warm pools until the daemon restarts (operators only); a pool left out is emptied.")
+            .json(s::<api::SetPools>)
+            .ok(200, "The pools as they now stand (they fill in the background).", Content::Json(s::<api::Pools>))
+            .errors(&[400, 403, 404, 501]),
         op("get", "/sandboxes", "List your sandboxes, newest first; `label=k=v` filters (AND).")
             .query("label", false, "`key=value`; repeat for AND.", json!({"type": "array", "items": api::rules::label_filter()}))
             .ok(200, "Your sandboxes.", Content::Json(list::<api::Sandbox>))

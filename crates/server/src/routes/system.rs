@@ -12,7 +12,10 @@ use bhatti_api as api;
 use bhatti_engine::contract::Thermal;
 use serde_json::Value;
 
+use super::body::JsonBody;
 use super::{Caller, VERSION};
+use crate::error::ServiceResult;
+use crate::service::pools;
 use crate::state::Shared;
 
 pub async fn health(State(st): State<Shared>) -> Json<api::Health> {
@@ -126,12 +129,96 @@ async fn daemon_metrics(st: &Shared) -> String {
         "# HELP bhatti_websockets_active Open WebSocket sessions.\n# TYPE bhatti_websockets_active gauge\nbhatti_websockets_active {}",
         c.websockets_active.load(Ordering::Relaxed)
     );
+    pool_metrics(&mut out, &pools::status(st));
     let _ = writeln!(
         out,
         "# HELP bhatti_uptime_seconds Seconds since the daemon started.\n# TYPE bhatti_uptime_seconds gauge\nbhatti_uptime_seconds {}",
         st.started.elapsed().as_secs()
     );
     out
+}
+
+/// `GET /admin/pools`.
+pub async fn get_pools(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+) -> ServiceResult<Json<api::Pools>> {
+    Ok(Json(pools::get(&st, &user)?))
+}
+
+/// `PUT /admin/pools`.
+pub async fn set_pools(
+    State(st): State<Shared>,
+    Caller(user): Caller,
+    JsonBody(req): JsonBody<api::SetPools>,
+) -> ServiceResult<Json<api::Pools>> {
+    Ok(Json(pools::set(&st, &user, req).await?))
+}
+
+/// A pool metric: its name, help text and value.
+type PoolSeries = (&'static str, &'static str, fn(&api::PoolInfo) -> u64);
+
+/// The warm pools: their sandboxes are the daemon's, not a user's, so
+/// only the operators' metrics show them.
+fn pool_metrics(out: &mut String, p: &api::Pools) {
+    let gauges: [PoolSeries; 4] = [
+        (
+            "pool_ready",
+            "Warm-pool sandboxes booted, paused and waiting.",
+            |i| u64::from(i.ready),
+        ),
+        ("pool_size", "Warm-pool target sizes.", |i| {
+            u64::from(i.size)
+        }),
+        (
+            "pool_rss_bytes",
+            "Resident memory of the ready warm-pool VMMs.",
+            |i| i.rss_bytes,
+        ),
+        (
+            "pool_template",
+            "Whether the pool's template snapshot exists (1) or not (0).",
+            |i| u64::from(i.template),
+        ),
+    ];
+    let counters: [PoolSeries; 4] = [
+        (
+            "pool_hits_total",
+            "Creates that took a warm-pool sandbox.",
+            |i| i.hits,
+        ),
+        (
+            "pool_misses_total",
+            "Creates of a pooled shape that found the pool empty.",
+            |i| i.misses,
+        ),
+        ("pool_refills_total", "Warm-pool sandboxes made.", |i| {
+            i.refills
+        }),
+        (
+            "pool_discarded_total",
+            "Warm-pool sandboxes discarded unused.",
+            |i| i.discarded,
+        ),
+    ];
+    for (kind, list) in [("gauge", &gauges), ("counter", &counters)] {
+        for (name, help, get) in list.iter() {
+            let _ = writeln!(
+                out,
+                "# HELP bhatti_{name} {help}\n# TYPE bhatti_{name} {kind}"
+            );
+            for i in &p.pools {
+                let _ = writeln!(
+                    out,
+                    "bhatti_{name}{{image=\"{}\",cpus=\"{}\",memory_mb=\"{}\"}} {}",
+                    i.image.replace(['\\', '"', '\n'], "_"),
+                    i.cpus,
+                    i.memory_mb,
+                    get(i)
+                );
+            }
+        }
+    }
 }
 
 pub async fn openapi_handler(Caller(_): Caller) -> Json<Value> {

@@ -9,6 +9,7 @@ pub mod files;
 pub mod guest_fs;
 pub mod images;
 pub mod metrics;
+pub mod pools;
 pub mod ports;
 pub mod processes;
 pub mod publish;

@@ -127,6 +127,7 @@ pub fn config(engine: &str, dir: &std::path::Path) -> Config {
     // Each template is a background boot: on by hand in the suites that
     // test them (tests/templates.rs), so the others time only their own VMs.
     cfg.template_snapshots = false;
+    cfg.pools = Some(Vec::new());
     if let Ok(img) = std::env::var("BHATTI_DOCKER_IMAGE") {
         cfg.docker_image = Some(img);
     }
@@ -448,4 +449,30 @@ pub fn daemon_logs_in_test_output() {
         .with_ansi(false)
         .with_test_writer()
         .try_init();
+}
+
+/// Sandbox ids of the QEMU processes running from `data`.
+pub fn vmm_sandboxes(data: &std::path::Path) -> Vec<String> {
+    let needle = data.join("sandboxes").display().to_string();
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains("qemu-system") {
+            continue;
+        }
+        if let Some(rest) = cmd.split(&format!("{needle}/")).nth(1) {
+            ids.push(rest.split('/').next().unwrap_or_default().to_string());
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// A sandbox's `id` from its JSON.
+pub fn id_of(sb: &serde_json::Value) -> String {
+    sb["id"].as_str().unwrap().to_string()
 }

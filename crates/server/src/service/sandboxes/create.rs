@@ -283,7 +283,38 @@ pub async fn create(
         None => None,
     };
 
-    let id = bhatti_store::ids::sandbox_id();
+    let mut spec = SandboxSpec {
+        id: None,
+        name: name.clone(),
+        owner_index: user.subnet_index,
+        image: image.path.clone(),
+        cpus,
+        memory_mb,
+        disk_size_mb,
+        env,
+        files,
+        init: req.init.clone().unwrap_or_default(),
+        volumes: Vec::new(),
+        egress: egress.clone().unwrap_or_default(),
+        run_as_root: image.defaults.as_ref().is_some_and(|d| d.runs_as_root()),
+        user: image
+            .defaults
+            .as_ref()
+            .filter(|d| !d.runs_as_root())
+            .map(|d| d.user.clone())
+            .unwrap_or_default(),
+        cwd: image
+            .defaults
+            .as_ref()
+            .map(|d| d.working_dir.clone())
+            .unwrap_or_default(),
+    };
+    // A plain create (no fork, no volumes) may take a warm-pool sandbox:
+    // reserved now, because the row below carries its ID.
+    let pooled = (source.is_none() && req.persistent_volumes.is_empty())
+        .then(|| st.engine.reserve_pooled(&spec))
+        .flatten();
+    let id = pooled.clone().unwrap_or_else(bhatti_store::ids::sandbox_id);
     let new = NewSandbox {
         id: id.clone(),
         user_id: user.id.clone(),
@@ -310,6 +341,10 @@ pub async fn create(
     match st.db(move |s| s.insert_sandbox(&new)).await {
         Ok(_) => {}
         Err(e) if e.reason == Some(ErrorReason::AlreadyExists) => {
+            if pooled.is_some() {
+                // Taken for nothing: it goes (a pooled sandbox is used once).
+                let _ = st.engine.destroy(&id).await;
+            }
             let (uid, n) = (user.id.clone(), name.clone());
             let winner = st.db(move |s| s.sandbox(&uid, &n)).await?;
             return Ok(Created {
@@ -317,7 +352,12 @@ pub async fn create(
                 existing: true,
             });
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            if pooled.is_some() {
+                let _ = st.engine.destroy(&id).await;
+            }
+            return Err(e);
+        }
     }
 
     let booted = async {
@@ -344,33 +384,8 @@ pub async fn create(
             );
             return Ok::<_, ServiceError>(info);
         }
-        let vols = attach_volumes(st, user, &id, &req.persistent_volumes).await?;
-        let spec = SandboxSpec {
-            id: Some(id.clone()),
-            name: name.clone(),
-            owner_index: user.subnet_index,
-            image: image.path.clone(),
-            cpus,
-            memory_mb,
-            disk_size_mb,
-            env,
-            files,
-            init: req.init.clone().unwrap_or_default(),
-            volumes: vols,
-            egress: egress.unwrap_or_default(),
-            run_as_root: image.defaults.as_ref().is_some_and(|d| d.runs_as_root()),
-            user: image
-                .defaults
-                .as_ref()
-                .filter(|d| !d.runs_as_root())
-                .map(|d| d.user.clone())
-                .unwrap_or_default(),
-            cwd: image
-                .defaults
-                .as_ref()
-                .map(|d| d.working_dir.clone())
-                .unwrap_or_default(),
-        };
+        spec.id = Some(id.clone());
+        spec.volumes = attach_volumes(st, user, &id, &req.persistent_volumes).await?;
         Ok(st.engine.create(spec).await?)
     }
     .await;
@@ -426,7 +441,7 @@ struct ResolvedImage {
 
 /// The image name a create without one gets: `default_image`, else `base`
 /// when it is installed, else `minimal`.
-async fn default_image(st: &Shared) -> String {
+pub async fn default_image(st: &Shared) -> String {
     if let Some(d) = st.cfg.default_image.clone().filter(|d| !d.is_empty()) {
         return d;
     }

@@ -18,7 +18,7 @@ use crate::validate;
 mod create;
 mod lifetime;
 
-pub use create::{create_for_caller, decode_files, egress};
+pub use create::{create_for_caller, decode_files, default_image, egress};
 pub use lifetime::{expiry_from_now, reap_loop, set_timeout, set_timeout_as_asked};
 
 /// The caller's sandboxes carrying every label in `labels`
