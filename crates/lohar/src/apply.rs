@@ -43,14 +43,26 @@ pub async fn apply(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
         }
     };
     let system = agent.config().system;
-    let (hostname, entropy, files, now) = (
+    let (hostname, entropy, files, now, mac) = (
         cfg.hostname.clone(),
         checked.entropy,
         checked.files,
         cfg.unix_time_ms,
+        checked.mac,
     );
     let machine = tokio::task::spawn_blocking(move || {
-        apply_machine(system, now, &hostname, &entropy, &files)
+        let mut r = apply_machine(system, now, &hostname, &entropy, &files)?;
+        if let (true, Some(mac)) = (system, mac) {
+            // Last: from here the NIC drops frames sent to the old address
+            // until the host's neighbour entry follows (it does once this
+            // answer says the MAC was taken). Not fatal: the host keeps the
+            // old address when `mac` is false.
+            match crate::guest::net::set_mac("eth0", mac) {
+                Ok(()) => r.mac = true,
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        Ok::<_, Fail>(r)
     })
     .await;
     let mut result = match machine {
@@ -104,6 +116,7 @@ pub async fn apply(agent: &Arc<Agent>, req: &Frame, tx: &FrameTx) {
 struct Checked {
     entropy: Vec<u8>,
     files: Vec<(String, bhatti_protocol::config::ConfigFile, Vec<u8>)>,
+    mac: Option<[u8; 6]>,
 }
 
 fn check(cfg: &ApplyConfig) -> Result<Checked, Fail> {
@@ -128,6 +141,14 @@ fn check(cfg: &ApplyConfig) -> Result<Checked, Fail> {
             cfg.hostname
         )));
     }
+    let mac = if cfg.mac.is_empty() {
+        None
+    } else {
+        Some(
+            crate::guest::net::parse_mac(&cfg.mac)
+                .ok_or_else(|| Fail::invalid(format!("mac {:?}: six octets, unicast", cfg.mac)))?,
+        )
+    };
     if cfg.token.len() > 256 {
         return Err(Fail::invalid("token longer than 256 bytes"));
     }
@@ -144,7 +165,11 @@ fn check(cfg: &ApplyConfig) -> Result<Checked, Fail> {
             .map_err(|_| Fail::invalid(format!("file {path}: content is not base64")))?;
         files.push((path.clone(), f.clone(), data));
     }
-    Ok(Checked { entropy, files })
+    Ok(Checked {
+        entropy,
+        files,
+        mac,
+    })
 }
 
 /// Hostname, files and entropy: the parts that touch the machine.

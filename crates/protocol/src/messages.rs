@@ -376,6 +376,11 @@ pub struct ApplyConfig {
     /// from a memory image wakes with the image's time. 0: unchanged.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unix_time_ms: u64,
+    /// A new MAC address for the guest's `eth0` (`02:…`, unicast): guests
+    /// restored from one memory image would otherwise share the image's.
+    /// Empty: unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -406,6 +411,11 @@ pub struct ApplyConfigResult {
     /// The wall clock was set (guest mode only).
     #[serde(default)]
     pub clock: bool,
+    /// `eth0` took the new MAC address (guest mode only). False from an
+    /// agent that predates the field, or whose NIC cannot change its
+    /// address while up: the host then keeps the old one.
+    #[serde(default)]
+    pub mac: bool,
 }
 
 /// A host's HELLO feature: from then on the agent's ERROR payloads are

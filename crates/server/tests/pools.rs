@@ -2,8 +2,8 @@
 //! its image's template snapshot, its sandboxes wait paused behind a
 //! namespace with no way in or out, and creates take them: each claimed
 //! sandbox is its caller's (hostname, env, files, secrets, a fresh token,
-//! fresh entropy), two creates never share one, and a restart leaves no
-//! pooled VMM, namespace or directory behind. Reported as ignored without
+//! fresh entropy, a fresh MAC address), two creates never share one, and a
+//! restart leaves no pooled VMM, namespace or directory behind. Reported as ignored without
 //! root and the guest artifacts.
 #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)] // a test panics to report its failure
 
@@ -207,6 +207,26 @@ async fn creates_take_pooled_sandboxes_vm() {
         );
         seen.push(r);
     }
+    // Nor a MAC address: each took a fresh one in its claim, and is
+    // reached through it.
+    let template_mac = manifest["guest_mac"].as_str().unwrap().to_string();
+    let mut macs = Vec::new();
+    for id in [&a_id, &b_id, &c_id] {
+        let (code, m, err) = d.sh(&key, id, "cat /sys/class/net/eth0/address").await;
+        assert_eq!(code, 0, "{err}");
+        let m = m.trim().to_string();
+        assert_ne!(m, template_mac, "{id} kept the template's MAC");
+        assert!(!macs.contains(&m), "two sandboxes share the MAC {m}");
+        macs.push(m);
+    }
+    // The sandbox keeps it through a memory snapshot (stop, start).
+    for verb in ["stop", "start"] {
+        let path = format!("/sandboxes/{a_id}/{verb}");
+        assert_eq!(d.code("POST", &path, Some(&key), None).await, 200, "{verb}");
+    }
+    let (code, m, err) = d.sh(&key, &a_id, "cat /sys/class/net/eth0/address").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(m.trim(), macs[0], "the MAC after stop and start");
     let p = pools(&d, &admin).await;
     let hits = p["pools"][0]["hits"].as_u64().unwrap();
     let misses = p["pools"][0]["misses"].as_u64().unwrap();

@@ -135,6 +135,12 @@ async fn creates_restore_the_template_of_their_image_vm() {
             "the template token is refused"
         );
     }
+    // Nor a MAC address: each took a fresh one, and is reached through it.
+    let (_, mb, _) = d.sh(&key, &b_id, "cat /sys/class/net/eth0/address").await;
+    let (_, mc, _) = d.sh(&key, &c_id, "cat /sys/class/net/eth0/address").await;
+    let template_mac = manifest["guest_mac"].as_str().unwrap();
+    assert_ne!(mb.trim(), template_mac);
+    assert_ne!(mb, mc, "two sandboxes of one template share a MAC");
     // The clock is the host's, not the template's.
     let (_, guest_now, _) = d.sh(&key, &c_id, "date +%s").await;
     let host_now = std::time::SystemTime::now()

@@ -194,9 +194,13 @@ impl MicroVmEngine {
             };
             let vm = self.launch(&id, &detail, Some(&vmm)).await?;
             if let Some((apply, cfg)) = &claim {
-                let claimed = self
-                    .apply_claim(&sdir, detail.net.ext_ip, &detail.token, apply, cfg)
-                    .await;
+                let claimed = async {
+                    let mac = self
+                        .apply_claim(&sdir, detail.net.ext_ip, &detail.token, apply, cfg)
+                        .await?;
+                    self.adopt_mac(&mut detail, apply, mac).await
+                }
+                .await;
                 if let Err(e) = claimed {
                     let _ = vm.kill().await;
                     return Err(e);

@@ -239,10 +239,13 @@ impl MicroVmEngine {
                 detail.net = net;
                 detail.owner_index = spec.owner_index;
                 detail.egress = spec.egress.clone();
-                claimed
-                    .0
-                    .and(drive.0)
-                    .map(|()| detail.token = apply.token.clone())
+                match (claimed.0, drive.0) {
+                    (Ok(mac), Ok(())) => {
+                        detail.token = apply.token.clone();
+                        self.adopt_mac(&mut detail, &apply, mac).await
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };

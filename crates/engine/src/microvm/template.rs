@@ -188,7 +188,28 @@ impl MicroVmEngine {
             entropy: fresh_entropy(),
             init: spec.init.clone(),
             unix_time_ms: now_ms(),
+            mac: super::random_mac(),
         }
+    }
+
+    /// The claimed guest took `apply`'s MAC address (`taken`): the
+    /// namespace's neighbour entry follows, and the sandbox keeps it (a
+    /// later restore starts its VMM with it). An agent that could not
+    /// keeps the template's, and so does the host.
+    pub(super) async fn adopt_mac(
+        &self,
+        detail: &mut super::sandbox::Detail,
+        apply: &ApplyConfig,
+        taken: bool,
+    ) -> Result<()> {
+        if !taken || apply.mac.is_empty() {
+            tracing::debug!(mac = %detail.mac, "the claimed guest keeps its template's MAC address");
+            return Ok(());
+        }
+        let (net, n, mac) = (self.net.clone(), detail.net.clone(), apply.mac.clone());
+        detail.net = super::blocking(move || Ok(net.set_guest_mac(&n, &mac)?)).await?;
+        detail.mac = apply.mac.clone();
+        Ok(())
     }
 
     /// Sends the claim to a restored template's agent (reached with the
@@ -201,7 +222,7 @@ impl MicroVmEngine {
         template_token: &str,
         apply: &ApplyConfig,
         cfg: &bhatti_protocol::config::GuestConfig,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         tokio::try_join!(
             self.send_claim(
                 Transport::Tcp {
@@ -212,17 +233,17 @@ impl MicroVmEngine {
             ),
             write_claim_drive(dir, cfg)
         )
-        .map(drop)
+        .map(|(mac, ())| mac)
     }
 
     /// Sends the claim to a restored template's agent, reached with the
-    /// template's token.
+    /// template's token. Whether the guest took the claim's MAC address.
     pub(super) async fn send_claim(
         &self,
         to: Transport,
         template_token: &str,
         apply: &ApplyConfig,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let client = AgentClient::new(to, Some(template_token.to_string()));
         let r = client.apply_config(apply).await.map_err(|e| {
             EngineError::Invalid(format!("applying the sandbox's configuration: {e}"))
@@ -232,7 +253,7 @@ impl MicroVmEngine {
                 "the guest did not take the new token and entropy ({r:?})"
             )));
         }
-        Ok(())
+        Ok(r.mac)
     }
 
     /// Starts building `fit`'s template in the background, unless one is

@@ -380,6 +380,22 @@ impl NetManager {
         }
     }
 
+    /// The guest took a new MAC address (a claimed template restore or
+    /// pooled sandbox): its permanent neighbour entry follows, and the
+    /// returned network carries it.
+    pub fn set_guest_mac(&self, net: &SandboxNet, guest_mac: &str) -> Result<SandboxNet, NetError> {
+        let guest_mac = normalize_mac(guest_mac)?;
+        Cmd::ip()
+            .args(["-n", &net.netns, "neigh", "replace"])
+            .args([GUEST_IP.to_string().as_str(), "lladdr", &guest_mac])
+            .args(["dev", TAP_NAME, "nud", "permanent"])
+            .run()?;
+        Ok(SandboxNet {
+            guest_mac,
+            ..net.clone()
+        })
+    }
+
     /// Joins a detached namespace ([`setup_detached`](Self::setup_detached))
     /// to the host for `owner_index`: the lowest free address of the
     /// owner's /24, the veth pair, routes and rules, as

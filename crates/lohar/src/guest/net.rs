@@ -24,6 +24,8 @@ use super::GuestError;
 #[allow(clippy::cast_possible_truncation)]
 const AF_INET: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
 #[allow(clippy::cast_possible_truncation)]
+const ARPHRD_ETHER: libc::sa_family_t = libc::ARPHRD_ETHER as libc::sa_family_t;
+#[allow(clippy::cast_possible_truncation)]
 const IFF_UP: libc::c_short = libc::IFF_UP as libc::c_short;
 #[allow(clippy::cast_possible_truncation)]
 const IFF_UP_RUNNING: libc::c_short = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
@@ -166,6 +168,38 @@ pub fn apply(cfg: &IpConfig) -> Result<String, GuestError> {
     } else {
         format!("{}: {}", cfg.dev, done.join(", "))
     })
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` as a unicast MAC address.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    // No seventh octet, and not a multicast (or broadcast) address.
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+}
+
+/// Gives `dev` the hardware address `mac` while it stays up. A virtio NIC
+/// takes it live (and tells the device, which filters by it); a NIC that
+/// cannot refuses with `EBUSY`.
+pub fn set_mac(dev: &str, mac: [u8; 6]) -> Result<(), GuestError> {
+    let s = inet_socket()?;
+    let mut r = ifreq(dev)?;
+    // SAFETY: sockaddr is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    sa.sa_family = ARPHRD_ETHER;
+    for (d, b) in sa.sa_data.iter_mut().zip(mac) {
+        *d = libc::c_char::from_ne_bytes([b]);
+    }
+    r.ifr_ifru.ifru_hwaddr = sa;
+    ioctl(&s, libc::SIOCSIFHWADDR, (&mut r as *mut libc::ifreq).cast())
+        .map_err(sys(format!("set {dev}'s MAC address")))
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
@@ -320,6 +354,26 @@ fn add_default_route(s: &OwnedFd, dev: &str, gw: Ipv4Addr) -> Result<(), GuestEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_as_six_unicast_octets() {
+        assert_eq!(
+            parse_mac("02:ab:00:10:ff:7e"),
+            Some([0x02, 0xab, 0x00, 0x10, 0xff, 0x7e])
+        );
+        for bad in [
+            "",
+            "02:ab:00:10:ff",
+            "02:ab:00:10:ff:7e:01",
+            "03:ab:00:10:ff:7e",
+            "ff:ff:ff:ff:ff:ff",
+            "2:ab:00:10:ff:7e0",
+            "02-ab-00-10-ff-7e",
+            "0g:ab:00:10:ff:7e",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn parses_kernel_ip_param() {
