@@ -963,13 +963,25 @@ pub struct PoolConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// vCPUs of each pooled sandbox (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(schema_with = "rules::optional_cpus")]
     pub cpus: Option<u32>,
     /// Memory of each pooled sandbox, MiB (default: the daemon's
     /// `default_memory_mb`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rules::int::optional"
+    )]
+    #[schemars(schema_with = "rules::optional_memory_mb")]
     pub memory_mb: Option<u32>,
     /// Sandboxes to keep booted and paused (0–32).
+    #[serde(deserialize_with = "rules::int::whole")]
+    #[schemars(schema_with = "rules::pool_size")]
     pub size: u32,
 }
 

@@ -68,6 +68,8 @@ pub const NO_NUL: &str = r"^[^\x00]*$";
 pub(crate) const MAX_LABELS: u32 = 16;
 pub(crate) const MAX_CPUS: u32 = 256;
 pub(crate) const MIN_MEMORY_MB: u32 = 128;
+/// The largest warm pool (`pools`, `PUT /admin/pools`).
+pub const MAX_POOL_SIZE: u32 = 32;
 pub(crate) const MAX_DISK_MB: u64 = 1 << 20;
 pub(crate) const MAX_ENV_VARS: u32 = 256;
 pub(crate) const MAX_ENV_KEY: u32 = 256;
@@ -165,6 +167,10 @@ pub(crate) fn optional_cpus(_: &mut SchemaGenerator) -> Schema {
         json!({"type": "integer", "minimum": 1, "maximum": MAX_CPUS}),
         true,
     )
+}
+/// A warm pool's size.
+pub(crate) fn pool_size(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "minimum": 0, "maximum": MAX_POOL_SIZE})
 }
 /// At create: 0 or absent for the daemon's default.
 pub(crate) fn optional_memory_mb_or_zero(_: &mut SchemaGenerator) -> Schema {

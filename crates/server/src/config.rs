@@ -421,7 +421,7 @@ pub struct Config {
 /// resident memory.
 pub const DEFAULT_POOL_SIZE: u32 = 2;
 /// The largest pool `pools` or `PUT /admin/pools` may ask for.
-pub const MAX_POOL_SIZE: u32 = 32;
+pub use bhatti_api::rules::MAX_POOL_SIZE;
 
 /// `pools` (or a `PUT /admin/pools`) checked.
 pub fn check_pools(pools: &[bhatti_api::PoolConfig]) -> Result<(), String> {
@@ -432,8 +432,13 @@ pub fn check_pools(pools: &[bhatti_api::PoolConfig]) -> Result<(), String> {
                 p.size
             ));
         }
-        if p.cpus == Some(0) {
-            return Err("a pool's cpus must be at least 1".into());
+        if p.cpus
+            .is_some_and(|c| c == 0 || f64::from(c) > crate::validate::MAX_CPUS)
+        {
+            return Err(format!(
+                "a pool's cpus must be from 1 to {}",
+                crate::validate::MAX_CPUS
+            ));
         }
         if p.memory_mb.is_some_and(|m| m < 128) {
             return Err("a pool's memory_mb must be at least 128".into());
