@@ -1,7 +1,7 @@
 //! Exec: buffered, streaming and detached.
 
 use bhatti_protocol::messages::{DetachedInfo, ErrorCode, ExecRequest};
-use bhatti_protocol::{decode_exit, MsgType, MAX_EXEC_OUTPUT, TRUNCATION_MARKER};
+use bhatti_protocol::{decode_exit, Frame, MsgType, MAX_EXEC_OUTPUT, TRUNCATION_MARKER};
 
 use bhatti_protocol::r#async::{read_frame, write_frame};
 use tokio::io::{BufReader, ReadHalf, WriteHalf};
@@ -82,27 +82,73 @@ impl ExecEvents {
                 self.done = true;
                 return Err(ClientError::Closed);
             };
-            let ev = match f.msg_type() {
-                Some(MsgType::Stdout) => StreamEvent::Stdout(f.payload),
-                Some(MsgType::Stderr) => StreamEvent::Stderr(f.payload),
-                Some(MsgType::Exit) => {
-                    self.done = true;
-                    StreamEvent::Exit(decode_exit(&f.payload)?)
-                }
-                Some(MsgType::Error) => {
-                    self.done = true;
-                    match agent_error(&f) {
-                        ClientError::Agent { code, message } => {
-                            StreamEvent::Error { code, message }
-                        }
-                        other => return Err(other),
-                    }
-                }
-                _ => continue,
+            let Some(ev) = event(f).inspect_err(|_| self.done = true)? else {
+                continue;
             };
+            self.done = matches!(ev, StreamEvent::Exit(_) | StreamEvent::Error { .. });
             return Ok(Some(ev));
         }
     }
+}
+
+/// The event a frame of an exec's stream is; `None` for a frame type this
+/// client does not know (skipped, for forward compatibility).
+fn event(f: Frame) -> Result<Option<StreamEvent>> {
+    Ok(Some(match f.msg_type() {
+        Some(MsgType::Stdout) => StreamEvent::Stdout(f.payload),
+        Some(MsgType::Stderr) => StreamEvent::Stderr(f.payload),
+        Some(MsgType::Exit) => StreamEvent::Exit(decode_exit(&f.payload)?),
+        Some(MsgType::Error) => match agent_error(&f) {
+            ClientError::Agent { code, message } => StreamEvent::Error { code, message },
+            other => return Err(other),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// A buffered exec's result, built event by event up to the output cap.
+#[derive(Default)]
+struct Collect {
+    r: ExecResult,
+    total: usize,
+}
+
+impl Collect {
+    /// Takes one event; the result once the exec is over.
+    fn push(&mut self, ev: StreamEvent) -> Option<Result<ExecResult>> {
+        let (buf, data) = match ev {
+            StreamEvent::Stdout(d) => (&mut self.r.stdout, d),
+            StreamEvent::Stderr(d) => (&mut self.r.stderr, d),
+            StreamEvent::Exit(code) => {
+                let mut r = std::mem::take(&mut self.r);
+                r.exit_code = code;
+                if r.truncated {
+                    r.stderr.extend_from_slice(TRUNCATION_MARKER.as_bytes());
+                }
+                return Some(Ok(r));
+            }
+            StreamEvent::Error { code, message } => {
+                return Some(Err(ClientError::Agent { code, message }))
+            }
+        };
+        let room = MAX_EXEC_OUTPUT.saturating_sub(self.total);
+        let take = data.len().min(room);
+        buf.extend_from_slice(&data[..take]);
+        self.total = self.total.saturating_add(take);
+        if take < data.len() {
+            self.r.truncated = true;
+        }
+        None
+    }
+}
+
+/// A request as a one-shot piped exec.
+fn oneshot(mut req: ExecRequest) -> ExecRequest {
+    req.tty = false;
+    req.session = false;
+    req.detach = false;
+    req.session_id.clear();
+    req
 }
 
 impl ExecInput {
@@ -186,48 +232,45 @@ impl AgentClient {
     /// (stdin is closed after it is sent). Output past 10 MiB is dropped and the
     /// truncation marker appended to stderr.
     pub async fn exec_request(&self, req: ExecRequest, stdin: Option<&[u8]>) -> Result<ExecResult> {
+        let mut out = Collect::default();
+        let Some(input) = stdin else {
+            return self.exec_reusing(req, out).await;
+        };
         let mut s = self.exec_stream(req).await?;
-        if let Some(input) = stdin {
-            s.feed_stdin(input).await?;
-        }
-        let mut r = ExecResult::default();
-        let mut total = 0usize;
+        s.feed_stdin(input).await?;
         loop {
             let ev = match s.next().await? {
                 Some(ev) => ev,
                 None => return Err(ClientError::Closed),
             };
-            let (buf, data) = match ev {
-                StreamEvent::Stdout(d) => (&mut r.stdout, d),
-                StreamEvent::Stderr(d) => (&mut r.stderr, d),
-                StreamEvent::Exit(code) => {
-                    r.exit_code = code;
-                    if r.truncated {
-                        r.stderr.extend_from_slice(TRUNCATION_MARKER.as_bytes());
-                    }
-                    return Ok(r);
-                }
-                StreamEvent::Error { code, message } => {
-                    return Err(ClientError::Agent { code, message })
-                }
-            };
-            let room = MAX_EXEC_OUTPUT.saturating_sub(total);
-            let take = data.len().min(room);
-            buf.extend_from_slice(&data[..take]);
-            total = total.saturating_add(take);
-            if take < data.len() {
-                r.truncated = true;
+            if let Some(done) = out.push(ev) {
+                return done;
             }
         }
     }
 
+    /// A buffered exec without stdin, on a reused connection when this
+    /// client keeps them (the connection goes back after EXIT or the
+    /// agent's ERROR; an exec dropped halfway drops it, which kills the
+    /// exec as ever).
+    async fn exec_reusing(&self, req: ExecRequest, mut out: Collect) -> Result<ExecResult> {
+        let p = serde_json::to_vec(&oneshot(req))?;
+        let (mut lease, mut f) = self.start(MsgType::ExecReq, &p).await?;
+        loop {
+            if let Some(ev) = event(f)? {
+                if let Some(done) = out.push(ev) {
+                    self.give_back(lease);
+                    return done;
+                }
+            }
+            f = lease.conn.recv().await?.ok_or(ClientError::Closed)?;
+        }
+    }
+
     /// Starts an exec and returns its event stream.
-    pub async fn exec_stream(&self, mut req: ExecRequest) -> Result<ExecStream> {
+    pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream> {
         // A streaming exec is always one-shot piped.
-        req.tty = false;
-        req.session = false;
-        req.detach = false;
-        req.session_id.clear();
+        let req = oneshot(req);
         let p = serde_json::to_vec(&req)?;
         let (rd, wr) = self.request(MsgType::ExecReq, &p).await?.split();
         Ok(ExecStream {

@@ -6,8 +6,8 @@ use bhatti_protocol::messages::{
 use bhatti_protocol::{seal_frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::transport::Conn;
-use crate::{agent_error, AgentClient, ClientError, Result};
+use crate::reuse::Lease;
+use crate::{agent_error, expected, AgentClient, ClientError, Result};
 
 /// Server-side truncation of a read (all zero = the whole file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,9 +47,22 @@ impl AgentClient {
             max_bytes: opts.max_bytes,
         };
         let p = serde_json::to_vec(&req)?;
-        let mut conn = self.request(MsgType::FileReadReq, &p).await?;
-        let head: FileReadResponse = conn.expect(MsgType::FileReadResp).await?.parse_json()?;
-        Ok(FileDownload { head, conn })
+        let (lease, f) = self.start(MsgType::FileReadReq, &p).await?;
+        let head: FileReadResponse = match expected(f, MsgType::FileReadResp) {
+            Ok(f) => f.parse_json()?,
+            Err(e) => {
+                // A refused read (not found, a directory) ended cleanly.
+                if matches!(e, ClientError::Agent { .. }) {
+                    self.give_back(lease);
+                }
+                return Err(e);
+            }
+        };
+        Ok(FileDownload {
+            head,
+            lease,
+            client: self.clone(),
+        })
     }
 
     /// Reads a whole (or truncated) file into memory.
@@ -143,7 +156,9 @@ impl AgentClient {
 pub struct FileDownload {
     /// Size and mode as the agent reported them before sending content.
     pub head: FileReadResponse,
-    conn: Conn,
+    lease: Lease,
+    /// Takes the connection back once the content was read to its end.
+    client: AgentClient,
 }
 
 impl FileDownload {
@@ -151,7 +166,7 @@ impl FileDownload {
     pub async fn copy_to<W: AsyncWrite + Unpin>(mut self, out: &mut W) -> Result<u64> {
         let mut written = 0u64;
         loop {
-            let Some(f) = self.conn.recv().await? else {
+            let Some(f) = self.lease.conn.recv().await? else {
                 return Err(ClientError::Closed);
             };
             match f.msg_type() {
@@ -164,6 +179,7 @@ impl FileDownload {
                 _ => continue,
             }
         }
+        self.client.give_back(self.lease);
         out.flush().await?;
         Ok(written)
     }

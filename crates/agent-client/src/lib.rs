@@ -1,8 +1,10 @@
 //! Host-side client of the lohar guest agent.
 //!
-//! Every operation opens its own connection (the protocol carries one operation
+//! An operation opens its own connection (the protocol carries one operation
 //! per control connection), sends AUTH when a token is set, and speaks the frames
-//! of `bhatti-protocol`. The transport is pluggable: Unix sockets (test and
+//! of `bhatti-protocol`; a client made [`AgentClient::reusing`] keeps
+//! connections between operations instead when the agent negotiates it
+//! (`conn.reuse`, see `reuse`). The transport is pluggable: Unix sockets (test and
 //! container mode), TCP over the sandbox network, and Firecracker's hybrid vsock.
 //!
 //! Dropping any in-flight operation closes its connection, which the agent treats
@@ -13,6 +15,7 @@
 mod error;
 mod exec;
 mod files;
+mod reuse;
 mod session;
 mod transport;
 mod watch;
@@ -65,6 +68,8 @@ pub struct AgentClient {
     transport: Transport,
     token: Option<String>,
     dials: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Idle connections kept between operations (`None`: none kept).
+    reuse: Option<std::sync::Arc<reuse::Reuse>>,
 }
 
 impl AgentClient {
@@ -75,6 +80,7 @@ impl AgentClient {
             transport,
             token: token.filter(|t| !t.is_empty()),
             dials: std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_DIALS)),
+            reuse: None,
         }
     }
 
@@ -103,16 +109,21 @@ impl AgentClient {
         Ok(conn)
     }
 
-    /// One request, one JSON reply of type `want`.
+    /// One request, one JSON reply of type `want` (on a reused connection
+    /// when this client reuses them).
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         kind: MsgType,
         payload: &[u8],
         want: MsgType,
     ) -> Result<T> {
-        let mut conn = self.request(kind, payload).await?;
-        let f = conn.expect(want).await?;
-        Ok(f.parse_json()?)
+        let (lease, f) = self.start(kind, payload).await?;
+        let reply = expected(f, want);
+        // An agent's error ends its request as cleanly as a reply does.
+        if matches!(reply, Ok(_) | Err(ClientError::Agent { .. })) {
+            self.give_back(lease);
+        }
+        Ok(reply?.parse_json()?)
     }
 
     /// The agent's protocol version and features (`None` for a v1 agent, which
@@ -143,8 +154,11 @@ impl AgentClient {
     /// token.
     pub async fn apply_config(&self, cfg: &ApplyConfig) -> Result<ApplyConfigResult> {
         let p = serde_json::to_vec(cfg)?;
-        self.call(MsgType::ApplyConfigReq, &p, MsgType::ApplyConfigResp)
-            .await
+        // On a connection of its own: the agent closes every reused
+        // connection once the token is replaced.
+        let mut conn = self.request(MsgType::ApplyConfigReq, &p).await?;
+        self.close_idle();
+        Ok(conn.expect(MsgType::ApplyConfigResp).await?.parse_json()?)
     }
 
     /// The agent's sessions (attached and detached), for listing.
@@ -228,6 +242,17 @@ impl AgentClient {
             tokio::time::sleep(READY_PAUSE).await;
         }
         Err(ClientError::NotReady { attempts, last })
+    }
+}
+
+/// `f` if it is `want`; an ERROR becomes its error.
+pub(crate) fn expected(f: Frame, want: MsgType) -> Result<Frame> {
+    if f.kind == want as u8 {
+        Ok(f)
+    } else if f.is(MsgType::Error) {
+        Err(agent_error(&f))
+    } else {
+        Err(ClientError::UnexpectedFrame(f.kind))
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf, WriteHalf,
 };
 
-use crate::{agent_error, ClientError, Result};
+use crate::{ClientError, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -207,9 +207,7 @@ impl Conn {
     /// The next frame, which must be `want` (ERROR becomes an error).
     pub async fn expect(&mut self, want: MsgType) -> Result<Frame> {
         match self.recv().await? {
-            Some(f) if f.kind == want as u8 => Ok(f),
-            Some(f) if f.is(MsgType::Error) => Err(agent_error(&f)),
-            Some(f) => Err(ClientError::UnexpectedFrame(f.kind)),
+            Some(f) => crate::expected(f, want),
             None => Err(ClientError::Closed),
         }
     }

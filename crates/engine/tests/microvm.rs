@@ -538,16 +538,14 @@ async fn checkpoint_and_fork(kind: Kind) {
     e.destroy(&src.id).await.unwrap();
 }
 
-/// The sandbox namespace's egress chain (the test's own sandboxes only).
+/// The sandbox namespace's egress chain (the test's own sandboxes only),
+/// from whichever iptables backend holds it.
 fn egress_chain(id: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &format!("bhatti-{id}")])
-        .args(["iptables", "-w", "-S", "BHATTI-EGRESS"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{:?}", out);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let ns = bhatti_engine::net::netns_path(id).unwrap();
+    let out = bhatti_engine::net::netns_egress_chain(&ns)
+        .unwrap()
+        .expect("the namespace has an egress chain");
+    out.lines()
         .filter(|l| l.starts_with("-A "))
         .map(str::to_string)
         .collect()

@@ -766,6 +766,58 @@ fn egress_policy_is_enforced() {
     // A sandbox created with Deny is denied from the start.
     let b = Sbx::new(19, &EgressPolicy::Deny);
     assert_blocked(b.probe(to), "created with Deny");
+
+    // Fresh namespaces hold their rules in the legacy backend where the
+    // host has it; a namespace whose rules an older daemon put in the
+    // default backend has them changed there, and never in both.
+    let legacy_has_rules = |ns: &str| {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "iptables-legacy",
+                "-w",
+                "-S",
+                "BHATTI-EGRESS",
+            ],
+        )
+        .0
+    };
+    if run("iptables-legacy", &["--version"]).0 {
+        assert!(legacy_has_rules(&b.net.netns), "fresh rules are legacy");
+        let c = Sbx::new(19, &EgressPolicy::Public);
+        let ns = c.net.netns.clone();
+        let sh = |script: String| {
+            let (ok, _, err) = run("sh", &["-c", &script]);
+            assert!(ok, "{script}: {err}");
+        };
+        sh(format!(
+            "ip netns exec {ns} iptables-legacy-save | ip netns exec {ns} iptables-restore -w"
+        ));
+        sh(format!(
+            "printf '*filter\\n:INPUT ACCEPT [0:0]\\n:FORWARD ACCEPT [0:0]\\n:OUTPUT ACCEPT [0:0]\\nCOMMIT\\n\
+             *nat\\n:PREROUTING ACCEPT [0:0]\\n:INPUT ACCEPT [0:0]\\n:OUTPUT ACCEPT [0:0]\\n:POSTROUTING ACCEPT [0:0]\\nCOMMIT\\n' \
+             | ip netns exec {ns} iptables-legacy-restore -w"
+        ));
+        assert!(!legacy_has_rules(&ns));
+        c.probe(to).expect("Public, rules in the default backend");
+        mgr()
+            .set_egress_policy(&c.net, &EgressPolicy::Deny)
+            .unwrap();
+        assert_blocked(c.probe(to), "Deny, set in the default backend");
+        mgr()
+            .reinstall_rules(&c.net, &EgressPolicy::Public)
+            .unwrap();
+        c.probe(to)
+            .expect("Public again, reinstalled in the default backend");
+        assert!(!legacy_has_rules(&ns), "nothing went to the legacy backend");
+        let chain = bhatti_engine::net::netns_egress_chain(&c.net.netns_path())
+            .unwrap()
+            .unwrap();
+        assert!(chain.contains("-A BHATTI-EGRESS"), "{chain}");
+    }
     drop(out); // deletes out0 and with it bhtst-out0
 }
 

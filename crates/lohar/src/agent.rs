@@ -193,6 +193,10 @@ pub struct Agent {
     coded_errors: AtomicBool,
     /// What an APPLY_CONFIG set after boot (see [`crate::apply`]).
     applied: std::sync::RwLock<Applied>,
+    /// Bumped whenever an APPLY_CONFIG replaces the token: a reused
+    /// connection authenticated under an older token closes instead of
+    /// carrying another request (see `conn::serve`).
+    token_epoch: AtomicU64,
 }
 
 /// Configuration applied after boot, over [`AgentConfig`]'s.
@@ -235,6 +239,7 @@ impl Agent {
             conn_ids: AtomicU64::new(1),
             coded_errors: AtomicBool::new(false),
             applied: std::sync::RwLock::new(Applied::default()),
+            token_epoch: AtomicU64::new(0),
         })
     }
 
@@ -275,7 +280,14 @@ impl Agent {
             .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if token.is_some() {
             applied.token = token;
+            self.token_epoch.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Which token connections authenticated under: it changes whenever an
+    /// APPLY_CONFIG replaces the token.
+    pub(crate) fn token_epoch(&self) -> u64 {
+        self.token_epoch.load(Ordering::Acquire)
     }
 
     /// Whose filesystem credentials file operations use.

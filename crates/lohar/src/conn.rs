@@ -1,14 +1,15 @@
 //! One connection's life: the connection budget ([`crate::admission`]),
-//! AUTH and HELLO, and dispatch of the one request a control connection
-//! carries (the frame plumbing is [`crate::wire`]).
+//! AUTH and HELLO, and dispatch of the request a control connection
+//! carries, or of each request in turn on a connection whose first HELLO
+//! asked for reuse (the frame plumbing is [`crate::wire`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bhatti_protocol::messages::{
-    ActivityInfo, ExecRequest, Hello, HelloResponse, FEATURE_CONFIG_APPLY, FEATURE_ERROR_CODES,
-    FEATURE_FILES_WATCH,
+    ActivityInfo, ExecRequest, Hello, HelloResponse, FEATURE_CONFIG_APPLY, FEATURE_CONN_REUSE,
+    FEATURE_ERROR_CODES, FEATURE_FILES_WATCH,
 };
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{Frame, MsgType, PROTOCOL_VERSION};
@@ -17,9 +18,13 @@ use tokio::io::BufReader;
 use crate::admission::{Port, Refused, Slot, Source};
 use crate::agent::Agent;
 use crate::fail::Fail;
-use crate::wire::{finish, writer, FrameTx, Reader, Stream};
+use crate::wire::{finish, writer, FrameTx, NextRequest, Reader, Stream};
 
 const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a reused connection may sit between requests before the agent
+/// closes it (and frees its slot). The client drops idle connections
+/// sooner, so it rarely meets this close.
+const REUSE_IDLE: Duration = Duration::from_secs(60);
 /// How long a refused connection is drained before it is closed.
 const LINGER: Duration = Duration::from_millis(500);
 /// Connections refused by the budget that may linger at once; beyond this they
@@ -109,7 +114,7 @@ pub async fn handle_control(agent: Arc<Agent>, stream: Stream, source: Source) {
     };
     match req {
         Some(req) => {
-            dispatch(&agent, req, rd, &tx).await;
+            serve(&agent, req, rd, &tx).await;
             finish(tx, writer_task).await;
         }
         None => {
@@ -149,11 +154,73 @@ async fn linger(mut rd: Reader) {
     .await;
 }
 
-async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
+/// What an operation leaves of its connection.
+pub(crate) enum After {
+    /// Nothing: the operation used the connection up (a write's stream, a
+    /// watch, a session) or the host went away.
+    Closed,
+    /// The operation is over and never read past its request.
+    Open(Reader),
+    /// A one-shot exec is over; its reader is still dropping late STDIN
+    /// frames and will hand back the next request ([`crate::wire::exec_reader`]).
+    Reading(tokio::task::JoinHandle<NextRequest>),
+}
+
+fn asks_reuse(req: &Frame) -> bool {
+    req.is(MsgType::Hello)
+        && req
+            .parse_json::<Hello>()
+            .is_ok_and(|h| h.features.iter().any(|f| f == FEATURE_CONN_REUSE))
+}
+
+/// Serves the connection's first request and, when that was a HELLO asking
+/// for reuse, every request after it, until an operation uses the
+/// connection up, the host closes it or stays idle for [`REUSE_IDLE`], or
+/// an APPLY_CONFIG replaces the token this connection authenticated with.
+async fn serve(agent: &Arc<Agent>, first: Frame, rd: Reader, tx: &FrameTx) {
+    let reuse = asks_reuse(&first);
+    let epoch = agent.token_epoch();
+    let (mut req, mut after) = (first, None);
+    let mut rd = Some(rd);
+    loop {
+        if let Some(r) = rd.take() {
+            after = Some(dispatch(agent, req, r, tx, reuse).await);
+        }
+        if !reuse || agent.token_epoch() != epoch {
+            return;
+        }
+        let next = match after.take() {
+            None | Some(After::Closed) => return,
+            Some(After::Open(mut r)) => {
+                match tokio::time::timeout(REUSE_IDLE, read_frame(&mut r)).await {
+                    Ok(Ok(Some(f))) => Some((r, f)),
+                    _ => None,
+                }
+            }
+            Some(After::Reading(mut h)) => match tokio::time::timeout(REUSE_IDLE, &mut h).await {
+                Ok(Ok(Some((r, f, _exec)))) => Some((r, f)),
+                Ok(_) => None,
+                Err(_) => {
+                    h.abort();
+                    None
+                }
+            },
+        };
+        let Some((r, f)) = next else { return };
+        // The token may have been replaced while this connection waited.
+        if agent.token_epoch() != epoch {
+            return;
+        }
+        rd = Some(r);
+        req = f;
+    }
+}
+
+async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx, reuse: bool) -> After {
     let Some(kind) = req.msg_type() else {
         tx.error(format!("unexpected frame type 0x{:02x}", req.kind))
             .await;
-        return;
+        return After::Open(rd);
     };
     match kind {
         MsgType::ExecReq => {
@@ -163,10 +230,10 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
                 Err(e) => {
                     tx.error(Fail::invalid(format!("invalid exec request: {e}")))
                         .await;
-                    return;
+                    return After::Open(rd);
                 }
             };
-            exec_dispatch(agent, er, rd, tx).await
+            return exec_dispatch(agent, er, rd, tx, reuse).await;
         }
         MsgType::ExecListReq => {
             let list = agent.sessions.list();
@@ -188,17 +255,23 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
         }
         MsgType::FileWriteReq => {
             agent.touch();
-            crate::files::write(agent, &req, rd, tx).await
+            crate::files::write(agent, &req, rd, tx).await;
+            return After::Closed;
         }
         MsgType::FileStatReq => crate::files::stat(agent, &req, tx).await,
         MsgType::FileLsReq => crate::files::ls(agent, &req, tx).await,
-        MsgType::WatchReq => crate::watch::watch(agent, &req, rd, tx).await,
+        MsgType::WatchReq => {
+            crate::watch::watch(agent, &req, rd, tx).await;
+            return After::Closed;
+        }
         MsgType::ApplyConfigReq => crate::apply::apply(agent, &req, tx).await,
         MsgType::Hello => {
             // Accept any well-formed hello; the version is informational today.
             let peer: Option<Hello> = req.parse_json().ok();
             if peer.is_some_and(|h| h.features.iter().any(|f| f == FEATURE_ERROR_CODES)) {
                 agent.set_coded_errors();
+                // The requests this connection carries next, if reused.
+                tx.set_coded();
             }
             let resp = HelloResponse {
                 version: PROTOCOL_VERSION,
@@ -212,6 +285,7 @@ async fn dispatch(agent: &Arc<Agent>, req: Frame, rd: Reader, tx: &FrameTx) {
                 .await;
         }
     }
+    After::Open(rd)
 }
 
 /// Capabilities announced in HELLO_RESP.
@@ -229,22 +303,32 @@ const FEATURES: &[&str] = &[
     FEATURE_ERROR_CODES,
     FEATURE_FILES_WATCH,
     FEATURE_CONFIG_APPLY,
+    FEATURE_CONN_REUSE,
 ];
 
-async fn exec_dispatch(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {
+async fn exec_dispatch(
+    agent: &Arc<Agent>,
+    er: ExecRequest,
+    rd: Reader,
+    tx: &FrameTx,
+    reuse: bool,
+) -> After {
     if !er.session_id.is_empty() {
-        return crate::session::attach(agent, er, rd, tx).await;
+        crate::session::attach(agent, er, rd, tx).await;
+        return After::Closed;
     }
     if er.argv.is_empty() || er.argv[0].is_empty() {
         tx.error(Fail::invalid("empty argv")).await;
-        return;
+        return After::Open(rd);
     }
     if er.detach {
-        crate::exec::detached(agent, er, tx).await
+        crate::exec::detached(agent, er, tx).await;
+        After::Open(rd)
     } else if er.tty || er.session {
-        crate::session::create(agent, er, rd, tx).await
+        crate::session::create(agent, er, rd, tx).await;
+        After::Closed
     } else {
-        crate::exec::oneshot(agent, er, rd, tx).await
+        crate::exec::oneshot(agent, er, rd, tx, reuse).await
     }
 }
 

@@ -18,9 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
+use crate::conn::After;
 use crate::fail::Fail;
 use crate::spawn::{command, exit_code, run_as_for, signal_group, spawn, wait, Leader};
-use crate::wire::{reader_task, FrameTx, Reader};
+use crate::wire::{exec_reader, reader_task, FrameTx, Reader};
 
 const PIPE_CHUNK: usize = 8 * 1024;
 
@@ -40,12 +41,21 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, kind: MsgType, tx: FrameTx) {
     }
 }
 
-pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &FrameTx) {
+/// `reuse`: the connection carries more requests after this one (see
+/// `conn::serve`): its reader then stops at the next request instead of
+/// reading to the end of the stream.
+pub async fn oneshot(
+    agent: &Arc<Agent>,
+    er: ExecRequest,
+    rd: Reader,
+    tx: &FrameTx,
+    reuse: bool,
+) -> After {
     let run_as = match run_as_for(agent, &er.user) {
         Ok(r) => r,
         Err(e) => {
             tx.error(e).await;
-            return;
+            return After::Open(rd);
         }
     };
     let mut std_cmd = command(
@@ -64,7 +74,7 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
         Ok(c) => c,
         Err(e) => {
             tx.error(Fail::io("start", &e)).await;
-            return;
+            return After::Open(rd);
         }
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
@@ -92,7 +102,12 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
     }
     let mut stdin_tx = Some(stdin_tx);
 
-    let mut incoming = reader_task(rd);
+    let (mut incoming, next) = if reuse {
+        let (incoming, next) = exec_reader(rd);
+        (incoming, Some(next))
+    } else {
+        (reader_task(rd), None)
+    };
     let outputs = async {
         if let Some(o) = out {
             let _ = o.await;
@@ -125,7 +140,7 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
                     // with it (docs/protocol.md, "Behaviour worth knowing").
                     // Dropping the child hands reaping to tokio.
                     signal_group(pgid, Signal::SIGKILL);
-                    return;
+                    return After::Closed;
                 }
             },
         }
@@ -142,6 +157,10 @@ pub async fn oneshot(agent: &Arc<Agent>, er: ExecRequest, rd: Reader, tx: &Frame
         let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
     }
     tx.exit(code).await;
+    match next {
+        Some(next) => After::Reading(next),
+        None => After::Closed,
+    }
 }
 
 pub async fn detached(agent: &Arc<Agent>, er: ExecRequest, tx: &FrameTx) {

@@ -3,6 +3,9 @@
 //! so they never interleave) and the reader task. Nothing here knows what a
 //! request means; `conn` does.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use bhatti_protocol::messages::ErrorBody;
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{encode_exit, encode_frame, Frame, MsgType};
@@ -30,9 +33,9 @@ const WRITE_QUEUE: usize = 64;
 #[derive(Clone)]
 pub struct FrameTx {
     tx: mpsc::Sender<Vec<u8>>,
-    /// The host announced `error_codes` before this connection began:
-    /// ERROR payloads are coded JSON.
-    coded: bool,
+    /// The host announced `error_codes` before this connection began, or
+    /// in this connection's own HELLO: ERROR payloads are coded JSON.
+    coded: Arc<AtomicBool>,
 }
 
 impl FrameTx {
@@ -79,7 +82,7 @@ impl FrameTx {
     /// The request failed: an ERROR frame, coded for hosts that read codes.
     pub async fn error(&self, fail: impl Into<Fail>) -> bool {
         let fail = fail.into();
-        if self.coded {
+        if self.coded.load(Ordering::Relaxed) {
             let body = ErrorBody {
                 code: fail.code,
                 message: fail.message,
@@ -94,6 +97,12 @@ impl FrameTx {
     /// fixed v1 strings, always sent as text.
     pub async fn refuse(&self, msg: impl AsRef<str>) -> bool {
         self.send(MsgType::Error, msg.as_ref().as_bytes()).await
+    }
+
+    /// This connection's own HELLO announced `error_codes`: the errors of
+    /// the requests it carries next are coded too.
+    pub fn set_coded(&self) {
+        self.coded.store(true, Ordering::Relaxed);
     }
 
     pub async fn exit(&self, code: i32) -> bool {
@@ -116,7 +125,13 @@ pub fn writer(mut w: WriteHalf<Stream>, coded: bool) -> (FrameTx, Writer) {
         }
         Some(w)
     });
-    (FrameTx { tx, coded }, task)
+    (
+        FrameTx {
+            tx,
+            coded: Arc::new(AtomicBool::new(coded)),
+        },
+        task,
+    )
 }
 
 /// Drops the last sender, waits for queued frames to go out, then closes.
@@ -143,4 +158,34 @@ pub fn reader_task(mut r: Reader) -> Incoming {
         }
     });
     rx
+}
+
+/// What [`exec_reader`] hands back when it met the next request: the
+/// reader, that request, and the sender of the exec's frames (kept alive
+/// until the exec is over, so a request that came early is not taken for
+/// the host going away).
+pub type NextRequest = Option<(Reader, Frame, mpsc::Sender<Frame>)>;
+
+/// [`reader_task`] for a one-shot exec on a reused connection: STDIN, KILL
+/// and RESIZE frames go to the exec (and are dropped once it is over:
+/// they were sent before the host saw EXIT); the first frame of any other
+/// type is the connection's next request, and ends the task with the
+/// reader. `None`: the stream ended.
+pub fn exec_reader(mut r: Reader) -> (Incoming, JoinHandle<NextRequest>) {
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut r).await {
+                Ok(Some(f))
+                    if f.is(MsgType::Stdin) || f.is(MsgType::Kill) || f.is(MsgType::Resize) =>
+                {
+                    // A closed receiver: the exec is over and the frame is stale.
+                    let _ = tx.send(f).await;
+                }
+                Ok(Some(next)) => return Some((r, next, tx)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    });
+    (rx, task)
 }

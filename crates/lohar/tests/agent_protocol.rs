@@ -543,3 +543,224 @@ async fn applied_config_replaces_the_token_and_adds_env_and_files() {
         "alice /opt/x:/usr/bin:/bin\n"
     );
 }
+
+/// AUTH (when `token` is set), then a HELLO asking for `features`;
+/// returns the connection and the agent's answer.
+async fn hello_with(
+    l: &Lohar,
+    token: Option<&str>,
+    features: &[&str],
+) -> (UnixStream, HelloResponse) {
+    let mut s = dial(l).await;
+    if let Some(t) = token {
+        send(&mut s, MsgType::Auth, t.as_bytes()).await.unwrap();
+    }
+    send_json(
+        &mut s,
+        MsgType::Hello,
+        &serde_json::json!({"version": 2, "client": "test", "features": features}),
+    )
+    .await
+    .unwrap();
+    let f = next(&mut s).await.expect("HELLO_RESP");
+    assert!(f.is(MsgType::HelloResp), "got 0x{:02x}", f.kind);
+    (s, f.parse_json().unwrap())
+}
+
+/// Reads an exec's frames to EXIT: its stdout and exit code.
+async fn exec_result(s: &mut UnixStream) -> (String, i32) {
+    let mut out = Vec::new();
+    loop {
+        let f = next(s).await.expect("frames until EXIT");
+        match f.msg_type() {
+            Some(MsgType::Stdout) => out.extend(f.payload),
+            Some(MsgType::Exit) => {
+                return (
+                    String::from_utf8_lossy(&out).into_owned(),
+                    decode_exit(&f.payload).unwrap(),
+                )
+            }
+            Some(MsgType::Error) => panic!("error: {}", f.text()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reused_connection_carries_requests_in_turn() {
+    let l = Lohar::start_with(Opts {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    });
+    let (mut s, h) = hello_with(&l, Some(TOKEN), &["conn.reuse", "error_codes"]).await;
+    assert!(
+        h.features.iter().any(|f| f == "conn.reuse"),
+        "{:?}",
+        h.features
+    );
+
+    // Execs, one after the other, with no AUTH between them.
+    for _ in 0..3 {
+        assert_eq!(exec_true(&mut s).await, 0);
+    }
+    // A request's error ends that request, not the connection; and it is
+    // coded, because this connection's own HELLO asked for codes.
+    send_json(
+        &mut s,
+        MsgType::FileStatReq,
+        &serde_json::json!({"path": "/nonexistent/x"}),
+    )
+    .await
+    .unwrap();
+    let f = next(&mut s).await.unwrap();
+    assert!(f.is(MsgType::Error));
+    let body: serde_json::Value = serde_json::from_slice(&f.payload).expect("a coded error");
+    assert_eq!(body["code"], "not_found", "{body}");
+
+    // stdin is fed, closed, and the exec's EXIT ends it.
+    send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["cat"]))
+        .await
+        .unwrap();
+    send(&mut s, MsgType::Stdin, b"piped").await.unwrap();
+    send(&mut s, MsgType::Stdin, b"").await.unwrap();
+    assert_eq!(exec_result(&mut s).await, ("piped".to_string(), 0));
+
+    // STDIN and KILL frames sent after a process already ended are dropped,
+    // not taken for the next request.
+    send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["true"]))
+        .await
+        .unwrap();
+    assert_eq!(exec_result(&mut s).await.1, 0);
+    send(&mut s, MsgType::Stdin, b"late").await.unwrap();
+    send(&mut s, MsgType::Kill, b"").await.unwrap();
+    send_json(
+        &mut s,
+        MsgType::ExecReq,
+        &ExecRequest::new(["echo", "next"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(exec_result(&mut s).await, ("next\n".to_string(), 0));
+
+    // A one-shot exec's ERROR (no such command) leaves the connection open.
+    send_json(
+        &mut s,
+        MsgType::ExecReq,
+        &ExecRequest::new(["/no/such/cmd"]),
+    )
+    .await
+    .unwrap();
+    assert!(next(&mut s).await.unwrap().is(MsgType::Error));
+    send_json(&mut s, MsgType::ActivityReq, &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert!(next(&mut s).await.unwrap().is(MsgType::ActivityResp));
+
+    // A file write uses the connection up: it closes after the reply.
+    let target = l.path("written");
+    send_json(
+        &mut s,
+        MsgType::FileWriteReq,
+        &serde_json::json!({"path": target.display().to_string(), "size": 2}),
+    )
+    .await
+    .unwrap();
+    send(&mut s, MsgType::Stdin, b"ok").await.unwrap();
+    assert!(next(&mut s).await.unwrap().is(MsgType::FileWriteResp));
+    exec_true_maybe(&mut s).await;
+    assert!(closed(&mut s).await, "closed after the write");
+    assert_eq!(std::fs::read(&target).unwrap(), b"ok");
+}
+
+/// The agent closed the connection (cleanly, or by a reset because our
+/// last request was left unread).
+async fn closed(s: &mut UnixStream) -> bool {
+    let read = tokio::time::timeout(Duration::from_secs(10), read_frame(s))
+        .await
+        .expect("agent answered or closed in time");
+    matches!(read, Ok(None) | Err(_))
+}
+
+/// Sends an exec request, ignoring a broken pipe (the agent may have closed).
+async fn exec_true_maybe(s: &mut UnixStream) {
+    let _ = send_json(s, MsgType::ExecReq, &ExecRequest::new(["true"])).await;
+}
+
+#[tokio::test]
+async fn only_a_first_hello_asking_for_it_keeps_a_connection() {
+    let l = Lohar::start();
+    // A HELLO without `conn.reuse` is the connection's one request.
+    let (mut s, _) = hello_with(&l, None, &["error_codes"]).await;
+    exec_true_maybe(&mut s).await;
+    assert!(closed(&mut s).await);
+    // A HELLO asking for it after another request comes too late.
+    let mut s = dial(&l).await;
+    assert_eq!(exec_true(&mut s).await, 0);
+    let _ = send_json(
+        &mut s,
+        MsgType::Hello,
+        &serde_json::json!({"version": 2, "features": ["conn.reuse"]}),
+    )
+    .await;
+    assert!(closed(&mut s).await);
+}
+
+#[tokio::test]
+async fn dropping_a_reused_connection_still_kills_its_exec() {
+    let l = Lohar::start();
+    let (mut s, _) = hello_with(&l, None, &["conn.reuse"]).await;
+    assert_eq!(exec_true(&mut s).await, 0);
+    send_json(
+        &mut s,
+        MsgType::ExecReq,
+        &ExecRequest::new(["sh", "-c", "echo $$; exec sleep 30"]),
+    )
+    .await
+    .unwrap();
+    let f = next(&mut s).await.unwrap();
+    assert!(f.is(MsgType::Stdout));
+    let pid: i32 = f.text().trim().parse().unwrap();
+    assert!(common::alive(pid));
+    drop(s);
+    assert!(
+        common::eventually(Duration::from_secs(10), || !common::alive(pid)).await,
+        "the exec outlived its connection"
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_token_closes_reused_connections() {
+    let l = Lohar::start_with(Opts {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    });
+    let (mut s, _) = hello_with(&l, Some(TOKEN), &["conn.reuse"]).await;
+    assert_eq!(exec_true(&mut s).await, 0);
+    let applied = authed(
+        &l,
+        TOKEN,
+        MsgType::ApplyConfigReq,
+        &serde_json::json!({"token": "n".repeat(64)}),
+    )
+    .await
+    .unwrap();
+    assert!(applied.is(MsgType::ApplyConfigResp), "{}", applied.text());
+    // The connection authenticated with the old token carries nothing more.
+    exec_true_maybe(&mut s).await;
+    assert!(
+        next(&mut s).await.is_none(),
+        "old token's connection closed"
+    );
+    // The same holds for the connection that replaced the token.
+    let (mut s, _) = hello_with(&l, Some(&"n".repeat(64)), &["conn.reuse"]).await;
+    send_json(
+        &mut s,
+        MsgType::ApplyConfigReq,
+        &serde_json::json!({"token": "m".repeat(64)}),
+    )
+    .await
+    .unwrap();
+    assert!(next(&mut s).await.unwrap().is(MsgType::ApplyConfigResp));
+    exec_true_maybe(&mut s).await;
+    assert!(closed(&mut s).await);
+}

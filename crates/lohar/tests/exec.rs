@@ -420,3 +420,106 @@ async fn a_request_can_name_the_user_it_runs_as() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_reusing_client_keeps_its_connections_between_operations() {
+    use bhatti_agent_client::ReadOptions;
+    use bhatti_protocol::messages::ErrorCode;
+    let mut l = Lohar::start_with(Opts {
+        token: Some("reuse-token".into()),
+        ..Default::default()
+    });
+    let c = l.client().reusing();
+    assert_eq!(c.idle_connections(), 0);
+    for i in 0..10 {
+        let r = c.exec(["sh", "-c", &format!("echo {i}")]).await.unwrap();
+        assert_eq!(r.stdout_str(), format!("{i}\n"));
+    }
+    assert_eq!(c.idle_connections(), 1, "ten execs in turn, one connection");
+
+    // Reads, stats and listings go over it too, and its errors are coded.
+    let f = l.path("data");
+    std::fs::write(&f, b"content").unwrap();
+    let got = c
+        .file_read_to_vec(&s(&f), ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(got, b"content");
+    assert_eq!(c.file_stat(&s(&f)).await.unwrap().size, 7);
+    match c.file_stat(&s(&l.path("missing"))).await {
+        Err(ClientError::Agent { code, .. }) => assert_eq!(code, Some(ErrorCode::NotFound)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!c.file_ls(&s(l.dir.path())).await.unwrap().is_empty());
+    assert_eq!(c.idle_connections(), 1);
+    // Execs with stdin, and uploads, keep connections of their own.
+    let r = c
+        .exec_request(ExecRequest::new(["cat"]), Some(b"in"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout_str(), "in");
+    c.file_write_bytes(&s(&l.path("up")), "", b"up")
+        .await
+        .unwrap();
+    assert_eq!(c.idle_connections(), 1);
+
+    // Operations at once take a connection each, and all come back.
+    let (a, b, d) = tokio::join!(c.exec(["true"]), c.exec(["true"]), c.exec(["true"]));
+    assert!(a.is_ok() && b.is_ok() && d.is_ok());
+    assert_eq!(c.idle_connections(), 3);
+
+    // An agent restart (a guest reboot) leaves dead connections behind: the
+    // next operation finds one closed before any reply and starts over on
+    // a new connection.
+    l.restart();
+    let r = c.exec(["echo", "again"]).await.unwrap();
+    assert_eq!(r.stdout_str(), "again\n");
+}
+
+#[tokio::test]
+async fn a_reused_exec_dropped_halfway_is_killed_and_its_connection_dropped() {
+    let l = Lohar::start();
+    let c = l.client().reusing();
+    c.exec(["true"]).await.unwrap();
+    assert_eq!(c.idle_connections(), 1);
+    let pidfile = l.path("pid");
+    let script = format!("echo $$ > {}; exec sleep 30", s(&pidfile));
+    let cut = tokio::time::timeout(Duration::from_millis(500), c.exec(["sh", "-c", &script])).await;
+    assert!(cut.is_err(), "the exec was still running");
+    assert_eq!(
+        c.idle_connections(),
+        0,
+        "a cut operation's connection is not kept"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)).await,
+        "the exec outlived its cancelled operation"
+    );
+    assert_eq!(c.exec(["true"]).await.unwrap().exit_code, 0);
+}
+
+#[tokio::test]
+async fn a_replaced_token_is_refused_on_kept_connections() {
+    let l = Lohar::start_with(Opts {
+        token: Some("first-token".into()),
+        ..Default::default()
+    });
+    let old = l.client().reusing();
+    old.exec(["true"]).await.unwrap();
+    assert_eq!(old.idle_connections(), 1);
+    let cfg = bhatti_agent_client::ApplyConfig {
+        token: "second-token".into(),
+        ..Default::default()
+    };
+    let applied = l.client().apply_config(&cfg).await.unwrap();
+    assert!(applied.token);
+    // The kept connection is closed by the agent; the new one is refused.
+    assert!(matches!(old.exec(["true"]).await, Err(ClientError::Auth)));
+    let new = l.client_with_token(Some("second-token".into())).reusing();
+    assert_eq!(new.exec(["true"]).await.unwrap().exit_code, 0);
+}

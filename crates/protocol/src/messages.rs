@@ -338,6 +338,16 @@ pub struct Hello {
     pub features: Vec<String>,
 }
 
+/// A feature both sides announce: a connection whose first request is a
+/// HELLO naming it, and whose HELLO_RESP names it too, stays open after
+/// each operation that ends cleanly and carries the next request, so a
+/// host pays connect and AUTH once instead of per operation. Which
+/// operations leave the connection open, and how a one-shot exec's late
+/// STDIN/KILL frames are told from the next request: docs/protocol.md,
+/// "Connection reuse". A connection without it carries one request, as in
+/// v1.
+pub const FEATURE_CONN_REUSE: &str = "conn.reuse";
+
 /// An agent's HELLO feature: it serves APPLY_CONFIG_REQ ([`ApplyConfig`]).
 pub const FEATURE_CONFIG_APPLY: &str = "config.apply";
 

@@ -296,7 +296,7 @@ impl DockerEngine {
         f.state = LifeState::Running(Thermal::Hot);
         f.generation = f.generation.saturating_add(1);
         f.ip = ip;
-        f.agent = Some(sb.client());
+        f.agent = Some(sb.client().reusing());
         Ok(())
     }
 }

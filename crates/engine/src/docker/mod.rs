@@ -450,7 +450,7 @@ impl Engine for DockerEngine {
             }),
             detail,
         };
-        lock(&sb.fast).agent = Some(sb.client());
+        lock(&sb.fast).agent = Some(sb.client().reusing());
         Ok(self.insert(sb).info())
     }
 
@@ -496,7 +496,7 @@ impl Engine for DockerEngine {
             Err(e) if is_status(&e, 304) => {} // already stopped
             Err(e) => {
                 if thermal == Thermal::Hot {
-                    lock(&sb.fast).agent = Some(sb.client());
+                    lock(&sb.fast).agent = Some(sb.client().reusing());
                 }
                 return Err(derr(&sb.detail.container)(e));
             }

@@ -95,7 +95,7 @@ impl DockerEngine {
                 sb.set(LifeState::Stopped);
             }
         } else if thermal == Thermal::Warm {
-            lock(&sb.fast).agent = Some(sb.client());
+            lock(&sb.fast).agent = Some(sb.client().reusing());
         }
         Ok(self.insert(sb).info())
     }

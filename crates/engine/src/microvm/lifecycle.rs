@@ -99,7 +99,7 @@ impl MicroVmEngine {
             }),
             detail,
         };
-        lock(&sb.fast).agent = Some(sb.client());
+        lock(&sb.fast).agent = Some(sb.client().reusing());
         let sb = self.insert(sb);
         watch_vmm(&sb, exit);
         sb.info()
@@ -107,6 +107,8 @@ impl MicroVmEngine {
 
     /// Guest sync (best effort), then pause; returns whether it was hot.
     pub(super) async fn quiesce(&self, sb: &Sandbox, vm: &dyn Vm) -> Result<bool> {
+        // The sync below is ordered behind the connections' ends.
+        sb.close_idle_agent();
         let was_hot = lock(&sb.fast).state.thermal() == Thermal::Hot;
         if was_hot {
             let c = sb.client();
@@ -187,7 +189,7 @@ impl MicroVmEngine {
                 f.diff_base = (self.cfg.diff_snapshots && self.driver.supports_diff_snapshots())
                     .then_some(manifest.generation);
                 f.state = LifeState::Running(Thermal::Hot);
-                f.agent = Some(sb.client());
+                f.agent = Some(sb.client().reusing());
                 Ok(())
             }
             // The breaker is for a snapshot that cannot be restored; a host
@@ -216,7 +218,7 @@ impl MicroVmEngine {
         f.diff_base = None;
         f.restore_failed = None;
         f.state = LifeState::Running(Thermal::Hot);
-        f.agent = Some(sb.client());
+        f.agent = Some(sb.client().reusing());
         tracing::info!(sandbox = sb.id, "booted afresh from its disk after a crash");
         Ok(())
     }

@@ -197,7 +197,7 @@ impl MicroVmEngine {
                 state: LifeState::Running(thermal),
                 generation: state.generation,
                 restore_failed: detail.restore_failed.clone(),
-                agent: Some(client),
+                agent: Some(client.reusing()),
                 // Its dirty-page log is not known: the next stop writes a
                 // Full snapshot.
                 diff_base: None,

@@ -6,6 +6,7 @@ use super::*;
 /// Hot → warm: vCPUs stop, then the balloon takes half the guest's memory back
 /// for the host (where the VMM has one; QEMU here has none).
 pub(super) async fn park(sb: &Sandbox, vm: &dyn Vm) -> Result<()> {
+    sb.close_idle_agent();
     vm.pause().await.map_err(EngineError::Vmm)?;
     sb.set(LifeState::Running(Thermal::Warm));
     balloon(sb, vm, sb.detail.memory_mb / 2).await;

@@ -18,6 +18,10 @@ pub(crate) enum Program {
     Ip,
     Iptables,
     IptablesRestore,
+    /// The legacy (x_tables) backend, for sandbox namespaces only
+    /// (`firewall::Backend`).
+    IptablesLegacy,
+    IptablesLegacyRestore,
 }
 
 impl Program {
@@ -26,6 +30,8 @@ impl Program {
             Program::Ip => "ip",
             Program::Iptables => "iptables",
             Program::IptablesRestore => "iptables-restore",
+            Program::IptablesLegacy => "iptables-legacy",
+            Program::IptablesLegacyRestore => "iptables-legacy-restore",
         }
     }
 }
@@ -49,7 +55,7 @@ impl Cmd {
         };
         // Wait for the xtables lock instead of failing when another process
         // (or another of our threads) is changing rules at the same moment.
-        if matches!(program, Program::Iptables | Program::IptablesRestore) {
+        if program != Program::Ip {
             cmd.args.push("-w".to_string());
         }
         cmd

@@ -378,22 +378,113 @@ pub(crate) fn netns_ruleset(
     s
 }
 
-/// Installs the full ruleset in a fresh namespace (replacing its tables).
+/// Which iptables backend holds a sandbox namespace's rules. A namespace is
+/// new and private, so its rules need not live where the host's do: fresh
+/// ones get the legacy backend, whose restore into an empty namespace takes
+/// about a tenth of iptables-nft's (it is on a pool claim's critical path;
+/// docs/decisions.md "Sandbox namespaces on iptables-legacy"). A host whose
+/// legacy backend fails (no binary, no `ip_tables` module) falls back to
+/// the default `iptables` for the rest of the daemon's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Legacy,
+    Default,
+}
+
+/// Set once the legacy backend failed on this host.
+static LEGACY_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Backend {
+    /// What a fresh namespace gets.
+    fn preferred() -> Backend {
+        if LEGACY_FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+            Backend::Default
+        } else {
+            Backend::Legacy
+        }
+    }
+
+    /// The backend that holds `netns`'s rules (its egress chain), if any:
+    /// a namespace made by an older daemon (or after a fallback) keeps the
+    /// default backend, and its rules are changed there.
+    fn holding(netns: &Path) -> Option<Backend> {
+        [Backend::Legacy, Backend::Default].into_iter().find(|b| {
+            Cmd::new(b.list())
+                .args(["-S", CHAIN_EGRESS])
+                .in_netns(netns.to_path_buf())
+                .succeeds()
+                .unwrap_or(false)
+        })
+    }
+
+    fn list(self) -> Program {
+        match self {
+            Backend::Legacy => Program::IptablesLegacy,
+            Backend::Default => Program::Iptables,
+        }
+    }
+
+    fn restore(self) -> Program {
+        match self {
+            Backend::Legacy => Program::IptablesLegacyRestore,
+            Backend::Default => Program::IptablesRestore,
+        }
+    }
+}
+
+fn restore_in(
+    backend: Backend,
+    netns: &Path,
+    rules: String,
+    noflush: bool,
+) -> Result<(), NetError> {
+    let mut cmd = Cmd::new(backend.restore());
+    if noflush {
+        cmd = cmd.arg("--noflush");
+    }
+    cmd.in_netns(netns.to_path_buf())
+        .stdin(rules)
+        .run()
+        .map(drop)
+}
+
+/// Installs the full ruleset in a namespace (replacing its tables). `fresh`:
+/// the namespace was just made and holds no rules yet; otherwise they are
+/// replaced in the backend that holds them.
 pub(crate) fn install_netns_rules(
     netns: &Path,
     ext_ip: Ipv4Addr,
     owner_subnet: Ipv4Cidr,
     policy: &EgressPolicy,
     blocked: &[Ipv4Cidr],
+    fresh: bool,
 ) -> Result<(), NetError> {
-    Cmd::new(Program::IptablesRestore)
-        .in_netns(netns.to_path_buf())
-        .stdin(netns_ruleset(ext_ip, owner_subnet, policy, blocked))
-        .run()
-        .map(drop)
+    let rules = netns_ruleset(ext_ip, owner_subnet, policy, blocked);
+    let backend = match fresh {
+        true => Backend::preferred(),
+        false => Backend::holding(netns).unwrap_or_else(Backend::preferred),
+    };
+    match restore_in(backend, netns, rules.clone(), false) {
+        Err(e) if backend == Backend::Legacy && fresh => {
+            warn!(error = %e, "iptables-legacy failed in a sandbox namespace; using iptables from now on");
+            LEGACY_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+            // One table may have been committed before another failed: rules
+            // left in the legacy tables would apply beside the default ones.
+            let empty = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n\
+                         *nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
+            match restore_in(Backend::Legacy, netns, empty.to_string(), false) {
+                // No legacy binary: nothing can have been committed.
+                Ok(()) | Err(NetError::Spawn { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            restore_in(Backend::Default, netns, rules, false)
+        }
+        res => res,
+    }
 }
 
-/// Atomically replaces the egress chain of a live namespace.
+/// Atomically replaces the egress chain of a live namespace, in the backend
+/// that holds its rules.
 pub(crate) fn replace_egress(
     netns: &Path,
     owner_subnet: Ipv4Cidr,
@@ -406,12 +497,21 @@ pub(crate) fn replace_egress(
         s.push('\n');
     }
     s.push_str("COMMIT\n");
-    Cmd::new(Program::IptablesRestore)
-        .arg("--noflush")
-        .in_netns(netns.to_path_buf())
-        .stdin(s)
-        .run()
-        .map(drop)
+    let backend = Backend::holding(netns).unwrap_or_else(Backend::preferred);
+    restore_in(backend, netns, s, true)
+}
+
+/// The rules of a sandbox namespace's egress chain as `iptables -S` prints
+/// them, from whichever backend holds them (`None`: no such chain).
+pub fn netns_egress_chain(netns: &Path) -> Result<Option<String>, NetError> {
+    match Backend::holding(netns) {
+        Some(b) => Cmd::new(b.list())
+            .args(["-S", CHAIN_EGRESS])
+            .in_netns(netns.to_path_buf())
+            .run()
+            .map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Docker's chain for user rules in the host's `FORWARD`; dockerd creates

@@ -585,6 +585,7 @@ impl NetManager {
             owner_subnet,
             policy,
             &self.config.egress_blocked,
+            true,
         )?;
 
         let _fw = lock(&self.firewall);
@@ -687,6 +688,7 @@ impl NetManager {
             subnet,
             policy,
             &self.config.egress_blocked,
+            false,
         )
     }
 

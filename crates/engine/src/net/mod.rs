@@ -97,11 +97,11 @@ pub use consts::{
     GUEST_IP, GUEST_NETMASK, GUEST_PREFIX_LEN, HOST_VETH_IP, HOST_VETH_PREFIX, NETNS_DIR,
     NETNS_ETH, NETNS_PREFIX, TAP_NAME,
 };
-pub use firewall::EgressPolicy;
 pub(crate) use firewall::{
     docker_block_tags, ensure_docker_block, remove_docker_block, resolv_conf_nameservers,
     DOCKER_TAG_PREFIX,
 };
+pub use firewall::{netns_egress_chain, EgressPolicy};
 pub use manager::{NetManager, SandboxNet};
 pub use netns::{enter_netns_on_spawn, run_in_netns, setns_hook};
 pub use scope::{PoolClaim, CLAIM_DIR};

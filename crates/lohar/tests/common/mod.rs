@@ -12,10 +12,11 @@ pub struct Lohar {
     pub sock: PathBuf,
     pub fwd: PathBuf,
     pub token: Option<String>,
+    opts: Opts,
     child: Child,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Opts {
     pub token: Option<String>,
     pub init: Option<String>,
@@ -36,46 +37,25 @@ impl Lohar {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("c.sock");
         let fwd = dir.path().join("f.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lohar"));
-        cmd.env("LOHAR_TEST", "1")
-            .env("LOHAR_SOCK", &sock)
-            .env("LOHAR_FWD_SOCK", &fwd)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(t) = &opts.token {
-            cmd.env("LOHAR_TOKEN", t);
-        }
-        if let Some(i) = &opts.init {
-            cmd.env("LOHAR_INIT", i);
-        }
-        if let Some((u, g)) = opts.file_user {
-            cmd.env("LOHAR_FILE_UID", u.to_string())
-                .env("LOHAR_FILE_GID", g.to_string());
-        }
-        if let Some(a) = &opts.tcp {
-            cmd.env("LOHAR_TCP", a);
-        }
-        if let Some(r) = &opts.systemd_root {
-            cmd.env("LOHAR_SYSTEMD_ROOT", r);
-        }
-        let child = cmd.spawn().expect("spawn lohar");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(sock.exists() && fwd.exists()) {
-            assert!(
-                Instant::now() < deadline,
-                "lohar did not create its sockets"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let child = spawn(dir.path(), &sock, &fwd, &opts);
         Lohar {
             dir,
             sock,
             fwd,
-            token: opts.token,
+            token: opts.token.clone(),
+            opts,
             child,
         }
+    }
+
+    /// Kills this agent and starts a new one with the same options on the
+    /// same sockets (an agent restart, as a guest reboot looks to a host).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.sock);
+        let _ = std::fs::remove_file(&self.fwd);
+        self.child = spawn(self.dir.path(), &self.sock, &self.fwd, &self.opts);
     }
 
     pub fn client(&self) -> AgentClient {
@@ -99,6 +79,44 @@ impl Lohar {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Starts lohar in test mode in `dir` and waits for its sockets.
+fn spawn(dir: &Path, sock: &Path, fwd: &Path, opts: &Opts) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lohar"));
+    cmd.env("LOHAR_TEST", "1")
+        .env("LOHAR_SOCK", sock)
+        .env("LOHAR_FWD_SOCK", fwd)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(t) = &opts.token {
+        cmd.env("LOHAR_TOKEN", t);
+    }
+    if let Some(i) = &opts.init {
+        cmd.env("LOHAR_INIT", i);
+    }
+    if let Some((u, g)) = opts.file_user {
+        cmd.env("LOHAR_FILE_UID", u.to_string())
+            .env("LOHAR_FILE_GID", g.to_string());
+    }
+    if let Some(a) = &opts.tcp {
+        cmd.env("LOHAR_TCP", a);
+    }
+    if let Some(r) = &opts.systemd_root {
+        cmd.env("LOHAR_SYSTEMD_ROOT", r);
+    }
+    let child = cmd.spawn().expect("spawn lohar");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(sock.exists() && fwd.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "lohar did not create its sockets"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
 }
 
 impl Drop for Lohar {
