@@ -3,7 +3,7 @@
 use bhatti_protocol::messages::{
     FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest, StatusResponse,
 };
-use bhatti_protocol::{seal_frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD};
+use bhatti_protocol::{seal_frame, Frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::reuse::Lease;
@@ -165,17 +165,20 @@ impl FileDownload {
     /// Streams the content into `out`; returns the bytes written.
     pub async fn copy_to<W: AsyncWrite + Unpin>(mut self, out: &mut W) -> Result<u64> {
         let mut written = 0u64;
+        // One buffer for every chunk: no allocation (and page faults) per
+        // frame.
+        let mut payload = Vec::new();
         loop {
-            let Some(f) = self.lease.conn.recv().await? else {
+            let Some(kind) = self.lease.conn.recv_into(&mut payload).await? else {
                 return Err(ClientError::Closed);
             };
-            match f.msg_type() {
+            match MsgType::from_u8(kind) {
                 Some(MsgType::Stdout) => {
-                    out.write_all(&f.payload).await?;
-                    written = written.saturating_add(f.payload.len() as u64);
+                    out.write_all(&payload).await?;
+                    written = written.saturating_add(payload.len() as u64);
                 }
                 Some(MsgType::Exit) => break,
-                Some(MsgType::Error) => return Err(agent_error(&f)),
+                Some(MsgType::Error) => return Err(agent_error(&Frame { kind, payload })),
                 _ => continue,
             }
         }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bhatti_protocol::r#async::{read_frame, write_frame};
+use bhatti_protocol::r#async::{read_frame, read_frame_into, write_frame};
 use bhatti_protocol::{Frame, MsgType, PORT_CONTROL};
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf, WriteHalf,
@@ -202,6 +202,12 @@ impl Conn {
     /// The next frame; `None` at end of stream.
     pub async fn recv(&mut self) -> Result<Option<Frame>> {
         Ok(read_frame(&mut self.rd).await?)
+    }
+
+    /// The next frame's payload into `payload`, reusing its allocation;
+    /// returns the frame's type (`None` at end of stream).
+    pub(crate) async fn recv_into(&mut self, payload: &mut Vec<u8>) -> Result<Option<u8>> {
+        Ok(read_frame_into(&mut self.rd, payload).await?)
     }
 
     /// The next frame, which must be `want` (ERROR becomes an error).

@@ -497,6 +497,11 @@ async fn checkpoint_and_fork(kind: Kind) {
         .unwrap();
     assert_ne!(fork.id, src.id);
     assert_ne!(fork.ip, src.ip);
+    // The fork was reseeded: a MAC address of its own (and fresh entropy).
+    assert_ne!(
+        sh(e, &fork.id, "cat /sys/class/net/eth0/address").await,
+        sh(e, &src.id, "cat /sys/class/net/eth0/address").await
+    );
     assert_eq!(
         sh(e, &fork.id, "cat /workspace/state.txt").await,
         "before-checkpoint\n"
@@ -528,6 +533,15 @@ async fn checkpoint_and_fork(kind: Kind) {
     assert_eq!(
         sh(e, &f2.id, "cat /workspace/state.txt").await,
         "before-checkpoint\nafter-checkpoint\n"
+    );
+    let mut macs = std::collections::BTreeSet::new();
+    for id in [&src.id, &fork.id, &f2.id] {
+        macs.insert(sh(e, id, "cat /sys/class/net/eth0/address").await);
+    }
+    assert_eq!(
+        macs.len(),
+        3,
+        "each fork has a MAC address of its own: {macs:?}"
     );
     assert!(
         !env.data.join("forks").read_dir().unwrap().any(|_| true),

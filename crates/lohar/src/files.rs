@@ -29,7 +29,7 @@ use bhatti_protocol::messages::{
     ErrorCode, FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest,
     StatusResponse,
 };
-use bhatti_protocol::r#async::read_frame;
+use bhatti_protocol::r#async::read_frame_into;
 use bhatti_protocol::{
     seal_frame, Frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD, MAX_FILE_WRITE, MAX_LINE_LEN,
     MAX_LS_ENTRIES,
@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::Agent;
 use crate::fail::Fail;
-use crate::wire::{FrameTx, Reader};
+use crate::wire::{Buffers, FrameTx, Reader};
 
 /// Marks the temporary file a write goes to before the atomic rename.
 const TMP_MARK: &str = ".bhatti-tmp-";
@@ -214,7 +214,7 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
         // once, by read(2), before the socket write.
         let mut body = body;
         loop {
-            let mut frame = Vec::with_capacity(FRAME_OVERHEAD + FILE_CHUNK);
+            let mut frame = tx.buffer(FRAME_OVERHEAD + FILE_CHUNK);
             frame.resize(FRAME_OVERHEAD, 0);
             // Fills the frame (never zeroed first) up to a whole chunk, or
             // to the end of the file.
@@ -347,11 +347,14 @@ async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> R
     // previous one.
     let (feed, rx) = mpsc::channel::<Feed>(8);
     let shown = wr.path.clone();
+    // Chunks go back to the receiving side once on disk.
+    let buffers = Buffers::default();
+    let back = buffers.clone();
     let disk = agent
         .fs_user()
-        .run(move || write_file(&path, &shown, mode, rx));
+        .run(move || write_file(&path, &shown, mode, rx, &back));
     let receive = async move {
-        let r = receive_content(size, rd, &feed).await;
+        let r = receive_content(size, rd, &feed, &buffers).await;
         if r.is_ok() {
             // A closed queue here means the writer already failed; it says why.
             let _ = feed.send(Feed::Done).await;
@@ -369,25 +372,26 @@ async fn receive_content(
     size: u64,
     rd: &mut Reader,
     feed: &mpsc::Sender<Feed>,
+    buffers: &Buffers,
 ) -> Result<(), Fail> {
     let mut got: u64 = 0;
     while got < size {
-        let frame = match read_frame(rd).await {
-            Ok(Some(f)) => f,
+        let mut payload = buffers.take(FILE_CHUNK);
+        let kind = match read_frame_into(rd, &mut payload).await {
+            Ok(Some(k)) => k,
             Ok(None) => return Err(format!("connection closed after {got} of {size} bytes").into()),
             Err(e) => return Err(format!("read content: {e}").into()),
         };
-        match frame.msg_type() {
+        match MsgType::from_u8(kind) {
             Some(MsgType::Stdin) => {}
             Some(MsgType::Kill) => return Err("write cancelled".into()),
             _ => {
                 return Err(Fail::invalid(format!(
-                    "unexpected frame type 0x{:02x} during file write",
-                    frame.kind
+                    "unexpected frame type 0x{kind:02x} during file write"
                 )))
             }
         }
-        got = match got.checked_add(frame.payload.len() as u64) {
+        got = match got.checked_add(payload.len() as u64) {
             Some(g) if g <= size => g,
             _ => {
                 return Err(Fail::new(
@@ -396,7 +400,7 @@ async fn receive_content(
                 ))
             }
         };
-        if feed.send(Feed::Data(frame.payload)).await.is_err() {
+        if feed.send(Feed::Data(payload)).await.is_err() {
             // The writer failed; its error is reported by the caller.
             return Ok(());
         }
@@ -411,6 +415,7 @@ fn write_file(
     shown: &str,
     mode: u32,
     mut rx: mpsc::Receiver<Feed>,
+    buffers: &Buffers,
 ) -> Result<(), Fail> {
     if let Some(parent) = path.parent() {
         mkdir_p(parent).map_err(|e| Fail::io(format!("mkdir {}", parent.display()), &e))?;
@@ -424,10 +429,12 @@ fn write_file(
     let mut tmp = TempFile::create(path).map_err(|e| Fail::io(format!("create {shown}"), &e))?;
     loop {
         match rx.blocking_recv() {
-            Some(Feed::Data(chunk)) => tmp
-                .file
-                .write_all(&chunk)
-                .map_err(|e| Fail::io(format!("write {shown}"), &e))?,
+            Some(Feed::Data(chunk)) => {
+                tmp.file
+                    .write_all(&chunk)
+                    .map_err(|e| Fail::io(format!("write {shown}"), &e))?;
+                buffers.give(chunk);
+            }
             Some(Feed::Done) => break,
             // The receiving side gave up; it reports why.
             None => return Err("write cancelled".into()),

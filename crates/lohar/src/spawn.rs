@@ -35,24 +35,34 @@ pub fn command(
     leader: Leader,
 ) -> std::process::Command {
     let cfg = agent.config();
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    cmd.env_clear();
     let home = run_as.map(|r| r.home.clone()).unwrap_or(cfg.home.clone());
-    cmd.env("PATH", DEFAULT_PATH)
-        .env("TERM", "xterm-256color")
-        .env("HOME", &home)
-        .env("LANG", "en_US.UTF-8");
+    let mut env: BTreeMap<String, String> = [
+        ("PATH", DEFAULT_PATH),
+        ("TERM", "xterm-256color"),
+        ("HOME", home.as_str()),
+        ("LANG", "en_US.UTF-8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     if let Some(f) = &cfg.env_file {
         if let Ok(text) = std::fs::read_to_string(f) {
-            for (k, v) in crate::systemd::manager::parse_env_file(&text) {
-                cmd.env(k, v);
-            }
+            env.extend(crate::systemd::manager::parse_env_file(&text));
         }
     }
-    for (k, v) in agent.env().iter().chain(req_env.iter()) {
-        cmd.env(k, v);
-    }
+    env.extend(agent.env());
+    env.extend(req_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut cmd = match find_in_path(&argv[0], env.get("PATH").map(String::as_str)) {
+        Some(found) => {
+            let mut cmd = std::process::Command::new(found);
+            cmd.arg0(&argv[0]);
+            cmd
+        }
+        None => std::process::Command::new(&argv[0]),
+    };
+    cmd.args(&argv[1..]);
+    cmd.env_clear();
+    cmd.envs(&env);
     if !cwd.is_empty() {
         cmd.current_dir(cwd);
     } else if let Some(d) = &cfg.default_cwd {
@@ -106,6 +116,40 @@ pub fn command(
         }
     }
     cmd
+}
+
+/// The file `execvp` would run for `name` under the child's `PATH`: the
+/// first executable regular file of that name in an absolute `PATH`
+/// directory. A program given as a path is what std can start with
+/// `posix_spawn` (a vfork-style clone) where a bare name under a changed
+/// `PATH` makes it fork the agent; a child that switches user forks anyway.
+/// `None` (a name with a `/`, no `PATH`, a relative `PATH` entry, nothing
+/// found): std searches as before, and reports the failure as before.
+fn find_in_path(name: &str, path: Option<&str>) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let dirs: Vec<&str> = path?.split(':').collect();
+    // An empty or relative entry means "relative to the cwd": std's search
+    // handles that, and so it keeps it.
+    if dirs.iter().any(|d| !d.starts_with('/')) {
+        return None;
+    }
+    let found = dirs
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })?;
+    // execvp runs a file the kernel cannot (a script without `#!`) with
+    // /bin/sh; posix_spawn does not. Such files keep execvp.
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(&found)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .ok()?;
+    let runnable = head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF";
+    runnable.then_some(found)
 }
 
 /// `gid` and the groups `/etc/group` lists the user of `uid` in (by the
@@ -201,5 +245,41 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         (Some(c), _) => c,
         (None, Some(s)) => s.saturating_add(128),
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a test panics to report its failure
+    use super::find_in_path;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn programs_are_found_as_execvp_would() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_str().unwrap().to_string();
+        let put = |name: &str, body: &[u8], mode: u32| {
+            let p = d.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let script = put("withbang", b"#!/bin/sh\necho hi\n", 0o755);
+        put("nobang", b"echo hi\n", 0o755);
+        put("notexec", b"#!/bin/sh\n", 0o644);
+        let path = format!("{dir}:/usr/bin:/bin");
+        assert_eq!(find_in_path("withbang", Some(&path)), Some(script));
+        // Left to execvp: its /bin/sh fallback for files without `#!`.
+        assert_eq!(find_in_path("nobang", Some(&path)), None);
+        // Not executable here: the search goes on (and finds nothing).
+        assert_eq!(find_in_path("notexec", Some(&path)), None);
+        // ELF binaries are found in later directories.
+        let sh = find_in_path("sh", Some(&path)).unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        // Paths, relative PATH entries and no PATH: std's own search.
+        assert_eq!(find_in_path("./withbang", Some(&path)), None);
+        assert_eq!(find_in_path("withbang", Some(&format!("bin:{dir}"))), None);
+        assert_eq!(find_in_path("withbang", Some(&format!(":{dir}"))), None);
+        assert_eq!(find_in_path("withbang", None), None);
     }
 }

@@ -27,12 +27,55 @@ pub type Reader = BufReader<ReadHalf<Stream>>;
 
 /// Frames queued towards one client before senders wait.
 const WRITE_QUEUE: usize = 64;
+/// Buffers a [`Buffers`] keeps.
+const SPARE_BUFFERS: usize = 4;
+
+/// Chunk-sized buffers handed back once their bytes went out (to the
+/// socket, or to the disk), so a long transfer reuses a few buffers
+/// instead of allocating (and faulting in) a fresh 128 KiB per chunk.
+/// Cheap to clone; clones share the buffers.
+#[derive(Clone, Default)]
+pub struct Buffers(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Buffers {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An empty buffer of at least `cap` bytes: a kept one when it is big
+    /// enough, else a new one.
+    pub fn take(&self, cap: usize) -> Vec<u8> {
+        let kept = self.kept().pop();
+        match kept {
+            Some(mut b) if b.capacity() >= cap => {
+                b.clear();
+                b
+            }
+            _ => Vec::with_capacity(cap),
+        }
+    }
+
+    /// Keeps `buf` for a later [`Buffers::take`] if it is chunk-sized and
+    /// there is room.
+    pub fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() >= bhatti_protocol::FILE_CHUNK {
+            let mut kept = self.kept();
+            if kept.len() < SPARE_BUFFERS {
+                kept.push(buf);
+            }
+        }
+    }
+}
 
 /// Sending side of a connection. Cloneable; frames are encoded here and written
 /// whole by the single writer task, so frames never interleave.
 #[derive(Clone)]
 pub struct FrameTx {
     tx: mpsc::Sender<Vec<u8>>,
+    /// Frame buffers the writer has sent and hands back.
+    spare: Buffers,
     /// The host announced `error_codes` before this connection began, or
     /// in this connection's own HELLO: ERROR payloads are coded JSON.
     coded: Arc<AtomicBool>,
@@ -64,6 +107,12 @@ impl FrameTx {
             Ok(buf) => self.tx.blocking_send(buf).is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// An empty buffer for a frame of up to `cap` bytes (one the writer
+    /// handed back, if it has one).
+    pub fn buffer(&self, cap: usize) -> Vec<u8> {
+        self.spare.take(cap)
     }
 
     /// For blocking threads: queues a frame already sealed in place
@@ -117,17 +166,21 @@ pub type Writer = JoinHandle<Option<WriteHalf<Stream>>>;
 /// `coded`: whether this connection's ERROR payloads are coded JSON.
 pub fn writer(mut w: WriteHalf<Stream>, coded: bool) -> (FrameTx, Writer) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let kept = Buffers::default();
+    let back = kept.clone();
     let task = tokio::spawn(async move {
         while let Some(buf) = rx.recv().await {
             if w.write_all(&buf).await.is_err() {
                 return None;
             }
+            back.give(buf);
         }
         Some(w)
     });
     (
         FrameTx {
             tx,
+            spare: kept,
             coded: Arc::new(AtomicBool::new(coded)),
         },
         task,

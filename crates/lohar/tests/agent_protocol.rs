@@ -435,18 +435,7 @@ async fn exec_out(l: &Lohar, token: &str, script: &str) -> Result<String, String
     )
     .await
     .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let Some(f) = next(&mut s).await else {
-            return Err("closed".into());
-        };
-        match f.msg_type() {
-            Some(MsgType::Stdout) => out.extend(f.payload),
-            Some(MsgType::Exit) => return Ok(String::from_utf8_lossy(&out).into_owned()),
-            Some(MsgType::Error) => return Err(f.text()),
-            _ => {}
-        }
-    }
+    exec_result(&mut s).await.map(|(out, _)| out)
 }
 
 #[tokio::test]
@@ -567,20 +556,21 @@ async fn hello_with(
     (s, f.parse_json().unwrap())
 }
 
-/// Reads an exec's frames to EXIT: its stdout and exit code.
-async fn exec_result(s: &mut UnixStream) -> (String, i32) {
+/// Reads an exec's frames to EXIT: its stdout and exit code, or the
+/// agent's refusal (or "closed").
+async fn exec_result(s: &mut UnixStream) -> Result<(String, i32), String> {
     let mut out = Vec::new();
     loop {
-        let f = next(s).await.expect("frames until EXIT");
+        let Some(f) = next(s).await else {
+            return Err("closed".into());
+        };
         match f.msg_type() {
             Some(MsgType::Stdout) => out.extend(f.payload),
             Some(MsgType::Exit) => {
-                return (
-                    String::from_utf8_lossy(&out).into_owned(),
-                    decode_exit(&f.payload).unwrap(),
-                )
+                let code = decode_exit(&f.payload).map_err(|e| e.to_string())?;
+                return Ok((String::from_utf8_lossy(&out).into_owned(), code));
             }
-            Some(MsgType::Error) => panic!("error: {}", f.text()),
+            Some(MsgType::Error) => return Err(f.text()),
             _ => {}
         }
     }
@@ -623,14 +613,14 @@ async fn a_reused_connection_carries_requests_in_turn() {
         .unwrap();
     send(&mut s, MsgType::Stdin, b"piped").await.unwrap();
     send(&mut s, MsgType::Stdin, b"").await.unwrap();
-    assert_eq!(exec_result(&mut s).await, ("piped".to_string(), 0));
+    assert_eq!(exec_result(&mut s).await.unwrap(), ("piped".to_string(), 0));
 
     // STDIN and KILL frames sent after a process already ended are dropped,
     // not taken for the next request.
     send_json(&mut s, MsgType::ExecReq, &ExecRequest::new(["true"]))
         .await
         .unwrap();
-    assert_eq!(exec_result(&mut s).await.1, 0);
+    assert_eq!(exec_result(&mut s).await.unwrap().1, 0);
     send(&mut s, MsgType::Stdin, b"late").await.unwrap();
     send(&mut s, MsgType::Kill, b"").await.unwrap();
     send_json(
@@ -640,7 +630,10 @@ async fn a_reused_connection_carries_requests_in_turn() {
     )
     .await
     .unwrap();
-    assert_eq!(exec_result(&mut s).await, ("next\n".to_string(), 0));
+    assert_eq!(
+        exec_result(&mut s).await.unwrap(),
+        ("next\n".to_string(), 0)
+    );
 
     // A one-shot exec's ERROR (no such command) leaves the connection open.
     send_json(

@@ -523,3 +523,43 @@ async fn a_replaced_token_is_refused_on_kept_connections() {
     let new = l.client_with_token(Some("second-token".into())).reusing();
     assert_eq!(new.exec(["true"]).await.unwrap().exit_code, 0);
 }
+
+#[tokio::test]
+async fn programs_run_from_the_requests_path_with_their_own_argv0() {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+    let l = Lohar::start();
+    let c = l.client();
+    let bin = l.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, body) in [
+        ("shown", "#!/bin/sh\necho \"$0 ran\"\n"),
+        // No `#!`: execvp's /bin/sh fallback runs it, as ever.
+        ("bare", "echo bare ran\n"),
+    ] {
+        let p = bin.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let env = BTreeMap::from([("PATH".to_string(), format!("{}:/usr/bin:/bin", s(&bin)))]);
+    for (name, want) in [
+        ("shown", format!("{}/shown ran\n", s(&bin))),
+        ("bare", "bare ran\n".into()),
+    ] {
+        let r = c
+            .exec_request(
+                ExecRequest {
+                    argv: vec![name.into()],
+                    env: env.clone(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.exit_code, r.stdout_str()), (0, want), "{name}");
+    }
+    // argv[0] stays what the caller wrote.
+    let r = c.exec(["sh", "-c", "echo $0"]).await.unwrap();
+    assert_eq!(r.stdout_str(), "sh\n");
+}

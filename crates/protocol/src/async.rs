@@ -7,6 +7,19 @@ use crate::{MsgType, ProtocolError, Result, HEADER_LEN};
 
 /// Reads one frame; `Ok(None)` on a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Option<Frame>> {
+    let mut payload = Vec::new();
+    Ok(read_frame_into(r, &mut payload)
+        .await?
+        .map(|kind| Frame { kind, payload }))
+}
+
+/// Reads one frame's payload into `payload` (replacing what it held, and
+/// reusing its allocation: a reader of many chunks keeps one buffer) and
+/// returns the frame's type; `Ok(None)` on a clean end of stream.
+pub async fn read_frame_into<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    payload: &mut Vec<u8>,
+) -> Result<Option<u8>> {
     let mut hdr = [0u8; HEADER_LEN];
     let mut n = 0;
     while n < HEADER_LEN {
@@ -26,12 +39,13 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Opti
     let mut kind = [0u8; 1];
     // Filled straight into spare capacity: a payload of up to 1 MiB is
     // never zeroed first only to be overwritten.
-    let mut payload = Vec::with_capacity(payload_len);
+    payload.clear();
+    payload.reserve(payload_len);
     let res = async {
         r.read_exact(&mut kind).await?;
         while payload.len() < payload_len {
             let left = payload_len.saturating_sub(payload.len()) as u64;
-            if (&mut *r).take(left).read_buf(&mut payload).await? == 0 {
+            if (&mut *r).take(left).read_buf(payload).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -39,10 +53,7 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Opti
     }
     .await;
     match res {
-        Ok(()) => Ok(Some(Frame {
-            kind: kind[0],
-            payload,
-        })),
+        Ok(()) => Ok(Some(kind[0])),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             Err(ProtocolError::UnexpectedEof)
         }

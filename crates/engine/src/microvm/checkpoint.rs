@@ -206,6 +206,9 @@ impl MicroVmEngine {
                     return Err(e);
                 }
                 detail.token = apply.token.clone();
+            } else if let Err(e) = self.reseed(&mut detail).await {
+                let _ = vm.kill().await;
+                return Err(e);
             }
             Ok::<_, EngineError>((detail, vm))
         }

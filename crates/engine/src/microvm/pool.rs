@@ -595,10 +595,19 @@ async fn warm_up(detail: &Detail) {
         unix_time_ms: super::template::now_ms(),
         ..ApplyConfig::default()
     };
+    // The daemon's client keeps its connection between operations, so the
+    // claimed sandbox's first exec takes that path: run it twice (a new
+    // connection, then a kept one), then close it and make a last round
+    // trip, by which the agent has seen the close (a connection left open
+    // would be in the pooled guest's memory when it is paused).
+    let kept = client.clone().reusing();
     let warmed = async {
         client.hello().await?;
         client.apply_config(&apply).await?;
-        client.exec(["true"]).await
+        kept.exec(["true"]).await?;
+        kept.exec(["true"]).await?;
+        kept.close_idle();
+        client.hello().await
     };
     if let Err(e) = tokio::time::timeout(WARM_UP_LIMIT, warmed)
         .await

@@ -212,6 +212,45 @@ impl MicroVmEngine {
         Ok(())
     }
 
+    /// A guest restored from a checkpoint that is not a template (a fork,
+    /// a resumed checkpoint) would share its source's RNG state and MAC
+    /// address with the source and with every other restore of it: it gets
+    /// fresh entropy, the clock and a MAC address of its own. It keeps its
+    /// token (and config drive): the token never leaves the host, and the
+    /// agent's ports answer only the host. A guest whose agent predates
+    /// APPLY_CONFIG keeps all of it, with a warning.
+    pub(super) async fn reseed(&self, detail: &mut super::sandbox::Detail) -> Result<()> {
+        let client = AgentClient::new(
+            Transport::Tcp {
+                addr: std::net::IpAddr::V4(detail.net.ext_ip),
+            },
+            Some(detail.token.clone()),
+        );
+        let fail = |e| EngineError::Invalid(format!("reseeding the restored guest: {e}"));
+        let hello = client.hello().await.map_err(fail)?;
+        if !hello.is_some_and(|h| {
+            h.features
+                .iter()
+                .any(|f| f == bhatti_agent_client::FEATURE_CONFIG_APPLY)
+        }) {
+            tracing::warn!(mac = %detail.mac, "the restored guest's agent cannot take APPLY_CONFIG: it keeps its source's RNG state and MAC address");
+            return Ok(());
+        }
+        let apply = ApplyConfig {
+            entropy: fresh_entropy(),
+            unix_time_ms: now_ms(),
+            mac: super::random_mac(),
+            ..ApplyConfig::default()
+        };
+        let r = client.apply_config(&apply).await.map_err(fail)?;
+        if r.entropy_bytes == 0 {
+            return Err(EngineError::Invalid(format!(
+                "the restored guest did not take fresh entropy ({r:?})"
+            )));
+        }
+        self.adopt_mac(detail, &apply, r.mac).await
+    }
+
     /// Sends the claim to a restored template's agent (reached with the
     /// template's token) and, at the same time, writes the sandbox's own
     /// config drive.
