@@ -129,12 +129,7 @@ impl AgentClient {
     /// The agent's protocol version and features (`None` for a v1 agent, which
     /// does not know HELLO).
     pub async fn hello(&self) -> Result<Option<HelloResponse>> {
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            client: format!("bhatti-agent-client {}", env!("CARGO_PKG_VERSION")),
-            features: vec![FEATURE_ERROR_CODES.to_string()],
-        };
-        let p = serde_json::to_vec(&hello)?;
+        let p = serde_json::to_vec(&hello_asking(&[FEATURE_ERROR_CODES]))?;
         match self.call(MsgType::Hello, &p, MsgType::HelloResp).await {
             Ok(h) => Ok(Some(h)),
             // v1's words for a frame type it does not know.
@@ -242,6 +237,15 @@ impl AgentClient {
             tokio::time::sleep(READY_PAUSE).await;
         }
         Err(ClientError::NotReady { attempts, last })
+    }
+}
+
+/// This client's HELLO, announcing `features`.
+pub(crate) fn hello_asking(features: &[&str]) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        client: format!("bhatti-agent-client {}", env!("CARGO_PKG_VERSION")),
+        features: features.iter().map(|f| f.to_string()).collect(),
     }
 }
 

@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bhatti_protocol::messages::{Hello, HelloResponse, FEATURE_CONN_REUSE, FEATURE_ERROR_CODES};
-use bhatti_protocol::{Frame, MsgType, PROTOCOL_VERSION};
+use bhatti_protocol::messages::{HelloResponse, FEATURE_CONN_REUSE, FEATURE_ERROR_CODES};
+use bhatti_protocol::{Frame, MsgType};
 
 use crate::transport::Conn;
-use crate::{agent_error, AgentClient, ClientError, Result};
+use crate::{agent_error, hello_asking, AgentClient, ClientError, Result};
 
 /// Idle connections one client keeps. Each holds one of the agent's 50
 /// control slots, so a handful: enough for the daemon's usual concurrency
@@ -140,11 +140,7 @@ impl AgentClient {
             .filter(|r| r.agent.load(Ordering::Relaxed) != NO);
         let mut conn = self.connect().await?;
         if let Some(reuse) = reuse {
-            let hello = Hello {
-                version: PROTOCOL_VERSION,
-                client: format!("bhatti-agent-client {}", env!("CARGO_PKG_VERSION")),
-                features: vec![FEATURE_ERROR_CODES.into(), FEATURE_CONN_REUSE.into()],
-            };
+            let hello = hello_asking(&[FEATURE_ERROR_CODES, FEATURE_CONN_REUSE]);
             conn.send(MsgType::Hello, &serde_json::to_vec(&hello)?)
                 .await?;
             conn.send(kind, payload).await?;

@@ -180,24 +180,21 @@ fn asks_reuse(req: &Frame) -> bool {
 async fn serve(agent: &Arc<Agent>, first: Frame, rd: Reader, tx: &FrameTx) {
     let reuse = asks_reuse(&first);
     let epoch = agent.token_epoch();
-    let (mut req, mut after) = (first, None);
-    let mut rd = Some(rd);
+    let (mut req, mut rd) = (first, rd);
     loop {
-        if let Some(r) = rd.take() {
-            after = Some(dispatch(agent, req, r, tx, reuse).await);
-        }
+        let after = dispatch(agent, req, rd, tx, reuse).await;
         if !reuse || agent.token_epoch() != epoch {
             return;
         }
-        let next = match after.take() {
-            None | Some(After::Closed) => return,
-            Some(After::Open(mut r)) => {
+        let next = match after {
+            After::Closed => None,
+            After::Open(mut r) => {
                 match tokio::time::timeout(REUSE_IDLE, read_frame(&mut r)).await {
                     Ok(Ok(Some(f))) => Some((r, f)),
                     _ => None,
                 }
             }
-            Some(After::Reading(mut h)) => match tokio::time::timeout(REUSE_IDLE, &mut h).await {
+            After::Reading(mut h) => match tokio::time::timeout(REUSE_IDLE, &mut h).await {
                 Ok(Ok(Some((r, f, _exec)))) => Some((r, f)),
                 Ok(_) => None,
                 Err(_) => {
@@ -211,8 +208,7 @@ async fn serve(agent: &Arc<Agent>, first: Frame, rd: Reader, tx: &FrameTx) {
         if agent.token_epoch() != epoch {
             return;
         }
-        rd = Some(r);
-        req = f;
+        (req, rd) = (f, r);
     }
 }
 

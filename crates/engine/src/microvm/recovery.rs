@@ -6,8 +6,6 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bhatti_agent_client::{AgentClient, Transport};
-
 use super::sandbox::{Detail, Fast, Sandbox};
 use super::{blocking, persist, MicroVmEngine, ADOPT_AGENT_TIMEOUT, SNAPSHOT_DIR};
 use crate::contract::{EngineError, LifeState, Result, SandboxInfo, Status, Thermal, VmState};
@@ -176,12 +174,7 @@ impl MicroVmEngine {
                 return Err(EngineError::Vmm(e));
             }
         };
-        let client = AgentClient::new(
-            Transport::Tcp {
-                addr: std::net::IpAddr::V4(detail.net.ext_ip),
-            },
-            Some(detail.token.clone()),
-        );
+        let client = detail.client();
         if thermal == Thermal::Hot {
             if let Err(e) = client.wait_ready(ADOPT_AGENT_TIMEOUT).await {
                 vm.release();

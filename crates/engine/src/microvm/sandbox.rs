@@ -77,18 +77,26 @@ impl crate::registry::Entry for Sandbox {
     }
 }
 
+impl Detail {
+    /// A client of this sandbox's agent: over its external address, with
+    /// its token.
+    pub(super) fn client(&self) -> AgentClient {
+        AgentClient::new(
+            Transport::Tcp {
+                addr: std::net::IpAddr::V4(self.net.ext_ip),
+            },
+            Some(self.token.clone()),
+        )
+    }
+}
+
 impl Sandbox {
     pub(super) fn set(&self, state: LifeState) {
         lock(&self.fast).state = state;
     }
 
     pub(super) fn client(&self) -> AgentClient {
-        AgentClient::new(
-            Transport::Tcp {
-                addr: std::net::IpAddr::V4(self.detail.net.ext_ip),
-            },
-            Some(self.detail.token.clone()),
-        )
+        self.detail.client()
     }
 
     /// Closes the agent connections kept between operations. Before a

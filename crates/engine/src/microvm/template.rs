@@ -220,12 +220,7 @@ impl MicroVmEngine {
     /// agent's ports answer only the host. A guest whose agent predates
     /// APPLY_CONFIG keeps all of it, with a warning.
     pub(super) async fn reseed(&self, detail: &mut super::sandbox::Detail) -> Result<()> {
-        let client = AgentClient::new(
-            Transport::Tcp {
-                addr: std::net::IpAddr::V4(detail.net.ext_ip),
-            },
-            Some(detail.token.clone()),
-        );
+        let client = detail.client();
         let fail = |e| EngineError::Invalid(format!("reseeding the restored guest: {e}"));
         let hello = client.hello().await.map_err(fail)?;
         if !hello.is_some_and(|h| {
