@@ -3,7 +3,7 @@
 use bhatti_protocol::messages::{
     FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest, StatusResponse,
 };
-use bhatti_protocol::{seal_frame, Frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD};
+use bhatti_protocol::{seal_frame, Frame, MsgType, FILE_STREAM_CHUNK, FRAME_OVERHEAD};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::reuse::Lease;
@@ -95,10 +95,10 @@ impl AgentClient {
         let mut conn = self.request(MsgType::FileWriteReq, &p).await?;
         // Each chunk is read straight into the frame that carries it,
         // behind room for its header: one buffer, no copy before the write.
-        let mut frame = Vec::with_capacity(FRAME_OVERHEAD + FILE_CHUNK);
+        let mut frame = Vec::with_capacity(FRAME_OVERHEAD + FILE_STREAM_CHUNK);
         let mut left = size;
         while left > 0 {
-            let want = left.min(FILE_CHUNK as u64);
+            let want = left.min(FILE_STREAM_CHUNK as u64);
             frame.clear();
             frame.resize(FRAME_OVERHEAD, 0);
             let n = (&mut *src)

@@ -3,6 +3,7 @@
 //! carries, or of each request in turn on a connection whose first HELLO
 //! asked for reuse (the frame plumbing is [`crate::wire`]).
 
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,10 +103,11 @@ async fn admit<'a>(
     res
 }
 
-pub async fn handle_control(agent: Arc<Agent>, stream: Stream, source: Source) {
+/// `socket`: the stream's socket ([`crate::wire::SocketFd`]).
+pub async fn handle_control(agent: Arc<Agent>, stream: Stream, socket: RawFd, source: Source) {
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
-    let (tx, writer_task) = writer(wr, agent.coded_errors());
+    let (tx, writer_task) = writer(wr, agent.coded_errors(), Some(socket));
     // The slot is held until the operation is over.
     let mut slot = admit(&agent, source, Port::Control, &tx).await.ok();
     let req = match slot.as_mut() {
@@ -331,7 +333,8 @@ async fn exec_dispatch(
 pub async fn handle_forward(agent: Arc<Agent>, stream: Stream, source: Source) {
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
-    let (tx, writer_task) = writer(wr, agent.coded_errors());
+    // A tunnel relays bytes; nothing on it borrows the socket.
+    let (tx, writer_task) = writer(wr, agent.coded_errors(), None);
     // Held for the tunnel's lifetime (an authenticated tunnel counts nowhere).
     let mut slot = admit(&agent, source, Port::Forward, &tx).await.ok();
     let req = match slot.as_mut() {

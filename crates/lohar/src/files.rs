@@ -19,7 +19,8 @@
 //! `/proc/kcore`, 128 TiB).
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -29,17 +30,18 @@ use bhatti_protocol::messages::{
     ErrorCode, FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, PathRequest,
     StatusResponse,
 };
-use bhatti_protocol::r#async::read_frame_into;
 use bhatti_protocol::{
     seal_frame, Frame, MsgType, FILE_CHUNK, FRAME_OVERHEAD, MAX_FILE_WRITE, MAX_LINE_LEN,
     MAX_LS_ENTRIES,
 };
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::statfs;
-use tokio::sync::mpsc;
+use tokio::io::AsyncBufRead;
 
 use crate::agent::Agent;
 use crate::fail::Fail;
-use crate::wire::{Buffers, FrameTx, Reader};
+use crate::wire::{FrameTx, Reader};
+use crate::zerocopy::{Cut, Incoming};
 
 /// Marks the temporary file a write goes to before the atomic rename.
 const TMP_MARK: &str = ".bhatti-tmp-";
@@ -55,6 +57,10 @@ pub(crate) fn is_temp_name(name: &std::ffi::OsStr) -> bool {
 const TMP_ATTEMPTS: usize = 8;
 /// Longest file name the kernel accepts.
 const NAME_MAX: usize = 255;
+/// Smallest whole-file read sent with sendfile(2): borrowing the socket
+/// from the writer task costs two thread hand-offs, more than copying a
+/// small file.
+const SENDFILE_MIN: u64 = 64 * 1024;
 /// Largest pseudo (or size-0) file read into memory to learn its real length.
 const MAX_BUFFERED_READ: usize = 16 * 1024 * 1024;
 /// Filesystems whose `st_size` says nothing about what a read returns.
@@ -153,7 +159,7 @@ fn size_is_real(f: &fs::File, md: &fs::Metadata) -> bool {
 }
 
 /// Reads a whole file whose size cannot be trusted, up to the cap.
-fn read_buffered(f: fs::File, shown: &str) -> Result<Vec<u8>, ReadError> {
+fn read_buffered(f: &fs::File, shown: &str) -> Result<Vec<u8>, ReadError> {
     let mut buf = Vec::new();
     // One byte past the cap tells "too large" from "exactly the cap".
     f.take((MAX_BUFFERED_READ as u64).saturating_add(1))
@@ -195,10 +201,11 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
             rr.path
         ))));
     }
-    let (size, body): (u64, Box<dyn Read>) = if size_is_real(&f, &md) {
-        (md.len(), Box::new(f))
+    let real = size_is_real(&f, &md);
+    let (size, body): (u64, Box<dyn Read + '_>) = if real {
+        (md.len(), Box::new(&f))
     } else {
-        let buf = read_buffered(f, &rr.path)?;
+        let buf = read_buffered(&f, &rr.path)?;
         (buf.len() as u64, Box::new(io::Cursor::new(buf)))
     };
     let head = FileReadResponse {
@@ -209,9 +216,14 @@ fn read_blocking(rr: &FileReadRequest, tx: &FrameTx) -> Result<(), ReadError> {
     send(tx, MsgType::FileReadResp, &head)?;
     let fail = |e: io::Error| ReadError::Fail(Fail::io(format!("read {}", rr.path), &e));
     if !rr.is_truncated() {
+        if real && size >= SENDFILE_MIN {
+            send_by_sendfile(tx, &f, size, &rr.path)?;
+        }
         // Each chunk is read straight into the frame that carries it (the
         // room for its header left in front), so the bytes are copied
-        // once, by read(2), before the socket write.
+        // once, by read(2), before the socket write. After a sendfile this
+        // reads what the file grew by since its size was taken (usually
+        // nothing).
         let mut body = body;
         loop {
             let mut frame = tx.buffer(FRAME_OVERHEAD + FILE_CHUNK);
@@ -282,6 +294,43 @@ fn read_line<R: BufRead>(r: &mut R, out: &mut Vec<u8>) -> io::Result<usize> {
     r.read_until(b'\n', out)
 }
 
+/// Sends `size` bytes of `f` with sendfile(2) on the connection's socket,
+/// when the stream has one to lend (else the caller's copying loop sends
+/// them). A file that failed or shrank leaves the stream at a frame
+/// boundary and is reported; a socket that failed closes the connection.
+fn send_by_sendfile(tx: &FrameTx, f: &fs::File, size: u64, shown: &str) -> Result<(), ReadError> {
+    // The file was opened non-blocking (against planted FIFOs); it is a
+    // regular file, and a sendfile must wait for its pages, not answer
+    // EAGAIN, which would read as a full socket.
+    let flags = OFlag::from_bits_retain(
+        fcntl(f.as_raw_fd(), FcntlArg::F_GETFL)
+            .map_err(|e| ReadError::Fail(Fail::io(format!("read {shown}"), &e.into())))?,
+    );
+    fcntl(
+        f.as_raw_fd(),
+        FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)),
+    )
+    .map_err(|e| ReadError::Fail(Fail::io(format!("read {shown}"), &e.into())))?;
+    let Some(lent) = tx.blocking_lend() else {
+        return Ok(());
+    };
+    match crate::zerocopy::frames(lent.fd(), f, size) {
+        Ok(()) => {
+            lent.give_back();
+            Ok(())
+        }
+        Err(Cut::File(e)) => {
+            lent.give_back();
+            Err(ReadError::Fail(Fail::io(format!("read {shown}"), &e)))
+        }
+        // Dropping `lent` unreturned closes the connection.
+        Err(Cut::Socket(e)) => {
+            tracing::debug!(error = %e, "the host went away during a read");
+            Err(ReadError::HostGone)
+        }
+    }
+}
+
 fn send(tx: &FrameTx, kind: MsgType, payload: &[u8]) -> Result<(), ReadError> {
     if tx.blocking_send(kind, payload) {
         Ok(())
@@ -298,7 +347,7 @@ pub async fn write(agent: &Arc<Agent>, req: &Frame, mut rd: Reader, tx: &FrameTx
             return;
         }
     };
-    match write_inner(agent, &wr, &mut rd).await {
+    match write_inner(agent, &wr, &mut rd, tx).await {
         Ok(()) => {
             tx.send_json(MsgType::FileWriteResp, &StatusResponse::ok())
                 .await;
@@ -316,14 +365,12 @@ fn parse_mode(m: &str) -> u32 {
     }
 }
 
-/// From the connection to the disk thread.
-enum Feed {
-    Data(Vec<u8>),
-    /// All declared bytes arrived: commit.
-    Done,
-}
-
-async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> Result<(), Fail> {
+async fn write_inner(
+    agent: &Agent,
+    wr: &FileWriteRequest,
+    rd: &mut Reader,
+    tx: &FrameTx,
+) -> Result<(), Fail> {
     let Ok(size) = u64::try_from(wr.size) else {
         return Err(Fail::invalid("file size must be >= 0"));
     };
@@ -342,80 +389,31 @@ async fn write_inner(agent: &Agent, wr: &FileWriteRequest, rd: &mut Reader) -> R
         ));
     }
     let mode = parse_mode(&wr.mode);
-    // The disk side runs as the user on its own thread, fed through a small
-    // queue, so reading the next frame off the socket overlaps with writing the
-    // previous one.
-    let (feed, rx) = mpsc::channel::<Feed>(8);
+    let sock = tx
+        .socket()
+        .ok_or_else(|| Fail::from("this connection cannot carry a file write"))?;
+    // The content is received on the disk thread, as the user, straight
+    // from the socket ([`crate::zerocopy`]). The connection's reader may
+    // already hold its first bytes; they go first.
+    let held = rd.buffer().to_vec();
+    std::pin::Pin::new(&mut *rd).consume(held.len());
+    let incoming = Incoming::new(sock, held).map_err(|e| Fail::io("receive content", &e))?;
     let shown = wr.path.clone();
-    // Chunks go back to the receiving side once on disk.
-    let buffers = Buffers::default();
-    let back = buffers.clone();
-    let disk = agent
+    agent
         .fs_user()
-        .run(move || write_file(&path, &shown, mode, rx, &back));
-    let receive = async move {
-        let r = receive_content(size, rd, &feed, &buffers).await;
-        if r.is_ok() {
-            // A closed queue here means the writer already failed; it says why.
-            let _ = feed.send(Feed::Done).await;
-        }
-        r
-    };
-    let (received, written) = tokio::join!(receive, disk);
-    // A receive error explains more than the writer noticing the queue closed early.
-    received?;
-    written.map_err(|e| e.to_string())?
+        .run(move || write_file(&path, &shown, mode, size, incoming))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
-/// Reads STDIN frames until `size` bytes arrived, handing each to the disk writer.
-async fn receive_content(
-    size: u64,
-    rd: &mut Reader,
-    feed: &mpsc::Sender<Feed>,
-    buffers: &Buffers,
-) -> Result<(), Fail> {
-    let mut got: u64 = 0;
-    while got < size {
-        let mut payload = buffers.take(FILE_CHUNK);
-        let kind = match read_frame_into(rd, &mut payload).await {
-            Ok(Some(k)) => k,
-            Ok(None) => return Err(format!("connection closed after {got} of {size} bytes").into()),
-            Err(e) => return Err(format!("read content: {e}").into()),
-        };
-        match MsgType::from_u8(kind) {
-            Some(MsgType::Stdin) => {}
-            Some(MsgType::Kill) => return Err("write cancelled".into()),
-            _ => {
-                return Err(Fail::invalid(format!(
-                    "unexpected frame type 0x{kind:02x} during file write"
-                )))
-            }
-        }
-        got = match got.checked_add(payload.len() as u64) {
-            Some(g) if g <= size => g,
-            _ => {
-                return Err(Fail::new(
-                    ErrorCode::TooLarge,
-                    format!("received more than the declared {size} bytes"),
-                ))
-            }
-        };
-        if feed.send(Feed::Data(payload)).await.is_err() {
-            // The writer failed; its error is reported by the caller.
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-/// The disk side of a write (on the user's thread): create the temp file, write
-/// what arrives, and rename it over `path` once told all of it arrived.
+/// The disk side of a write (on the user's thread): create the temp file,
+/// receive the content into it, and rename it over `path`.
 fn write_file(
     path: &Path,
     shown: &str,
     mode: u32,
-    mut rx: mpsc::Receiver<Feed>,
-    buffers: &Buffers,
+    size: u64,
+    incoming: Incoming,
 ) -> Result<(), Fail> {
     if let Some(parent) = path.parent() {
         mkdir_p(parent).map_err(|e| Fail::io(format!("mkdir {}", parent.display()), &e))?;
@@ -426,20 +424,8 @@ fn write_file(
             format!("{shown} is a directory"),
         ));
     }
-    let mut tmp = TempFile::create(path).map_err(|e| Fail::io(format!("create {shown}"), &e))?;
-    loop {
-        match rx.blocking_recv() {
-            Some(Feed::Data(chunk)) => {
-                tmp.file
-                    .write_all(&chunk)
-                    .map_err(|e| Fail::io(format!("write {shown}"), &e))?;
-                buffers.give(chunk);
-            }
-            Some(Feed::Done) => break,
-            // The receiving side gave up; it reports why.
-            None => return Err("write cancelled".into()),
-        }
-    }
+    let tmp = TempFile::create(path).map_err(|e| Fail::io(format!("create {shown}"), &e))?;
+    crate::zerocopy::receive(incoming, &tmp.file, size, shown)?;
     tmp.commit(path, shown, mode)
 }
 
@@ -661,7 +647,7 @@ mod tests {
         let f = fs::File::open("/proc/self/status").expect("open");
         let md = f.metadata().expect("stat");
         assert!(!size_is_real(&f, &md));
-        let body = read_buffered(f, "/proc/self/status").ok().expect("read");
+        let body = read_buffered(&f, "/proc/self/status").ok().expect("read");
         assert!(!body.is_empty());
         let me = fs::File::open("/proc/self/exe").expect("exe");
         let md = me.metadata().expect("stat");

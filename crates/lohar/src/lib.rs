@@ -9,7 +9,8 @@
 //!   `LOHAR_FWD_SOCK`, children run as the current user; needs no root, VM or KVM.
 //!
 //! Whatever the mode, the [`agent`] serves the same protocol (`bhatti-protocol`):
-//! one operation per control connection, AUTH first when a token is configured.
+//! one operation per control connection (or, negotiated by HELLO, one after
+//! another on a kept connection), AUTH first when a token is configured.
 
 mod admission;
 pub mod agent;
@@ -30,6 +31,7 @@ mod spawn;
 pub mod systemd;
 mod watch;
 mod wire;
+mod zerocopy;
 
 pub use admission::Source;
 pub use agent::{Agent, AgentConfig, RunAs};

@@ -11,7 +11,8 @@ use crate::wire::AgentStream;
 impl Agent {
     /// Serves one accepted control-port connection from `source` to completion.
     pub async fn serve_control<S: AgentStream>(self: Arc<Self>, stream: S, source: Source) {
-        crate::conn::handle_control(self, Box::new(stream), source).await
+        let socket = stream.socket_fd();
+        crate::conn::handle_control(self, Box::new(stream), socket, source).await
     }
 
     /// Serves one accepted forward-port connection from `source` to completion.

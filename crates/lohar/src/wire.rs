@@ -3,6 +3,7 @@
 //! so they never interleave) and the reader task. Nothing here knows what a
 //! request means; `conn` does.
 
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -10,14 +11,33 @@ use bhatti_protocol::messages::ErrorBody;
 use bhatti_protocol::r#async::read_frame;
 use bhatti_protocol::{encode_exit, encode_frame, Frame, MsgType};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::fail::Fail;
 
 /// A stream the agent can serve (TCP, Unix, vsock, test pipes).
-pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+pub trait AgentStream: AsyncRead + AsyncWrite + SocketFd + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + SocketFd + Unpin + Send + 'static> AgentStream for T {}
+
+/// The socket under a stream. File content moves between it and the disk
+/// with sendfile(2) and splice(2) ([`crate::zerocopy`]), skipping the
+/// agent's buffers; every stream the agent serves is a socket.
+pub trait SocketFd {
+    fn socket_fd(&self) -> RawFd;
+}
+
+impl SocketFd for tokio::net::UnixStream {
+    fn socket_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+impl SocketFd for tokio::net::TcpStream {
+    fn socket_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
 
 pub type Stream = Box<dyn AgentStreamObj>;
 pub trait AgentStreamObj: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -30,12 +50,13 @@ const WRITE_QUEUE: usize = 64;
 /// Buffers a [`Buffers`] keeps.
 const SPARE_BUFFERS: usize = 4;
 
-/// Chunk-sized buffers handed back once their bytes went out (to the
-/// socket, or to the disk), so a long transfer reuses a few buffers
-/// instead of allocating (and faulting in) a fresh 128 KiB per chunk.
-/// Cheap to clone; clones share the buffers.
+/// Chunk-sized frame buffers the writer hands back once their bytes are
+/// in the socket, so a long copied transfer (a read of a pseudo file, a
+/// session's output) reuses a few buffers instead of allocating (and
+/// faulting in) a fresh 128 KiB per chunk. Cheap to clone; clones share
+/// the buffers.
 #[derive(Clone, Default)]
-pub struct Buffers(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+struct Buffers(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl Buffers {
     fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
@@ -46,7 +67,7 @@ impl Buffers {
 
     /// An empty buffer of at least `cap` bytes: a kept one when it is big
     /// enough, else a new one.
-    pub fn take(&self, cap: usize) -> Vec<u8> {
+    fn take(&self, cap: usize) -> Vec<u8> {
         let kept = self.kept().pop();
         match kept {
             Some(mut b) if b.capacity() >= cap => {
@@ -59,7 +80,7 @@ impl Buffers {
 
     /// Keeps `buf` for a later [`Buffers::take`] if it is chunk-sized and
     /// there is room.
-    pub fn give(&self, buf: Vec<u8>) {
+    fn give(&self, buf: Vec<u8>) {
         if buf.capacity() >= bhatti_protocol::FILE_CHUNK {
             let mut kept = self.kept();
             if kept.len() < SPARE_BUFFERS {
@@ -73,7 +94,9 @@ impl Buffers {
 /// whole by the single writer task, so frames never interleave.
 #[derive(Clone)]
 pub struct FrameTx {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Out>,
+    /// The socket the writer writes to, if the stream has one to lend.
+    socket: Option<RawFd>,
     /// Frame buffers the writer has sent and hands back.
     spare: Buffers,
     /// The host announced `error_codes` before this connection began, or
@@ -85,7 +108,7 @@ impl FrameTx {
     /// Queues a frame; false when the connection is gone or the frame is invalid.
     pub async fn send(&self, kind: MsgType, payload: &[u8]) -> bool {
         match encode_frame(kind as u8, payload) {
-            Ok(buf) => self.tx.send(buf).await.is_ok(),
+            Ok(buf) => self.tx.send(Out::Frame(buf)).await.is_ok(),
             Err(e) => {
                 tracing::warn!(error = %e, "dropping unencodable frame");
                 false
@@ -96,7 +119,7 @@ impl FrameTx {
     /// Queues a frame without waiting; false when the queue is full or closed.
     pub fn try_send(&self, kind: MsgType, payload: &[u8]) -> bool {
         match encode_frame(kind as u8, payload) {
-            Ok(buf) => self.tx.try_send(buf).is_ok(),
+            Ok(buf) => self.tx.try_send(Out::Frame(buf)).is_ok(),
             Err(_) => false,
         }
     }
@@ -104,7 +127,7 @@ impl FrameTx {
     /// For blocking threads (file I/O): waits for queue room without a runtime.
     pub fn blocking_send(&self, kind: MsgType, payload: &[u8]) -> bool {
         match encode_frame(kind as u8, payload) {
-            Ok(buf) => self.tx.blocking_send(buf).is_ok(),
+            Ok(buf) => self.tx.blocking_send(Out::Frame(buf)).is_ok(),
             Err(_) => false,
         }
     }
@@ -118,7 +141,27 @@ impl FrameTx {
     /// For blocking threads: queues a frame already sealed in place
     /// ([`seal_frame`](bhatti_protocol::seal_frame)), with no copy.
     pub fn blocking_send_sealed(&self, frame: Vec<u8>) -> bool {
-        self.tx.blocking_send(frame).is_ok()
+        self.tx.blocking_send(Out::Frame(frame)).is_ok()
+    }
+
+    /// The connection's socket (a control connection always has one).
+    pub fn socket(&self) -> Option<RawFd> {
+        self.socket
+    }
+
+    /// For blocking threads: the connection's socket, once every frame
+    /// queued before this call is written, for writing to directly until
+    /// the [`Lent`] is handed back. `None` when the connection has no
+    /// socket to lend (a tunnel's) or is gone.
+    pub fn blocking_lend(&self) -> Option<Lent> {
+        let socket = self.socket?;
+        let (reply, lent) = oneshot::channel();
+        self.tx.blocking_send(Out::Lend(reply)).ok()?;
+        let back = lent.blocking_recv().ok()?;
+        Some(Lent {
+            socket,
+            back: Some(back),
+        })
     }
 
     pub async fn send_json<T: serde::Serialize + ?Sized>(&self, kind: MsgType, v: &T) -> bool {
@@ -159,27 +202,88 @@ impl FrameTx {
     }
 }
 
+/// What the writer task is handed.
+enum Out {
+    /// A whole frame, to write.
+    Frame(Vec<u8>),
+    /// Lend the socket: say so once everything before is written, then
+    /// wait for it back (`true`: it was left at a frame boundary).
+    Lend(oneshot::Sender<oneshot::Sender<bool>>),
+}
+
+/// The connection's socket, lent by the writer task to a blocking thread
+/// ([`FrameTx::blocking_lend`]). The writer writes nothing until it is
+/// handed back ([`Lent::give_back`]); dropped without that, the writer
+/// takes the stream for broken (a frame may be cut) and closes it.
+pub struct Lent {
+    socket: RawFd,
+    back: Option<oneshot::Sender<bool>>,
+}
+
+impl Lent {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the writer task owns the stream and holds it open, waiting
+        // for this `Lent` to come back, so the descriptor stays valid (and
+        // is not reused) for as long as `self` lives.
+        unsafe { BorrowedFd::borrow_raw(self.socket) }
+    }
+
+    /// Hands the socket back at a frame boundary.
+    pub fn give_back(mut self) {
+        if let Some(back) = self.back.take() {
+            let _ = back.send(true);
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(back) = self.back.take() {
+            let _ = back.send(false);
+        }
+    }
+}
+
 /// The writer task: ends when every `FrameTx` clone is dropped (handing the write
 /// half back, still open) or at the first write error (`None`).
 pub type Writer = JoinHandle<Option<WriteHalf<Stream>>>;
 
 /// `coded`: whether this connection's ERROR payloads are coded JSON.
-pub fn writer(mut w: WriteHalf<Stream>, coded: bool) -> (FrameTx, Writer) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+/// `socket`: the stream's socket, if it has one to lend.
+pub fn writer(mut w: WriteHalf<Stream>, coded: bool, socket: Option<RawFd>) -> (FrameTx, Writer) {
+    let (tx, mut rx) = mpsc::channel::<Out>(WRITE_QUEUE);
     let kept = Buffers::default();
     let back = kept.clone();
     let task = tokio::spawn(async move {
-        while let Some(buf) = rx.recv().await {
-            if w.write_all(&buf).await.is_err() {
-                return None;
+        while let Some(out) = rx.recv().await {
+            match out {
+                Out::Frame(buf) => {
+                    if w.write_all(&buf).await.is_err() {
+                        return None;
+                    }
+                    back.give(buf);
+                }
+                Out::Lend(lend) => {
+                    // Every earlier frame goes into the socket first.
+                    if w.flush().await.is_err() {
+                        return None;
+                    }
+                    let (give_back, returned) = oneshot::channel();
+                    if lend.send(give_back).is_err() {
+                        continue;
+                    }
+                    if !matches!(returned.await, Ok(true)) {
+                        return None;
+                    }
+                }
             }
-            back.give(buf);
         }
         Some(w)
     });
     (
         FrameTx {
             tx,
+            socket,
             spare: kept,
             coded: Arc::new(AtomicBool::new(coded)),
         },

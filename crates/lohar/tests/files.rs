@@ -281,6 +281,54 @@ async fn write_normal_zero_modes_and_parents() {
     assert_eq!(std::fs::read(&u).unwrap(), &bin[..10]);
 }
 
+/// Big transfers take the zero-copy paths (sendfile out, splice in): the
+/// bytes arrive whole and in order, frames stay intact for what follows on
+/// a kept connection, and a pseudo file beside them still takes the
+/// copying path.
+#[tokio::test]
+async fn big_reads_and_writes_are_exact_and_leave_the_connection_usable() {
+    let l = Lohar::start();
+    let c = l.client().reusing();
+    // Several frames of either size, and a tail that fills no frame.
+    let big: Vec<u8> = (0..(5 << 20) + 12_345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let p = s(&l.path("up/big.bin"));
+    c.file_write_bytes(&p, "0600", &big).await.unwrap();
+    assert!(
+        std::fs::read(&p).unwrap() == big,
+        "the written file differs"
+    );
+    for _ in 0..3 {
+        let got = c
+            .file_read_to_vec(&p, ReadOptions::default())
+            .await
+            .unwrap();
+        assert!(got == big, "the read differs from the file");
+    }
+    // A truncated read of the same file takes the line path.
+    let head = c
+        .file_read_to_vec(
+            &p,
+            ReadOptions {
+                max_bytes: 100,
+                ..ReadOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.len(), 100);
+    assert_eq!(c.idle_connections(), 1, "reads went back to the pool");
+    let r = c.exec(["echo", "after"]).await.unwrap();
+    assert_eq!(r.stdout_str(), "after\n");
+    let status = c
+        .file_read_to_vec("/proc/self/status", ReadOptions::default())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&status).contains("Pid:"));
+    assert_eq!(c.idle_connections(), 1);
+}
+
 #[tokio::test]
 async fn write_errors_leave_nothing_behind() {
     let l = Lohar::start();

@@ -500,8 +500,9 @@ fn guest_agent_vm() {
         );
         drop(term);
 
-        // Files over the protocol.
-        let payload = b"written through the agent\n".repeat(1000);
+        // Files over the protocol: ~1 MiB, so the write is spliced from the
+        // guest's TCP socket and the read sent with sendfile, as the user.
+        let payload = b"written through the agent\n".repeat(40_000);
         c.file_write_bytes("/home/lohar/sub/dir/written.txt", "0600", &payload)
             .await
             .expect("file write");

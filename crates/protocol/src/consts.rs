@@ -29,6 +29,13 @@ pub const MAX_FILE_WRITE: i64 = 100 * 1024 * 1024;
 /// 32 KiB; any size up to the frame cap is valid on the wire, and larger chunks
 /// halve the per-frame overhead of big transfers.
 pub const FILE_CHUNK: usize = 128 * 1024;
+/// Chunk size for whole-file content that the agent moves without a buffer
+/// of its own: a read it sends with sendfile(2), a write it lands with
+/// splice(2). Fewer, larger frames halve the per-frame work again; the
+/// cost is the host's one receive (or send) buffer of this size per
+/// transfer. Any size up to the frame cap is valid on the wire, so agents
+/// that still copy accept it too.
+pub const FILE_STREAM_CHUNK: usize = 512 * 1024;
 /// Longest line a truncated (line-based) read keeps in one piece.
 pub const MAX_LINE_LEN: usize = 256 * 1024;
 /// Cap on buffered exec output collected by the host client.

@@ -96,19 +96,29 @@ pub const FRAME_OVERHEAD: usize = HEADER_LEN + 1;
 /// its length prefix and type byte. It spares big transfers the copy
 /// [`encode_frame`] makes of a payload that already sits in a buffer.
 pub fn seal_frame(kind: u8, buf: &mut [u8]) -> Result<()> {
-    let len = buf.len().saturating_sub(HEADER_LEN);
-    if len == 0 {
+    if buf.len() < FRAME_OVERHEAD {
         return Err(ProtocolError::EmptyFrame);
     }
+    let header = frame_header(kind, buf.len().saturating_sub(FRAME_OVERHEAD))?;
+    buf[..FRAME_OVERHEAD].copy_from_slice(&header);
+    Ok(())
+}
+
+/// The bytes before a frame's payload of `payload_len` bytes, for a payload
+/// that goes out on its own (sendfile(2) from a file, say).
+pub fn frame_header(kind: u8, payload_len: usize) -> Result<[u8; FRAME_OVERHEAD]> {
+    // A payload length near usize::MAX saturates, and is refused as too large.
+    let len = payload_len.saturating_add(1);
     if len > MAX_FRAME_LEN {
         return Err(ProtocolError::FrameTooLarge(len));
     }
     // len ≤ MAX_FRAME_LEN (checked above), far below u32::MAX.
     #[allow(clippy::cast_possible_truncation)]
     let wire_len = len as u32;
-    buf[..HEADER_LEN].copy_from_slice(&wire_len.to_be_bytes());
-    buf[HEADER_LEN] = kind;
-    Ok(())
+    let mut header = [0u8; FRAME_OVERHEAD];
+    header[..HEADER_LEN].copy_from_slice(&wire_len.to_be_bytes());
+    header[HEADER_LEN] = kind;
+    Ok(header)
 }
 
 /// Writes one frame with a single `write_all` of the assembled buffer.
@@ -273,6 +283,23 @@ mod tests {
         let mut big = vec![0u8; FRAME_OVERHEAD + MAX_PAYLOAD_LEN + 1];
         assert!(matches!(
             seal_frame(1, &mut big),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_header_alone_is_the_encoded_frame_s_head() {
+        let payload = vec![9u8; 70_000];
+        let whole = encode_frame(MsgType::Stdout as u8, &payload).unwrap();
+        let header = frame_header(MsgType::Stdout as u8, payload.len()).unwrap();
+        assert_eq!(header[..], whole[..FRAME_OVERHEAD]);
+        assert!(frame_header(1, MAX_PAYLOAD_LEN).is_ok());
+        assert!(matches!(
+            frame_header(1, MAX_PAYLOAD_LEN + 1),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+        assert!(matches!(
+            frame_header(1, usize::MAX),
             Err(ProtocolError::FrameTooLarge(_))
         ));
     }

@@ -101,6 +101,12 @@ impl VsockStream {
     }
 }
 
+impl crate::wire::SocketFd for VsockStream {
+    fn socket_fd(&self) -> std::os::fd::RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+}
+
 impl AsyncRead for VsockStream {
     fn poll_read(
         self: Pin<&mut Self>,
