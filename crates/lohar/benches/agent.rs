@@ -219,61 +219,37 @@ async fn agent(report: &mut Report) {
 /// byte read, with the reader thread already waiting. The reader reuses one
 /// 128 KiB buffer (a read returns at most what the socket holds, about
 /// 200 KiB), so it pays for no page faults.
-fn socketpair_copies(data: &[u8], reps: usize) -> Vec<Duration> {
-    const BUF: usize = 128 * 1024;
-    let mut times = Vec::new();
-    for _ in 0..reps {
-        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let len = data.len();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut buf = vec![0u8; BUF];
-            ready_tx.send(()).unwrap();
-            let mut got = 0;
-            while got < len {
-                let n = b.read(&mut buf).unwrap();
-                assert!(n > 0, "the socket pair closed early");
-                got += n;
-            }
-            (got, Instant::now())
-        });
-        ready.recv().unwrap();
-        let t = Instant::now();
-        a.write_all(data).unwrap();
-        let (got, done) = reader.join().unwrap();
-        assert_eq!(got, len);
-        times.push(done.duration_since(t));
-    }
-    times
-}
-
-/// Times receiving `data` into a fresh file in `dir`: one thread writes it
-/// into a Unix socket pair, the other reads it into one reused 128 KiB
-/// buffer and writes each read to the file, from the first write to the
-/// file's close. What landing bytes from a socket in tmpfs costs at least,
-/// the file's fresh pages included (which a socket pair copy does not pay).
-fn socket_to_file_copies(data: &[u8], dir: &std::path::Path, reps: usize) -> Vec<Duration> {
+///
+/// `land`: a directory where the reader writes what it reads into a fresh
+/// file, timed to the file's close. What landing bytes from a socket in
+/// tmpfs costs at least, the file's fresh pages included (which the bare
+/// copy does not pay).
+fn socketpair_copies(data: &[u8], reps: usize, land: Option<&std::path::Path>) -> Vec<Duration> {
     const BUF: usize = 128 * 1024;
     let mut times = Vec::new();
     for i in 0..reps {
         let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
         let len = data.len();
-        let path = dir.join(format!("baseline-{i}.bin"));
+        let path = land.map(|d| d.join(format!("baseline-{i}.bin")));
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut buf = vec![0u8; BUF];
-            let mut f = std::fs::File::create(&path).unwrap();
+            let mut file = path.as_ref().map(|p| std::fs::File::create(p).unwrap());
             ready_tx.send(()).unwrap();
             let mut got = 0;
             while got < len {
                 let n = b.read(&mut buf).unwrap();
                 assert!(n > 0, "the socket pair closed early");
-                f.write_all(&buf[..n]).unwrap();
+                if let Some(f) = file.as_mut() {
+                    f.write_all(&buf[..n]).unwrap();
+                }
                 got += n;
             }
-            drop(f);
+            drop(file);
             let done = Instant::now();
-            std::fs::remove_file(&path).unwrap();
+            if let Some(p) = &path {
+                std::fs::remove_file(p).unwrap();
+            }
             (got, done)
         });
         ready.recv().unwrap();
@@ -351,7 +327,7 @@ async fn transfers(l: &Lohar, c: &bhatti_agent_client::AgentClient, report: &mut
             reads.push(t.elapsed());
             assert_eq!(n, size as u64);
         }
-        let base = socketpair_copies(&data, reps);
+        let base = socketpair_copies(&data, reps, None);
         let target = match size {
             s if s >= 256 << 20 => "target ≥ ×0.7 of the baseline's rate",
             s if s >= 1 << 20 => "target ≥ ×0.5 of the baseline's rate",
@@ -384,8 +360,8 @@ async fn transfers(l: &Lohar, c: &bhatti_agent_client::AgentClient, report: &mut
                 c.file_write_bytes(&dst, "0644", data).await.unwrap();
                 w.push(t.elapsed());
             }
-            let base = socketpair_copies(data, reps);
-            let landed = socket_to_file_copies(data, dir, reps);
+            let base = socketpair_copies(data, reps, None);
+            let landed = socketpair_copies(data, reps, Some(dir));
             report.latency(
                 &format!("{wlabel} file write to tmpfs"),
                 &w,
