@@ -1,6 +1,7 @@
 //! A connection's frame plumbing: the boxed stream every listener hands
 //! over, the single writer task (frames are encoded once and written whole,
-//! so they never interleave) and the reader task. Nothing here knows what a
+//! so they never interleave; a file read may borrow its socket between two
+//! frames, see [`Lent`]) and the reader task. Nothing here knows what a
 //! request means; `conn` does.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::fail::Fail;
 
-/// A stream the agent can serve (TCP, Unix, vsock, test pipes).
+/// A stream the agent can serve: a TCP, Unix or vsock socket.
 pub trait AgentStream: AsyncRead + AsyncWrite + SocketFd + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + SocketFd + Unpin + Send + 'static> AgentStream for T {}
 
