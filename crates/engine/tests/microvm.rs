@@ -502,6 +502,26 @@ async fn checkpoint_and_fork(kind: Kind) {
         sh(e, &fork.id, "cat /sys/class/net/eth0/address").await,
         sh(e, &src.id, "cat /sys/class/net/eth0/address").await
     );
+    // ... and an agent token of its own: its config drive holds it, its
+    // agent refuses the source's and takes its own.
+    let (src_token, fork_token) = (drive_token(&env, &src.id), drive_token(&env, &fork.id));
+    assert_ne!(src_token, fork_token);
+    let fork_at = |token: &str| {
+        bhatti_agent_client::AgentClient::new(
+            bhatti_agent_client::Transport::Tcp {
+                addr: fork.ip.parse().unwrap(),
+            },
+            Some(token.to_string()),
+        )
+    };
+    assert!(matches!(
+        fork_at(&src_token).exec(["true"]).await,
+        Err(bhatti_agent_client::ClientError::Auth)
+    ));
+    assert_eq!(
+        fork_at(&fork_token).exec(["true"]).await.unwrap().exit_code,
+        0
+    );
     assert_eq!(
         sh(e, &fork.id, "cat /workspace/state.txt").await,
         "before-checkpoint\n"
@@ -543,6 +563,11 @@ async fn checkpoint_and_fork(kind: Kind) {
         3,
         "each fork has a MAC address of its own: {macs:?}"
     );
+    let tokens: std::collections::BTreeSet<_> = [&src.id, &fork.id, &f2.id]
+        .into_iter()
+        .map(|id| drive_token(&env, id))
+        .collect();
+    assert_eq!(tokens.len(), 3, "each fork has a token of its own");
     assert!(
         !env.data.join("forks").read_dir().unwrap().any(|_| true),
         "fork scratch removed"
@@ -550,6 +575,19 @@ async fn checkpoint_and_fork(kind: Kind) {
     e.destroy(&f2.id).await.unwrap();
     e.destroy(&fork.id).await.unwrap();
     e.destroy(&src.id).await.unwrap();
+}
+
+/// The agent token in a sandbox's config drive (read with debugfs).
+fn drive_token(env: &Env, id: &str) -> String {
+    let drive = env.data.join("sandboxes").join(id).join("config.ext4");
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "cat /config.json"])
+        .arg(&drive)
+        .output()
+        .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{}: {e}", drive.display()));
+    cfg["token"].as_str().unwrap().to_string()
 }
 
 /// The sandbox namespace's egress chain (the test's own sandboxes only),

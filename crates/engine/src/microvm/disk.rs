@@ -113,8 +113,56 @@ pub async fn build_config_drive(cfg: &GuestConfig, out: &Path) -> Result<()> {
     res
 }
 
+/// The `config.json` a config drive holds, read with `debugfs` (nothing is
+/// mounted): a fork's drive is its source's, rewritten with the fork's own
+/// token.
+pub async fn read_config_drive(drive: &Path) -> Result<GuestConfig> {
+    let out = run(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /config.json")
+            .arg(drive),
+        "debugfs",
+    )
+    .await?;
+    if !out.status.success() {
+        return Err(failed("debugfs (config drive)", &out));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        EngineError::Invalid(format!(
+            "the config drive {} holds no readable config.json: {e}",
+            drive.display()
+        ))
+    })
+}
+
 /// fsyncs a directory so a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a config drive is built from is what reading it back gives (a
+    /// fork's drive is rewritten that way), and a drive without a config
+    /// is a clear error. Needs e2fsprogs (mke2fs, debugfs), no root.
+    #[tokio::test]
+    async fn a_config_drive_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = dir.path().join("config.ext4");
+        let cfg = GuestConfig {
+            hostname: "fork-source".into(),
+            token: "0123456789abcdef0123456789abcdef".into(),
+            ..GuestConfig::default()
+        };
+        build_config_drive(&cfg, &drive).await.unwrap();
+        let back = read_config_drive(&drive).await.unwrap();
+        assert_eq!(back, cfg);
+        let not_a_drive = dir.path().join("empty.ext4");
+        std::fs::write(&not_a_drive, b"").unwrap();
+        assert!(read_config_drive(&not_a_drive).await.is_err());
+    }
 }

@@ -213,12 +213,13 @@ impl MicroVmEngine {
     }
 
     /// A guest restored from a checkpoint that is not a template (a fork,
-    /// a resumed checkpoint) would share its source's RNG state and MAC
-    /// address with the source and with every other restore of it: it gets
-    /// fresh entropy, the clock and a MAC address of its own. It keeps its
-    /// token (and config drive): the token never leaves the host, and the
-    /// agent's ports answer only the host. A guest whose agent predates
-    /// APPLY_CONFIG keeps all of it, with a warning.
+    /// a resumed checkpoint) would share its source's RNG state, MAC
+    /// address and agent token with the source and with every other restore
+    /// of it: it gets fresh entropy, the clock, a MAC address and a token of
+    /// its own. Its config drive (a copy of the source's) is rewritten with
+    /// that token at the same time, so a guest that reboots from it still
+    /// answers the host. A guest whose agent predates APPLY_CONFIG keeps all
+    /// of it, with a warning.
     pub(super) async fn reseed(&self, detail: &mut super::sandbox::Detail) -> Result<()> {
         let client = detail.client();
         let fail = |e| EngineError::Invalid(format!("reseeding the restored guest: {e}"));
@@ -228,21 +229,24 @@ impl MicroVmEngine {
                 .iter()
                 .any(|f| f == bhatti_agent_client::FEATURE_CONFIG_APPLY)
         }) {
-            tracing::warn!(mac = %detail.mac, "the restored guest's agent cannot take APPLY_CONFIG: it keeps its source's RNG state and MAC address");
+            tracing::warn!(mac = %detail.mac, "the restored guest's agent cannot take APPLY_CONFIG: it keeps its source's RNG state, MAC address and token");
             return Ok(());
         }
         let apply = ApplyConfig {
             entropy: fresh_entropy(),
             unix_time_ms: now_ms(),
             mac: super::random_mac(),
+            token: random_hex(16),
             ..ApplyConfig::default()
         };
-        let r = client.apply_config(&apply).await.map_err(fail)?;
-        if r.entropy_bytes == 0 {
+        let applied = async { client.apply_config(&apply).await.map_err(fail) };
+        let (r, ()) = tokio::try_join!(applied, rewrite_drive_token(&detail.dir, &apply.token))?;
+        if r.entropy_bytes == 0 || !r.token {
             return Err(EngineError::Invalid(format!(
-                "the restored guest did not take fresh entropy ({r:?})"
+                "the restored guest did not take fresh entropy and its own token ({r:?})"
             )));
         }
+        detail.token = apply.token.clone();
         self.adopt_mac(detail, &apply, r.mac).await
     }
 
@@ -425,9 +429,9 @@ impl MicroVmEngine {
     }
 }
 
-/// The claimed sandbox's config drive, beside the file the VMM has open
-/// (a fresh boot after a crash reads this one and comes up as this
-/// sandbox, not as the template).
+/// The claimed (or reseeded) sandbox's config drive, beside the file the
+/// VMM has open (a fresh boot after a crash reads this one and comes up as
+/// this sandbox, not as the template or the fork's source).
 pub(super) async fn write_claim_drive(
     dir: &Path,
     cfg: &bhatti_protocol::config::GuestConfig,
@@ -436,6 +440,14 @@ pub(super) async fn write_claim_drive(
     disk::build_config_drive(cfg, &tmp).await?;
     tokio::fs::rename(&tmp, dir.join("config.ext4")).await?;
     Ok(())
+}
+
+/// Rewrites the config drive in sandbox directory `dir` (a copy of a
+/// source's) with `token`, keeping the rest of it.
+async fn rewrite_drive_token(dir: &Path, token: &str) -> Result<()> {
+    let mut cfg = disk::read_config_drive(&dir.join("config.ext4")).await?;
+    cfg.token = token.to_string();
+    write_claim_drive(dir, &cfg).await
 }
 
 /// Entropy for a guest's pool, base64 as APPLY_CONFIG carries it.
