@@ -25,6 +25,60 @@ use bhatti_engine::net::NetManager;
 use bhatti_engine::vmm::qemu::{QemuConfig, QemuDriver};
 use bhatti_engine::vmm::{Disk, SnapshotKind, Vm, VmSpec, VmmDriver};
 
+/// The engine's own timing of each restore inside a create: its "agent
+/// ready" event, from the VMM's restore to the readiness probe's exec (the
+/// guest's first) and a HELLO. What the template target calls "QEMU's own
+/// restore-to-running plus the first exec", measured in the same create.
+#[derive(Clone, Default)]
+struct RestoreTimings(Arc<std::sync::Mutex<Vec<Duration>>>);
+
+impl RestoreTimings {
+    fn take(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RestoreTimings {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        meta.target() == "bhatti_engine::microvm::lifecycle"
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields {
+            ready: bool,
+            restore: bool,
+            took_us: Option<u64>,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.ready = format!("{v:?}") == "agent ready";
+                }
+            }
+            fn record_bool(&mut self, f: &tracing::field::Field, v: bool) {
+                if f.name() == "restore" {
+                    self.restore = v;
+                }
+            }
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                if f.name() == "took_us" {
+                    self.took_us = Some(v);
+                }
+            }
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        if let (true, true, Some(us)) = (f.ready, f.restore, f.took_us) {
+            self.0.lock().unwrap().push(Duration::from_micros(us));
+        }
+    }
+}
+
 fn artifact(env: &str, default: &str) -> PathBuf {
     std::env::var_os(env)
         .map(PathBuf::from)
@@ -108,6 +162,13 @@ async fn main() {
     if !kernel.is_file() || !rootfs.is_file() {
         println!("microvm bench: guest artifacts missing (scripts/guest); not run");
         return;
+    }
+    let restores = RestoreTimings::default();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(restores.clone()),
+        );
     }
     let n_life: usize = std::env::var("BHATTI_BENCH_N")
         .ok()
@@ -491,13 +552,24 @@ async fn main() {
         let build = built.elapsed();
         tengine.destroy(&first.id).await.expect("destroy");
         let (mut hit, mut cold) = (Vec::new(), Vec::new());
+        // Inside each template create: the restore and the guest's first
+        // exec (the engine's timing); after it, the user's first exec.
+        let (mut inside, mut first_exec) = (Vec::new(), Vec::new());
         for i in 0..n_life {
             for (e, samples, tag) in [(&*tengine, &mut hit, "th"), (&engine, &mut cold, "tc")] {
+                restores.take();
                 let t = Instant::now();
                 let info = e.create(spec(&format!("{tag}{i}"))).await.expect("create");
+                let created = Instant::now();
                 let r = e.exec(&info.id, vec!["true".into()]).await.expect("exec");
                 assert_eq!(r.exit_code, 0);
                 samples.push(t.elapsed());
+                if tag == "th" {
+                    first_exec.push(created.elapsed());
+                    let timed = restores.take();
+                    assert_eq!(timed.len(), 1, "one restore in a template create");
+                    inside.extend(timed);
+                }
                 e.destroy(&info.id).await.expect("destroy");
             }
         }
@@ -514,7 +586,22 @@ async fn main() {
                 "QEMU restore of a same-size snapshot to running",
                 &raw_restore,
             )),
-            "target ≤ 1.5× (QEMU restore + first exec)",
+            "",
+        );
+        report.latency(
+            "template snapshot: create → first exec, beside the restore and first exec inside it",
+            &hit,
+            Some((
+                "QEMU restore to running + the guest's first exec (the readiness probe) and a HELLO, timed by the engine inside the same create",
+                &inside,
+            )),
+            "target ≤ 1.5× baseline",
+        );
+        report.latency(
+            "template snapshot: the user's first exec alone (after create returned)",
+            &first_exec,
+            None,
+            "",
         );
         report.latency(
             "template snapshot: first create → template ready (boot, settle, checkpoint)",

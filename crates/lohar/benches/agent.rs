@@ -353,12 +353,18 @@ async fn transfers(l: &Lohar, c: &bhatti_agent_client::AgentClient, report: &mut
         let data = &data[..wsize];
         if let Some(dir) = &tmpfs {
             std::fs::create_dir_all(dir).unwrap();
-            let dst = dir.join("w.bin").to_string_lossy().into_owned();
+            // A fresh name each time, removed after the timing, as the
+            // landing baseline does: replacing a file would also time the
+            // freeing of the old one's pages.
             let mut w = Vec::with_capacity(reps);
-            for _ in 0..reps {
+            for i in 0..reps {
+                let dst = dir.join(format!("w-{i}.bin"));
                 let t = Instant::now();
-                c.file_write_bytes(&dst, "0644", data).await.unwrap();
+                c.file_write_bytes(&dst.to_string_lossy(), "0644", data)
+                    .await
+                    .unwrap();
                 w.push(t.elapsed());
+                std::fs::remove_file(&dst).unwrap();
             }
             let base = socketpair_copies(data, reps, None);
             let landed = socketpair_copies(data, reps, Some(dir));
