@@ -24,15 +24,20 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use bhatti_protocol::messages::ErrorCode;
-use bhatti_protocol::{frame_header, MsgType, FRAME_OVERHEAD, HEADER_LEN, MAX_FRAME_LEN};
+use bhatti_protocol::{frame_header, parse_frame_header, MsgType, FRAME_OVERHEAD};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, SpliceFFlags};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::MsgFlags;
 
 use crate::fail::Fail;
 
 /// Payload bytes per frame of a read.
 pub(crate) const FRAME: usize = bhatti_protocol::FILE_STREAM_CHUNK;
+
+/// More of the frame follows (nix names no MSG_MORE): TCP holds a header
+/// back for the payload instead of sending it alone.
+const MSG_MORE: MsgFlags = MsgFlags::from_bits_retain(libc::MSG_MORE);
 
 /// How a transfer ended early.
 #[derive(Debug)]
@@ -55,19 +60,21 @@ pub(crate) fn frames(sock: BorrowedFd<'_>, file: &File, size: u64) -> Result<(),
 /// turns out not to splice).
 fn send(sock: BorrowedFd<'_>, file: &File, size: u64, mut copy: bool) -> Result<(), Cut> {
     let mut left = size;
+    // The copying fallback's buffer, made on its first use.
+    let mut scratch = Vec::new();
     while left > 0 {
         // Bounded by FRAME, so it fits usize.
         let len = usize::try_from(left.min(FRAME as u64)).unwrap_or(FRAME);
         let header = frame_header(MsgType::Stdout as u8, len)
             .map_err(|e| Cut::File(io::Error::other(e.to_string())))?;
-        send_all(sock, &header, libc::MSG_MORE).map_err(Cut::Socket)?;
+        send_all(sock, &header, MSG_MORE).map_err(Cut::Socket)?;
         let mut sent = 0usize;
         while sent < len {
             let want = len.saturating_sub(sent);
             let moved = if copy {
-                copy_some(sock, file, want)
+                copy_out(sock, file, want, &mut scratch)
             } else {
-                splice_some(sock, file, want)
+                sendfile_some(sock, file, want)
             };
             match moved {
                 Ok(0) => {
@@ -81,9 +88,9 @@ fn send(sock: BorrowedFd<'_>, file: &File, size: u64, mut copy: bool) -> Result<
                     )));
                 }
                 Ok(n) => sent = sent.saturating_add(n),
-                Err(Moved::Unsupported) => copy = true,
-                Err(Moved::Socket(e)) => return Err(Cut::Socket(e)),
-                Err(Moved::File(e)) => {
+                Err(Step::Unsupported) => copy = true,
+                Err(Step::Socket(e)) => return Err(Cut::Socket(e)),
+                Err(Step::File(e)) => {
                     pad(sock, want).map_err(Cut::Socket)?;
                     return Err(Cut::File(e));
                 }
@@ -94,43 +101,57 @@ fn send(sock: BorrowedFd<'_>, file: &File, size: u64, mut copy: bool) -> Result<
     Ok(())
 }
 
-/// Why one step of a transfer moved nothing.
-enum Moved {
-    /// The file's filesystem cannot splice: copy instead.
+/// Why one step of a transfer, either way, moved nothing.
+enum Step {
+    /// The file or the socket cannot splice: copy instead.
     Unsupported,
     File(io::Error),
     Socket(io::Error),
 }
 
+/// The copying fallback's buffer for a step of up to `want` bytes: at most
+/// a frame, allocated once per transfer.
+fn scratch(buf: &mut Vec<u8>, want: usize) -> &mut [u8] {
+    if buf.is_empty() {
+        buf.resize(FRAME, 0);
+    }
+    let n = want.min(buf.len());
+    &mut buf[..n]
+}
+
 /// One sendfile(2) of up to `want` bytes from the file's offset; 0 at the
 /// end of the file.
-fn splice_some(sock: BorrowedFd<'_>, file: &File, want: usize) -> Result<usize, Moved> {
+fn sendfile_some(sock: BorrowedFd<'_>, file: &File, want: usize) -> Result<usize, Step> {
     loop {
         match nix::sys::sendfile::sendfile(sock, file.as_fd(), None, want) {
             Ok(n) => return Ok(n),
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => writable(sock).map_err(Moved::Socket)?,
+            Err(Errno::EAGAIN) => writable(sock).map_err(Step::Socket)?,
             Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                return Err(Moved::Unsupported)
+                return Err(Step::Unsupported)
             }
-            Err(e) if socket_errno(e) => return Err(Moved::Socket(e.into())),
-            Err(e) => return Err(Moved::File(e.into())),
+            Err(e) if socket_errno(e) => return Err(Step::Socket(e.into())),
+            Err(e) => return Err(Step::File(e.into())),
         }
     }
 }
 
-/// The copying fallback: one read(2) of up to `want` bytes (at most a
-/// frame), sent whole.
-fn copy_some(sock: BorrowedFd<'_>, file: &File, want: usize) -> Result<usize, Moved> {
-    let mut buf = vec![0u8; want.min(FRAME)];
+/// The copying fallback: one read(2) of up to `want` bytes, sent whole.
+fn copy_out(
+    sock: BorrowedFd<'_>,
+    file: &File,
+    want: usize,
+    buf: &mut Vec<u8>,
+) -> Result<usize, Step> {
+    let buf = scratch(buf, want);
     let n = loop {
-        match io::Read::read(&mut &*file, &mut buf) {
+        match io::Read::read(&mut &*file, buf) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Moved::File(e)),
+            Err(e) => return Err(Step::File(e)),
         }
     };
-    send_all(sock, buf.get(..n).unwrap_or_default(), 0).map_err(Moved::Socket)?;
+    send_all(sock, buf.get(..n).unwrap_or_default(), MsgFlags::empty()).map_err(Step::Socket)?;
     Ok(n)
 }
 
@@ -147,7 +168,7 @@ fn pad(sock: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
     let zeros = [0u8; 4096];
     while n > 0 {
         let k = n.min(zeros.len());
-        send_all(sock, zeros.get(..k).unwrap_or_default(), libc::MSG_MORE)?;
+        send_all(sock, zeros.get(..k).unwrap_or_default(), MSG_MORE)?;
         n = n.saturating_sub(k);
     }
     Ok(())
@@ -155,29 +176,14 @@ fn pad(sock: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
 
 /// send(2)s all of `buf`, waiting while the socket is full. MSG_NOSIGNAL:
 /// a host gone away is an error, not a signal.
-fn send_all(sock: BorrowedFd<'_>, mut buf: &[u8], flags: libc::c_int) -> io::Result<()> {
+fn send_all(sock: BorrowedFd<'_>, mut buf: &[u8], flags: MsgFlags) -> io::Result<()> {
     while !buf.is_empty() {
-        // SAFETY: `buf` is valid for reads of its length; `sock` is open.
-        let n = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                flags | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    writable(sock)?;
-                    continue;
-                }
-                _ => return Err(e),
-            }
+        match nix::sys::socket::send(sock.as_raw_fd(), buf, flags | MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => writable(sock)?,
+            Err(e) => return Err(e.into()),
         }
-        buf = buf.get(n.unsigned_abs()..).unwrap_or_default();
     }
     Ok(())
 }
@@ -240,19 +246,20 @@ impl Incoming {
         })
     }
 
-    fn buffered(&self) -> &[u8] {
-        self.prefix.get(self.at..).unwrap_or_default()
+    /// Up to `max` of the bytes the connection's reader held, taken.
+    fn take_held(&mut self, max: usize) -> &[u8] {
+        let rest = self.prefix.get(self.at..).unwrap_or_default();
+        let n = rest.len().min(max);
+        let start = self.at;
+        self.at = start.saturating_add(n);
+        self.prefix.get(start..self.at).unwrap_or_default()
     }
 
     /// Fills `buf` whole; `Ok(false)`: the stream ended first.
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        let mut filled = 0;
-        let from_prefix = self.buffered().len().min(buf.len());
-        if from_prefix > 0 {
-            buf[..from_prefix].copy_from_slice(&self.buffered()[..from_prefix]);
-            self.at = self.at.saturating_add(from_prefix);
-            filled = from_prefix;
-        }
+        let held = self.take_held(buf.len());
+        let mut filled = held.len();
+        buf[..filled].copy_from_slice(held);
         while filled < buf.len() {
             match nix::unistd::read(self.sock.as_raw_fd(), &mut buf[filled..]) {
                 Ok(0) => return Ok(false),
@@ -283,6 +290,8 @@ fn receive_with(
     mut copy: bool,
 ) -> Result<(), Fail> {
     let mut pipe: Option<Pipe> = None;
+    // The copying fallback's buffer, made on its first use.
+    let mut scratch = Vec::new();
     let mut got: u64 = 0;
     let mut header = [0u8; FRAME_OVERHEAD];
     let closed = |got: u64| Fail::from(format!("connection closed after {got} of {size} bytes"));
@@ -292,15 +301,8 @@ fn receive_with(
         if !inc.read_exact(&mut header).map_err(net)? {
             return Err(closed(got));
         }
-        let mut len_bytes = [0u8; HEADER_LEN];
-        len_bytes.copy_from_slice(&header[..HEADER_LEN]);
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        if len == 0 || len > MAX_FRAME_LEN {
-            return Err(Fail::from(format!(
-                "read content: invalid frame length {len}"
-            )));
-        }
-        let kind = header[HEADER_LEN];
+        let (kind, payload) =
+            parse_frame_header(&header).map_err(|e| Fail::from(format!("read content: {e}")))?;
         match MsgType::from_u8(kind) {
             Some(MsgType::Stdin) => {}
             Some(MsgType::Kill) => return Err("write cancelled".into()),
@@ -310,8 +312,6 @@ fn receive_with(
                 )))
             }
         }
-        // The type byte counts in the length: len ≥ 1 (checked above).
-        let payload = len.saturating_sub(1);
         got = match got.checked_add(payload as u64) {
             Some(g) if g <= size => g,
             _ => {
@@ -321,18 +321,13 @@ fn receive_with(
                 ))
             }
         };
-        let mut left = payload;
         // What the connection's reader already holds goes first.
-        let held = inc.buffered().len().min(left);
-        if held > 0 {
-            let start = inc.at;
-            write_file(file, &inc.prefix[start..start.saturating_add(held)]).map_err(disk)?;
-            inc.at = inc.at.saturating_add(held);
-            left = left.saturating_sub(held);
-        }
+        let held = inc.take_held(payload);
+        write_file(file, held).map_err(disk)?;
+        let mut left = payload.saturating_sub(held.len());
         while left > 0 {
             let moved = if copy {
-                copy_in(&inc.sock, file, left)
+                copy_in(&inc.sock, file, left, &mut scratch)
             } else {
                 let p = match pipe.as_ref() {
                     Some(p) => p,
@@ -344,14 +339,14 @@ fn receive_with(
                         }
                     },
                 };
-                splice_in(&inc.sock, p, file, left, &mut copy)
+                splice_in(&inc.sock, p, file, left, &mut copy, &mut scratch)
             };
             match moved {
                 Ok(0) => return Err(closed(got.saturating_sub(left as u64))),
                 Ok(n) => left = left.saturating_sub(n),
-                Err(In::Unsupported) => copy = true,
-                Err(In::Socket(e)) => return Err(net(e)),
-                Err(In::File(e)) => return Err(disk(e)),
+                Err(Step::Unsupported) => copy = true,
+                Err(Step::Socket(e)) => return Err(net(e)),
+                Err(Step::File(e)) => return Err(disk(e)),
             }
         }
     }
@@ -374,24 +369,18 @@ impl Pipe {
     }
 }
 
-/// Why one step of a receive moved nothing.
-enum In {
-    /// The socket or the file cannot splice: copy instead.
-    Unsupported,
-    Socket(io::Error),
-    File(io::Error),
-}
-
 /// Moves up to `want` bytes from the socket into the file through the pipe
 /// (which is empty before and after); 0 at the end of the stream.
-/// `copy` is set when the file turns out not to take splices.
+/// `copy` is set when the file turns out not to take splices (what the
+/// pipe holds then is copied out through `buf`).
 fn splice_in(
     sock: &OwnedFd,
     pipe: &Pipe,
     file: &File,
     want: usize,
     copy: &mut bool,
-) -> Result<usize, In> {
+    buf: &mut Vec<u8>,
+) -> Result<usize, Step> {
     let n = loop {
         match nix::fcntl::splice(
             sock,
@@ -403,60 +392,61 @@ fn splice_in(
         ) {
             Ok(n) => break n,
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => readable(sock.as_fd()).map_err(In::Socket)?,
-            Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => return Err(In::Unsupported),
-            Err(e) => return Err(In::Socket(e.into())),
+            Err(Errno::EAGAIN) => readable(sock.as_fd()).map_err(Step::Socket)?,
+            Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                return Err(Step::Unsupported)
+            }
+            Err(e) => return Err(Step::Socket(e.into())),
         }
     };
     let mut left = n;
     while left > 0 {
         match nix::fcntl::splice(&pipe.r, None, file, None, left, SpliceFFlags::SPLICE_F_MOVE) {
-            Ok(0) => return Err(In::File(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(0) => return Err(Step::File(io::Error::from(io::ErrorKind::WriteZero))),
             Ok(k) => left = left.saturating_sub(k),
             Err(Errno::EINTR) => {}
             Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
                 // The file cannot take a splice: copy out what the pipe
                 // holds, and copy from now on.
-                drain(&pipe.r, file, left)?;
+                drain(&pipe.r, file, left, buf)?;
                 *copy = true;
                 return Ok(n);
             }
-            Err(e) => return Err(In::File(e.into())),
+            Err(e) => return Err(Step::File(e.into())),
         }
     }
     Ok(n)
 }
 
 /// Copies the `n` bytes the pipe holds into the file.
-fn drain(pipe: &OwnedFd, file: &File, mut n: usize) -> Result<(), In> {
-    let mut buf = vec![0u8; n.min(FRAME)];
+fn drain(pipe: &OwnedFd, file: &File, mut n: usize, buf: &mut Vec<u8>) -> Result<(), Step> {
     while n > 0 {
-        let want = n.min(buf.len());
-        let k = match nix::unistd::read(pipe.as_raw_fd(), &mut buf[..want]) {
-            Ok(0) => return Err(In::File(io::Error::from(io::ErrorKind::UnexpectedEof))),
+        let buf = scratch(buf, n);
+        let k = match nix::unistd::read(pipe.as_raw_fd(), buf) {
+            Ok(0) => return Err(Step::File(io::Error::from(io::ErrorKind::UnexpectedEof))),
             Ok(k) => k,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(In::File(e.into())),
+            Err(e) => return Err(Step::File(e.into())),
         };
-        write_file(file, &buf[..k]).map_err(In::File)?;
+        write_file(file, &buf[..k]).map_err(Step::File)?;
         n = n.saturating_sub(k);
     }
     Ok(())
 }
 
-/// The copying fallback: one read(2) of up to `want` bytes (at most a
-/// frame) from the socket, written to the file; 0 at the end of the stream.
-fn copy_in(sock: &OwnedFd, file: &File, want: usize) -> Result<usize, In> {
-    let mut buf = vec![0u8; want.min(FRAME)];
+/// The copying fallback: one read(2) of up to `want` bytes from the
+/// socket, written to the file; 0 at the end of the stream.
+fn copy_in(sock: &OwnedFd, file: &File, want: usize, buf: &mut Vec<u8>) -> Result<usize, Step> {
+    let buf = scratch(buf, want);
     let n = loop {
-        match nix::unistd::read(sock.as_raw_fd(), &mut buf) {
+        match nix::unistd::read(sock.as_raw_fd(), buf) {
             Ok(n) => break n,
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => readable(sock.as_fd()).map_err(In::Socket)?,
-            Err(e) => return Err(In::Socket(e.into())),
+            Err(Errno::EAGAIN) => readable(sock.as_fd()).map_err(Step::Socket)?,
+            Err(e) => return Err(Step::Socket(e.into())),
         }
     };
-    write_file(file, &buf[..n]).map_err(In::File)?;
+    write_file(file, &buf[..n]).map_err(Step::File)?;
     Ok(n)
 }
 

@@ -121,6 +121,17 @@ pub fn frame_header(kind: u8, payload_len: usize) -> Result<[u8; FRAME_OVERHEAD]
     Ok(header)
 }
 
+/// The type and payload length a frame's header announces (the twin of
+/// [`frame_header`]), for a reader that takes the payload on its own (a
+/// splice into a file, say). Lengths over the cap, and frames without a
+/// type byte, are refused as [`read_frame`] refuses them.
+pub fn parse_frame_header(header: &[u8; FRAME_OVERHEAD]) -> Result<(u8, usize)> {
+    let mut len = [0u8; HEADER_LEN];
+    len.copy_from_slice(&header[..HEADER_LEN]);
+    let payload_len = check_len(u32::from_be_bytes(len) as usize)?;
+    Ok((header[HEADER_LEN], payload_len))
+}
+
 /// Writes one frame with a single `write_all` of the assembled buffer.
 pub fn write_frame<W: Write + ?Sized>(w: &mut W, kind: u8, payload: &[u8]) -> Result<()> {
     let buf = encode_frame(kind, payload)?;
@@ -301,6 +312,21 @@ mod tests {
         assert!(matches!(
             frame_header(1, usize::MAX),
             Err(ProtocolError::FrameTooLarge(_))
+        ));
+        // And read back.
+        assert_eq!(
+            parse_frame_header(&header).unwrap(),
+            (MsgType::Stdout as u8, payload.len())
+        );
+        let mut big = [0u8; FRAME_OVERHEAD];
+        big[..HEADER_LEN].copy_from_slice(&((MAX_FRAME_LEN + 1) as u32).to_be_bytes());
+        assert!(matches!(
+            parse_frame_header(&big),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+        assert!(matches!(
+            parse_frame_header(&[0u8; FRAME_OVERHEAD]),
+            Err(ProtocolError::EmptyFrame)
         ));
     }
 

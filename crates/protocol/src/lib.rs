@@ -31,8 +31,9 @@ pub mod r#async;
 pub use consts::*;
 pub use error::ProtocolError;
 pub use frame::{
-    decode_exit, decode_resize, encode_exit, encode_frame, encode_resize, frame_header, read_frame,
-    seal_frame, try_parse, write_frame, Frame, ParsedFrame, FRAME_OVERHEAD,
+    decode_exit, decode_resize, encode_exit, encode_frame, encode_resize, frame_header,
+    parse_frame_header, read_frame, seal_frame, try_parse, write_frame, Frame, ParsedFrame,
+    FRAME_OVERHEAD,
 };
 pub use types::MsgType;
 

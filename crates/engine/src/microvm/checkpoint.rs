@@ -198,14 +198,13 @@ impl MicroVmEngine {
                     let mac = self
                         .apply_claim(&sdir, detail.net.ext_ip, &detail.token, apply, cfg)
                         .await?;
-                    self.adopt_mac(&mut detail, apply, mac).await
+                    self.adopt_claim(&mut detail, apply, mac).await
                 }
                 .await;
                 if let Err(e) = claimed {
                     let _ = vm.kill().await;
                     return Err(e);
                 }
-                detail.token = apply.token.clone();
             } else if let Err(e) = self.reseed(&mut detail).await {
                 let _ = vm.kill().await;
                 return Err(e);

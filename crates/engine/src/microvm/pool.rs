@@ -240,10 +240,7 @@ impl MicroVmEngine {
                 detail.owner_index = spec.owner_index;
                 detail.egress = spec.egress.clone();
                 match (claimed.0, drive.0) {
-                    (Ok(mac), Ok(())) => {
-                        detail.token = apply.token.clone();
-                        self.adopt_mac(&mut detail, &apply, mac).await
-                    }
+                    (Ok(mac), Ok(())) => self.adopt_claim(&mut detail, &apply, mac).await,
                     (Err(e), _) | (_, Err(e)) => Err(e),
                 }
             }

@@ -192,16 +192,19 @@ impl MicroVmEngine {
         }
     }
 
-    /// The claimed guest took `apply`'s MAC address (`taken`): the
-    /// namespace's neighbour entry follows, and the sandbox keeps it (a
-    /// later restore starts its VMM with it). An agent that could not
-    /// keeps the template's, and so does the host.
-    pub(super) async fn adopt_mac(
+    /// The guest took `apply` (its token and entropy checked by
+    /// [`send_claim`](Self::send_claim)): the sandbox's token is the new
+    /// one, and if the guest also took the MAC address (`taken`), the
+    /// namespace's neighbour entry follows and the sandbox keeps it (a later
+    /// restore starts its VMM with it). An agent that could not keeps the
+    /// template's, and so does the host.
+    pub(super) async fn adopt_claim(
         &self,
         detail: &mut super::sandbox::Detail,
         apply: &ApplyConfig,
         taken: bool,
     ) -> Result<()> {
+        detail.token = apply.token.clone();
         if !taken || apply.mac.is_empty() {
             tracing::debug!(mac = %detail.mac, "the claimed guest keeps its template's MAC address");
             return Ok(());
@@ -222,8 +225,12 @@ impl MicroVmEngine {
     /// of it, with a warning.
     pub(super) async fn reseed(&self, detail: &mut super::sandbox::Detail) -> Result<()> {
         let client = detail.client();
-        let fail = |e| EngineError::Invalid(format!("reseeding the restored guest: {e}"));
-        let hello = client.hello().await.map_err(fail)?;
+        // The drive is read while the agent answers; it is needed only if
+        // the agent can take the new token.
+        let drive = detail.dir.join("config.ext4");
+        let (hello, cfg) = tokio::join!(client.hello(), disk::read_config_drive(&drive));
+        let hello = hello
+            .map_err(|e| EngineError::Invalid(format!("reseeding the restored guest: {e}")))?;
         if !hello.is_some_and(|h| {
             h.features
                 .iter()
@@ -239,20 +246,17 @@ impl MicroVmEngine {
             token: random_hex(16),
             ..ApplyConfig::default()
         };
-        let applied = async { client.apply_config(&apply).await.map_err(fail) };
-        let (r, ()) = tokio::try_join!(applied, rewrite_drive_token(&detail.dir, &apply.token))?;
-        if r.entropy_bytes == 0 || !r.token {
-            return Err(EngineError::Invalid(format!(
-                "the restored guest did not take fresh entropy and its own token ({r:?})"
-            )));
-        }
-        detail.token = apply.token.clone();
-        self.adopt_mac(detail, &apply, r.mac).await
+        let mut cfg = cfg?;
+        cfg.token = apply.token.clone();
+        let taken = self
+            .apply_claim(&detail.dir, detail.net.ext_ip, &detail.token, &apply, &cfg)
+            .await?;
+        self.adopt_claim(detail, &apply, taken).await
     }
 
-    /// Sends the claim to a restored template's agent (reached with the
-    /// template's token) and, at the same time, writes the sandbox's own
-    /// config drive.
+    /// Sends the claim to a restored guest's agent (reached with the token
+    /// it has: a template's, or a fork's source's) and, at the same time,
+    /// writes the sandbox's own config drive.
     pub(super) async fn apply_claim(
         &self,
         dir: &Path,
@@ -440,14 +444,6 @@ pub(super) async fn write_claim_drive(
     disk::build_config_drive(cfg, &tmp).await?;
     tokio::fs::rename(&tmp, dir.join("config.ext4")).await?;
     Ok(())
-}
-
-/// Rewrites the config drive in sandbox directory `dir` (a copy of a
-/// source's) with `token`, keeping the rest of it.
-async fn rewrite_drive_token(dir: &Path, token: &str) -> Result<()> {
-    let mut cfg = disk::read_config_drive(&dir.join("config.ext4")).await?;
-    cfg.token = token.to_string();
-    write_claim_drive(dir, &cfg).await
 }
 
 /// Entropy for a guest's pool, base64 as APPLY_CONFIG carries it.
