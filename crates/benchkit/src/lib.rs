@@ -30,6 +30,13 @@ pub struct Stats {
     pub max_us: f64,
 }
 
+/// The p50 of `samples` as the report's rows compute it (nearest rank),
+/// for a figure derived from it (a rate): a second median of its own could
+/// pick the other middle sample of an even count.
+pub fn p50(samples: &[Duration]) -> Duration {
+    Duration::from_secs_f64(Stats::from_durations(samples).p50_us / 1e6)
+}
+
 impl Stats {
     /// The summary of `samples`; all zeros for none.
     pub fn from_durations(samples: &[Duration]) -> Stats {

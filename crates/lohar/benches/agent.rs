@@ -19,7 +19,7 @@ use std::io::{Cursor, Read, Write};
 use std::time::{Duration, Instant};
 
 use bhatti_agent_client::{ExecRequest, ReadOptions};
-use bhatti_benchkit::{sample, Report};
+use bhatti_benchkit::{p50, sample, Report};
 use bhatti_protocol::{read_frame, write_frame, MsgType};
 use common::Lohar;
 
@@ -286,12 +286,6 @@ fn dd_fsync(path: &std::path::Path, size: usize, reps: usize) -> Vec<Duration> {
             t.elapsed()
         })
         .collect()
-}
-
-fn p50(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// Reads and writes of 1 KiB, 1 MiB and a large size through the agent, each

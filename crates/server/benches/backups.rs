@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use bhatti_benchkit::Report;
+use bhatti_benchkit::{p50, Report};
 use bhatti_store::NewUser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -242,23 +242,18 @@ async fn main() {
         None,
         &note,
     );
-    let med = |v: &[Duration]| {
-        let mut s = v.to_vec();
-        s.sort();
-        s[s.len() / 2]
-    };
     report.throughput(
         "backup throughput (median)",
         "MiB/s",
-        mib_s(med(&backup)),
-        Some(("zstd -3 | raw upload", mib_s(med(&baseline)))),
+        mib_s(p50(&backup)),
+        Some(("zstd -3 | raw upload", mib_s(p50(&baseline)))),
         &note,
     );
     report.throughput(
         "restore throughput (median)",
         "MiB/s",
-        mib_s(med(&restore)),
-        Some(("zstd -3 | raw upload", mib_s(med(&baseline)))),
+        mib_s(p50(&restore)),
+        Some(("zstd -3 | raw upload", mib_s(p50(&baseline)))),
         &note,
     );
     report.write().expect("report");
